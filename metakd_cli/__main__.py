@@ -1,0 +1,3 @@
+from metakd_cli.cli import main
+
+main()

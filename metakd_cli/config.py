@@ -1,0 +1,190 @@
+"""Config dataclasses for every step, YAML recipes, and the override precedence.
+
+Precedence, lowest to highest: dataclass defaults < recipe file < command-line flags
+< repeatable ``--set section.key=value``. Unknown keys and wrong types are user errors
+naming the file and key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from metakd_cli.errors import UserError
+
+DEFAULT_TEACHER = "all-MiniLM-L6-v2"
+
+
+@dataclass
+class DataConfig:
+    """Where the data is and how it is read and split."""
+
+    path: str = ""
+    text_column: str = "text"
+    text_pair_column: str = "text_pair"
+    label_column: str = "label"
+    domain_column: str = "domain"
+    split_seed: int = 42
+    dev_fraction: float = 0.1
+    test_fraction: float = 0.1
+    limit_per_domain: int | None = None
+
+
+@dataclass
+class FitConfig:
+    """`metakd fit`: the meta-teacher and its single/mix baselines."""
+
+    teacher: str = DEFAULT_TEACHER
+    teacher_mode: str = "meta"  # meta | mix | single
+    prototypes: str = "class"  # class (the paper) | domain (the official code)
+    pooling: str = "mean"  # mean | cls: the representation scores are computed from
+    domain_loss: str = "confusion"  # confusion (official) | reversal (DANN) | none
+    alpha: float = 0.5
+    zeta: float = 0.5
+    gamma: float = 0.5
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 2e-5
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    max_length: int = 128
+    seed: int = 42
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DistillConfig:
+    """`metakd distill`: meta-distillation and the TinyBERT-KD / KD baselines."""
+
+    student: str = "tiny"  # tiny | tinybert4 | a model folder or hub id
+    student_init: str | None = None  # for tinybert4: a folder, hub id, or "random"
+    method: str = "meta"  # meta | tinybert | kd
+    domain: str | None = None
+    intermediate_epochs: int = 3
+    epochs: int = 3
+    temperature: float = 1.0
+    batch_size: int = 32
+    lr: float = 3e-5
+    intermediate_lr: float = 5e-5
+    gamma: float = 0.5
+    max_length: int | None = None  # default: the teacher's
+    seed: int = 42
+    trust_remote_code: bool = False
+
+
+@dataclass
+class Recipe:
+    data: DataConfig = field(default_factory=DataConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+
+SECTIONS = {f.name: f.type for f in fields(Recipe)}
+
+
+def _coerce(value: object, annotation: object, where: str) -> object:
+    """Check/convert one recipe or --set value against a dataclass field's type."""
+    hint = annotation
+    if isinstance(hint, str):
+        hint = eval(hint, {"int": int, "float": float, "str": str, "bool": bool, "None": None})  # noqa: S307 - our own annotations
+    options = [hint]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        options = list(typing.get_args(hint))
+    if value is None:
+        if type(None) in options:
+            return None
+        raise UserError(f"{where}: a value is required")
+    for option in options:
+        if option is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:
+                return value.lower() in {"true", "yes", "1"}
+        elif option is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, str):
+                try:
+                    return int(value)
+                except ValueError:
+                    pass
+        elif option is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+        elif option is str:
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                return str(value)
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options if o is not type(None))
+    raise UserError(f"{where}: expected {names}, got {value!r}")
+
+
+def apply_values(config: object, values: dict, where: str) -> None:
+    """Set dataclass fields from ``values``; unknown keys and wrong types are user errors."""
+    known = {f.name: f for f in fields(config)}
+    for key, value in values.items():
+        if key not in known:
+            valid = ", ".join(sorted(known))
+            raise UserError(f"{where}: unknown key '{key}' (valid keys: {valid})")
+        setattr(config, key, _coerce(value, known[key].type, f"{where}: key '{key}'"))
+
+
+def load_recipe(path: Path | str | None) -> Recipe:
+    """Read a YAML recipe (sections data / fit / distill ...) into config dataclasses."""
+    recipe = Recipe()
+    if path is None:
+        return recipe
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a recipe is a mapping of sections ({', '.join(SECTIONS)})")
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise UserError(f"{path}: unknown section '{section}' (valid: {', '.join(SECTIONS)})")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise UserError(f"{path}: section '{section}' must be a mapping of keys to values")
+        apply_values(getattr(recipe, section), values, f"{path} [{section}]")
+    return recipe
+
+
+def apply_overrides(recipe: Recipe, section: str, flags: dict, sets: tuple[str, ...] = ()) -> None:
+    """Apply command-line flags (None = not given) then ``--set section.key=value`` items."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    apply_values(getattr(recipe, section), given, "command line")
+    for item in sets:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise UserError(f"--set {item!r}: expected section.key=value, e.g. distill.temperature=2")
+        dotted, value = item.split("=", 1)
+        sect, key = dotted.split(".", 1)
+        if sect not in SECTIONS:
+            raise UserError(f"--set {item!r}: unknown section '{sect}' (valid: {', '.join(SECTIONS)})")
+        apply_values(getattr(recipe, sect), {key: None if value.lower() in {"none", "null"} else value}, f"--set {dotted}")
+
+
+def choice(value: str, valid: typing.Iterable[str], what: str) -> str:
+    """Validate a name from a small registry, listing the valid ones when wrong."""
+    valid = list(valid)
+    if value not in valid:
+        raise UserError(f"unknown {what} '{value}' (valid: {', '.join(valid)})")
+    return value
+
+
+def as_dict(config: object) -> dict:
+    return dataclasses.asdict(config)

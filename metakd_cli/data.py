@@ -1,0 +1,517 @@
+"""Domain-tagged datasets: readers, validation, seeded stratified splits, tokenisation.
+
+Accepted layouts (DESIGN.md "Data"):
+
+* one JSONL / CSV / TSV file with ``text``, optional ``text_pair``, ``label`` and
+  ``domain`` columns (names configurable);
+* a folder with one such file per domain (domain = file stem);
+* a folder with ``train`` / ``dev`` / ``test`` files (domain column), or per-domain
+  folders each holding such files: given splits are kept as they are;
+* the Amazon multi-domain sentiment folders ``<domain>/{positive,negative}.review``.
+
+Without given splits every domain is split 80/10/10, stratified by label, with a seeded
+shuffle that is identical across runs and machines.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import random
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from metakd_cli.config import DataConfig
+from metakd_cli.errors import UserError
+
+SPLITS = ("train", "dev", "test")
+SPLIT_ALIASES = {"train": "train", "dev": "dev", "validation": "dev", "valid": "dev", "val": "dev", "test": "test"}
+TABLE_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+MAX_FIELD_CHARS = 1_000_000  # a single text longer than this is almost surely a broken file
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    text_pair: str | None
+    label: str
+    domain: str
+    where: str  # "file:line", for error messages
+
+
+@dataclass
+class Dataset:
+    source: str
+    layout: str
+    labels: list[str]
+    domains: list[str]
+    splits: dict[str, list[Example]]
+    given_splits: bool
+    split_seed: int
+    _label_index: dict[str, int] = field(default_factory=dict, repr=False)
+    _domain_index: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._label_index = {name: i for i, name in enumerate(self.labels)}
+        self._domain_index = {name: i for i, name in enumerate(self.domains)}
+
+    def label_id(self, label: str) -> int:
+        return self._label_index[label]
+
+    def domain_id(self, domain: str) -> int:
+        return self._domain_index[domain]
+
+    @property
+    def train(self) -> list[Example]:
+        return self.splits["train"]
+
+    @property
+    def dev(self) -> list[Example]:
+        return self.splits["dev"]
+
+    @property
+    def test(self) -> list[Example]:
+        return self.splits["test"]
+
+    def fingerprint(self) -> str:
+        """sha256 over every row's split, domain, label and text, in order."""
+        digest = hashlib.sha256()
+        for split in SPLITS:
+            for ex in self.splits[split]:
+                for part in (split, ex.domain, ex.label, ex.text, ex.text_pair or ""):
+                    digest.update(part.encode("utf-8"))
+                    digest.update(b"\x00")
+        return digest.hexdigest()
+
+    def summary(self) -> dict:
+        """Counts per domain x split x label: the `metakd data --json` object."""
+        domains: dict[str, dict] = {}
+        for domain in self.domains:
+            entry: dict = {split: 0 for split in SPLITS}
+            labels: Counter[str] = Counter()
+            for split in SPLITS:
+                rows = [ex for ex in self.splits[split] if ex.domain == domain]
+                entry[split] = len(rows)
+                labels.update(ex.label for ex in rows)
+            entry["labels"] = {label: labels.get(label, 0) for label in self.labels}
+            domains[domain] = entry
+        total = sum(len(rows) for rows in self.splits.values())
+        return {"total": total, "labels": list(self.labels), "domains": domains}
+
+    def select(self, split: str, domains: Sequence[str] | None = None) -> list[Example]:
+        rows = self.splits[split]
+        if domains is None:
+            return list(rows)
+        wanted = set(domains)
+        return [ex for ex in rows if ex.domain in wanted]
+
+    def check_domains(self, names: Iterable[str]) -> list[str]:
+        names = list(names)
+        for name in names:
+            if name not in self._domain_index:
+                raise UserError(f"unknown domain '{name}' (known domains: {', '.join(self.domains)})")
+        return names
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise UserError(
+            f"{path}:{line}:{column}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); "
+            "re-save the file as UTF-8"
+        ) from None
+    return text.removeprefix("\ufeff")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    text = _decode(path, raw)
+    if not text.strip():
+        raise UserError(f"{path}: the file is empty")
+    return text
+
+
+def _records(path: Path, kind: str) -> Iterable[tuple[int, dict]]:
+    """(line number, row mapping) for each record of a JSONL / CSV / TSV file."""
+    text = _read_text(path)
+    if kind == "jsonl":
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{number}:{exc.colno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise UserError(f"{path}:{number}: expected a JSON object per line")
+            yield number, record
+        return
+    delimiter = "\t" if kind == "tsv" else ","
+    csv.field_size_limit(MAX_FIELD_CHARS + 1)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error) as exc:
+        raise UserError(f"{path}:1: cannot read the header ({exc})") from None
+    header = [h.strip() for h in header]
+    if len(set(header)) != len(header):
+        raise UserError(f"{path}:1: duplicate column names in the header: {header}")
+    try:
+        for row in reader:
+            number = reader.line_num
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise UserError(
+                    f"{path}:{number}: {len(row)} fields, but the header has {len(header)} "
+                    f"({', '.join(header)})"
+                )
+            yield number, dict(zip(header, row))
+    except csv.Error as exc:
+        raise UserError(f"{path}:{reader.line_num}: malformed {kind.upper()} ({exc})") from None
+
+
+def _label_str(value: object, where: str, column: str) -> str:
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise UserError(f"{where}: field '{column}': missing or invalid label {value!r}")
+
+
+def _text_str(value: object, where: str, column: str, required: bool) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise UserError(f"{where}: field '{column}' is empty; every row needs a text")
+        return None
+    if not isinstance(value, str):
+        raise UserError(f"{where}: field '{column}': expected a string, got {type(value).__name__}")
+    if len(value) > MAX_FIELD_CHARS:
+        raise UserError(f"{where}: field '{column}' is {len(value):,} characters long (limit {MAX_FIELD_CHARS:,})")
+    return value
+
+
+def read_table(path: Path, cfg: DataConfig, domain: str | None = None) -> list[Example]:
+    """Rows of one JSONL / CSV / TSV file; ``domain`` overrides the domain column."""
+    kind = TABLE_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise UserError(f"{path}: unknown file type (expected .jsonl, .csv or .tsv)")
+    rows: list[Example] = []
+    for number, record in _records(path, kind):
+        where = f"{path}:{number}"
+        required = [cfg.text_column, cfg.label_column] + ([] if domain else [cfg.domain_column])
+        for column in required:
+            if column not in record:
+                columns = ", ".join(map(str, record)) or "none"
+                hint = " (set the column names with --text-column / --label-column / --domain-column)"
+                if column == cfg.domain_column:
+                    hint = " (name it with --domain-column, or use one file per domain in a folder)"
+                raise UserError(f"{where}: no column '{column}' (columns: {columns}){hint}")
+        text = _text_str(record[cfg.text_column], where, cfg.text_column, required=True)
+        pair = _text_str(record.get(cfg.text_pair_column), where, cfg.text_pair_column, required=False)
+        label = _label_str(record[cfg.label_column], where, cfg.label_column)
+        row_domain = domain or _label_str(record[cfg.domain_column], where, cfg.domain_column)
+        rows.append(Example(text, pair, label, row_domain, where))
+    if not rows:
+        raise UserError(f"{path}: no rows")
+    return rows
+
+
+_REVIEW = re.compile(r"<review>(.*?)</review>", re.S)
+_REVIEW_TEXT = re.compile(r"<review_text>(.*?)</review_text>", re.S)
+AMAZON_FILES = {"negative.review": "negative", "positive.review": "positive"}
+
+
+def read_review_file(path: Path, domain: str, label: str) -> list[Example]:
+    """The Amazon multi-domain sentiment pseudo-XML, parsed leniently (raw '&' and '<').
+
+    Each ``<review>`` must hold one ``<review_text>``; the text is that element's content.
+    """
+    text = _read_text(path)
+    rows: list[Example] = []
+    position = 0
+    line = 1
+    for match in _REVIEW.finditer(text):
+        line += text.count("\n", position, match.start())
+        position = match.start()
+        where = f"{path}:{line}"
+        body = _REVIEW_TEXT.search(match.group(1))
+        if body is None:
+            raise UserError(f"{where}: <review> without a <review_text>...</review_text> element")
+        content = " ".join(body.group(1).split())
+        if not content:
+            raise UserError(f"{where}: empty <review_text>")
+        rows.append(Example(content, None, label, domain, where))
+    opened, closed = text.count("<review>"), text.count("</review>")
+    if opened != closed or opened != len(rows):
+        raise UserError(
+            f"{path}: broken tags: {opened} <review>, {closed} </review>, {len(rows)} complete reviews"
+        )
+    if not rows:
+        raise UserError(f"{path}: no <review> elements found")
+    return rows
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+def _split_name(path: Path) -> str | None:
+    return SPLIT_ALIASES.get(path.stem.lower()) if path.suffix.lower() in TABLE_SUFFIXES else None
+
+
+def _tables(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
+
+
+def _read_split_folder(folder: Path, cfg: DataConfig, domain: str | None) -> dict[str, list[Example]]:
+    splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    for path in _tables(folder):
+        name = _split_name(path)
+        if name is not None:
+            splits[name].extend(read_table(path, cfg, domain))
+    for split in SPLITS:
+        if not splits[split]:
+            raise UserError(f"{folder}: given splits need train, dev and test files; '{split}' is missing or empty")
+    return splits
+
+
+def read_rows(cfg: DataConfig) -> tuple[str, dict[str, list[Example]] | list[Example]]:
+    """(layout name, rows): a dict of given splits, or a flat list still to be split."""
+    path = Path(cfg.path).expanduser()
+    if not cfg.path:
+        raise UserError("no data path given")
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    if path.is_file():
+        return "table", read_table(path, cfg)
+    subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    review_dirs = [d for d in subdirs if any((d / name).is_file() for name in AMAZON_FILES)]
+    if review_dirs:
+        rows: list[Example] = []
+        for folder in review_dirs:
+            for name, label in AMAZON_FILES.items():
+                file = folder / name
+                if not file.is_file():
+                    raise UserError(f"{folder}: missing {name} (an Amazon domain folder holds both .review files)")
+                rows.extend(read_review_file(file, folder.name, label))
+        return "amazon", rows
+    tables = _tables(path)
+    if any(_split_name(p) for p in tables):
+        return "splits", _read_split_folder(path, cfg, None)
+    split_dirs = [d for d in subdirs if any(_split_name(p) for p in _tables(d))]
+    if split_dirs:
+        merged: dict[str, list[Example]] = {s: [] for s in SPLITS}
+        for folder in split_dirs:
+            for split, rows in _read_split_folder(folder, cfg, folder.name).items():
+                merged[split].extend(rows)
+        return "domain-splits", merged
+    if tables:
+        rows = []
+        for table in tables:
+            rows.extend(read_table(table, cfg, table.stem))
+        return "file-per-domain", rows
+    raise UserError(
+        f"{path}: no data found (expected .jsonl/.csv/.tsv files, train/dev/test files, "
+        "or Amazon <domain>/positive.review folders)"
+    )
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def _sorted_labels(labels: Iterable[str]) -> list[str]:
+    labels = set(labels)
+    if all(re.fullmatch(r"-?\d+", label) for label in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)
+
+
+def _by_group(rows: Iterable[Example], key) -> dict:
+    groups: dict = defaultdict(list)
+    for row in rows:
+        groups[key(row)].append(row)
+    return groups
+
+
+def _shuffled(rows: list[Example], seed: int, salt: str) -> list[Example]:
+    rows = list(rows)
+    random.Random(f"{seed}:{salt}").shuffle(rows)  # str seeds hash the same on every machine
+    return rows
+
+
+def subsample(rows: list[Example], fraction: float, seed: int, salt: str) -> list[Example]:
+    """A seeded, label-stratified fraction of ``rows`` (at least one per label), in input order."""
+    if fraction >= 1.0:
+        return list(rows)
+    keep: set[int] = set()
+    index = {id(row): i for i, row in enumerate(rows)}
+    for label, group in sorted(_by_group(rows, lambda r: r.label).items()):
+        count = max(1, round(len(group) * fraction))
+        keep.update(index[id(r)] for r in _shuffled(group, seed, f"{salt}:{label}")[:count])
+    return [row for i, row in enumerate(rows) if i in keep]
+
+
+def split_rows(rows: list[Example], cfg: DataConfig) -> dict[str, list[Example]]:
+    """Seeded split of each (domain, label) group into train/dev/test, rows in input order."""
+    assigned: dict[int, str] = {}
+    index = {id(row): i for i, row in enumerate(rows)}
+    for (domain, label), group in sorted(_by_group(rows, lambda r: (r.domain, r.label)).items()):
+        shuffled = _shuffled(group, cfg.split_seed, f"split:{domain}:{label}")
+        n_test = int(len(group) * cfg.test_fraction + 0.5)
+        n_dev = int(len(group) * cfg.dev_fraction + 0.5)
+        for i, row in enumerate(shuffled):
+            assigned[index[id(row)]] = "test" if i < n_test else "dev" if i < n_test + n_dev else "train"
+    splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    for i, row in enumerate(rows):
+        splits[assigned[i]].append(row)
+    for domain, domain_rows in sorted(_by_group(rows, lambda r: r.domain).items()):
+        counts = Counter(assigned[index[id(r)]] for r in domain_rows)
+        empty = [s for s in SPLITS if counts[s] == 0]
+        if empty:
+            raise UserError(
+                f"domain '{domain}' ({domain_rows[0].where.rsplit(':', 1)[0]}) has {len(domain_rows)} rows: "
+                f"too few to split {1 - cfg.dev_fraction - cfg.test_fraction:.0%}/{cfg.dev_fraction:.0%}/"
+                f"{cfg.test_fraction:.0%} (its {', '.join(empty)} split would be empty); "
+                "add rows or give train/dev/test files"
+            )
+    return splits
+
+
+def _check_labels(splits: dict[str, list[Example]]) -> list[str]:
+    rows = [row for split in SPLITS for row in splits[split]]
+    domains_of: dict[str, set[str]] = defaultdict(set)
+    first: dict[str, Example] = {}
+    for row in rows:
+        domains_of[row.label].add(row.domain)
+        first.setdefault(row.label, row)
+    all_domains = {row.domain for row in rows}
+    if len(all_domains) > 1:
+        for label, domains in sorted(domains_of.items()):
+            if len(domains) == 1:
+                row = first[label]
+                raise UserError(
+                    f"{row.where}: label '{label}' appears only in domain '{row.domain}'; "
+                    "every domain must share one label set (fix or drop those rows)"
+                )
+    return _sorted_labels(domains_of)
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """Read, validate and split a domain-tagged dataset as ``cfg`` describes."""
+    for name in ("dev_fraction", "test_fraction"):
+        value = getattr(cfg, name)
+        if not 0 < value < 1:
+            raise UserError(f"{name} must be between 0 and 1, got {value}")
+    if cfg.dev_fraction + cfg.test_fraction >= 1:
+        raise UserError("dev_fraction + test_fraction must leave rows for training")
+    if cfg.limit_per_domain is not None and cfg.limit_per_domain < 1:
+        raise UserError(f"--limit-per-domain must be a positive number, got {cfg.limit_per_domain}")
+    layout, rows = read_rows(cfg)
+    given = isinstance(rows, dict)
+    if given:
+        splits = rows
+        if cfg.limit_per_domain is not None:
+            splits = {s: _limit(splits[s], cfg, _domain_sizes(splits)) for s in SPLITS}
+    else:
+        if cfg.limit_per_domain is not None:
+            rows = _limit(rows, cfg, _domain_sizes({"all": rows}))
+        splits = split_rows(rows, cfg)
+    labels = _check_labels(splits)
+    domains = sorted({row.domain for split in SPLITS for row in splits[split]})
+    return Dataset(
+        source=str(Path(cfg.path).expanduser().resolve()),
+        layout=layout,
+        labels=labels,
+        domains=domains,
+        splits=splits,
+        given_splits=given,
+        split_seed=cfg.split_seed,
+    )
+
+
+def _domain_sizes(splits: dict[str, list[Example]]) -> Counter[str]:
+    return Counter(row.domain for rows in splits.values() for row in rows)
+
+
+def _limit(rows: list[Example], cfg: DataConfig, sizes: Counter[str]) -> list[Example]:
+    """Keep about ``limit_per_domain`` rows of each domain (label-stratified, seeded)."""
+    kept: list[Example] = []
+    for domain, group in sorted(_by_group(rows, lambda r: r.domain).items()):
+        fraction = min(1.0, cfg.limit_per_domain / sizes[domain])
+        kept.extend(subsample(group, fraction, cfg.split_seed, f"limit:{domain}"))
+    return kept
+
+
+# --------------------------------------------------------------------------- tokenisation
+
+
+@dataclass
+class Encoded:
+    """Token ids (unpadded), labels and domains of a list of examples, in order."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    labels: list[int]
+    domains: list[int]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode(examples: Sequence[Example], dataset: Dataset, tokenizer, max_length: int) -> Encoded:
+    """Tokenise once, truncating to ``max_length``; padding happens per batch."""
+    texts = [ex.text for ex in examples]
+    pairs = [ex.text_pair for ex in examples]
+    has_pairs = any(p is not None for p in pairs)
+    if has_pairs:
+        pairs = [p or "" for p in pairs]
+        out = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    else:
+        out = tokenizer(texts, truncation=True, max_length=max_length)
+    return Encoded(
+        input_ids=out["input_ids"],
+        token_type_ids=out.get("token_type_ids"),
+        labels=[dataset.label_id(ex.label) for ex in examples],
+        domains=[dataset.domain_id(ex.domain) for ex in examples],
+    )
+
+
+def collate(encoded: Encoded, indices: Sequence[int], pad_id: int) -> dict:
+    """A padded batch (dict of tensors) of the rows at ``indices``."""
+    import torch
+
+    length = max(len(encoded.input_ids[i]) for i in indices)
+    ids = torch.full((len(indices), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(indices), length), dtype=torch.long)
+    types = torch.zeros((len(indices), length), dtype=torch.long)
+    for row, i in enumerate(indices):
+        seq = encoded.input_ids[i]
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+        if encoded.token_type_ids is not None:
+            types[row, : len(seq)] = torch.tensor(encoded.token_type_ids[i])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if encoded.token_type_ids is not None:
+        batch["token_type_ids"] = types
+    batch["labels"] = torch.tensor([encoded.labels[i] for i in indices], dtype=torch.long)
+    batch["domains"] = torch.tensor([encoded.domains[i] for i in indices], dtype=torch.long)
+    batch["index"] = torch.tensor(list(indices), dtype=torch.long)
+    return batch
