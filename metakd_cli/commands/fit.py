@@ -1,12 +1,59 @@
-"""`metakd fit`: not built yet."""
+"""`metakd fit DATA`: train the meta-teacher (or the single / mix baselines)."""
+
+from __future__ import annotations
 
 import click
 
-from metakd_cli.errors import UserError
+from metakd_cli.commands.options import data_options, pop_data_flags
 
 
-@click.command("fit", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def fit(args) -> None:
-    """(Not built yet.)"""
-    raise UserError("`metakd fit` is not built yet in this version")
+@click.command()
+@click.argument("data", type=str)
+@click.option("--teacher", default=None, help="Teacher model: all-MiniLM-L6-v2 (offline default), a folder, or a hub id.")
+@click.option("--teacher-mode", default=None, help="meta (default) | mix | single.")
+@click.option("--prototypes", default=None, help="class (the paper, default) | domain (the official code).")
+@click.option("--pooling", default=None, help="Representation for the scores: mean (default) | cls.")
+@click.option("--domain-loss", default=None, help="confusion (official, default) | reversal (DANN) | none.")
+@click.option("--alpha", type=float, default=None, help="Weight of cos(h, own prototype) in t [0.5].")
+@click.option("--zeta", type=float, default=None, help="Weight of cos(h, other domains' prototypes) in t [0.5].")
+@click.option("--gamma", type=float, default=None, help="Weight of the domain loss [0.5].")
+@click.option("--epochs", type=int, default=None, help="Training epochs [3].")
+@click.option("--batch-size", type=int, default=None, help="Batch size [32].")
+@click.option("--lr", type=float, default=None, help="Peak learning rate, linear warm-up and decay [2e-5].")
+@click.option("--max-length", type=int, default=None, help="Tokens per example [128].")
+@click.option("--seed", type=int, default=None, help="Training seed [42].")
+@click.option("--trust-remote-code", is_flag=True, default=None, help="Allow model code from the hub (off by default).")
+@data_options
+@click.option("--recipe", type=click.Path(dir_okay=False), default=None, help="YAML recipe; flags override it.")
+@click.option("--set", "sets", multiple=True, help="Override a recipe key: --set fit.lr=3e-5 (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted fit from its last checkpoint.")
+@click.pass_obj
+def fit(obj, data: str, recipe: str | None, sets: tuple[str, ...], resume: bool, **kwargs) -> None:
+    """Train the meta-teacher on every domain of DATA; writes teacher/ and metrics/fit.json."""
+    from metakd_cli import console
+    from metakd_cli.config import apply_overrides, as_dict, load_recipe
+    from metakd_cli.run_dir import RunDir
+
+    config = load_recipe(recipe)
+    data_flags = pop_data_flags(kwargs)
+    apply_overrides(config, "data", {"path": data, **data_flags})
+    apply_overrides(config, "fit", kwargs, sets)
+    console.log(f"fit config: {as_dict(config.fit)}")
+
+    from metakd_cli.fit import fit as run_fit
+
+    result = run_fit(config.data, config.fit, RunDir(obj.run_dir), resume, console.TrainingProgress(), console.log)
+    metrics = result.metrics
+    domains = [d for d in metrics["dev_accuracy"] if d != "average"]
+    rows = [[d, metrics["dev_accuracy"][d], metrics["test_accuracy"][d], _t(metrics, d)] for d in domains]
+    rows.append(["average", metrics["dev_accuracy"]["average"], metrics["test_accuracy"]["average"], None])
+    console.print_table(
+        f"teacher ({result.mode}) in {obj.run_dir}/teacher — {result.seconds / 60:.1f} min",
+        ["domain", "dev acc %", "test acc %", "mean t"],
+        rows,
+    )
+
+
+def _t(metrics: dict, domain: str) -> float | None:
+    stats = metrics.get("t", {}).get(domain)
+    return stats["mean"] if stats else None

@@ -1,0 +1,124 @@
+"""Losses of Meta-KD as pure functions of tensors, each reduced PER EXAMPLE.
+
+Every function returns a [B] tensor of per-example losses, so that example weights
+(t for the teacher, lambda for distillation) multiply whole examples, as the official
+code does, before the batch mean.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.scale * grad, None
+
+
+def grad_reverse(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Identity forward, gradient multiplied by -scale backward (DANN, Ganin et al. 2016)."""
+    return _GradReverse.apply(x, scale)
+
+
+def confusion_targets(domains: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The batch's domain labels randomly permuted: the official domain-confusion target."""
+    return domains[torch.randperm(domains.shape[0], generator=generator)]
+
+
+def teacher_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    domain_logits: torch.Tensor | None,
+    domain_targets: torch.Tensor | None,
+    t: torch.Tensor,
+    gamma: float,
+) -> dict[str, torch.Tensor]:
+    """Meta-teacher loss: mean_i t_i * (CE(y_i) + gamma * CE(domain target_i)).
+
+    logits: [B, C]; labels: [B]; domain_logits: [B, D] or None (no domain loss);
+    t: [B] transferability weights (1 for the mix baseline). Returns named terms; ``loss``
+    is the one to optimise.
+    """
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    per_example = ce
+    terms: dict[str, torch.Tensor] = {"ce": ce.mean()}
+    if domain_logits is not None and domain_targets is not None:
+        domain_ce = F.cross_entropy(domain_logits, domain_targets, reduction="none")
+        per_example = per_example + gamma * domain_ce
+        terms["domain"] = domain_ce.mean()
+    terms["loss"] = (t * per_example).mean()
+    return terms
+
+
+def expertise_weight(t: torch.Tensor, p_gold: torch.Tensor) -> torch.Tensor:
+    """lambda = (1 + t) / (exp((1 - p)^2) + 1): the teacher's domain expertise on x.
+
+    t: transferability in [-1, 1]; p_gold: the teacher's probability of the gold label.
+    For t in [0, 1] and p in [0, 1], lambda lies in [0.27, 1].
+    """
+    return (1.0 + t) / (torch.exp((1.0 - p_gold) ** 2) + 1.0)
+
+
+def _token_mean(squared: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of [B, L, H] squared errors over real tokens and features -> [B]."""
+    mask = token_mask.to(squared.dtype).unsqueeze(-1)
+    return (squared * mask).sum((1, 2)) / (mask.sum((1, 2)) * squared.shape[-1]).clamp(min=1.0)
+
+
+def hidden_mse(
+    student_hidden: list[torch.Tensor],
+    teacher_hidden: list[torch.Tensor],
+    attention_mask: torch.Tensor,
+    projection: torch.nn.Module | None = None,
+) -> torch.Tensor:
+    """sum_j MSE(W h_s^j, h_t^{m(j)}) per example, over real tokens (index 0 = embeddings).
+
+    Lists are already aligned by the layer map; tensors [B, L, H_s] / [B, L, H_t].
+    ``projection`` maps student width to teacher width when they differ.
+    """
+    total = torch.zeros(attention_mask.shape[0], dtype=teacher_hidden[0].dtype, device=attention_mask.device)
+    for hs, ht in zip(student_hidden, teacher_hidden, strict=True):
+        if projection is not None:
+            hs = projection(hs)
+        total = total + _token_mean((hs - ht) ** 2, attention_mask)
+    return total
+
+
+def attention_mse(
+    student_attentions: list[torch.Tensor], teacher_attentions: list[torch.Tensor], attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """sum_j MSE(A_s^j, A_t^{m(j)}) per example, over real query x key token pairs.
+
+    Attention probabilities [B, heads, L, L], as transformers returns them (eager).
+    """
+    mask = attention_mask.to(teacher_attentions[0].dtype)
+    pair = (mask[:, :, None] * mask[:, None, :]).unsqueeze(1)  # [B, 1, L, L]
+    total = torch.zeros(mask.shape[0], dtype=mask.dtype, device=mask.device)
+    for a_s, a_t in zip(student_attentions, teacher_attentions, strict=True):
+        if a_s.shape[1] != a_t.shape[1]:  # different head counts: compare head-averaged maps
+            a_s, a_t = a_s.mean(1, keepdim=True), a_t.mean(1, keepdim=True)
+        weights = pair.expand_as(a_s)
+        total = total + ((a_s - a_t) ** 2 * weights).sum((1, 2, 3)) / weights.sum((1, 2, 3)).clamp(min=1.0)
+    return total
+
+
+def domain_feature_mse(
+    student_z: torch.Tensor, teacher_z: torch.Tensor, projection: torch.nn.Module | None = None
+) -> torch.Tensor:
+    """MSE(z_t, W z_s) per example on the domain features: [B, H_s], [B, H_t] -> [B]."""
+    if projection is not None:
+        student_z = projection(student_z)
+    return ((student_z - teacher_z) ** 2).mean(-1)
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """-sum_c softmax(z_t / T)_c * log_softmax(z_s / T)_c per example -> [B]."""
+    targets = F.softmax(teacher_logits / temperature, dim=-1)
+    return -(targets * F.log_softmax(student_logits / temperature, dim=-1)).sum(-1)

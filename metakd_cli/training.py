@@ -1,0 +1,212 @@
+"""The one training loop shared by fit and distill, on accelerate.
+
+Seeded per-epoch batch order, AdamW with linear warm-up (or a constant rate), gradient
+clipping, dev-set selection of the best state, a progress callback, and checkpoints that
+make ``--resume`` continue exactly where an interrupted run stopped: model, optimizer,
+scheduler, RNG states and position are saved at each epoch end and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from metakd_cli.errors import UserError
+
+
+@dataclass
+class PhaseSpec:
+    name: str
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    constant_lr: bool = False
+
+
+@dataclass
+class PhaseResult:
+    best_score: float
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    examples_per_second: float = 0.0
+    resumed_from: dict | None = None
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def _state_file(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    # tied weights share storage; safetensors wants distinct tensors
+    save_file({k: v.clone() for k, v in tensors.items()}, str(path))
+
+
+def run_phase(
+    spec: PhaseSpec,
+    module: nn.Module,
+    n_examples: int,
+    make_batch: Callable[[list[int]], dict],
+    loss_step: Callable[[dict, torch.Generator], dict[str, torch.Tensor]],
+    evaluate: Callable[[], float],
+    checkpoint_dir: Path,
+    resume: bool,
+    progress=None,
+) -> PhaseResult:
+    """Train ``module`` (an nn.Module holding every trainable part) and keep its best state.
+
+    ``loss_step(batch, generator)`` returns named loss terms with ``loss`` to optimise;
+    ``evaluate()`` returns the dev score used for selection (higher is better). On return
+    ``module`` holds the best state seen.
+    """
+    from accelerate import Accelerator
+    from transformers import get_constant_schedule, get_linear_schedule_with_warmup
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(spec.seed)
+    steps_per_epoch = math.ceil(n_examples / spec.batch_size)
+    total_steps = steps_per_epoch * spec.epochs
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": spec.weight_decay},
+        {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=spec.lr)
+    if spec.constant_lr:
+        scheduler = get_constant_schedule(optimizer)
+    else:
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(spec.warmup * total_steps), total_steps)
+    model, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    generator = torch.Generator().manual_seed(spec.seed + 1)
+
+    ckpt = checkpoint_dir / spec.name
+    position = {"epoch": 0, "step": 0}
+    best_score, best_epoch, history = -math.inf, -1, []
+    best_state: dict[str, torch.Tensor] | None = None
+    resumed_from = None
+    if resume and (ckpt / "loop.json").is_file():
+        from safetensors.torch import load_file
+
+        loop = json.loads((ckpt / "loop.json").read_text())
+        if loop.get("total_steps") != total_steps or loop.get("n_examples") != n_examples:
+            raise UserError(
+                f"{ckpt}: the checkpoint was made with other settings "
+                f"({loop.get('n_examples')} examples, {loop.get('total_steps')} steps); run without --resume"
+            )
+        accelerator.unwrap_model(model).load_state_dict(load_file(str(ckpt / "model.safetensors")))
+        states = torch.load(ckpt / "optim.pt", weights_only=True)  # our own checkpoint, tensors only
+        optimizer.load_state_dict(states["optimizer"])
+        scheduler.load_state_dict(states["scheduler"])
+        rng = load_file(str(ckpt / "rng.safetensors"))
+        torch.set_rng_state(rng["torch"])
+        generator.set_state(rng["generator"])
+        if (ckpt / "best.safetensors").is_file():
+            best_state = load_file(str(ckpt / "best.safetensors"))
+        position = {"epoch": loop["epoch"], "step": loop["step"]}
+        best_score, best_epoch, history = loop["best_score"], loop["best_epoch"], loop["history"]
+        resumed_from = dict(position)
+
+    def save_checkpoint() -> None:
+        if not accelerator.is_main_process:
+            return
+        tmp = ckpt.parent / f".{ckpt.name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _save_tensors(_state_file(accelerator.unwrap_model(model)), tmp / "model.safetensors")
+        if best_state is not None:
+            _save_tensors(best_state, tmp / "best.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        _save_tensors({"torch": torch.get_rng_state(), "generator": generator.get_state()}, tmp / "rng.safetensors")
+        loop = {
+            **position,
+            "best_score": best_score,
+            "best_epoch": best_epoch,
+            "history": history,
+            "total_steps": total_steps,
+            "n_examples": n_examples,
+        }
+        (tmp / "loop.json").write_text(json.dumps(loop, indent=2))
+        if ckpt.exists():
+            shutil.rmtree(ckpt)
+        tmp.rename(ckpt)
+
+    started = time.perf_counter()
+    trained_examples = 0
+    if progress is not None:
+        progress.start(spec.name, total_steps, completed=position["epoch"] * steps_per_epoch + position["step"])
+    try:
+        while position["epoch"] < spec.epochs:
+            epoch = position["epoch"]
+            order = epoch_order(n_examples, spec.seed, epoch)
+            model.train()
+            running, count = 0.0, 0
+            for step in range(position["step"], steps_per_epoch):
+                indices = order[step * spec.batch_size : (step + 1) * spec.batch_size]
+                indices = indices[accelerator.process_index :: accelerator.num_processes]
+                batch = {k: v.to(accelerator.device) for k, v in make_batch(indices).items()}
+                terms = loss_step(batch, generator)
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(terms["loss"])
+                if spec.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                position["step"] = step + 1
+                trained_examples += len(indices)
+                running += float(terms["loss"].detach())
+                count += 1
+                if progress is not None:
+                    rate = trained_examples / max(time.perf_counter() - started, 1e-9)
+                    progress.advance(1, f"epoch {epoch + 1}/{spec.epochs} loss {running / count:.4f} {rate:.1f} ex/s")
+            model.eval()
+            score = evaluate()
+            history.append({"epoch": epoch + 1, "train_loss": running / max(count, 1), "dev_score": score})
+            if score > best_score:
+                best_score, best_epoch = score, epoch + 1
+                best_state = _state_file(accelerator.unwrap_model(model))
+            position = {"epoch": epoch + 1, "step": 0}
+            save_checkpoint()
+    except KeyboardInterrupt:
+        save_checkpoint()
+        if progress is not None:
+            progress.stop()
+        raise
+    if progress is not None:
+        progress.stop()
+    seconds = time.perf_counter() - started
+    unwrapped = accelerator.unwrap_model(model)
+    if best_state is not None:
+        unwrapped.load_state_dict(best_state)
+    unwrapped.eval()
+    return PhaseResult(
+        best_score=best_score,
+        best_epoch=best_epoch,
+        history=history,
+        seconds=seconds,
+        examples_per_second=trained_examples / max(seconds, 1e-9),
+        resumed_from=resumed_from,
+    )
+
+
+def clear_checkpoints(checkpoint_dir: Path, name: str) -> None:
+    shutil.rmtree(checkpoint_dir / name, ignore_errors=True)
