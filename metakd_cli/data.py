@@ -185,7 +185,7 @@ def _records(path: Path, kind: str) -> Iterable[tuple[int, dict]]:
         raise UserError(f"{path}:{reader.line_num}: malformed {kind.upper()} ({exc})") from None
 
 
-def _label_str(value: object, where: str, column: str) -> str:
+def _label_str(value: object, where: str, column: str, what: str = "label") -> str:
     if isinstance(value, bool):
         return str(int(value))
     if isinstance(value, int):
@@ -194,7 +194,7 @@ def _label_str(value: object, where: str, column: str) -> str:
         return str(int(value))
     if isinstance(value, str) and value.strip():
         return value.strip()
-    raise UserError(f"{where}: field '{column}': missing or invalid label {value!r}")
+    raise UserError(f"{where}: field '{column}': missing or invalid {what} {value!r}")
 
 
 def _text_str(value: object, where: str, column: str, required: bool) -> str | None:
@@ -228,7 +228,7 @@ def read_table(path: Path, cfg: DataConfig, domain: str | None = None) -> list[E
         text = _text_str(record[cfg.text_column], where, cfg.text_column, required=True)
         pair = _text_str(record.get(cfg.text_pair_column), where, cfg.text_pair_column, required=False)
         label = _label_str(record[cfg.label_column], where, cfg.label_column)
-        row_domain = domain or _label_str(record[cfg.domain_column], where, cfg.domain_column)
+        row_domain = domain or _label_str(record[cfg.domain_column], where, cfg.domain_column, "domain")
         rows.append(Example(text, pair, label, row_domain, where))
     if not rows:
         raise UserError(f"{path}: no rows")
@@ -236,8 +236,30 @@ def read_table(path: Path, cfg: DataConfig, domain: str | None = None) -> list[E
 
 
 _REVIEW = re.compile(r"<review>(.*?)</review>", re.S)
+_REVIEW_TAG = re.compile(r"</?review>")
 _REVIEW_TEXT = re.compile(r"<review_text>(.*?)</review_text>", re.S)
 AMAZON_FILES = {"negative.review": "negative", "positive.review": "positive"}
+
+
+def _check_review_tags(path: Path, text: str) -> None:
+    """<review> and </review> must alternate; name the line of the first one that does not."""
+    line, position, open_line = 1, 0, None
+    for tag in _REVIEW_TAG.finditer(text):
+        line += text.count("\n", position, tag.start())
+        position = tag.start()
+        if tag.group() == "<review>":
+            if open_line is not None:
+                raise UserError(
+                    f"{path}:{open_line}: <review> is not closed before the next <review> "
+                    f"(line {line}); add the missing </review>"
+                )
+            open_line = line
+        elif open_line is None:
+            raise UserError(f"{path}:{line}: </review> without an opening <review>")
+        else:
+            open_line = None
+    if open_line is not None:
+        raise UserError(f"{path}:{open_line}: <review> is never closed; add the missing </review>")
 
 
 def read_review_file(path: Path, domain: str, label: str) -> list[Example]:
@@ -246,6 +268,7 @@ def read_review_file(path: Path, domain: str, label: str) -> list[Example]:
     Each ``<review>`` must hold one ``<review_text>``; the text is that element's content.
     """
     text = _read_text(path)
+    _check_review_tags(path, text)
     rows: list[Example] = []
     position = 0
     line = 1
@@ -260,11 +283,6 @@ def read_review_file(path: Path, domain: str, label: str) -> list[Example]:
         if not content:
             raise UserError(f"{where}: empty <review_text>")
         rows.append(Example(content, None, label, domain, where))
-    opened, closed = text.count("<review>"), text.count("</review>")
-    if opened != closed or opened != len(rows):
-        raise UserError(
-            f"{path}: broken tags: {opened} <review>, {closed} </review>, {len(rows)} complete reviews"
-        )
     if not rows:
         raise UserError(f"{path}: no <review> elements found")
     return rows
@@ -386,8 +404,9 @@ def split_rows(rows: list[Example], cfg: DataConfig) -> dict[str, list[Example]]
         counts = Counter(assigned[index[id(r)]] for r in domain_rows)
         empty = [s for s in SPLITS if counts[s] == 0]
         if empty:
+            count = f"{len(domain_rows)} row" + ("s" if len(domain_rows) != 1 else "")
             raise UserError(
-                f"domain '{domain}' ({domain_rows[0].where.rsplit(':', 1)[0]}) has {len(domain_rows)} rows: "
+                f"{domain_rows[0].where}: domain '{domain}' (first row here) has {count}: "
                 f"too few to split {1 - cfg.dev_fraction - cfg.test_fraction:.0%}/{cfg.dev_fraction:.0%}/"
                 f"{cfg.test_fraction:.0%} (its {', '.join(empty)} split would be empty); "
                 "add rows or give train/dev/test files"
@@ -452,12 +471,12 @@ def _domain_sizes(splits: dict[str, list[Example]]) -> Counter[str]:
 
 
 def _limit(rows: list[Example], cfg: DataConfig, sizes: Counter[str]) -> list[Example]:
-    """Keep about ``limit_per_domain`` rows of each domain (label-stratified, seeded)."""
-    kept: list[Example] = []
+    """Keep about ``limit_per_domain`` rows of each domain (label-stratified, seeded), in input order."""
+    kept: set[int] = set()
     for domain, group in sorted(_by_group(rows, lambda r: r.domain).items()):
         fraction = min(1.0, cfg.limit_per_domain / sizes[domain])
-        kept.extend(subsample(group, fraction, cfg.split_seed, f"limit:{domain}"))
-    return kept
+        kept.update(id(row) for row in subsample(group, fraction, cfg.split_seed, f"limit:{domain}"))
+    return [row for row in rows if id(row) in kept]
 
 
 # --------------------------------------------------------------------------- tokenisation
@@ -474,6 +493,18 @@ class Encoded:
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    def subset(self, indices: Sequence[int]) -> "Encoded":
+        return Encoded(
+            input_ids=[self.input_ids[i] for i in indices],
+            token_type_ids=None if self.token_type_ids is None else [self.token_type_ids[i] for i in indices],
+            labels=[self.labels[i] for i in indices],
+            domains=[self.domains[i] for i in indices],
+        )
+
+    def rows_of(self, domain_id: int | None) -> list[int]:
+        """Indices of the rows of one domain (all rows for None)."""
+        return [i for i, d in enumerate(self.domains) if domain_id is None or d == domain_id]
 
 
 def encode(examples: Sequence[Example], dataset: Dataset, tokenizer, max_length: int) -> Encoded:

@@ -241,10 +241,9 @@ def fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool = False,
     if cfg.teacher_mode == "single":
         staging_parts = {}
         for d, domain in enumerate(dataset.domains):
-            subset = [i for i, dom in enumerate(train.domains) if dom == d]
-            sub_train = _subset(train, subset)
-            sub_dev = _subset(dev, [i for i, dom in enumerate(dev.domains) if dom == d])
-            sub_test = _subset(test, [i for i, dom in enumerate(test.domains) if dom == d])
+            sub_train = train.subset(train.rows_of(d))
+            sub_dev = dev.subset(dev.rows_of(d))
+            sub_test = test.subset(test.rows_of(d))
             log(f"single teacher for domain {domain}: {len(sub_train):,} rows")
             parts, result = _train_one(
                 domain, cfg, model_path, tokenizer, dataset, sub_train, sub_dev, sub_test,
@@ -292,15 +291,6 @@ def fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool = False,
     for finished in run.checkpoints.glob("fit-*"):  # nothing left to resume
         clear_checkpoints(run.checkpoints, finished.name)
     return FitResult(run_dir=run.path, mode=cfg.teacher_mode, teachers=teachers, metrics=metrics, seconds=seconds)
-
-
-def _subset(encoded: Encoded, indices: list[int]) -> Encoded:
-    return Encoded(
-        input_ids=[encoded.input_ids[i] for i in indices],
-        token_type_ids=None if encoded.token_type_ids is None else [encoded.token_type_ids[i] for i in indices],
-        labels=[encoded.labels[i] for i in indices],
-        domains=[encoded.domains[i] for i in indices],
-    )
 
 
 def _versions() -> dict[str, str]:

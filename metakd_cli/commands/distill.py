@@ -1,12 +1,48 @@
-"""`metakd distill`: not built yet."""
+"""`metakd distill`: meta-distil the run's teacher into a small student."""
+
+from __future__ import annotations
 
 import click
 
-from metakd_cli.errors import UserError
 
+@click.command()
+@click.option("--student", default=None, help="tiny (default: 4 of the teacher's layers) | tinybert4 | a folder or hub id.")
+@click.option("--student-init", default=None, help="For tinybert4: a general-distilled folder or hub id, or `random`.")
+@click.option("--method", default=None, help="meta (default) | tinybert (lambda = 1, no domain term) | kd (logits only).")
+@click.option("--domain", default=None, help="Distil for one domain only (the paper's setting); default all domains.")
+@click.option("--intermediate-epochs", type=int, default=None, help="Stage 1 (layer-wise) epochs [3].")
+@click.option("--epochs", type=int, default=None, help="Stage 2 (soft labels) epochs [3].")
+@click.option("--temperature", type=float, default=None, help="Soft-label temperature [1].")
+@click.option("--batch-size", type=int, default=None, help="Batch size [32].")
+@click.option("--lr", type=float, default=None, help="Stage 2 learning rate [3e-5].")
+@click.option("--intermediate-lr", type=float, default=None, help="Stage 1 learning rate, constant [5e-5].")
+@click.option("--gamma", type=float, default=None, help="Weight of the domain-feature term (meta) [0.5].")
+@click.option("--max-length", type=int, default=None, help="Tokens per example [the teacher's].")
+@click.option("--seed", type=int, default=None, help="Training seed [42].")
+@click.option("--trust-remote-code", is_flag=True, default=None, help="Allow model code from the hub (off by default).")
+@click.option("--recipe", type=click.Path(dir_okay=False), default=None, help="YAML recipe; flags override it.")
+@click.option("--set", "sets", multiple=True, help="Override a recipe key: --set distill.temperature=2 (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted distill from its last checkpoint.")
+@click.pass_obj
+def distill(obj, recipe: str | None, sets: tuple[str, ...], resume: bool, **kwargs) -> None:
+    """Distil the teacher in the run folder into student/ (a plain transformers classifier)."""
+    from metakd_cli import console
+    from metakd_cli.config import apply_overrides, as_dict, load_recipe
+    from metakd_cli.run_dir import RunDir
 
-@click.command("distill", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def distill(args) -> None:
-    """(Not built yet.)"""
-    raise UserError("`metakd distill` is not built yet in this version")
+    config = load_recipe(recipe)
+    apply_overrides(config, "distill", kwargs, sets)
+    console.log(f"distill config: {as_dict(config.distill)}")
+
+    from metakd_cli.distill import distill as run_distill
+
+    result = run_distill(config.distill, RunDir(obj.run_dir), resume, console.TrainingProgress(), console.log, console.warn)
+    m = result.metrics
+    domains = [d for d in m["test_accuracy"] if d != "average"] + ["average"]
+    rows = [[d, m["teacher_test_accuracy"].get(d), m["dev_accuracy"].get(d), m["test_accuracy"].get(d)] for d in domains]
+    console.print_table(
+        f"student ({m['method']}, {m['student']}) in {obj.run_dir}/student — {result.seconds / 60:.1f} min, "
+        f"agreement with teacher {m['test_agreement_with_teacher']:.1f}%",
+        ["domain", "teacher test %", "student dev %", "student test %"],
+        rows,
+    )

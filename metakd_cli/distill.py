@@ -1,0 +1,290 @@
+"""`metakd distill`: meta-distillation (Meta-KD Sec. 3.3) and the TinyBERT-KD / KD baselines.
+
+Stage 1 (intermediate), per example x with weight lambda(x):
+    lambda(x) * [ sum_j MSE(W h_s^j, h_t^m(j)) + sum_j MSE(A_s^j, A_t^m(j)) + gamma * MSE(z_t, W z_s) ]
+    lambda(x) = (1 + t(x)) / (exp((1 - p_t(gold | x))^2) + 1)      (meta)
+    lambda = 1 and no gamma term                                     (tinybert)
+Stage 2 (prediction): soft cross-entropy to the teacher's logits at temperature T.
+``kd`` runs stage 2 only. The teacher is frozen, in eval mode; its logits, p_t(gold) and
+lambda are computed once per run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from metakd_cli.config import DataConfig, DistillConfig, choice
+from metakd_cli.data import Dataset, Encoded, collate, encode, load_dataset
+from metakd_cli.errors import UserError
+from metakd_cli.evaluate import per_domain_accuracy, torch_logits
+from metakd_cli.losses import attention_mse, domain_feature_mse, expertise_weight, hidden_mse, soft_cross_entropy
+from metakd_cli.models import (
+    DomainHead,
+    TeacherInfo,
+    cut_layers,
+    layer_map,
+    load_classifier,
+    load_head,
+    load_tokenizer,
+    resolve_model,
+)
+from metakd_cli.prototypes import pool
+from metakd_cli.run_dir import RunDir, atomic_dir
+from metakd_cli.training import PhaseSpec, clear_checkpoints, run_phase
+
+METHODS = ("meta", "tinybert", "kd")
+PRESETS = ("tiny", "tinybert4")
+STUDENT_JSON = "metakd_student.json"
+TINYBERT4 = dict(num_hidden_layers=4, hidden_size=312, num_attention_heads=12, intermediate_size=1200)
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class DistillResult:
+    run_dir: Path
+    metrics: dict
+    seconds: float
+
+
+def validate(cfg: DistillConfig) -> None:
+    choice(cfg.method, METHODS, "--method")
+    for name in ("epochs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.intermediate_epochs < 0:
+        raise UserError(f"--intermediate-epochs must be 0 or more, got {cfg.intermediate_epochs}")
+    if cfg.temperature <= 0:
+        raise UserError(f"--temperature must be positive, got {cfg.temperature}")
+
+
+def reload_dataset(run: RunDir) -> tuple[DataConfig, Dataset]:
+    """The fit step's dataset, checked against the fingerprint recorded in the manifest."""
+    manifest = run.load()
+    if "fit" not in manifest.steps or not manifest.data:
+        raise UserError(f"{run.path}: no `fit` step recorded yet; run `metakd fit DATA` first")
+    data_cfg = DataConfig(**manifest.data["config"])
+    dataset = load_dataset(data_cfg)
+    if dataset.fingerprint() != manifest.data["fingerprint"]:
+        raise UserError(
+            f"the data at {data_cfg.path} changed since `metakd fit` (fingerprint differs); re-run fit"
+        )
+    return data_cfg, dataset
+
+
+def build_student(cfg: DistillConfig, teacher, teacher_tokenizer, labels: list[str], warn) -> tuple[nn.Module, str]:
+    """The student and a one-line description of how it was initialised."""
+    if cfg.student == "tiny":
+        student, kept = cut_layers(teacher, 4)
+        return student, f"tiny: the teacher's embeddings, layers {kept} and classifier"
+    if cfg.student == "tinybert4":
+        if cfg.student_init is None:
+            raise UserError(
+                "--student tinybert4 needs --student-init: a general-distilled 4L-312 checkpoint (folder or hub id, "
+                "e.g. huawei-noah/TinyBERT_General_4L_312D online) or `random`"
+            )
+        if cfg.student_init == "random":
+            from transformers import BertConfig, BertForSequenceClassification
+
+            warn(
+                "tinybert4 from random weights: a student without general distillation is much weaker; "
+                "prefer --student-init with a general-distilled checkpoint"
+            )
+            config = BertConfig(
+                vocab_size=teacher.config.vocab_size,
+                max_position_embeddings=teacher.config.max_position_embeddings,
+                type_vocab_size=teacher.config.type_vocab_size,
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={label: i for i, label in enumerate(labels)},
+                attn_implementation="eager",
+                **TINYBERT4,
+            )
+            torch.manual_seed(cfg.seed)
+            return BertForSequenceClassification(config), "tinybert4 (4L-312) from random weights"
+        name = resolve_model(cfg.student_init)
+    else:
+        name = resolve_model(cfg.student)
+    student_tokenizer = load_tokenizer(name, cfg.trust_remote_code)
+    if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
+        raise UserError(
+            f"student {name} has a different tokenizer vocabulary than the teacher; distillation needs the same "
+            "word pieces (pick a student built on the teacher's tokenizer)"
+        )
+    student = load_classifier(name, labels, "eager", cfg.trust_remote_code)
+    return student, f"{cfg.student} from {name}"
+
+
+def _teacher_folder(run: RunDir, info: TeacherInfo, domain: str | None) -> Path:
+    if info.mode != "single":
+        return run.teacher
+    if domain is None:
+        raise UserError(
+            "the run's teacher was fitted with --teacher-mode single (one teacher per domain): "
+            f"pick which with --domain ({', '.join(info.domains)})"
+        )
+    return run.teacher / domain
+
+
+def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None, log=print, warn=print) -> DistillResult:
+    """Distil the run's teacher into a student and write student/, metrics and the manifest."""
+    validate(cfg)
+    started = time.perf_counter()
+    _, dataset = reload_dataset(run)
+    info = TeacherInfo.load(run.teacher)
+    domain_id = None
+    if cfg.domain is not None:
+        dataset.check_domains([cfg.domain])
+        domain_id = dataset.domain_id(cfg.domain)
+    teacher_dir = _teacher_folder(run, info, cfg.domain)
+    tokenizer = load_tokenizer(str(teacher_dir))
+    pad_id = tokenizer.pad_token_id or 0
+    max_length = cfg.max_length or info.max_length
+    teacher = load_classifier(str(teacher_dir), None, "eager")
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    teacher_head, extra = load_head(teacher_dir, teacher.config.hidden_size, len(info.domains))
+    teacher_head.eval()
+    for p in teacher_head.parameters():
+        p.requires_grad_(False)
+
+    full_train = encode(dataset.train, dataset, tokenizer, max_length)
+    keep = full_train.rows_of(domain_id)
+    train = full_train.subset(keep)
+    dev_all = encode(dataset.dev, dataset, tokenizer, max_length)
+    dev = dev_all.subset(dev_all.rows_of(domain_id))
+    test_all = encode(dataset.test, dataset, tokenizer, max_length)
+    test = test_all.subset(test_all.rows_of(domain_id))
+    scores = extra.get("scores")
+    if info.mode == "meta" and scores is not None and len(scores) == len(full_train):
+        t = scores[keep].float()
+    else:
+        t = torch.ones(len(train))  # mix / single teachers: every example equally transferable
+
+    # cached once: the teacher's logits on the training rows, p_t(gold) and lambda
+    cache_started = time.perf_counter()
+    teacher_logits = torch.from_numpy(torch_logits(teacher, train, pad_id))
+    p_gold = teacher_logits.softmax(-1)[torch.arange(len(train)), torch.tensor(train.labels)]
+    lam = expertise_weight(t, p_gold) if cfg.method == "meta" else torch.ones(len(train))
+    cache_seconds = time.perf_counter() - cache_started
+
+    student, how = build_student(cfg, teacher, tokenizer, dataset.labels, warn)
+    log(f"student {how}; method {cfg.method}; {len(train):,} training rows"
+        + (f" of domain {cfg.domain}" if cfg.domain else ""))
+    for p in student.parameters():  # a `tiny` student is cut from the frozen teacher
+        p.requires_grad_(True)
+    teacher_layers = teacher.config.num_hidden_layers
+    student_layers = student.config.num_hidden_layers
+    mapping = layer_map(student_layers, teacher_layers)
+    torch.manual_seed(cfg.seed)
+    student_head = DomainHead(student.config.hidden_size, len(info.domains))
+    projection = (
+        nn.Linear(student.config.hidden_size, teacher.config.hidden_size)
+        if student.config.hidden_size != teacher.config.hidden_size
+        else None
+    )
+    parts = nn.ModuleDict({"student": student, "head": student_head})
+    if projection is not None:
+        parts["projection"] = projection
+    use_gamma = cfg.method == "meta" and cfg.gamma > 0
+
+    def make_batch(indices: list[int]) -> dict:
+        return collate(train, indices, pad_id)
+
+    def intermediate_step(batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+        mask = batch["attention_mask"]
+        with torch.no_grad():
+            t_out = teacher(**inputs, output_hidden_states=True, output_attentions=True)
+        s_out = parts["student"](**inputs, output_hidden_states=True, output_attentions=True)
+        hidden = hidden_mse(
+            list(s_out.hidden_states), [t_out.hidden_states[m] for m in mapping], mask, parts["projection"] if projection is not None else None
+        )
+        attention = attention_mse(list(s_out.attentions), [t_out.attentions[m - 1] for m in mapping[1:]], mask)
+        per_example = hidden + attention
+        terms = {"hidden": hidden.mean(), "attention": attention.mean()}
+        if use_gamma:
+            with torch.no_grad():
+                z_t = teacher_head.features(pool(t_out.hidden_states[-1], mask, "mean"), batch["domains"])
+            z_s = parts["head"].features(pool(s_out.hidden_states[-1], mask, "mean"), batch["domains"])
+            domain = domain_feature_mse(z_s, z_t, parts["projection"] if projection is not None else None)
+            per_example = per_example + cfg.gamma * domain
+            terms["domain"] = domain.mean()
+        # weight whole examples (each reduced to one number first), then average the batch
+        terms["loss"] = (lam[batch["index"]] * per_example).mean()
+        return terms
+
+    def prediction_step(batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+        logits = parts["student"](**inputs).logits
+        loss = soft_cross_entropy(logits, teacher_logits[batch["index"]], cfg.temperature).mean()
+        return {"loss": loss}
+
+    def dev_accuracy() -> float:
+        predictions = torch_logits(student, dev, pad_id).argmax(-1)
+        return float((predictions == np.asarray(dev.labels)).mean() * 100)
+
+    epochs_done = {"n": 0}
+
+    def last_epoch_wins() -> float:
+        epochs_done["n"] += 1
+        return float(epochs_done["n"])
+
+    stages = {}
+    suffix = f"-{cfg.domain}" if cfg.domain else ""
+    if cfg.method != "kd" and cfg.intermediate_epochs > 0:
+        spec = PhaseSpec(f"distill-intermediate{suffix}", cfg.intermediate_epochs, cfg.batch_size, cfg.intermediate_lr,
+                         cfg.seed, constant_lr=True, max_grad_norm=1.0, weight_decay=0.0)
+        phase = run_phase(spec, parts, len(train), make_batch, intermediate_step, last_epoch_wins, run.checkpoints,
+                          resume, progress)
+        stages["intermediate"] = {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second,
+                                  "history": phase.history}
+    spec = PhaseSpec(f"distill-prediction{suffix}", cfg.epochs, cfg.batch_size, cfg.lr, cfg.seed, weight_decay=0.01)
+    phase = run_phase(spec, nn.ModuleDict({"student": student}), len(train), make_batch, prediction_step, dev_accuracy,
+                      run.checkpoints, resume, progress)
+    stages["prediction"] = {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second,
+                            "history": phase.history, "best_epoch": phase.best_epoch}
+
+    # metrics: student vs teacher on the same rows
+    domains = dataset.domains
+    student_dev = torch_logits(student, dev, pad_id).argmax(-1)
+    student_test = torch_logits(student, test, pad_id).argmax(-1)
+    teacher_test = torch_logits(teacher, test, pad_id).argmax(-1)
+    metrics = {
+        "step": "distill",
+        "method": cfg.method,
+        "student": how,
+        "domain": cfg.domain,
+        "teacher_mode": info.mode,
+        "dev_accuracy": per_domain_accuracy(student_dev, dev, domains),
+        "test_accuracy": per_domain_accuracy(student_test, test, domains),
+        "teacher_test_accuracy": per_domain_accuracy(teacher_test, test, domains),
+        "test_agreement_with_teacher": float((student_test == teacher_test).mean() * 100) if len(test) else None,
+        "lambda": {"mean": float(lam.mean()), "min": float(lam.min()), "max": float(lam.max())},
+        "teacher_cache_seconds": cache_seconds,
+        "stages": stages,
+        "parameters": {"student": sum(p.numel() for p in student.parameters()),
+                       "teacher": sum(p.numel() for p in teacher.parameters())},
+        "seconds": time.perf_counter() - started,
+        "config": asdict(cfg),
+        "command": " ".join(__import__("sys").argv),
+    }
+    with atomic_dir(run.student) as tmp:
+        student.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / STUDENT_JSON).write_text(json.dumps(
+            {"method": cfg.method, "student": how, "domain": cfg.domain, "labels": dataset.labels,
+             "domains": dataset.domains, "max_length": max_length, "teacher_mode": info.mode}, indent=2) + "\n")
+    run.write_metrics("distill", metrics)
+    run.record_step("distill", {"config": asdict(cfg), "student": str(run.student)})
+    for finished in run.checkpoints.glob(f"distill-*{suffix}"):
+        clear_checkpoints(run.checkpoints, finished.name)
+    metrics["seconds"] = time.perf_counter() - started
+    return DistillResult(run_dir=run.path, metrics=metrics, seconds=metrics["seconds"])
