@@ -24,7 +24,14 @@ from metakd_cli.config import DataConfig, DistillConfig, choice
 from metakd_cli.data import Dataset, Encoded, collate, encode, load_dataset
 from metakd_cli.errors import UserError
 from metakd_cli.evaluate import per_domain_accuracy, torch_logits
-from metakd_cli.losses import attention_mse, domain_feature_mse, expertise_weight, hidden_mse, soft_cross_entropy
+from metakd_cli.losses import (
+    attention_mse,
+    domain_feature_mse,
+    example_weighted,
+    expertise_weight,
+    hidden_mse,
+    soft_cross_entropy,
+)
 from metakd_cli.models import (
     DomainHead,
     TeacherInfo,
@@ -218,7 +225,7 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
             per_example = per_example + cfg.gamma * domain
             terms["domain"] = domain.mean()
         # weight whole examples (each reduced to one number first), then average the batch
-        terms["loss"] = (lam[batch["index"]] * per_example).mean()
+        terms["loss"] = example_weighted(per_example, lam[batch["index"]])
         return terms
 
     def prediction_step(batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -147,9 +147,9 @@ def _train_one(
     log,
 ) -> tuple[nn.ModuleDict, TeacherResult]:
     pad_id = tokenizer.pad_token_id or 0
+    torch.manual_seed(cfg.seed)  # the new classifier layer and the domain head start the same every run
     classifier = load_classifier(model_path, dataset.labels, "sdpa", cfg.trust_remote_code)
     hidden = classifier.config.hidden_size
-    torch.manual_seed(cfg.seed)
     head = DomainHead(hidden, len(dataset.domains))
     parts = nn.ModuleDict({"classifier": classifier, "head": head})
     weights = t.float()

@@ -53,8 +53,17 @@ def teacher_loss(
         domain_ce = F.cross_entropy(domain_logits, domain_targets, reduction="none")
         per_example = per_example + gamma * domain_ce
         terms["domain"] = domain_ce.mean()
-    terms["loss"] = (t * per_example).mean()
+    terms["loss"] = example_weighted(per_example, t)
     return terms
+
+
+def example_weighted(per_example: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """mean_i w_i * l_i over a batch whose losses are already reduced per example ([B] each).
+
+    Reducing each example first is what makes the weights per-example; the EasyNLP port
+    averages over the batch first, which turns them into one batch constant.
+    """
+    return (weights * per_example).mean()
 
 
 def expertise_weight(t: torch.Tensor, p_gold: torch.Tensor) -> torch.Tensor:

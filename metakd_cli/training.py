@@ -100,7 +100,7 @@ def run_phase(
     generator = torch.Generator().manual_seed(spec.seed + 1)
 
     ckpt = checkpoint_dir / spec.name
-    position = {"epoch": 0, "step": 0}
+    position = {"epoch": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0}
     best_score, best_epoch, history = -math.inf, -1, []
     best_state: dict[str, torch.Tensor] | None = None
     resumed_from = None
@@ -122,9 +122,9 @@ def run_phase(
         generator.set_state(rng["generator"])
         if (ckpt / "best.safetensors").is_file():
             best_state = load_file(str(ckpt / "best.safetensors"))
-        position = {"epoch": loop["epoch"], "step": loop["step"]}
+        position = {k: loop[k] for k in ("epoch", "step", "loss_sum", "loss_count")}
         best_score, best_epoch, history = loop["best_score"], loop["best_epoch"], loop["history"]
-        resumed_from = dict(position)
+        resumed_from = {"epoch": position["epoch"], "step": position["step"]}
 
     def save_checkpoint() -> None:
         if not accelerator.is_main_process:
@@ -159,7 +159,6 @@ def run_phase(
             epoch = position["epoch"]
             order = epoch_order(n_examples, spec.seed, epoch)
             model.train()
-            running, count = 0.0, 0
             for step in range(position["step"], steps_per_epoch):
                 indices = order[step * spec.batch_size : (step + 1) * spec.batch_size]
                 indices = indices[accelerator.process_index :: accelerator.num_processes]
@@ -173,18 +172,20 @@ def run_phase(
                 scheduler.step()
                 position["step"] = step + 1
                 trained_examples += len(indices)
-                running += float(terms["loss"].detach())
-                count += 1
+                position["loss_sum"] += float(terms["loss"].detach())
+                position["loss_count"] += 1
                 if progress is not None:
                     rate = trained_examples / max(time.perf_counter() - started, 1e-9)
-                    progress.advance(1, f"epoch {epoch + 1}/{spec.epochs} loss {running / count:.4f} {rate:.1f} ex/s")
+                    mean_loss = position["loss_sum"] / position["loss_count"]
+                    progress.advance(1, f"epoch {epoch + 1}/{spec.epochs} loss {mean_loss:.4f} {rate:.1f} ex/s")
             model.eval()
             score = evaluate()
-            history.append({"epoch": epoch + 1, "train_loss": running / max(count, 1), "dev_score": score})
+            train_loss = position["loss_sum"] / max(position["loss_count"], 1)
+            history.append({"epoch": epoch + 1, "train_loss": train_loss, "dev_score": score})
             if score > best_score:
                 best_score, best_epoch = score, epoch + 1
                 best_state = _state_file(accelerator.unwrap_model(model))
-            position = {"epoch": epoch + 1, "step": 0}
+            position = {"epoch": epoch + 1, "step": 0, "loss_sum": 0.0, "loss_count": 0}
             save_checkpoint()
     except KeyboardInterrupt:
         save_checkpoint()

@@ -1,0 +1,212 @@
+"""`metakd distill` on a tiny fitted teacher: methods, presets, per-domain students, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_toy_dataset
+from metakd_cli.cli import cli
+from metakd_cli.config import DataConfig, DistillConfig, FitConfig
+from metakd_cli.distill import distill
+from metakd_cli.errors import UserError
+from metakd_cli.fit import fit
+from metakd_cli.models import layer_map
+from metakd_cli.run_dir import RunDir
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def six_layer_model(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny BERT's tokenizer with a random 6-layer encoder, so that `tiny` really cuts layers."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, BertModel
+
+    folder = tmp_path_factory.mktemp("six-layer")
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.num_hidden_layers = 6
+    torch.manual_seed(1)
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    return folder
+
+
+def _fitted(tmp_path_factory, model: Path, mode: str) -> Path:
+    root = tmp_path_factory.mktemp(f"fitted-{mode}")
+    data = DataConfig(path=str(write_toy_dataset(root, "jsonl")))
+    config = FitConfig(teacher=str(model), teacher_mode=mode, epochs=3, batch_size=8, lr=1e-3, max_length=16, seed=3)
+    fit(data, config, RunDir(root / "run"), log=_quiet)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def meta_run(six_layer_model, tmp_path_factory) -> Path:
+    return _fitted(tmp_path_factory, six_layer_model, "meta")
+
+
+@pytest.fixture
+def run(meta_run, tmp_path) -> RunDir:
+    copy = tmp_path / "run"
+    shutil.copytree(meta_run, copy)
+    return RunDir(copy)
+
+
+def small(**overrides) -> DistillConfig:
+    values = dict(intermediate_epochs=1, epochs=2, batch_size=8, lr=1e-3, intermediate_lr=1e-3, seed=5)
+    values.update(overrides)
+    return DistillConfig(**values)
+
+
+def _without_timings(metrics: dict) -> dict:
+    clean = json.loads(json.dumps(metrics))
+    for key in ("seconds", "teacher_cache_seconds", "command"):
+        clean.pop(key)
+    for stage in clean["stages"].values():
+        stage.pop("seconds"), stage.pop("examples_per_second")
+    return clean
+
+
+def test_layer_map():
+    assert layer_map(4, 12) == [0, 3, 6, 9, 12]
+    assert layer_map(4, 6) == [0, 2, 3, 5, 6]
+    assert layer_map(4, 4) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("method", ["meta", "tinybert", "kd"])
+def test_methods_write_a_plain_student(run, method):
+    result = distill(small(method=method), run, log=_quiet, warn=_quiet)
+    from transformers import AutoModelForSequenceClassification
+
+    student = AutoModelForSequenceClassification.from_pretrained(run.student)
+    assert student.config.num_hidden_layers == 4
+    assert student.config.hidden_size == 32
+    names = [name for name, _ in student.named_parameters()]
+    assert not any("domain" in name or "head." in name for name in names)  # no domain head shipped
+    metrics = result.metrics
+    assert metrics["method"] == method
+    assert set(metrics["test_accuracy"]) == {"books", "electronics", "kitchen", "average"}
+    assert 0 <= metrics["test_agreement_with_teacher"] <= 100
+    assert ("intermediate" in metrics["stages"]) == (method != "kd")
+    if method == "meta":
+        assert 0.0 < metrics["lambda"]["min"] <= metrics["lambda"]["max"] <= 1.0
+        assert metrics["lambda"]["min"] < metrics["lambda"]["max"]
+    else:
+        assert metrics["lambda"] == {"mean": 1.0, "min": 1.0, "max": 1.0}
+    assert run.load().steps["distill"]["config"]["method"] == method
+    assert json.loads((run.metrics / "distill.json").read_text())["method"] == method
+
+
+def test_tiny_student_starts_from_the_teachers_mapped_layers(run):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from metakd_cli.models import cut_layers
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(run.teacher)
+    student, kept = cut_layers(teacher, 4)
+    assert kept == [2, 3, 5, 6]
+    for j, i in enumerate(kept):
+        assert torch.equal(student.bert.encoder.layer[j].output.dense.weight,
+                           teacher.bert.encoder.layer[i - 1].output.dense.weight)
+    assert torch.equal(student.classifier.weight, teacher.classifier.weight)
+
+
+def test_tinybert4_random_warns_and_uses_a_projection(run):
+    warnings = []
+    result = distill(small(student="tinybert4", student_init="random"), run, log=_quiet, warn=warnings.append)
+    assert any("much weaker" in w for w in warnings)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(run.student)
+    assert (config.num_hidden_layers, config.hidden_size, config.intermediate_size) == (4, 312, 1200)
+    assert "tinybert4" in result.metrics["student"]
+
+
+def test_tinybert4_needs_an_init(run):
+    with pytest.raises(UserError, match="--student-init"):
+        distill(small(student="tinybert4"), run, log=_quiet, warn=_quiet)
+
+
+def test_a_student_with_another_tokenizer_is_refused(run, tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello"]) + "\n")
+    BertTokenizerFast(vocab_file=str(other / "vocab.txt")).save_pretrained(other)
+    BertForSequenceClassification(BertConfig(vocab_size=6, hidden_size=16, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=8)).save_pretrained(other)
+    with pytest.raises(UserError, match="different tokenizer vocabulary"):
+        distill(small(student=str(other)), run, log=_quiet, warn=_quiet)
+
+
+def test_one_domain_student(run):
+    result = distill(small(domain="kitchen"), run, log=_quiet, warn=_quiet)
+    assert set(result.metrics["test_accuracy"]) == {"kitchen", "average"}
+    with pytest.raises(UserError, match="unknown domain 'garden' .*books, electronics, kitchen"):
+        distill(small(domain="garden"), run, log=_quiet, warn=_quiet)
+
+
+def test_single_teachers_need_a_domain(six_layer_model, tmp_path_factory):
+    run = RunDir(_fitted(tmp_path_factory, six_layer_model, "single"))
+    with pytest.raises(UserError, match="--teacher-mode single"):
+        distill(small(), run, log=_quiet, warn=_quiet)
+    result = distill(small(domain="books", method="tinybert"), run, log=_quiet, warn=_quiet)
+    assert result.metrics["teacher_mode"] == "single"
+
+
+def test_same_seed_same_metrics(run, meta_run, tmp_path):
+    first = distill(small(), run, log=_quiet, warn=_quiet).metrics
+    other = tmp_path / "again"
+    shutil.copytree(meta_run, other)
+    second = distill(small(), RunDir(other), log=_quiet, warn=_quiet).metrics
+    assert _without_timings(first) == _without_timings(second)
+
+
+class _InterruptAfter:
+    def __init__(self, n: int):
+        self.n = n
+
+    def start(self, *args, **kwargs):
+        pass
+
+    def advance(self, steps=1, info=""):
+        self.n -= steps
+        if self.n == 0:
+            raise KeyboardInterrupt
+
+    def stop(self):
+        pass
+
+
+def test_interrupted_distill_resumes_to_the_same_metrics(run, meta_run, tmp_path):
+    config = small(intermediate_epochs=2)
+    reference = distill(config, run, log=_quiet, warn=_quiet).metrics
+    other = RunDir(tmp_path / "interrupted")
+    shutil.copytree(meta_run, other.path)
+    with pytest.raises(KeyboardInterrupt):
+        distill(config, other, progress=_InterruptAfter(6), log=_quiet, warn=_quiet)  # mid stage 1
+    assert not other.student.exists()
+    resumed = distill(config, other, resume=True, log=_quiet, warn=_quiet).metrics
+    assert _without_timings(resumed) == _without_timings(reference)
+
+
+def test_distill_without_a_fit_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(cli, ["--run-dir", str(tmp_path / "none"), "distill"])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output and "metakd fit" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_distill_command_line(run):
+    result = CliRunner().invoke(cli, ["--quiet", "--run-dir", str(run.path), "distill", "--method", "kd",
+                                      "--epochs", "1", "--batch-size", "8"])
+    assert result.exit_code == 0, result.output
+    assert "student test %" in result.stdout

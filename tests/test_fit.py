@@ -1,0 +1,174 @@
+"""`metakd fit` on a tiny random BERT and a few dozen rows: artifacts, modes, reload, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import write_toy_dataset
+from metakd_cli.cli import cli
+from metakd_cli.config import DataConfig, FitConfig
+from metakd_cli.data import encode, load_dataset
+from metakd_cli.errors import UserError
+from metakd_cli.evaluate import torch_logits
+from metakd_cli.fit import fit
+from metakd_cli.models import TeacherInfo, load_head
+from metakd_cli.run_dir import RunDir
+
+
+def tiny_fit_config(model: Path, **overrides) -> FitConfig:
+    values = dict(teacher=str(model), epochs=2, batch_size=8, lr=1e-3, max_length=16, seed=7)
+    values.update(overrides)
+    return FitConfig(**values)
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    pass
+
+
+@pytest.fixture
+def toy_data(tmp_path: Path) -> DataConfig:
+    return DataConfig(path=str(write_toy_dataset(tmp_path, "jsonl")))
+
+
+def _strip_timings(metrics: dict) -> dict:
+    text = json.dumps(metrics, sort_keys=True)
+    clean = json.loads(text)
+    for key in ("seconds", "train_examples_per_second", "command"):
+        clean.pop(key, None)
+    for teacher in clean["teachers"]:
+        teacher.pop("train_seconds"), teacher.pop("examples_per_second")
+    return clean
+
+
+def test_meta_fit_writes_a_plain_transformers_teacher(tiny_model_dir, toy_data, tmp_path):
+    run = RunDir(tmp_path / "run")
+    result = fit(toy_data, tiny_fit_config(tiny_model_dir), run, log=_quiet)
+    assert (run.teacher / "model.safetensors").is_file()
+    assert (run.metrics / "fit.json").is_file()
+    manifest = run.load()
+    assert manifest.steps["fit"]["config"]["teacher_mode"] == "meta"
+    assert manifest.data["domains"] == ["books", "electronics", "kitchen"]
+    metrics = result.metrics
+    assert set(metrics["dev_accuracy"]) == {"books", "electronics", "kitchen", "average"}
+    assert set(metrics["t"]) == {"books", "electronics", "kitchen"}
+    for stats in metrics["t"].values():
+        assert -1.0 <= stats["min"] <= stats["mean"] <= stats["max"] <= 1.0
+
+    # plain transformers loads it and reproduces the recorded dev accuracy
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(run.teacher)
+    tokenizer = AutoTokenizer.from_pretrained(run.teacher)
+    dataset = load_dataset(toy_data)
+    dev = encode(dataset.dev, dataset, tokenizer, 16)
+    overall = np.mean([metrics["dev_accuracy"][d] for d in dataset.domains])
+    assert metrics["dev_accuracy"]["average"] == pytest.approx(overall)
+    per_domain = {}
+    predictions = torch_logits(model, dev, 0).argmax(-1)
+    for i, domain in enumerate(dataset.domains):
+        mask = np.asarray(dev.domains) == i
+        per_domain[domain] = float((predictions[mask] == np.asarray(dev.labels)[mask]).mean() * 100)
+        assert per_domain[domain] == pytest.approx(metrics["dev_accuracy"][domain])
+
+    # the extra state: domain head, one t per training row, prototypes per domain and class
+    info = TeacherInfo.load(run.teacher)
+    assert info.mode == "meta" and info.domain_loss == "confusion"
+    head, extra = load_head(run.teacher, info.hidden_size, len(info.domains))
+    assert extra["scores"].shape == (len(dataset.train),)
+    assert extra["prototypes"].shape == (3, 2, 32)
+
+
+def test_the_teacher_learns_the_toy_task(tiny_model_dir, toy_data, tmp_path):
+    result = fit(toy_data, tiny_fit_config(tiny_model_dir, teacher_mode="mix", epochs=6), RunDir(tmp_path / "r"),
+                 log=_quiet)
+    assert result.metrics["dev_accuracy"]["average"] >= 80.0
+
+
+@pytest.mark.parametrize("overrides", [
+    {"teacher_mode": "mix"},
+    {"domain_loss": "reversal"},
+    {"domain_loss": "none", "prototypes": "domain", "pooling": "cls"},
+])
+def test_other_modes_run(tiny_model_dir, toy_data, tmp_path, overrides):
+    result = fit(toy_data, tiny_fit_config(tiny_model_dir, epochs=1, **overrides), RunDir(tmp_path / "r"), log=_quiet)
+    assert result.metrics["mode"] == overrides.get("teacher_mode", "meta")
+    info = TeacherInfo.load(tmp_path / "r" / "teacher")
+    expected = "none" if overrides.get("teacher_mode") == "mix" else overrides.get("domain_loss", "confusion")
+    assert info.domain_loss == expected
+
+
+def test_single_mode_writes_one_teacher_per_domain(tiny_model_dir, toy_data, tmp_path):
+    run = RunDir(tmp_path / "r")
+    result = fit(toy_data, tiny_fit_config(tiny_model_dir, teacher_mode="single", epochs=1), run, log=_quiet)
+    for domain in ("books", "electronics", "kitchen"):
+        assert (run.teacher / domain / "model.safetensors").is_file()
+        assert TeacherInfo.load(run.teacher / domain).domain == domain
+    assert set(result.metrics["test_accuracy"]) == {"books", "electronics", "kitchen", "average"}
+
+
+def test_same_seed_same_metrics(tiny_model_dir, toy_data, tmp_path):
+    first = fit(toy_data, tiny_fit_config(tiny_model_dir), RunDir(tmp_path / "a"), log=_quiet)
+    second = fit(toy_data, tiny_fit_config(tiny_model_dir), RunDir(tmp_path / "b"), log=_quiet)
+    assert _strip_timings(first.metrics) == _strip_timings(second.metrics)
+
+
+class _InterruptAfter:
+    """A progress callback that raises KeyboardInterrupt after ``n`` optimisation steps."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def start(self, *args, **kwargs):
+        pass
+
+    def advance(self, steps=1, info=""):
+        self.n -= steps
+        if self.n == 0:
+            raise KeyboardInterrupt
+
+    def stop(self):
+        pass
+
+
+def test_interrupted_fit_resumes_to_the_same_metrics(tiny_model_dir, toy_data, tmp_path):
+    config = tiny_fit_config(tiny_model_dir, epochs=3)
+    reference = fit(toy_data, config, RunDir(tmp_path / "ref"), log=_quiet)
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        fit(toy_data, config, run, progress=_InterruptAfter(13), log=_quiet)  # mid second epoch
+    assert not run.teacher.exists()  # nothing half-written where the manifest would point
+    assert (run.checkpoints / "fit-teacher" / "loop.json").is_file()
+    resumed = fit(toy_data, config, run, resume=True, log=_quiet)
+    assert _strip_timings(resumed.metrics) == _strip_timings(reference.metrics)
+    assert not (run.checkpoints / "fit-teacher").exists()
+
+
+def test_bad_options_are_user_errors(tiny_model_dir, toy_data, tmp_path):
+    with pytest.raises(UserError, match="--teacher-mode"):
+        fit(toy_data, tiny_fit_config(tiny_model_dir, teacher_mode="best"), RunDir(tmp_path / "r"), log=_quiet)
+    with pytest.raises(UserError, match="max-length 4096 is above the model's limit of 128"):
+        fit(toy_data, tiny_fit_config(tiny_model_dir, max_length=4096), RunDir(tmp_path / "r"), log=_quiet)
+    with pytest.raises(UserError, match="not a model folder"):
+        fit(toy_data, tiny_fit_config(tmp_path), RunDir(tmp_path / "r"), log=_quiet)
+
+
+def test_fit_command_line(tiny_model_dir, toy_data, tmp_path):
+    result = CliRunner().invoke(cli, [
+        "--quiet", "--run-dir", str(tmp_path / "run"), "fit", toy_data.path, "--teacher", str(tiny_model_dir),
+        "--epochs", "1", "--batch-size", "8", "--max-length", "16", "--lr", "1e-3",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "average" in result.stdout
+    assert json.loads((tmp_path / "run" / "metrics" / "fit.json").read_text())["config"]["epochs"] == 1
+    bad = CliRunner().invoke(cli, ["--run-dir", str(tmp_path / "run2"), "fit", toy_data.path, "--teacher",
+                                   str(tiny_model_dir), "--domain-loss", "adversarial"])
+    assert bad.exit_code == 2
+    assert "unknown --domain-loss 'adversarial' (valid: confusion, reversal, none)" in bad.output
+    assert "Traceback" not in bad.output

@@ -1,0 +1,119 @@
+"""Loss functions against hand-computed values; per-example weighting really weights examples."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metakd_cli.losses import (
+    attention_mse,
+    confusion_targets,
+    domain_feature_mse,
+    expertise_weight,
+    grad_reverse,
+    hidden_mse,
+    soft_cross_entropy,
+    teacher_loss,
+)
+
+
+def test_grad_reverse_negates_the_gradient():
+    x = torch.tensor([1.0, -2.0], requires_grad=True)
+    (grad_reverse(x) * torch.tensor([3.0, 4.0])).sum().backward()
+    assert x.grad.tolist() == [-3.0, -4.0]
+    y = torch.tensor([1.0], requires_grad=True)
+    grad_reverse(y, 0.5).sum().backward()
+    assert y.grad.tolist() == [-0.5]
+
+
+def test_confusion_target_is_a_permutation_of_the_batch_domains():
+    domains = torch.tensor([0, 0, 1, 2, 2, 2, 3])
+    targets = confusion_targets(domains, torch.Generator().manual_seed(0))
+    assert sorted(targets.tolist()) == sorted(domains.tolist())
+    outcomes = {tuple(confusion_targets(domains, torch.Generator().manual_seed(s)).tolist()) for s in range(5)}
+    assert len(outcomes) > 1  # really shuffled
+
+
+def test_teacher_loss_value_and_t_weighting():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 0])
+    dom_logits = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    dom_targets = torch.tensor([1, 1])
+    t = torch.tensor([0.5, 1.0])
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    dce = F.cross_entropy(dom_logits, dom_targets, reduction="none")
+    expected = ((t * (ce + 0.5 * dce)).mean()).item()
+    assert teacher_loss(logits, labels, dom_logits, dom_targets, t, gamma=0.5)["loss"].item() == pytest.approx(expected)
+
+
+def test_example_with_zero_t_contributes_no_gradient():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    terms = teacher_loss(logits, torch.tensor([1, 0]), None, None, torch.tensor([0.0, 1.0]), gamma=0.5)
+    terms["loss"].backward()
+    assert torch.all(logits.grad[0] == 0)
+    assert torch.any(logits.grad[1] != 0)
+
+
+def test_expertise_weight_formula_and_range():
+    t = torch.tensor([0.0, 1.0, 1.0, 0.5])
+    p = torch.tensor([1.0, 1.0, 0.0, 0.5])
+    lam = expertise_weight(t, p)
+    assert lam[0].item() == pytest.approx(1 / 2)
+    assert lam[1].item() == pytest.approx(2 / 2)
+    assert lam[2].item() == pytest.approx(2 / (math.e + 1))
+    assert lam[3].item() == pytest.approx(1.5 / (math.exp(0.25) + 1))
+    assert (1 / (math.e + 1)) == pytest.approx(0.2689, abs=1e-4)  # the paper's lower end, t=0, p=0
+
+
+def test_hidden_mse_masks_padding_and_is_per_example():
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    teacher = [torch.zeros(2, 3, 2)]
+    student = [torch.zeros(2, 3, 2)]
+    student[0][0, 0] = torch.tensor([1.0, 1.0])  # example 0, real token: error 1 on 2 of 4 values
+    student[0][0, 2] = torch.tensor([9.0, 9.0])  # padding: ignored
+    student[0][1, 0] = torch.tensor([2.0, 0.0])  # example 1: squared error 4 over 2 values
+    loss = hidden_mse(student, teacher, mask)
+    assert loss.tolist() == pytest.approx([0.5, 2.0])
+
+
+def test_hidden_mse_with_projection():
+    proj = torch.nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        proj.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    student = [torch.tensor([[[1.0, 2.0]]])]
+    teacher = [torch.tensor([[[1.0, 2.0, 0.0]]])]
+    assert hidden_mse(student, teacher, torch.tensor([[1]]), proj).tolist() == pytest.approx([9.0 / 3])
+
+
+def test_attention_mse_only_over_real_token_pairs():
+    mask = torch.tensor([[1, 1, 0]])
+    a_t = torch.zeros(1, 1, 3, 3)
+    a_s = torch.zeros(1, 1, 3, 3)
+    a_s[0, 0, 0, 1] = 1.0  # real pair
+    a_s[0, 0, 2, 2] = 5.0  # padding pair: ignored
+    assert attention_mse([a_s], [a_t], mask).tolist() == pytest.approx([1.0 / 4])
+
+
+def test_domain_feature_mse_and_soft_cross_entropy():
+    assert domain_feature_mse(torch.tensor([[1.0, 3.0]]), torch.tensor([[0.0, 1.0]])).tolist() == pytest.approx([2.5])
+    teacher = torch.tensor([[0.0, 0.0]])
+    student = torch.tensor([[1.0, 0.0]])
+    expected = -0.5 * (math.log(math.e / (math.e + 1)) + math.log(1 / (math.e + 1)))
+    assert soft_cross_entropy(student, teacher, 1.0).item() == pytest.approx(expected)
+    # temperature softens both sides
+    assert soft_cross_entropy(student, teacher, 2.0).item() == pytest.approx(
+        -0.5 * (math.log(math.exp(0.5) / (math.exp(0.5) + 1)) + math.log(1 / (math.exp(0.5) + 1)))
+    )
+
+
+def test_examples_with_different_lambda_get_different_weights():
+    from metakd_cli.losses import example_weighted
+
+    per_example = torch.tensor([1.0, 3.0], requires_grad=True)
+    lam = torch.tensor([0.3, 1.0])
+    loss = example_weighted(per_example, lam)
+    assert loss.item() == pytest.approx((0.3 * 1 + 1.0 * 3) / 2)
+    assert loss.item() != pytest.approx(lam.mean().item() * per_example.mean().item())  # not a batch constant
+    loss.backward()
+    assert per_example.grad.tolist() == pytest.approx([0.15, 0.5])
