@@ -137,6 +137,37 @@ def apply_values(config: object, values: dict, where: str) -> None:
         setattr(config, key, _coerce(value, known[key].type, f"{where}: key '{key}'"))
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def bundled(kind: str, name: str = "") -> Path:
+    """A folder shipped with metakd (``recipes`` or ``examples``): inside the installed
+    package (wheel), or at the repository root (editable install)."""
+    for base in (PACKAGE_DIR / kind, PACKAGE_DIR.parent / kind):
+        if base.is_dir():
+            return base / name if name else base
+    raise UserError(f"the bundled {kind}/ folder is missing from this metakd installation")
+
+
+def resolve_data_path(path: str) -> str:
+    """``@examples/NAME`` names a dataset bundled with metakd; other paths are used as given."""
+    if path.startswith("@examples/"):
+        return str(bundled("examples", path.removeprefix("@examples/")))
+    return path
+
+
+def find_recipe(name: str) -> Path:
+    """A recipe file path, or the name of a bundled recipe (``quickstart``, ``amazon-cpu`` ...)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    candidate = bundled("recipes", f"{name.removesuffix('.yaml')}.yaml")
+    if candidate.is_file():
+        return candidate
+    known = ", ".join(sorted(p.stem for p in bundled("recipes").glob("*.yaml")))
+    raise UserError(f"no recipe file or bundled recipe named '{name}' (bundled: {known})")
+
+
 def load_recipe(path: Path | str | None) -> Recipe:
     """Read a YAML recipe (sections data / fit / distill ...) into config dataclasses."""
     recipe = Recipe()

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from metakd_cli.config import DataConfig
+from metakd_cli.config import DataConfig, resolve_data_path
 from metakd_cli.errors import UserError
 
 SPLITS = ("train", "dev", "test")
@@ -313,9 +313,9 @@ def _read_split_folder(folder: Path, cfg: DataConfig, domain: str | None) -> dic
 
 def read_rows(cfg: DataConfig) -> tuple[str, dict[str, list[Example]] | list[Example]]:
     """(layout name, rows): a dict of given splits, or a flat list still to be split."""
-    path = Path(cfg.path).expanduser()
     if not cfg.path:
         raise UserError("no data path given")
+    path = Path(resolve_data_path(cfg.path)).expanduser()
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
     if path.is_file():
@@ -456,7 +456,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     labels = _check_labels(splits)
     domains = sorted({row.domain for split in SPLITS for row in splits[split]})
     return Dataset(
-        source=str(Path(cfg.path).expanduser().resolve()),
+        source=str(Path(resolve_data_path(cfg.path)).expanduser().resolve()),
         layout=layout,
         labels=labels,
         domains=domains,
