@@ -1,12 +1,27 @@
-"""Per-domain metrics for any artifact (PyTorch here; ONNX through the same batching)."""
+"""Per-domain metrics for any artifact of a run, PyTorch or ONNX, through the same batching.
+
+``torch_logits`` / ``onnx_logits`` give logits on length-sorted, dynamically padded batches;
+``evaluate_run`` is `metakd eval`: accuracy and macro-F1 per domain, agreement with the
+teacher, latency at batch 1, throughput at batch 32 and size on disk of each model in the
+run folder (teacher/, student/, onnx/model.onnx, onnx/model_quantized.onnx).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from metakd_cli.data import Encoded, collate
+from metakd_cli.config import choice
+from metakd_cli.data import Encoded, collate, encode
+from metakd_cli.errors import UserError
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -30,16 +45,21 @@ def batched_logits(
 
 def torch_logits(model, encoded: Encoded, pad_id: int, batch_size: int = 64) -> np.ndarray:
     """Logits of a transformers sequence classifier, in eval mode and without gradients."""
+    return batched_logits(encoded, pad_id, batch_size, torch_forward(model))
+
+
+def torch_forward(model) -> Callable[[dict], np.ndarray]:
+    """A ``batched_logits`` forward for a transformers classifier (eval mode, inference mode)."""
     import torch
 
     model.eval()
 
     def forward(batch: dict) -> np.ndarray:
-        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
         with torch.inference_mode():
             return model(**inputs).logits.float().cpu().numpy()
 
-    return batched_logits(encoded, pad_id, batch_size, forward)
+    return forward
 
 
 def accuracy(predictions: np.ndarray, labels: Sequence[int]) -> float:
@@ -70,4 +90,297 @@ def per_domain_accuracy(predictions: np.ndarray, encoded: Encoded, domains: Sequ
             result[name] = accuracy(predictions[mask], labels[mask])
     if result:
         result["average"] = float(np.mean(list(result.values())))
+    return result
+
+
+# --------------------------------------------------------------------------- ONNX Runtime
+
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model_quantized.onnx"
+ORT_FILE = "model.ort"
+EXPORT_JSON = "metakd_export.json"  # beside the ONNX files: where they came from, max_length, checks
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def onnx_session(path: Path):
+    """An ONNX Runtime CPU session with default options (intra-op threads left to ORT)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def onnx_forward(session) -> Callable[[dict], np.ndarray]:
+    """A ``batched_logits`` forward that feeds only the inputs the session declares."""
+    names = [i.name for i in session.get_inputs()]
+
+    def forward(batch: dict) -> np.ndarray:
+        feed = {name: batch[name].numpy() for name in names if name in batch}
+        if "token_type_ids" in names and "token_type_ids" not in feed:
+            feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+        return session.run(None, feed)[0]
+
+    return forward
+
+
+def onnx_logits(session, encoded: Encoded, pad_id: int, batch_size: int = 64) -> np.ndarray:
+    """Logits [N, C] of an ONNX Runtime session, on the same batches as ``torch_logits``."""
+    return batched_logits(encoded, pad_id, batch_size, onnx_forward(session))
+
+
+def size_mb(*paths: Path) -> float:
+    """Bytes on disk of the files (or of every file under the folders), in MB (10^6 bytes)."""
+    total = 0
+    for path in paths:
+        if path.is_file():
+            total += path.stat().st_size
+        elif path.is_dir():
+            total += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return total / 1e6
+
+
+def weights_size_mb(folder: Path) -> float:
+    """Size of a save_pretrained folder's weight files (recursively, for per-domain teachers)."""
+    return size_mb(*[p for p in folder.rglob("*") if p.name in WEIGHT_FILES])
+
+
+# --------------------------------------------------------------------------- metakd eval
+
+MODEL_NAMES = ("teacher", "student", "onnx", "int8")
+EVAL_SPLITS = ("test", "dev")
+
+
+@dataclass
+class EvalConfig:
+    """`metakd eval`: which artifacts, which domains, which split, how much to time."""
+
+    models: list[str] = field(default_factory=lambda: ["all"])  # all | teacher | student | onnx | int8
+    domains: list[str] | None = None  # None: every domain
+    split: str = "test"
+    latency_rows: int = 64  # rows timed one by one (batch 1)
+    throughput_batches: int = 8  # batches of `batch_size` timed for throughput
+    batch_size: int = 32
+
+
+@dataclass
+class Artifact:
+    """One model of the run folder that eval can score."""
+
+    name: str  # teacher | student | onnx | int8
+    kind: str  # torch | onnx
+    path: Path  # a save_pretrained folder or an .onnx file
+    tokenizer_dir: Path
+    max_length: int
+    per_domain: dict[str, Path] | None = None  # single-mode teacher: one folder per domain
+
+    @property
+    def size_mb(self) -> float:
+        return weights_size_mb(self.path) if self.kind == "torch" else size_mb(*_onnx_files(self.path))
+
+
+@dataclass
+class ModelReport:
+    name: str
+    path: str
+    size_mb: float
+    accuracy: dict[str, float]  # per domain, plus "average" over domains
+    macro_f1: dict[str, float]
+    agreement: dict[str, float] | None  # % rows where it predicts what the teacher predicts; None: no teacher
+    latency_ms: float  # mean per row at batch 1
+    throughput: float  # rows/s at batch `batch_size`
+    timed_rows: dict[str, int]
+
+
+@dataclass
+class EvalResult:
+    split: str
+    domains: list[str]
+    rows: int
+    threads: dict[str, object]
+    models: list[ModelReport]
+    metrics_path: Path
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["metrics_path"] = str(self.metrics_path)
+        return out
+
+
+def _onnx_files(path: Path) -> list[Path]:
+    """An .onnx file and its external-data file, when it has one."""
+    return [p for p in (path, path.with_name(path.name + "_data"), path.with_suffix(".onnx_data")) if p.is_file()]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def run_artifacts(run) -> dict[str, Artifact]:
+    """The teacher / student / onnx / int8 models present in a run folder, by name."""
+    from metakd_cli.models import TeacherInfo
+
+    found: dict[str, Artifact] = {}
+    teacher_max = 128
+    if (run.teacher / "metakd.json").is_file():
+        info = TeacherInfo.load(run.teacher)
+        teacher_max = info.max_length
+        if info.mode == "single":
+            folders = {d: run.teacher / d for d in info.domains if (run.teacher / d / "config.json").is_file()}
+            if folders:
+                first = next(iter(folders.values()))
+                found["teacher"] = Artifact("teacher", "torch", run.teacher, first, info.max_length, folders)
+        elif (run.teacher / "config.json").is_file():
+            found["teacher"] = Artifact("teacher", "torch", run.teacher, run.teacher, info.max_length)
+    student_max = teacher_max
+    if (run.student / "config.json").is_file():
+        student_max = int(_read_json(run.student / "metakd_student.json").get("max_length") or teacher_max)
+        found["student"] = Artifact("student", "torch", run.student, run.student, student_max)
+    exported = _read_json(run.onnx / EXPORT_JSON)
+    onnx_max = int(exported.get("max_length") or student_max)
+    for name, file in (("onnx", ONNX_FILE), ("int8", INT8_FILE)):
+        if (run.onnx / file).is_file():
+            found[name] = Artifact(name, "onnx", run.onnx / file, run.onnx, onnx_max)
+    return found
+
+
+def load_forward(artifact: Artifact, folder: Path | None = None) -> Callable[[dict], np.ndarray]:
+    """Load one model (``folder`` picks a single-mode teacher's domain) as a batch -> logits function."""
+    if artifact.kind == "onnx":
+        return onnx_forward(onnx_session(artifact.path))
+    from metakd_cli.models import load_classifier
+
+    return torch_forward(load_classifier(str(folder or artifact.path)))
+
+
+def _time_forward(forward, encoded: Encoded, pad_id: int, cfg: EvalConfig) -> tuple[float, float, dict[str, int]]:
+    """(mean ms per row at batch 1, rows/s at batch ``cfg.batch_size``, rows timed)."""
+    n1 = min(len(encoded), cfg.latency_rows)
+    nb = min(len(encoded), cfg.throughput_batches * cfg.batch_size)
+    if n1 == 0:
+        return float("nan"), float("nan"), {"batch_1": 0, f"batch_{cfg.batch_size}": 0}
+    forward(collate(encoded, [0], pad_id))  # warm-up: first-call allocations and kernel selection
+    started = time.perf_counter()
+    for i in range(n1):
+        forward(collate(encoded, [i], pad_id))
+    latency = (time.perf_counter() - started) / n1 * 1000.0
+    subset = encoded.subset(range(nb))
+    batched_logits(subset.subset(range(min(nb, cfg.batch_size))), pad_id, cfg.batch_size, forward)  # warm-up
+    started = time.perf_counter()
+    batched_logits(subset, pad_id, cfg.batch_size, forward)
+    throughput = nb / (time.perf_counter() - started)
+    return latency, throughput, {"batch_1": n1, f"batch_{cfg.batch_size}": nb}
+
+
+def _model_logits(
+    artifact: Artifact, examples, dataset, domains: list[str]
+) -> tuple[np.ndarray, Encoded, int, Callable[[dict], np.ndarray]]:
+    """Logits of ``artifact`` on ``examples`` (each domain's rows by its own teacher when single-mode)."""
+    from metakd_cli.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(artifact.tokenizer_dir))
+    pad_id = tokenizer.pad_token_id or 0
+    encoded = encode(examples, dataset, tokenizer, artifact.max_length)
+    if artifact.per_domain is None:
+        forward = load_forward(artifact)
+        return batched_logits(encoded, pad_id, 64, forward), encoded, pad_id, forward
+    logits: np.ndarray | None = None
+    timing_forward = None
+    for name in domains:
+        rows = encoded.rows_of(dataset.domain_id(name))
+        if not rows:
+            continue
+        if name not in artifact.per_domain:
+            raise UserError(f"{artifact.path}: no teacher for domain '{name}' (expected {artifact.path / name})")
+        forward = load_forward(artifact, artifact.per_domain[name])
+        timing_forward = timing_forward or forward
+        part = batched_logits(encoded.subset(rows), pad_id, 64, forward)
+        if logits is None:
+            logits = np.zeros((len(encoded), part.shape[-1]), dtype=np.float32)
+        logits[rows] = part
+    if logits is None:
+        logits = np.zeros((0, len(dataset.labels)), dtype=np.float32)
+    return logits, encoded, pad_id, timing_forward
+
+
+def _per_domain(encoded: Encoded, domains: list[str], score: Callable[[np.ndarray], float]) -> dict[str, float]:
+    """``score(mask)`` for each domain present in ``encoded``, plus their ``average``."""
+    domain_ids = np.asarray(encoded.domains)
+    out: dict[str, float] = {}
+    for i, name in enumerate(domains):
+        mask = domain_ids == i
+        if mask.any():
+            out[name] = score(mask)
+    if out:
+        out["average"] = float(np.mean(list(out.values())))
+    return out
+
+
+def evaluate_run(cfg: EvalConfig, run, log: Callable[[str], None] = lambda _: None) -> EvalResult:
+    """Score the run's models on one split: accuracy, macro-F1, agreement, speed, size.
+
+    Writes ``metrics/eval.json`` and returns the same numbers.
+    """
+    import torch
+
+    from metakd_cli.distill import reload_dataset
+
+    choice(cfg.split, EVAL_SPLITS, "--split")
+    wanted = list(dict.fromkeys(cfg.models or ["all"]))
+    for name in wanted:
+        choice(name, ("all", *MODEL_NAMES), "--model")
+    for name in ("latency_rows", "throughput_batches", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    _, dataset = reload_dataset(run)
+    domains = dataset.check_domains(cfg.domains) if cfg.domains else list(dataset.domains)
+    domains = sorted(set(domains), key=dataset.domains.index)
+    examples = dataset.select(cfg.split, domains)
+    if not examples:
+        raise UserError(f"the {cfg.split} split has no rows for {', '.join(domains)}")
+    available = run_artifacts(run)
+    if "all" in wanted:
+        names = [n for n in MODEL_NAMES if n in available]
+        if not names:
+            raise UserError(f"{run.path}: no teacher/, student/ or onnx/ to evaluate; run `metakd fit` first")
+    else:
+        names = [n for n in MODEL_NAMES if n in wanted]
+        for name in names:
+            if name not in available:
+                hint = {"teacher": "metakd fit", "student": "metakd distill", "onnx": "metakd export",
+                        "int8": "metakd export --int8"}[name]
+                raise UserError(f"{run.path}: no {name} model in this run folder; run `{hint}` first")
+    labels = np.asarray([dataset.label_id(ex.label) for ex in examples])
+    log(f"eval on {len(examples):,} {cfg.split} rows of {', '.join(domains)}: {', '.join(names)}")
+
+    computed = {}
+    teacher_predictions = None
+    if "teacher" in available:  # the reference for agreement, even when not evaluated itself
+        computed["teacher"] = _model_logits(available["teacher"], examples, dataset, domains)
+        teacher_predictions = computed["teacher"][0].argmax(-1)
+    reports = []
+    for name in names:
+        artifact = available[name]
+        log(f"{name}: {artifact.path}")
+        logits, encoded, pad_id, forward = computed.get(name) or _model_logits(artifact, examples, dataset, domains)
+        predictions = logits.argmax(-1)
+        accuracy_by = _per_domain(encoded, dataset.domains, lambda m: accuracy(predictions[m], labels[m]))
+        f1_by = _per_domain(encoded, dataset.domains,
+                            lambda m: macro_f1(predictions[m], labels[m], len(dataset.labels)))
+        agreement = None
+        if teacher_predictions is not None:
+            agreement = _per_domain(encoded, dataset.domains,
+                                    lambda m: float((predictions[m] == teacher_predictions[m]).mean() * 100.0))
+            agreement["all"] = float((predictions == teacher_predictions).mean() * 100.0)
+        latency, throughput, timed = _time_forward(forward, encoded, pad_id, cfg)
+        reports.append(ModelReport(
+            name=name, path=str(artifact.path), size_mb=artifact.size_mb, accuracy=accuracy_by, macro_f1=f1_by,
+            agreement=agreement, latency_ms=latency, throughput=throughput, timed_rows=timed,
+        ))
+    threads = {"torch": torch.get_num_threads(), "onnxruntime": "default (one per physical core)",
+               "cpus": os.cpu_count()}
+    result = EvalResult(split=cfg.split, domains=domains, rows=len(examples), threads=threads, models=reports,
+                        metrics_path=run.metrics / "eval.json")
+    run.write_metrics("eval", {"step": "eval", **result.to_json(), "config": asdict(cfg)})
     return result

@@ -138,14 +138,26 @@ def copy_run(source: Path, target: Path) -> Path:
     return target
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread for these tiny models: on a shared 2-core machine, two threads that
+    wait for each other make a 2-second fixture take a minute."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, one_torch_thread) -> Path:
     """A run folder with teacher/ and student/ (no onnx/ yet). Copy it before changing it."""
     return build_tiny_run(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="module")
-def exported_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def exported_run(tmp_path_factory: pytest.TempPathFactory, one_torch_thread) -> Path:
     """A run folder after `metakd export --int8 --ort` (library call). Copy it before changing it."""
     from metakd_cli.export import ExportConfig, export
     from metakd_cli.run_dir import RunDir

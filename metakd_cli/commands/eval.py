@@ -1,12 +1,51 @@
-"""`metakd eval`: not built yet."""
+"""`metakd eval`: per-domain accuracy, agreement, speed and size of the run's models, side by side."""
+
+from __future__ import annotations
 
 import click
 
-from metakd_cli.errors import UserError
 
+@click.command("eval")
+@click.option("--model", "models", multiple=True, type=click.Choice(["all", "teacher", "student", "onnx", "int8"]),
+              help="Model(s) to evaluate (repeatable) [all: whichever exist].")
+@click.option("--domain", "domains", multiple=True, help="Domain(s) to score (repeatable) [all].")
+@click.option("--split", type=click.Choice(["test", "dev"]), default="test", show_default=True, help="Split to score.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.pass_obj
+def eval_(obj, models: tuple[str, ...], domains: tuple[str, ...], split: str, as_json: bool) -> None:
+    """Score teacher / student / ONNX / int8 from the run folder on one split.
 
-@click.command("eval", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def eval_(args) -> None:
-    """(Not built yet.)"""
-    raise UserError("`metakd eval` is not built yet in this version")
+    \b
+    Per-domain accuracy and macro-F1, agreement with the teacher, mean latency at batch 1,
+    throughput at batch 32 and size on disk; also written to metrics/eval.json.
+      metakd eval --domain kitchen
+      metakd eval --model student --model int8 --split dev --json
+    """
+    from metakd_cli import console
+    from metakd_cli.evaluate import EvalConfig, evaluate_run
+    from metakd_cli.run_dir import RunDir
+
+    config = EvalConfig(models=list(models) or ["all"], domains=list(domains) or None, split=split)
+    result = evaluate_run(config, RunDir(obj.run_dir), console.log)
+    if as_json:
+        console.print_json(result.to_json())
+        return
+    reports = result.models
+    keys = result.domains + (["average"] if len(result.domains) > 1 else [])
+    rows: list[list[object]] = []
+    for key in keys:
+        rows.append([f"{key} acc %", *[r.accuracy.get(key) for r in reports]])
+    for key in keys:
+        rows.append([f"{key} macro-F1", *[r.macro_f1.get(key) for r in reports]])
+    rows.append(["agreement w/ teacher %",
+                 *[None if r.name == "teacher" or r.agreement is None else r.agreement["all"] for r in reports]])
+    rows.append(["latency ms (batch 1)", *[r.latency_ms for r in reports]])
+    rows.append(["throughput ex/s (batch 32)", *[r.throughput for r in reports]])
+    rows.append(["size MB", *[r.size_mb for r in reports]])
+    threads = result.threads
+    console.print_table(
+        f"{obj.run_dir} — {result.split} split, {result.rows:,} rows; torch threads {threads['torch']}, "
+        f"onnxruntime threads {threads['onnxruntime']}",
+        ["", *[r.name for r in reports]],
+        rows,
+    )

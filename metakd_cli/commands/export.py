@@ -1,12 +1,80 @@
-"""`metakd export`: not built yet."""
+"""`metakd export`: the student as ONNX (+ int8, + ORT Mobile), checked against PyTorch."""
+
+from __future__ import annotations
+
+import sys
 
 import click
 
-from metakd_cli.errors import UserError
+
+@click.command("export")
+@click.option("--model", "model", type=click.Choice(["student", "teacher"]), default="student", show_default=True,
+              help="Which model of the run folder to export.")
+@click.option("--int8", is_flag=True, help="Also write model_quantized.onnx (dynamic int8) and check its accuracy.")
+@click.option("--target", type=click.Choice(["auto", "avx2", "avx512_vnni", "arm64"]), default="auto",
+              show_default=True,
+              help="int8 format: auto = avx512_vnni where the CPU has VNNI, else avx2; arm64 on ARM (implies --ort).")
+@click.option("--ort", is_flag=True, help="Also write model.ort for ONNX Runtime Mobile.")
+@click.option("--opset", type=int, default=None, help="ONNX opset [18].")
+@click.option("--max-drop", type=float, default=None,
+              help="Fail (exit 1) when int8 loses more dev accuracy points than this vs fp32 [1.0].")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object instead of tables.")
+@click.pass_obj
+def export(obj, model: str, int8: bool, target: str, ort: bool, opset: int | None, max_drop: float | None,
+           as_json: bool) -> None:
+    """Export the run's student (or teacher) to onnx/, loadable with plain optimum.onnxruntime.
+
+    \b
+    Checks, saved in metrics/export.json: fp32 ONNX logits equal PyTorch's within 1e-4 on dev
+    rows; with --int8, dev accuracy per domain of int8 vs fp32. When a check fails the new
+    files stay in onnx.failed/, onnx/ and the manifest are left as they were, and the exit
+    status is 1.
+    """
+    from metakd_cli import console
+    from metakd_cli.export import ExportConfig
+    from metakd_cli.export import export as run_export
+    from metakd_cli.run_dir import RunDir
+
+    config = ExportConfig(model=model, int8=int8, target=target, ort=ort)
+    if opset is not None:
+        config.opset = opset
+    if max_drop is not None:
+        config.max_drop = max_drop
+    result = run_export(config, RunDir(obj.run_dir), console.log)
+    m = result.metrics
+    if as_json:
+        console.print_json({"passed": result.passed, "folder": str(result.folder), **m})
+    else:
+        _render(m, result.folder, result.seconds, console)
+    if not result.passed:
+        console.error(f"export checks failed: {'; '.join(result.failures)}; the new files are in {result.folder} "
+                      "(onnx/ and the manifest are unchanged)")
+        sys.exit(1)
 
 
-@click.command("export", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def export(args) -> None:
-    """(Not built yet.)"""
-    raise UserError("`metakd export` is not built yet in this version")
+def _render(m: dict, folder, seconds: float, console) -> None:
+    accuracy = m["dev_accuracy"]
+    models = list(accuracy)
+    domains = [d for d in accuracy["onnx"] if d != "average"] + ["average"]
+    rows = []
+    for d in domains:
+        row = [d, *[accuracy[name].get(d) for name in models]]
+        if "int8" in accuracy:
+            row.append(m["int8_check"]["drop_per_domain"].get(d))
+        rows.append(row)
+    columns = ["domain", *[f"{name} dev %" for name in models]] + (["int8 drop"] if "int8" in accuracy else [])
+    check = m["logits_check"]
+    target = f", int8 {m['target']}" if m["int8"] else ""
+    console.print_table(
+        f"{m['model']} -> {folder} (opset {m['opset']}{target}) — {seconds:.1f} s; fp32 ONNX vs PyTorch max |diff| "
+        f"{check['max_abs_diff']:.1e} on {check['rows']} rows",
+        columns,
+        rows,
+    )
+    sizes = [[name, mb] for name, mb in m["size_mb"].items()]
+    params = m["parameters"]
+    console.print_table(
+        f"sizes (MB); parameters {params['pytorch']:,} (ONNX initializers {params['onnx_initializers']:,})",
+        ["file", "MB"],
+        sizes,
+    )

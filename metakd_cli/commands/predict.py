@@ -1,12 +1,58 @@
-"""`metakd predict`: not built yet."""
+"""`metakd predict`: label and probability for each text, from the exported model by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
-from metakd_cli.errors import UserError
+PREFIX_CHARS = 60
 
 
-@click.command("predict", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def predict(args) -> None:
-    """(Not built yet.)"""
-    raise UserError("`metakd predict` is not built yet in this version")
+@click.command("predict")
+@click.argument("texts", nargs=-1)
+@click.option("--file", "file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="One text per line, or .jsonl with a 'text' field per line.")
+@click.option("--model", type=click.Choice(["int8", "onnx", "student"]), default=None,
+              help="Model to use [int8 if exported, else onnx, else student].")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of label<TAB>prob<TAB>text lines.")
+@click.pass_obj
+def predict(obj, texts: tuple[str, ...], file: Path | None, model: str | None, as_json: bool) -> None:
+    """Classify TEXT arguments, the lines of --file, or (with neither) the lines on stdin.
+
+    \b
+      metakd predict "the kettle broke after a week"
+      metakd predict --file reviews.jsonl --json
+      cat reviews.txt | metakd predict --model student
+    """
+    import sys
+
+    from metakd_cli import console
+    from metakd_cli.errors import UserError
+    from metakd_cli.predict import PredictConfig, read_texts
+    from metakd_cli.predict import predict as run_predict
+    from metakd_cli.run_dir import RunDir
+
+    if texts and file is not None:
+        raise UserError("give TEXT arguments or --file, not both")
+    if file is not None:
+        inputs = read_texts(file)
+    elif texts:
+        inputs = list(texts)
+    else:
+        stdin = sys.stdin
+        if stdin.isatty():
+            raise UserError("no text to classify: give TEXT arguments, --file F, or pipe lines on stdin")
+        inputs = [line.strip() for line in stdin if line.strip()]
+    result = run_predict(PredictConfig(texts=inputs, model=model), RunDir(obj.run_dir), console.log)
+    if as_json:
+        console.print_json([
+            {"text": p.text, "label": p.label, "probability": p.probability, "probabilities": p.probabilities}
+            for p in result.predictions
+        ])
+        return
+    for p in result.predictions:
+        text = " ".join(p.text.split())
+        prefix = text if len(text) <= PREFIX_CHARS else text[: PREFIX_CHARS - 3] + "..."
+        sys.stdout.write(f"{p.label}\t{p.probability:.4f}\t{prefix}\n")
+    sys.stdout.flush()

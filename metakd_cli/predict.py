@@ -1,0 +1,126 @@
+"""`metakd predict`: labels and probabilities for new texts, from the exported model by default.
+
+The model is the run's int8 ONNX file when it exists, else the fp32 ONNX file, else the
+PyTorch student. Texts come from the caller (arguments, a file, or stdin lines).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from metakd_cli.errors import UserError
+from metakd_cli.evaluate import Artifact, batched_logits, load_forward, run_artifacts
+
+PREDICT_MODELS = ("int8", "onnx", "student")
+
+
+@dataclass
+class PredictConfig:
+    texts: list[str]
+    model: str | None = None  # int8 | onnx | student; None: the first of those that exists
+    batch_size: int = 32
+
+
+@dataclass
+class Prediction:
+    text: str
+    label: str
+    probability: float
+    probabilities: dict[str, float]
+
+
+@dataclass
+class PredictResult:
+    model: str
+    path: Path
+    predictions: list[Prediction]
+
+
+def read_texts(path: Path) -> list[str]:
+    """One text per non-blank line; a .jsonl / .json file holds one object with a ``text`` field per line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        content = raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not valid UTF-8; re-save the file as UTF-8") from None
+    jsonl = path.suffix.lower() in (".jsonl", ".json")
+    texts = []
+    for number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if not jsonl:
+            texts.append(line.strip())
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{number}:{exc.colno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not record["text"].strip():
+            raise UserError(f"{path}:{number}: expected a JSON object with a non-empty string field 'text'")
+        texts.append(record["text"])
+    return texts
+
+
+def choose_model(available: dict[str, Artifact], wanted: str | None, run_path: Path) -> Artifact:
+    if wanted is not None:
+        if wanted not in PREDICT_MODELS:
+            raise UserError(f"unknown --model '{wanted}' (valid: {', '.join(PREDICT_MODELS)})")
+        if wanted not in available:
+            hint = {"int8": "metakd export --int8", "onnx": "metakd export", "student": "metakd distill"}[wanted]
+            raise UserError(f"{run_path}: no {wanted} model in this run folder; run `{hint}` first")
+        return available[wanted]
+    for name in PREDICT_MODELS:
+        if name in available:
+            return available[name]
+    raise UserError(
+        f"{run_path}: no onnx/ or student/ to predict with; run `metakd distill` (and `metakd export`) first"
+    )
+
+
+def _label_names(folder: Path, n_labels: int) -> list[str]:
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
+    return [id2label.get(i, f"LABEL_{i}") for i in range(n_labels)]
+
+
+def predict(cfg: PredictConfig, run, log: Callable[[str], None] = lambda _: None) -> PredictResult:
+    """Classify ``cfg.texts`` with one model of the run folder."""
+    from metakd_cli.data import Encoded
+    from metakd_cli.models import load_tokenizer
+
+    texts = [t for t in cfg.texts if t.strip()]
+    if not texts:
+        raise UserError("no text to classify: give TEXT arguments, --file F, or lines on stdin")
+    if not Path(run.path).is_dir():
+        raise UserError(f"run folder {run.path} does not exist; point --run-dir / METAKD_RUN_DIR at a run")
+    artifact = choose_model(run_artifacts(run), cfg.model, run.path)
+    log(f"predicting with {artifact.name} ({artifact.path})")
+    tokenizer = load_tokenizer(str(artifact.tokenizer_dir))
+    out = tokenizer(texts, truncation=True, max_length=artifact.max_length)
+    encoded = Encoded(input_ids=out["input_ids"], token_type_ids=out.get("token_type_ids"),
+                      labels=[0] * len(texts), domains=[0] * len(texts))
+    logits = batched_logits(encoded, tokenizer.pad_token_id or 0, cfg.batch_size, load_forward(artifact))
+    probabilities = _softmax(logits)
+    labels = _label_names(artifact.tokenizer_dir, probabilities.shape[-1])
+    predictions = [_prediction(text, row, labels) for text, row in zip(texts, probabilities)]
+    return PredictResult(model=artifact.name, path=artifact.path, predictions=predictions)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def _prediction(text: str, row: Iterable[float], labels: list[str]) -> Prediction:
+    row = np.asarray(row, dtype=np.float64)
+    best = int(row.argmax())
+    return Prediction(text=text, label=labels[best], probability=float(row[best]),
+                      probabilities={label: float(p) for label, p in zip(labels, row)})

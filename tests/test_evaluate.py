@@ -1,0 +1,124 @@
+"""`metakd eval` and the ONNX helpers of evaluate.py: every model side by side, from the run folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from export_fixtures import build_tiny_run, copy_run, exported_run, one_torch_thread, tiny_run  # noqa: F401
+from metakd_cli.cli import cli
+from metakd_cli.data import Encoded
+
+EXPECTED_MODELS = ["teacher", "student", "onnx", "int8"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_onnx_logits_feed_only_declared_inputs_and_keep_order(exported_run):
+    from metakd_cli.evaluate import onnx_logits, onnx_session
+
+    session = onnx_session(exported_run / "onnx" / "model.onnx")
+    rows = [[2, 40, 41, 3], [2, 40, 3], [2, 40, 41, 42, 43, 3]]
+    with_types = Encoded(rows, [[0] * len(r) for r in rows], [0, 1, 0], [0, 0, 1])
+    without_types = Encoded(rows, None, [0, 1, 0], [0, 0, 1])
+    one_by_one = np.concatenate([onnx_logits(session, without_types.subset([i]), 0) for i in range(3)])
+    assert np.allclose(onnx_logits(session, with_types, 0, batch_size=2), one_by_one, atol=1e-5)
+    assert np.allclose(onnx_logits(session, without_types, 0), one_by_one, atol=1e-5)
+    assert onnx_logits(session, Encoded([], None, [], []), 0).shape[0] == 0
+
+
+def test_eval_domain_json_has_every_model(exported_run):
+    result = invoke("--run-dir", str(exported_run), "eval", "--domain", "kitchen", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["split"] == "test" and out["domains"] == ["kitchen"] and out["rows"] > 0
+    assert [m["name"] for m in out["models"]] == EXPECTED_MODELS
+    for model in out["models"]:
+        assert set(model["accuracy"]) == {"kitchen", "average"}
+        assert 0 <= model["macro_f1"]["kitchen"] <= 100
+        assert model["latency_ms"] > 0 and model["throughput"] > 0 and model["size_mb"] > 0
+        assert model["agreement"]["all"] >= 0
+    by_name = {m["name"]: m for m in out["models"]}
+    assert by_name["teacher"]["agreement"]["all"] == 100.0
+    # the fp32 ONNX file is the student: same predictions, so the same accuracy and agreement
+    assert by_name["onnx"]["accuracy"] == by_name["student"]["accuracy"]
+    assert by_name["onnx"]["agreement"] == by_name["student"]["agreement"]
+    assert out["threads"]["torch"] >= 1
+    saved = json.loads((exported_run / "metrics" / "eval.json").read_text())
+    assert saved["models"][0]["name"] == "teacher" and saved["config"]["domains"] == ["kitchen"]
+
+
+def test_eval_table_shows_models_side_by_side(exported_run):
+    result = invoke("--run-dir", str(exported_run), "eval", "--split", "dev")
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.stdout.splitlines() if "teacher" in line and "int8" in line)
+    assert header.index("teacher") < header.index("student") < header.index("onnx") < header.index("int8")
+    for label in ("books acc %", "kitchen macro-F1", "average acc %", "agreement", "latency ms", "throughput",
+                  "size MB"):
+        assert label in result.stdout, label
+
+
+def test_eval_selected_models_and_missing_ones(tiny_run):
+    result = invoke("--run-dir", str(tiny_run), "eval", "--model", "student", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert [m["name"] for m in out["models"]] == ["student"]
+    assert out["models"][0]["agreement"] is not None  # the teacher is the reference even when not listed
+    assert [m["name"] for m in json.loads(invoke("--run-dir", str(tiny_run), "eval", "--json").stdout)["models"]] \
+        == ["teacher", "student"]
+    result = invoke("--run-dir", str(tiny_run), "eval", "--model", "int8")
+    assert result.exit_code == 2 and "metakd export --int8" in result.stderr
+
+
+def test_unknown_domain_lists_the_known_ones(tiny_run):
+    result = invoke("--run-dir", str(tiny_run), "eval", "--domain", "garden")
+    assert result.exit_code == 2
+    assert "unknown domain 'garden'" in result.stderr
+    assert "books, electronics, kitchen" in result.stderr
+
+
+def test_eval_without_run_folder_is_a_user_error(tmp_path):
+    result = invoke("--run-dir", str(tmp_path / "missing"), "eval")
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def single_teacher_run(tmp_path_factory, one_torch_thread):
+    return build_tiny_run(tmp_path_factory.mktemp("single"), teacher_mode="single")
+
+
+def test_single_mode_teacher_scores_each_domain_with_its_own_teacher(single_teacher_run):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from metakd_cli.data import encode
+    from metakd_cli.distill import reload_dataset
+    from metakd_cli.evaluate import EvalConfig, accuracy, evaluate_run, torch_logits
+    from metakd_cli.run_dir import RunDir
+
+    run = RunDir(single_teacher_run)
+    result = evaluate_run(EvalConfig(models=["teacher"], domains=["books", "kitchen"]), run)
+    (teacher,) = result.models
+    assert teacher.size_mb > 0 and set(teacher.accuracy) == {"books", "kitchen", "average"}
+    _, dataset = reload_dataset(run)
+    for domain in ("books", "kitchen"):
+        folder = single_teacher_run / "teacher" / domain
+        examples = dataset.select("test", [domain])
+        encoded = encode(examples, dataset, AutoTokenizer.from_pretrained(folder), 32)
+        logits = torch_logits(AutoModelForSequenceClassification.from_pretrained(folder), encoded, 0)
+        assert teacher.accuracy[domain] == accuracy(logits.argmax(-1), encoded.labels)
+
+
+def test_export_of_single_mode_teacher_is_refused(single_teacher_run, tmp_path):
+    run = copy_run(single_teacher_run, tmp_path / "run")
+    result = invoke("--run-dir", str(run), "export", "--model", "teacher")
+    assert result.exit_code == 2 and "one teacher per domain" in result.stderr
+    shutil.rmtree(run / "student")
+    result = invoke("--run-dir", str(run), "eval", "--json")
+    assert result.exit_code == 0, result.output
+    assert [m["name"] for m in json.loads(result.stdout)["models"]] == ["teacher"]
