@@ -76,11 +76,43 @@ class DistillConfig:
     trust_remote_code: bool = False
 
 
+DEFAULT_OPSET = 18  # optimum's minimum recommended opset for BERT; ORT Mobile 1.15+ runs it
+
+
+@dataclass
+class ExportConfig:
+    """`metakd export`: what to export and how to check it."""
+
+    model: str = "student"  # student | teacher
+    int8: bool = False
+    target: str = "auto"  # auto | avx2 | avx512_vnni | arm64: the int8 format
+    ort: bool = False  # also write model.ort for ONNX Runtime Mobile
+    opset: int = DEFAULT_OPSET
+    max_drop: float = 1.0  # accuracy points int8 may lose against fp32 ONNX on dev (average over domains)
+    atol: float = 1e-4  # max |fp32 ONNX logit - PyTorch logit|
+    check_rows: int = 64  # dev rows for the logits check
+    per_channel: bool = False  # per-channel weight scales: slower MatMulInteger for little gain here
+
+
+@dataclass
+class EvalConfig:
+    """`metakd eval`: which artifacts, which domains, which split, how much to time."""
+
+    models: list[str] = field(default_factory=lambda: ["all"])  # all | teacher | student | onnx | int8
+    domains: list[str] | None = None  # None: every domain
+    split: str = "test"
+    latency_rows: int = 64  # rows timed one by one (batch 1)
+    throughput_batches: int = 8  # batches of `batch_size` timed for throughput
+    batch_size: int = 32
+
+
 @dataclass
 class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 SECTIONS = {f.name: f.type for f in fields(Recipe)}
@@ -90,7 +122,8 @@ def _coerce(value: object, annotation: object, where: str) -> object:
     """Check/convert one recipe or --set value against a dataclass field's type."""
     hint = annotation
     if isinstance(hint, str):
-        hint = eval(hint, {"int": int, "float": float, "str": str, "bool": bool, "None": None})  # noqa: S307 - our own annotations
+        namespace = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "None": None}
+        hint = eval(hint, namespace)  # noqa: S307 - our own dataclass annotations, never user text
     options = [hint]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         options = list(typing.get_args(hint))
@@ -99,7 +132,12 @@ def _coerce(value: object, annotation: object, where: str) -> object:
             return None
         raise UserError(f"{where}: a value is required")
     for option in options:
-        if option is bool:
+        if typing.get_origin(option) is list:
+            items = value.split(",") if isinstance(value, str) else value
+            if isinstance(items, list):
+                (item_type,) = typing.get_args(option)
+                return [_coerce(item, item_type, where) for item in items]
+        elif option is bool:
             if isinstance(value, bool):
                 return value
             if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no", "1", "0"}:

@@ -18,7 +18,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-stderr = Console(stderr=True)
+stderr = Console(stderr=True, soft_wrap=True)
 stdout = Console(soft_wrap=True)
 
 

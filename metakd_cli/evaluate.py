@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metakd_cli.config import choice
+from metakd_cli.config import EvalConfig, choice
 from metakd_cli.data import Encoded, collate, encode
 from metakd_cli.errors import UserError
 
@@ -147,18 +147,6 @@ def weights_size_mb(folder: Path) -> float:
 
 MODEL_NAMES = ("teacher", "student", "onnx", "int8")
 EVAL_SPLITS = ("test", "dev")
-
-
-@dataclass
-class EvalConfig:
-    """`metakd eval`: which artifacts, which domains, which split, how much to time."""
-
-    models: list[str] = field(default_factory=lambda: ["all"])  # all | teacher | student | onnx | int8
-    domains: list[str] | None = None  # None: every domain
-    split: str = "test"
-    latency_rows: int = 64  # rows timed one by one (batch 1)
-    throughput_batches: int = 8  # batches of `batch_size` timed for throughput
-    batch_size: int = 32
 
 
 @dataclass

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metakd_cli.config import choice
+from metakd_cli.config import DEFAULT_OPSET, ExportConfig, choice
 from metakd_cli.errors import UserError
 from metakd_cli.evaluate import (
     EXPORT_JSON,
@@ -50,25 +50,9 @@ from metakd_cli.run_dir import RunDir, atomic_dir
 
 MODELS = ("student", "teacher")
 TARGETS = ("auto", "avx2", "avx512_vnni", "arm64")
-DEFAULT_OPSET = 18  # optimum's minimum recommended opset for BERT; ORT Mobile 1.15+ runs it
 MIN_OPSET = 14  # scaled-dot-product attention and the int8 operators need 14 or later
 FAILED_DIR = "onnx.failed"
 ARM_MACHINES = ("arm64", "aarch64", "armv8l", "armv8b")
-
-
-@dataclass
-class ExportConfig:
-    """`metakd export`: what to export and how to check it."""
-
-    model: str = "student"  # student | teacher
-    int8: bool = False
-    target: str = "auto"  # auto | avx2 | avx512_vnni | arm64: the int8 format
-    ort: bool = False  # also write model.ort for ONNX Runtime Mobile
-    opset: int = DEFAULT_OPSET
-    max_drop: float = 1.0  # accuracy points int8 may lose against fp32 ONNX on dev (average over domains)
-    atol: float = 1e-4  # max |fp32 ONNX logit - PyTorch logit|
-    check_rows: int = 64  # dev rows for the logits check
-    per_channel: bool = False  # per-channel weight scales: slower MatMulInteger for little gain here
 
 
 @dataclass

@@ -22,7 +22,8 @@ def eval_(obj, models: tuple[str, ...], domains: tuple[str, ...], split: str, as
       metakd eval --model student --model int8 --split dev --json
     """
     from metakd_cli import console
-    from metakd_cli.evaluate import EvalConfig, evaluate_run
+    from metakd_cli.config import EvalConfig
+    from metakd_cli.evaluate import evaluate_run
     from metakd_cli.run_dir import RunDir
 
     config = EvalConfig(models=list(models) or ["all"], domains=list(domains) or None, split=split)
@@ -30,6 +31,13 @@ def eval_(obj, models: tuple[str, ...], domains: tuple[str, ...], split: str, as
     if as_json:
         console.print_json(result.to_json())
         return
+    render(result, str(obj.run_dir))
+
+
+def render(result, title: str) -> None:
+    """The side-by-side table of an EvalResult (also shown at the end of `metakd run`)."""
+    from metakd_cli import console
+
     reports = result.models
     keys = result.domains + (["average"] if len(result.domains) > 1 else [])
     rows: list[list[object]] = []
@@ -44,7 +52,7 @@ def eval_(obj, models: tuple[str, ...], domains: tuple[str, ...], split: str, as
     rows.append(["size MB", *[r.size_mb for r in reports]])
     threads = result.threads
     console.print_table(
-        f"{obj.run_dir} — {result.split} split, {result.rows:,} rows; torch threads {threads['torch']}, "
+        f"{title} — {result.split} split, {result.rows:,} rows; torch threads {threads['torch']}, "
         f"onnxruntime threads {threads['onnxruntime']}",
         ["", *[r.name for r in reports]],
         rows,

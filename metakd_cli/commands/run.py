@@ -1,12 +1,31 @@
-"""`metakd run`: not built yet."""
+"""`metakd run RECIPE`: the whole pipeline from a YAML recipe."""
+
+from __future__ import annotations
 
 import click
 
-from metakd_cli.errors import UserError
 
+@click.command()
+@click.argument("recipe")
+@click.option("--set", "sets", multiple=True, help="Override a recipe key: --set fit.epochs=1 (repeatable).")
+@click.pass_obj
+def run(obj, recipe: str, sets: tuple[str, ...]) -> None:
+    """Fit, distill, export and eval as RECIPE says (a file, or a bundled name: quickstart, amazon-cpu ...).
 
-@click.command("run", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run(args) -> None:
-    """(Not built yet.)"""
-    raise UserError("`metakd run` is not built yet in this version")
+    Steps already finished in the run folder with the same configuration are skipped.
+    """
+    from metakd_cli import console
+    from metakd_cli.config import apply_overrides, as_dict, find_recipe, load_recipe
+    from metakd_cli.run_dir import RunDir
+
+    path = find_recipe(recipe)
+    config = load_recipe(path)
+    apply_overrides(config, "fit", {}, sets)
+    console.log(f"recipe {path}: {as_dict(config)}")
+
+    from metakd_cli.commands.eval import render
+    from metakd_cli.pipeline import run_pipeline
+
+    result = run_pipeline(config, RunDir(obj.run_dir), console.TrainingProgress(), console.log, console.warn)
+    console.log(f"ran {', '.join(result.ran) or 'nothing'}; skipped {', '.join(result.skipped) or 'nothing'}")
+    render(result.eval_result, f"{obj.run_dir} ({path.stem})")

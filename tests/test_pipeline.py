@@ -1,0 +1,50 @@
+"""`metakd run RECIPE`: every step in order, then skipping what is already done."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from metakd_cli.cli import cli
+
+
+def _run(run_dir, tiny_model_dir, *sets):
+    args = ["--quiet", "--run-dir", str(run_dir), "run", "smoke", "--set", f"fit.teacher={tiny_model_dir}"]
+    for item in sets:
+        args += ["--set", item]
+    return CliRunner().invoke(cli, args)
+
+
+def test_run_smoke_then_skip_finished_steps(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    first = _run(run_dir, tiny_model_dir)
+    assert first.exit_code == 0, first.output
+    for name in ("teacher", "student", "onnx"):
+        assert (run_dir / name).is_dir()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert set(manifest["steps"]) == {"fit", "distill", "export"}
+    assert (run_dir / "metrics" / "eval.json").is_file()
+    assert "student" in first.stdout and "onnx" in first.stdout
+    fitted = manifest["steps"]["fit"]["finished"]
+
+    again = CliRunner().invoke(cli, ["--run-dir", str(run_dir), "run", "smoke", "--set", f"fit.teacher={tiny_model_dir}"])
+    assert again.exit_code == 0, again.output
+    assert "skipped fit, distill, export" in again.output.replace("\n", " ")
+    assert json.loads((run_dir / "manifest.json").read_text())["steps"]["fit"]["finished"] == fitted
+
+    changed = CliRunner().invoke(cli, ["--run-dir", str(run_dir), "run", "smoke", "--set", f"fit.teacher={tiny_model_dir}",
+                                       "--set", "distill.temperature=2"])
+    assert changed.exit_code == 0, changed.output
+    text = changed.output.replace("\n", " ")
+    assert "ran distill, export, eval" in text and "skipped fit" in text
+
+
+def test_unknown_recipe_and_bad_set_are_user_errors(tmp_path):
+    result = CliRunner().invoke(cli, ["--run-dir", str(tmp_path), "run", "nosuch"])
+    assert result.exit_code == 2
+    assert "no recipe file or bundled recipe named 'nosuch'" in result.output
+    assert "quickstart" in result.output
+    result = CliRunner().invoke(cli, ["--run-dir", str(tmp_path), "run", "smoke", "--set", "fit.epochz=3"])
+    assert result.exit_code == 2
+    assert "unknown key 'epochz'" in result.output
