@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--systems", nargs="*", default=list(SYSTEMS))
+    parser.add_argument("--skip-existing", action="store_true", help="Keep results already in the JSON file.")
     args = parser.parse_args()
     if not DATA.is_dir():
         print(f"skipped: {DATA} not present (the Amazon multi-domain data is not on this machine)")
@@ -44,6 +45,8 @@ def main() -> None:
     }
     for name in args.systems:
         run_dir = ROOT / "bench" / "runs" / name
+        if args.skip_existing and name in results["results"]:
+            continue
         command = [
             sys.executable, "-m", "metakd_cli", "--quiet", "--run-dir", str(run_dir), "fit", str(DATA),
             *SYSTEMS[name], "--epochs", str(args.epochs), "--lr", str(args.lr),
