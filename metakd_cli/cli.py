@@ -19,6 +19,7 @@ COMMANDS = {
     "eval": ("metakd_cli.commands.eval", "eval_"),
     "predict": ("metakd_cli.commands.predict", "predict"),
     "run": ("metakd_cli.commands.run", "run"),
+    "recipes": ("metakd_cli.commands.recipes", "recipes"),
 }
 
 

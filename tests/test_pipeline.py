@@ -48,3 +48,16 @@ def test_unknown_recipe_and_bad_set_are_user_errors(tmp_path):
     result = CliRunner().invoke(cli, ["--run-dir", str(tmp_path), "run", "smoke", "--set", "fit.epochz=3"])
     assert result.exit_code == 2
     assert "unknown key 'epochz'" in result.output
+
+
+def test_recipes_ls_and_cp(tmp_path):
+    listed = CliRunner().invoke(cli, ["recipes", "ls"])
+    assert listed.exit_code == 0
+    for name in ("quickstart", "smoke", "amazon-cpu", "amazon-paper"):
+        assert name in listed.stdout
+    target = tmp_path / "mine.yaml"
+    copied = CliRunner().invoke(cli, ["recipes", "cp", "quickstart", str(target)])
+    assert copied.exit_code == 0, copied.output
+    assert "teacher: all-MiniLM-L6-v2" in target.read_text()
+    again = CliRunner().invoke(cli, ["recipes", "cp", "quickstart", str(target)])
+    assert again.exit_code == 2 and "already exists" in again.output

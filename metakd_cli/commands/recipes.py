@@ -1,0 +1,46 @@
+"""`metakd recipes ls|cp`: the recipes that ship with metakd."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def recipes() -> None:
+    """List or copy the bundled YAML recipes (run one with `metakd run NAME`)."""
+
+
+@recipes.command("ls")
+def list_recipes() -> None:
+    """Bundled recipes and what each is for."""
+    from metakd_cli import console
+    from metakd_cli.config import bundled
+
+    rows = []
+    for path in sorted(bundled("recipes").glob("*.yaml")):
+        first = next((line.lstrip("# ").strip() for line in path.read_text(encoding="utf-8").splitlines()
+                      if line.startswith("#")), "")
+        rows.append([path.stem, first])
+    console.print_table("bundled recipes", ["name", "purpose"], rows)
+
+
+@recipes.command("cp")
+@click.argument("name")
+@click.argument("destination", required=False, type=click.Path(path_type=Path))
+def copy_recipe(name: str, destination: Path | None) -> None:
+    """Copy bundled recipe NAME to DESTINATION (default ./NAME.yaml) to edit it."""
+    from metakd_cli import console
+    from metakd_cli.config import find_recipe
+    from metakd_cli.errors import UserError
+    from metakd_cli.run_dir import atomic_write_text
+
+    source = find_recipe(name)
+    target = destination or Path(f"{source.stem}.yaml")
+    if target.is_dir():
+        target = target / source.name
+    if target.exists():
+        raise UserError(f"{target} already exists; give another destination")
+    atomic_write_text(target, source.read_text(encoding="utf-8"))
+    console.log(f"copied {source.stem} to {target}")
