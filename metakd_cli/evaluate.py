@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from metakd_cli.config import EvalConfig, choice
+from metakd_cli.cpu import cpu_info, target_mismatch
 from metakd_cli.data import Encoded, collate, encode
 from metakd_cli.errors import UserError
 
@@ -186,6 +187,8 @@ class EvalResult:
     threads: dict[str, object]
     models: list[ModelReport]
     metrics_path: Path
+    cpu: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -368,7 +371,13 @@ def evaluate_run(cfg: EvalConfig, run, log: Callable[[str], None] = lambda _: No
         ))
     threads = {"torch": torch.get_num_threads(), "onnxruntime": "default (one per physical core)",
                "cpus": os.cpu_count()}
+    cpu = cpu_info()
+    warnings = []
+    if "int8" in names:
+        mismatch = target_mismatch(run.load().steps.get("export", {}).get("target"), cpu)
+        if mismatch:
+            warnings.append(mismatch)
     result = EvalResult(split=cfg.split, domains=domains, rows=len(examples), threads=threads, models=reports,
-                        metrics_path=run.metrics / "eval.json")
+                        metrics_path=run.metrics / "eval.json", cpu=cpu.to_json(), warnings=warnings)
     run.write_metrics("eval", {"step": "eval", **result.to_json(), "config": asdict(cfg)})
     return result

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from metakd_cli.config import DEFAULT_OPSET, ExportConfig, choice
+from metakd_cli.cpu import cpu_info, int8_target
 from metakd_cli.errors import UserError
 from metakd_cli.evaluate import (
     EXPORT_JSON,
@@ -52,7 +53,6 @@ MODELS = ("student", "teacher")
 TARGETS = ("auto", "avx2", "avx512_vnni", "arm64")
 MIN_OPSET = 14  # scaled-dot-product attention and the int8 operators need 14 or later
 FAILED_DIR = "onnx.failed"
-ARM_MACHINES = ("arm64", "aarch64", "armv8l", "armv8b")
 
 
 @dataclass
@@ -70,22 +70,7 @@ class _ChecksFailed(Exception):
 
 def detect_target(cpuinfo: str | None = None, machine: str | None = None) -> tuple[str, str]:
     """The int8 format for this CPU and why: arm64 on ARM, avx512_vnni with VNNI, else avx2."""
-    machine = (machine if machine is not None else platform.machine()).lower()
-    if machine in ARM_MACHINES or machine.startswith("arm"):
-        return "arm64", f"{machine} machine"
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return "avx2", "no /proc/cpuinfo to read the CPU flags from"
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    if "avx512_vnni" in flags:
-        return "avx512_vnni", "the CPU has avx512_vnni"
-    return "avx2", "the CPU lacks avx512_vnni"
+    return int8_target(cpu_info(cpuinfo, machine))
 
 
 def validate(cfg: ExportConfig) -> None:
@@ -235,6 +220,7 @@ def export(cfg: ExportConfig, run: RunDir, log: Callable[[str], None] = lambda _
         "ort": write_ort,
         "max_length": max_length,
         "labels": dataset.labels,
+        "cpu": cpu_info().to_json(),
     }
     failed = run.path / FAILED_DIR
     try:

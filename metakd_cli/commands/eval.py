@@ -28,6 +28,8 @@ def eval_(obj, models: tuple[str, ...], domains: tuple[str, ...], split: str, as
 
     config = EvalConfig(models=list(models) or ["all"], domains=list(domains) or None, split=split)
     result = evaluate_run(config, RunDir(obj.run_dir), console.log)
+    for warning in result.warnings:
+        console.warn(warning)
     if as_json:
         console.print_json(result.to_json())
         return
