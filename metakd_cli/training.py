@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from metakd_cli.errors import UserError
+from metakd_cli.run_dir import atomic_dir
 
 
 @dataclass
@@ -33,6 +36,7 @@ class PhaseSpec:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     constant_lr: bool = False
+    signature: str = ""  # what the caller trains (config, data): a checkpoint of other settings is refused
 
 
 @dataclass
@@ -43,6 +47,28 @@ class PhaseResult:
     seconds: float = 0.0
     examples_per_second: float = 0.0
     resumed_from: dict | None = None
+
+
+class _DeferredInterrupt:
+    """Turn Ctrl-C (SIGINT) into a request honoured between steps, so a checkpoint is never
+    taken half-way through an optimisation step; a second Ctrl-C interrupts at once."""
+
+    requested = False
+
+    def __enter__(self) -> "_DeferredInterrupt":
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -67,7 +93,7 @@ def run_phase(
     n_examples: int,
     make_batch: Callable[[list[int]], dict],
     loss_step: Callable[[dict, torch.Generator], dict[str, torch.Tensor]],
-    evaluate: Callable[[], float],
+    evaluate: Callable[[], float] | None,
     checkpoint_dir: Path,
     resume: bool,
     progress=None,
@@ -104,24 +130,29 @@ def run_phase(
     best_score, best_epoch, history = -math.inf, -1, []
     best_state: dict[str, torch.Tensor] | None = None
     resumed_from = None
-    if resume and (ckpt / "loop.json").is_file():
+    saved = ckpt
+    if not (saved / "loop.json").is_file():
+        saved = ckpt.parent / f".{ckpt.name}.old"  # killed between the two renames of a save
+    if resume and (saved / "loop.json").is_file():
         from safetensors.torch import load_file
 
-        loop = json.loads((ckpt / "loop.json").read_text())
-        if loop.get("total_steps") != total_steps or loop.get("n_examples") != n_examples:
+        loop = json.loads((saved / "loop.json").read_text())
+        if (loop.get("total_steps"), loop.get("n_examples"), loop.get("signature", "")) != (
+            total_steps, n_examples, spec.signature
+        ):
             raise UserError(
-                f"{ckpt}: the checkpoint was made with other settings "
+                f"{saved}: the checkpoint was made with other settings "
                 f"({loop.get('n_examples')} examples, {loop.get('total_steps')} steps); run without --resume"
             )
-        accelerator.unwrap_model(model).load_state_dict(load_file(str(ckpt / "model.safetensors")))
-        states = torch.load(ckpt / "optim.pt", weights_only=True)  # our own checkpoint, tensors only
+        accelerator.unwrap_model(model).load_state_dict(load_file(str(saved / "model.safetensors")))
+        states = torch.load(saved / "optim.pt", weights_only=True)  # our own checkpoint, tensors only
         optimizer.load_state_dict(states["optimizer"])
         scheduler.load_state_dict(states["scheduler"])
-        rng = load_file(str(ckpt / "rng.safetensors"))
+        rng = load_file(str(saved / "rng.safetensors"))
         torch.set_rng_state(rng["torch"])
         generator.set_state(rng["generator"])
-        if (ckpt / "best.safetensors").is_file():
-            best_state = load_file(str(ckpt / "best.safetensors"))
+        if (saved / "best.safetensors").is_file():
+            best_state = load_file(str(saved / "best.safetensors"))
         position = {k: loop[k] for k in ("epoch", "step", "loss_sum", "loss_count")}
         best_score, best_epoch, history = loop["best_score"], loop["best_epoch"], loop["history"]
         resumed_from = {"epoch": position["epoch"], "step": position["step"]}
@@ -129,66 +160,74 @@ def run_phase(
     def save_checkpoint() -> None:
         if not accelerator.is_main_process:
             return
-        tmp = ckpt.parent / f".{ckpt.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        _save_tensors(_state_file(accelerator.unwrap_model(model)), tmp / "model.safetensors")
-        if best_state is not None:
-            _save_tensors(best_state, tmp / "best.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
-        _save_tensors({"torch": torch.get_rng_state(), "generator": generator.get_state()}, tmp / "rng.safetensors")
-        loop = {
-            **position,
-            "best_score": best_score,
-            "best_epoch": best_epoch,
-            "history": history,
-            "total_steps": total_steps,
-            "n_examples": n_examples,
-        }
-        (tmp / "loop.json").write_text(json.dumps(loop, indent=2))
-        if ckpt.exists():
-            shutil.rmtree(ckpt)
-        tmp.rename(ckpt)
+        with atomic_dir(ckpt) as tmp:  # a kill at any moment leaves the previous checkpoint usable
+            _save_tensors(_state_file(accelerator.unwrap_model(model)), tmp / "model.safetensors")
+            if best_state is not None:
+                _save_tensors(best_state, tmp / "best.safetensors")
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+            _save_tensors({"torch": torch.get_rng_state(), "generator": generator.get_state()},
+                          tmp / "rng.safetensors")
+            loop = {
+                **position,
+                "best_score": best_score,
+                "best_epoch": best_epoch,
+                "history": history,
+                "total_steps": total_steps,
+                "n_examples": n_examples,
+                "signature": spec.signature,
+            }
+            (tmp / "loop.json").write_text(json.dumps(loop, indent=2))
 
     started = time.perf_counter()
     trained_examples = 0
     if progress is not None:
         progress.start(spec.name, total_steps, completed=position["epoch"] * steps_per_epoch + position["step"])
+    consistent = True  # False while a step or an epoch end is half done: no checkpoint then
     try:
-        while position["epoch"] < spec.epochs:
-            epoch = position["epoch"]
-            order = epoch_order(n_examples, spec.seed, epoch)
-            model.train()
-            for step in range(position["step"], steps_per_epoch):
-                indices = order[step * spec.batch_size : (step + 1) * spec.batch_size]
-                indices = indices[accelerator.process_index :: accelerator.num_processes]
-                batch = {k: v.to(accelerator.device) for k, v in make_batch(indices).items()}
-                terms = loss_step(batch, generator)
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(terms["loss"])
-                if spec.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                position["step"] = step + 1
-                trained_examples += len(indices)
-                position["loss_sum"] += float(terms["loss"].detach())
-                position["loss_count"] += 1
-                if progress is not None:
-                    rate = trained_examples / max(time.perf_counter() - started, 1e-9)
-                    mean_loss = position["loss_sum"] / position["loss_count"]
-                    progress.advance(1, f"epoch {epoch + 1}/{spec.epochs} loss {mean_loss:.4f} {rate:.1f} ex/s")
-            model.eval()
-            score = evaluate()
-            train_loss = position["loss_sum"] / max(position["loss_count"], 1)
-            history.append({"epoch": epoch + 1, "train_loss": train_loss, "dev_score": score})
-            if score > best_score:
-                best_score, best_epoch = score, epoch + 1
-                best_state = _state_file(accelerator.unwrap_model(model))
-            position = {"epoch": epoch + 1, "step": 0, "loss_sum": 0.0, "loss_count": 0}
-            save_checkpoint()
+        with _DeferredInterrupt() as interrupt:
+            while position["epoch"] < spec.epochs:
+                epoch = position["epoch"]
+                order = epoch_order(n_examples, spec.seed, epoch)
+                model.train()
+                for step in range(position["step"], steps_per_epoch):
+                    consistent = False
+                    indices = order[step * spec.batch_size : (step + 1) * spec.batch_size]
+                    indices = indices[accelerator.process_index :: accelerator.num_processes]
+                    batch = {k: v.to(accelerator.device) for k, v in make_batch(indices).items()}
+                    terms = loss_step(batch, generator)
+                    optimizer.zero_grad(set_to_none=True)
+                    accelerator.backward(terms["loss"])
+                    if spec.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    position["step"] = step + 1
+                    trained_examples += len(indices)
+                    position["loss_sum"] += float(terms["loss"].detach())
+                    position["loss_count"] += 1
+                    consistent = True
+                    if interrupt.requested:
+                        raise KeyboardInterrupt
+                    if progress is not None:
+                        rate = trained_examples / max(time.perf_counter() - started, 1e-9)
+                        mean_loss = position["loss_sum"] / position["loss_count"]
+                        progress.advance(1, f"epoch {epoch + 1}/{spec.epochs} loss {mean_loss:.4f} {rate:.1f} ex/s")
+                consistent = False
+                model.eval()
+                score = evaluate() if evaluate is not None else float(epoch + 1)  # None: keep the last
+                train_loss = position["loss_sum"] / max(position["loss_count"], 1)
+                history.append({"epoch": epoch + 1, "train_loss": train_loss, "dev_score": score})
+                if score > best_score:
+                    best_score, best_epoch = score, epoch + 1
+                    best_state = _state_file(accelerator.unwrap_model(model))
+                position = {"epoch": epoch + 1, "step": 0, "loss_sum": 0.0, "loss_count": 0}
+                save_checkpoint()
+                consistent = True
+                if interrupt.requested:
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
-        save_checkpoint()
+        if consistent:
+            save_checkpoint()
         if progress is not None:
             progress.stop()
         raise
