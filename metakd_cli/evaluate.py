@@ -1,9 +1,11 @@
 """Per-domain metrics for any artifact of a run, PyTorch or ONNX, through the same batching.
 
-``torch_logits`` / ``onnx_logits`` give logits on length-sorted, dynamically padded batches;
-``evaluate_run`` is `metakd eval`: accuracy and macro-F1 per domain, agreement with the
-teacher, latency at batch 1, throughput at batch 32 and size on disk of each model in the
-run folder (teacher/, student/, onnx/model.onnx, onnx/model_quantized.onnx).
+``torch_logits`` / ``onnx_logits`` give logits on length-sorted, dynamically padded batches
+(length bucketing; ``bucketing=False`` pads every row to one length in input order instead,
+the baseline a benchmark compares against); ``evaluate_run`` is `metakd eval`: accuracy and
+macro-F1 per domain, agreement with the teacher, latency at batch 1, throughput at batch 32
+and size on disk of each model in the run folder (teacher/, student/, onnx/model.onnx,
+onnx/model_quantized.onnx).
 """
 
 from __future__ import annotations
@@ -31,22 +33,62 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def input_order_batches(n_rows: int, batch_size: int) -> list[list[int]]:
+    """Indices in input order, ``batch_size`` at a time."""
+    return [list(range(i, min(i + batch_size, n_rows))) for i in range(0, n_rows, batch_size)]
+
+
+def pad_batch(batch: dict, length: int, pad_id: int) -> dict:
+    """A collated batch padded on the right to ``length`` positions (no-op when already that long)."""
+    import torch
+
+    missing = length - batch["input_ids"].shape[1]
+    if missing <= 0:
+        return batch
+    fill = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0}
+    out = dict(batch)
+    for key, value in fill.items():
+        if key in batch:
+            rows = batch[key].shape[0]
+            out[key] = torch.cat([batch[key], torch.full((rows, missing), value, dtype=batch[key].dtype)], dim=1)
+    return out
+
+
+def make_batch(encoded: Encoded, indices: Sequence[int], pad_id: int, pad_to: int | None = None) -> dict:
+    """``collate`` (padding to the longest row of the batch), or to ``pad_to`` positions when given."""
+    batch = collate(encoded, indices, pad_id)
+    return batch if pad_to is None else pad_batch(batch, pad_to, pad_id)
+
+
 def batched_logits(
-    encoded: Encoded, pad_id: int, batch_size: int, forward: Callable[[dict], np.ndarray]
+    encoded: Encoded, pad_id: int, batch_size: int, forward: Callable[[dict], np.ndarray],
+    bucketing: bool = True, pad_to: int | None = None,
 ) -> np.ndarray:
-    """Logits [N, C] in input order, computed on length-sorted, dynamically padded batches."""
+    """Logits [N, C] in input order.
+
+    ``bucketing`` (default): length-sorted batches, each padded to its own longest row.
+    Without: batches in input order, every row padded to ``pad_to`` positions (the model's
+    max_length; the longest row when None), as a fixed-shape pipeline would.
+    """
+    if bucketing:
+        batches, length = length_sorted_batches([len(ids) for ids in encoded.input_ids], batch_size), None
+    else:
+        longest = max((len(ids) for ids in encoded.input_ids), default=0)
+        batches, length = input_order_batches(len(encoded), batch_size), max(pad_to or 0, longest)
     out: np.ndarray | None = None
-    for indices in length_sorted_batches([len(ids) for ids in encoded.input_ids], batch_size):
-        logits = forward(collate(encoded, indices, pad_id))
+    for indices in batches:
+        logits = forward(make_batch(encoded, indices, pad_id, length))
         if out is None:
             out = np.zeros((len(encoded), logits.shape[-1]), dtype=np.float32)
         out[indices] = logits
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
-def torch_logits(model, encoded: Encoded, pad_id: int, batch_size: int = 64) -> np.ndarray:
+def torch_logits(
+    model, encoded: Encoded, pad_id: int, batch_size: int = 64, bucketing: bool = True, pad_to: int | None = None
+) -> np.ndarray:
     """Logits of a transformers sequence classifier, in eval mode and without gradients."""
-    return batched_logits(encoded, pad_id, batch_size, torch_forward(model))
+    return batched_logits(encoded, pad_id, batch_size, torch_forward(model), bucketing, pad_to)
 
 
 def torch_forward(model) -> Callable[[dict], np.ndarray]:
@@ -123,9 +165,11 @@ def onnx_forward(session) -> Callable[[dict], np.ndarray]:
     return forward
 
 
-def onnx_logits(session, encoded: Encoded, pad_id: int, batch_size: int = 64) -> np.ndarray:
+def onnx_logits(
+    session, encoded: Encoded, pad_id: int, batch_size: int = 64, bucketing: bool = True, pad_to: int | None = None
+) -> np.ndarray:
     """Logits [N, C] of an ONNX Runtime session, on the same batches as ``torch_logits``."""
-    return batched_logits(encoded, pad_id, batch_size, onnx_forward(session))
+    return batched_logits(encoded, pad_id, batch_size, onnx_forward(session), bucketing, pad_to)
 
 
 def size_mb(*paths: Path) -> float:
@@ -189,6 +233,7 @@ class EvalResult:
     metrics_path: Path
     cpu: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    bucketing: bool = True  # length-sorted, dynamically padded batches (else input order, padded to max_length)
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -236,6 +281,15 @@ def run_artifacts(run) -> dict[str, Artifact]:
     return found
 
 
+def exported_target(run) -> str | None:
+    """The int8 format (--target) onnx/model_quantized.onnx was made for: from the metakd_export.json
+    beside it, else from the manifest's export step."""
+    target = _read_json(run.onnx / EXPORT_JSON).get("target")
+    if target is None and run.manifest_path.is_file():
+        target = run.load().steps.get("export", {}).get("target")
+    return target
+
+
 def load_forward(artifact: Artifact, folder: Path | None = None) -> Callable[[dict], np.ndarray]:
     """Load one model (``folder`` picks a single-mode teacher's domain) as a batch -> logits function."""
     if artifact.kind == "onnx":
@@ -245,27 +299,34 @@ def load_forward(artifact: Artifact, folder: Path | None = None) -> Callable[[di
     return torch_forward(load_classifier(str(folder or artifact.path)))
 
 
-def _time_forward(forward, encoded: Encoded, pad_id: int, cfg: EvalConfig) -> tuple[float, float, dict[str, int]]:
-    """(mean ms per row at batch 1, rows/s at batch ``cfg.batch_size``, rows timed)."""
+def _time_forward(
+    forward, encoded: Encoded, pad_id: int, cfg: EvalConfig, bucketing: bool = True, pad_to: int | None = None
+) -> tuple[float, float, dict[str, int]]:
+    """(mean ms per row at batch 1, rows/s at batch ``cfg.batch_size``, rows timed).
+
+    Without ``bucketing`` every row, at batch 1 too, is padded to ``pad_to`` positions.
+    """
     n1 = min(len(encoded), cfg.latency_rows)
     nb = min(len(encoded), cfg.throughput_batches * cfg.batch_size)
     if n1 == 0:
         return float("nan"), float("nan"), {"batch_1": 0, f"batch_{cfg.batch_size}": 0}
-    forward(collate(encoded, [0], pad_id))  # warm-up: first-call allocations and kernel selection
+    length = None if bucketing else pad_to
+    forward(make_batch(encoded, [0], pad_id, length))  # warm-up: first-call allocations and kernel selection
     started = time.perf_counter()
     for i in range(n1):
-        forward(collate(encoded, [i], pad_id))
+        forward(make_batch(encoded, [i], pad_id, length))
     latency = (time.perf_counter() - started) / n1 * 1000.0
     subset = encoded.subset(range(nb))
-    batched_logits(subset.subset(range(min(nb, cfg.batch_size))), pad_id, cfg.batch_size, forward)  # warm-up
+    warm = subset.subset(range(min(nb, cfg.batch_size)))
+    batched_logits(warm, pad_id, cfg.batch_size, forward, bucketing, pad_to)  # warm-up
     started = time.perf_counter()
-    batched_logits(subset, pad_id, cfg.batch_size, forward)
+    batched_logits(subset, pad_id, cfg.batch_size, forward, bucketing, pad_to)
     throughput = nb / (time.perf_counter() - started)
     return latency, throughput, {"batch_1": n1, f"batch_{cfg.batch_size}": nb}
 
 
 def _model_logits(
-    artifact: Artifact, examples, dataset, domains: list[str]
+    artifact: Artifact, examples, dataset, domains: list[str], bucketing: bool = True
 ) -> tuple[np.ndarray, Encoded, int, Callable[[dict], np.ndarray]]:
     """Logits of ``artifact`` on ``examples`` (each domain's rows by its own teacher when single-mode)."""
     from metakd_cli.models import load_tokenizer
@@ -275,7 +336,8 @@ def _model_logits(
     encoded = encode(examples, dataset, tokenizer, artifact.max_length)
     if artifact.per_domain is None:
         forward = load_forward(artifact)
-        return batched_logits(encoded, pad_id, 64, forward), encoded, pad_id, forward
+        logits = batched_logits(encoded, pad_id, 64, forward, bucketing, artifact.max_length)
+        return logits, encoded, pad_id, forward
     logits: np.ndarray | None = None
     timing_forward = None
     for name in domains:
@@ -286,7 +348,7 @@ def _model_logits(
             raise UserError(f"{artifact.path}: no teacher for domain '{name}' (expected {artifact.path / name})")
         forward = load_forward(artifact, artifact.per_domain[name])
         timing_forward = timing_forward or forward
-        part = batched_logits(encoded.subset(rows), pad_id, 64, forward)
+        part = batched_logits(encoded.subset(rows), pad_id, 64, forward, bucketing, artifact.max_length)
         if logits is None:
             logits = np.zeros((len(encoded), part.shape[-1]), dtype=np.float32)
         logits[rows] = part
@@ -308,9 +370,13 @@ def _per_domain(encoded: Encoded, domains: list[str], score: Callable[[np.ndarra
     return out
 
 
-def evaluate_run(cfg: EvalConfig, run, log: Callable[[str], None] = lambda _: None) -> EvalResult:
+def evaluate_run(
+    cfg: EvalConfig, run, log: Callable[[str], None] = lambda _: None, bucketing: bool = True
+) -> EvalResult:
     """Score the run's models on one split: accuracy, macro-F1, agreement, speed, size.
 
+    ``bucketing=False`` scores and times every model on input-order batches padded to its
+    max_length instead of length-sorted, dynamically padded ones (same predictions, other speed).
     Writes ``metrics/eval.json`` and returns the same numbers.
     """
     import torch
@@ -348,13 +414,14 @@ def evaluate_run(cfg: EvalConfig, run, log: Callable[[str], None] = lambda _: No
     computed = {}
     teacher_predictions = None
     if "teacher" in available:  # the reference for agreement, even when not evaluated itself
-        computed["teacher"] = _model_logits(available["teacher"], examples, dataset, domains)
+        computed["teacher"] = _model_logits(available["teacher"], examples, dataset, domains, bucketing)
         teacher_predictions = computed["teacher"][0].argmax(-1)
     reports = []
     for name in names:
         artifact = available[name]
         log(f"{name}: {artifact.path}")
-        logits, encoded, pad_id, forward = computed.get(name) or _model_logits(artifact, examples, dataset, domains)
+        logits, encoded, pad_id, forward = computed.get(name) or _model_logits(artifact, examples, dataset, domains,
+                                                                               bucketing)
         predictions = logits.argmax(-1)
         accuracy_by = _per_domain(encoded, dataset.domains, lambda m: accuracy(predictions[m], labels[m]))
         f1_by = _per_domain(encoded, dataset.domains,
@@ -364,7 +431,7 @@ def evaluate_run(cfg: EvalConfig, run, log: Callable[[str], None] = lambda _: No
             agreement = _per_domain(encoded, dataset.domains,
                                     lambda m: float((predictions[m] == teacher_predictions[m]).mean() * 100.0))
             agreement["all"] = float((predictions == teacher_predictions).mean() * 100.0)
-        latency, throughput, timed = _time_forward(forward, encoded, pad_id, cfg)
+        latency, throughput, timed = _time_forward(forward, encoded, pad_id, cfg, bucketing, artifact.max_length)
         reports.append(ModelReport(
             name=name, path=str(artifact.path), size_mb=artifact.size_mb, accuracy=accuracy_by, macro_f1=f1_by,
             agreement=agreement, latency_ms=latency, throughput=throughput, timed_rows=timed,
@@ -374,10 +441,11 @@ def evaluate_run(cfg: EvalConfig, run, log: Callable[[str], None] = lambda _: No
     cpu = cpu_info()
     warnings = []
     if "int8" in names:
-        mismatch = target_mismatch(run.load().steps.get("export", {}).get("target"), cpu)
+        mismatch = target_mismatch(exported_target(run), cpu)
         if mismatch:
             warnings.append(mismatch)
     result = EvalResult(split=cfg.split, domains=domains, rows=len(examples), threads=threads, models=reports,
-                        metrics_path=run.metrics / "eval.json", cpu=cpu.to_json(), warnings=warnings)
+                        metrics_path=run.metrics / "eval.json", cpu=cpu.to_json(), warnings=warnings,
+                        bucketing=bucketing)
     run.write_metrics("eval", {"step": "eval", **result.to_json(), "config": asdict(cfg)})
     return result

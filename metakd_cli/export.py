@@ -3,15 +3,24 @@
 The run's student (or teacher) becomes ``onnx/``, a folder that loads with
 ``ORTModelForSequenceClassification.from_pretrained("metakd-run/onnx")`` and no metakd:
 
-    model.onnx             fp32, opset pinned (default 18, the least optimum recommends for BERT)
-    model_quantized.onnx   dynamic int8 (--int8) in the format of the target CPU
-    model.ort              ONNX Runtime Mobile format (--ort; implied by --target arm64)
+    model.onnx                fp32, opset pinned (default 18, the least optimum recommends for BERT)
+    model_quantized.onnx      dynamic int8 (--int8) in the format of the target CPU
+    model.ort                 ONNX Runtime Mobile format (--ort; implied by --target arm64)
+    required_operators.config the operators model.ort needs, for a reduced-size ORT Mobile build
     config.json, tokenizer files, ort_config.json (quantization settings), metakd_export.json
 
+With --trim-vocab the exported model is first restricted to the word pieces of the training
+corpus (``metakd_cli.vocab``): the ONNX files, the tokenizer and the PyTorch reference of the
+logits check are all the trimmed model.
+
 Checks, saved in metrics/export.json: fp32 ONNX logits equal PyTorch's within ``atol`` on
-real dev rows; the int8 model's dev accuracy may drop at most ``max_drop`` points below
-the fp32 ONNX model's (average over domains). When a check fails nothing replaces onnx/:
-the new files are kept in ``onnx.failed/`` and the manifest is not touched.
+real dev rows; a trimmed model predicts what the untrimmed one predicts on every dev row
+whose pieces were all kept; the int8 model's dev accuracy may drop at most ``max_drop``
+points below the fp32 ONNX model's (average over domains) -- when plain int8 does not, the
+known remedies are tried in a fixed order (``INT8_REMEDIES``) and the first that passes is
+kept; model.ort predicts the same label as the ONNX file it came from on every dev row, and
+its opset is one ONNX Runtime Mobile runs. When a check fails nothing replaces onnx/: the
+new files are kept in ``onnx.failed/`` and the manifest is not touched.
 """
 
 from __future__ import annotations
@@ -21,9 +30,9 @@ import io
 import json
 import logging
 import os
-import platform
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -34,6 +43,7 @@ import numpy as np
 
 from metakd_cli.config import DEFAULT_OPSET, ExportConfig, choice
 from metakd_cli.cpu import cpu_info, int8_target
+from metakd_cli.data import Encoded
 from metakd_cli.errors import UserError
 from metakd_cli.evaluate import (
     EXPORT_JSON,
@@ -48,11 +58,16 @@ from metakd_cli.evaluate import (
     weights_size_mb,
 )
 from metakd_cli.run_dir import RunDir, atomic_dir
+from metakd_cli.vocab import TrimReport, trim_vocabulary
 
 MODELS = ("student", "teacher")
 TARGETS = ("auto", "avx2", "avx512_vnni", "arm64")
 MIN_OPSET = 14  # scaled-dot-product attention and the int8 operators need 14 or later
+# The newest ai.onnx opset ONNX Runtime 1.15 implements (ONNX 1.14): the oldest ORT Mobile
+# release whose Android/iOS packages this export targets (DESIGN.md: "ORT Mobile 1.15+").
+ORT_MOBILE_MAX_OPSET = 19
 FAILED_DIR = "onnx.failed"
+ORT_OPERATORS_FILE = "required_operators.config"
 
 
 @dataclass
@@ -80,8 +95,15 @@ def validate(cfg: ExportConfig) -> None:
         raise UserError(
             f"--opset {cfg.opset} is too old for BERT-style models; use {MIN_OPSET} or later (default {DEFAULT_OPSET})"
         )
+    if (cfg.ort or cfg.target == "arm64") and cfg.opset > ORT_MOBILE_MAX_OPSET:
+        raise UserError(f"--opset {cfg.opset} is newer than ONNX Runtime Mobile 1.15 runs; with --ort (or --target "
+                        f"arm64) use --opset {ORT_MOBILE_MAX_OPSET} or lower (default {DEFAULT_OPSET})")
     if cfg.check_rows < 1:
         raise UserError(f"check_rows must be at least 1, got {cfg.check_rows}")
+    if cfg.keep_top < 0:
+        raise UserError(f"--keep-top must be 0 or more, got {cfg.keep_top}")
+    if cfg.keep_top and not cfg.trim_vocab:
+        raise UserError("--keep-top only applies with --trim-vocab; add --trim-vocab or drop --keep-top")
 
 
 def _source(run: RunDir, cfg: ExportConfig) -> tuple[Path, int, str | None]:
@@ -137,16 +159,150 @@ def _quiet_tools():
         transformers_logging.set_verbosity(verbosity)
 
 
-def _quantization_config(target: str, per_channel: bool):
+# --------------------------------------------------------------------------- int8 and its fallback
+
+WEIGHT_TYPES = {"avx2": "QUInt8", "avx512_vnni": "QInt8", "arm64": "QInt8"}  # optimum's default per target
+INT8_REMEDIES = ("fp32_embeddings_classifier", "per_channel", "reduce_range", "other_weight_type")
+
+
+@dataclass(frozen=True)
+class Int8Attempt:
+    """One dynamic-int8 configuration: the target's defaults ("plain") or one remedy on top of them."""
+
+    name: str
+    description: str
+    per_channel: bool = False
+    fp32_embeddings_classifier: bool = False  # quantize MatMul only; the classifier's last layer stays fp32
+    reduce_range: bool = False  # 7-bit weights: avoids VPMADDUBSW saturation on AVX2/AVX-512 without VNNI
+    weights: str | None = None  # QInt8 | QUInt8 instead of the target's default
+
+    def settings(self) -> dict:
+        return {"per_channel": self.per_channel, "fp32_embeddings_classifier": self.fp32_embeddings_classifier,
+                "reduce_range": self.reduce_range, "weights": self.weights}
+
+
+def int8_attempts(target: str, per_channel: bool) -> list[Int8Attempt]:
+    """Plain int8, then each remedy of ``INT8_REMEDIES`` alone, in that order (a remedy that is
+    already in effect, per-channel with --per-channel, is not repeated)."""
+    other = "QUInt8" if WEIGHT_TYPES[target] == "QInt8" else "QInt8"
+    attempts = [
+        Int8Attempt("plain", f"{target} defaults", per_channel=per_channel),
+        Int8Attempt("fp32_embeddings_classifier", "embedding Gather and classifier left in fp32",
+                    per_channel=per_channel, fp32_embeddings_classifier=True),
+    ]
+    if not per_channel:
+        attempts.append(Int8Attempt("per_channel", "per-channel weight scales", per_channel=True))
+    attempts += [
+        Int8Attempt("reduce_range", "7-bit weights (reduce_range)", per_channel=per_channel, reduce_range=True),
+        Int8Attempt("other_weight_type", f"{other} weights instead of {WEIGHT_TYPES[target]}",
+                    per_channel=per_channel, weights=other),
+    ]
+    return attempts
+
+
+def _quantization_config(target: str, attempt: Int8Attempt, classifier: list[str]):
+    from onnxruntime.quantization import QuantType
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
     make = {"avx2": AutoQuantizationConfig.avx2, "avx512_vnni": AutoQuantizationConfig.avx512_vnni,
             "arm64": AutoQuantizationConfig.arm64}[target]
-    return make(is_static=False, per_channel=per_channel)
+    config = make(is_static=False, per_channel=attempt.per_channel)
+    if attempt.fp32_embeddings_classifier:
+        config.operators_to_quantize = ["MatMul"]  # not Gather: the embedding tables stay fp32
+        # ORT's quantizer rewrites a Gemm as <name>_MatMul + <name>_Add before it picks nodes
+        config.nodes_to_exclude = [n for name in classifier for n in (name, f"{name}_MatMul")]
+    if attempt.reduce_range:
+        config.reduce_range = True
+    if attempt.weights:
+        config.weights_dtype = QuantType[attempt.weights]
+    return config
+
+
+def classifier_nodes(path: Path) -> list[str]:
+    """Names of the MatMul / Gemm nodes nearest the graph outputs: the classifier's last layer."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    found: list[str] = []
+    seen: set[int] = set()
+    stack = [output.name for output in graph.output]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op_type in ("MatMul", "Gemm"):
+            found.append(node.name)
+        else:
+            stack.extend(node.input)
+    return found
+
+
+def int8_dev_predictions(attempt: Int8Attempt, path: Path, dev: Encoded, pad_id: int) -> np.ndarray:
+    """Predicted labels of one int8 attempt's model on the dev rows."""
+    return onnx_logits(onnx_session(path), dev, pad_id).argmax(-1)
+
+
+@dataclass
+class Int8Result:
+    attempt: Int8Attempt
+    folder: Path  # scratch folder with this attempt's model_quantized.onnx and ort_config.json
+    accuracy: dict[str, float]
+    drop: float  # fp32 ONNX minus int8 dev accuracy, points, average over domains
+    drop_per_domain: dict[str, float]
+    agreement_with_fp32: float | None
+    size_mb: float
+    passed: bool
+    predictions: np.ndarray = field(repr=False)
+
+    def to_json(self) -> dict:
+        return {"name": self.attempt.name, "description": self.attempt.description, **self.attempt.settings(),
+                "drop": self.drop, "drop_per_domain": self.drop_per_domain, "size_mb": self.size_mb,
+                "passed": self.passed, "agreement_with_fp32": self.agreement_with_fp32}
+
+
+def _quantize_with_fallback(
+    tmp: Path, target: str, cfg: ExportConfig, dev: Encoded, pad_id: int, fp32_accuracy: dict[str, float],
+    fp32_dev: np.ndarray, domains: list[str], log: Callable[[str], None],
+) -> tuple[Int8Result, list[Int8Result]]:
+    """Quantize plain, then each remedy until one passes ``max_drop``; (the one kept, every attempt).
+
+    The one kept is the first that passes, or the smallest drop when none does.
+    """
+    from optimum.onnxruntime import ORTQuantizer
+
+    classifier = classifier_nodes(tmp / ONNX_FILE)
+    results: list[Int8Result] = []
+    for attempt in int8_attempts(target, cfg.per_channel):
+        folder = tmp / f".int8-{attempt.name}"
+        with _quiet_tools():
+            quantizer = ORTQuantizer.from_pretrained(tmp, file_name=ONNX_FILE)
+            quantizer.quantize(save_dir=folder, quantization_config=_quantization_config(target, attempt, classifier))
+        predictions = int8_dev_predictions(attempt, folder / INT8_FILE, dev, pad_id)
+        accuracy = per_domain_accuracy(predictions, dev, domains)
+        drops = {d: fp32_accuracy[d] - accuracy[d] for d in fp32_accuracy}
+        drop = drops.get("average", 0.0)
+        results.append(Int8Result(
+            attempt=attempt, folder=folder, accuracy=accuracy, drop=drop, drop_per_domain=drops,
+            agreement_with_fp32=float((predictions == fp32_dev).mean() * 100.0) if len(dev) else None,
+            size_mb=size_mb(folder / INT8_FILE), passed=drop <= cfg.max_drop, predictions=predictions,
+        ))
+        verdict = "passes" if drop <= cfg.max_drop else "over the limit"
+        log(f"int8 {attempt.name} ({attempt.description}): {drop:+.2f} points drop vs fp32 on {len(dev)} dev rows "
+            f"(limit {cfg.max_drop:g}): {verdict}")
+        if drop <= cfg.max_drop:
+            break
+    chosen = next((r for r in results if r.passed), None) or min(results, key=lambda r: r.drop)
+    return chosen, results
+
+
+# --------------------------------------------------------------------------- ONNX Runtime Mobile
 
 
 def _convert_to_ort(source: Path, folder: Path, target: str) -> Path:
-    """``source`` (.onnx) as ``folder/model.ort`` through onnxruntime's converter (fixed optimizations)."""
+    """``source`` (.onnx) as ``folder/model.ort`` through onnxruntime's converter (fixed optimizations),
+    with the operator list for a reduced-size ORT Mobile build as ``folder/required_operators.config``."""
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     scratch = folder / ".ort-convert"
@@ -160,11 +316,149 @@ def _convert_to_ort(source: Path, folder: Path, target: str) -> Path:
         )
         converted = next(scratch.glob("*.ort"))
         os.replace(converted, folder / ORT_FILE)
-        for config in scratch.glob("*.config"):  # operator list, for a reduced-size ORT Mobile build
-            os.replace(config, folder / "required_operators.config")
+        for config in scratch.glob("*.config"):
+            os.replace(config, folder / ORT_OPERATORS_FILE)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return folder / ORT_FILE
+
+
+def onnx_opset(path: Path) -> int | None:
+    """The model's ai.onnx opset (None when it imports none)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def mobile_usability(path: Path) -> dict:
+    """onnxruntime's ORT Mobile usability checker on an .onnx file, as a verdict per execution provider.
+
+    ``{"nnapi": "NO" | "MAYBE" | "YES", "coreml_neuralnetwork": ..., "coreml_mlprogram": ...,
+    "try_nnapi_or_coreml": bool, "recommendation": str}``; the CPU execution provider runs any
+    model ORT can load, so "NO" only means NNAPI / CoreML would not speed it up.
+    """
+    from onnxruntime.tools.mobile_helpers import usability_checker
+
+    lines: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("metakd.ort_mobile_usability")
+    logger.propagate = False
+    logger.handlers = [_Collect()]
+    logger.setLevel(logging.INFO)
+    try:
+        with _quiet_tools():
+            try_eps = bool(usability_checker.analyze_model(Path(path), skip_optimize=False, logger=logger))
+    except Exception as exc:  # the checker is advisory: record why it could not run, never fail the export
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+    finally:
+        logger.handlers = []
+    verdict: dict = {}
+    for line in lines:
+        if line.startswith("Model should perform well with ") and " as is: " in line:
+            ep, _, answer = line.removeprefix("Model should perform well with ").partition(" as is: ")
+            verdict[ep.lower().replace(" ", "_")] = answer.strip()
+    verdict["try_nnapi_or_coreml"] = try_eps
+    verdict["recommendation"] = ("compare NNAPI (Android) / CoreML (iOS) against the CPU execution provider"
+                                 if try_eps else "use the CPU execution provider")
+    return verdict
+
+
+def _mobile_check(
+    ort_source: Path, ort_path: Path, source_predictions: np.ndarray, dev: Encoded, pad_id: int
+) -> tuple[dict, list[str]]:
+    """Load model.ort back, compare its dev predictions with the ONNX file it came from, check the
+    opset and run the usability checker; (metrics, failures)."""
+    failures = []
+    ort_logits = onnx_logits(onnx_session(ort_path), dev, pad_id)
+    ort_predictions = ort_logits.argmax(-1)
+    source_logits = onnx_logits(onnx_session(ort_source), dev, pad_id)
+    mismatched = int((ort_predictions != source_predictions).sum())
+    check = {
+        "source": ort_source.name, "rows": len(dev), "mismatched_labels": mismatched,
+        "agreement": float((ort_predictions == source_predictions).mean() * 100.0) if len(dev) else None,
+        "max_abs_diff": float(np.abs(ort_logits - source_logits).max()) if len(dev) else 0.0,
+        "passed": mismatched == 0,
+    }
+    if mismatched:
+        failures.append(f"{ORT_FILE} predicts a different label than {ort_source.name} on {mismatched} of "
+                        f"{len(dev)} dev rows")
+    opset = onnx_opset(ort_source)
+    opset_ok = opset is not None and MIN_OPSET <= opset <= ORT_MOBILE_MAX_OPSET
+    if not opset_ok:
+        failures.append(f"{ort_source.name} has opset {opset}; ONNX Runtime Mobile 1.15+ runs "
+                        f"{MIN_OPSET}-{ORT_MOBILE_MAX_OPSET}")
+    mobile = {"opset": opset, "supported_opsets": [MIN_OPSET, ORT_MOBILE_MAX_OPSET], "opset_ok": opset_ok,
+              "operators_config": ORT_OPERATORS_FILE if (ort_path.parent / ORT_OPERATORS_FILE).is_file() else None,
+              "usability": mobile_usability(ort_source)}
+    return {"ort_check": check, "mobile": mobile}, failures
+
+
+# --------------------------------------------------------------------------- vocabulary trimming
+
+
+def _trim_metrics(
+    report: TrimReport, original_dir: Path, dev_examples, dataset, trimmed_tokenizer, trimmed_dev: Encoded,
+    trimmed_predictions: np.ndarray, max_length: int,
+) -> tuple[dict, dict[str, float], list[str]]:
+    """Untrimmed vs trimmed on dev: unknown-token rate per domain, accuracy, and agreement on covered rows.
+
+    A covered row is one the trimmed tokenizer splits into exactly the original pieces; there the
+    two models must predict the same label. Returns (metrics, untrimmed accuracy, failures).
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from metakd_cli.data import encode
+    from metakd_cli.vocab import unknown_rate
+
+    tokenizer = AutoTokenizer.from_pretrained(original_dir)
+    original_dev = encode(dev_examples, dataset, tokenizer, max_length)
+    with _quiet_tools():
+        original = AutoModelForSequenceClassification.from_pretrained(original_dir)
+    original_predictions = torch_logits(original, original_dev, tokenizer.pad_token_id or 0).argmax(-1)
+    new_id = {old: new for new, old in enumerate(report.kept_ids)}
+    covered = [i for i, (old, new) in enumerate(zip(original_dev.input_ids, trimmed_dev.input_ids))
+               if all(t in new_id for t in old) and [new_id[t] for t in old] == new]
+    same = (original_predictions[covered] == trimmed_predictions[covered]) if covered else np.ones(0, dtype=bool)
+    domain_ids = np.asarray(trimmed_dev.domains)
+    unknown: dict[str, dict[str, float]] = {}
+    for d, name in enumerate(dataset.domains):
+        rows = [i for i in range(len(trimmed_dev)) if domain_ids[i] == d]
+        if rows:
+            unknown[name] = {
+                "before": unknown_rate([original_dev.input_ids[i] for i in rows], tokenizer.unk_token_id,
+                                       set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}),
+                "after": unknown_rate([trimmed_dev.input_ids[i] for i in rows], trimmed_tokenizer.unk_token_id,
+                                      set(trimmed_tokenizer.all_special_ids) - {trimmed_tokenizer.unk_token_id}),
+            }
+    untrimmed_accuracy = per_domain_accuracy(original_predictions, original_dev, dataset.domains)
+    metrics = {
+        **{k: v for k, v in report.to_json().items() if k != "out_dir"},
+        "unknown_rate": unknown,
+        "dev_accuracy": {"untrimmed": untrimmed_accuracy,
+                         "trimmed": per_domain_accuracy(trimmed_predictions, trimmed_dev, dataset.domains)},
+        "covered_rows": len(covered),
+        "rows": len(trimmed_dev),
+        "covered_agreement": float(same.mean() * 100.0) if covered else None,
+        "passed": bool(same.all()),
+    }
+    failures = []
+    if not same.all():
+        failures.append(f"the trimmed model predicts differently from the untrimmed one on {int((~same).sum())} of "
+                        f"{len(covered)} dev rows whose pieces were all kept")
+    return metrics, untrimmed_accuracy, failures
+
+
+def _training_texts(dataset, domains: list[str]) -> list[str]:
+    """text and text_pair of the training rows of ``domains``: the corpus the kept pieces come from."""
+    return [t for ex in dataset.select("train", domains) for t in (ex.text, ex.text_pair) if t]
+
+
+# --------------------------------------------------------------------------- the step
 
 
 def _onnx_parameters(path: Path) -> int:
@@ -202,9 +496,6 @@ def export(cfg: ExportConfig, run: RunDir, log: Callable[[str], None] = lambda _
     if (cfg.target != "auto" or cfg.ort != write_ort) and not cfg.int8:
         log(f"target {target} sets the int8 format; without --int8 it only decides whether model.ort is written")
 
-    from optimum.exporters.onnx import main_export
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     domains = [only_domain] if only_domain else dataset.domains
     dev_examples = dataset.select("dev", domains)
     failures: list[str] = []
@@ -218,80 +509,16 @@ def export(cfg: ExportConfig, run: RunDir, log: Callable[[str], None] = lambda _
         "target": target if cfg.int8 else None,
         "target_reason": reason if cfg.int8 else None,
         "ort": write_ort,
+        "trim_vocab": cfg.trim_vocab,
         "max_length": max_length,
         "labels": dataset.labels,
         "cpu": cpu_info().to_json(),
     }
     failed = run.path / FAILED_DIR
     try:
-        with atomic_dir(run.onnx) as tmp:
-            log(f"exporting {source} to ONNX (opset {cfg.opset})")
-            with _quiet_tools():
-                try:
-                    main_export(str(source), tmp, task="text-classification", opset=cfg.opset,
-                                do_validation=False, local_files_only=True)
-                except ValueError as exc:  # unsupported architecture or opset
-                    raise UserError(f"cannot export {source} to ONNX: {str(exc).splitlines()[0]}") from None
-            tokenizer = AutoTokenizer.from_pretrained(tmp)  # the shipped tokenizer, as a user would load it
-            pad_id = tokenizer.pad_token_id or 0
-            model = AutoModelForSequenceClassification.from_pretrained(source)
-            from metakd_cli.data import encode
-
-            dev = encode(dev_examples, dataset, tokenizer, max_length)
-            check = dev.subset(_check_rows(len(dev), dev.domains, cfg.check_rows))
-            torch_check = torch_logits(model, check, pad_id)
-            fp32 = onnx_session(tmp / ONNX_FILE)
-            diff = float(np.abs(onnx_logits(fp32, check, pad_id) - torch_check).max()) if len(check) else 0.0
-            metrics["logits_check"] = {"rows": len(check), "max_abs_diff": diff, "atol": cfg.atol,
-                                       "passed": diff <= cfg.atol}
-            log(f"fp32 ONNX vs PyTorch on {len(check)} dev rows: max |diff| {diff:.2e} (tolerance {cfg.atol:.0e})")
-            if diff > cfg.atol:
-                failures.append(f"fp32 ONNX logits differ from PyTorch by {diff:.2e} (> {cfg.atol:.0e})")
-
-            torch_dev = torch_logits(model, dev, pad_id).argmax(-1)
-            fp32_dev = onnx_logits(fp32, dev, pad_id).argmax(-1)
-            accuracy = {"pytorch": per_domain_accuracy(torch_dev, dev, dataset.domains),
-                        "onnx": per_domain_accuracy(fp32_dev, dev, dataset.domains)}
-            files = {ONNX_FILE: size_mb(tmp / ONNX_FILE)}
-            if cfg.int8:
-                from optimum.onnxruntime import ORTQuantizer
-
-                log(f"dynamic int8 quantization for {target} ({reason})")
-                with _quiet_tools():
-                    quantizer = ORTQuantizer.from_pretrained(tmp, file_name=ONNX_FILE)
-                    quantizer.quantize(save_dir=tmp, quantization_config=_quantization_config(target, cfg.per_channel))
-                int8_dev = onnx_logits(onnx_session(tmp / INT8_FILE), dev, pad_id).argmax(-1)
-                accuracy["int8"] = per_domain_accuracy(int8_dev, dev, dataset.domains)
-                drops = {d: accuracy["onnx"][d] - accuracy["int8"][d] for d in accuracy["onnx"]}
-                drop = drops.get("average", 0.0)
-                metrics["int8_check"] = {
-                    "split": "dev", "rows": len(dev), "drop": drop, "drop_per_domain": drops,
-                    "max_drop": cfg.max_drop, "passed": drop <= cfg.max_drop,
-                    "agreement_with_fp32": float((int8_dev == fp32_dev).mean() * 100.0) if len(dev) else None,
-                    "per_channel": cfg.per_channel,
-                }
-                log(f"int8 vs fp32 on {len(dev)} dev rows: {drop:+.2f} points drop (limit {cfg.max_drop:g})")
-                if drop > cfg.max_drop:
-                    failures.append(f"int8 dev accuracy is {drop:.2f} points below fp32 (--max-drop {cfg.max_drop:g})")
-                files[INT8_FILE] = size_mb(tmp / INT8_FILE)
-            metrics["dev_accuracy"] = accuracy
-            if write_ort:
-                ort_source = tmp / (INT8_FILE if cfg.int8 else ONNX_FILE)
-                log(f"converting {ort_source.name} to ORT format for ONNX Runtime Mobile")
-                with _quiet_tools():
-                    ort_path = _convert_to_ort(ort_source, tmp, target)
-                ort_logits = onnx_logits(onnx_session(ort_path), check, pad_id)
-                source_logits = onnx_logits(onnx_session(ort_source), check, pad_id)
-                metrics["ort_check"] = {
-                    "source": ort_source.name, "rows": len(check),
-                    "max_abs_diff": float(np.abs(ort_logits - source_logits).max()) if len(check) else 0.0,
-                    "agreement": float((ort_logits.argmax(-1) == source_logits.argmax(-1)).mean() * 100.0)
-                    if len(check) else None,
-                }
-                files[ORT_FILE] = size_mb(ort_path)
-            metrics["size_mb"] = {"pytorch": weights_size_mb(source), **files}
-            metrics["parameters"] = {"pytorch": int(sum(p.numel() for p in model.parameters())),
-                                     "onnx_initializers": _onnx_parameters(tmp / ONNX_FILE)}
+        with atomic_dir(run.onnx) as tmp, tempfile.TemporaryDirectory(prefix=".export-trim-", dir=run.path) as scratch:
+            _export_into(tmp, Path(scratch), cfg, source, max_length, dataset, domains, dev_examples, target, reason,
+                         write_ort, metrics, failures, log)
             metrics["passed"] = not failures
             metrics["failures"] = failures
             metrics["versions"] = _versions()
@@ -311,6 +538,112 @@ def export(cfg: ExportConfig, run: RunDir, log: Callable[[str], None] = lambda _
     run.write_metrics("export", metrics)
     run.record_step("export", {
         "config": asdict(cfg), "onnx": str(run.onnx), "model": cfg.model, "opset": cfg.opset,
-        "target": metrics["target"], "ort": write_ort, "versions": metrics["versions"],
+        "target": metrics["target"], "ort": write_ort, "trim_vocab": cfg.trim_vocab,
+        "versions": metrics["versions"],
     })
     return ExportResult(passed=True, folder=run.onnx, failures=[], metrics=metrics, seconds=metrics["seconds"])
+
+
+def _export_into(
+    tmp: Path, scratch: Path, cfg: ExportConfig, source: Path, max_length: int, dataset, domains: list[str],
+    dev_examples, target: str, reason: str, write_ort: bool, metrics: dict, failures: list[str],
+    log: Callable[[str], None],
+) -> None:
+    """Write every file of onnx/ into ``tmp`` and fill ``metrics`` / ``failures`` (the body of ``export``)."""
+    from optimum.exporters.onnx import main_export
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from metakd_cli.data import encode
+
+    model_dir = source
+    report = None
+    if cfg.trim_vocab:
+        texts = _training_texts(dataset, domains)
+        log(f"trimming the vocabulary of {source} to the pieces of {len(texts):,} training texts"
+            + (f" plus the {cfg.keep_top:,} most frequent others" if cfg.keep_top else ""))
+        model_dir = scratch / "trimmed"
+        with _quiet_tools():
+            report = trim_vocabulary(source, model_dir, texts, cfg.keep_top)
+        log(f"vocabulary {report.vocab_before:,} -> {report.vocab_after:,} pieces; parameters "
+            f"{report.parameters_before:,} -> {report.parameters_after:,}")
+
+    log(f"exporting {model_dir if report is None else source} to ONNX (opset {cfg.opset})")
+    with _quiet_tools():
+        try:
+            main_export(str(model_dir), tmp, task="text-classification", opset=cfg.opset,
+                        do_validation=False, local_files_only=True)
+        except ValueError as exc:  # unsupported architecture or opset
+            raise UserError(f"cannot export {source} to ONNX: {str(exc).splitlines()[0]}") from None
+    tokenizer = AutoTokenizer.from_pretrained(tmp)  # the shipped tokenizer, as a user would load it
+    pad_id = tokenizer.pad_token_id or 0
+    with _quiet_tools():
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+
+    dev = encode(dev_examples, dataset, tokenizer, max_length)
+    check = dev.subset(_check_rows(len(dev), dev.domains, cfg.check_rows))
+    torch_check = torch_logits(model, check, pad_id)
+    fp32 = onnx_session(tmp / ONNX_FILE)
+    diff = float(np.abs(onnx_logits(fp32, check, pad_id) - torch_check).max()) if len(check) else 0.0
+    metrics["logits_check"] = {"rows": len(check), "max_abs_diff": diff, "atol": cfg.atol, "passed": diff <= cfg.atol,
+                               "reference": "trimmed PyTorch model" if report else "PyTorch model"}
+    log(f"fp32 ONNX vs PyTorch on {len(check)} dev rows: max |diff| {diff:.2e} (tolerance {cfg.atol:.0e})")
+    if diff > cfg.atol:
+        failures.append(f"fp32 ONNX logits differ from PyTorch by {diff:.2e} (> {cfg.atol:.0e})")
+
+    torch_dev = torch_logits(model, dev, pad_id).argmax(-1)
+    fp32_dev = onnx_logits(fp32, dev, pad_id).argmax(-1)
+    accuracy = {"pytorch": per_domain_accuracy(torch_dev, dev, dataset.domains),
+                "onnx": per_domain_accuracy(fp32_dev, dev, dataset.domains)}
+    if report is not None:
+        trim, untrimmed, trim_failures = _trim_metrics(report, source, dev_examples, dataset, tokenizer, dev,
+                                                      torch_dev, max_length)
+        metrics["trim"] = {"keep_top": cfg.keep_top, **trim}
+        accuracy = {"untrimmed": untrimmed, **accuracy}
+        failures.extend(trim_failures)
+        rates = ", ".join(f"{d} {r['after']:.2f}%" for d, r in trim["unknown_rate"].items())
+        log(f"trimmed vs untrimmed: {trim['covered_agreement'] if trim['covered_rows'] else float('nan'):.1f}% "
+            f"agreement on {trim['covered_rows']} of {trim['rows']} dev rows with every piece kept; "
+            f"[UNK] rate on dev: {rates}")
+    files = {ONNX_FILE: size_mb(tmp / ONNX_FILE)}
+    int8_predictions = None
+    if cfg.int8:
+        log(f"dynamic int8 quantization for {target} ({reason})")
+        chosen, attempts = _quantize_with_fallback(tmp, target, cfg, dev, pad_id, accuracy["onnx"], fp32_dev,
+                                                   dataset.domains, log)
+        os.replace(chosen.folder / INT8_FILE, tmp / INT8_FILE)
+        os.replace(chosen.folder / "ort_config.json", tmp / "ort_config.json")
+        for result in attempts:
+            shutil.rmtree(result.folder, ignore_errors=True)
+        int8_predictions = chosen.predictions
+        accuracy["int8"] = chosen.accuracy
+        metrics["int8_check"] = {
+            "split": "dev", "rows": len(dev), "drop": chosen.drop, "drop_per_domain": chosen.drop_per_domain,
+            "max_drop": cfg.max_drop, "passed": chosen.passed, "agreement_with_fp32": chosen.agreement_with_fp32,
+            "per_channel": chosen.attempt.per_channel, "attempt": chosen.attempt.name,
+            "remedy": chosen.attempt.description if chosen.attempt.name != "plain" else None,
+        }
+        metrics["int8_attempts"] = [r.to_json() for r in attempts]
+        if not chosen.passed:
+            tried = ", ".join(f"{r.attempt.name} {r.drop:.2f}" for r in attempts)
+            failures.append(f"int8 dev accuracy is {chosen.drop:.2f} points below fp32 (--max-drop {cfg.max_drop:g}) "
+                            f"with every remedy tried (drop per attempt: {tried})")
+        elif chosen.attempt.name != "plain":
+            log(f"kept int8 {chosen.attempt.name}: {chosen.attempt.description}")
+        files[INT8_FILE] = size_mb(tmp / INT8_FILE)
+    metrics["dev_accuracy"] = accuracy
+    if write_ort:
+        ort_source = tmp / (INT8_FILE if cfg.int8 else ONNX_FILE)
+        log(f"converting {ort_source.name} to ORT format for ONNX Runtime Mobile")
+        with _quiet_tools():
+            ort_path = _convert_to_ort(ort_source, tmp, target)
+        source_predictions = int8_predictions if cfg.int8 else fp32_dev
+        mobile, mobile_failures = _mobile_check(ort_source, ort_path, source_predictions, dev, pad_id)
+        metrics.update(mobile)
+        failures.extend(mobile_failures)
+        usability = mobile["mobile"]["usability"]
+        log(f"{ORT_FILE} vs {ort_source.name} on {len(dev)} dev rows: {mobile['ort_check']['mismatched_labels']} "
+            f"labels differ; ORT Mobile usability: {usability.get('recommendation') or usability.get('error')}")
+        files[ORT_FILE] = size_mb(ort_path)
+    metrics["size_mb"] = {"pytorch": weights_size_mb(model_dir), **files}
+    metrics["parameters"] = {"pytorch": int(sum(p.numel() for p in model.parameters())),
+                             "onnx_initializers": _onnx_parameters(tmp / ONNX_FILE)}

@@ -1,20 +1,22 @@
 """`metakd predict`: labels and probabilities for new texts, from the exported model by default.
 
 The model is the run's int8 ONNX file when it exists, else the fp32 ONNX file, else the
-PyTorch student. Texts come from the caller (arguments, a file, or stdin lines).
+PyTorch student. Texts come from the caller (arguments, a file, or stdin lines). Batches are
+length-sorted and dynamically padded (``bucketing``); results come back in input order.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from metakd_cli.cpu import cpu_info, target_mismatch
 from metakd_cli.errors import UserError
-from metakd_cli.evaluate import Artifact, batched_logits, load_forward, run_artifacts
+from metakd_cli.evaluate import Artifact, batched_logits, exported_target, load_forward, run_artifacts
 
 PREDICT_MODELS = ("int8", "onnx", "student")
 
@@ -24,6 +26,7 @@ class PredictConfig:
     texts: list[str]
     model: str | None = None  # int8 | onnx | student; None: the first of those that exists
     batch_size: int = 32
+    bucketing: bool = True  # length-sorted, dynamically padded batches; False: input order, padded to max_length
 
 
 @dataclass
@@ -39,6 +42,7 @@ class PredictResult:
     model: str
     path: Path
     predictions: list[Prediction]
+    warnings: list[str] = field(default_factory=list)
 
 
 def read_texts(path: Path) -> list[str]:
@@ -107,11 +111,17 @@ def predict(cfg: PredictConfig, run, log: Callable[[str], None] = lambda _: None
     out = tokenizer(texts, truncation=True, max_length=artifact.max_length)
     encoded = Encoded(input_ids=out["input_ids"], token_type_ids=out.get("token_type_ids"),
                       labels=[0] * len(texts), domains=[0] * len(texts))
-    logits = batched_logits(encoded, tokenizer.pad_token_id or 0, cfg.batch_size, load_forward(artifact))
+    logits = batched_logits(encoded, tokenizer.pad_token_id or 0, cfg.batch_size, load_forward(artifact),
+                            cfg.bucketing, artifact.max_length)
     probabilities = _softmax(logits)
     labels = _label_names(artifact.tokenizer_dir, probabilities.shape[-1])
     predictions = [_prediction(text, row, labels) for text, row in zip(texts, probabilities)]
-    return PredictResult(model=artifact.name, path=artifact.path, predictions=predictions)
+    warnings = []
+    if artifact.name == "int8":
+        mismatch = target_mismatch(exported_target(run), cpu_info())
+        if mismatch:
+            warnings.append(mismatch)
+    return PredictResult(model=artifact.name, path=artifact.path, predictions=predictions, warnings=warnings)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -122,3 +122,105 @@ def test_export_of_single_mode_teacher_is_refused(single_teacher_run, tmp_path):
     result = invoke("--run-dir", str(run), "eval", "--json")
     assert result.exit_code == 0, result.output
     assert [m["name"] for m in json.loads(result.stdout)["models"]] == ["teacher"]
+
+
+# --------------------------------------------------------------------------- length bucketing
+
+
+def test_bucketed_logits_equal_unbucketed_ones_in_input_order(exported_run):
+    """Length-sorted, dynamically padded batches give the logits of input-order batches padded to
+    max_length, row for row, for PyTorch and ONNX alike."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from metakd_cli.data import encode
+    from metakd_cli.distill import reload_dataset
+    from metakd_cli.evaluate import batched_logits, onnx_logits, onnx_session, torch_logits
+    from metakd_cli.run_dir import RunDir
+
+    _, dataset = reload_dataset(RunDir(exported_run))
+    tokenizer = AutoTokenizer.from_pretrained(exported_run / "onnx")
+    encoded = encode(dataset.test + dataset.dev, dataset, tokenizer, 32)
+    # mix short and long rows so that sorting really reorders them
+    encoded = encoded.subset(sorted(range(len(encoded)), key=lambda i: (i % 3, -i)))
+    encoded.input_ids[0] = encoded.input_ids[0][:3] + encoded.input_ids[0][-1:]
+    encoded.token_type_ids[0] = encoded.token_type_ids[0][:4]
+    lengths = [len(ids) for ids in encoded.input_ids]
+    assert len(set(lengths)) > 1
+
+    student = AutoModelForSequenceClassification.from_pretrained(exported_run / "student")
+    session = onnx_session(exported_run / "onnx" / "model.onnx")
+    for compute in (lambda **kw: torch_logits(student, encoded, 0, batch_size=8, **kw),
+                    lambda **kw: onnx_logits(session, encoded, 0, batch_size=8, **kw)):
+        bucketed = compute()
+        unbucketed = compute(bucketing=False, pad_to=32)
+        np.testing.assert_allclose(bucketed, unbucketed, atol=1e-5)
+        assert (bucketed.argmax(-1) == unbucketed.argmax(-1)).all()
+    one_by_one = np.concatenate([onnx_logits(session, encoded.subset([i]), 0) for i in range(len(encoded))])
+    np.testing.assert_allclose(onnx_logits(session, encoded, 0, batch_size=8), one_by_one, atol=1e-5)
+
+    seen = []
+
+    def record(batch):
+        seen.append(tuple(batch["input_ids"].shape))
+        return np.zeros((batch["input_ids"].shape[0], 2), dtype=np.float32)
+
+    batched_logits(encoded, 0, 8, record, bucketing=False, pad_to=32)
+    assert {shape[1] for shape in seen} == {32}  # every row padded to max_length
+    seen.clear()
+    batched_logits(encoded, 0, 8, record)
+    assert [shape[1] for shape in seen] == sorted((shape[1] for shape in seen), reverse=True)
+    assert seen[-1][1] < 32  # the short rows came last, padded only to their own length
+
+
+def test_eval_without_bucketing_scores_the_same(exported_run):
+    bucketed = json.loads(invoke("--run-dir", str(exported_run), "eval", "--split", "dev", "--model", "student",
+                                 "--model", "int8", "--json").stdout)
+    result = invoke("--run-dir", str(exported_run), "eval", "--split", "dev", "--model", "student", "--model", "int8",
+                    "--no-bucketing", "--json")
+    assert result.exit_code == 0, result.output
+    unbucketed = json.loads(result.stdout)
+    assert bucketed["bucketing"] is True and unbucketed["bucketing"] is False
+    for a, b in zip(bucketed["models"], unbucketed["models"]):
+        assert a["name"] == b["name"] and a["accuracy"] == b["accuracy"] and a["agreement"] == b["agreement"]
+        assert b["throughput"] > 0 and b["latency_ms"] > 0
+    assert json.loads((exported_run / "metrics" / "eval.json").read_text())["bucketing"] is False
+    table = invoke("--run-dir", str(exported_run), "eval", "--model", "student", "--no-bucketing")
+    assert "no bucketing" in table.stdout.replace("\n", " ")
+
+
+# --------------------------------------------------------------------------- CPU facts
+
+
+def test_int8_target_missing_on_this_cpu_warns_and_is_recorded(exported_run, tmp_path, monkeypatch):
+    """An int8 model made for avx512_vnni, evaluated on a (pretend) AVX2-only CPU."""
+    from metakd_cli import evaluate
+    from metakd_cli.cpu import CpuInfo
+
+    run = copy_run(exported_run, tmp_path / "run")
+    beside = run / "onnx" / "metakd_export.json"
+    beside.write_text(json.dumps({**json.loads(beside.read_text()), "target": "avx512_vnni"}))
+    avx2_only = CpuInfo(model="Test CPU 9000", machine="x86_64", cores=2, flags=["avx2", "fma"])
+    monkeypatch.setattr(evaluate, "cpu_info", lambda *a, **k: avx2_only)
+
+    result = invoke("--run-dir", str(run), "eval", "--model", "int8", "--split", "dev", "--json")
+    assert result.exit_code == 0, result.output
+    error = result.stderr.replace("\n", " ")
+    assert "made for avx512_vnni" in error and "Test CPU 9000" in error and "lacks avx512_vnni" in error
+    out = json.loads(result.stdout)
+    assert out["cpu"] == {"model": "Test CPU 9000", "machine": "x86_64", "cores": 2, "flags": ["avx2", "fma"]}
+    assert out["warnings"] and "avx512_vnni" in out["warnings"][0]
+    saved = json.loads((run / "metrics" / "eval.json").read_text())
+    assert saved["cpu"]["model"] == "Test CPU 9000" and saved["warnings"] == out["warnings"]
+
+    with_vnni = CpuInfo(model="Test CPU 9001", machine="x86_64", cores=2, flags=["avx2", "avx512_vnni"])
+    monkeypatch.setattr(evaluate, "cpu_info", lambda *a, **k: with_vnni)
+    result = invoke("--run-dir", str(run), "eval", "--model", "int8", "--split", "dev", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["warnings"] == []
+    assert "made for" not in result.stderr
+
+
+def test_export_metrics_record_the_cpu(exported_run):
+    from metakd_cli.cpu import cpu_info
+
+    metrics = json.loads((exported_run / "metrics" / "export.json").read_text())
+    assert metrics["cpu"] == cpu_info().to_json() and metrics["cpu"]["model"]

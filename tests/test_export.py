@@ -156,3 +156,212 @@ def test_export_errors_are_user_errors(tiny_run, tmp_path):
     result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", "--model", "teacher", "--opset", "9"])
     assert result.exit_code == 2 and "--opset 9" in result.stderr
     assert not (run / "onnx").exists() and not (run / "onnx.failed").exists()
+
+
+# --------------------------------------------------------------------------- --trim-vocab
+
+
+def test_trim_vocab_exports_the_trimmed_model_and_keeps_covered_predictions(tiny_run, tmp_path):
+    import onnx
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from metakd_cli.data import encode
+    from metakd_cli.distill import reload_dataset
+    from metakd_cli.evaluate import onnx_logits, onnx_session, torch_logits
+    from metakd_cli.run_dir import RunDir
+
+    run = copy_run(tiny_run, tmp_path / "run")
+    result = invoke("--run-dir", str(run), "export", "--trim-vocab", "--keep-top", "2", "--json")
+    assert result.exit_code == 0, result.output
+    m = json.loads(result.stdout)
+    trim = m["trim"]
+    assert trim["keep_top"] == 2 and trim["from_top"] == 2
+    assert trim["vocab_after"] < trim["vocab_before"] and trim["parameters_after"] < trim["parameters_before"]
+    assert trim["size_mb_after"] < trim["size_mb_before"]
+    assert set(trim["unknown_rate"]) == {"books", "electronics", "kitchen"}
+    assert all(r["after"] >= r["before"] >= 0 for r in trim["unknown_rate"].values())
+    assert trim["covered_rows"] > 0 and trim["covered_agreement"] == 100.0 and trim["passed"]
+    assert set(trim["dev_accuracy"]) == {"untrimmed", "trimmed"}
+    assert set(m["dev_accuracy"]) == {"untrimmed", "pytorch", "onnx"}
+    assert m["logits_check"]["reference"] == "trimmed PyTorch model" and m["logits_check"]["passed"]
+    assert m["parameters"]["pytorch"] == trim["parameters_after"] == m["parameters"]["onnx_initializers"]
+
+    # the shipped folder: a tokenizer and an ONNX embedding table of the trimmed size, loadable as usual
+    folder = run / "onnx"
+    assert len((folder / "vocab.txt").read_text().splitlines()) == trim["vocab_after"]
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    (table,) = [t for t in graph.initializer if t.name.endswith("word_embeddings.weight")]
+    assert table.dims[0] == trim["vocab_after"]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = ORTModelForSequenceClassification.from_pretrained(folder)
+    inputs = tokenizer(["the pan was very good great", "my phone is quite awful broken"], padding=True,
+                       return_tensors="np")
+    assert [model.config.id2label[i] for i in model(**inputs).logits.argmax(-1).tolist()] == ["positive", "negative"]
+
+    # every test row whose pieces were all kept: the trimmed ONNX model gives the untrimmed student's logits
+    _, dataset = reload_dataset(RunDir(run))
+    original_tokenizer = AutoTokenizer.from_pretrained(run / "student")
+    rows = dataset.test + dataset.dev
+    before = encode(rows, dataset, original_tokenizer, 32)
+    after = encode(rows, dataset, tokenizer, 32)
+    kept = original_tokenizer.convert_tokens_to_ids(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
+    covered = [i for i, (a, b) in enumerate(zip(before.input_ids, after.input_ids)) if [kept[t] for t in b] == a]
+    assert covered
+    student = AutoModelForSequenceClassification.from_pretrained(run / "student")
+    expected = torch_logits(student, before.subset(covered), 0)
+    trimmed = onnx_logits(onnx_session(folder / "model.onnx"), after.subset(covered), 0)
+    assert np.abs(trimmed - expected).max() <= 1e-4
+    assert (trimmed.argmax(-1) == expected.argmax(-1)).all()
+
+    rendered = invoke("--run-dir", str(run), "export", "--trim-vocab")
+    assert rendered.exit_code == 0 and "vocabulary trimmed" in rendered.stdout and "[UNK] %" in rendered.stdout
+
+
+def test_keep_top_without_trim_vocab_is_a_user_error(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path / "run")
+    result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", "--keep-top", "10"])
+    assert result.exit_code == 2 and "--trim-vocab" in result.stderr
+    assert not (run / "onnx").exists()
+
+
+def test_recipes_can_set_trim_vocab_and_keep_top(tmp_path):
+    from metakd_cli.config import load_recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("export:\n  trim_vocab: true\n  keep_top: 5000\n", encoding="utf-8")
+    loaded = load_recipe(recipe).export
+    assert loaded.trim_vocab is True and loaded.keep_top == 5000
+
+
+# --------------------------------------------------------------------------- int8 fallback
+
+
+def test_int8_fallback_keeps_the_first_remedy_that_passes(tiny_run, tmp_path, monkeypatch):
+    """Plain int8 is made to miss the gate (its predictions are flipped); the first remedy passes."""
+    import onnx
+
+    from metakd_cli import export as export_module
+    from metakd_cli.export import ExportConfig, export
+    from metakd_cli.run_dir import RunDir
+
+    real = export_module.int8_dev_predictions
+
+    def flip_plain(attempt, path, dev, pad_id):
+        predictions = real(attempt, path, dev, pad_id)
+        return 1 - predictions if attempt.name == "plain" else predictions
+
+    monkeypatch.setattr(export_module, "int8_dev_predictions", flip_plain)
+    run = copy_run(tiny_run, tmp_path / "run")
+    result = export(ExportConfig(int8=True, target="avx512_vnni", max_drop=1.0), RunDir(run))
+
+    assert result.passed, result.failures
+    attempts = result.metrics["int8_attempts"]
+    assert [a["name"] for a in attempts] == ["plain", "fp32_embeddings_classifier"]
+    assert attempts[0]["drop"] > 50 and not attempts[0]["passed"]
+    assert attempts[1]["passed"] and attempts[1]["drop"] <= 1.0 and attempts[1]["size_mb"] > 0
+    check = result.metrics["int8_check"]
+    assert check["attempt"] == "fp32_embeddings_classifier" and check["passed"] and check["remedy"]
+    assert json.loads((run / "metrics" / "export.json").read_text())["int8_attempts"] == attempts
+    # the kept file is the remedy's: fp32 embedding table and classifier, and its settings in ort_config.json
+    quantization = json.loads((run / "onnx" / "ort_config.json").read_text())["quantization"]
+    assert quantization["operators_to_quantize"] == ["MatMul"]
+    assert "/classifier/Gemm" in quantization["nodes_to_exclude"]
+    graph = onnx.load(str(run / "onnx" / "model_quantized.onnx")).graph
+    names = {t.name for t in graph.initializer}
+    assert "bert.embeddings.word_embeddings.weight" in names
+    assert not [n for n in graph.node if n.name.startswith("/classifier/") and n.op_type == "MatMulInteger"]
+    assert not any(p.name.startswith(".") for p in (run / "onnx").iterdir())
+
+
+def test_int8_fallback_fails_with_every_attempt_listed(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path / "run")
+    result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", "--int8", "--target", "avx2",
+                                      "--max-drop", "-100"])
+    assert result.exit_code == 1, result.output
+    names = ["plain", "fp32_embeddings_classifier", "per_channel", "reduce_range", "other_weight_type"]
+    error = result.stderr.replace("\n", " ")
+    assert "--max-drop -100" in error and all(name in error for name in names) and "onnx.failed" in error
+    failed = run / "onnx.failed"
+    report = json.loads((failed / "metakd_export.json").read_text())
+    assert [a["name"] for a in report["int8_attempts"]] == names
+    assert all(not a["passed"] and a["size_mb"] > 0 and "drop" in a for a in report["int8_attempts"])
+    assert report["int8_attempts"][-1]["weights"] == "QInt8"  # avx2's default is QUInt8
+    assert report["passed"] is False and not (run / "onnx").exists() and not (run / "metrics" / "export.json").exists()
+    assert (failed / "model_quantized.onnx").is_file()
+    assert not any(p.name.startswith(".") for p in failed.iterdir())
+
+
+def test_int8_attempts_are_in_the_fixed_order():
+    from metakd_cli.export import INT8_REMEDIES, int8_attempts
+
+    assert [a.name for a in int8_attempts("avx512_vnni", False)] == ["plain", *INT8_REMEDIES]
+    with_per_channel = int8_attempts("arm64", True)
+    assert [a.name for a in with_per_channel] == ["plain", "fp32_embeddings_classifier", "reduce_range",
+                                                  "other_weight_type"]
+    assert all(a.per_channel for a in with_per_channel) and with_per_channel[-1].weights == "QUInt8"
+
+
+# --------------------------------------------------------------------------- ORT Mobile
+
+
+def test_ort_round_trip_and_mobile_checks(exported_run):
+    from transformers import AutoTokenizer
+
+    from metakd_cli.data import encode
+    from metakd_cli.distill import reload_dataset
+    from metakd_cli.evaluate import onnx_logits, onnx_session
+    from metakd_cli.run_dir import RunDir
+
+    metrics = json.loads((exported_run / "metrics" / "export.json").read_text())
+    check = metrics["ort_check"]
+    assert check["passed"] and check["mismatched_labels"] == 0 and check["rows"] == metrics["int8_check"]["rows"]
+    mobile = metrics["mobile"]
+    assert mobile["opset"] == 18 and mobile["opset_ok"] and mobile["supported_opsets"][1] >= 18
+    assert {"nnapi", "coreml_neuralnetwork", "coreml_mlprogram", "try_nnapi_or_coreml"} <= set(mobile["usability"])
+    operators = (exported_run / "onnx" / "required_operators.config").read_text()
+    assert mobile["operators_config"] == "required_operators.config" and "MatMulInteger" in operators
+
+    _, dataset = reload_dataset(RunDir(exported_run))
+    encoded = encode(dataset.dev, dataset, AutoTokenizer.from_pretrained(exported_run / "onnx"), 32)
+    ort = onnx_logits(onnx_session(exported_run / "onnx" / "model.ort"), encoded, 0)
+    int8 = onnx_logits(onnx_session(exported_run / "onnx" / "model_quantized.onnx"), encoded, 0)
+    assert (ort.argmax(-1) == int8.argmax(-1)).all()
+
+
+def test_ort_file_that_predicts_other_labels_fails_the_export(tiny_run, tmp_path, monkeypatch):
+    """A model.ort whose logits are negated (labels swapped) must not replace onnx/."""
+    import onnx
+    from onnx import helper
+
+    from metakd_cli import export as export_module
+
+    real = export_module._convert_to_ort
+
+    def convert_negated(source, folder, target):
+        model = onnx.load(str(source))
+        output = model.graph.output[0].name
+        for node in model.graph.node:
+            node.output[:] = [f"{o}_raw" if o == output else o for o in node.output]
+        model.graph.node.append(helper.make_node("Neg", [f"{output}_raw"], [output], name="negate"))
+        negated = folder / "negated.onnx"
+        onnx.save(model, str(negated))
+        try:
+            return real(negated, folder, target)
+        finally:
+            negated.unlink()
+
+    monkeypatch.setattr(export_module, "_convert_to_ort", convert_negated)
+    run = copy_run(tiny_run, tmp_path / "run")
+    result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", "--ort"])
+    assert result.exit_code == 1, result.output
+    assert "model.ort predicts a different label than model.onnx" in result.stderr.replace("\n", " ")
+    report = json.loads((run / "onnx.failed" / "metakd_export.json").read_text())
+    assert report["ort_check"]["passed"] is False and report["ort_check"]["mismatched_labels"] > 0
+    assert not (run / "onnx").exists()
+
+
+def test_ort_needs_an_opset_ort_mobile_runs(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path / "run")
+    result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", "--ort", "--opset", "21"])
+    assert result.exit_code == 2 and "--opset 19 or lower" in result.stderr

@@ -95,3 +95,38 @@ def test_falls_back_to_the_student_without_onnx(tiny_run):
     result = invoke("--run-dir", str(tiny_run), "predict", POSITIVE)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("positive\t") and "student" in result.stderr
+
+
+def test_no_bucketing_gives_the_same_predictions_in_input_order(exported_run):
+    texts = [POSITIVE, "the pan was good", NEGATIVE, " ".join(["this book is really excellent lovely"] * 3),
+             "my cable is bad", "the kettle was very good great and the toaster was perfect"]
+    # dynamic int8 quantizes activations with one scale per batch tensor, padding included: other
+    # batches give slightly other probabilities (the same labels); fp32 models agree to float noise
+    for model, tolerance in (("student", 1e-5), ("onnx", 1e-5), ("int8", 1e-3)):
+        bucketed = json.loads(invoke("--run-dir", str(exported_run), "predict", "--model", model, "--json",
+                                     *texts).stdout)
+        result = invoke("--run-dir", str(exported_run), "predict", "--model", model, "--no-bucketing", "--json",
+                        *texts)
+        assert result.exit_code == 0, result.output
+        unbucketed = json.loads(result.stdout)
+        assert [p["text"] for p in bucketed] == [p["text"] for p in unbucketed] == texts
+        for a, b in zip(bucketed, unbucketed):
+            assert a["label"] == b["label"], model
+            assert a["probability"] == pytest.approx(b["probability"], abs=tolerance), model
+
+
+def test_int8_made_for_a_missing_feature_warns(exported_run, tmp_path, monkeypatch):
+    import shutil
+
+    from metakd_cli import predict
+    from metakd_cli.cpu import CpuInfo
+
+    run = tmp_path / "run"
+    shutil.copytree(exported_run, run)
+    beside = run / "onnx" / "metakd_export.json"
+    beside.write_text(json.dumps({**json.loads(beside.read_text()), "target": "avx512_vnni"}))
+    monkeypatch.setattr(predict, "cpu_info", lambda *a, **k: CpuInfo("Test CPU", "x86_64", 2, ["avx2"]))
+    result = invoke("--run-dir", str(run), "predict", POSITIVE)
+    assert result.exit_code == 0 and result.stdout.startswith("positive\t")
+    assert "made for avx512_vnni" in result.stderr.replace("\n", " ")
+    assert "made for" not in invoke("--run-dir", str(run), "predict", "--model", "onnx", POSITIVE).stderr

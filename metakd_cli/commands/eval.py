@@ -10,9 +10,13 @@ import click
               help="Model(s) to evaluate (repeatable) [all: whichever exist].")
 @click.option("--domain", "domains", multiple=True, help="Domain(s) to score (repeatable) [all].")
 @click.option("--split", type=click.Choice(["test", "dev"]), default="test", show_default=True, help="Split to score.")
+@click.option("--bucketing/--no-bucketing", default=True, show_default=True,
+              help="Length-sorted, dynamically padded batches; --no-bucketing pads every row to max_length in "
+                   "input order (to compare speeds).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.pass_obj
-def eval_(obj, models: tuple[str, ...], domains: tuple[str, ...], split: str, as_json: bool) -> None:
+def eval_(obj, models: tuple[str, ...], domains: tuple[str, ...], split: str, bucketing: bool,
+          as_json: bool) -> None:
     """Score teacher / student / ONNX / int8 from the run folder on one split.
 
     \b
@@ -27,7 +31,7 @@ def eval_(obj, models: tuple[str, ...], domains: tuple[str, ...], split: str, as
     from metakd_cli.run_dir import RunDir
 
     config = EvalConfig(models=list(models) or ["all"], domains=list(domains) or None, split=split)
-    result = evaluate_run(config, RunDir(obj.run_dir), console.log)
+    result = evaluate_run(config, RunDir(obj.run_dir), console.log, bucketing=bucketing)
     for warning in result.warnings:
         console.warn(warning)
     if as_json:
@@ -53,9 +57,10 @@ def render(result, title: str) -> None:
     rows.append(["throughput ex/s (batch 32)", *[r.throughput for r in reports]])
     rows.append(["size MB", *[r.size_mb for r in reports]])
     threads = result.threads
+    batching = "" if result.bucketing else "; no bucketing (padded to max_length)"
     console.print_table(
         f"{title} — {result.split} split, {result.rows:,} rows; torch threads {threads['torch']}, "
-        f"onnxruntime threads {threads['onnxruntime']}",
+        f"onnxruntime threads {threads['onnxruntime']}{batching}",
         ["", *[r.name for r in reports]],
         rows,
     )

@@ -14,32 +14,45 @@ import click
 @click.option("--target", type=click.Choice(["auto", "avx2", "avx512_vnni", "arm64"]), default="auto",
               show_default=True,
               help="int8 format: auto = avx512_vnni where the CPU has VNNI, else avx2; arm64 on ARM (implies --ort).")
-@click.option("--ort", is_flag=True, help="Also write model.ort for ONNX Runtime Mobile.")
+@click.option("--ort", is_flag=True,
+              help="Also write model.ort and required_operators.config for ONNX Runtime Mobile, checked against ONNX.")
 @click.option("--opset", type=int, default=None, help="ONNX opset [18].")
 @click.option("--max-drop", type=float, default=None,
-              help="Fail (exit 1) when int8 loses more dev accuracy points than this vs fp32 [1.0].")
+              help="Fail (exit 1) when int8 loses more dev accuracy points than this vs fp32, after trying the "
+                   "remedies [1.0].")
+@click.option("--trim-vocab", is_flag=True,
+              help="Keep only the word pieces the training corpus uses (model and tokenizer together).")
+@click.option("--keep-top", type=int, default=None, metavar="N",
+              help="With --trim-vocab, also keep the N most frequent other pieces [0].")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object instead of tables.")
 @click.pass_obj
 def export(obj, model: str, int8: bool, target: str, ort: bool, opset: int | None, max_drop: float | None,
-           as_json: bool) -> None:
+           trim_vocab: bool, keep_top: int | None, as_json: bool) -> None:
     """Export the run's student (or teacher) to onnx/, loadable with plain optimum.onnxruntime.
 
     \b
     Checks, saved in metrics/export.json: fp32 ONNX logits equal PyTorch's within 1e-4 on dev
-    rows; with --int8, dev accuracy per domain of int8 vs fp32. When a check fails the new
-    files stay in onnx.failed/, onnx/ and the manifest are left as they were, and the exit
-    status is 1.
+    rows; with --trim-vocab, the trimmed model predicts what the untrimmed one does on dev rows
+    whose pieces were all kept; with --int8, dev accuracy per domain of int8 vs fp32 (when plain
+    int8 loses too much, fp32 embeddings + classifier, per-channel, reduce-range and the other
+    weight type are tried in that order); with --ort, model.ort predicts the same labels as the
+    ONNX file it came from. When a check fails the new files stay in onnx.failed/, onnx/ and the
+    manifest are left as they were, and the exit status is 1.
+      metakd export --int8 --trim-vocab --keep-top 2000
+      metakd export --int8 --target arm64
     """
     from metakd_cli import console
     from metakd_cli.export import ExportConfig
     from metakd_cli.export import export as run_export
     from metakd_cli.run_dir import RunDir
 
-    config = ExportConfig(model=model, int8=int8, target=target, ort=ort)
+    config = ExportConfig(model=model, int8=int8, target=target, ort=ort, trim_vocab=trim_vocab)
     if opset is not None:
         config.opset = opset
     if max_drop is not None:
         config.max_drop = max_drop
+    if keep_top is not None:
+        config.keep_top = keep_top
     result = run_export(config, RunDir(obj.run_dir), console.log)
     m = result.metrics
     if as_json:
@@ -61,8 +74,11 @@ def _render(m: dict, folder, seconds: float, console) -> None:
         row = [d, *[accuracy[name].get(d) for name in models]]
         if "int8" in accuracy:
             row.append(m["int8_check"]["drop_per_domain"].get(d))
+        if "trim" in m:
+            row.append(m["trim"]["unknown_rate"].get(d, {}).get("after"))
         rows.append(row)
-    columns = ["domain", *[f"{name} dev %" for name in models]] + (["int8 drop"] if "int8" in accuracy else [])
+    columns = ["domain", *[f"{name} dev %" for name in models]] + (["int8 drop"] if "int8" in accuracy else []) \
+        + (["[UNK] % trimmed"] if "trim" in m else [])
     check = m["logits_check"]
     target = f", int8 {m['target']}" if m["int8"] else ""
     console.print_table(
@@ -71,10 +87,33 @@ def _render(m: dict, folder, seconds: float, console) -> None:
         columns,
         rows,
     )
+    if "trim" in m:
+        t = m["trim"]
+        agreement = "n/a" if t["covered_agreement"] is None else f"{t['covered_agreement']:.1f}%"
+        console.print_table(
+            f"vocabulary trimmed: {t['from_corpus']:,} pieces from {t['texts']:,} training texts + {t['from_top']:,} "
+            f"top + {t['special']} special; agreement with untrimmed on {t['covered_rows']} fully covered dev rows: "
+            f"{agreement}",
+            ["", "before", "after"],
+            [["vocabulary", t["vocab_before"], t["vocab_after"]],
+             ["parameters", t["parameters_before"], t["parameters_after"]],
+             ["weights MB", t["size_mb_before"], t["size_mb_after"]]],
+        )
+    attempts = m.get("int8_attempts") or []
+    if len(attempts) > 1:
+        chosen = m["int8_check"]["attempt"] if m["int8_check"]["passed"] else None
+        console.print_table(
+            f"int8 remedies tried (limit {m['int8_check']['max_drop']:g} points): "
+            + (f"kept {chosen}" if chosen else "none passed"),
+            ["attempt", "what", "drop", "MB", "passed"],
+            [[a["name"], a["description"], a["drop"], a["size_mb"], "yes" if a["passed"] else "no"] for a in attempts],
+        )
     sizes = [[name, mb] for name, mb in m["size_mb"].items()]
     params = m["parameters"]
-    console.print_table(
-        f"sizes (MB); parameters {params['pytorch']:,} (ONNX initializers {params['onnx_initializers']:,})",
-        ["file", "MB"],
-        sizes,
-    )
+    title = f"sizes (MB); parameters {params['pytorch']:,} (ONNX initializers {params['onnx_initializers']:,})"
+    if "mobile" in m:
+        usability = m["mobile"]["usability"]
+        title += (f"; model.ort: {m['ort_check']['mismatched_labels']} labels differ from "
+                  f"{m['ort_check']['source']} on {m['ort_check']['rows']} dev rows, opset {m['mobile']['opset']}, "
+                  f"ORT Mobile: {usability.get('recommendation') or usability.get('error')}")
+    console.print_table(title, ["file", "MB"], sizes)

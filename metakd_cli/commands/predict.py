@@ -15,9 +15,13 @@ PREFIX_CHARS = 60
               help="One text per line, or .jsonl with a 'text' field per line.")
 @click.option("--model", type=click.Choice(["int8", "onnx", "student"]), default=None,
               help="Model to use [int8 if exported, else onnx, else student].")
+@click.option("--bucketing/--no-bucketing", default=True, show_default=True,
+              help="Length-sorted, dynamically padded batches; --no-bucketing pads every text to max_length in "
+                   "input order. Output order is the input order either way.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of label<TAB>prob<TAB>text lines.")
 @click.pass_obj
-def predict(obj, texts: tuple[str, ...], file: Path | None, model: str | None, as_json: bool) -> None:
+def predict(obj, texts: tuple[str, ...], file: Path | None, model: str | None, bucketing: bool,
+            as_json: bool) -> None:
     """Classify TEXT arguments, the lines of --file, or (with neither) the lines on stdin.
 
     \b
@@ -44,7 +48,10 @@ def predict(obj, texts: tuple[str, ...], file: Path | None, model: str | None, a
         if stdin.isatty():
             raise UserError("no text to classify: give TEXT arguments, --file F, or pipe lines on stdin")
         inputs = [line.strip() for line in stdin if line.strip()]
-    result = run_predict(PredictConfig(texts=inputs, model=model), RunDir(obj.run_dir), console.log)
+    result = run_predict(PredictConfig(texts=inputs, model=model, bucketing=bucketing), RunDir(obj.run_dir),
+                         console.log)
+    for warning in result.warnings:
+        console.warn(warning)
     if as_json:
         console.print_json([
             {"text": p.text, "label": p.label, "probability": p.probability, "probabilities": p.probabilities}
