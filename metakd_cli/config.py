@@ -31,14 +31,17 @@ class DataConfig:
     dev_fraction: float = 0.1
     test_fraction: float = 0.1
     limit_per_domain: int | None = None
+    domains: list[str] | None = None  # keep only these domains (e.g. MNLI's five training genres); None: all
 
 
 @dataclass
 class FitConfig:
-    """`metakd fit`: the meta-teacher and its single/mix baselines."""
+    """`metakd fit`: the meta-teacher and its single / mix / mtl baselines."""
 
     teacher: str = DEFAULT_TEACHER
-    teacher_mode: str = "meta"  # meta | mix | single
+    teacher_mode: str = "meta"  # meta | mix | mtl | single
+    hold_out: str | None = None  # a domain the teacher never sees (distil to it later with distill --domain)
+    train_fraction: float = 1.0  # seeded, label-stratified fraction of each domain's training rows
     prototypes: str = "class"  # class (the paper) | domain (the official code)
     pooling: str = "mean"  # mean | cls: the representation scores are computed from
     domain_loss: str = "confusion"  # confusion (official) | reversal (DANN) | none
@@ -58,12 +61,14 @@ class FitConfig:
 
 @dataclass
 class DistillConfig:
-    """`metakd distill`: meta-distillation and the TinyBERT-KD / KD baselines."""
+    """`metakd distill`: meta-distillation and the TinyBERT-KD / KD / MTN-KD baselines."""
 
     student: str = "tiny"  # tiny | tinybert4 | a model folder or hub id
     student_init: str | None = None  # for tinybert4: a folder, hub id, or "random"
-    method: str = "meta"  # meta | tinybert | kd
+    method: str = "meta"  # meta | tinybert | kd | mtn
     domain: str | None = None
+    teacher_domain: str | None = None  # single-mode teachers: whose teacher to distil (default: domain's)
+    train_fraction: float = 1.0  # seeded, label-stratified fraction of the training rows distilled on
     intermediate_epochs: int = 3
     epochs: int = 3
     temperature: float = 1.0
@@ -92,6 +97,8 @@ class ExportConfig:
     atol: float = 1e-4  # max |fp32 ONNX logit - PyTorch logit|
     check_rows: int = 64  # dev rows for the logits check
     per_channel: bool = False  # per-channel weight scales: slower MatMulInteger for little gain here
+    trim_vocab: bool = False  # keep only the word pieces the training corpus uses: most of a small student's size
+    keep_top: int = 0  # with trim_vocab, also keep this many other pieces (by vocabulary rank) for unseen words
 
 
 @dataclass

@@ -7,10 +7,18 @@ Accepted layouts (DESIGN.md "Data"):
 * a folder with one such file per domain (domain = file stem);
 * a folder with ``train`` / ``dev`` / ``test`` files (domain column), or per-domain
   folders each holding such files: given splits are kept as they are;
-* the Amazon multi-domain sentiment folders ``<domain>/{positive,negative}.review``.
+* the Amazon multi-domain sentiment folders ``<domain>/{positive,negative}.review``;
+* MultiNLI as distributed (``multinli_1.0_train.jsonl`` / ``.txt`` ...): ``genre`` is the
+  domain, ``sentence1`` / ``sentence2`` the pair, ``gold_label`` the label; rows whose gold
+  label is ``-`` (no majority among the annotators) are skipped and counted. A folder holding
+  ``multinli_1.0_train.*`` and ``multinli_1.0_dev_matched.*`` maps the train file to train
+  and dev_matched to test (MNLI's test labels are hidden; the paper reports dev_matched), and
+  carves dev from train: ``dev_fraction`` of each (genre, label) group, seeded. The
+  ``.jsonl`` is read when both forms are present; dev_mismatched (other genres) is ignored.
 
 Without given splits every domain is split 80/10/10, stratified by label, with a seeded
-shuffle that is identical across runs and machines.
+shuffle that is identical across runs and machines. ``DataConfig.domains`` keeps only the
+named domains (MNLI's five training genres, say) before anything is split or limited.
 """
 
 from __future__ import annotations
@@ -32,6 +40,11 @@ from metakd_cli.errors import UserError
 SPLITS = ("train", "dev", "test")
 SPLIT_ALIASES = {"train": "train", "dev": "dev", "validation": "dev", "valid": "dev", "val": "dev", "test": "test"}
 TABLE_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+MNLI_SUFFIXES = (".jsonl", ".txt")  # in order of preference when both forms ship
+MNLI_SPLIT_FILES = {"train": "train", "test": "dev_matched"}  # our split -> the file's part name
+MNLI_COLUMNS = ("sentence1", "sentence2", "gold_label", "genre")
+MNLI_NO_LABEL = "gold label '-' (no annotator majority)"
+MNLI_EMPTY = "empty sentence1 or sentence2"
 MAX_FIELD_CHARS = 1_000_000  # a single text longer than this is almost surely a broken file
 
 
@@ -53,6 +66,7 @@ class Dataset:
     splits: dict[str, list[Example]]
     given_splits: bool
     split_seed: int
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows left out while reading (MNLI)
     _label_index: dict[str, int] = field(default_factory=dict, repr=False)
     _domain_index: dict[str, int] = field(default_factory=dict, repr=False)
 
@@ -101,7 +115,10 @@ class Dataset:
             entry["labels"] = {label: labels.get(label, 0) for label in self.labels}
             domains[domain] = entry
         total = sum(len(rows) for rows in self.splits.values())
-        return {"total": total, "labels": list(self.labels), "domains": domains}
+        summary = {"total": total, "labels": list(self.labels), "domains": domains}
+        if self.skipped:
+            summary["skipped"] = dict(self.skipped)
+        return summary
 
     def select(self, split: str, domains: Sequence[str] | None = None) -> list[Example]:
         rows = self.splits[split]
@@ -288,6 +305,157 @@ def read_review_file(path: Path, domain: str, label: str) -> list[Example]:
     return rows
 
 
+def is_mnli_file(path: Path) -> bool:
+    """A file of the MultiNLI distribution (``multinli_1.0_<part>.jsonl`` or ``.txt``)."""
+    return path.name.lower().startswith("multinli_") and path.suffix.lower() in MNLI_SUFFIXES
+
+
+def _mnli_lines(path: Path) -> Iterable[tuple[int, str]]:
+    """(line number, line) of a possibly large file, streamed and decoded line by line."""
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(
+                    f"{path}:{number}:{exc.start + 1}: not valid UTF-8 (byte 0x{raw[exc.start]:02x}); "
+                    "re-save the file as UTF-8"
+                ) from None
+            if number == 1:
+                line = line.removeprefix("\ufeff")
+            if line.strip():
+                yield number, line.rstrip("\r\n")
+
+
+def _mnli_records(path: Path) -> Iterable[tuple[int, dict]]:
+    """Records of a MultiNLI ``.jsonl`` (one object a line) or ``.txt`` (tab-separated, one
+    header line, quotes taken literally as the distribution writes them)."""
+    lines = iter(_mnli_lines(path))
+    if path.suffix.lower() == ".jsonl":
+        for number, line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{number}:{exc.colno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise UserError(f"{path}:{number}: expected a JSON object per line")
+            yield number, record
+        return
+    first = next(lines, None)
+    if first is None:
+        raise UserError(f"{path}: the file is empty")
+    header = [name.strip() for name in first[1].split("\t")]
+    missing = [name for name in MNLI_COLUMNS if name not in header]
+    if missing:
+        raise UserError(
+            f"{path}:{first[0]}: not a MultiNLI .txt header: no column {', '.join(missing)} "
+            f"(expected tab-separated columns including {', '.join(MNLI_COLUMNS)})"
+        )
+    needed = max(header.index(name) for name in MNLI_COLUMNS) + 1
+    for number, line in lines:
+        fields = line.split("\t")
+        if len(fields) < needed:
+            raise UserError(
+                f"{path}:{number}: {len(fields)} tab-separated fields, but the header puts "
+                f"'{header[needed - 1]}' in field {needed}"
+            )
+        yield number, dict(zip(header, fields))
+
+
+def read_mnli_file(path: Path) -> tuple[list[Example], Counter[str]]:
+    """Rows of a MultiNLI file as distributed, and the count of rows skipped, by reason.
+
+    genre -> domain, sentence1 / sentence2 -> text / text_pair, gold_label -> label. A gold
+    label of ``-`` means the annotators had no majority: MNLI's own evaluation drops those
+    rows, so do we, counting them (``Dataset.skipped``, `metakd data`).
+    """
+    rows: list[Example] = []
+    skipped: Counter[str] = Counter()
+    for number, record in _mnli_records(path):
+        where = f"{path}:{number}"
+        for column in MNLI_COLUMNS:
+            if column not in record:
+                raise UserError(
+                    f"{where}: no field '{column}' (a MultiNLI row has {', '.join(MNLI_COLUMNS)})"
+                )
+        label = _label_str(record["gold_label"], where, "gold_label")
+        if label == "-":
+            skipped[MNLI_NO_LABEL] += 1
+            continue
+        first, second = record["sentence1"], record["sentence2"]
+        if not isinstance(first, str) or not isinstance(second, str):
+            raise UserError(f"{where}: sentence1 and sentence2 must be strings")
+        if not first.strip() or not second.strip():
+            skipped[MNLI_EMPTY] += 1
+            continue
+        genre = _label_str(record["genre"], where, "genre", "domain")
+        rows.append(Example(first, second, label, genre, where))
+    if not rows:
+        raise UserError(f"{path}: no labelled MultiNLI rows")
+    return rows, skipped
+
+
+def _mnli_file(folder: Path, part: str) -> Path | None:
+    """``multinli_*_<part>.jsonl`` (preferred) or ``.txt`` in ``folder``."""
+    for suffix in MNLI_SUFFIXES:
+        found = sorted(p for p in folder.iterdir() if p.is_file() and is_mnli_file(p)
+                       and p.suffix.lower() == suffix and p.stem.lower().endswith(f"_{part}"))
+        if found:
+            return found[0]
+    return None
+
+
+def _read_mnli_folder(folder: Path) -> tuple[dict[str, list[Example]], Counter[str]]:
+    """The train file as train, dev_matched as test; dev is carved from train later."""
+    splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    skipped: Counter[str] = Counter()
+    for split, part in MNLI_SPLIT_FILES.items():
+        path = _mnli_file(folder, part)
+        if path is None:
+            raise UserError(
+                f"{folder}: a MultiNLI folder needs multinli_1.0_{part}.jsonl (or .txt); it is missing "
+                "(the train file is the training data, dev_matched the test split)"
+            )
+        splits[split], counts = read_mnli_file(path)
+        skipped.update(counts)
+    return splits, skipped
+
+
+def _check_test_genres(splits: dict[str, list[Example]], source: str) -> None:
+    """Every genre scored at test time must have training rows."""
+    trained = {row.domain for row in splits["train"]}
+    extra = sorted({row.domain for row in splits["test"]} - trained)
+    if extra:
+        keep = ",".join(sorted(trained))
+        raise UserError(
+            f"{source}: genre(s) {', '.join(extra)} are in dev_matched but not in the train file; "
+            f"keep the training genres with --domains {keep} (data.domains in a recipe)"
+        )
+
+
+def carve_dev(rows: list[Example], cfg: DataConfig) -> tuple[list[Example], list[Example]]:
+    """(train, dev): ``dev_fraction`` of each (domain, label) group of given training rows
+    becomes dev, by a seeded shuffle; both keep the input order."""
+    dev_ids: set[int] = set()
+    for (domain, label), group in sorted(_by_group(rows, lambda r: (r.domain, r.label)).items()):
+        n_dev = int(len(group) * cfg.dev_fraction + 0.5)
+        dev_ids.update(id(row) for row in _shuffled(group, cfg.split_seed, f"dev:{domain}:{label}")[:n_dev])
+    train = [row for row in rows if id(row) not in dev_ids]
+    dev = [row for row in rows if id(row) in dev_ids]
+    for domain, domain_rows in sorted(_by_group(rows, lambda r: r.domain).items()):
+        n_dev = sum(id(row) in dev_ids for row in domain_rows)
+        if n_dev in (0, len(domain_rows)):
+            raise UserError(
+                f"{domain_rows[0].where}: domain '{domain}' has {len(domain_rows)} training rows: too few to carve "
+                f"a {cfg.dev_fraction:.0%} dev split from (add rows or change dev_fraction)"
+            )
+    return train, dev
+
+
 # --------------------------------------------------------------------------- layouts
 
 
@@ -311,15 +479,25 @@ def _read_split_folder(folder: Path, cfg: DataConfig, domain: str | None) -> dic
     return splits
 
 
-def read_rows(cfg: DataConfig) -> tuple[str, dict[str, list[Example]] | list[Example]]:
-    """(layout name, rows): a dict of given splits, or a flat list still to be split."""
+def read_rows(cfg: DataConfig) -> tuple[str, dict[str, list[Example]] | list[Example], Counter[str]]:
+    """(layout name, rows, rows skipped by reason): rows are a dict of given splits, or a flat
+    list still to be split."""
     if not cfg.path:
         raise UserError("no data path given")
     path = Path(resolve_data_path(cfg.path)).expanduser()
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
     if path.is_file():
-        return "table", read_table(path, cfg)
+        if is_mnli_file(path):
+            return ("mnli-file", *read_mnli_file(path))
+        return "table", read_table(path, cfg), Counter()
+    if any(is_mnli_file(p) for p in path.iterdir() if p.is_file()):
+        return ("mnli", *_read_mnli_folder(path))
+    layout, rows = _read_layout(path, cfg)
+    return layout, rows, Counter()
+
+
+def _read_layout(path: Path, cfg: DataConfig) -> tuple[str, dict[str, list[Example]] | list[Example]]:
     subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     review_dirs = [d for d in subdirs if any((d / name).is_file() for name in AMAZON_FILES)]
     if review_dirs:
@@ -443,10 +621,15 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         raise UserError("dev_fraction + test_fraction must leave rows for training")
     if cfg.limit_per_domain is not None and cfg.limit_per_domain < 1:
         raise UserError(f"--limit-per-domain must be a positive number, got {cfg.limit_per_domain}")
-    layout, rows = read_rows(cfg)
+    layout, rows, skipped = read_rows(cfg)
+    if cfg.domains is not None:
+        rows = _keep_domains(rows, cfg.domains, cfg.path)
     given = isinstance(rows, dict)
     if given:
         splits = rows
+        if layout == "mnli":
+            _check_test_genres(splits, cfg.path)
+            splits["train"], splits["dev"] = carve_dev(splits["train"], cfg)
         if cfg.limit_per_domain is not None:
             splits = {s: _limit(splits[s], cfg, _domain_sizes(splits)) for s in SPLITS}
     else:
@@ -463,7 +646,25 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         splits=splits,
         given_splits=given,
         split_seed=cfg.split_seed,
+        skipped=dict(sorted(skipped.items())),
     )
+
+
+def _keep_domains(
+    rows: dict[str, list[Example]] | list[Example], wanted: list[str], source: str
+) -> dict[str, list[Example]] | list[Example]:
+    """Only the rows of the ``wanted`` domains; a name the data does not hold is a user error."""
+    every = rows if isinstance(rows, list) else [row for split in rows.values() for row in split]
+    present = sorted({row.domain for row in every})
+    for name in wanted:
+        if name not in present:
+            raise UserError(
+                f"{source}: no domain '{name}' in the data (domains: {', '.join(present)}); fix data.domains / --domains"
+            )
+    keep = set(wanted)
+    if isinstance(rows, list):
+        return [row for row in rows if row.domain in keep]
+    return {split: [row for row in split_rows if row.domain in keep] for split, split_rows in rows.items()}
 
 
 def _domain_sizes(splits: dict[str, list[Example]]) -> Counter[str]:
@@ -477,6 +678,23 @@ def _limit(rows: list[Example], cfg: DataConfig, sizes: Counter[str]) -> list[Ex
         fraction = min(1.0, cfg.limit_per_domain / sizes[domain])
         kept.update(id(row) for row in subsample(group, fraction, cfg.split_seed, f"limit:{domain}"))
     return [row for row in rows if id(row) in kept]
+
+
+def fraction_indices(rows: Sequence[Example], fraction: float, seed: int) -> list[int]:
+    """Indices of a seeded, label-stratified ``fraction`` of each domain's rows, in input order.
+
+    The data-scarce setting (``--train-fraction``). Each domain is sampled on its own (salt
+    ``fraction:<domain>``, at least one row per label), so a domain keeps the same rows
+    whether it is sampled alone (``distill --domain``) or with the others (``fit``), and fit
+    and distill with the same fraction and split seed see the same rows. ``fraction`` 1 keeps all.
+    """
+    if fraction >= 1.0:
+        return list(range(len(rows)))
+    index = {id(row): i for i, row in enumerate(rows)}
+    kept: set[int] = set()
+    for domain, group in sorted(_by_group(rows, lambda r: r.domain).items()):
+        kept.update(index[id(row)] for row in subsample(group, fraction, seed, f"fraction:{domain}"))
+    return sorted(kept)
 
 
 # --------------------------------------------------------------------------- tokenisation

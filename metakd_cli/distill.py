@@ -1,12 +1,30 @@
-"""`metakd distill`: meta-distillation (Meta-KD Sec. 3.3) and the TinyBERT-KD / KD baselines.
+"""`metakd distill`: meta-distillation (Meta-KD Sec. 3.3) and the TinyBERT-KD / KD / MTN-KD baselines.
 
 Stage 1 (intermediate), per example x with weight lambda(x):
     lambda(x) * [ sum_j MSE(W h_s^j, h_t^m(j)) + sum_j MSE(A_s^j, A_t^m(j)) + gamma * MSE(z_t, W z_s) ]
     lambda(x) = (1 + t(x)) / (exp((1 - p_t(gold | x))^2) + 1)      (meta)
     lambda = 1 and no gamma term                                     (tinybert)
-Stage 2 (prediction): soft cross-entropy to the teacher's logits at temperature T.
+Stage 2 (prediction): soft cross-entropy to the teacher's soft labels softmax(z_t / T).
 ``kd`` runs stage 2 only. The teacher is frozen, in eval mode; its logits, p_t(gold) and
-lambda are computed once per run.
+lambda are computed once per run. An mtl teacher's logits for a row come from the head of
+the row's own domain.
+
+``mtn`` (Multi-teachers -> MTN-KD, Yang et al. 2020) is stage 2 only, from every single-domain
+teacher of a ``--teacher-mode single`` run at once: the soft label of each row is the plain
+average of all teachers' softmax outputs, q = (1/K) sum_k softmax(z_k / T). Soft
+cross-entropy is linear in its target, so this is exactly the mean of the K per-teacher KD
+losses (Yang et al.'s multi-teacher objective with one shared output head), and, as a
+baseline should, it uses neither the row's domain nor its gold label to favour a teacher:
+choosing the right teacher per example is what Meta-KD adds. A `tiny` student is cut from the
+teacher of ``--teacher-domain`` / ``--domain`` (else the first domain's).
+
+Rows without a stored t (a domain held out of `metakd fit`, or rows left out by its
+``--train-fraction``) get one here, for ``--method meta``, with the fit step's formula and
+settings on the untouched pretrained encoder: the cross-domain term uses the prototypes the
+teacher stored (seen domains only), and a held-out domain's own prototype is the centroid of
+its rows in this distillation. The teacher never saw that domain, but the student's rows of
+it are here; this keeps t's formula and scale, and t still measures how close a row is to
+what the teacher learned from (t = 1 would rate every unseen row as perfectly transferable).
 """
 
 from __future__ import annotations
@@ -20,33 +38,39 @@ import numpy as np
 import torch
 from torch import nn
 
-from metakd_cli.config import DataConfig, DistillConfig, choice
-from metakd_cli.data import Dataset, Encoded, collate, encode, load_dataset
+from metakd_cli.config import DataConfig, DistillConfig, FitConfig, choice
+from metakd_cli.data import Dataset, Encoded, collate, encode, fraction_indices, load_dataset
 from metakd_cli.errors import UserError
-from metakd_cli.evaluate import per_domain_accuracy, torch_logits
+from metakd_cli.evaluate import batched_logits, per_domain_accuracy, torch_logits
 from metakd_cli.losses import (
     attention_mse,
     domain_feature_mse,
     example_weighted,
     expertise_weight,
     hidden_mse,
-    soft_cross_entropy,
+    multi_teacher_targets,
+    soft_target_cross_entropy,
+    soft_targets,
 )
 from metakd_cli.models import (
+    DomainClassifiers,
     DomainHead,
     TeacherInfo,
     cut_layers,
     layer_map,
     load_classifier,
+    load_encoder,
     load_head,
     load_tokenizer,
+    mtl_forward,
     resolve_model,
 )
-from metakd_cli.prototypes import pool
+from metakd_cli.prototypes import compute_prototypes, pool, transferability
 from metakd_cli.run_dir import RunDir, atomic_dir
 from metakd_cli.training import PhaseSpec, clear_checkpoints, run_phase
 
-METHODS = ("meta", "tinybert", "kd")
+METHODS = ("meta", "tinybert", "kd", "mtn")
+LOGIT_ONLY = ("kd", "mtn")  # methods without the intermediate stage
 PRESETS = ("tiny", "tinybert4")
 STUDENT_JSON = "metakd_student.json"
 TINYBERT4 = dict(num_hidden_layers=4, hidden_size=312, num_attention_heads=12, intermediate_size=1200)
@@ -69,6 +93,8 @@ def validate(cfg: DistillConfig) -> None:
         raise UserError(f"--intermediate-epochs must be 0 or more, got {cfg.intermediate_epochs}")
     if cfg.temperature <= 0:
         raise UserError(f"--temperature must be positive, got {cfg.temperature}")
+    if not 0 < cfg.train_fraction <= 1:
+        raise UserError(f"--train-fraction must be above 0 and at most 1, got {cfg.train_fraction}")
 
 
 def reload_dataset(run: RunDir) -> tuple[DataConfig, Dataset]:
@@ -128,15 +154,88 @@ def build_student(cfg: DistillConfig, teacher, teacher_tokenizer, labels: list[s
     return student, f"{cfg.student} from {name}"
 
 
-def _teacher_folder(run: RunDir, info: TeacherInfo, domain: str | None) -> Path:
+def _teacher_folders(run: RunDir, info: TeacherInfo, cfg: DistillConfig) -> tuple[Path, list[Path]]:
+    """(the teacher folder distilled from, every teacher folder whose soft labels the student learns).
+
+    They are the same one folder except for ``mtn``, where the first is the teacher a `tiny`
+    student is cut from and whose layers size the layer map.
+    """
+    if cfg.teacher_domain is not None and info.mode != "single":
+        raise UserError(f"--teacher-domain picks one teacher of a --teacher-mode single run; this run's is {info.mode}")
+    if cfg.teacher_domain is not None and cfg.teacher_domain not in info.domains:
+        raise UserError(f"unknown domain '{cfg.teacher_domain}' (known domains: {', '.join(info.domains)})")
+    if cfg.method == "mtn":
+        if info.mode != "single":
+            raise UserError(
+                f"--method mtn learns from one teacher per domain, but this run's teacher is {info.mode}: "
+                "fit with --teacher-mode single first"
+            )
+        folders = {d: run.teacher / d for d in info.domains if (run.teacher / d / "config.json").is_file()}
+        if not folders:
+            raise UserError(f"{run.teacher}: no single-domain teacher folders; re-run `metakd fit --teacher-mode single`")
+        main = folders.get(cfg.teacher_domain or cfg.domain or "", next(iter(folders.values())))
+        return main, list(folders.values())
     if info.mode != "single":
-        return run.teacher
-    if domain is None:
+        return run.teacher, [run.teacher]
+    name = cfg.teacher_domain or cfg.domain
+    if name is None:
         raise UserError(
             "the run's teacher was fitted with --teacher-mode single (one teacher per domain): "
-            f"pick which with --domain ({', '.join(info.domains)})"
+            f"pick which with --domain ({', '.join(info.domains)}), or learn from all of them with --method mtn"
         )
-    return run.teacher / domain
+    if not (run.teacher / name / "config.json").is_file():
+        why = "it was held out of `metakd fit`" if name == info.held_out else f"{run.teacher / name} is missing"
+        raise UserError(
+            f"no single-domain teacher for '{name}': {why}; distil from another domain's teacher with "
+            "--teacher-domain, or from all of them with --method mtn"
+        )
+    return run.teacher / name, [run.teacher / name]
+
+
+def _load_teacher(folder: Path):
+    """A frozen teacher in eval mode (eager attention, for the attention maps) and its mtl heads, if any."""
+    teacher = load_classifier(str(folder), None, "eager")
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    from metakd_cli.models import load_domain_classifiers
+
+    heads = load_domain_classifiers(folder)
+    return teacher, heads
+
+
+def teacher_logits_of(teacher, heads: DomainClassifiers | None, encoded: Encoded, pad_id: int) -> torch.Tensor:
+    """The teacher's logits [N, C]; an mtl teacher's through each row's own domain head."""
+    if heads is not None:
+        return torch.from_numpy(batched_logits(encoded, pad_id, 64, mtl_forward(teacher, heads)))
+    return torch.from_numpy(torch_logits(teacher, encoded, pad_id))
+
+
+def missing_scores(rows: Encoded, run: RunDir, prototypes: torch.Tensor, n_labels: int, pad_id: int) -> torch.Tensor:
+    """t for training rows the teacher did not train on, as the module docstring says: [N].
+
+    ``prototypes``: the fit step's [D, C, H] ([D, 1, H] for domain prototypes), zero for a
+    domain (or class) it never saw.
+    """
+    fit_step = run.load().steps["fit"]
+    known = FitConfig.__dataclass_fields__
+    fit_cfg = FitConfig(**{k: v for k, v in fit_step["config"].items() if k in known})
+    encoder = load_encoder(fit_step["model_path"], fit_cfg.trust_remote_code)
+    from metakd_cli.fit import encode_representations
+
+    reps = encode_representations(encoder, rows, pad_id, fit_cfg.pooling)
+    del encoder
+    domains = torch.tensor(rows.domains)
+    labels = torch.tensor(rows.labels)
+    present = prototypes.norm(dim=-1) > 0  # [D, C]: what the teacher's training rows held
+    filled = prototypes.clone()
+    by_class = prototypes.shape[1] > 1
+    unseen = sorted({d for d in rows.domains if not present[d].any()})
+    if unseen:  # a held-out domain: its own prototype from its rows here
+        own, _ = compute_prototypes(reps, domains, labels, prototypes.shape[0], n_labels if by_class else 1, by_class)
+        filled[unseen] = own[unseen]
+    # own term: `filled`; cross-domain term: only the stored (seen) prototypes, via `present`
+    return transferability(reps, domains, labels, filled, present, fit_cfg.alpha, fit_cfg.zeta)
 
 
 def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None, log=print, warn=print) -> DistillResult:
@@ -149,21 +248,19 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
     if cfg.domain is not None:
         dataset.check_domains([cfg.domain])
         domain_id = dataset.domain_id(cfg.domain)
-    teacher_dir = _teacher_folder(run, info, cfg.domain)
+    teacher_dir, teacher_dirs = _teacher_folders(run, info, cfg)
     tokenizer = load_tokenizer(str(teacher_dir))
     pad_id = tokenizer.pad_token_id or 0
     max_length = cfg.max_length or info.max_length
-    teacher = load_classifier(str(teacher_dir), None, "eager")
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher, teacher_heads = _load_teacher(teacher_dir)
     teacher_head, extra = load_head(teacher_dir, teacher.config.hidden_size, len(info.domains))
     teacher_head.eval()
     for p in teacher_head.parameters():
         p.requires_grad_(False)
 
     full_train = encode(dataset.train, dataset, tokenizer, max_length)
-    keep = full_train.rows_of(domain_id)
+    in_fraction = set(fraction_indices(dataset.train, cfg.train_fraction, dataset.split_seed))
+    keep = [i for i in full_train.rows_of(domain_id) if i in in_fraction]
     train = full_train.subset(keep)
     dev_all = encode(dataset.dev, dataset, tokenizer, max_length)
     dev = dev_all.subset(dev_all.rows_of(domain_id))
@@ -172,13 +269,34 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
     scores = extra.get("scores")
     if info.mode == "meta" and scores is not None and len(scores) == len(full_train):
         t = scores[keep].float()
+        missing = torch.isnan(t).nonzero().flatten().tolist()
+        if missing and cfg.method == "meta":
+            log(f"t for {len(missing):,} rows the teacher did not train on, from the pretrained encoder")
+            t[missing] = missing_scores(train.subset(missing), run, extra["prototypes"], len(dataset.labels), pad_id)
     else:
-        t = torch.ones(len(train))  # mix / single teachers: every example equally transferable
+        t = torch.ones(len(train))  # mix / mtl / single teachers: every example equally transferable
 
-    # cached once: the teacher's logits on the training rows, p_t(gold) and lambda
+    # cached once: the teacher's logits on the training rows (and test rows, for the metrics),
+    # its soft labels, p_t(gold) and lambda
     cache_started = time.perf_counter()
-    teacher_logits = torch.from_numpy(torch_logits(teacher, train, pad_id))
-    p_gold = teacher_logits.softmax(-1)[torch.arange(len(train)), torch.tensor(train.labels)]
+    if cfg.method == "mtn":
+        every_train, every_test, teacher_parameters = [], [], 0
+        for folder in teacher_dirs:  # one teacher in memory at a time, besides the one kept for `tiny`
+            model, heads = (teacher, teacher_heads) if folder == teacher_dir else _load_teacher(folder)
+            every_train.append(teacher_logits_of(model, heads, train, pad_id))
+            every_test.append(teacher_logits_of(model, heads, test, pad_id))
+            teacher_parameters += sum(p.numel() for p in model.parameters())
+            del model, heads
+        targets = multi_teacher_targets(torch.stack(every_train), cfg.temperature)
+        probabilities = multi_teacher_targets(torch.stack(every_train))
+        teacher_test = multi_teacher_targets(torch.stack(every_test)).argmax(-1).numpy()
+    else:
+        teacher_logits = teacher_logits_of(teacher, teacher_heads, train, pad_id)
+        targets = soft_targets(teacher_logits, cfg.temperature)
+        probabilities = teacher_logits.softmax(-1)
+        teacher_test = teacher_logits_of(teacher, teacher_heads, test, pad_id).argmax(-1).numpy()
+        teacher_parameters = sum(p.numel() for p in teacher.parameters())
+    p_gold = probabilities[torch.arange(len(train)), torch.tensor(train.labels, dtype=torch.long)]
     lam = expertise_weight(t, p_gold) if cfg.method == "meta" else torch.ones(len(train))
     cache_seconds = time.perf_counter() - cache_started
 
@@ -231,29 +349,25 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
     def prediction_step(batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
         logits = parts["student"](**inputs).logits
-        loss = soft_cross_entropy(logits, teacher_logits[batch["index"]], cfg.temperature).mean()
+        loss = soft_target_cross_entropy(logits, targets[batch["index"]], cfg.temperature).mean()
         return {"loss": loss}
 
     def dev_accuracy() -> float:
         predictions = torch_logits(student, dev, pad_id).argmax(-1)
         return float((predictions == np.asarray(dev.labels)).mean() * 100)
 
-    epochs_done = {"n": 0}
-
-    def last_epoch_wins() -> float:
-        epochs_done["n"] += 1
-        return float(epochs_done["n"])
-
+    signature = json.dumps([asdict(cfg), dataset.fingerprint(), info.mode], sort_keys=True)
     stages = {}
     suffix = f"-{cfg.domain}" if cfg.domain else ""
-    if cfg.method != "kd" and cfg.intermediate_epochs > 0:
+    if cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs > 0:
         spec = PhaseSpec(f"distill-intermediate{suffix}", cfg.intermediate_epochs, cfg.batch_size, cfg.intermediate_lr,
-                         cfg.seed, constant_lr=True, max_grad_norm=1.0, weight_decay=0.0)
-        phase = run_phase(spec, parts, len(train), make_batch, intermediate_step, last_epoch_wins, run.checkpoints,
+                         cfg.seed, constant_lr=True, max_grad_norm=1.0, weight_decay=0.0, signature=signature)
+        phase = run_phase(spec, parts, len(train), make_batch, intermediate_step, None, run.checkpoints,
                           resume, progress)
         stages["intermediate"] = {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second,
                                   "history": phase.history}
-    spec = PhaseSpec(f"distill-prediction{suffix}", cfg.epochs, cfg.batch_size, cfg.lr, cfg.seed, weight_decay=0.01)
+    spec = PhaseSpec(f"distill-prediction{suffix}", cfg.epochs, cfg.batch_size, cfg.lr, cfg.seed, weight_decay=0.01,
+                     signature=signature)
     phase = run_phase(spec, nn.ModuleDict({"student": student}), len(train), make_batch, prediction_step, dev_accuracy,
                       run.checkpoints, resume, progress)
     stages["prediction"] = {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second,
@@ -263,13 +377,17 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
     domains = dataset.domains
     student_dev = torch_logits(student, dev, pad_id).argmax(-1)
     student_test = torch_logits(student, test, pad_id).argmax(-1)
-    teacher_test = torch_logits(teacher, test, pad_id).argmax(-1)
+    train_rows = {name: train.domains.count(d) for d, name in enumerate(domains) if d in set(train.domains)}
     metrics = {
         "step": "distill",
         "method": cfg.method,
         "student": how,
         "domain": cfg.domain,
         "teacher_mode": info.mode,
+        "teachers": [folder.name for folder in teacher_dirs] if cfg.method == "mtn" else None,
+        "held_out": info.held_out,
+        "train_fraction": cfg.train_fraction,
+        "train_rows": train_rows,
         "dev_accuracy": per_domain_accuracy(student_dev, dev, domains),
         "test_accuracy": per_domain_accuracy(student_test, test, domains),
         "teacher_test_accuracy": per_domain_accuracy(teacher_test, test, domains),
@@ -278,7 +396,7 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
         "teacher_cache_seconds": cache_seconds,
         "stages": stages,
         "parameters": {"student": sum(p.numel() for p in student.parameters()),
-                       "teacher": sum(p.numel() for p in teacher.parameters())},
+                       "teacher": teacher_parameters},  # mtn: all teachers together
         "seconds": time.perf_counter() - started,
         "config": asdict(cfg),
         "command": " ".join(__import__("sys").argv),
@@ -290,7 +408,8 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
             {"method": cfg.method, "student": how, "domain": cfg.domain, "labels": dataset.labels,
              "domains": dataset.domains, "max_length": max_length, "teacher_mode": info.mode}, indent=2) + "\n")
     run.write_metrics("distill", metrics)
-    run.record_step("distill", {"config": asdict(cfg), "student": str(run.student)})
+    run.record_step("distill", {"config": asdict(cfg), "student": str(run.student), "held_out": info.held_out,
+                                "train_fraction": cfg.train_fraction, "train_rows": train_rows})
     for finished in run.checkpoints.glob(f"distill-*{suffix}"):
         clear_checkpoints(run.checkpoints, finished.name)
     metrics["seconds"] = time.perf_counter() - started

@@ -1,12 +1,23 @@
-"""`metakd fit`: the meta-teacher (Meta-KD Sec. 3.2) and the single / mix baselines.
+"""`metakd fit`: the meta-teacher (Meta-KD Sec. 3.2) and the single / mix / mtl baselines.
 
 meta:   t-weighted CE plus gamma x domain loss (confusion or reversal), t from prototypes
 mix:    one teacher on the union of domains, t = 1, no domain loss
+mtl:    BERT-mtl: one shared encoder, one classification head per domain, trained on all
+        domains at once (t = 1, no domain loss); a row always goes through its own domain's
+        head. Saved as a plain classifier whose own head is the mean of the domain heads
+        (exactly the mean of their logits), the heads themselves in metakd_head.safetensors
 single: one teacher per domain, t = 1, no domain loss, saved as teacher/<domain>/
+
+``hold_out`` leaves one domain out of everything the teacher learns from (training rows,
+prototypes, scores, dev selection): the paper's "no fiction data for the meta-teacher".
+``train_fraction`` keeps a seeded, label-stratified fraction of each domain's training rows
+(``data.fraction_indices``): the data-scarce setting. Scores are stored per row of the
+whole train split, NaN for the rows the teacher did not train on.
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,17 +29,21 @@ from torch import nn
 
 from metakd_cli import __version__
 from metakd_cli.config import DataConfig, FitConfig, choice
-from metakd_cli.data import Dataset, Encoded, collate, encode, load_dataset
+from metakd_cli.data import Dataset, Encoded, collate, encode, fraction_indices, load_dataset
 from metakd_cli.errors import UserError
-from metakd_cli.evaluate import per_domain_accuracy, torch_logits
+from metakd_cli.evaluate import batched_logits, per_domain_accuracy, torch_logits
 from metakd_cli.losses import confusion_targets, teacher_loss
 from metakd_cli.models import (
+    DomainClassifiers,
     DomainHead,
     TeacherInfo,
+    classifier_output_layer,
     load_classifier,
     load_encoder,
     load_tokenizer,
     model_max_length,
+    mtl_forward,
+    mtl_logits,
     resolve_model,
     save_head,
 )
@@ -36,7 +51,7 @@ from metakd_cli.prototypes import compute_prototypes, pool, transferability
 from metakd_cli.run_dir import RunDir, atomic_dir
 from metakd_cli.training import PhaseSpec, clear_checkpoints, run_phase
 
-TEACHER_MODES = ("meta", "mix", "single")
+TEACHER_MODES = ("meta", "mix", "mtl", "single")
 PROTOTYPES = ("class", "domain")
 POOLINGS = ("mean", "cls")
 DOMAIN_LOSSES = ("confusion", "reversal", "none")
@@ -87,6 +102,12 @@ def validate(cfg: FitConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0:
         raise UserError(f"--lr must be positive, got {cfg.lr}")
+    check_fraction(cfg.train_fraction)
+
+
+def check_fraction(fraction: float) -> None:
+    if not 0 < fraction <= 1:
+        raise UserError(f"--train-fraction must be above 0 and at most 1, got {fraction}")
 
 
 def encode_representations(encoder, encoded: Encoded, pad_id: int, pooling: str, batch_size: int = 64) -> torch.Tensor:
@@ -145,17 +166,38 @@ def _train_one(
     resume: bool,
     progress,
     log,
+    mtl: bool = False,
+    held_out: list[int] | None = None,
 ) -> tuple[nn.ModuleDict, TeacherResult]:
+    """Train one teacher on ``train``; select on the dev rows of the domains it trains on.
+
+    ``mtl``: per-domain heads (``parts["heads"]``); ``held_out``: domain ids it never sees
+    (their mtl heads become the mean of the trained ones).
+    """
     pad_id = tokenizer.pad_token_id or 0
+    held_out = held_out or []
     torch.manual_seed(cfg.seed)  # the new classifier layer and the domain head start the same every run
     classifier = load_classifier(model_path, dataset.labels, "sdpa", cfg.trust_remote_code)
     hidden = classifier.config.hidden_size
     head = DomainHead(hidden, len(dataset.domains))
     parts = nn.ModuleDict({"classifier": classifier, "head": head})
+    if mtl:
+        output_layer = classifier_output_layer(classifier)
+        parts["heads"] = DomainClassifiers.from_layer(output_layer, len(dataset.domains))
+        output_layer.requires_grad_(False)  # replaced by the domain heads until the mean is written into it
     weights = t.float()
+    select_dev = dev.subset([i for i, d in enumerate(dev.domains) if d not in held_out]) if held_out else dev
+
+    def logits_of(encoded: Encoded) -> np.ndarray:
+        if mtl:
+            return batched_logits(encoded, pad_id, 64, mtl_forward(classifier, parts["heads"]))
+        return torch_logits(classifier, encoded, pad_id)
 
     def loss_step(batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        if mtl:  # BERT-mtl: each row through its own domain's head, plain CE (t = 1, no domain loss)
+            logits = mtl_logits(parts["classifier"], parts["heads"], inputs, batch["domains"])
+            return teacher_loss(logits, batch["labels"], None, None, weights[batch["index"]], cfg.gamma)
         out = parts["classifier"](**inputs, output_hidden_states=use_domain_loss)
         domain_logits = targets = None
         if use_domain_loss:
@@ -168,8 +210,8 @@ def _train_one(
         return teacher_loss(out.logits, batch["labels"], domain_logits, targets, weights[batch["index"]], cfg.gamma)
 
     def dev_accuracy() -> float:
-        predictions = torch_logits(classifier, dev, pad_id).argmax(-1)
-        return float((predictions == np.asarray(dev.labels)).mean() * 100)
+        predictions = logits_of(select_dev).argmax(-1)
+        return float((predictions == np.asarray(select_dev.labels)).mean() * 100)
 
     spec = PhaseSpec(
         name=f"fit-{name}",
@@ -180,6 +222,7 @@ def _train_one(
         warmup=cfg.warmup,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
+        signature=json.dumps([asdict(cfg), dataset.fingerprint()], sort_keys=True),
     )
     phase = run_phase(
         spec, parts, len(train), lambda idx: collate(train, idx, pad_id), loss_step, dev_accuracy,
@@ -187,8 +230,13 @@ def _train_one(
     )
     if phase.resumed_from:
         log(f"resumed {spec.name} from epoch {phase.resumed_from['epoch'] + 1}, step {phase.resumed_from['step']}")
-    dev_scores = per_domain_accuracy(torch_logits(classifier, dev, pad_id).argmax(-1), dev, dataset.domains)
-    test_scores = per_domain_accuracy(torch_logits(classifier, test, pad_id).argmax(-1), test, dataset.domains)
+    if mtl:
+        seen = [d for d in range(len(dataset.domains)) if d not in held_out]
+        parts["heads"].fill(held_out, seen)
+        parts["heads"].write_average(output_layer)
+        output_layer.requires_grad_(True)
+    dev_scores = per_domain_accuracy(logits_of(dev).argmax(-1), dev, dataset.domains)
+    test_scores = per_domain_accuracy(logits_of(test).argmax(-1), test, dataset.domains)
     result = TeacherResult(
         name=name,
         dev=dev_scores,
@@ -216,7 +264,13 @@ def fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool = False,
     validate(cfg)
     started = time.perf_counter()
     dataset = load_dataset(data_cfg)
-    if len(dataset.domains) < 2 and cfg.teacher_mode == "meta":
+    held_out: list[int] = []
+    if cfg.hold_out is not None:
+        dataset.check_domains([cfg.hold_out])
+        if len(dataset.domains) < 2:
+            raise UserError(f"--hold-out {cfg.hold_out} leaves no domain to train the teacher on")
+        held_out = [dataset.domain_id(cfg.hold_out)]
+    if len(dataset.domains) - len(held_out) < 2 and cfg.teacher_mode == "meta":
         log("only one domain: the meta-teacher's cross-domain terms have nothing to compare; consider --teacher-mode mix")
     model_path = resolve_model(cfg.teacher)
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
@@ -225,9 +279,14 @@ def fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool = False,
     limit = model_max_length(AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code))
     if cfg.max_length > limit:
         raise UserError(f"--max-length {cfg.max_length} is above the model's limit of {limit} positions for {cfg.teacher}")
-    log(f"teacher {cfg.teacher} ({model_path}), mode {cfg.teacher_mode}, {len(dataset.train):,} training rows")
+    # the rows the teacher learns from: no held-out row is even tokenised
+    kept = [i for i in fraction_indices(dataset.train, cfg.train_fraction, dataset.split_seed)
+            if dataset.domain_id(dataset.train[i].domain) not in held_out]
+    notes = (f", {cfg.hold_out} held out" if cfg.hold_out else "") + (
+        f", {cfg.train_fraction:g} of each domain's rows" if cfg.train_fraction < 1 else "")
+    log(f"teacher {cfg.teacher} ({model_path}), mode {cfg.teacher_mode}, {len(kept):,} training rows{notes}")
     pad_id = tokenizer.pad_token_id or 0
-    train = encode(dataset.train, dataset, tokenizer, cfg.max_length)
+    train = encode([dataset.train[i] for i in kept], dataset, tokenizer, cfg.max_length)
     dev = encode(dataset.dev, dataset, tokenizer, cfg.max_length)
     test = encode(dataset.test, dataset, tokenizer, cfg.max_length)
 
@@ -237,10 +296,13 @@ def fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool = False,
         domains=dataset.domains,
         base_model=cfg.teacher,
         max_length=cfg.max_length,
+        held_out=cfg.hold_out,
     )
     if cfg.teacher_mode == "single":
         staging_parts = {}
         for d, domain in enumerate(dataset.domains):
+            if d in held_out:
+                continue
             sub_train = train.subset(train.rows_of(d))
             sub_dev = dev.subset(dev.rows_of(d))
             sub_test = test.subset(test.rows_of(d))
@@ -267,7 +329,7 @@ def fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool = False,
             use_domain_loss = False
         parts, result = _train_one(
             "teacher", cfg, model_path, tokenizer, dataset, train, dev, test, t, use_domain_loss, run, resume,
-            progress, log,
+            progress, log, mtl=cfg.teacher_mode == "mtl", held_out=held_out,
         )
         if cfg.teacher_mode == "meta":
             result.t_stats = t_statistics(t, train, dataset.domains)
@@ -278,14 +340,22 @@ def fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool = False,
             hidden_size=parts["classifier"].config.hidden_size,
             **info_common,
         )
-        _save_teacher(run.teacher, parts, tokenizer, info, {"scores": t.float(), "prototypes": protos.float()})
+        scores = torch.full((len(dataset.train),), float("nan"))  # NaN: a row the teacher did not train on
+        scores[kept] = t.float()
+        extra = {"scores": scores, "prototypes": protos.float()}
+        if "heads" in parts:
+            extra.update(parts["heads"].tensors(dataset.domains))
+        _save_teacher(run.teacher, parts, tokenizer, info, extra)
 
     seconds = time.perf_counter() - started
+    train_rows = {name: train.domains.count(d) for d, name in enumerate(dataset.domains)}
     metrics = _metrics(cfg, dataset, teachers, seconds)
+    metrics.update(held_out=cfg.hold_out, train_fraction=cfg.train_fraction, train_rows=train_rows)
     run.write_metrics("fit", metrics)
     run.record_step(
         "fit",
-        {"config": asdict(cfg), "teacher": str(run.teacher), "model_path": model_path, "versions": _versions()},
+        {"config": asdict(cfg), "teacher": str(run.teacher), "model_path": model_path, "versions": _versions(),
+         "held_out": cfg.hold_out, "train_fraction": cfg.train_fraction, "train_rows": train_rows},
         data=data_manifest(data_cfg, dataset),
     )
     for finished in run.checkpoints.glob("fit-*"):  # nothing left to resume

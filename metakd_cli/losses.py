@@ -129,5 +129,27 @@ def domain_feature_mse(
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """-sum_c softmax(z_t / T)_c * log_softmax(z_s / T)_c per example -> [B]."""
-    targets = F.softmax(teacher_logits / temperature, dim=-1)
+    return soft_target_cross_entropy(student_logits, soft_targets(teacher_logits, temperature), temperature)
+
+
+def soft_targets(teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """softmax(z_t / T): one teacher's soft labels, [N, C] -> [N, C]."""
+    return F.softmax(teacher_logits / temperature, dim=-1)
+
+
+def soft_target_cross_entropy(
+    student_logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """-sum_c q_c * log_softmax(z_s / T)_c per example, for given soft labels q: [B, C] -> [B]."""
     return -(targets * F.log_softmax(student_logits / temperature, dim=-1)).sum(-1)
+
+
+def multi_teacher_targets(teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """MTN-KD soft labels: the mean of K teachers' softmax outputs, [K, N, C] -> [N, C].
+
+    q = (1/K) sum_k softmax(z_k / T). Soft cross-entropy is linear in its target, so
+    CE(q, s) = (1/K) sum_k CE(softmax(z_k / T), s): the student learns from every teacher
+    equally, the multi-teacher objective of Yang et al. (2020) with one output head and
+    no weighting invented beyond it.
+    """
+    return soft_targets(teacher_logits, temperature).mean(0)

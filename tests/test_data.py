@@ -689,3 +689,19 @@ def test_tiny_tokenizer_covers_the_example_dataset(tiny_model_dir):
 def test_toy_given_splits_helper():
     assert [toy_split(i) for i in range(5)] == ["train", "train", "train", "dev", "test"]
     assert Counter(toy_split(i) for i in range(TOY_PER_LABEL)) == {"train": 12, "dev": 4, "test": 4}
+
+
+# --------------------------------------------------------------------------- domain filter
+
+
+def test_domains_filter_keeps_the_named_domains_before_splitting(tmp_path):
+    path = write_toy_dataset(tmp_path, "jsonl")
+    full = load(path)
+    kept = load(path, domains=["books", "kitchen"])
+    assert kept.domains == ["books", "kitchen"]
+    for split in SPLITS:  # the split of a kept domain does not depend on the others
+        assert texts(kept.splits[split]) == texts([ex for ex in full.splits[split] if ex.domain != "electronics"])
+    assert "no domain 'garden' in the data (domains: books, electronics, kitchen)" in data_error(path, domains=["garden"])
+    result = CliRunner().invoke(cli, ["data", str(path), "--domains", "books,kitchen", "--json"])
+    assert result.exit_code == 0, result.output
+    assert list(json.loads(result.stdout)["domains"]) == ["books", "kitchen"]

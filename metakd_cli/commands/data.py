@@ -28,9 +28,12 @@ def data(path: str, as_json: bool, **kwargs) -> None:
     ]
     totals = ["total"] + [sum(r[i] for r in rows) for i in range(1, len(columns))]
     split = "given splits" if dataset.given_splits else f"seeded split (seed {dataset.split_seed})"
+    if dataset.layout == "mnli":
+        split = f"train file -> train, dev_matched -> test, dev carved from train (seed {dataset.split_seed})"
+    skipped = "".join(f"; {count:,} rows skipped: {reason}" for reason, count in dataset.skipped.items())
     console.print_table(
         f"{dataset.source} — {dataset.layout}, {len(dataset.domains)} domains, "
-        f"{len(dataset.labels)} labels, {summary['total']:,} rows, {split}",
+        f"{len(dataset.labels)} labels, {summary['total']:,} rows, {split}{skipped}",
         columns,
         [*rows, totals],
     )

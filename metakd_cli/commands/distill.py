@@ -8,8 +8,14 @@ import click
 @click.command()
 @click.option("--student", default=None, help="tiny (default: 4 of the teacher's layers) | tinybert4 | a folder or hub id.")
 @click.option("--student-init", default=None, help="For tinybert4: a general-distilled folder or hub id, or `random`.")
-@click.option("--method", default=None, help="meta (default) | tinybert (lambda = 1, no domain term) | kd (logits only).")
+@click.option("--method", default=None,
+              help="meta (default) | tinybert (lambda = 1, no domain term) | kd (logits only) | "
+                   "mtn (logits only, averaged over all single-domain teachers).")
 @click.option("--domain", default=None, help="Distil for one domain only (the paper's setting); default all domains.")
+@click.option("--teacher-domain", default=None, metavar="DOMAIN",
+              help="Single-mode teachers: distil from this domain's teacher [--domain's].")
+@click.option("--train-fraction", type=float, default=None,
+              help="Distil on a seeded, label-stratified fraction of the training rows (data-scarce setting) [1].")
 @click.option("--intermediate-epochs", type=int, default=None, help="Stage 1 (layer-wise) epochs [3].")
 @click.option("--epochs", type=int, default=None, help="Stage 2 (soft labels) epochs [3].")
 @click.option("--temperature", type=float, default=None, help="Soft-label temperature [1].")
@@ -39,10 +45,13 @@ def distill(obj, recipe: str | None, sets: tuple[str, ...], resume: bool, **kwar
     result = run_distill(config.distill, RunDir(obj.run_dir), resume, console.TrainingProgress(), console.log, console.warn)
     m = result.metrics
     domains = [d for d in m["test_accuracy"] if d != "average"] + ["average"]
-    rows = [[d, m["teacher_test_accuracy"].get(d), m["dev_accuracy"].get(d), m["test_accuracy"].get(d)] for d in domains]
+    held_out = m.get("held_out")
+    rows = [[f"{d} (held out)" if d == held_out else d, m["teacher_test_accuracy"].get(d), m["dev_accuracy"].get(d),
+             m["test_accuracy"].get(d)] for d in domains]
+    teacher_column = "teachers' mean test %" if m["method"] == "mtn" else "teacher test %"
     console.print_table(
         f"student ({m['method']}, {m['student']}) in {obj.run_dir}/student — {result.seconds / 60:.1f} min, "
         f"agreement with teacher {m['test_agreement_with_teacher']:.1f}%",
-        ["domain", "teacher test %", "student dev %", "student test %"],
+        ["domain", teacher_column, "student dev %", "student test %"],
         rows,
     )

@@ -1,4 +1,4 @@
-"""`metakd fit DATA`: train the meta-teacher (or the single / mix baselines)."""
+"""`metakd fit DATA`: train the meta-teacher (or the single / mix / mtl baselines)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ from metakd_cli.commands.options import data_options, pop_data_flags
 @click.command()
 @click.argument("data", type=str)
 @click.option("--teacher", default=None, help="Teacher model: all-MiniLM-L6-v2 (offline default), a folder, or a hub id.")
-@click.option("--teacher-mode", default=None, help="meta (default) | mix | single.")
+@click.option("--teacher-mode", default=None,
+              help="meta (default) | mix | mtl (shared encoder, one head per domain) | single (one teacher per domain).")
+@click.option("--hold-out", default=None, metavar="DOMAIN",
+              help="Leave DOMAIN out of teacher training (then `metakd distill --domain DOMAIN`).")
+@click.option("--train-fraction", type=float, default=None,
+              help="Train on a seeded, label-stratified fraction of each domain's rows (data-scarce setting) [1].")
 @click.option("--prototypes", default=None, help="class (the paper, default) | domain (the official code).")
 @click.option("--pooling", default=None, help="Representation for the scores: mean (default) | cls.")
 @click.option("--domain-loss", default=None, help="confusion (official, default) | reversal (DANN) | none.")
@@ -45,7 +50,9 @@ def fit(obj, data: str, recipe: str | None, sets: tuple[str, ...], resume: bool,
     result = run_fit(config.data, config.fit, RunDir(obj.run_dir), resume, console.TrainingProgress(), console.log)
     metrics = result.metrics
     domains = [d for d in metrics["dev_accuracy"] if d != "average"]
-    rows = [[d, metrics["dev_accuracy"][d], metrics["test_accuracy"][d], _t(metrics, d)] for d in domains]
+    held_out = metrics.get("held_out")
+    rows = [[f"{d} (held out)" if d == held_out else d, metrics["dev_accuracy"][d], metrics["test_accuracy"][d],
+             _t(metrics, d)] for d in domains]
     rows.append(["average", metrics["dev_accuracy"]["average"], metrics["test_accuracy"]["average"], None])
     console.print_table(
         f"teacher ({result.mode}) in {obj.run_dir}/teacher — {result.seconds / 60:.1f} min",
