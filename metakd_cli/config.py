@@ -79,6 +79,8 @@ class DistillConfig:
     max_length: int | None = None  # default: the teacher's
     seed: int = 42
     trust_remote_code: bool = False
+    trim_vocab: bool = False  # save the student with only the word pieces its training texts use
+    keep_top: int = 0  # with trim_vocab, also keep this many other pieces (by vocabulary rank)
 
 
 DEFAULT_OPSET = 18  # optimum's minimum recommended opset for BERT; ORT Mobile 1.15+ runs it
@@ -111,6 +113,7 @@ class EvalConfig:
     latency_rows: int = 64  # rows timed one by one (batch 1)
     throughput_batches: int = 8  # batches of `batch_size` timed for throughput
     batch_size: int = 32
+    bucketing: bool = True  # length-sorted, dynamically padded batches (else input order, padded to max_length)
 
 
 @dataclass

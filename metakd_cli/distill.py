@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from metakd_cli.config import DataConfig, DistillConfig, FitConfig, choice
+from metakd_cli.cpu import cpu_info
 from metakd_cli.data import Dataset, Encoded, collate, encode, fraction_indices, load_dataset
 from metakd_cli.errors import UserError
 from metakd_cli.evaluate import batched_logits, per_domain_accuracy, torch_logits
@@ -395,6 +396,7 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
         "lambda": {"mean": float(lam.mean()), "min": float(lam.min()), "max": float(lam.max())},
         "teacher_cache_seconds": cache_seconds,
         "stages": stages,
+        "cpu": cpu_info().to_json(),
         "parameters": {"student": sum(p.numel() for p in student.parameters()),
                        "teacher": teacher_parameters},  # mtn: all teachers together
         "seconds": time.perf_counter() - started,
@@ -402,8 +404,11 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
         "command": " ".join(__import__("sys").argv),
     }
     with atomic_dir(run.student) as tmp:
-        student.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        if cfg.trim_vocab:
+            metrics["trim"] = _save_trimmed(student, tokenizer, dataset, cfg, tmp, max_length)
+        else:
+            student.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
         (tmp / STUDENT_JSON).write_text(json.dumps(
             {"method": cfg.method, "student": how, "domain": cfg.domain, "labels": dataset.labels,
              "domains": dataset.domains, "max_length": max_length, "teacher_mode": info.mode}, indent=2) + "\n")
@@ -414,3 +419,23 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
         clear_checkpoints(run.checkpoints, finished.name)
     metrics["seconds"] = time.perf_counter() - started
     return DistillResult(run_dir=run.path, metrics=metrics, seconds=metrics["seconds"])
+
+
+def _save_trimmed(student, tokenizer, dataset: Dataset, cfg: DistillConfig, out: Path, max_length: int) -> dict:
+    """Save the student with only the word pieces of its training texts (plus --keep-top others),
+    and score the trimmed model on the test rows it was distilled for."""
+    import tempfile
+
+    from metakd_cli.models import load_classifier as load
+    from metakd_cli.vocab import trim_vocabulary
+
+    domains = [cfg.domain] if cfg.domain else None
+    texts = [t for ex in dataset.select("train", domains) for t in (ex.text, ex.text_pair) if t]
+    with tempfile.TemporaryDirectory(dir=out.parent) as full:
+        student.save_pretrained(full, safe_serialization=True)
+        tokenizer.save_pretrained(full)
+        report = trim_vocabulary(Path(full), out, texts, cfg.keep_top)
+    trimmed_tokenizer = load_tokenizer(str(out))
+    test = encode(dataset.select("test", domains), dataset, trimmed_tokenizer, max_length)
+    predictions = torch_logits(load(str(out)), test, trimmed_tokenizer.pad_token_id or 0).argmax(-1)
+    return {**report.to_json(), "test_accuracy_trimmed": per_domain_accuracy(predictions, test, dataset.domains)}

@@ -234,6 +234,7 @@ class EvalResult:
     cpu: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     bucketing: bool = True  # length-sorted, dynamically padded batches (else input order, padded to max_length)
+    held_out: str | None = None  # the domain the teacher never saw (fit --hold-out)
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -294,9 +295,14 @@ def load_forward(artifact: Artifact, folder: Path | None = None) -> Callable[[di
     """Load one model (``folder`` picks a single-mode teacher's domain) as a batch -> logits function."""
     if artifact.kind == "onnx":
         return onnx_forward(onnx_session(artifact.path))
-    from metakd_cli.models import load_classifier
+    from metakd_cli.models import load_classifier, load_domain_classifiers, mtl_forward
 
-    return torch_forward(load_classifier(str(folder or artifact.path)))
+    path = Path(folder or artifact.path)
+    if artifact.name == "teacher" and (path / "metakd.json").is_file():
+        heads = load_domain_classifiers(path)
+        if heads is not None:  # an mtl teacher: each row through its own domain's head
+            return mtl_forward(load_classifier(str(path)), heads)
+    return torch_forward(load_classifier(str(path)))
 
 
 def _time_forward(
@@ -345,7 +351,10 @@ def _model_logits(
         if not rows:
             continue
         if name not in artifact.per_domain:
-            raise UserError(f"{artifact.path}: no teacher for domain '{name}' (expected {artifact.path / name})")
+            raise UserError(
+                f"{artifact.path}: no teacher for domain '{name}' (expected {artifact.path / name}); "
+                "leave it out with --domain or evaluate --model student"
+            )
         forward = load_forward(artifact, artifact.per_domain[name])
         timing_forward = timing_forward or forward
         part = batched_logits(encoded.subset(rows), pad_id, 64, forward, bucketing, artifact.max_length)
@@ -371,7 +380,7 @@ def _per_domain(encoded: Encoded, domains: list[str], score: Callable[[np.ndarra
 
 
 def evaluate_run(
-    cfg: EvalConfig, run, log: Callable[[str], None] = lambda _: None, bucketing: bool = True
+    cfg: EvalConfig, run, log: Callable[[str], None] = lambda _: None
 ) -> EvalResult:
     """Score the run's models on one split: accuracy, macro-F1, agreement, speed, size.
 
@@ -379,6 +388,7 @@ def evaluate_run(
     max_length instead of length-sorted, dynamically padded ones (same predictions, other speed).
     Writes ``metrics/eval.json`` and returns the same numbers.
     """
+    bucketing = cfg.bucketing
     import torch
 
     from metakd_cli.distill import reload_dataset
@@ -446,6 +456,6 @@ def evaluate_run(
             warnings.append(mismatch)
     result = EvalResult(split=cfg.split, domains=domains, rows=len(examples), threads=threads, models=reports,
                         metrics_path=run.metrics / "eval.json", cpu=cpu.to_json(), warnings=warnings,
-                        bucketing=bucketing)
+                        bucketing=bucketing, held_out=run.load().steps["fit"].get("held_out"))
     run.write_metrics("eval", {"step": "eval", **result.to_json(), "config": asdict(cfg)})
     return result

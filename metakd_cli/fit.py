@@ -29,6 +29,7 @@ from torch import nn
 
 from metakd_cli import __version__
 from metakd_cli.config import DataConfig, FitConfig, choice
+from metakd_cli.cpu import cpu_info
 from metakd_cli.data import Dataset, Encoded, collate, encode, fraction_indices, load_dataset
 from metakd_cli.errors import UserError
 from metakd_cli.evaluate import batched_logits, per_domain_accuracy, torch_logits
@@ -387,6 +388,7 @@ def _metrics(cfg: FitConfig, dataset: Dataset, teachers: list[TeacherResult], se
         "t": teachers[0].t_stats,
         "teachers": [asdict(t) for t in teachers],
         "seconds": seconds,
+        "cpu": cpu_info().to_json(),
         "train_examples_per_second": float(np.mean([t.examples_per_second for t in teachers])),
         "seed": cfg.seed,
         "config": asdict(cfg),

@@ -210,3 +210,17 @@ def test_distill_command_line(run):
                                       "--epochs", "1", "--batch-size", "8"])
     assert result.exit_code == 0, result.output
     assert "student test %" in result.stdout
+
+
+def test_trim_vocab_saves_a_smaller_student_that_loads_plainly(run):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    result = distill(small(method="kd", epochs=1, trim_vocab=True), run, log=_quiet, warn=_quiet)
+    trim = result.metrics["trim"]
+    assert trim["vocab_after"] < trim["vocab_before"]
+    assert trim["parameters_after"] < trim["parameters_before"]
+    tokenizer = AutoTokenizer.from_pretrained(run.student)
+    model = AutoModelForSequenceClassification.from_pretrained(run.student)
+    assert model.config.vocab_size == len(tokenizer) == trim["vocab_after"]
+    # the toy texts are all covered: trimming changes no prediction
+    assert trim["test_accuracy_trimmed"] == result.metrics["test_accuracy"]

@@ -254,3 +254,30 @@ def test_bad_fractions_are_user_errors(tiny_model_dir, toy_data, tmp_path):
     for value in (0.0, 1.5):
         with pytest.raises(UserError, match="--train-fraction must be above 0 and at most 1"):
             fit(toy_data, tiny_fit(Path(tiny_model_dir), train_fraction=value), RunDir(tmp_path / "r"), log=_quiet)
+
+
+def test_eval_marks_the_held_out_domain(run):
+    from click.testing import CliRunner
+
+    from metakd_cli.cli import cli
+
+    result = CliRunner().invoke(cli, ["--run-dir", str(run.path), "eval", "--model", "teacher",
+                                      "--domain", HELD_OUT, "--domain", "books"])
+    assert result.exit_code == 0, result.output
+    assert f"{HELD_OUT} (held out) acc %" in result.stdout
+    assert json.loads((run.metrics / "eval.json").read_text())["held_out"] == HELD_OUT
+
+
+def test_eval_scores_an_mtl_teacher_with_each_rows_own_head(tiny_model_dir, toy_data, tmp_path):
+    import numpy as np
+
+    from metakd_cli.config import EvalConfig
+    from metakd_cli.evaluate import evaluate_run
+
+    fitted = fit(toy_data, tiny_fit(Path(tiny_model_dir), teacher_mode="mtl", epochs=2), RunDir(tmp_path / "r"),
+                 log=_quiet)
+    result = evaluate_run(EvalConfig(models=["teacher"], latency_rows=2, throughput_batches=1), RunDir(tmp_path / "r"))
+    report = result.models[0]
+    for domain in DOMAINS:
+        assert report.accuracy[domain] == fitted.metrics["test_accuracy"][domain]
+    assert np.isclose(report.accuracy["average"], fitted.metrics["test_accuracy"]["average"])

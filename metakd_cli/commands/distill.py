@@ -26,6 +26,9 @@ import click
 @click.option("--max-length", type=int, default=None, help="Tokens per example [the teacher's].")
 @click.option("--seed", type=int, default=None, help="Training seed [42].")
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow model code from the hub (off by default).")
+@click.option("--trim-vocab", is_flag=True, default=None,
+              help="Save the student with only the word pieces its training texts use (a much smaller file).")
+@click.option("--keep-top", type=int, default=None, help="With --trim-vocab, also keep N other pieces by rank [0].")
 @click.option("--recipe", type=click.Path(dir_okay=False), default=None, help="YAML recipe; flags override it.")
 @click.option("--set", "sets", multiple=True, help="Override a recipe key: --set distill.temperature=2 (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted distill from its last checkpoint.")

@@ -30,8 +30,9 @@ def eval_(obj, models: tuple[str, ...], domains: tuple[str, ...], split: str, bu
     from metakd_cli.evaluate import evaluate_run
     from metakd_cli.run_dir import RunDir
 
-    config = EvalConfig(models=list(models) or ["all"], domains=list(domains) or None, split=split)
-    result = evaluate_run(config, RunDir(obj.run_dir), console.log, bucketing=bucketing)
+    config = EvalConfig(models=list(models) or ["all"], domains=list(domains) or None, split=split,
+                        bucketing=bucketing)
+    result = evaluate_run(config, RunDir(obj.run_dir), console.log)
     for warning in result.warnings:
         console.warn(warning)
     if as_json:
@@ -47,10 +48,14 @@ def render(result, title: str) -> None:
     reports = result.models
     keys = result.domains + (["average"] if len(result.domains) > 1 else [])
     rows: list[list[object]] = []
+
+    def label(key: str) -> str:
+        return f"{key} (held out)" if key == result.held_out else key
+
     for key in keys:
-        rows.append([f"{key} acc %", *[r.accuracy.get(key) for r in reports]])
+        rows.append([f"{label(key)} acc %", *[r.accuracy.get(key) for r in reports]])
     for key in keys:
-        rows.append([f"{key} macro-F1", *[r.macro_f1.get(key) for r in reports]])
+        rows.append([f"{label(key)} macro-F1", *[r.macro_f1.get(key) for r in reports]])
     rows.append(["agreement w/ teacher %",
                  *[None if r.name == "teacher" or r.agreement is None else r.agreement["all"] for r in reports]])
     rows.append(["latency ms (batch 1)", *[r.latency_ms for r in reports]])
