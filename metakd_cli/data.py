@@ -162,6 +162,17 @@ def _read_text(path: Path) -> str:
     return text
 
 
+def _json_record(path: Path, number: int, line: str) -> dict:
+    """One JSONL line as a mapping, or a user error naming the file, line and column."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{number}:{exc.colno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{path}:{number}: expected a JSON object per line")
+    return record
+
+
 def _records(path: Path, kind: str) -> Iterable[tuple[int, dict]]:
     """(line number, row mapping) for each record of a JSONL / CSV / TSV file."""
     text = _read_text(path)
@@ -169,13 +180,7 @@ def _records(path: Path, kind: str) -> Iterable[tuple[int, dict]]:
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{number}:{exc.colno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path}:{number}: expected a JSON object per line")
-            yield number, record
+            yield number, _json_record(path, number, line)
         return
     delimiter = "\t" if kind == "tsv" else ","
     csv.field_size_limit(MAX_FIELD_CHARS + 1)
@@ -337,13 +342,7 @@ def _mnli_records(path: Path) -> Iterable[tuple[int, dict]]:
     lines = iter(_mnli_lines(path))
     if path.suffix.lower() == ".jsonl":
         for number, line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{number}:{exc.colno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path}:{number}: expected a JSON object per line")
-            yield number, record
+            yield number, _json_record(path, number, line)
         return
     first = next(lines, None)
     if first is None:

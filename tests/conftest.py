@@ -253,3 +253,22 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip("../shared/data/amazon-mds not present: real-data test skipped")
     return path
+
+
+class InterruptAfter:
+    """A progress callback that raises KeyboardInterrupt after ``n`` optimisation steps
+    (an in-process Ctrl-C at a known point; tests/test_reliability.py sends real signals)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def start(self, *args, **kwargs):
+        pass
+
+    def advance(self, steps=1, info=""):
+        self.n -= steps
+        if self.n == 0:
+            raise KeyboardInterrupt
+
+    def stop(self):
+        pass

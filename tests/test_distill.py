@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_toy_dataset
+from conftest import InterruptAfter, write_toy_dataset
 from metakd_cli.cli import cli
 from metakd_cli.config import DataConfig, DistillConfig, FitConfig
 from metakd_cli.distill import distill
@@ -170,29 +170,13 @@ def test_same_seed_same_metrics(run, meta_run, tmp_path):
     assert _without_timings(first) == _without_timings(second)
 
 
-class _InterruptAfter:
-    def __init__(self, n: int):
-        self.n = n
-
-    def start(self, *args, **kwargs):
-        pass
-
-    def advance(self, steps=1, info=""):
-        self.n -= steps
-        if self.n == 0:
-            raise KeyboardInterrupt
-
-    def stop(self):
-        pass
-
-
 def test_interrupted_distill_resumes_to_the_same_metrics(run, meta_run, tmp_path):
     config = small(intermediate_epochs=2)
     reference = distill(config, run, log=_quiet, warn=_quiet).metrics
     other = RunDir(tmp_path / "interrupted")
     shutil.copytree(meta_run, other.path)
     with pytest.raises(KeyboardInterrupt):
-        distill(config, other, progress=_InterruptAfter(6), log=_quiet, warn=_quiet)  # mid stage 1
+        distill(config, other, progress=InterruptAfter(6), log=_quiet, warn=_quiet)  # mid stage 1
     assert not other.student.exists()
     resumed = distill(config, other, resume=True, log=_quiet, warn=_quiet).metrics
     assert _without_timings(resumed) == _without_timings(reference)

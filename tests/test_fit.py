@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import write_toy_dataset
+from conftest import InterruptAfter, write_toy_dataset
 from metakd_cli.cli import cli
 from metakd_cli.config import DataConfig, FitConfig
 from metakd_cli.data import encode, load_dataset
@@ -119,30 +119,12 @@ def test_same_seed_same_metrics(tiny_model_dir, toy_data, tmp_path):
     assert _strip_timings(first.metrics) == _strip_timings(second.metrics)
 
 
-class _InterruptAfter:
-    """A progress callback that raises KeyboardInterrupt after ``n`` optimisation steps."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def start(self, *args, **kwargs):
-        pass
-
-    def advance(self, steps=1, info=""):
-        self.n -= steps
-        if self.n == 0:
-            raise KeyboardInterrupt
-
-    def stop(self):
-        pass
-
-
 def test_interrupted_fit_resumes_to_the_same_metrics(tiny_model_dir, toy_data, tmp_path):
     config = tiny_fit_config(tiny_model_dir, epochs=3)
     reference = fit(toy_data, config, RunDir(tmp_path / "ref"), log=_quiet)
     run = RunDir(tmp_path / "run")
     with pytest.raises(KeyboardInterrupt):
-        fit(toy_data, config, run, progress=_InterruptAfter(13), log=_quiet)  # mid second epoch
+        fit(toy_data, config, run, progress=InterruptAfter(13), log=_quiet)  # mid second epoch
     assert not run.teacher.exists()  # nothing half-written where the manifest would point
     assert (run.checkpoints / "fit-teacher" / "loop.json").is_file()
     resumed = fit(toy_data, config, run, resume=True, log=_quiet)
