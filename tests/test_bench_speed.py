@@ -1,0 +1,71 @@
+"""bench/speed.py: the MAC formula by hand, and a --quick run on the tiny exported run folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from export_fixtures import copy_run, exported_run, one_torch_thread, tiny_run  # noqa: F401
+
+_PATH = Path(__file__).resolve().parent.parent / "bench" / "speed.py"
+_spec = importlib.util.spec_from_file_location("bench_speed", _PATH)
+speed = importlib.util.module_from_spec(_spec)
+sys.modules["bench_speed"] = speed  # dataclasses look their module up while the class is built
+_spec.loader.exec_module(speed)
+
+# Small enough for a few seconds on one busy core: tiny models at seq 32, a 1-layer "BERT-base",
+# a small ceiling MatMul. Only the keys and the bookkeeping are checked, never the speeds.
+QUICK = ["--quick", "--threads", "1", "--seq-len", "32", "--reference-layers", "1", "--ceiling-shape", "256,64,128"]
+
+
+def test_macs_per_example_by_hand():
+    # MiniLM-L6 geometry at L = 128: 6 * (4*384*384*128 + 2*384*1536*128 + 2*128*128*384) + 384*384 + 384*2
+    config = SimpleNamespace(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_labels=2)
+    per_layer = 75_497_472 + 150_994_944 + 12_582_912
+    assert speed.macs_per_example(config, 128) == 6 * per_layer + 147_456 + 768
+
+
+def test_bert_parameters_match_transformers():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                        vocab_size=99, max_position_embeddings=64)
+    model = BertForSequenceClassification(config)
+    assert speed._bert_parameters(config) == sum(p.numel() for p in model.parameters())
+
+
+def test_quick_run_writes_every_model(exported_run: Path, tmp_path: Path, capsys):  # noqa: F811
+    out = tmp_path / "speed.json"
+    assert speed.main(["--run-dir", str(exported_run), *QUICK, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report) == {"setup", "results", "ceiling", "targets"}
+    assert list(report["results"]) == list(speed.MODELS)
+    for name, row in report["results"].items():
+        for key in ("latency_b1_p50_ms", "latency_b1_p90_ms", "throughput_b32", "size_mb", "macs_per_example"):
+            assert row[key] > 0, (name, key)
+        assert ("predict" in row) == (name != "bert-base-torch-fp32")
+    predict = report["results"]["student-onnx-int8"]["predict"]
+    assert predict["bucketed_texts_per_s"] > 0 and predict["padded_texts_per_s"] > 0
+    setup = report["setup"]
+    assert setup["threads"]["torch_intra_op"] == setup["threads"]["onnxruntime_intra_op"] == 1
+    assert setup["cpu"]["model"] and setup["inputs"]["identical_token_ids_for_all_models"]
+    assert setup["seq_len"] == 32 and setup["reference_layers"] == 1
+    ceiling = report["ceiling"]
+    assert ceiling["shape"] == [256, 64, 128] and ceiling["int8_gmacs_per_s"] > 0 and ceiling["fp32_gmacs_per_s"] > 0
+    assert 0 < ceiling["student_int8_share_of_int8_ceiling"]
+    assert len(report["targets"]) == 5 and all(isinstance(t["met"], bool) for t in report["targets"])
+    printed = capsys.readouterr().out
+    assert "student-onnx-int8" in printed and "matmul ceiling" in printed
+
+
+def test_skips_without_the_int8_export(tiny_run: Path, tmp_path: Path, capsys):  # noqa: F811
+    out = tmp_path / "speed.json"
+    assert speed.main(["--run-dir", str(tiny_run), *QUICK, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("skipped:") and "metakd export --int8" in printed
+    assert not out.exists()
