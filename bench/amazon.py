@@ -1,0 +1,557 @@
+"""The paper's Amazon table on one machine, with several student seeds and a paired test.
+
+    python bench/amazon.py [--seeds 1 2 3] [--intermediate-epochs 2] [--epochs 3]
+                           [--domains books dvd electronics kitchen] [--systems ...]
+                           [--resamples 10000] [--resume] [--dry-run]
+
+Quote system names in the shell: --systems 'meta->meta' 'meta->tinybert' (an unquoted `>`
+redirects).
+
+Systems (test accuracy per domain, %):
+
+    teacher-mix       the mix teacher            bench/runs/teacher-mix
+    teacher-meta      the meta-teacher           bench/runs/teacher-meta-confusion
+    mix->tinybert     mix teacher -> TinyBERT-KD student, one per domain
+    meta->tinybert    meta-teacher -> TinyBERT-KD student, one per domain
+    meta->meta        meta-teacher -> Meta-KD student, one per domain
+    meta->meta-int8   each meta->meta student exported to ONNX dynamic int8 (the gate is off,
+                      --max-drop 100; the dev drop is recorded)
+    meta->meta-all    one all-domain meta-teacher -> Meta-KD student per seed (an extra row)
+
+As in the paper, a student is distilled on one domain's rows (`distill --domain D`) and scored
+on D's test rows: four students cost what one all-domain student costs. The teachers are the
+runs bench/teachers.py makes (`fit --epochs 2 --lr 5e-5 --max-length 128 --seed 42`); they are
+reused when their metrics/fit.json exists and fitted here otherwise (do not run this while
+bench/teachers.py is fitting the same teacher). Each student is a fresh run folder,
+bench/runs/amazon/<system>/<domain>-s<seed>/, holding the teacher's teacher/ (hard links,
+read only by distill) and manifest.json, in which `metakd distill` runs.
+
+Every model is also scored here, row by row, on its domains' test rows (same rows for every
+system: one data fingerprint, one split seed), and the 0/1 correctness is kept in
+bench/results/amazon_predictions.json, so that paired tests can be recomputed: A vs B by a
+paired bootstrap over test rows (stratified by domain, on each row's correctness averaged over
+seeds) and exact McNemar per seed (bench/stats.py gives the definitions).
+
+Writes bench/results/amazon.json after every finished run (an interrupted bench keeps what it
+measured; --resume then skips what is done):
+
+    {"setup": {...},
+     "results": {"<system>": {"books": .., "dvd": .., "electronics": .., "kitchen": ..,
+                              "average": .., "std": .., "std_per_domain": {..}, "seeds": [..],
+                              "minutes": {"<step>": mean minutes per run}}},
+     "tests": {"meta->meta vs meta->tinybert": {"diff": .., "p_value": .., "ci95": [..], ..}},
+     "runs": {"<system>": {"<domain or all>": {"<seed>": {...}}}},
+     "paper": {...}}
+
+Per-domain values are means over seeds, "average" their mean, "std" the sample standard
+deviation over seeds of each seed's average (null with one seed). Not part of CI: hours on a
+2-core CPU. Skips with a reason when ../shared/data/amazon-mds is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))  # bench/stats.py (bench/ is not a package)
+
+DATA = ROOT.parent / "shared" / "data" / "amazon-mds"
+RUNS = ROOT / "bench" / "runs"
+STUDENT_RUNS = RUNS / "amazon"
+OUT = ROOT / "bench" / "results" / "amazon.json"
+PREDICTIONS = ROOT / "bench" / "results" / "amazon_predictions.json"
+DOMAINS = ["books", "dvd", "electronics", "kitchen"]
+PAPER_COLUMNS = ["books", "dvd", "electronics", "kitchen", "average"]
+TEACHER_FIT = ["--epochs", "2", "--lr", "5e-5", "--max-length", "128", "--seed", "42"]  # as bench/teachers.py
+TEACHERS = {  # system -> (run folder under bench/runs, fit flags)
+    "teacher-mix": ("teacher-mix", ["--teacher-mode", "mix"]),
+    "teacher-meta": ("teacher-meta-confusion", ["--teacher-mode", "meta", "--domain-loss", "confusion"]),
+}
+STUDENTS = {  # system -> (teacher system, --method, one student per domain?)
+    "mix->tinybert": ("teacher-mix", "tinybert", True),
+    "meta->tinybert": ("teacher-meta", "tinybert", True),
+    "meta->meta": ("teacher-meta", "meta", True),
+    "meta->meta-all": ("teacher-meta", "meta", False),
+}
+INT8 = "meta->meta-int8"  # exported from meta->meta's run folders
+SYSTEMS = ["teacher-mix", "teacher-meta", "mix->tinybert", "meta->tinybert", "meta->meta", INT8, "meta->meta-all"]
+TESTS = [  # (A, B): A - B
+    ("meta->meta", "meta->tinybert"),
+    ("meta->tinybert", "mix->tinybert"),
+    ("teacher-meta", "teacher-mix"),
+    (INT8, "meta->meta"),
+    ("meta->meta-all", "meta->meta"),
+]
+PAPER = {  # DESIGN.md "Reference figures": the authors' slides, BERT-base teacher, TinyBERT-4 student
+    "teacher-mix": ("BERT-mix", [89.9, 85.9, 90.1, 92.1, 89.5]),
+    "teacher-meta": ("Meta-teacher", [92.5, 87.0, 91.1, 89.2, 89.9]),
+    "mix->tinybert": ("mix -> TinyBERT-KD", [88.4, 81.6, 89.7, 89.7, 87.3]),
+    "meta->tinybert": ("Meta-teacher -> TinyBERT-KD", [89.9, 84.3, 87.3, 91.6, 88.3]),
+    "meta->meta": ("Meta-teacher -> Meta-distillation", [91.5, 86.5, 90.1, 89.7, 89.4]),
+}
+
+
+def _slug(name: str) -> str:
+    return name.replace("->", "-to-").replace(">", "").replace("/", "-")
+
+
+def _mtime(path: Path) -> str:
+    """A stamp of a file's version: predictions made from an older file are redone."""
+    return f"{path.name}@{path.stat().st_mtime_ns}"
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)  # distill only reads teacher/; fit replaces folders whole, never files in place
+    except OSError:
+        shutil.copy2(source, target)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.domains: list[str] = args.domains
+        self.datasets: dict[str, object] = {}  # data fingerprint -> Dataset, loaded once
+        self.setup = {
+            "data": str(DATA), "teacher_fit": " ".join(TEACHER_FIT) + " (as bench/teachers.py)",
+            "student": "tiny (4 of the teacher's layers)",
+            "distill": {"intermediate_epochs": args.intermediate_epochs, "epochs": args.epochs, "batch_size": 32},
+            "seeds": args.seeds, "domains": self.domains,
+            "students": "one per domain (distill --domain D), scored on D's test rows; meta->meta-all: one "
+                        "all-domain student per seed, scored per domain",
+            "int8": "metakd export --int8 --max-drop 100 (target auto) of each meta->meta student",
+            "split": "seeded 80/10/10 per domain and label (split seed 42)", "metric": "test accuracy %",
+            "std": "sample standard deviation over seeds of each seed's average",
+            "tests": f"paired bootstrap over test rows ({args.resamples} resamples, stratified by domain, seed-"
+                     "averaged correctness) and exact McNemar per seed; bench/stats.py",
+        }
+        self.teachers: dict[str, dict] = {}  # system -> the fit settings its run recorded
+        self.runs: dict = {}
+        self.correct: dict = {}
+        self.rows_setup: dict = {}
+        if OUT.is_file() and not args.dry_run:
+            old = json.loads(OUT.read_text())
+            if old.get("setup", {}).get("distill") == self.setup["distill"]:
+                self.runs = old.get("runs", {})
+            else:
+                print(f"note: {OUT} was made with other distill settings; its runs are not kept", flush=True)
+            if PREDICTIONS.is_file() and self.runs:
+                kept = json.loads(PREDICTIONS.read_text())
+                self.correct, self.rows_setup = kept.get("correct", {}), kept.get("setup", {})
+
+    # ------------------------------------------------------------------ commands
+
+    def metakd(self, run_dir: Path, *args: str, check: bool = True) -> tuple[int, float]:
+        """Run one metakd command; (exit status, wall seconds). Prints it; runs nothing with --dry-run."""
+        command = [sys.executable, "-m", "metakd_cli", "--quiet", "--run-dir", str(run_dir), *args]
+        print("$ metakd " + " ".join(command[3:]), flush=True)
+        if self.args.dry_run:
+            return 0, 0.0
+        started = time.time()
+        status = subprocess.run(command, check=check, stdout=subprocess.DEVNULL).returncode
+        return status, time.time() - started
+
+    def teacher(self, system: str) -> Path | None:
+        """The teacher's run folder, fitted when its fit metrics are missing (None: dry run, not there yet)."""
+        name, flags = TEACHERS[system]
+        run_dir = RUNS / name
+        if (run_dir / "metrics" / "fit.json").is_file() and (run_dir / "teacher").is_dir():
+            config = json.loads((run_dir / "metrics" / "fit.json").read_text())["config"]
+            wanted = {"epochs": 2, "lr": 5e-5, "max_length": 128, "seed": 42}
+            differs = {k: config.get(k) for k, v in wanted.items() if config.get(k) != v}
+            if differs and system not in self.teachers:
+                print(f"note: {run_dir} was fitted with {differs}, not bench/teachers.py's settings", flush=True)
+            self.teachers[system] = {k: config.get(k) for k in ("teacher", "teacher_mode", "domain_loss", *wanted)}
+            return run_dir
+        busy = _fitting(run_dir)
+        if busy is not None:
+            message = f"{run_dir}: process {busy} is fitting this teacher now; wait for it to finish"
+            if not self.args.dry_run:
+                raise SystemExit(message)
+            print(f"# note: {message}")
+        resume = ["--resume"] if (run_dir / "checkpoints").is_dir() else []
+        self.metakd(run_dir, "fit", str(DATA), *flags, *TEACHER_FIT, *resume)
+        if self.args.dry_run:
+            return None
+        if not (run_dir / "metrics" / "fit.json").is_file():
+            raise SystemExit(f"{run_dir}: the fit finished without metrics/fit.json")
+        return self.teacher(system)  # records its settings
+
+    def teacher_row(self, system: str) -> None:
+        run_dir = self.teacher(system)
+        if run_dir is None or self.args.dry_run:
+            if run_dir is not None:
+                print(f"# {system}: reuse {run_dir.relative_to(ROOT)}; score teacher/ on the test rows (in-process)")
+            return
+        metrics = json.loads((run_dir / "metrics" / "fit.json").read_text())
+        seed = str(metrics["seed"])
+        self.runs.setdefault(system, {})["all"] = {seed: {
+            "accuracy": {d: metrics["test_accuracy"][d] for d in self.domains},
+            "minutes": {"fit": metrics["seconds"] / 60},
+            "run_dir": str(run_dir.relative_to(ROOT)),
+            "config": self.teachers[system],
+        }}
+        correct = self.score(system, "all", seed, run_dir, "teacher", self.domains, run_dir / "metrics" / "fit.json")
+        _check_rescored(self.runs[system]["all"][seed], correct)
+        self.save()
+
+    def _finished(self, run_dir: Path, teacher_run: Path, method: str, domain: str | None, seed: int) -> bool:
+        """A student run that matches these settings and the teacher's current fit."""
+        metrics_path = run_dir / "metrics" / "distill.json"
+        if not (metrics_path.is_file() and (run_dir / "student" / "config.json").is_file()):
+            return False
+        config = json.loads(metrics_path.read_text()).get("config", {})
+        wanted = {"method": method, "domain": domain, "seed": seed,
+                  "intermediate_epochs": self.args.intermediate_epochs, "epochs": self.args.epochs}
+        if any(config.get(k) != v for k, v in wanted.items()):
+            return False
+        fitted = [json.loads((r / "manifest.json").read_text()).get("steps", {}).get("fit", {}).get("finished")
+                  for r in (run_dir, teacher_run)]
+        return fitted[0] is not None and fitted[0] == fitted[1]
+
+    def student(self, system: str, domain: str | None, seed: int, reuse: bool = False) -> None:
+        """Distil one student in a fresh run folder (or reuse a finished one with --resume / ``reuse``), read its
+        metrics and score it row by row."""
+        teacher_system, method, _ = STUDENTS[system]
+        teacher_run = RUNS / TEACHERS[teacher_system][0]
+        key = domain or "all"
+        run_dir = STUDENT_RUNS / _slug(system) / f"{key}-s{seed}"
+        flags = ["--method", method, *(["--domain", domain] if domain else []), "--seed", str(seed),
+                 "--intermediate-epochs", str(self.args.intermediate_epochs), "--epochs", str(self.args.epochs)]
+        previous = self.runs.get(system, {}).get(key, {}).get(str(seed), {})
+        if (self.args.resume or reuse) and self._finished(run_dir, teacher_run, method, domain, seed):
+            print(f"# {system} {key} seed {seed}: done in {run_dir.relative_to(ROOT)}", flush=True)
+            if self.args.dry_run:
+                return
+            process_minutes = previous.get("process_minutes")  # measured when it ran, if by this bench
+        else:
+            if self.args.dry_run:
+                print(f"# fresh {run_dir.relative_to(ROOT)} <- {teacher_run.relative_to(ROOT)}/teacher, manifest.json")
+            else:
+                if not (teacher_run / "teacher").is_dir():
+                    raise SystemExit(f"{teacher_run}/teacher missing: the teacher fit did not finish")
+                shutil.rmtree(run_dir, ignore_errors=True)
+                run_dir.mkdir(parents=True)
+                shutil.copytree(teacher_run / "teacher", run_dir / "teacher", copy_function=_link_or_copy)
+                shutil.copy(teacher_run / "manifest.json", run_dir / "manifest.json")
+            _, process_seconds = self.metakd(run_dir, "distill", *flags)
+            if self.args.dry_run:
+                return
+            process_minutes = process_seconds / 60
+        metrics_path = run_dir / "metrics" / "distill.json"
+        metrics = json.loads(metrics_path.read_text())
+        scored = [domain] if domain else self.domains
+        self.runs.setdefault(system, {}).setdefault(key, {})[str(seed)] = {
+            "accuracy": {d: metrics["test_accuracy"][d] for d in scored},
+            "teacher_accuracy": {d: metrics["teacher_test_accuracy"][d] for d in scored},
+            "agreement_with_teacher": metrics["test_agreement_with_teacher"],
+            "lambda_mean": metrics["lambda"]["mean"],
+            "minutes": {"distill": metrics["seconds"] / 60},
+            "process_minutes": process_minutes,
+            "stage_minutes": {k: v["seconds"] / 60 for k, v in metrics["stages"].items()},
+            "teacher_cache_minutes": metrics["teacher_cache_seconds"] / 60,
+            "train_rows": metrics["train_rows"],
+            "run_dir": str(run_dir.relative_to(ROOT)),
+            "command": "metakd distill " + " ".join(flags),
+        }
+        correct = self.score(system, key, str(seed), run_dir, "student", scored, metrics_path)
+        _check_rescored(self.runs[system][key][str(seed)], correct)
+        self.save()
+
+    def int8(self, domain: str, seed: int) -> None:
+        run_dir = STUDENT_RUNS / _slug("meta->meta") / f"{domain}-s{seed}"
+        metrics_path = run_dir / "metrics" / "export.json"
+        distilled = run_dir / "metrics" / "distill.json"
+        if not self.args.dry_run and not distilled.is_file():
+            print(f"skipped {INT8} {domain} seed {seed}: no meta->meta student in {run_dir}", flush=True)
+            return
+        done = (self.args.resume and metrics_path.is_file() and distilled.is_file()
+                and (run_dir / "onnx" / "model_quantized.onnx").is_file()
+                and metrics_path.stat().st_mtime_ns >= distilled.stat().st_mtime_ns)
+        previous = self.runs.get(INT8, {}).get(domain, {}).get(str(seed), {})
+        if done:
+            print(f"# {INT8} {domain} seed {seed}: done in {run_dir.relative_to(ROOT)}/onnx", flush=True)
+            if self.args.dry_run:
+                return
+            status, process_minutes = 0, previous.get("process_minutes")
+        else:
+            status, process_seconds = self.metakd(run_dir, "export", "--int8", "--max-drop", "100", check=False)
+            process_minutes = process_seconds / 60
+        if self.args.dry_run:
+            return
+        folder = run_dir / ("onnx" if status == 0 else "onnx.failed")  # another check failed: score it anyway
+        export = json.loads((folder / "metakd_export.json").read_text())
+        model = folder / "model_quantized.onnx"
+        if not model.is_file():
+            print(f"skipped {INT8} {domain} seed {seed}: export failed ({'; '.join(export.get('failures', []))})")
+            return
+        correct = self.score(INT8, domain, str(seed), run_dir, "int8", [domain], model, folder=folder)
+        check = export["int8_check"]
+        self.runs.setdefault(INT8, {}).setdefault(domain, {})[str(seed)] = {
+            "accuracy": {domain: 100.0 * sum(correct[domain]) / len(correct[domain])},
+            "dev_drop": check["drop"], "attempt": check["attempt"], "target": export["target"],
+            "size_mb": export["size_mb"], "export_failures": export.get("failures", []),
+            "minutes": {"export": export["seconds"] / 60,
+                        "score": (self.correct[INT8][domain][str(seed)].get("seconds") or 0.0) / 60},
+            "process_minutes": process_minutes,
+            "run_dir": str(folder.relative_to(ROOT)),
+            "command": "metakd export --int8 --max-drop 100",
+        }
+        self.save()
+
+    # ------------------------------------------------------------------ row-by-row scores
+
+    def _dataset(self, run):
+        """The run's dataset, loaded once per data fingerprint; the test rows must be everyone's."""
+        from metakd_cli.distill import reload_dataset
+
+        data = run.load().data
+        key = data["fingerprint"]
+        if key not in self.datasets:
+            self.datasets[key] = reload_dataset(run)[1]
+        rows = {"data_fingerprint": key, "split_seed": data["config"].get("split_seed")}
+        if self.rows_setup and {k: self.rows_setup.get(k) for k in rows} != rows:
+            raise SystemExit(f"{run.path}: other data or split than the earlier runs ({rows} vs "
+                             f"{self.rows_setup}); paired tests need the same test rows: start over without --resume")
+        self.rows_setup.update(rows)
+        return self.datasets[key]
+
+    def score(
+        self, system: str, key: str, seed: str, run_dir: Path, model: str, domains: list[str], source: Path,
+        folder: Path | None = None,
+    ) -> dict[str, list[int]]:
+        """0/1 correctness of one model on each domain's test rows (in the dataset's order), kept with a stamp of
+        ``source`` so that a re-made model is re-scored. ``folder`` holds an int8 model outside onnx/."""
+        stamp = _mtime(source)
+        kept = self.correct.get(system, {}).get(key, {}).get(seed)
+        if kept and kept.get("stamp") == stamp and all(d in kept["domains"] for d in domains):
+            return kept["domains"]
+        import numpy as np
+
+        started = time.time()
+        from metakd_cli.data import encode
+        from metakd_cli.evaluate import INT8_FILE, Artifact, batched_logits, load_forward, run_artifacts
+        from metakd_cli.models import load_tokenizer
+        from metakd_cli.run_dir import RunDir
+
+        run = RunDir(run_dir)
+        dataset = self._dataset(run)
+        if folder is not None:  # onnx/ or onnx.failed/
+            max_length = json.loads((folder / "metakd_export.json").read_text())["max_length"]
+            artifact = Artifact(model, "onnx", folder / INT8_FILE, folder, int(max_length))
+        else:
+            artifact = run_artifacts(run).get(model)
+        if artifact is None:
+            raise SystemExit(f"{run_dir}: no {model} model to score")
+        tokenizer = load_tokenizer(str(artifact.tokenizer_dir))
+        pad_id = tokenizer.pad_token_id or 0
+        forward = load_forward(artifact)
+        correct: dict[str, list[int]] = {}
+        for domain in domains:
+            encoded = encode(dataset.select("test", [domain]), dataset, tokenizer, artifact.max_length)
+            predictions = batched_logits(encoded, pad_id, 64, forward).argmax(-1)
+            correct[domain] = (predictions == np.asarray(encoded.labels)).astype(int).tolist()
+            self.rows_setup.setdefault("rows", {})[domain] = len(correct[domain])
+        self.correct.setdefault(system, {}).setdefault(key, {})[seed] = {
+            "stamp": stamp, "seconds": round(time.time() - started, 2), "domains": correct}
+        return correct
+
+    # ------------------------------------------------------------------ results
+
+    def per_seed(self, system: str) -> dict[str, dict[str, float]]:
+        """{seed: {domain: accuracy}} over the requested seeds (a teacher's own seed) and domains."""
+        out: dict[str, dict[str, float]] = {}
+        for key, seeds in self.runs.get(system, {}).items():
+            for seed, record in seeds.items():
+                if system not in TEACHERS and int(seed) not in self.args.seeds:
+                    continue
+                for domain, value in record["accuracy"].items():
+                    if domain in self.domains and (key == "all" or key == domain):
+                        out.setdefault(seed, {})[domain] = value
+        return out
+
+    def correctness(self, system: str) -> dict[str, list[int]]:
+        """{seed: 0/1 per test row, the domains concatenated in order}, for seeds complete on every domain."""
+        out = {}
+        for seed in sorted({s for runs in self.correct.get(system, {}).values() for s in runs}):
+            if system not in TEACHERS and int(seed) not in self.args.seeds:
+                continue
+            rows = []
+            for domain in self.domains:
+                kept = self.correct[system].get(domain, {}).get(seed) or self.correct[system].get("all", {}).get(seed)
+                if not kept or domain not in kept["domains"]:
+                    break
+                rows += kept["domains"][domain]
+            else:
+                out[seed] = rows
+        return out
+
+    def results(self) -> dict:
+        import numpy as np
+
+        table = {}
+        for system in SYSTEMS:
+            seeds = self.per_seed(system)
+            if not seeds:
+                continue
+            row: dict = {}
+            for domain in self.domains:
+                values = [accuracy[domain] for accuracy in seeds.values() if domain in accuracy]
+                row[domain] = round(float(np.mean(values)), 2) if values else None
+            complete = [a for a in seeds.values() if all(d in a for d in self.domains)]
+            averages = [float(np.mean([a[d] for d in self.domains])) for a in complete]
+            row["average"] = round(float(np.mean(averages)), 2) if averages else None
+            row["std"] = round(float(np.std(averages, ddof=1)), 2) if len(averages) > 1 else None
+            row["std_per_domain"] = {
+                d: round(float(np.std(v, ddof=1)), 2) if len(v) > 1 else None
+                for d in self.domains for v in [[a[d] for a in seeds.values() if d in a]]
+            }
+            row["seeds"] = sorted(int(s) for s in seeds)
+            row["complete_seeds"] = len(averages)
+            records = [record for key, runs in self.runs[system].items() if key == "all" or key in self.domains
+                       for seed, record in runs.items() if seed in seeds]
+            minutes: dict[str, list[float]] = {}
+            for record in records:
+                for step, value in record["minutes"].items():
+                    minutes.setdefault(step, []).append(value)
+            row["minutes"] = {step: round(float(np.mean(v)), 2) for step, v in minutes.items()}
+            row["runs"] = max(len(v) for v in minutes.values())
+            if system == INT8:
+                row["dev_drop_vs_fp32"] = round(float(np.mean([r["dev_drop"] for r in records])), 2)
+            table[system] = row
+        return table
+
+    def tests(self) -> dict:
+        from stats import compare
+
+        strata = [d for d in self.domains for _ in range(self.rows_setup.get("rows", {}).get(d, 0))]
+        out = {}
+        for a, b in TESTS:
+            a_runs, b_runs = self.correctness(a), self.correctness(b)
+            if a_runs and b_runs:
+                out[f"{a} vs {b}"] = compare(a_runs, b_runs, strata, self.args.resamples, seed=0)
+        return out
+
+    def save(self) -> None:
+        from metakd_cli.run_dir import atomic_write_json, atomic_write_text
+
+        paper = {"source": "DESIGN.md Reference figures: the authors' slides, BERT-base teacher, TinyBERT-4 student",
+                 "results": {s: {"name": n, **dict(zip(PAPER_COLUMNS, v))} for s, (n, v) in PAPER.items()}}
+        setup = {**self.setup, "teachers": self.teachers}  # the fit settings the teacher runs recorded
+        atomic_write_json(OUT, {"setup": setup, "results": self.results(), "tests": self.tests(),
+                                "runs": self.runs, "paper": paper})
+        rows = {**self.rows_setup, "order": "per domain, the test rows of dataset.select('test', [domain]) in order",
+                 "value": "1 = the model predicts the gold label"}
+        atomic_write_text(PREDICTIONS, json.dumps({"setup": rows, "correct": self.correct},
+                                                  separators=(",", ":")) + "\n")
+
+    def print_table(self) -> None:
+        results = json.loads(OUT.read_text()) if OUT.is_file() else {"results": {}, "tests": {}}
+        columns = [*self.domains, "average"]
+        models = sorted({str(c.get("teacher")) for c in results.get("setup", {}).get("teachers", {}).values()})
+        print(f"\nours: teacher {', '.join(models) or '?'}, tiny student; test accuracy %, mean±std over seeds")
+        print(f"{'system':18}" + "".join(f"{c:>13}" for c in columns) + f"{'seeds':>7}{'min/run':>9}")
+        for system, row in results["results"].items():
+            cells = []
+            for column in columns:
+                spread = row["std"] if column == "average" else row["std_per_domain"].get(column)
+                cells.append(_cell(row.get(column), spread))
+            step_minutes = sum(row["minutes"].values())
+            print(f"{system:18}" + "".join(f"{c:>13}" for c in cells) + f"{len(row['seeds']):>7}{step_minutes:>9.1f}")
+        print("\npaper (authors' slides: BERT-base teacher, TinyBERT-4 student; their split)")
+        print(f"{'system':18}" + "".join(f"{c:>13}" for c in PAPER_COLUMNS) + "   paper's row")
+        for system, (name, values) in PAPER.items():
+            print(f"{system:18}" + "".join(f"{v:>13.1f}" for v in values) + f"   {name}")
+        print("\npaired tests (A - B, points; bootstrap over test rows of the seed-averaged correctness)")
+        for name, test in results["tests"].items():
+            mcnemar = ", ".join(f"s{s} {m['p_value']:.3f} ({m['a_only']}/{m['b_only']})"
+                                for s, m in test["mcnemar_exact_per_seed"].items())
+            print(f"{name:34} diff {test['diff']:+.2f}  95% CI [{test['ci95'][0]:+.2f}, {test['ci95'][1]:+.2f}]"
+                  f"  p {test['p_value']:.3f}  McNemar p per seed (A-only/B-only rows): {mcnemar}")
+
+
+def _check_rescored(record: dict, correct: dict[str, list[int]]) -> None:
+    """The row-by-row scores (reloaded model) should give the accuracy the step itself reported."""
+    rescored = {d: 100.0 * sum(v) / len(v) for d, v in correct.items() if v}
+    if any(abs(rescored[d] - record["accuracy"][d]) > 1e-6 for d in rescored):
+        record["rescored_accuracy"] = rescored
+        print(f"warning: {record['run_dir']}: reloaded model scores {rescored}, the step reported "
+              f"{record['accuracy']} (the paired tests use the reloaded model's rows)", flush=True)
+
+
+def _fitting(run_dir: Path) -> int | None:
+    """The id of a live process running `metakd ... --run-dir RUN_DIR ... fit` (Linux /proc), else None."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if "fit" not in argv:
+                continue
+            cwd = Path(os.readlink(entry / "cwd"))  # where the process's relative paths start
+        except OSError:
+            continue
+        if any(a == "--run-dir" and i + 1 < len(argv) and (cwd / argv[i + 1]).resolve() == run_dir.resolve()
+               for i, a in enumerate(argv)):
+            return int(entry.name)
+    return None
+
+
+def _cell(value, spread) -> str:
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:.1f}" if spread is None else f"{value:.1f}±{spread:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="Student seeds [1 2 3].")
+    parser.add_argument("--domains", nargs="+", default=DOMAINS, choices=DOMAINS)
+    parser.add_argument("--intermediate-epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3, help="Stage 2 (soft labels) epochs [3].")
+    parser.add_argument("--resamples", type=int, default=10_000, help="Bootstrap resamples [10000].")
+    parser.add_argument("--resume", action="store_true",
+                        help="Skip a (system, domain, seed) whose run folder already holds matching metrics.")
+    parser.add_argument("--dry-run", action="store_true", help="Print the metakd commands; run and write nothing.")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        print(f"skipped: {DATA} not present (the Amazon multi-domain data is not on this machine)")
+        return
+    bench = Bench(args)
+    for system in TEACHERS:
+        if system in args.systems:
+            bench.teacher_row(system)
+        elif any(STUDENTS[s][0] == system for s in args.systems if s in STUDENTS) or (
+                INT8 in args.systems and system == "teacher-meta"):
+            bench.teacher(system)
+    for seed in args.seeds:  # seed outermost: an interrupted bench has every system's first seeds
+        for system in SYSTEMS:
+            if system not in args.systems or system in TEACHERS:
+                continue
+            if system == INT8:
+                for domain in args.domains:
+                    if "meta->meta" not in args.systems:  # the students it exports: reused when finished
+                        bench.student("meta->meta", domain, seed, reuse=True)
+                    bench.int8(domain, seed)
+            elif STUDENTS[system][2]:
+                for domain in args.domains:
+                    bench.student(system, domain, seed)
+            else:
+                bench.student(system, None, seed)
+    if not args.dry_run:
+        bench.print_table()
+
+
+if __name__ == "__main__":
+    main()
