@@ -705,3 +705,18 @@ def test_domains_filter_keeps_the_named_domains_before_splitting(tmp_path):
     result = CliRunner().invoke(cli, ["data", str(path), "--domains", "books,kitchen", "--json"])
     assert result.exit_code == 0, result.output
     assert list(json.loads(result.stdout)["domains"]) == ["books", "kitchen"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_huge_line_is_a_user_error_naming_the_line(tmp_path, suffix):
+    from metakd_cli.data import MAX_FIELD_CHARS
+
+    huge = "word " * (MAX_FIELD_CHARS // 5 + 10)
+    path = tmp_path / f"data{suffix}"
+    if suffix == ".jsonl":
+        lines = [json.dumps({"text": "fine", "label": "a", "domain": "x"}), json.dumps({"text": huge, "label": "b", "domain": "x"})]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    else:
+        path.write_text(f"text,label,domain\nfine,a,x\n{huge},b,x\n", encoding="utf-8")
+    with pytest.raises(UserError, match=rf"data{suffix}:(2|3)\b.*(characters long|malformed|field larger)"):
+        load_dataset(DataConfig(path=str(path)))

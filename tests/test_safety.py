@@ -1,0 +1,51 @@
+"""Safety: artifacts are safetensors, bad input writes nothing, remote code stays off by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from conftest import write_toy_dataset
+from metakd_cli.cli import cli
+from metakd_cli.config import DistillConfig, FitConfig
+
+
+def test_remote_code_is_off_unless_asked():
+    assert FitConfig().trust_remote_code is False
+    assert DistillConfig().trust_remote_code is False
+
+
+def test_fit_and_distill_write_no_pickle(tiny_model_dir, tmp_path):
+    data = write_toy_dataset(tmp_path, "jsonl")
+    run = tmp_path / "run"
+    common = ["--quiet", "--run-dir", str(run)]
+    fit = CliRunner().invoke(cli, [*common, "fit", str(data), "--teacher", str(tiny_model_dir), "--epochs", "1",
+                                   "--batch-size", "16", "--max-length", "16"])
+    assert fit.exit_code == 0, fit.output
+    distill = CliRunner().invoke(cli, [*common, "distill", "--method", "kd", "--epochs", "1", "--batch-size", "16"])
+    assert distill.exit_code == 0, distill.output
+    for folder in ("teacher", "student"):
+        files = {p.suffix for p in (run / folder).rglob("*") if p.is_file()}
+        assert ".safetensors" in files
+        assert not files & {".bin", ".pt", ".pth", ".pkl", ".ckpt"}, files
+
+
+def test_bad_data_writes_nothing(tiny_model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok", "label": "a", "domain": "x"}\n{"text": "ok", "label": \n', encoding="utf-8")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["--run-dir", str(run), "fit", str(bad), "--teacher", str(tiny_model_dir)])
+    assert result.exit_code == 2
+    assert "bad.jsonl:2:" in result.output and "Traceback" not in result.output
+    assert not run.exists()
+
+
+def test_a_teacher_path_that_is_not_a_model(tmp_path):
+    data = write_toy_dataset(tmp_path, "jsonl")
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    result = CliRunner().invoke(cli, ["--run-dir", str(tmp_path / "run"), "fit", str(data), "--teacher", str(empty)])
+    assert result.exit_code == 2
+    assert f"{empty}: not a model folder" in result.output
+    assert not (tmp_path / "run").exists()
