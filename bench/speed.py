@@ -59,7 +59,7 @@ from metakd_cli.cpu import cpu_info, int8_target, target_mismatch  # noqa: E402
 from metakd_cli.data import Encoded, encode  # noqa: E402
 from metakd_cli.errors import UserError  # noqa: E402
 from metakd_cli.evaluate import (  # noqa: E402
-    EXPORT_JSON, INT8_FILE, ONNX_FILE, batched_logits, exported_target, onnx_forward, run_artifacts,
+    EXPORT_JSON, INT8_FILE, ONNX_FILE, batched_logits, exported_target, onnx_files, onnx_forward, run_artifacts,
     size_mb, torch_forward, weights_size_mb,
 )
 from metakd_cli.run_dir import RunDir, atomic_write_json  # noqa: E402
@@ -220,7 +220,7 @@ def find_models(run: RunDir, threads: int, teacher_onnx: Path | None, scratch: P
         Model("teacher-torch-fp32", torch_loader(teacher_dir), teacher_dir, teacher.max_length, teacher_config,
               weights_size_mb(teacher_dir), "safetensors weights"),
         Model("teacher-onnx-fp32", onnx_loader(teacher_onnx), teacher_dir, teacher.max_length, teacher_config,
-              size_mb(*_onnx_files(teacher_onnx)), "model.onnx (+ external data)"),
+              size_mb(*onnx_files(teacher_onnx)), "model.onnx (+ external data)"),
         reference_model(teacher_dir, reference_layers),
         Model("student-torch-fp32", torch_loader(student.path), student.path, student.max_length, student_config,
               weights_size_mb(student.path), "safetensors weights"),
@@ -230,10 +230,6 @@ def find_models(run: RunDir, threads: int, teacher_onnx: Path | None, scratch: P
               student_config, found["int8"].size_mb, INT8_FILE),
     ]
     return models, notes
-
-
-def _onnx_files(path: Path) -> list[Path]:
-    return [p for p in (path, path.with_name(path.name + "_data"), path.with_suffix(".onnx_data")) if p.is_file()]
 
 
 def export_teacher_onnx(teacher_dir: Path, out: Path) -> Path:

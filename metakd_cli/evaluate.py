@@ -207,7 +207,7 @@ class Artifact:
 
     @property
     def size_mb(self) -> float:
-        return weights_size_mb(self.path) if self.kind == "torch" else size_mb(*_onnx_files(self.path))
+        return weights_size_mb(self.path) if self.kind == "torch" else size_mb(*onnx_files(self.path))
 
 
 @dataclass
@@ -242,7 +242,7 @@ class EvalResult:
         return out
 
 
-def _onnx_files(path: Path) -> list[Path]:
+def onnx_files(path: Path) -> list[Path]:
     """An .onnx file and its external-data file, when it has one."""
     return [p for p in (path, path.with_name(path.name + "_data"), path.with_suffix(".onnx_data")) if p.is_file()]
 
