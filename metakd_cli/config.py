@@ -42,6 +42,7 @@ class FitConfig:
     teacher_mode: str = "meta"  # meta | mix | mtl | single
     hold_out: str | None = None  # a domain the teacher never sees (distil to it later with distill --domain)
     train_fraction: float = 1.0  # seeded, label-stratified fraction of each domain's training rows
+    fraction_domains: list[str] | None = None  # apply train_fraction to these domains only; None: every domain
     prototypes: str = "class"  # class (the paper) | domain (the official code)
     pooling: str = "mean"  # mean | cls: the representation scores are computed from
     domain_loss: str = "confusion"  # confusion (official) | reversal (DANN) | none

@@ -106,6 +106,18 @@ def validate(cfg: FitConfig) -> None:
     check_fraction(cfg.train_fraction)
 
 
+def kept_rows(dataset: Dataset, cfg: FitConfig, held_out: list[int]) -> list[int]:
+    """Indices of the training rows the teacher learns from: none of a held-out domain, and a
+    ``train_fraction`` of each domain in ``fraction_domains`` (of every domain when that is None)."""
+    unknown = [d for d in cfg.fraction_domains or [] if d not in dataset.domains]
+    if unknown:
+        raise UserError(f"--fraction-domains: unknown domain '{unknown[0]}' (known domains: {', '.join(dataset.domains)})")
+    sampled = set(fraction_indices(dataset.train, cfg.train_fraction, dataset.split_seed))
+    scarce = set(cfg.fraction_domains or dataset.domains)
+    return [i for i, row in enumerate(dataset.train)
+            if dataset.domain_id(row.domain) not in held_out and (row.domain not in scarce or i in sampled)]
+
+
 def check_fraction(fraction: float) -> None:
     if not 0 < fraction <= 1:
         raise UserError(f"--train-fraction must be above 0 and at most 1, got {fraction}")
@@ -281,10 +293,10 @@ def fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool = False,
     if cfg.max_length > limit:
         raise UserError(f"--max-length {cfg.max_length} is above the model's limit of {limit} positions for {cfg.teacher}")
     # the rows the teacher learns from: no held-out row is even tokenised
-    kept = [i for i in fraction_indices(dataset.train, cfg.train_fraction, dataset.split_seed)
-            if dataset.domain_id(dataset.train[i].domain) not in held_out]
+    kept = kept_rows(dataset, cfg, held_out)
+    scarce = ", ".join(cfg.fraction_domains) if cfg.fraction_domains else "each domain"
     notes = (f", {cfg.hold_out} held out" if cfg.hold_out else "") + (
-        f", {cfg.train_fraction:g} of each domain's rows" if cfg.train_fraction < 1 else "")
+        f", {cfg.train_fraction:g} of {scarce}'s rows" if cfg.train_fraction < 1 else "")
     log(f"teacher {cfg.teacher} ({model_path}), mode {cfg.teacher_mode}, {len(kept):,} training rows{notes}")
     pad_id = tokenizer.pad_token_id or 0
     train = encode([dataset.train[i] for i in kept], dataset, tokenizer, cfg.max_length)
@@ -351,12 +363,14 @@ def fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool = False,
     seconds = time.perf_counter() - started
     train_rows = {name: train.domains.count(d) for d, name in enumerate(dataset.domains)}
     metrics = _metrics(cfg, dataset, teachers, seconds)
-    metrics.update(held_out=cfg.hold_out, train_fraction=cfg.train_fraction, train_rows=train_rows)
+    metrics.update(held_out=cfg.hold_out, train_fraction=cfg.train_fraction, fraction_domains=cfg.fraction_domains,
+                   train_rows=train_rows)
     run.write_metrics("fit", metrics)
     run.record_step(
         "fit",
         {"config": asdict(cfg), "teacher": str(run.teacher), "model_path": model_path, "versions": _versions(),
-         "held_out": cfg.hold_out, "train_fraction": cfg.train_fraction, "train_rows": train_rows},
+         "held_out": cfg.hold_out, "train_fraction": cfg.train_fraction, "fraction_domains": cfg.fraction_domains,
+         "train_rows": train_rows},
         data=data_manifest(data_cfg, dataset),
     )
     for finished in run.checkpoints.glob("fit-*"):  # nothing left to resume

@@ -250,6 +250,30 @@ def test_same_fraction_same_rows_every_run(tiny_model_dir, toy_data, tmp_path, m
     assert balance[0] == balance[1] == balance[2]
 
 
+def test_fraction_domains_scarce_one_domain_only(tiny_model_dir, toy_data, tmp_path, monkeypatch):
+    """The data-scarce meta-teacher: a fraction of one domain's rows, every row of the others."""
+    spy = Spy(monkeypatch)
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(cli, [
+        "--quiet", "--run-dir", str(run_dir), "fit", str(toy_data.path), "--teacher", str(tiny_model_dir),
+        "--teacher-mode", "mix", "--epochs", "1", "--batch-size", "8", "--max-length", "16",
+        "--train-fraction", "0.3", "--fraction-domains", "books"])
+    assert result.exit_code == 0, result.output
+    dataset = load_dataset(toy_data)
+    sampled = set(fraction_indices(dataset.train, 0.3, dataset.split_seed))
+    expected = Counter(r.domain for i, r in enumerate(dataset.train) if r.domain != "books" or i in sampled)
+    assert Counter(dataset.domains[d] for d in spy.batches) == expected
+    assert expected["books"] < expected["kitchen"] == Counter(r.domain for r in dataset.train)["kitchen"]
+    step = RunDir(run_dir).load().steps["fit"]
+    assert step["fraction_domains"] == ["books"] and step["train_rows"] == dict(expected)
+
+    bad = CliRunner().invoke(cli, [
+        "--quiet", "--run-dir", str(tmp_path / "bad"), "fit", str(toy_data.path), "--teacher", str(tiny_model_dir),
+        "--train-fraction", "0.3", "--fraction-domains", "books,garden"])
+    assert bad.exit_code == 2
+    assert "--fraction-domains: unknown domain 'garden'" in bad.output
+
+
 def test_bad_fractions_are_user_errors(tiny_model_dir, toy_data, tmp_path):
     for value in (0.0, 1.5):
         with pytest.raises(UserError, match="--train-fraction must be above 0 and at most 1"):

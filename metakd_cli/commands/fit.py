@@ -16,6 +16,8 @@ from metakd_cli.commands.options import data_options, pop_data_flags
               help="Leave DOMAIN out of teacher training (then `metakd distill --domain DOMAIN`).")
 @click.option("--train-fraction", type=float, default=None,
               help="Train on a seeded, label-stratified fraction of each domain's rows (data-scarce setting) [1].")
+@click.option("--fraction-domains", default=None, metavar="D1,D2",
+              help="Apply --train-fraction to these domains only (comma-separated); the others keep all rows [all].")
 @click.option("--prototypes", default=None, help="class (the paper, default) | domain (the official code).")
 @click.option("--pooling", default=None, help="Representation for the scores: mean (default) | cls.")
 @click.option("--domain-loss", default=None, help="confusion (official, default) | reversal (DANN) | none.")

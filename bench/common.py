@@ -1,0 +1,56 @@
+"""What the bench scripts share: paths, running one metakd command, fresh student run folders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "amazon-mds"
+RUNS = ROOT / "bench" / "runs"
+RESULTS = ROOT / "bench" / "results"
+DOMAINS = ["books", "dvd", "electronics", "kitchen"]
+NO_DATA = f"skipped: {DATA} not present (the Amazon multi-domain data is not on this machine)"
+
+
+def metakd(run_dir: Path, *args: str, dry_run: bool = False, check: bool = True) -> tuple[int, float]:
+    """Run `metakd --quiet --run-dir RUN_DIR ARGS...` in a child process; (exit status, wall seconds).
+    Prints the command; with ``dry_run`` runs nothing."""
+    command = [sys.executable, "-m", "metakd_cli", "--quiet", "--run-dir", str(run_dir), *args]
+    print("$ metakd " + " ".join(command[3:]), flush=True)
+    if dry_run:
+        return 0, 0.0
+    started = time.time()
+    status = subprocess.run(command, check=check, stdout=subprocess.DEVNULL).returncode
+    return status, time.time() - started
+
+
+def link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)  # distill only reads teacher/; fit replaces folders whole, never files in place
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def fresh_student_run(teacher_run: Path, run_dir: Path) -> None:
+    """An empty run folder holding ``teacher_run``'s teacher/ (hard links) and manifest, for one distill."""
+    if not (teacher_run / "teacher").is_dir():
+        raise SystemExit(f"{teacher_run}/teacher missing: the teacher fit did not finish")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    shutil.copytree(teacher_run / "teacher", run_dir / "teacher", copy_function=link_or_copy)
+    shutil.copy(teacher_run / "manifest.json", run_dir / "manifest.json")
+
+
+def slug(name: str) -> str:
+    return name.replace("->", "-to-").replace(">", "").replace("/", "-")
+
+
+def cell(value, spread=None) -> str:
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{value:.1f}" if spread is None else f"{value:.1f}±{spread:.1f}"

@@ -1,0 +1,184 @@
+"""The paper's data-scarce table on one Amazon domain: how much of D's training data each system needs.
+
+    python bench/scarce.py [--domain kitchen] [--fractions 0.01 0.05 0.1 0.2 1.0]
+                           [--systems single meta] [--intermediate-epochs 1] [--epochs 2] [--dry-run]
+
+For each fraction F of D's training rows (seeded and label-stratified: `--train-fraction F`, the
+same rows for the teacher and the student):
+
+    single    D's own teacher on F of D (fit --domains D --teacher-mode single --train-fraction F)
+              -> TinyBERT-KD student on the same rows (distill --domain D --method tinybert)
+    meta      the meta-teacher on every domain, F of D and all of the others
+              (fit --teacher-mode meta --train-fraction F --fraction-domains D)
+              -> Meta-KD student on F of D (distill --domain D --method meta)
+    meta-tinybert  (optional) the same meta-teacher -> TinyBERT-KD student: separates what the
+              teacher brings from what meta-distillation brings
+
+Teachers use bench/teachers.py's settings (--epochs 2 --lr 5e-5 --max-length 128 --seed 42); at
+F = 1 the meta-teacher is bench/runs/teacher-meta-confusion when it was fitted with them. Every
+model is scored on D's test rows (the same 200 rows in every run: the split is per domain and
+label). Runs go to bench/runs/scarce/; a finished step with the same settings is reused.
+Writes bench/results/scarce.json after every step:
+
+    {"setup": {...}, "results": {"<fraction>": {"train_rows": .., "single-teacher": .., "single->tinybert": ..,
+     "meta-teacher": .., "meta->meta": .., "minutes": {..}}}}
+
+Not part of CI (about 1.5 h on a 2-core CPU). Skips with a reason when ../shared/data/amazon-mds is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from common import DATA, DOMAINS, NO_DATA, RESULTS, ROOT, RUNS, cell, fresh_student_run, metakd
+
+OUT = RESULTS / "scarce.json"
+TEACHER_FIT = {"epochs": 2, "lr": 5e-5, "max_length": 128, "seed": 42}  # as bench/teachers.py
+FIT_FLAGS = ["--epochs", "2", "--lr", "5e-5", "--max-length", "128", "--seed", "42"]
+FULL_META = RUNS / "teacher-meta-confusion"  # bench/teachers.py's meta-teacher
+SYSTEMS = {  # system -> (teacher kind, distill method)
+    "single": ("single", "tinybert"),
+    "meta": ("meta", "meta"),
+    "meta-tinybert": ("meta", "tinybert"),
+}
+STUDENT_ROW = {"single": "single->tinybert", "meta": "meta->meta", "meta-tinybert": "meta->tinybert"}
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.results = json.loads(OUT.read_text()) if OUT.is_file() and not args.dry_run else {}
+        setup = {
+            "data": str(DATA), "domain": args.domain, "teacher": "all-MiniLM-L6-v2",
+            "fit": {**TEACHER_FIT, "batch_size": 32},
+            "distill": {"intermediate_epochs": args.intermediate_epochs, "epochs": args.epochs, "batch_size": 32,
+                        "seed": args.seed, "student": "tiny (4 of the teacher's layers)"},
+            "fraction": "seeded, label-stratified share of the domain's training rows (split seed 42); "
+                        "the meta-teacher keeps every row of the other domains",
+            "metric": f"test accuracy % on {args.domain}'s test rows",
+        }
+        if {k: self.results.get("setup", {}).get(k) for k in ("domain", "distill")} != \
+                {k: setup[k] for k in ("domain", "distill")}:
+            self.results = {}
+        self.results["setup"] = setup
+        self.results.setdefault("results", {})
+        self.fitted: set[Path] = set()  # fitted by this invocation (a dry run prints each fit once)
+
+    def save(self) -> None:
+        if not self.args.dry_run:
+            from metakd_cli.run_dir import atomic_write_json
+
+            atomic_write_json(OUT, self.results)
+
+    def teacher(self, kind: str, fraction: float) -> Path:
+        """The teacher run folder for ``kind`` at ``fraction`` of D, fitted unless a matching fit exists."""
+        d = self.args.domain
+        if kind == "meta" and fraction == 1.0 and _fitted(FULL_META, 1.0, None, "meta"):
+            return FULL_META
+        run_dir = RUNS / "scarce" / f"{kind}-teacher-{d}-f{fraction:g}"
+        if kind == "single":
+            flags = ["--domains", d, "--teacher-mode", "single"]
+            scarce = None
+        else:
+            flags = ["--teacher-mode", "meta", "--domain-loss", "confusion"]
+            scarce = [d] if fraction < 1 else None
+            if scarce:
+                flags += ["--fraction-domains", d]
+        if run_dir not in self.fitted and not _fitted(run_dir, fraction, scarce, kind):
+            self.fitted.add(run_dir)
+            _, seconds = metakd(run_dir, "fit", str(DATA), *flags, "--train-fraction", f"{fraction:g}", *FIT_FLAGS,
+                                dry_run=self.args.dry_run)
+            self.row(fraction).setdefault("minutes", {})[f"{kind}-teacher"] = round(seconds / 60, 1)
+        return run_dir
+
+    def row(self, fraction: float) -> dict:
+        return self.results["results"].setdefault(f"{fraction:g}", {})
+
+    def system(self, name: str, fraction: float) -> None:
+        kind, method = SYSTEMS[name]
+        d, a = self.args.domain, self.args
+        teacher_run = self.teacher(kind, fraction)
+        row = self.row(fraction)
+        if not a.dry_run:
+            fit = json.loads((teacher_run / "metrics" / "fit.json").read_text())
+            row[f"{kind}-teacher"] = round(fit["test_accuracy"][d], 2)
+            row["train_rows"] = fit["train_rows"][d]
+        run_dir = RUNS / "scarce" / f"{name}-student-{d}-f{fraction:g}"
+        flags = ["--method", method, "--domain", d, "--train-fraction", f"{fraction:g}", "--seed", str(a.seed),
+                 "--intermediate-epochs", str(a.intermediate_epochs), "--epochs", str(a.epochs)]
+        wanted = {"method": method, "domain": d, "train_fraction": fraction, "seed": a.seed,
+                  "intermediate_epochs": a.intermediate_epochs, "epochs": a.epochs}
+        if not _distilled(run_dir, teacher_run, wanted):
+            if a.dry_run:
+                print(f"# fresh {run_dir.relative_to(ROOT)} <- {teacher_run.relative_to(ROOT)}/teacher")
+            else:
+                fresh_student_run(teacher_run, run_dir)
+            _, seconds = metakd(run_dir, "distill", *flags, dry_run=a.dry_run)
+            row.setdefault("minutes", {})[STUDENT_ROW[name]] = round(seconds / 60, 1)
+        if not a.dry_run:
+            metrics = json.loads((run_dir / "metrics" / "distill.json").read_text())
+            row[STUDENT_ROW[name]] = round(metrics["test_accuracy"][d], 2)
+            row.setdefault("student_train_rows", {})[STUDENT_ROW[name]] = metrics["train_rows"][d]
+        self.save()
+
+    def print_table(self) -> None:
+        columns = ["train_rows", *[c for name in self.args.systems for c in (f"{SYSTEMS[name][0]}-teacher",
+                                                                            STUDENT_ROW[name])]]
+        columns = list(dict.fromkeys(columns))
+        print(f"\n{self.args.domain}: test accuracy % by share of its training data")
+        print(f"{'fraction':>9}" + "".join(f"{c:>18}" for c in columns))
+        for fraction, row in sorted(self.results["results"].items(), key=lambda kv: float(kv[0])):
+            print(f"{fraction:>9}" + "".join(f"{cell(row.get(c)) if c != 'train_rows' else row.get(c, '-'):>18}"
+                                             for c in columns))
+
+
+def _fitted(run_dir: Path, fraction: float, scarce: list[str] | None, mode: str) -> bool:
+    """A finished fit with bench/teachers.py's settings and this data share."""
+    path = run_dir / "metrics" / "fit.json"
+    if not (path.is_file() and (run_dir / "teacher").is_dir()):
+        return False
+    config = json.loads(path.read_text())["config"]
+    wanted = {**TEACHER_FIT, "train_fraction": fraction, "teacher_mode": mode}
+    return all(config.get(k) == v for k, v in wanted.items()) and config.get("fraction_domains") == scarce
+
+
+def _distilled(run_dir: Path, teacher_run: Path, wanted: dict) -> bool:
+    """A finished student with these settings, distilled from ``teacher_run``'s current fit."""
+    path = run_dir / "metrics" / "distill.json"
+    if not (path.is_file() and (run_dir / "student" / "config.json").is_file()):
+        return False
+    config = json.loads(path.read_text()).get("config", {})
+    if any(config.get(k) != v for k, v in wanted.items()):
+        return False
+    fitted = [json.loads((r / "manifest.json").read_text()).get("steps", {}).get("fit", {}).get("finished")
+              for r in (run_dir, teacher_run)]
+    return fitted[0] is not None and fitted[0] == fitted[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--domain", default="kitchen", choices=DOMAINS)
+    parser.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.05, 0.1, 0.2, 1.0])
+    parser.add_argument("--systems", nargs="+", default=["single", "meta"], choices=list(SYSTEMS))
+    parser.add_argument("--intermediate-epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=2, help="Stage 2 (soft labels) epochs [2].")
+    parser.add_argument("--seed", type=int, default=42, help="Student seed [42].")
+    parser.add_argument("--dry-run", action="store_true", help="Print the metakd commands; run and write nothing.")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        print(NO_DATA)
+        return
+    if any(not 0 < f <= 1 for f in args.fractions):
+        parser.error("fractions must be above 0 and at most 1")
+    bench = Bench(args)
+    for fraction in sorted(args.fractions, reverse=True):  # the costly full-data rows first
+        for name in args.systems:
+            bench.system(name, fraction)
+    if not args.dry_run:
+        bench.print_table()
+
+
+if __name__ == "__main__":
+    main()
