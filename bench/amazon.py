@@ -53,21 +53,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))  # bench/stats.py (bench/ is not a package)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, bench/stats.py (bench/ is no package)
+from common import DATA, DOMAINS, NO_DATA, ROOT, RUNS, cell, fresh_student_run, metakd, slug, student_finished  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "amazon-mds"
-RUNS = ROOT / "bench" / "runs"
 STUDENT_RUNS = RUNS / "amazon"
 OUT = ROOT / "bench" / "results" / "amazon.json"
 PREDICTIONS = ROOT / "bench" / "results" / "amazon_predictions.json"
-DOMAINS = ["books", "dvd", "electronics", "kitchen"]
 PAPER_COLUMNS = ["books", "dvd", "electronics", "kitchen", "average"]
 TEACHER_FIT = ["--epochs", "2", "--lr", "5e-5", "--max-length", "128", "--seed", "42"]  # as bench/teachers.py
 TEACHERS = {  # system -> (run folder under bench/runs, fit flags)
@@ -98,20 +93,9 @@ PAPER = {  # DESIGN.md "Reference figures": the authors' slides, BERT-base teach
 }
 
 
-def _slug(name: str) -> str:
-    return name.replace("->", "-to-").replace(">", "").replace("/", "-")
-
-
 def _mtime(path: Path) -> str:
     """A stamp of a file's version: predictions made from an older file are redone."""
     return f"{path.name}@{path.stat().st_mtime_ns}"
-
-
-def _link_or_copy(source: str, target: str) -> None:
-    try:
-        os.link(source, target)  # distill only reads teacher/; fit replaces folders whole, never files in place
-    except OSError:
-        shutil.copy2(source, target)
 
 
 class Bench:
@@ -149,14 +133,7 @@ class Bench:
     # ------------------------------------------------------------------ commands
 
     def metakd(self, run_dir: Path, *args: str, check: bool = True) -> tuple[int, float]:
-        """Run one metakd command; (exit status, wall seconds). Prints it; runs nothing with --dry-run."""
-        command = [sys.executable, "-m", "metakd_cli", "--quiet", "--run-dir", str(run_dir), *args]
-        print("$ metakd " + " ".join(command[3:]), flush=True)
-        if self.args.dry_run:
-            return 0, 0.0
-        started = time.time()
-        status = subprocess.run(command, check=check, stdout=subprocess.DEVNULL).returncode
-        return status, time.time() - started
+        return metakd(run_dir, *args, dry_run=self.args.dry_run, check=check)
 
     def teacher(self, system: str) -> Path | None:
         """The teacher's run folder, fitted when its fit metrics are missing (None: dry run, not there yet)."""
@@ -204,17 +181,9 @@ class Bench:
 
     def _finished(self, run_dir: Path, teacher_run: Path, method: str, domain: str | None, seed: int) -> bool:
         """A student run that matches these settings and the teacher's current fit."""
-        metrics_path = run_dir / "metrics" / "distill.json"
-        if not (metrics_path.is_file() and (run_dir / "student" / "config.json").is_file()):
-            return False
-        config = json.loads(metrics_path.read_text()).get("config", {})
-        wanted = {"method": method, "domain": domain, "seed": seed,
-                  "intermediate_epochs": self.args.intermediate_epochs, "epochs": self.args.epochs}
-        if any(config.get(k) != v for k, v in wanted.items()):
-            return False
-        fitted = [json.loads((r / "manifest.json").read_text()).get("steps", {}).get("fit", {}).get("finished")
-                  for r in (run_dir, teacher_run)]
-        return fitted[0] is not None and fitted[0] == fitted[1]
+        return student_finished(run_dir, teacher_run, {
+            "method": method, "domain": domain, "seed": seed,
+            "intermediate_epochs": self.args.intermediate_epochs, "epochs": self.args.epochs})
 
     def student(self, system: str, domain: str | None, seed: int, reuse: bool = False) -> None:
         """Distil one student in a fresh run folder (or reuse a finished one with --resume / ``reuse``), read its
@@ -222,7 +191,7 @@ class Bench:
         teacher_system, method, _ = STUDENTS[system]
         teacher_run = RUNS / TEACHERS[teacher_system][0]
         key = domain or "all"
-        run_dir = STUDENT_RUNS / _slug(system) / f"{key}-s{seed}"
+        run_dir = STUDENT_RUNS / slug(system) / f"{key}-s{seed}"
         flags = ["--method", method, *(["--domain", domain] if domain else []), "--seed", str(seed),
                  "--intermediate-epochs", str(self.args.intermediate_epochs), "--epochs", str(self.args.epochs)]
         previous = self.runs.get(system, {}).get(key, {}).get(str(seed), {})
@@ -235,12 +204,7 @@ class Bench:
             if self.args.dry_run:
                 print(f"# fresh {run_dir.relative_to(ROOT)} <- {teacher_run.relative_to(ROOT)}/teacher, manifest.json")
             else:
-                if not (teacher_run / "teacher").is_dir():
-                    raise SystemExit(f"{teacher_run}/teacher missing: the teacher fit did not finish")
-                shutil.rmtree(run_dir, ignore_errors=True)
-                run_dir.mkdir(parents=True)
-                shutil.copytree(teacher_run / "teacher", run_dir / "teacher", copy_function=_link_or_copy)
-                shutil.copy(teacher_run / "manifest.json", run_dir / "manifest.json")
+                fresh_student_run(teacher_run, run_dir)
             _, process_seconds = self.metakd(run_dir, "distill", *flags)
             if self.args.dry_run:
                 return
@@ -266,7 +230,7 @@ class Bench:
         self.save()
 
     def int8(self, domain: str, seed: int) -> None:
-        run_dir = STUDENT_RUNS / _slug("meta->meta") / f"{domain}-s{seed}"
+        run_dir = STUDENT_RUNS / slug("meta->meta") / f"{domain}-s{seed}"
         metrics_path = run_dir / "metrics" / "export.json"
         distilled = run_dir / "metrics" / "distill.json"
         if not self.args.dry_run and not distilled.is_file():
@@ -462,7 +426,7 @@ class Bench:
             cells = []
             for column in columns:
                 spread = row["std"] if column == "average" else row["std_per_domain"].get(column)
-                cells.append(_cell(row.get(column), spread))
+                cells.append(cell(row.get(column), spread))
             step_minutes = sum(row["minutes"].values())
             print(f"{system:18}" + "".join(f"{c:>13}" for c in cells) + f"{len(row['seeds']):>7}{step_minutes:>9.1f}")
         print("\npaper (authors' slides: BERT-base teacher, TinyBERT-4 student; their split)")
@@ -507,12 +471,6 @@ def _fitting(run_dir: Path) -> int | None:
     return None
 
 
-def _cell(value, spread) -> str:
-    if not isinstance(value, (int, float)):
-        return "-"
-    return f"{value:.1f}" if spread is None else f"{value:.1f}±{spread:.1f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS)
@@ -526,7 +484,7 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="Print the metakd commands; run and write nothing.")
     args = parser.parse_args()
     if not DATA.is_dir():
-        print(f"skipped: {DATA} not present (the Amazon multi-domain data is not on this machine)")
+        print(NO_DATA)
         return
     bench = Bench(args)
     for system in TEACHERS:

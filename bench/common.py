@@ -54,3 +54,19 @@ def cell(value, spread=None) -> str:
     if not isinstance(value, (int, float)):
         return "-"
     return f"{value:.1f}" if spread is None else f"{value:.1f}±{spread:.1f}"
+
+
+def student_finished(run_dir: Path, teacher_run: Path, wanted: dict) -> bool:
+    """A finished `distill` in ``run_dir`` whose recorded config has the ``wanted`` values, distilled
+    from ``teacher_run``'s current fit (a re-fitted teacher makes its students stale)."""
+    import json
+
+    path = run_dir / "metrics" / "distill.json"
+    if not (path.is_file() and (run_dir / "student" / "config.json").is_file()):
+        return False
+    config = json.loads(path.read_text()).get("config", {})
+    if any(config.get(k) != v for k, v in wanted.items()):
+        return False
+    fitted = [json.loads((r / "manifest.json").read_text()).get("steps", {}).get("fit", {}).get("finished")
+              for r in (run_dir, teacher_run)]
+    return fitted[0] is not None and fitted[0] == fitted[1]

@@ -27,17 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "amazon-mds"
-RUNS = ROOT / "bench" / "runs"
-OUT = ROOT / "bench" / "results" / "paper_table.json"
-DOMAINS = ["books", "dvd", "electronics", "kitchen"]
+from common import DATA, DOMAINS, NO_DATA, RESULTS, RUNS, cell, fresh_student_run, metakd, slug
+
+OUT = RESULTS / "paper_table.json"
 TEACHERS = {  # run folder -> fit flags
     "paper-teacher-single": ["--teacher-mode", "single"],
     "paper-teacher-mtl": ["--teacher-mode", "mtl"],
@@ -69,10 +64,7 @@ class Bench:
         }
 
     def metakd(self, run_dir: Path, *args: str) -> None:
-        command = [sys.executable, "-m", "metakd_cli", "--quiet", "--run-dir", str(run_dir), *args]
-        print("$ metakd " + " ".join(command[3:]), flush=True)
-        if not self.args.dry_run:
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        metakd(run_dir, *args, dry_run=self.args.dry_run)
 
     def fit(self, name: str, *flags: str) -> Path:
         """A teacher run: fitted once per invocation, and reused when its fit metrics exist and --skip-existing."""
@@ -90,10 +82,7 @@ class Bench:
         run_dir = RUNS / name
         a = self.args
         if not self.args.dry_run:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            run_dir.mkdir(parents=True)
-            shutil.copytree(teacher_run / "teacher", run_dir / "teacher")
-            shutil.copy(teacher_run / "manifest.json", run_dir / "manifest.json")
+            fresh_student_run(teacher_run, run_dir)
         self.metakd(run_dir, "distill", *flags, "--intermediate-epochs", str(a.intermediate_epochs),
                     "--epochs", str(a.distill_epochs), "--seed", str(a.seed))
         return {} if self.args.dry_run else json.loads((run_dir / "metrics" / "distill.json").read_text())
@@ -114,7 +103,7 @@ class Bench:
         teacher_run = self.fit(teacher_name, *TEACHERS[teacher_name])
         started, row = time.time(), {}
         for domain in DOMAINS:
-            metrics = self.distill(teacher_run, f"paper-{_slug(system)}-{domain}", *flags, "--domain", domain)
+            metrics = self.distill(teacher_run, f"paper-{slug(system)}-{domain}", *flags, "--domain", domain)
             row[domain] = metrics.get("test_accuracy", {}).get(domain)
         if not self.args.dry_run:
             row["average"] = sum(row[d] for d in DOMAINS) / len(DOMAINS)
@@ -141,10 +130,6 @@ class Bench:
         self.save(table, f"meta-teacher without {h} -> tinybert", {h: metrics.get("test_accuracy", {}).get(h)})
 
 
-def _slug(name: str) -> str:
-    return name.replace("->", "-to-").replace(">", "").replace("/", "-")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--systems", nargs="*", default=SYSTEMS, choices=SYSTEMS)
@@ -160,7 +145,7 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="Print the metakd commands; run and write nothing.")
     args = parser.parse_args()
     if not DATA.is_dir():
-        print(f"skipped: {DATA} not present (the Amazon multi-domain data is not on this machine)")
+        print(NO_DATA)
         return
     bench = Bench(args)
     done = bench.results["results"]
@@ -179,15 +164,11 @@ def main() -> None:
     columns = [*DOMAINS, "average"]
     print(f"{'system':24}" + "".join(f"{d:>12}" for d in columns))
     for name, row in done.items():
-        print(f"{name:24}" + "".join(f"{_cell(row.get(d)):>12}" for d in columns))
+        print(f"{name:24}" + "".join(f"{cell(row.get(d)):>12}" for d in columns))
     h = args.held_out
     print(f"\nheld out: {h} (teachers never saw it; students distilled and scored on {h})")
     for name, row in bench.results["held_out"]["results"].items():
-        print(f"{name:40}{_cell(row.get(h)):>12}")
-
-
-def _cell(value) -> str:
-    return f"{value:.1f}" if isinstance(value, (int, float)) else "-"
+        print(f"{name:40}{cell(row.get(h)):>12}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import DATA, DOMAINS, NO_DATA, RESULTS, ROOT, RUNS, cell, fresh_student_run, metakd
+from common import DATA, DOMAINS, NO_DATA, RESULTS, ROOT, RUNS, cell, fresh_student_run, metakd, student_finished
 
 OUT = RESULTS / "scarce.json"
 TEACHER_FIT = {"epochs": 2, "lr": 5e-5, "max_length": 128, "seed": 42}  # as bench/teachers.py
@@ -110,7 +110,7 @@ class Bench:
                  "--intermediate-epochs", str(a.intermediate_epochs), "--epochs", str(a.epochs)]
         wanted = {"method": method, "domain": d, "train_fraction": fraction, "seed": a.seed,
                   "intermediate_epochs": a.intermediate_epochs, "epochs": a.epochs}
-        if not _distilled(run_dir, teacher_run, wanted):
+        if not student_finished(run_dir, teacher_run, wanted):
             if a.dry_run:
                 print(f"# fresh {run_dir.relative_to(ROOT)} <- {teacher_run.relative_to(ROOT)}/teacher")
             else:
@@ -142,19 +142,6 @@ def _fitted(run_dir: Path, fraction: float, scarce: list[str] | None, mode: str)
     config = json.loads(path.read_text())["config"]
     wanted = {**TEACHER_FIT, "train_fraction": fraction, "teacher_mode": mode}
     return all(config.get(k) == v for k, v in wanted.items()) and config.get("fraction_domains") == scarce
-
-
-def _distilled(run_dir: Path, teacher_run: Path, wanted: dict) -> bool:
-    """A finished student with these settings, distilled from ``teacher_run``'s current fit."""
-    path = run_dir / "metrics" / "distill.json"
-    if not (path.is_file() and (run_dir / "student" / "config.json").is_file()):
-        return False
-    config = json.loads(path.read_text()).get("config", {})
-    if any(config.get(k) != v for k, v in wanted.items()):
-        return False
-    fitted = [json.loads((r / "manifest.json").read_text()).get("steps", {}).get("fit", {}).get("finished")
-              for r in (run_dir, teacher_run)]
-    return fitted[0] is not None and fitted[0] == fitted[1]
 
 
 def main() -> None:
