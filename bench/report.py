@@ -3,7 +3,8 @@
     python bench/report.py
 
 Replaces the text between the `<!-- results:start -->` and `<!-- results:end -->` markers of
-README.md with tables built from teachers.json, students.json, amazon.json and speed.json
+README.md with tables built from teachers.json, students.json, amazon.json, paper_table.json,
+scarce.json and speed.json
 (whichever exist), beside the paper's figures; nothing is typed by hand.
 """
 
@@ -64,10 +65,43 @@ def build() -> str:
     amazon = RESULTS / "amazon.json"
     if amazon.is_file():
         data = json.loads(amazon.read_text())
-        lines += _accuracy_table("The paper's table (per-domain students, mean over seeds)", data["results"],
-                                 "std", "std")
+        setup = data["setup"]
+        distill = setup["distill"]
+        seeds = sorted({s for row in data["results"].values() for s in row.get("seeds", [])})
+        lines += [f"Per-domain students (`distill --domain D`, scored on D), {distill['intermediate_epochs']} "
+                  f"intermediate + {distill['epochs']} prediction epochs, student seeds {seeds} (teachers: seed "
+                  "42); std = sample standard deviation over seeds of each seed's average; `python bench/amazon.py`.",
+                  ""]
+        lines += _accuracy_table("The paper's table (mean over seeds)", data["results"], "std", "std")
         for name, test in data.get("tests", {}).items():
-            lines.append(f"- {name}: diff {test['diff']:+.2f} points, p = {test['p_value']:.3f}")
+            lo, hi = test["ci95"]
+            lines.append(f"- {name}: {test['diff']:+.2f} points (95% CI {lo:+.2f} to {hi:+.2f}), paired "
+                         f"bootstrap p = {test['p_value']:.3f}")
+        lines.append("")
+    paper_table = RESULTS / "paper_table.json"
+    if paper_table.is_file():
+        data = json.loads(paper_table.read_text())
+        if data.get("results"):
+            lines += ["The paper's other baselines (per-domain students); `python bench/paper_table.py`.", ""]
+            lines += _accuracy_table("Single, mtl and multi-teacher systems", data["results"], "minutes", "minutes")
+        held = data.get("held_out", {})
+        if held.get("results"):
+            h = held["domain"]
+            lines += [f"**Held out: {h}** (the teachers never saw it; students distilled and scored on {h})", "",
+                      f"| system | {h} |", "| --- | --- |"]
+            lines += [_row(name, [row.get(h, "-")]) for name, row in held["results"].items()] + [""]
+    scarce = RESULTS / "scarce.json"
+    if scarce.is_file():
+        data = json.loads(scarce.read_text())
+        setup, rows = data["setup"], data["results"]
+        columns = ["single-teacher", "single->tinybert", "meta-teacher", "meta->meta", "meta->tinybert"]
+        columns = [c for c in columns if any(c in row for row in rows.values())]
+        lines += [f"**Data-scarce: {setup['domain']}** (share of its training rows; the meta-teacher keeps every "
+                  f"row of the other domains; accuracy on {setup['domain']}'s test rows, one seed); "
+                  "`python bench/scarce.py`.", "",
+                  "| fraction | train rows | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 2)]
+        for fraction, row in sorted(rows.items(), key=lambda kv: float(kv[0])):
+            lines.append(_row(fraction, [str(row.get("train_rows", "-")), *[row.get(c, "-") for c in columns]]))
         lines.append("")
     speed = RESULTS / "speed.json"
     if speed.is_file():
@@ -80,6 +114,14 @@ def build() -> str:
         for name, row in data["results"].items():
             lines.append(_row(name, [row["latency_b1_p50_ms"], row["latency_b1_p90_ms"], row["throughput_b32"],
                                      row["size_mb"]]))
+        ceiling = data["ceiling"]
+        lines += ["", f"int8 matmul ceiling ({'x'.join(map(str, ceiling['shape']))}): "
+                      f"{ceiling['int8_gmacs_per_s']:.0f} G multiply-accumulates/s (fp32 {ceiling['fp32_gmacs_per_s']:.0f}); "
+                      f"the int8 student runs at {ceiling['student_int8_gmacs_per_s']:.0f}, "
+                      f"{ceiling['student_int8_share_of_int8_ceiling']:.0%} of it.", ""]
+        for target in data.get("targets", []):
+            value = f"{target['value']:.0%}" if target["threshold"] < 1 else f"{target['value']:.1f}x"
+            lines.append(f"- {'met' if target['met'] else '**not met**'}: {target['target']} ({value})")
         lines.append("")
     lines += _accuracy_table("The paper (BERT-base teacher, TinyBERT-4 student; for comparison)",
                              {k: dict(zip(DOMAINS, v)) for k, v in PAPER.items()})

@@ -1,0 +1,66 @@
+"""bench/report.py: the README Results section is built from whatever JSON files exist, and only
+between its markers (made-up figures in a temporary folder; nothing here is a measurement)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+_PATH = Path(__file__).resolve().parent.parent / "bench" / "report.py"
+_spec = importlib.util.spec_from_file_location("bench_report", _PATH)
+report = importlib.util.module_from_spec(_spec)
+sys.modules["bench_report"] = report
+_spec.loader.exec_module(report)
+
+
+def _write(folder: Path, name: str, data: dict) -> None:
+    (folder / name).write_text(json.dumps(data))
+
+
+def test_scarce_rows_sorted_by_fraction_and_only_present_columns(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    _write(tmp_path, "scarce.json", {"setup": {"domain": "kitchen"}, "results": {
+        "1": {"train_rows": 1600, "single-teacher": 90.0, "single->tinybert": 88.0, "meta-teacher": 89.5,
+              "meta->meta": 88.5},
+        "0.05": {"train_rows": 80, "single-teacher": 70.0, "single->tinybert": 65.5},
+    }})
+    text = report.build()
+    assert "**Data-scarce: kitchen**" in text
+    header = "| fraction | train rows | single-teacher | single->tinybert | meta-teacher | meta->meta |"
+    assert header in text and "meta->tinybert" not in text
+    lines = text.splitlines()
+    small, full = lines.index("| 0.05 | 80 | 70.0 | 65.5 | - | - |"), lines.index("| 1 | 1600 | 90.0 | 88.0 | 89.5 | 88.5 |")
+    assert small < full
+    assert "Teachers" not in text  # no teachers.json: no teachers table
+    assert "BERT-mix" in text  # the paper's figures are always there
+
+
+def test_speed_targets_say_met_or_not(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    row = {"latency_b1_p50_ms": 5.0, "latency_b1_p90_ms": 6.0, "throughput_b32": 300.0, "size_mb": 20.0}
+    _write(tmp_path, "speed.json", {
+        "setup": {"cpu": {"model": "Test CPU", "flags": ["avx2"]}, "threads": 2},
+        "results": {"student-onnx-int8": row},
+        "ceiling": {"shape": [4096, 384, 1536], "int8_gmacs_per_s": 800.0, "fp32_gmacs_per_s": 200.0,
+                    "student_int8_gmacs_per_s": 320.0, "student_int8_share_of_int8_ceiling": 0.4},
+        "targets": [{"target": "int8 >= 5x teacher", "value": 6.2, "threshold": 5, "met": True},
+                    {"target": "int8 >= 50% of ceiling", "value": 0.4, "threshold": 0.5, "met": False}],
+    })
+    text = report.build()
+    assert "| student-onnx-int8 | 5.0 | 6.0 | 300.0 | 20.0 |" in text
+    assert "- met: int8 >= 5x teacher (6.2x)" in text
+    assert "- **not met**: int8 >= 50% of ceiling (40%)" in text
+    assert "320, 40% of it" in text
+
+
+def test_main_rewrites_only_between_markers(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.START}\nold table\n{report.END}\noutro\n")
+    monkeypatch.setattr(report, "README", readme)
+    report.main()
+    text = readme.read_text()
+    assert text.startswith(f"intro\n{report.START}\n") and text.endswith(f"{report.END}\noutro\n")
+    assert "old table" not in text and "BERT-mix" in text
