@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RUNS = ROOT / "bench" / "runs"
+from common import DATA, NO_DATA, RESULTS, ROOT, RUNS, fresh_student_run, metakd
+
 SYSTEMS = {
     "mix->tinybert": ("teacher-mix", ["--method", "tinybert"]),
     "meta->tinybert": ("teacher-meta-confusion", ["--method", "tinybert"]),
@@ -36,7 +31,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--systems", nargs="*", default=list(SYSTEMS))
     args = parser.parse_args()
-    out = ROOT / "bench" / "results" / "students.json"
+    if not DATA.is_dir():
+        print(NO_DATA)
+        return
+    out = RESULTS / "students.json"
     results = json.loads(out.read_text()) if out.is_file() else {"setup": {}, "results": {}}
     results["setup"] = {"intermediate_epochs": args.intermediate_epochs, "epochs": args.epochs, "seed": args.seed,
                         "batch_size": 32, "students": "one all-domain student per system"}
@@ -47,29 +45,21 @@ def main() -> None:
             print(f"skipped {name}: {teacher_run}/teacher missing (run bench/teachers.py first)")
             continue
         run_dir = RUNS / name.replace(">", "").replace("/", "-")
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
-        shutil.copytree(teacher_run / "teacher", run_dir / "teacher")
-        shutil.copy(teacher_run / "manifest.json", run_dir / "manifest.json")
-        command = [
-            sys.executable, "-m", "metakd_cli", "--quiet", "--run-dir", str(run_dir), "distill", *flags,
-            "--intermediate-epochs", str(args.intermediate_epochs), "--epochs", str(args.epochs),
-            "--seed", str(args.seed),
-        ]
-        print("$", "metakd " + " ".join(command[3:]), flush=True)
-        started = time.time()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        fresh_student_run(teacher_run, run_dir)
+        command = ["distill", *flags, "--intermediate-epochs", str(args.intermediate_epochs),
+                   "--epochs", str(args.epochs), "--seed", str(args.seed)]
+        _, seconds = metakd(run_dir, *command)
         metrics = json.loads((run_dir / "metrics" / "distill.json").read_text())
         stages = metrics["stages"]
         results["results"][name] = {
             **{k: round(v, 2) for k, v in metrics["test_accuracy"].items()},
             "teacher_average": round(metrics["teacher_test_accuracy"]["average"], 2),
             "agreement": round(metrics["test_agreement_with_teacher"], 2),
-            "minutes": round((time.time() - started) / 60, 1),
+            "minutes": round(seconds / 60, 1),
             "stage_minutes": {k: round(v["seconds"] / 60, 1) for k, v in stages.items()},
             "stage_examples_per_second": {k: round(v["examples_per_second"], 1) for k, v in stages.items()},
             "parameters": metrics["parameters"]["student"],
-            "command": "metakd " + " ".join(command[3:]),
+            "command": f"metakd --run-dir {run_dir.relative_to(ROOT)} " + " ".join(command),
         }
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")

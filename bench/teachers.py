@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "amazon-mds"
+from common import DATA, NO_DATA, RESULTS, ROOT, RUNS, metakd
+
 SYSTEMS = {
     "teacher-mix": ["--teacher-mode", "mix"],
     "teacher-meta-confusion": ["--teacher-mode", "meta", "--domain-loss", "confusion"],
@@ -35,32 +31,27 @@ def main() -> None:
     parser.add_argument("--skip-existing", action="store_true", help="Keep results already in the JSON file.")
     args = parser.parse_args()
     if not DATA.is_dir():
-        print(f"skipped: {DATA} not present (the Amazon multi-domain data is not on this machine)")
+        print(NO_DATA)
         return
-    out = ROOT / "bench" / "results" / "teachers.json"
+    out = RESULTS / "teachers.json"
     results = json.loads(out.read_text()) if out.is_file() else {"setup": {}, "results": {}}
     results["setup"] = {
         "data": str(DATA), "teacher": "all-MiniLM-L6-v2", "epochs": args.epochs, "lr": args.lr,
         "max_length": args.max_length, "seed": args.seed, "batch_size": 32,
     }
     for name in args.systems:
-        run_dir = ROOT / "bench" / "runs" / name
+        run_dir = RUNS / name
         if args.skip_existing and name in results["results"]:
             continue
-        command = [
-            sys.executable, "-m", "metakd_cli", "--quiet", "--run-dir", str(run_dir), "fit", str(DATA),
-            *SYSTEMS[name], "--epochs", str(args.epochs), "--lr", str(args.lr),
-            "--max-length", str(args.max_length), "--seed", str(args.seed),
-        ]
-        print("$", " ".join(command[2:]), flush=True)
-        started = time.time()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        command = ["fit", str(DATA), *SYSTEMS[name], "--epochs", str(args.epochs), "--lr", str(args.lr),
+                   "--max-length", str(args.max_length), "--seed", str(args.seed)]
+        _, seconds = metakd(run_dir, *command)
         metrics = json.loads((run_dir / "metrics" / "fit.json").read_text())
         results["results"][name] = {
             **{k: round(v, 2) for k, v in metrics["test_accuracy"].items()},
             "dev_average": round(metrics["dev_accuracy"]["average"], 2),
-            "minutes": round((time.time() - started) / 60, 1),
-            "command": "metakd " + " ".join(command[3:]),
+            "minutes": round(seconds / 60, 1),
+            "command": f"metakd --run-dir {run_dir.relative_to(ROOT)} " + " ".join(command),
         }
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
