@@ -1,0 +1,139 @@
+"""What makes the int8 student faster on this CPU: ways of building it from the same fp32 ONNX file.
+
+    python bench/int8_variants.py --run-dir bench/runs/meta-meta [--threads N] [--batches 20]
+
+The run folder holds onnx/model.onnx and onnx/model_quantized.onnx (`metakd export --int8`).
+Every variant is built here from onnx/model.onnx into a temporary folder and measured in ONE
+process, threads pinned, on the same fixed-shape inputs (real test texts, seq 128):
+
+    fp32               onnx/model.onnx as exported
+    fp32-fused         onnxruntime's transformer optimizer (Attention, SkipLayerNorm, BiasGelu fusions)
+    int8-shipped       onnx/model_quantized.onnx, what metakd export wrote
+    int8-matmul        quantize_dynamic of the MatMuls only (embedding tables stay fp32)
+    int8-fused         the fused graph, then quantize_dynamic (MatMul and Attention -> QAttention)
+    int8-fused-fastgelu  as int8-fused with the tanh approximation of GELU (FastGelu)
+
+Throughput at batch 32 (median batch time), latency p50 at batch 1, file size, and test
+accuracy on the run's test split with agreement against the fp32 model (so a faster variant
+that changes predictions shows it). Writes bench/results/int8_variants.json and prints a table.
+Not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS  # noqa: E402
+from speed import (  # noqa: E402
+    WEIGHT_TYPES, available_cpus, fixed_inputs, fixed_shape_speed, onnx_session, pin_threads, quiet_tools,
+)
+
+OUT = RESULTS / "int8_variants.json"
+
+
+def build(source: Path, scratch: Path, weight_type: str, config) -> dict[str, Path]:
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads, hidden = config.num_attention_heads, config.hidden_size
+    out = {"fp32": source, "int8-shipped": source.parent / "model_quantized.onnx"}
+    with quiet_tools():
+        path = scratch / "int8-matmul.onnx"
+        quantize_dynamic(str(source), str(path), weight_type=getattr(QuantType, weight_type),
+                         op_types_to_quantize=["MatMul"])
+        out["int8-matmul"] = path
+        for name, approximate in (("fused", False), ("fused-fastgelu", True)):
+            options = FusionOptions("bert")
+            options.enable_gelu_approximation = approximate
+            fused = optimize_model(str(source), model_type="bert", num_heads=heads, hidden_size=hidden,
+                                   optimization_options=options, opt_level=0)
+            fused_path = scratch / f"fp32-{name}.onnx"
+            fused.save_model_to_file(str(fused_path))
+            if not approximate:
+                out["fp32-fused"] = fused_path
+            path = scratch / f"int8-{name}.onnx"
+            quantize_dynamic(str(fused_path), str(path), weight_type=getattr(QuantType, weight_type),
+                             op_types_to_quantize=["MatMul", "Attention"],
+                             extra_options={"DefaultTensorType": TensorProto.FLOAT})  # fused ops lack shape info
+            out[f"int8-{name}"] = path
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=len(available_cpus()))
+    parser.add_argument("--batches", type=int, default=20, help="Batches of 32 timed per variant [20].")
+    parser.add_argument("--repeats", type=int, default=50, help="Batch-1 calls timed per variant [50].")
+    parser.add_argument("--seq-len", type=int, default=128, help="Tokens per row of the timed inputs [128].")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"JSON report [{OUT}].")
+    args = parser.parse_args(argv)
+    import onnx
+    from transformers import AutoConfig
+
+    from metakd_cli.cpu import cpu_info
+    from metakd_cli.data import encode
+    from metakd_cli.distill import reload_dataset
+    from metakd_cli.evaluate import batched_logits, onnx_forward
+    from metakd_cli.models import load_tokenizer
+    from metakd_cli.run_dir import RunDir, atomic_write_json
+
+    run = RunDir(args.run_dir)
+    onnx_dir = run.path / "onnx"
+    export = json.loads((onnx_dir / "metakd_export.json").read_text())
+    target = export["target"]
+    threads = pin_threads(args.threads)
+    _, dataset = reload_dataset(run)
+    examples = dataset.test
+    tokenizer = load_tokenizer(str(onnx_dir))
+    pad_id = tokenizer.pad_token_id or 0
+    encoded = encode(examples, dataset, tokenizer, export["max_length"])
+    labels = np.asarray(encoded.labels)
+    inputs = fixed_inputs(onnx_dir, examples, 32, args.seq_len, None)
+    config = AutoConfig.from_pretrained(onnx_dir)
+    results = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        variants = build(onnx_dir / "model.onnx", Path(scratch), WEIGHT_TYPES[target], config)
+        reference = None
+        for name, path in variants.items():
+            print(f"timing {name}", file=sys.stderr, flush=True)
+            session = onnx_session(path, args.threads)
+            forward = onnx_forward(session)
+            speed = fixed_shape_speed(forward, inputs, 32, args.repeats, args.batches, 3)
+            predictions = batched_logits(encoded, pad_id, 64, forward).argmax(-1)
+            reference = predictions if reference is None else reference
+            results[name] = {
+                "throughput_b32": speed["throughput_b32"], "latency_b32_p50_ms": speed["latency_b32_p50_ms"],
+                "latency_b1_p50_ms": speed["latency_b1_p50_ms"], "size_mb": path.stat().st_size / 2**20,
+                "test_accuracy": float((predictions == labels).mean() * 100),
+                "agreement_with_fp32": float((predictions == reference).mean() * 100),
+                "ops": sorted({n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}),
+            }
+            del session
+    report = {"setup": {"run_dir": str(run.path), "cpu": cpu_info().to_json(), "threads": threads, "seq_len": args.seq_len,
+                        "batch": 32, "int8_format": target, "weight_type": WEIGHT_TYPES[target],
+                        "test_rows": len(examples), "batches": args.batches, "repeats": args.repeats,
+                        "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+              "results": results}
+    atomic_write_json(args.out, report)
+    base = results["int8-shipped"]["throughput_b32"]
+    print(f"{'variant':22}{'ex/s b32':>10}{'vs shipped':>11}{'b1 p50 ms':>11}{'MB':>7}{'test acc':>10}{'agree':>8}")
+    for name, row in results.items():
+        print(f"{name:22}{row['throughput_b32']:10.1f}{row['throughput_b32'] / base:10.2f}x"
+              f"{row['latency_b1_p50_ms']:11.2f}{row['size_mb']:7.1f}{row['test_accuracy']:10.2f}"
+              f"{row['agreement_with_fp32']:8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
