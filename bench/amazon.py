@@ -1,22 +1,34 @@
-"""The paper's Amazon table on one machine, with several student seeds and a paired test.
+"""The paper's full Amazon table on one machine, with several student seeds and paired tests.
 
     python bench/amazon.py [--seeds 1 2 3] [--intermediate-epochs 2] [--epochs 3]
                            [--domains books dvd electronics kitchen] [--systems ...]
+                           [--held-out books dvd electronics kitchen]
                            [--resamples 10000] [--resume] [--dry-run]
 
 Quote system names in the shell: --systems 'meta->meta' 'meta->tinybert' (an unquoted `>`
-redirects).
+redirects). The default is every system: many hours on a 2-core CPU; pick a few with --systems.
 
 Systems (test accuracy per domain, %):
 
-    teacher-mix       the mix teacher            bench/runs/teacher-mix
-    teacher-meta      the meta-teacher           bench/runs/teacher-meta-confusion
+    teacher-single    one teacher per domain      bench/runs/paper-teacher-single (fit --teacher-mode single)
+    teacher-mix       the mix teacher             bench/runs/teacher-mix
+    teacher-mtl       shared encoder, a head per domain  bench/runs/paper-teacher-mtl
+    teacher-meta      the meta-teacher            bench/runs/teacher-meta-confusion
+    single->tinybert  D's single teacher -> TinyBERT-KD student for D
     mix->tinybert     mix teacher -> TinyBERT-KD student, one per domain
+    mtl->tinybert     mtl teacher -> TinyBERT-KD student, one per domain
+    multi->mtn        every single teacher -> MTN-KD student (mean of their softmax outputs)
     meta->tinybert    meta-teacher -> TinyBERT-KD student, one per domain
     meta->meta        meta-teacher -> Meta-KD student, one per domain
     meta->meta-int8   each meta->meta student exported to ONNX dynamic int8 (the gate is off,
                       --max-drop 100; the dev drop is recorded)
     meta->meta-all    one all-domain meta-teacher -> Meta-KD student per seed (an extra row)
+    held-out          the paper's held-out table for each --held-out domain H, scored on H: H's
+                      single teacher and its student (teacher-single, single->tinybert), the
+                      meta-teacher fitted without H (fit --hold-out H, bench/runs/teacher-meta-
+                      without-H), every other domain's single teacher -> TinyBERT-KD on H
+                      (distill --teacher-domain D), and the meta-teacher without H -> TinyBERT-KD
+                      (the paper's row) and -> Meta-KD on H
 
 As in the paper, a student is distilled on one domain's rows (`distill --domain D`) and scored
 on D's test rows: four students cost what one all-domain student costs. The teachers are the
@@ -40,6 +52,7 @@ measured; --resume then skips what is done):
                               "average": .., "std": .., "std_per_domain": {..}, "seeds": [..],
                               "minutes": {"<step>": mean minutes per run}}},
      "tests": {"meta->meta vs meta->tinybert": {"diff": .., "p_value": .., "ci95": [..], ..}},
+     "held_out": {"<H>": {"results": {"<row>": {"accuracy": .., "std": .., "seeds": [..]}}, "tests": {..}}},
      "runs": {"<system>": {"<domain or all>": {"<seed>": {...}}}},
      "paper": {...}}
 
@@ -65,32 +78,66 @@ OUT = ROOT / "bench" / "results" / "amazon.json"
 PREDICTIONS = ROOT / "bench" / "results" / "amazon_predictions.json"
 PAPER_COLUMNS = ["books", "dvd", "electronics", "kitchen", "average"]
 TEACHER_FIT = ["--epochs", "2", "--lr", "5e-5", "--max-length", "128", "--seed", "42"]  # as bench/teachers.py
-TEACHERS = {  # system -> (run folder under bench/runs, fit flags)
+META_FLAGS = ["--teacher-mode", "meta", "--domain-loss", "confusion"]
+TEACHERS = {  # system -> (run folder under bench/runs, fit flags); bench/teachers.py makes two
+    "teacher-single": ("paper-teacher-single", ["--teacher-mode", "single"]),
     "teacher-mix": ("teacher-mix", ["--teacher-mode", "mix"]),
-    "teacher-meta": ("teacher-meta-confusion", ["--teacher-mode", "meta", "--domain-loss", "confusion"]),
+    "teacher-mtl": ("paper-teacher-mtl", ["--teacher-mode", "mtl"]),
+    "teacher-meta": ("teacher-meta-confusion", META_FLAGS),
 }
-STUDENTS = {  # system -> (teacher system, --method, one student per domain?)
-    "mix->tinybert": ("teacher-mix", "tinybert", True),
-    "meta->tinybert": ("teacher-meta", "tinybert", True),
-    "meta->meta": ("teacher-meta", "meta", True),
-    "meta->meta-all": ("teacher-meta", "meta", False),
+STUDENTS = {  # system -> (teacher system, --method, one student per domain?, more distill flags)
+    "single->tinybert": ("teacher-single", "tinybert", True, []),  # D's own single teacher
+    "mix->tinybert": ("teacher-mix", "tinybert", True, []),
+    "mtl->tinybert": ("teacher-mtl", "tinybert", True, []),
+    "multi->mtn": ("teacher-single", "mtn", True, []),  # every single teacher at once
+    "meta->tinybert": ("teacher-meta", "tinybert", True, []),
+    "meta->meta": ("teacher-meta", "meta", True, []),
+    "meta->meta-all": ("teacher-meta", "meta", False, []),
 }
 INT8 = "meta->meta-int8"  # exported from meta->meta's run folders
-SYSTEMS = ["teacher-mix", "teacher-meta", "mix->tinybert", "meta->tinybert", "meta->meta", INT8, "meta->meta-all"]
+HELD_OUT = "held-out"  # the paper's held-out table, for each --held-out domain (systems named held-out/H/...)
+SYSTEMS = ["teacher-single", "teacher-mix", "teacher-mtl", "teacher-meta", "single->tinybert", "mix->tinybert",
+           "mtl->tinybert", "multi->mtn", "meta->tinybert", "meta->meta", INT8, "meta->meta-all", HELD_OUT]
 TESTS = [  # (A, B): A - B
     ("meta->meta", "meta->tinybert"),
     ("meta->tinybert", "mix->tinybert"),
+    ("meta->meta", "mtl->tinybert"),
+    ("meta->meta", "single->tinybert"),
+    ("multi->mtn", "single->tinybert"),
     ("teacher-meta", "teacher-mix"),
     (INT8, "meta->meta"),
     ("meta->meta-all", "meta->meta"),
 ]
 PAPER = {  # DESIGN.md "Reference figures": the authors' slides, BERT-base teacher, TinyBERT-4 student
+    "teacher-single": ("BERT-single", [87.9, 83.8, 89.2, 90.6, 87.9]),
     "teacher-mix": ("BERT-mix", [89.9, 85.9, 90.1, 92.1, 89.5]),
+    "teacher-mtl": ("BERT-mtl", [90.5, 86.5, 91.1, 91.1, 89.8]),
     "teacher-meta": ("Meta-teacher", [92.5, 87.0, 91.1, 89.2, 89.9]),
+    "single->tinybert": ("single -> TinyBERT-KD", [83.4, 83.2, 89.2, 91.1, 86.7]),
     "mix->tinybert": ("mix -> TinyBERT-KD", [88.4, 81.6, 89.7, 89.7, 87.3]),
+    "mtl->tinybert": ("mtl -> TinyBERT-KD", [90.5, 81.6, 88.7, 90.1, 87.7]),
+    "multi->mtn": ("Multi-teachers -> MTN-KD", [83.9, 78.4, 88.7, 87.7, 84.7]),
     "meta->tinybert": ("Meta-teacher -> TinyBERT-KD", [89.9, 84.3, 87.3, 91.6, 88.3]),
     "meta->meta": ("Meta-teacher -> Meta-distillation", [91.5, 86.5, 90.1, 89.7, 89.4]),
 }
+PAPER_HELD_OUT = {  # MNLI, fiction held out, tested on fiction (DESIGN.md Reference figures)
+    "in-domain teacher": 82.2, "meta-teacher without H": 81.6, "in-domain teacher -> tinybert": 78.8,
+    "other domains' teachers -> tinybert": "74.1 to 77.1", "meta-teacher without H -> tinybert": 78.2,
+}
+
+
+def held_out_systems(h: str) -> tuple[dict, dict]:
+    """The held-out table's teacher and student systems for domain ``h`` (added to TEACHERS / STUDENTS):
+    the meta-teacher fitted without h, every other domain's single teacher distilled on h (TinyBERT-KD), and
+    the meta-teacher without h distilled on h (TinyBERT-KD, as the paper, and Meta-KD). The in-domain rows
+    (h's single teacher and its student) are teacher-single's and single->tinybert's h column."""
+    without = f"{HELD_OUT}/{h}/meta-teacher-without"
+    teachers = {without: (f"teacher-meta-without-{h}", [*META_FLAGS, "--hold-out", h])}
+    students = {f"{HELD_OUT}/{h}/{d}-teacher->tinybert": ("teacher-single", "tinybert", True, ["--teacher-domain", d])
+                for d in DOMAINS if d != h}
+    students[f"{HELD_OUT}/{h}/meta-without->tinybert"] = (without, "tinybert", True, [])
+    students[f"{HELD_OUT}/{h}/meta-without->meta"] = (without, "meta", True, [])
+    return teachers, students
 
 
 def _mtime(path: Path) -> str:
@@ -102,6 +149,11 @@ class Bench:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.domains: list[str] = args.domains
+        self.teacher_defs, self.student_defs = dict(TEACHERS), dict(STUDENTS)
+        for h in args.held_out if HELD_OUT in args.systems else []:
+            teachers, students = held_out_systems(h)
+            self.teacher_defs.update(teachers)
+            self.student_defs.update(students)
         self.datasets: dict[str, object] = {}  # data fingerprint -> Dataset, loaded once
         self.setup = {
             "data": str(DATA), "teacher_fit": " ".join(TEACHER_FIT) + " (as bench/teachers.py)",
@@ -137,7 +189,7 @@ class Bench:
 
     def teacher(self, system: str) -> Path | None:
         """The teacher's run folder, fitted when its fit metrics are missing (None: dry run, not there yet)."""
-        name, flags = TEACHERS[system]
+        name, flags = self.teacher_defs[system]
         run_dir = RUNS / name
         if (run_dir / "metrics" / "fit.json").is_file() and (run_dir / "teacher").is_dir():
             config = json.loads((run_dir / "metrics" / "fit.json").read_text())["config"]
@@ -169,33 +221,36 @@ class Bench:
             return
         metrics = json.loads((run_dir / "metrics" / "fit.json").read_text())
         seed = str(metrics["seed"])
+        domains = [system.split("/")[1]] if system.startswith(f"{HELD_OUT}/") else self.domains
         self.runs.setdefault(system, {})["all"] = {seed: {
-            "accuracy": {d: metrics["test_accuracy"][d] for d in self.domains},
+            "accuracy": {d: metrics["test_accuracy"][d] for d in domains},
             "minutes": {"fit": metrics["seconds"] / 60},
             "run_dir": str(run_dir.relative_to(ROOT)),
             "config": self.teachers[system],
         }}
-        correct = self.score(system, "all", seed, run_dir, "teacher", self.domains, run_dir / "metrics" / "fit.json")
+        correct = self.score(system, "all", seed, run_dir, "teacher", domains, run_dir / "metrics" / "fit.json")
         _check_rescored(self.runs[system]["all"][seed], correct)
         self.save()
 
-    def _finished(self, run_dir: Path, teacher_run: Path, method: str, domain: str | None, seed: int) -> bool:
+    def _finished(self, run_dir: Path, teacher_run: Path, method: str, domain: str | None, seed: int,
+                  teacher_domain: str | None) -> bool:
         """A student run that matches these settings and the teacher's current fit."""
         return student_finished(run_dir, teacher_run, {
-            "method": method, "domain": domain, "seed": seed,
+            "method": method, "domain": domain, "seed": seed, "teacher_domain": teacher_domain,
             "intermediate_epochs": self.args.intermediate_epochs, "epochs": self.args.epochs})
 
     def student(self, system: str, domain: str | None, seed: int, reuse: bool = False) -> None:
         """Distil one student in a fresh run folder (or reuse a finished one with --resume / ``reuse``), read its
         metrics and score it row by row."""
-        teacher_system, method, _ = STUDENTS[system]
-        teacher_run = RUNS / TEACHERS[teacher_system][0]
+        teacher_system, method, _, extra = self.student_defs[system]
+        teacher_domain = extra[extra.index("--teacher-domain") + 1] if "--teacher-domain" in extra else None
+        teacher_run = RUNS / self.teacher_defs[teacher_system][0]
         key = domain or "all"
         run_dir = STUDENT_RUNS / slug(system) / f"{key}-s{seed}"
-        flags = ["--method", method, *(["--domain", domain] if domain else []), "--seed", str(seed),
+        flags = ["--method", method, *(["--domain", domain] if domain else []), *extra, "--seed", str(seed),
                  "--intermediate-epochs", str(self.args.intermediate_epochs), "--epochs", str(self.args.epochs)]
         previous = self.runs.get(system, {}).get(key, {}).get(str(seed), {})
-        if (self.args.resume or reuse) and self._finished(run_dir, teacher_run, method, domain, seed):
+        if (self.args.resume or reuse) and self._finished(run_dir, teacher_run, method, domain, seed, teacher_domain):
             print(f"# {system} {key} seed {seed}: done in {run_dir.relative_to(ROOT)}", flush=True)
             if self.args.dry_run:
                 return
@@ -316,9 +371,11 @@ class Bench:
             raise SystemExit(f"{run_dir}: no {model} model to score")
         tokenizer = load_tokenizer(str(artifact.tokenizer_dir))
         pad_id = tokenizer.pad_token_id or 0
-        forward = load_forward(artifact)
+        forward = load_forward(artifact) if artifact.per_domain is None else None
         correct: dict[str, list[int]] = {}
         for domain in domains:
+            if artifact.per_domain is not None:  # single-mode teacher: each domain's rows by its own teacher
+                forward = load_forward(artifact, artifact.per_domain[domain])
             encoded = encode(dataset.select("test", [domain]), dataset, tokenizer, artifact.max_length)
             predictions = batched_logits(encoded, pad_id, 64, forward).argmax(-1)
             correct[domain] = (predictions == np.asarray(encoded.labels)).astype(int).tolist()
@@ -334,21 +391,21 @@ class Bench:
         out: dict[str, dict[str, float]] = {}
         for key, seeds in self.runs.get(system, {}).items():
             for seed, record in seeds.items():
-                if system not in TEACHERS and int(seed) not in self.args.seeds:
+                if not _is_teacher(system) and int(seed) not in self.args.seeds:
                     continue
                 for domain, value in record["accuracy"].items():
                     if domain in self.domains and (key == "all" or key == domain):
                         out.setdefault(seed, {})[domain] = value
         return out
 
-    def correctness(self, system: str) -> dict[str, list[int]]:
+    def correctness(self, system: str, domains: list[str] | None = None) -> dict[str, list[int]]:
         """{seed: 0/1 per test row, the domains concatenated in order}, for seeds complete on every domain."""
         out = {}
         for seed in sorted({s for runs in self.correct.get(system, {}).values() for s in runs}):
-            if system not in TEACHERS and int(seed) not in self.args.seeds:
+            if not _is_teacher(system) and int(seed) not in self.args.seeds:
                 continue
             rows = []
-            for domain in self.domains:
+            for domain in domains or self.domains:
                 kept = self.correct[system].get(domain, {}).get(seed) or self.correct[system].get("all", {}).get(seed)
                 if not kept or domain not in kept["domains"]:
                     break
@@ -392,15 +449,45 @@ class Bench:
             table[system] = row
         return table
 
-    def tests(self) -> dict:
+    def tests(self, pairs: list[tuple[str, str]] = TESTS, domains: list[str] | None = None) -> dict:
         from stats import compare
 
-        strata = [d for d in self.domains for _ in range(self.rows_setup.get("rows", {}).get(d, 0))]
+        domains = domains or self.domains
+        strata = [d for d in domains for _ in range(self.rows_setup.get("rows", {}).get(d, 0))]
         out = {}
-        for a, b in TESTS:
-            a_runs, b_runs = self.correctness(a), self.correctness(b)
+        for a, b in pairs:
+            a_runs, b_runs = self.correctness(a, domains), self.correctness(b, domains)
             if a_runs and b_runs:
                 out[f"{a} vs {b}"] = compare(a_runs, b_runs, strata, self.args.resamples, seed=0)
+        return out
+
+    def held_out(self) -> dict:
+        """{H: {"results": {row: {"accuracy", "std", "seeds"}}, "tests": {..}}}: the held-out table per domain H
+        (accuracy on H's test rows; mean and sample standard deviation over seeds)."""
+        import numpy as np
+
+        out = {}
+        for h in sorted({s.split("/")[1] for s in self.runs if s.startswith(f"{HELD_OUT}/")}):
+            if h not in self.args.held_out:
+                continue
+            prefix = f"{HELD_OUT}/{h}/"
+            rows = {"in-domain teacher": "teacher-single", "meta-teacher without H": f"{prefix}meta-teacher-without",
+                    "in-domain teacher -> tinybert": "single->tinybert",
+                    **{f"{d} teacher -> tinybert": f"{prefix}{d}-teacher->tinybert" for d in DOMAINS if d != h},
+                    "meta-teacher without H -> tinybert": f"{prefix}meta-without->tinybert",
+                    "meta-teacher without H -> meta": f"{prefix}meta-without->meta"}
+            table = {}
+            for name, system in rows.items():
+                values = {seed: a[h] for seed, a in self.per_seed(system).items() if h in a}
+                if values:
+                    v = list(values.values())
+                    table[name] = {"accuracy": round(float(np.mean(v)), 2),
+                                   "std": round(float(np.std(v, ddof=1)), 2) if len(v) > 1 else None,
+                                   "seeds": sorted(int(s) for s in values), "system": system}
+            pairs = [(f"{prefix}meta-without->meta", f"{prefix}meta-without->tinybert"),
+                     (f"{prefix}meta-without->tinybert", "single->tinybert"),
+                     *[(f"{prefix}meta-without->tinybert", f"{prefix}{d}-teacher->tinybert") for d in DOMAINS if d != h]]
+            out[h] = {"results": table, "tests": self.tests(pairs, [h])}
         return out
 
     def save(self) -> None:
@@ -409,8 +496,10 @@ class Bench:
         paper = {"source": "DESIGN.md Reference figures: the authors' slides, BERT-base teacher, TinyBERT-4 student",
                  "results": {s: {"name": n, **dict(zip(PAPER_COLUMNS, v))} for s, (n, v) in PAPER.items()}}
         setup = {**self.setup, "teachers": self.teachers}  # the fit settings the teacher runs recorded
+        paper["held_out"] = {"source": "DESIGN.md Reference figures: MNLI, fiction held out, tested on fiction",
+                             "results": PAPER_HELD_OUT}
         atomic_write_json(OUT, {"setup": setup, "results": self.results(), "tests": self.tests(),
-                                "runs": self.runs, "paper": paper})
+                                "held_out": self.held_out(), "runs": self.runs, "paper": paper})
         rows = {**self.rows_setup, "order": "per domain, the test rows of dataset.select('test', [domain]) in order",
                  "value": "1 = the model predicts the gold label"}
         atomic_write_text(PREDICTIONS, json.dumps({"setup": rows, "correct": self.correct},
@@ -439,6 +528,17 @@ class Bench:
                                 for s, m in test["mcnemar_exact_per_seed"].items())
             print(f"{name:34} diff {test['diff']:+.2f}  95% CI [{test['ci95'][0]:+.2f}, {test['ci95'][1]:+.2f}]"
                   f"  p {test['p_value']:.3f}  McNemar p per seed (A-only/B-only rows): {mcnemar}")
+        for h, section in results.get("held_out", {}).items():
+            print(f"\nheld out: {h} (its teachers never saw it; students distilled and scored on {h}), mean±std")
+            for name, row in section["results"].items():
+                print(f"{name.replace('H', h):42}{cell(row['accuracy'], row['std']):>13}{len(row['seeds']):>7}")
+            for name, test in section["tests"].items():
+                print(f"  {name.replace(f'{HELD_OUT}/{h}/', '')}: diff {test['diff']:+.2f}, p {test['p_value']:.3f}")
+
+
+def _is_teacher(system: str) -> bool:
+    """A teacher row: one run at the teacher's own seed, not one per student seed."""
+    return system in TEACHERS or system.endswith("/meta-teacher-without")
 
 
 def _check_rescored(record: dict, correct: dict[str, list[int]]) -> None:
@@ -476,6 +576,8 @@ def main() -> None:
     parser.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="Student seeds [1 2 3].")
     parser.add_argument("--domains", nargs="+", default=DOMAINS, choices=DOMAINS)
+    parser.add_argument("--held-out", nargs="+", default=DOMAINS, choices=DOMAINS,
+                        help="Domains the held-out table leaves out, one at a time [all four].")
     parser.add_argument("--intermediate-epochs", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3, help="Stage 2 (soft labels) epochs [3].")
     parser.add_argument("--resamples", type=int, default=10_000, help="Bootstrap resamples [10000].")
@@ -487,11 +589,16 @@ def main() -> None:
         print(NO_DATA)
         return
     bench = Bench(args)
-    for system in TEACHERS:
-        if system in args.systems:
+    held_out = args.held_out if HELD_OUT in args.systems else []
+    students = [s for s in args.systems if s in STUDENTS] + [s for h in held_out for s in held_out_systems(h)[1]]
+    teacher_rows = [s for s in args.systems if s in TEACHERS]
+    if held_out:  # the held-out table's in-domain teacher, and each meta-teacher fitted without H
+        teacher_rows += ["teacher-single"] + [t for h in held_out for t in held_out_systems(h)[0]]
+    needed = {bench.student_defs[s][0] for s in students} | ({"teacher-meta"} if INT8 in args.systems else set())
+    for system in bench.teacher_defs:
+        if system in teacher_rows:
             bench.teacher_row(system)
-        elif any(STUDENTS[s][0] == system for s in args.systems if s in STUDENTS) or (
-                INT8 in args.systems and system == "teacher-meta"):
+        elif system in needed:
             bench.teacher(system)
     for seed in args.seeds:  # seed outermost: an interrupted bench has every system's first seeds
         for system in SYSTEMS:
@@ -502,6 +609,12 @@ def main() -> None:
                     if "meta->meta" not in args.systems:  # the students it exports: reused when finished
                         bench.student("meta->meta", domain, seed, reuse=True)
                     bench.int8(domain, seed)
+            elif system == HELD_OUT:
+                for h in held_out:
+                    if "single->tinybert" not in args.systems or h not in args.domains:
+                        bench.student("single->tinybert", h, seed, reuse=True)  # the in-domain student
+                    for student in held_out_systems(h)[1]:
+                        bench.student(student, h, seed)
             elif STUDENTS[system][2]:
                 for domain in args.domains:
                     bench.student(system, domain, seed)

@@ -64,3 +64,25 @@ def test_main_rewrites_only_between_markers(tmp_path, monkeypatch):
     text = readme.read_text()
     assert text.startswith(f"intro\n{report.START}\n") and text.endswith(f"{report.END}\noutro\n")
     assert "old table" not in text and "BERT-mix" in text
+
+
+def test_amazon_table_tests_and_held_out_section(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    row = {"books": 80.0, "dvd": 81.0, "electronics": 82.0, "kitchen": 83.0, "average": 81.5, "std": 0.5,
+           "seeds": [1, 2]}
+    _write(tmp_path, "amazon.json", {
+        "setup": {"distill": {"intermediate_epochs": 2, "epochs": 3}},
+        "results": {"meta->meta": row},
+        "tests": {"meta->meta vs meta->tinybert": {"diff": 0.75, "p_value": 0.2, "ci95": [-0.5, 2.0]}},
+        "held_out": {"books": {
+            "results": {"meta-teacher without H -> tinybert": {"accuracy": 77.0, "std": None, "seeds": [1]}},
+            "tests": {"held-out/books/meta-without->meta vs held-out/books/meta-without->tinybert":
+                      {"diff": -1.0, "p_value": 0.5}}}},
+    })
+    text = report.build()
+    assert "student seeds [1, 2]" in text
+    assert "| meta->meta | 80.0 | 81.0 | 82.0 | 83.0 | 81.5 | 0.5 |" in text
+    assert "- meta->meta vs meta->tinybert: +0.75 points (95% CI -0.50 to +2.00), paired bootstrap p = 0.200" in text
+    assert "**Held out: books**" in text
+    assert "| meta-teacher without books -> tinybert | 77.0 | - | 1 |" in text
+    assert "- meta-without->meta vs meta-without->tinybert: -1.00 points, p = 0.500" in text
