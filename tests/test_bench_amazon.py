@@ -1,0 +1,87 @@
+"""bench/amazon.py's bookkeeping on made-up runs: seed means, teacher rows, the held-out table and its
+paired tests (no model is trained; the figures are invented and only the arithmetic is checked)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture(scope="module")
+def amazon():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_amazon", BENCH / "amazon.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _bench(amazon, **overrides):
+    values = dict(systems=amazon.SYSTEMS, seeds=[1, 2], domains=amazon.DOMAINS, held_out=["books"],
+                  intermediate_epochs=2, epochs=3, resamples=200, resume=False, dry_run=True)
+    values.update(overrides)
+    return amazon.Bench(argparse.Namespace(**values))
+
+
+def _run(accuracy: dict) -> dict:
+    return {"accuracy": accuracy, "minutes": {"distill": 1.0}}
+
+
+def test_held_out_systems_for_one_domain(amazon):
+    teachers, students = amazon.held_out_systems("dvd")
+    assert teachers == {"held-out/dvd/meta-teacher-without": (
+        "teacher-meta-without-dvd", [*amazon.META_FLAGS, "--hold-out", "dvd"])}
+    assert students["held-out/dvd/books-teacher->tinybert"] == (
+        "teacher-single", "tinybert", True, ["--teacher-domain", "books"])
+    assert "held-out/dvd/dvd-teacher->tinybert" not in students  # the in-domain student is single->tinybert's
+    assert students["held-out/dvd/meta-without->meta"][:2] == ("held-out/dvd/meta-teacher-without", "meta")
+
+
+def test_results_and_held_out_table(amazon):
+    bench = _bench(amazon)
+    assert "held-out/books/meta-teacher-without" in bench.teacher_defs
+    domains = amazon.DOMAINS
+    bench.runs = {
+        "teacher-single": {"all": {"42": _run({d: 90.0 for d in domains})}},
+        "single->tinybert": {d: {"1": _run({d: 84.0}), "2": _run({d: 86.0})} for d in domains},
+        "held-out/books/meta-teacher-without": {"all": {"42": _run({"books": 88.0})}},
+        "held-out/books/dvd-teacher->tinybert": {"books": {"1": _run({"books": 80.0}), "2": _run({"books": 82.0}),
+                                                           "3": _run({"books": 10.0})}},  # seed 3 not asked for
+        "held-out/books/meta-without->tinybert": {"books": {"1": _run({"books": 83.0})}},
+        "held-out/books/meta-without->meta": {"books": {"1": _run({"books": 84.0})}},
+    }
+    results = bench.results()
+    assert set(results) == {"teacher-single", "single->tinybert"}  # held-out systems stay out of the main table
+    assert results["single->tinybert"]["average"] == 85.0 and results["single->tinybert"]["std"] == 1.41
+    assert results["teacher-single"]["seeds"] == [42]  # a teacher's own seed is kept whatever --seeds says
+
+    rows = 10
+    bench.rows_setup = {"rows": {"books": rows}}
+    bench.correct = {
+        "held-out/books/meta-without->meta": {"books": {"1": {"domains": {"books": [1] * 9 + [0]}}}},
+        "held-out/books/meta-without->tinybert": {"books": {"1": {"domains": {"books": [1] * 7 + [0] * 3}}}},
+    }
+    table = bench.held_out()["books"]
+    got = table["results"]
+    assert got["in-domain teacher"]["accuracy"] == 90.0
+    assert got["in-domain teacher -> tinybert"] == {"accuracy": 85.0, "std": 1.41, "seeds": [1, 2],
+                                                     "system": "single->tinybert"}
+    assert got["dvd teacher -> tinybert"]["accuracy"] == 81.0 and got["dvd teacher -> tinybert"]["seeds"] == [1, 2]
+    assert got["meta-teacher without H"]["accuracy"] == 88.0
+    assert "electronics teacher -> tinybert" not in got  # no runs: no row
+    test = table["tests"]["held-out/books/meta-without->meta vs held-out/books/meta-without->tinybert"]
+    assert test["diff"] == pytest.approx(20.0) and test["rows"] == rows
+
+
+def test_held_out_needs_the_system(amazon):
+    bench = _bench(amazon, systems=["meta->meta"])
+    assert not any(name.startswith("held-out/") for name in bench.teacher_defs)
