@@ -33,7 +33,7 @@ from metakd_cli.cpu import cpu_info
 from metakd_cli.data import Dataset, Encoded, collate, encode, fraction_indices, load_dataset
 from metakd_cli.errors import UserError
 from metakd_cli.evaluate import batched_logits, per_domain_accuracy, torch_logits
-from metakd_cli.losses import confusion_targets, teacher_loss
+from metakd_cli.losses import confusion_targets, dann_scale, teacher_loss
 from metakd_cli.models import (
     DomainClassifiers,
     DomainHead,
@@ -216,7 +216,8 @@ def _train_one(
         if use_domain_loss:
             pooled = pool(out.hidden_states[-1], batch["attention_mask"], "mean")
             z = parts["head"].features(pooled, batch["domains"])
-            domain_logits = parts["head"].logits(pooled, z, cfg.domain_loss)
+            scale = dann_scale(float(batch["progress"])) if "progress" in batch else 1.0  # reversal only
+            domain_logits = parts["head"].logits(pooled, z, cfg.domain_loss, scale)
             targets = (
                 confusion_targets(batch["domains"], generator) if cfg.domain_loss == "confusion" else batch["domains"]
             )

@@ -7,6 +7,8 @@ code does, before the batch mean.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +27,13 @@ class _GradReverse(torch.autograd.Function):
 def grad_reverse(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Identity forward, gradient multiplied by -scale backward (DANN, Ganin et al. 2016)."""
     return _GradReverse.apply(x, scale)
+
+
+def dann_scale(progress: float, steepness: float = 10.0) -> float:
+    """DANN's schedule for the reversed gradient (Ganin et al. 2016): 2 / (1 + exp(-10 p)) - 1 at training
+    progress p in [0, 1], so the domain classifier's pull starts at 0 and reaches ~1 as training ends, and
+    the encoder learns the task before it is asked to hide the domain."""
+    return 2.0 / (1.0 + math.exp(-steepness * progress)) - 1.0
 
 
 def confusion_targets(domains: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -119,9 +119,9 @@ class DomainHead(nn.Module):
     def features(self, pooled: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.transform(self.domain_embedding(domains) + pooled))
 
-    def logits(self, pooled: torch.Tensor, z: torch.Tensor, mode: str) -> torch.Tensor:
+    def logits(self, pooled: torch.Tensor, z: torch.Tensor, mode: str, reversal_scale: float = 1.0) -> torch.Tensor:
         if mode == "reversal":
-            return self.classifier(torch.tanh(self.reversal_transform(grad_reverse(pooled))))
+            return self.classifier(torch.tanh(self.reversal_transform(grad_reverse(pooled, reversal_scale))))
         return self.classifier(z)
 
 

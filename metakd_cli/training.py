@@ -100,7 +100,8 @@ def run_phase(
 ) -> PhaseResult:
     """Train ``module`` (an nn.Module holding every trainable part) and keep its best state.
 
-    ``loss_step(batch, generator)`` returns named loss terms with ``loss`` to optimise;
+    ``loss_step(batch, generator)`` returns named loss terms with ``loss`` to optimise; the batch
+    also carries ``progress``, the share of the phase's steps done before this one (0 to <1);
     ``evaluate()`` returns the dev score used for selection (higher is better). On return
     ``module`` holds the best state seen.
     """
@@ -194,6 +195,7 @@ def run_phase(
                     indices = order[step * spec.batch_size : (step + 1) * spec.batch_size]
                     indices = indices[accelerator.process_index :: accelerator.num_processes]
                     batch = {k: v.to(accelerator.device) for k, v in make_batch(indices).items()}
+                    batch["progress"] = torch.tensor((epoch * steps_per_epoch + step) / total_steps)
                     terms = loss_step(batch, generator)
                     optimizer.zero_grad(set_to_none=True)
                     accelerator.backward(terms["loss"])

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from metakd_cli.losses import (
     attention_mse,
     confusion_targets,
+    dann_scale,
     domain_feature_mse,
     expertise_weight,
     grad_reverse,
@@ -25,6 +26,14 @@ def test_grad_reverse_negates_the_gradient():
     y = torch.tensor([1.0], requires_grad=True)
     grad_reverse(y, 0.5).sum().backward()
     assert y.grad.tolist() == [-0.5]
+
+
+def test_dann_scale_ramps_from_zero_to_one():
+    assert dann_scale(0.0) == 0.0
+    assert dann_scale(0.5) == pytest.approx(2 / (1 + math.exp(-5)) - 1)  # 0.9866
+    assert 0.9999 < dann_scale(1.0) < 1.0
+    values = [dann_scale(p / 10) for p in range(11)]
+    assert values == sorted(values) and len(set(values)) == 11
 
 
 def test_confusion_target_is_a_permutation_of_the_batch_domains():
