@@ -74,8 +74,8 @@ class DistillConfig:
     epochs: int = 3
     temperature: float = 1.0
     batch_size: int = 32
-    lr: float = 3e-5
-    intermediate_lr: float = 5e-5
+    lr: float | None = None  # stage 2; None: 3e-5, or 3e-4 for a student from random weights
+    intermediate_lr: float | None = None  # stage 1, constant; None: 5e-5, or 5e-4 from random weights
     gamma: float = 0.5
     max_length: int | None = None  # default: the teacher's
     seed: int = 42

@@ -85,8 +85,23 @@ class DistillResult:
     seconds: float
 
 
+PRETRAINED_LRS = (5e-5, 3e-5)  # (stage 1, stage 2): DESIGN.md's defaults for a pretrained student
+RANDOM_INIT_LRS = (5e-4, 3e-4)  # ten times those: at 3e-5 a student from random weights stayed at chance
+
+
+def learning_rates(cfg: DistillConfig) -> tuple[float, float]:
+    """(stage 1, stage 2) learning rates: the ones given, else the defaults for how the student starts."""
+    random_init = cfg.student == "tinybert4" and cfg.student_init == "random"
+    stage1, stage2 = RANDOM_INIT_LRS if random_init else PRETRAINED_LRS
+    return (cfg.intermediate_lr if cfg.intermediate_lr is not None else stage1,
+            cfg.lr if cfg.lr is not None else stage2)
+
+
 def validate(cfg: DistillConfig) -> None:
     choice(cfg.method, METHODS, "--method")
+    for flag, value in (("--lr", cfg.lr), ("--intermediate-lr", cfg.intermediate_lr)):
+        if value is not None and value <= 0:
+            raise UserError(f"{flag} must be positive, got {value}")
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
@@ -358,16 +373,17 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
         return float((predictions == np.asarray(dev.labels)).mean() * 100)
 
     signature = json.dumps([asdict(cfg), dataset.fingerprint(), info.mode], sort_keys=True)
+    intermediate_lr, lr = learning_rates(cfg)
     stages = {}
     suffix = f"-{cfg.domain}" if cfg.domain else ""
     if cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs > 0:
-        spec = PhaseSpec(f"distill-intermediate{suffix}", cfg.intermediate_epochs, cfg.batch_size, cfg.intermediate_lr,
+        spec = PhaseSpec(f"distill-intermediate{suffix}", cfg.intermediate_epochs, cfg.batch_size, intermediate_lr,
                          cfg.seed, constant_lr=True, max_grad_norm=1.0, weight_decay=0.0, signature=signature)
         phase = run_phase(spec, parts, len(train), make_batch, intermediate_step, None, run.checkpoints,
                           resume, progress)
         stages["intermediate"] = {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second,
                                   "history": phase.history}
-    spec = PhaseSpec(f"distill-prediction{suffix}", cfg.epochs, cfg.batch_size, cfg.lr, cfg.seed, weight_decay=0.01,
+    spec = PhaseSpec(f"distill-prediction{suffix}", cfg.epochs, cfg.batch_size, lr, cfg.seed, weight_decay=0.01,
                      signature=signature)
     phase = run_phase(spec, nn.ModuleDict({"student": student}), len(train), make_batch, prediction_step, dev_accuracy,
                       run.checkpoints, resume, progress)
@@ -395,6 +411,7 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
         "test_agreement_with_teacher": float((student_test == teacher_test).mean() * 100) if len(test) else None,
         "lambda": {"mean": float(lam.mean()), "min": float(lam.min()), "max": float(lam.max())},
         "teacher_cache_seconds": cache_seconds,
+        "learning_rates": {"intermediate": intermediate_lr, "prediction": lr},
         "stages": stages,
         "cpu": cpu_info().to_json(),
         "parameters": {"student": sum(p.numel() for p in student.parameters()),

@@ -129,6 +129,21 @@ def test_tinybert4_random_warns_and_uses_a_projection(run):
     assert "tinybert4" in result.metrics["student"]
 
 
+def test_learning_rate_defaults_follow_the_students_start(run):
+    from metakd_cli.distill import learning_rates
+
+    assert learning_rates(DistillConfig()) == (5e-5, 3e-5)
+    assert learning_rates(DistillConfig(student="tinybert4", student_init="some/checkpoint")) == (5e-5, 3e-5)
+    assert learning_rates(DistillConfig(student="tinybert4", student_init="random")) == (5e-4, 3e-4)
+    assert learning_rates(DistillConfig(student="tinybert4", student_init="random", lr=1e-5)) == (5e-4, 1e-5)
+    result = distill(small(student="tinybert4", student_init="random", lr=None, intermediate_lr=None), run,
+                     log=_quiet, warn=_quiet)
+    assert result.metrics["learning_rates"] == {"intermediate": 5e-4, "prediction": 3e-4}
+    assert result.metrics["config"]["lr"] is None  # what the user asked for; the rates used are beside it
+    with pytest.raises(UserError, match="--lr must be positive, got -1"):
+        distill(small(lr=-1.0), run, log=_quiet, warn=_quiet)
+
+
 def test_tinybert4_needs_an_init(run):
     with pytest.raises(UserError, match="--student-init"):
         distill(small(student="tinybert4"), run, log=_quiet, warn=_quiet)

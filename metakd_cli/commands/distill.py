@@ -20,8 +20,10 @@ import click
 @click.option("--epochs", type=int, default=None, help="Stage 2 (soft labels) epochs [3].")
 @click.option("--temperature", type=float, default=None, help="Soft-label temperature [1].")
 @click.option("--batch-size", type=int, default=None, help="Batch size [32].")
-@click.option("--lr", type=float, default=None, help="Stage 2 learning rate [3e-5].")
-@click.option("--intermediate-lr", type=float, default=None, help="Stage 1 learning rate, constant [5e-5].")
+@click.option("--lr", type=float, default=None,
+              help="Stage 2 learning rate [3e-5; 3e-4 for --student-init random].")
+@click.option("--intermediate-lr", type=float, default=None,
+              help="Stage 1 learning rate, constant [5e-5; 5e-4 for --student-init random].")
 @click.option("--gamma", type=float, default=None, help="Weight of the domain-feature term (meta) [0.5].")
 @click.option("--max-length", type=int, default=None, help="Tokens per example [the teacher's].")
 @click.option("--seed", type=int, default=None, help="Training seed [42].")
