@@ -107,13 +107,18 @@ def build() -> str:
     if speed.is_file():
         data = json.loads(speed.read_text())
         cpu = data["setup"].get("cpu", {})
-        lines += [f"**Speed** on {cpu.get('model', '?')} ({', '.join(cpu.get('flags', []))}), "
-                  f"{data['setup'].get('threads', '?')} threads, seq 128; `python bench/speed.py`.", "",
-                  "| model | latency p50 ms (b1) | latency p90 ms (b1) | throughput ex/s (b32) | size MB |",
-                  "| --- | --- | --- | --- | --- |"]
+        threads = data["setup"].get("threads", {})
+        threads = threads.get("torch_intra_op", "?") if isinstance(threads, dict) else threads
+        lines += [f"**Speed** on {cpu.get('model', '?')} ({', '.join(cpu.get('flags', []))}), {threads} threads, "
+                  f"seq 128, {str(data['setup'].get('date', '?'))[:10]}; `python bench/speed.py`. Fixed shape: "
+                  "every row padded to 128 tokens; predict: real test texts end to end (tokenisation included), "
+                  "length-bucketed.", "",
+                  "| model | latency p50 ms (b1) | latency p90 ms (b1) | throughput ex/s (b32) | predict texts/s "
+                  "| size MB |", "| --- | --- | --- | --- | --- | --- |"]
         for name, row in data["results"].items():
+            predict = (row.get("predict") or {}).get("bucketed_texts_per_s", "-")
             lines.append(_row(name, [row["latency_b1_p50_ms"], row["latency_b1_p90_ms"], row["throughput_b32"],
-                                     row["size_mb"]]))
+                                     predict, row["size_mb"]]))
         ceiling = data["ceiling"]
         lines += ["", f"int8 matmul ceiling ({'x'.join(map(str, ceiling['shape']))}): "
                       f"{ceiling['int8_gmacs_per_s']:.0f} G multiply-accumulates/s (fp32 {ceiling['fp32_gmacs_per_s']:.0f}); "
@@ -122,6 +127,18 @@ def build() -> str:
         for target in data.get("targets", []):
             value = f"{target['value']:.0%}" if target["threshold"] < 1 else f"{target['value']:.1f}x"
             lines.append(f"- {'met' if target['met'] else '**not met**'}: {target['target']} ({value})")
+        lines.append("")
+    variants = RESULTS / "int8_variants.json"
+    if variants.is_file():
+        data = json.loads(variants.read_text())
+        lines += [f"**Ways to build the int8 student** ({data['setup']['int8_format']} format, same fp32 ONNX file, "
+                  "one process; test accuracy on the 800 test rows, agreement with fp32); "
+                  "`python bench/int8_variants.py`.", "",
+                  "| variant | throughput ex/s (b32) | latency p50 ms (b1) | size MB | test acc % | agreement % |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for name, row in data["results"].items():
+            lines.append(_row(name, [row["throughput_b32"], row["latency_b1_p50_ms"], row["size_mb"],
+                                     row["test_accuracy"], row["agreement_with_fp32"]]))
         lines.append("")
     lines += _accuracy_table("The paper (BERT-base teacher, TinyBERT-4 student; for comparison)",
                              {k: dict(zip(DOMAINS, v)) for k, v in PAPER.items()})
