@@ -14,6 +14,8 @@ process, threads pinned, on the same fixed-shape inputs (real test texts, seq 12
     int8-fused-fastgelu  as int8-fused with the tanh approximation of GELU (FastGelu)
     int8-fused-small   fused without EmbedLayerNormalization, so that the embedding tables
                        (Gather) are quantized too, as in int8-shipped
+    int8-export-fuse   what `metakd export --int8 --fuse` writes (Optimum O2 fusion, then its
+                       int8 config), built with metakd's own functions
 
 Throughput at batch 32 (median batch time), latency p50 at batch 1, file size, and test
 accuracy on the run's test split with agreement against the fp32 model (so a faster variant
@@ -41,7 +43,7 @@ from speed import (  # noqa: E402
 OUT = RESULTS / "int8_variants.json"
 
 
-def build(source: Path, scratch: Path, weight_type: str, config) -> dict[str, Path]:
+def build(source: Path, scratch: Path, weight_type: str, config, target: str) -> dict[str, Path]:
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.fusion_options import FusionOptions
@@ -71,7 +73,26 @@ def build(source: Path, scratch: Path, weight_type: str, config) -> dict[str, Pa
                              op_types_to_quantize=ops,
                              extra_options={"DefaultTensorType": TensorProto.FLOAT})  # fused ops lack shape info
             out[f"int8-{name}"] = path
+        out["int8-export-fuse"] = export_fused(source, scratch / "export-fuse", target)
     return out
+
+
+def export_fused(source: Path, folder: Path, target: str) -> Path:
+    """What `metakd export --int8 --fuse` writes (its first, plain attempt), built with its own functions."""
+    import shutil
+
+    from optimum.onnxruntime import ORTQuantizer
+
+    from metakd_cli.export import INT8_FILE, Int8Attempt, _quantization_config, classifier_nodes, fused_graph
+
+    folder.mkdir(parents=True)
+    shutil.copy(source, folder / "model.onnx")
+    shutil.copy(source.parent / "config.json", folder / "config.json")
+    fused_dir, fused_file = fused_graph(folder, lambda message: None)
+    config = _quantization_config(target, Int8Attempt("plain", "defaults"), classifier_nodes(fused_dir / fused_file))
+    ORTQuantizer.from_pretrained(fused_dir, file_name=fused_file).quantize(save_dir=folder / "int8",
+                                                                          quantization_config=config)
+    return folder / "int8" / f"{Path(fused_file).stem}_quantized.onnx"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     config = AutoConfig.from_pretrained(onnx_dir)
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
-        variants = build(onnx_dir / "model.onnx", Path(scratch), WEIGHT_TYPES[target], config)
+        variants = build(onnx_dir / "model.onnx", Path(scratch), WEIGHT_TYPES[target], config, target)
         reference = None
         for name, path in variants.items():
             print(f"timing {name}", file=sys.stderr, flush=True)

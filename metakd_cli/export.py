@@ -262,6 +262,34 @@ class Int8Result:
                 "passed": self.passed, "agreement_with_fp32": self.agreement_with_fp32}
 
 
+FUSED_DIR, FUSED_FILE = ".fused", "model_optimized.onnx"
+
+
+def fused_graph(tmp: Path, log: Callable[[str], None]) -> tuple[Path, str]:
+    """``tmp/model.onnx`` with ONNX Runtime's transformer fusions (Optimum's O2: attention, skip layer
+    norm, bias GELU; the embeddings stay plain Gathers so that their tables can be int8), written to a
+    scratch folder that is quantized instead of model.onnx; model.onnx itself stays as exported."""
+    from optimum.onnxruntime import ORTOptimizer
+    from optimum.onnxruntime.configuration import OptimizationConfig
+
+    with _quiet_tools():
+        optimizer = ORTOptimizer.from_pretrained(tmp, file_names=[ONNX_FILE])
+        optimizer.optimize(OptimizationConfig(optimization_level=2), tmp / FUSED_DIR, file_suffix="optimized")
+    for name in ("config.json",):  # ORTQuantizer reads the model's config beside the graph
+        if (tmp / name).is_file() and not (tmp / FUSED_DIR / name).is_file():
+            shutil.copy(tmp / name, tmp / FUSED_DIR / name)
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    path = tmp / FUSED_DIR / FUSED_FILE
+    # the quantizer needs every tensor's type; onnx's own inference stops at the contrib operators
+    graph = SymbolicShapeInference.infer_shapes(onnx.load(str(path)), auto_merge=True)
+    onnx.save(graph, str(path))
+    ops = sorted({n.op_type for n in graph.graph.node if n.domain == "com.microsoft"})
+    log(f"fused graph for int8: {', '.join(ops) or 'no fused operator found'}")
+    return tmp / FUSED_DIR, FUSED_FILE
+
+
 def _quantize_with_fallback(
     tmp: Path, target: str, cfg: ExportConfig, dev: Encoded, pad_id: int, fp32_accuracy: dict[str, float],
     fp32_dev: np.ndarray, domains: list[str], log: Callable[[str], None],
@@ -272,13 +300,17 @@ def _quantize_with_fallback(
     """
     from optimum.onnxruntime import ORTQuantizer
 
-    classifier = classifier_nodes(tmp / ONNX_FILE)
+    source_dir, source_file = (fused_graph(tmp, log) if cfg.fuse else (tmp, ONNX_FILE))
+    classifier = classifier_nodes(source_dir / source_file)
     results: list[Int8Result] = []
     for attempt in int8_attempts(target, cfg.per_channel):
         folder = tmp / f".int8-{attempt.name}"
         with _quiet_tools():
-            quantizer = ORTQuantizer.from_pretrained(tmp, file_name=ONNX_FILE)
+            quantizer = ORTQuantizer.from_pretrained(source_dir, file_name=source_file)
             quantizer.quantize(save_dir=folder, quantization_config=_quantization_config(target, attempt, classifier))
+        written = folder / f"{Path(source_file).stem}_quantized.onnx"  # Optimum names it after its source
+        if written.name != INT8_FILE:
+            os.replace(written, folder / INT8_FILE)
         predictions = int8_dev_predictions(attempt, folder / INT8_FILE, dev, pad_id)
         accuracy = per_domain_accuracy(predictions, dev, domains)
         drops = {d: fp32_accuracy[d] - accuracy[d] for d in fp32_accuracy}
@@ -614,12 +646,13 @@ def _export_into(
         os.replace(chosen.folder / "ort_config.json", tmp / "ort_config.json")
         for result in attempts:
             shutil.rmtree(result.folder, ignore_errors=True)
+        shutil.rmtree(tmp / FUSED_DIR, ignore_errors=True)
         int8_predictions = chosen.predictions
         accuracy["int8"] = chosen.accuracy
         metrics["int8_check"] = {
             "split": "dev", "rows": len(dev), "drop": chosen.drop, "drop_per_domain": chosen.drop_per_domain,
             "max_drop": cfg.max_drop, "passed": chosen.passed, "agreement_with_fp32": chosen.agreement_with_fp32,
-            "per_channel": chosen.attempt.per_channel, "attempt": chosen.attempt.name,
+            "per_channel": chosen.attempt.per_channel, "attempt": chosen.attempt.name, "fused": cfg.fuse,
             "remedy": chosen.attempt.description if chosen.attempt.name != "plain" else None,
         }
         metrics["int8_attempts"] = [r.to_json() for r in attempts]

@@ -107,6 +107,27 @@ def test_export_cli_json_and_fp32_only(tiny_run, tmp_path):
     assert "fp32 ONNX vs PyTorch" in result.stderr
 
 
+def test_fuse_quantizes_a_fused_graph_that_loads_plainly(tiny_run, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    run = copy_run(tiny_run, tmp_path / "run")
+    result = invoke("--run-dir", str(run), "export", "--int8", "--fuse", "--max-drop", "100")
+    assert result.exit_code == 0, result.output
+    assert "fused graph for int8: " in result.stderr and "Attention" in result.stderr
+    folder = run / "onnx"
+    assert sorted(p.name for p in folder.glob("*.onnx")) == ["model.onnx", "model_quantized.onnx"]  # no scratch left
+    assert not (folder / ".fused").exists()
+    ops = {n.op_type for n in onnx.load(str(folder / "model_quantized.onnx")).graph.node}
+    assert "QAttention" in ops  # the fused attention, quantized
+    assert "Attention" not in {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}  # fp32 as exported
+    session = ort.InferenceSession(str(folder / "model_quantized.onnx"), providers=["CPUExecutionProvider"])
+    feed = {i.name: np.ones((2, 8), dtype=np.int64) for i in session.get_inputs()}
+    assert session.run(None, feed)[0].shape == (2, 2)
+    metrics = json.loads((run / "metrics" / "export.json").read_text())
+    assert metrics["int8_check"]["fused"] is True
+
+
 def test_export_teacher(tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path / "run")
     result = invoke("--run-dir", str(run), "export", "--model", "teacher")

@@ -20,6 +20,9 @@ import click
 @click.option("--max-drop", type=float, default=None,
               help="Fail (exit 1) when int8 loses more dev accuracy points than this vs fp32, after trying the "
                    "remedies [1.0].")
+@click.option("--fuse", is_flag=True,
+              help="Quantize a graph with fused attention, layer norm and GELU (ONNX Runtime contrib ops): "
+                   "lower batch-1 latency.")
 @click.option("--trim-vocab", is_flag=True,
               help="Keep only the word pieces the training corpus uses (model and tokenizer together).")
 @click.option("--keep-top", type=int, default=None, metavar="N",
@@ -27,7 +30,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object instead of tables.")
 @click.pass_obj
 def export(obj, model: str, int8: bool, target: str, ort: bool, opset: int | None, max_drop: float | None,
-           trim_vocab: bool, keep_top: int | None, as_json: bool) -> None:
+           fuse: bool, trim_vocab: bool, keep_top: int | None, as_json: bool) -> None:
     """Export the run's student (or teacher) to onnx/, loadable with plain optimum.onnxruntime.
 
     \b
@@ -46,7 +49,7 @@ def export(obj, model: str, int8: bool, target: str, ort: bool, opset: int | Non
     from metakd_cli.export import export as run_export
     from metakd_cli.run_dir import RunDir
 
-    config = ExportConfig(model=model, int8=int8, target=target, ort=ort, trim_vocab=trim_vocab)
+    config = ExportConfig(model=model, int8=int8, target=target, ort=ort, fuse=fuse, trim_vocab=trim_vocab)
     if opset is not None:
         config.opset = opset
     if max_drop is not None:
