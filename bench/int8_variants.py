@@ -1,6 +1,6 @@
 """What makes the int8 student faster on this CPU: ways of building it from the same fp32 ONNX file.
 
-    python bench/int8_variants.py --run-dir bench/runs/meta-meta [--threads N] [--batches 20]
+    python bench/int8_variants.py --run-dir bench/runs/meta-meta [--threads N] [--rounds 5]
 
 The run folder holds onnx/model.onnx and onnx/model_quantized.onnx (`metakd export --int8`).
 Every variant is built here from onnx/model.onnx into a temporary folder and measured in ONE
@@ -17,7 +17,9 @@ process, threads pinned, on the same fixed-shape inputs (real test texts, seq 12
     int8-export-fuse   what `metakd export --int8 --fuse` writes (Optimum O2 fusion, then its
                        int8 config), built with metakd's own functions
 
-Throughput at batch 32 (median batch time), latency p50 at batch 1, file size, and test
+Timed in interleaved rounds (every variant once per round; the figures are medians over rounds,
+every round's kept), so that the machine's slow spells do not favour one variant: throughput at
+batch 32, latency p50 at batch 1, file size, and test
 accuracy on the run's test split with agreement against the fp32 model (so a faster variant
 that changes predictions shows it). Writes bench/results/int8_variants.json and prints a table.
 Not part of CI.
@@ -83,7 +85,7 @@ def export_fused(source: Path, folder: Path, target: str) -> Path:
 
     from optimum.onnxruntime import ORTQuantizer
 
-    from metakd_cli.export import INT8_FILE, Int8Attempt, _quantization_config, classifier_nodes, fused_graph
+    from metakd_cli.export import Int8Attempt, _quantization_config, classifier_nodes, fused_graph
 
     folder.mkdir(parents=True)
     shutil.copy(source, folder / "model.onnx")
@@ -99,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=len(available_cpus()))
-    parser.add_argument("--batches", type=int, default=20, help="Batches of 32 timed per variant [20].")
-    parser.add_argument("--repeats", type=int, default=50, help="Batch-1 calls timed per variant [50].")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="Interleaved rounds over all variants; the figures are medians over rounds [5].")
+    parser.add_argument("--batches", type=int, default=8, help="Batches of 32 timed per variant and round [8].")
+    parser.add_argument("--repeats", type=int, default=30, help="Batch-1 calls timed per variant and round [30].")
     parser.add_argument("--seq-len", type=int, default=128, help="Tokens per row of the timed inputs [128].")
     parser.add_argument("--out", type=Path, default=OUT, help=f"JSON report [{OUT}].")
     args = parser.parse_args(argv)
@@ -131,24 +135,28 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         variants = build(onnx_dir / "model.onnx", Path(scratch), WEIGHT_TYPES[target], config, target)
         reference = None
+        forwards = {name: onnx_forward(onnx_session(path, args.threads)) for name, path in variants.items()}
+        rounds: dict[str, list[dict]] = {name: [] for name in variants}
+        for r in range(args.rounds):  # interleaved, so that a slow spell of the machine hits every variant
+            for name, forward in forwards.items():
+                print(f"round {r + 1}/{args.rounds}: timing {name}", file=sys.stderr, flush=True)
+                rounds[name].append(fixed_shape_speed(forward, inputs, 32, args.repeats, args.batches, 3))
         for name, path in variants.items():
-            print(f"timing {name}", file=sys.stderr, flush=True)
-            session = onnx_session(path, args.threads)
-            forward = onnx_forward(session)
-            speed = fixed_shape_speed(forward, inputs, 32, args.repeats, args.batches, 3)
-            predictions = batched_logits(encoded, pad_id, 64, forward).argmax(-1)
+            predictions = batched_logits(encoded, pad_id, 64, forwards[name]).argmax(-1)
             reference = predictions if reference is None else reference
+            timed = {key: [speed[key] for speed in rounds[name]]
+                     for key in ("throughput_b32", "latency_b32_p50_ms", "latency_b1_p50_ms")}
             results[name] = {
-                "throughput_b32": speed["throughput_b32"], "latency_b32_p50_ms": speed["latency_b32_p50_ms"],
-                "latency_b1_p50_ms": speed["latency_b1_p50_ms"], "size_mb": path.stat().st_size / 2**20,
+                **{key: float(np.median(values)) for key, values in timed.items()},
+                "rounds": timed, "size_mb": path.stat().st_size / 2**20,
                 "test_accuracy": float((predictions == labels).mean() * 100),
                 "agreement_with_fp32": float((predictions == reference).mean() * 100),
                 "ops": sorted({n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}),
             }
-            del session
     report = {"setup": {"run_dir": str(run.path), "cpu": cpu_info().to_json(), "threads": threads, "seq_len": args.seq_len,
                         "batch": 32, "int8_format": target, "weight_type": WEIGHT_TYPES[target],
                         "test_rows": len(examples), "batches": args.batches, "repeats": args.repeats,
+                        "rounds": args.rounds,
                         "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
               "results": results}
     atomic_write_json(args.out, report)

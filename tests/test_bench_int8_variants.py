@@ -27,7 +27,7 @@ def _load():
 def test_every_variant_is_built_timed_and_scored(exported_run: Path, tmp_path: Path, capsys):  # noqa: F811
     variants = _load()
     out = tmp_path / "variants.json"
-    assert variants.main(["--run-dir", str(exported_run), "--threads", "1", "--batches", "1", "--repeats", "2",
+    assert variants.main(["--run-dir", str(exported_run), "--threads", "1", "--rounds", "2", "--batches", "1", "--repeats", "2",
                           "--seq-len", "16", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     results = report["results"]
@@ -36,6 +36,7 @@ def test_every_variant_is_built_timed_and_scored(exported_run: Path, tmp_path: P
     assert results["fp32"]["agreement_with_fp32"] == 100.0
     for name, row in results.items():
         assert row["throughput_b32"] > 0 and row["size_mb"] > 0, name
+        assert len(row["rounds"]["latency_b1_p50_ms"]) == 2, name
         assert 0 <= row["test_accuracy"] <= 100 and 0 <= row["agreement_with_fp32"] <= 100, name
     assert "MatMulInteger" in results["int8-matmul"]["ops"] or "DynamicQuantizeMatMul" in results["int8-matmul"]["ops"]
     assert "Attention" in results["fp32-fused"]["ops"]  # the fusion happened on the tiny BERT too

@@ -21,8 +21,8 @@ import click
               help="Fail (exit 1) when int8 loses more dev accuracy points than this vs fp32, after trying the "
                    "remedies [1.0].")
 @click.option("--fuse", is_flag=True,
-              help="Quantize a graph with fused attention, layer norm and GELU (ONNX Runtime contrib ops): "
-                   "lower batch-1 latency.")
+              help="Quantize a graph with fused attention, layer norm and GELU (ONNX Runtime contrib ops); "
+                   "measure it on your CPU with bench/int8_variants.py.")
 @click.option("--trim-vocab", is_flag=True,
               help="Keep only the word pieces the training corpus uses (model and tokenizer together).")
 @click.option("--keep-top", type=int, default=None, metavar="N",
