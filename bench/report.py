@@ -29,7 +29,7 @@ PAPER = {  # DESIGN.md "Reference figures": BERT-base teacher, TinyBERT-4 studen
 
 
 def _row(name: str, values: list[object], extra: str = "") -> str:
-    cells = [f"{v:.1f}" if isinstance(v, (int, float)) else str(v) for v in values]
+    cells = [f"{v:.1f}" if isinstance(v, (int, float)) else "-" if v is None else str(v) for v in values]
     return f"| {name} | " + " | ".join(cells) + (f" | {extra} |" if extra else " |")
 
 
@@ -37,7 +37,7 @@ def _accuracy_table(title: str, results: dict, extra_key: str | None = None, ext
     head = "| system | " + " | ".join(DOMAINS) + (f" | {extra_name} |" if extra_key else " |")
     lines = [f"**{title}**", "", head, "|" + " --- |" * (len(DOMAINS) + 1 + bool(extra_key))]
     for name, row in results.items():
-        extra = str(row.get(extra_key, "")) if extra_key else ""
+        extra = ("-" if row.get(extra_key) is None else str(row[extra_key])) if extra_key else ""
         lines.append(_row(name, [row.get(d, "-") for d in DOMAINS], extra))
     return lines + [""]
 
@@ -67,7 +67,8 @@ def build() -> str:
         data = json.loads(amazon.read_text())
         setup = data["setup"]
         distill = setup["distill"]
-        seeds = sorted({s for row in data["results"].values() for s in row.get("seeds", [])})
+        seeds = sorted({s for name, row in data["results"].items() if not name.startswith("teacher-")
+                        for s in row.get("seeds", [])})
         lines += [f"Per-domain students (`distill --domain D`, scored on D), {distill['intermediate_epochs']} "
                   f"intermediate + {distill['epochs']} prediction epochs, student seeds {seeds} (teachers: seed "
                   "42); std = sample standard deviation over seeds of each seed's average; `python bench/amazon.py`.",
