@@ -127,11 +127,13 @@ class Dataset:
         wanted = set(domains)
         return [ex for ex in rows if ex.domain in wanted]
 
-    def check_domains(self, names: Iterable[str]) -> list[str]:
+    def check_domains(self, names: Iterable[str], flag: str = "") -> list[str]:
+        """``names``, refused with one clear line (prefixed with ``flag``) when one is not a domain."""
         names = list(names)
         for name in names:
             if name not in self._domain_index:
-                raise UserError(f"unknown domain '{name}' (known domains: {', '.join(self.domains)})")
+                where = f"{flag}: " if flag else ""
+                raise UserError(f"{where}unknown domain '{name}' (known domains: {', '.join(self.domains)})")
         return names
 
 

@@ -275,9 +275,9 @@ def fused_graph(tmp: Path, log: Callable[[str], None]) -> tuple[Path, str]:
     with _quiet_tools():
         optimizer = ORTOptimizer.from_pretrained(tmp, file_names=[ONNX_FILE])
         optimizer.optimize(OptimizationConfig(optimization_level=2), tmp / FUSED_DIR, file_suffix="optimized")
-    for name in ("config.json",):  # ORTQuantizer reads the model's config beside the graph
-        if (tmp / name).is_file() and not (tmp / FUSED_DIR / name).is_file():
-            shutil.copy(tmp / name, tmp / FUSED_DIR / name)
+    config = tmp / "config.json"  # ORTQuantizer reads the model's config beside the graph
+    if config.is_file() and not (tmp / FUSED_DIR / config.name).is_file():
+        shutil.copy(config, tmp / FUSED_DIR / config.name)
     import onnx
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 

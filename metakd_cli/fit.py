@@ -109,9 +109,7 @@ def validate(cfg: FitConfig) -> None:
 def kept_rows(dataset: Dataset, cfg: FitConfig, held_out: list[int]) -> list[int]:
     """Indices of the training rows the teacher learns from: none of a held-out domain, and a
     ``train_fraction`` of each domain in ``fraction_domains`` (of every domain when that is None)."""
-    unknown = [d for d in cfg.fraction_domains or [] if d not in dataset.domains]
-    if unknown:
-        raise UserError(f"--fraction-domains: unknown domain '{unknown[0]}' (known domains: {', '.join(dataset.domains)})")
+    dataset.check_domains(cfg.fraction_domains or [], "--fraction-domains")
     sampled = set(fraction_indices(dataset.train, cfg.train_fraction, dataset.split_seed))
     scarce = set(cfg.fraction_domains or dataset.domains)
     return [i for i, row in enumerate(dataset.train)
@@ -216,7 +214,7 @@ def _train_one(
         if use_domain_loss:
             pooled = pool(out.hidden_states[-1], batch["attention_mask"], "mean")
             z = parts["head"].features(pooled, batch["domains"])
-            scale = dann_scale(float(batch["progress"])) if "progress" in batch else 1.0  # reversal only
+            scale = dann_scale(float(batch["progress"]))  # used by reversal only
             domain_logits = parts["head"].logits(pooled, z, cfg.domain_loss, scale)
             targets = (
                 confusion_targets(batch["domains"], generator) if cfg.domain_loss == "confusion" else batch["domains"]
