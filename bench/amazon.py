@@ -71,13 +71,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, bench/stats.py (bench/ is no package)
-from common import DATA, DOMAINS, NO_DATA, ROOT, RUNS, cell, fresh_student_run, metakd, slug, student_finished  # noqa: E402
+from common import (  # noqa: E402
+    DATA, DOMAINS, NO_DATA, ROOT, RUNS, TEACHER_FIT_FLAGS, TEACHER_SETTINGS, cell, fresh_student_run, metakd, slug,
+    student_finished,
+)
 
 STUDENT_RUNS = RUNS / "amazon"
 OUT = ROOT / "bench" / "results" / "amazon.json"
 PREDICTIONS = ROOT / "bench" / "results" / "amazon_predictions.json"
 PAPER_COLUMNS = ["books", "dvd", "electronics", "kitchen", "average"]
-TEACHER_FIT = ["--epochs", "2", "--lr", "5e-5", "--max-length", "128", "--seed", "42"]  # as bench/teachers.py
 META_FLAGS = ["--teacher-mode", "meta", "--domain-loss", "confusion"]
 TEACHERS = {  # system -> (run folder under bench/runs, fit flags); bench/teachers.py makes two
     "teacher-single": ("paper-teacher-single", ["--teacher-mode", "single"]),
@@ -156,7 +158,7 @@ class Bench:
             self.student_defs.update(students)
         self.datasets: dict[str, object] = {}  # data fingerprint -> Dataset, loaded once
         self.setup = {
-            "data": str(DATA), "teacher_fit": " ".join(TEACHER_FIT) + " (as bench/teachers.py)",
+            "data": str(DATA), "teacher_fit": " ".join(TEACHER_FIT_FLAGS) + " (as bench/teachers.py)",
             "student": "tiny (4 of the teacher's layers)",
             "distill": {"intermediate_epochs": args.intermediate_epochs, "epochs": args.epochs, "batch_size": 32},
             "seeds": args.seeds, "domains": self.domains,
@@ -193,7 +195,7 @@ class Bench:
         run_dir = RUNS / name
         if (run_dir / "metrics" / "fit.json").is_file() and (run_dir / "teacher").is_dir():
             config = json.loads((run_dir / "metrics" / "fit.json").read_text())["config"]
-            wanted = {"epochs": 2, "lr": 5e-5, "max_length": 128, "seed": 42}
+            wanted = TEACHER_SETTINGS
             differs = {k: config.get(k) for k, v in wanted.items() if config.get(k) != v}
             if differs and system not in self.teachers:
                 print(f"note: {run_dir} was fitted with {differs}, not bench/teachers.py's settings", flush=True)
@@ -206,7 +208,7 @@ class Bench:
                 raise SystemExit(message)
             print(f"# note: {message}")
         resume = ["--resume"] if (run_dir / "checkpoints").is_dir() else []
-        self.metakd(run_dir, "fit", str(DATA), *flags, *TEACHER_FIT, *resume)
+        self.metakd(run_dir, "fit", str(DATA), *flags, *TEACHER_FIT_FLAGS, *resume)
         if self.args.dry_run:
             return None
         if not (run_dir / "metrics" / "fit.json").is_file():

@@ -14,6 +14,8 @@ DATA = ROOT.parent / "shared" / "data" / "amazon-mds"
 RUNS = ROOT / "bench" / "runs"
 RESULTS = ROOT / "bench" / "results"
 DOMAINS = ["books", "dvd", "electronics", "kitchen"]
+TEACHER_SETTINGS = {"epochs": 2, "lr": 5e-5, "max_length": 128, "seed": 42}  # bench/teachers.py's defaults
+TEACHER_FIT_FLAGS = [x for k, v in TEACHER_SETTINGS.items() for x in (f"--{k.replace('_', '-')}", f"{v:g}")]
 NO_DATA = f"skipped: {DATA} not present (the Amazon multi-domain data is not on this machine)"
 
 

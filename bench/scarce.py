@@ -32,11 +32,12 @@ import argparse
 import json
 from pathlib import Path
 
-from common import DATA, DOMAINS, NO_DATA, RESULTS, ROOT, RUNS, cell, fresh_student_run, metakd, student_finished
+from common import (
+    DATA, DOMAINS, NO_DATA, RESULTS, ROOT, RUNS, TEACHER_FIT_FLAGS, TEACHER_SETTINGS, cell, fresh_student_run, metakd,
+    student_finished,
+)
 
 OUT = RESULTS / "scarce.json"
-TEACHER_FIT = {"epochs": 2, "lr": 5e-5, "max_length": 128, "seed": 42}  # as bench/teachers.py
-FIT_FLAGS = ["--epochs", "2", "--lr", "5e-5", "--max-length", "128", "--seed", "42"]
 FULL_META = RUNS / "teacher-meta-confusion"  # bench/teachers.py's meta-teacher
 SYSTEMS = {  # system -> (teacher kind, distill method)
     "single": ("single", "tinybert"),
@@ -52,7 +53,7 @@ class Bench:
         self.results = json.loads(OUT.read_text()) if OUT.is_file() and not args.dry_run else {}
         setup = {
             "data": str(DATA), "domain": args.domain, "teacher": "all-MiniLM-L6-v2",
-            "fit": {**TEACHER_FIT, "batch_size": 32},
+            "fit": {**TEACHER_SETTINGS, "batch_size": 32},
             "distill": {"intermediate_epochs": args.intermediate_epochs, "epochs": args.epochs, "batch_size": 32,
                         "seed": args.seed, "student": "tiny (4 of the teacher's layers)"},
             "fraction": "seeded, label-stratified share of the domain's training rows (split seed 42); "
@@ -88,8 +89,8 @@ class Bench:
                 flags += ["--fraction-domains", d]
         if run_dir not in self.fitted and not _fitted(run_dir, fraction, scarce, kind):
             self.fitted.add(run_dir)
-            _, seconds = metakd(run_dir, "fit", str(DATA), *flags, "--train-fraction", f"{fraction:g}", *FIT_FLAGS,
-                                dry_run=self.args.dry_run)
+            _, seconds = metakd(run_dir, "fit", str(DATA), *flags, "--train-fraction", f"{fraction:g}",
+                                *TEACHER_FIT_FLAGS, dry_run=self.args.dry_run)
             self.row(fraction).setdefault("minutes", {})[f"{kind}-teacher"] = round(seconds / 60, 1)
         return run_dir
 
@@ -140,7 +141,7 @@ def _fitted(run_dir: Path, fraction: float, scarce: list[str] | None, mode: str)
     if not (path.is_file() and (run_dir / "teacher").is_dir()):
         return False
     config = json.loads(path.read_text())["config"]
-    wanted = {**TEACHER_FIT, "train_fraction": fraction, "teacher_mode": mode}
+    wanted = {**TEACHER_SETTINGS, "train_fraction": fraction, "teacher_mode": mode}
     return all(config.get(k) == v for k, v in wanted.items()) and config.get("fraction_domains") == scarce
 
 

@@ -4,25 +4,15 @@ paired tests (no model is trained; the figures are invented and only the arithme
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+from conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def amazon():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_amazon", BENCH / "amazon.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
+    return load_bench("amazon")
 
 
 def _bench(amazon, **overrides):

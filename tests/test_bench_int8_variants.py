@@ -3,29 +3,15 @@ speeds of tiny models mean nothing and are not checked)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
+from conftest import load_bench
 from export_fixtures import copy_run, exported_run, one_torch_thread, tiny_run  # noqa: F401
-
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
-
-def _load():
-    sys.path.insert(0, str(BENCH))  # the script imports bench/common.py and bench/speed.py by name
-    try:
-        spec = importlib.util.spec_from_file_location("bench_int8_variants", BENCH / "int8_variants.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 def test_every_variant_is_built_timed_and_scored(exported_run: Path, tmp_path: Path, capsys):  # noqa: F811
-    variants = _load()
+    variants = load_bench("int8_variants")
     out = tmp_path / "variants.json"
     assert variants.main(["--run-dir", str(exported_run), "--threads", "1", "--rounds", "2", "--batches", "1", "--repeats", "2",
                           "--seq-len", "16", "--out", str(out)]) == 0

@@ -3,16 +3,12 @@ between its markers (made-up figures in a temporary folder; nothing here is a me
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-_PATH = Path(__file__).resolve().parent.parent / "bench" / "report.py"
-_spec = importlib.util.spec_from_file_location("bench_report", _PATH)
-report = importlib.util.module_from_spec(_spec)
-sys.modules["bench_report"] = report
-_spec.loader.exec_module(report)
+from conftest import load_bench
+
+report = load_bench("report")
 
 
 def _write(folder: Path, name: str, data: dict) -> None:

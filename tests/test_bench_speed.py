@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 
+from conftest import load_bench
 from export_fixtures import copy_run, exported_run, one_torch_thread, tiny_run  # noqa: F401
 
-_PATH = Path(__file__).resolve().parent.parent / "bench" / "speed.py"
-_spec = importlib.util.spec_from_file_location("bench_speed", _PATH)
-speed = importlib.util.module_from_spec(_spec)
-sys.modules["bench_speed"] = speed  # dataclasses look their module up while the class is built
-_spec.loader.exec_module(speed)
+speed = load_bench("speed")
 
 # Small enough for a few seconds on one busy core: tiny models at seq 32, a 1-layer "BERT-base",
 # a small ceiling MatMul. Only the keys and the bookkeeping are checked, never the speeds.

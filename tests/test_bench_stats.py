@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-_PATH = Path(__file__).resolve().parent.parent / "bench" / "stats.py"
-_spec = importlib.util.spec_from_file_location("bench_stats", _PATH)
-stats = importlib.util.module_from_spec(_spec)
-sys.modules["bench_stats"] = stats  # dataclasses look their module up while the class is built
-_spec.loader.exec_module(stats)
+from conftest import load_bench
+
+stats = load_bench("stats")
 
 
 def test_binomial_two_sided_by_hand():
