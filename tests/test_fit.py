@@ -154,3 +154,31 @@ def test_fit_command_line(tiny_model_dir, toy_data, tmp_path):
     assert bad.exit_code == 2
     assert "unknown --domain-loss 'adversarial' (valid: confusion, reversal, none)" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_new_head_warning_is_silenced_and_verbosity_restored(tiny_model_dir):
+    """A classification head for the user's labels is expected: transformers' "newly initialized ...
+    You should probably TRAIN this model" must not reach the user; its verbosity is left as it was."""
+    import logging
+
+    from transformers.utils import logging as transformers_logging
+
+    from metakd_cli.models import load_classifier
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(level=logging.DEBUG)
+    root = logging.getLogger("transformers")
+    root.addHandler(handler)
+    before = transformers_logging.get_verbosity()
+    try:
+        model = load_classifier(str(tiny_model_dir), labels=["negative", "positive"])
+    finally:
+        root.removeHandler(handler)
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    assert not [r for r in records if "newly initialized" in r.getMessage()]
+    assert transformers_logging.get_verbosity() == before
