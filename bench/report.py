@@ -4,8 +4,8 @@
 
 Replaces the text between the `<!-- results:start -->` and `<!-- results:end -->` markers of
 README.md with tables built from teachers.json, students.json, amazon.json (with its held-out
-tables), scarce.json and speed.json
-(whichever exist), beside the paper's figures; nothing is typed by hand.
+tables), scarce.json, speed.json, amazon_cpu.json and int8_variants.json (whichever exist),
+beside the paper's figures; nothing is typed by hand.
 """
 
 from __future__ import annotations
@@ -129,6 +129,16 @@ def build() -> str:
             value = f"{target['value']:.0%}" if target["threshold"] < 1 else f"{target['value']:.1f}x"
             lines.append(f"- {'met' if target['met'] else '**not met**'}: {target['target']} ({value})")
         lines.append("")
+    recipe = RESULTS / "amazon_cpu.json"
+    if recipe.is_file():
+        data = json.loads(recipe.read_text())
+        steps = ", ".join(f"{step} {row['seconds'] / 60:.1f}" for step, row in data["steps"].items())
+        accuracy = ", ".join(f"{name} {row['average']:.1f}" for name, row in data["accuracy"].items())
+        lines += [f"**`metakd run amazon-cpu` end to end** on {data['setup']['cpu'].get('model', '?')} "
+                  f"({data['setup']['cpu'].get('cores', '?')} cores), {data['started'][:10]}: "
+                  f"{data['minutes']:.1f} minutes ({steps}); target under {data['target_minutes']} minutes: "
+                  f"{'met' if data['met'] else '**not met**'}. Test accuracy averages: {accuracy}; "
+                  "`python bench/amazon_cpu.py`.", ""]
     variants = RESULTS / "int8_variants.json"
     if variants.is_file():
         data = json.loads(variants.read_text())

@@ -51,6 +51,17 @@ def test_speed_targets_say_met_or_not(tmp_path, monkeypatch):
     assert "320, 40% of it" in text
 
 
+def test_recipe_run_line_gives_minutes_steps_and_verdict(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    run = {"setup": {"cpu": {"model": "Test CPU", "cores": 2}}, "started": "2026-11-26T03:58:42+00:00",
+           "steps": {"fit": {"seconds": 1200.0}, "distill": {"seconds": 1500.0}}, "minutes": 75.2,
+           "target_minutes": 60, "met": False, "accuracy": {"student": {"average": 85.62}, "int8": {"average": 84.75}}}
+    _write(tmp_path, "amazon_cpu.json", run)
+    text = report.build()
+    assert ("on Test CPU (2 cores), 2026-11-26: 75.2 minutes (fit 20.0, distill 25.0); target under 60 minutes: "
+            "**not met**. Test accuracy averages: student 85.6, int8 84.8") in text
+
+
 def test_main_rewrites_only_between_markers(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     readme = tmp_path / "README.md"
