@@ -15,7 +15,14 @@ RUNS = ROOT / "bench" / "runs"
 RESULTS = ROOT / "bench" / "results"
 DOMAINS = ["books", "dvd", "electronics", "kitchen"]
 TEACHER_SETTINGS = {"epochs": 2, "lr": 5e-5, "max_length": 128, "seed": 42}  # bench/teachers.py's defaults
-TEACHER_FIT_FLAGS = [x for k, v in TEACHER_SETTINGS.items() for x in (f"--{k.replace('_', '-')}", f"{v:g}")]
+
+
+def fit_flags(settings: dict) -> list[str]:
+    """`metakd fit` flags for {"epochs": 2, "lr": 5e-5, ...}."""
+    return [x for k, v in settings.items() for x in (f"--{k.replace('_', '-')}", f"{v:g}")]
+
+
+TEACHER_FIT_FLAGS = fit_flags(TEACHER_SETTINGS)
 NO_DATA = f"skipped: {DATA} not present (the Amazon multi-domain data is not on this machine)"
 
 

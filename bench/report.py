@@ -97,9 +97,14 @@ def build() -> str:
         setup, rows = data["setup"], data["results"]
         columns = ["single-teacher", "single->tinybert", "meta-teacher", "meta->meta", "meta->tinybert"]
         columns = [c for c in columns if any(c in row for row in rows.values())]
+        distill = setup.get("distill", {})
+        epochs = (f"students {distill['intermediate_epochs']} + {distill['epochs']} epochs at F = 1"
+                  if distill else "")
+        rule = f"; epochs: {setup['epochs']}" if setup.get("epochs") else ""
+        dev = f"; {setup['dev']}" if setup.get("dev") else ""
         lines += [f"**Data-scarce: {setup['domain']}** (share of its training rows; the meta-teacher keeps every "
-                  f"row of the other domains; accuracy on {setup['domain']}'s test rows, one seed); "
-                  "`python bench/scarce.py`.", "",
+                  f"row of the other domains; accuracy on {setup['domain']}'s test rows, one seed; "
+                  f"{epochs}{rule}{dev}); `python bench/scarce.py`.", "",
                   "| fraction | train rows | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 2)]
         for fraction, row in sorted(rows.items(), key=lambda kv: float(kv[0])):
             lines.append(_row(fraction, [str(row.get("train_rows", "-")), *[row.get(c, "-") for c in columns]]))

@@ -15,25 +15,36 @@ same rows for the teacher and the student):
               teacher brings from what meta-distillation brings
 
 Teachers use bench/teachers.py's settings (--epochs 2 --lr 5e-5 --max-length 128 --seed 42); at
-F = 1 the meta-teacher is bench/runs/teacher-meta-confusion when it was fitted with them. Every
-model is scored on D's test rows (the same 200 rows in every run: the split is per domain and
-label). Runs go to bench/runs/scarce/; a finished step with the same settings is reused.
+F = 1 the meta-teacher is bench/runs/teacher-meta-confusion when it was fitted with them.
+
+Equal steps, less data: epochs are counted at F = 1, and a run that trains on F of D alone (the
+single teacher, every student) gets as many epochs as it takes to make at least as many optimizer
+steps (batch 32) as at F = 1: at F = 0.01 (16 rows, one batch an epoch) the single teacher makes
+100 one-batch epochs, not 2 steps, so the table measures data, not an untrained head. The
+meta-teacher trains on every other domain's rows too (over 150 steps an epoch) and keeps its 2
+epochs. `--no-match-steps` keeps the epochs as given at every F. Each run keeps its best epoch
+on D's whole dev split (200 rows at every F, for both systems alike).
+
+Every model is scored on D's test rows (the same 200 rows in every run: the split is per domain
+and label). Runs go to bench/runs/scarce/; a finished step with the same settings is reused.
 Writes bench/results/scarce.json after every step:
 
     {"setup": {...}, "results": {"<fraction>": {"train_rows": .., "single-teacher": .., "single->tinybert": ..,
-     "meta-teacher": .., "meta->meta": .., "minutes": {..}}}}
+     "meta-teacher": .., "meta->meta": .., "epochs": {..}, "minutes": {..}}}}
 
-Not part of CI (about 1.5 h on a 2-core CPU). Skips with a reason when ../shared/data/amazon-mds is absent.
+Not part of CI (about 2.5 h on a 2-core CPU with matched steps). Run it alone: it does not check for
+other benchmarks using the cores. Skips with a reason when ../shared/data/amazon-mds is absent.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from common import (
-    DATA, DOMAINS, NO_DATA, RESULTS, ROOT, RUNS, TEACHER_FIT_FLAGS, TEACHER_SETTINGS, cell, fresh_student_run, metakd,
+    DATA, DOMAINS, NO_DATA, RESULTS, ROOT, RUNS, TEACHER_SETTINGS, cell, fit_flags, fresh_student_run, metakd,
     student_finished,
 )
 
@@ -45,6 +56,13 @@ SYSTEMS = {  # system -> (teacher kind, distill method)
     "meta-tinybert": ("meta", "tinybert"),
 }
 STUDENT_ROW = {"single": "single->tinybert", "meta": "meta->meta", "meta-tinybert": "meta->tinybert"}
+BATCH = 32
+TEACHER = "all-MiniLM-L6-v2"
+
+
+def matched_epochs(epochs: int, rows: int, full_rows: int) -> int:
+    """Epochs on ``rows`` rows that make at least the optimizer steps of ``epochs`` on ``full_rows``."""
+    return max(epochs, math.ceil(epochs * math.ceil(full_rows / BATCH) / math.ceil(rows / BATCH)))
 
 
 class Bench:
@@ -52,20 +70,40 @@ class Bench:
         self.args = args
         self.results = json.loads(OUT.read_text()) if OUT.is_file() and not args.dry_run else {}
         setup = {
-            "data": str(DATA), "domain": args.domain, "teacher": "all-MiniLM-L6-v2",
-            "fit": {**TEACHER_SETTINGS, "batch_size": 32},
-            "distill": {"intermediate_epochs": args.intermediate_epochs, "epochs": args.epochs, "batch_size": 32,
+            "data": str(DATA), "domain": args.domain, "teacher": TEACHER,
+            "fit": {**TEACHER_SETTINGS, "batch_size": BATCH},
+            "distill": {"intermediate_epochs": args.intermediate_epochs, "epochs": args.epochs, "batch_size": BATCH,
                         "seed": args.seed, "student": "tiny (4 of the teacher's layers)"},
+            "epochs": "as many as make the optimizer steps of F = 1 for runs on F of D alone (single teacher, "
+                      "students); the meta-teacher keeps its epochs" if args.match_steps else "as given at every F",
+            "dev": f"every run keeps its best epoch on {args.domain}'s whole dev split (200 rows) at every F",
             "fraction": "seeded, label-stratified share of the domain's training rows (split seed 42); "
                         "the meta-teacher keeps every row of the other domains",
             "metric": f"test accuracy % on {args.domain}'s test rows",
         }
-        if {k: self.results.get("setup", {}).get(k) for k in ("domain", "distill")} != \
-                {k: setup[k] for k in ("domain", "distill")}:
+        kept = ("domain", "fit", "distill", "epochs")
+        if {k: self.results.get("setup", {}).get(k) for k in kept} != {k: setup[k] for k in kept}:
             self.results = {}
         self.results["setup"] = setup
         self.results.setdefault("results", {})
         self.fitted: set[Path] = set()  # fitted by this invocation (a dry run prints each fit once)
+        self.rows: dict[float, int] = {}  # fraction -> D's training rows at it
+
+    def train_rows(self, fraction: float) -> int:
+        """D's training rows at ``fraction``: the rows fit and distill keep (metakd's own sampler)."""
+        if not self.rows:
+            from metakd_cli.config import DataConfig
+            from metakd_cli.data import fraction_indices, load_dataset
+
+            dataset = load_dataset(DataConfig(path=str(DATA), domains=[self.args.domain]))
+            self.rows = {f: len(fraction_indices(dataset.train, f, dataset.split_seed)) for f in (1.0, *self.args.fractions)}
+        return self.rows[fraction]
+
+    def epochs(self, epochs: int, fraction: float) -> int:
+        """``epochs`` as given, or matched to F = 1's optimizer steps (a run on F of D alone)."""
+        if not self.args.match_steps:
+            return epochs
+        return matched_epochs(epochs, self.train_rows(fraction), self.train_rows(1.0))
 
     def save(self) -> None:
         if not self.args.dry_run:
@@ -76,21 +114,24 @@ class Bench:
     def teacher(self, kind: str, fraction: float) -> Path:
         """The teacher run folder for ``kind`` at ``fraction`` of D, fitted unless a matching fit exists."""
         d = self.args.domain
-        if kind == "meta" and fraction == 1.0 and _fitted(FULL_META, 1.0, None, "meta"):
+        settings = dict(TEACHER_SETTINGS)
+        if kind == "meta" and fraction == 1.0 and _fitted(FULL_META, 1.0, None, "meta", settings):
             return FULL_META
         run_dir = RUNS / "scarce" / f"{kind}-teacher-{d}-f{fraction:g}"
         if kind == "single":
             flags = ["--domains", d, "--teacher-mode", "single"]
             scarce = None
+            settings["epochs"] = self.epochs(settings["epochs"], fraction)
         else:
             flags = ["--teacher-mode", "meta", "--domain-loss", "confusion"]
             scarce = [d] if fraction < 1 else None
             if scarce:
                 flags += ["--fraction-domains", d]
-        if run_dir not in self.fitted and not _fitted(run_dir, fraction, scarce, kind):
+        self.row(fraction).setdefault("epochs", {})[f"{kind}-teacher"] = settings["epochs"]
+        if run_dir not in self.fitted and not _fitted(run_dir, fraction, scarce, kind, settings):
             self.fitted.add(run_dir)
             _, seconds = metakd(run_dir, "fit", str(DATA), *flags, "--train-fraction", f"{fraction:g}",
-                                *TEACHER_FIT_FLAGS, dry_run=self.args.dry_run)
+                                *fit_flags(settings), dry_run=self.args.dry_run)
             self.row(fraction).setdefault("minutes", {})[f"{kind}-teacher"] = round(seconds / 60, 1)
         return run_dir
 
@@ -107,10 +148,12 @@ class Bench:
             row[f"{kind}-teacher"] = round(fit["test_accuracy"][d], 2)
             row["train_rows"] = fit["train_rows"][d]
         run_dir = RUNS / "scarce" / f"{name}-student-{d}-f{fraction:g}"
+        stage1, stage2 = self.epochs(a.intermediate_epochs, fraction), self.epochs(a.epochs, fraction)
+        row.setdefault("epochs", {})[STUDENT_ROW[name]] = [stage1, stage2]
         flags = ["--method", method, "--domain", d, "--train-fraction", f"{fraction:g}", "--seed", str(a.seed),
-                 "--intermediate-epochs", str(a.intermediate_epochs), "--epochs", str(a.epochs)]
+                 "--intermediate-epochs", str(stage1), "--epochs", str(stage2)]
         wanted = {"method": method, "domain": d, "train_fraction": fraction, "seed": a.seed,
-                  "intermediate_epochs": a.intermediate_epochs, "epochs": a.epochs}
+                  "intermediate_epochs": stage1, "epochs": stage2, "batch_size": BATCH}
         if not student_finished(run_dir, teacher_run, wanted):
             if a.dry_run:
                 print(f"# fresh {run_dir.relative_to(ROOT)} <- {teacher_run.relative_to(ROOT)}/teacher")
@@ -135,14 +178,18 @@ class Bench:
                                              for c in columns))
 
 
-def _fitted(run_dir: Path, fraction: float, scarce: list[str] | None, mode: str) -> bool:
-    """A finished fit with bench/teachers.py's settings and this data share."""
+def _fitted(run_dir: Path, fraction: float, scarce: list[str] | None, mode: str, settings: dict) -> bool:
+    """A finished fit of the whole data (nothing held out, no other data options) with these settings and
+    this data share; a meta-teacher with the domain-confusion loss."""
     path = run_dir / "metrics" / "fit.json"
-    if not (path.is_file() and (run_dir / "teacher").is_dir()):
+    if not (path.is_file() and (run_dir / "teacher").is_dir() and (run_dir / "manifest.json").is_file()):
         return False
     config = json.loads(path.read_text())["config"]
-    wanted = {**TEACHER_SETTINGS, "train_fraction": fraction, "teacher_mode": mode}
-    return all(config.get(k) == v for k, v in wanted.items()) and config.get("fraction_domains") == scarce
+    data = json.loads((run_dir / "manifest.json").read_text())["data"]["config"]
+    wanted = {**settings, "train_fraction": fraction, "teacher_mode": mode, "teacher": TEACHER,
+              "batch_size": BATCH, "hold_out": None, **({"domain_loss": "confusion"} if mode == "meta" else {})}
+    return (all(config.get(k) == v for k, v in wanted.items()) and config.get("fraction_domains") == scarce
+            and data.get("split_seed") == 42 and data.get("limit_per_domain") is None)
 
 
 def main() -> None:
@@ -153,6 +200,8 @@ def main() -> None:
     parser.add_argument("--intermediate-epochs", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=2, help="Stage 2 (soft labels) epochs [2].")
     parser.add_argument("--seed", type=int, default=42, help="Student seed [42].")
+    parser.add_argument("--match-steps", action=argparse.BooleanOptionalAction, default=True,
+                        help="Runs on F of D alone get the optimizer steps they would make at F = 1 [on].")
     parser.add_argument("--dry-run", action="store_true", help="Print the metakd commands; run and write nothing.")
     args = parser.parse_args()
     if not DATA.is_dir():

@@ -17,13 +17,15 @@ def _write(folder: Path, name: str, data: dict) -> None:
 
 def test_scarce_rows_sorted_by_fraction_and_only_present_columns(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "RESULTS", tmp_path)
-    _write(tmp_path, "scarce.json", {"setup": {"domain": "kitchen"}, "results": {
+    _write(tmp_path, "scarce.json", {"setup": {"domain": "kitchen", "distill": {"intermediate_epochs": 1, "epochs": 2},
+                                               "epochs": "matched steps"}, "results": {
         "1": {"train_rows": 1600, "single-teacher": 90.0, "single->tinybert": 88.0, "meta-teacher": 89.5,
               "meta->meta": 88.5},
         "0.05": {"train_rows": 80, "single-teacher": 70.0, "single->tinybert": 65.5},
     }})
     text = report.build()
     assert "**Data-scarce: kitchen**" in text
+    assert "one seed; students 1 + 2 epochs at F = 1; epochs: matched steps); `python bench/scarce.py`" in text
     header = "| fraction | train rows | single-teacher | single->tinybert | meta-teacher | meta->meta |"
     assert header in text and "meta->tinybert" not in text
     lines = text.splitlines()
