@@ -33,12 +33,17 @@ def _row(name: str, values: list[object], extra: str = "") -> str:
     return f"| {name} | " + " | ".join(cells) + (f" | {extra} |" if extra else " |")
 
 
-def _accuracy_table(title: str, results: dict, extra_key: str | None = None, extra_name: str = "") -> list[str]:
-    head = "| system | " + " | ".join(DOMAINS) + (f" | {extra_name} |" if extra_key else " |")
-    lines = [f"**{title}**", "", head, "|" + " --- |" * (len(DOMAINS) + 1 + bool(extra_key))]
+def _accuracy_table(title: str, results: dict, extra_key: str | None = None, extra_name: str = "",
+                    seeds: bool = False) -> list[str]:
+    """One row per system: the domains' accuracy, an optional extra column, and (``seeds``) the seeds
+    each row averages."""
+    extras = [extra_name] * bool(extra_key) + ["seeds"] * seeds
+    head = "| system | " + " | ".join(DOMAINS + extras) + " |"
+    lines = [f"**{title}**", "", head, "|" + " --- |" * (len(DOMAINS) + 1 + len(extras))]
     for name, row in results.items():
-        extra = ("-" if row.get(extra_key) is None else str(row[extra_key])) if extra_key else ""
-        lines.append(_row(name, [row.get(d, "-") for d in DOMAINS], extra))
+        cells = [("-" if row.get(extra_key) is None else str(row[extra_key]))] if extra_key else []
+        cells += [", ".join(map(str, row.get("seeds", []))) or "-"] if seeds else []
+        lines.append(_row(name, [row.get(d, "-") for d in DOMAINS], " | ".join(cells)))
     return lines + [""]
 
 
@@ -73,7 +78,7 @@ def build() -> str:
                   f"intermediate + {distill['epochs']} prediction epochs, student seeds {seeds} (teachers: seed "
                   "42); std = sample standard deviation over seeds of each seed's average; `python bench/amazon.py`.",
                   ""]
-        lines += _accuracy_table("The paper's table (mean over seeds)", data["results"], "std", "std")
+        lines += _accuracy_table("The paper's table (mean over seeds)", data["results"], "std", "std", seeds=True)
         for name, test in data.get("tests", {}).items():
             lo, hi = test["ci95"]
             lines.append(f"- {name}: {test['diff']:+.2f} points (95% CI {lo:+.2f} to {hi:+.2f}), paired "
