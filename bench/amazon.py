@@ -22,6 +22,8 @@ Systems (test accuracy per domain, %):
     meta->meta        meta-teacher -> Meta-KD student, one per domain
     meta->meta-int8   each meta->meta student exported to ONNX dynamic int8 (the gate is off,
                       --max-drop 100; the dev drop is recorded)
+    meta->meta-int8-pc  the same students exported with per-channel weight scales (export --int8
+                      --per-channel --max-drop 100), in a sibling run folder that links the student
     meta->meta-all    one all-domain meta-teacher -> Meta-KD student per seed (an extra row)
     held-out          the paper's held-out table for each --held-out domain H, scored on H: H's
                       single teacher and its student (teacher-single, single->tinybert), the
@@ -72,8 +74,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, bench/stats.py (bench/ is no package)
 from common import (  # noqa: E402
-    DATA, DOMAINS, NO_DATA, ROOT, RUNS, TEACHER_FIT_FLAGS, TEACHER_SETTINGS, cell, fresh_student_run, metakd, slug,
-    student_finished,
+    DATA, DOMAINS, NO_DATA, ROOT, RUNS, TEACHER_FIT_FLAGS, TEACHER_SETTINGS, cell, fresh_student_run,
+    linked_student_run, metakd, slug, student_finished,
 )
 
 STUDENT_RUNS = RUNS / "amazon"
@@ -97,9 +99,11 @@ STUDENTS = {  # system -> (teacher system, --method, one student per domain?, mo
     "meta->meta-all": ("teacher-meta", "meta", False, []),
 }
 INT8 = "meta->meta-int8"  # exported from meta->meta's run folders
+INT8_PC = "meta->meta-int8-pc"  # the same, per-channel, in bench/runs/amazon/meta-to-meta-int8-pc/ (student/ linked)
+INT8_FLAGS = {INT8: [], INT8_PC: ["--per-channel"]}
 HELD_OUT = "held-out"  # the paper's held-out table, for each --held-out domain (systems named held-out/H/...)
 SYSTEMS = ["teacher-single", "teacher-mix", "teacher-mtl", "teacher-meta", "single->tinybert", "mix->tinybert",
-           "mtl->tinybert", "multi->mtn", "meta->tinybert", "meta->meta", INT8, "meta->meta-all", HELD_OUT]
+           "mtl->tinybert", "multi->mtn", "meta->tinybert", "meta->meta", INT8, INT8_PC, "meta->meta-all", HELD_OUT]
 TESTS = [  # (A, B): A - B
     ("meta->meta", "meta->tinybert"),
     ("meta->tinybert", "mix->tinybert"),
@@ -108,6 +112,8 @@ TESTS = [  # (A, B): A - B
     ("multi->mtn", "single->tinybert"),
     ("teacher-meta", "teacher-mix"),
     (INT8, "meta->meta"),
+    (INT8_PC, "meta->meta"),
+    (INT8_PC, INT8),
     ("meta->meta-all", "meta->meta"),
 ]
 PAPER = {  # DESIGN.md "Reference figures": the authors' slides, BERT-base teacher, TinyBERT-4 student
@@ -164,7 +170,8 @@ class Bench:
             "seeds": args.seeds, "domains": self.domains,
             "students": "one per domain (distill --domain D), scored on D's test rows; meta->meta-all: one "
                         "all-domain student per seed, scored per domain",
-            "int8": "metakd export --int8 --max-drop 100 (target auto) of each meta->meta student",
+            "int8": "metakd export --int8 --max-drop 100 (target auto) of each meta->meta student; "
+                    f"{INT8_PC}: the same with --per-channel",
             "split": "seeded 80/10/10 per domain and label (split seed 42)", "metric": "test accuracy %",
             "std": "sample standard deviation over seeds of each seed's average",
             "tests": f"paired bootstrap over test rows ({args.resamples} resamples, stratified by domain, seed-"
@@ -286,24 +293,32 @@ class Bench:
         _check_rescored(self.runs[system][key][str(seed)], correct)
         self.save()
 
-    def int8(self, domain: str, seed: int) -> None:
-        run_dir = STUDENT_RUNS / slug("meta->meta") / f"{domain}-s{seed}"
+    def int8(self, domain: str, seed: int, system: str = INT8) -> None:
+        """Export one meta->meta student to int8 (``system``: INT8 or INT8_PC) and score it row by row."""
+        student_dir = STUDENT_RUNS / slug("meta->meta") / f"{domain}-s{seed}"
+        run_dir = student_dir if system == INT8 else STUDENT_RUNS / slug(system) / f"{domain}-s{seed}"
         metrics_path = run_dir / "metrics" / "export.json"
-        distilled = run_dir / "metrics" / "distill.json"
+        distilled = student_dir / "metrics" / "distill.json"
         if not self.args.dry_run and not distilled.is_file():
-            print(f"skipped {INT8} {domain} seed {seed}: no meta->meta student in {run_dir}", flush=True)
+            print(f"skipped {system} {domain} seed {seed}: no meta->meta student in {student_dir}", flush=True)
             return
         done = (self.args.resume and metrics_path.is_file() and distilled.is_file()
                 and (run_dir / "onnx" / "model_quantized.onnx").is_file()
                 and metrics_path.stat().st_mtime_ns >= distilled.stat().st_mtime_ns)
-        previous = self.runs.get(INT8, {}).get(domain, {}).get(str(seed), {})
+        previous = self.runs.get(system, {}).get(domain, {}).get(str(seed), {})
+        command = ["export", "--int8", *INT8_FLAGS[system], "--max-drop", "100"]
         if done:
-            print(f"# {INT8} {domain} seed {seed}: done in {run_dir.relative_to(ROOT)}/onnx", flush=True)
+            print(f"# {system} {domain} seed {seed}: done in {run_dir.relative_to(ROOT)}/onnx", flush=True)
             if self.args.dry_run:
                 return
             status, process_minutes = 0, previous.get("process_minutes")
         else:
-            status, process_seconds = self.metakd(run_dir, "export", "--int8", "--max-drop", "100", check=False)
+            if run_dir != student_dir:
+                if self.args.dry_run:
+                    print(f"# fresh {run_dir.relative_to(ROOT)} <- {student_dir.relative_to(ROOT)}/student (links)")
+                else:
+                    linked_student_run(student_dir, run_dir)
+            status, process_seconds = self.metakd(run_dir, *command, check=False)
             process_minutes = process_seconds / 60
         if self.args.dry_run:
             return
@@ -311,19 +326,19 @@ class Bench:
         export = json.loads((folder / "metakd_export.json").read_text())
         model = folder / "model_quantized.onnx"
         if not model.is_file():
-            print(f"skipped {INT8} {domain} seed {seed}: export failed ({'; '.join(export.get('failures', []))})")
+            print(f"skipped {system} {domain} seed {seed}: export failed ({'; '.join(export.get('failures', []))})")
             return
-        correct = self.score(INT8, domain, str(seed), run_dir, "int8", [domain], model, folder=folder)
+        correct = self.score(system, domain, str(seed), run_dir, "int8", [domain], model, folder=folder)
         check = export["int8_check"]
-        self.runs.setdefault(INT8, {}).setdefault(domain, {})[str(seed)] = {
+        self.runs.setdefault(system, {}).setdefault(domain, {})[str(seed)] = {
             "accuracy": {domain: 100.0 * sum(correct[domain]) / len(correct[domain])},
-            "dev_drop": check["drop"], "attempt": check["attempt"], "target": export["target"],
-            "size_mb": export["size_mb"], "export_failures": export.get("failures", []),
+            "dev_drop": check["drop"], "attempt": check["attempt"], "per_channel": check["per_channel"],
+            "target": export["target"], "size_mb": export["size_mb"], "export_failures": export.get("failures", []),
             "minutes": {"export": export["seconds"] / 60,
-                        "score": (self.correct[INT8][domain][str(seed)].get("seconds") or 0.0) / 60},
+                        "score": (self.correct[system][domain][str(seed)].get("seconds") or 0.0) / 60},
             "process_minutes": process_minutes,
             "run_dir": str(folder.relative_to(ROOT)),
-            "command": "metakd export --int8 --max-drop 100",
+            "command": "metakd " + " ".join(command),
         }
         self.save()
 
@@ -446,7 +461,7 @@ class Bench:
                     minutes.setdefault(step, []).append(value)
             row["minutes"] = {step: round(float(np.mean(v)), 2) for step, v in minutes.items()}
             row["runs"] = max(len(v) for v in minutes.values())
-            if system == INT8:
+            if system in INT8_FLAGS:
                 row["dev_drop_vs_fp32"] = round(float(np.mean([r["dev_drop"] for r in records])), 2)
             table[system] = row
         return table
@@ -596,7 +611,8 @@ def main() -> None:
     teacher_rows = [s for s in args.systems if s in TEACHERS]
     if held_out:  # the held-out table's in-domain teacher, and each meta-teacher fitted without H
         teacher_rows += ["teacher-single"] + [t for h in held_out for t in held_out_systems(h)[0]]
-    needed = {bench.student_defs[s][0] for s in students} | ({"teacher-meta"} if INT8 in args.systems else set())
+    needed = {bench.student_defs[s][0] for s in students} | ({"teacher-meta"} if set(INT8_FLAGS) & set(args.systems)
+                                                             else set())
     for system in bench.teacher_defs:
         if system in teacher_rows:
             bench.teacher_row(system)
@@ -606,11 +622,11 @@ def main() -> None:
         for system in SYSTEMS:
             if system not in args.systems or system in TEACHERS:
                 continue
-            if system == INT8:
+            if system in INT8_FLAGS:
                 for domain in args.domains:
                     if "meta->meta" not in args.systems:  # the students it exports: reused when finished
                         bench.student("meta->meta", domain, seed, reuse=True)
-                    bench.int8(domain, seed)
+                    bench.int8(domain, seed, system)
             elif system == HELD_OUT:
                 for h in held_out:
                     if "single->tinybert" not in args.systems or h not in args.domains:

@@ -55,6 +55,16 @@ def fresh_student_run(teacher_run: Path, run_dir: Path) -> None:
     shutil.copy(teacher_run / "manifest.json", run_dir / "manifest.json")
 
 
+def linked_student_run(student_run: Path, run_dir: Path) -> None:
+    """A run folder for another export of ``student_run``'s student: its student/ as hard links (export only reads
+    it), copies of its manifest and distill metrics, no onnx/ yet."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    (run_dir / "metrics").mkdir(parents=True)
+    shutil.copytree(student_run / "student", run_dir / "student", copy_function=link_or_copy)
+    shutil.copy(student_run / "manifest.json", run_dir / "manifest.json")
+    shutil.copy(student_run / "metrics" / "distill.json", run_dir / "metrics" / "distill.json")
+
+
 def slug(name: str) -> str:
     return name.replace("->", "-to-").replace(">", "").replace("/", "-")
 

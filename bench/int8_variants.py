@@ -16,6 +16,8 @@ process, threads pinned, on the same fixed-shape inputs (real test texts, seq 12
                        (Gather) are quantized too, as in int8-shipped
     int8-export-fuse   what `metakd export --int8 --fuse` writes (Optimum O2 fusion, then its
                        int8 config), built with metakd's own functions
+    int8-per-channel   what `metakd export --int8 --per-channel` writes: int8-shipped with one weight
+                       scale per output column, built with metakd's own functions
 
 Timed in interleaved rounds (every variant once per round; the figures are medians over rounds,
 every round's kept), so that the machine's slow spells do not favour one variant: throughput at
@@ -75,26 +77,24 @@ def build(source: Path, scratch: Path, weight_type: str, config, target: str) ->
                              op_types_to_quantize=ops,
                              extra_options={"DefaultTensorType": TensorProto.FLOAT})  # fused ops lack shape info
             out[f"int8-{name}"] = path
-        out["int8-export-fuse"] = export_fused(source, scratch / "export-fuse", target)
+        out["int8-export-fuse"] = export_built(source, scratch / "export-fuse", target, fuse=True)
+        out["int8-per-channel"] = export_built(source, scratch / "per-channel", target, per_channel=True)
     return out
 
 
-def export_fused(source: Path, folder: Path, target: str) -> Path:
-    """What `metakd export --int8 --fuse` writes (its first, plain attempt), built with its own functions."""
+def export_built(source: Path, folder: Path, target: str, per_channel: bool = False, fuse: bool = False) -> Path:
+    """What `metakd export --int8` writes with its first, plain attempt (and --per-channel / --fuse), built with
+    its own functions."""
     import shutil
 
-    from optimum.onnxruntime import ORTQuantizer
-
-    from metakd_cli.export import Int8Attempt, _quantization_config, classifier_nodes, fused_graph
+    from metakd_cli.export import Int8Attempt, fused_graph, quantize_attempt
 
     folder.mkdir(parents=True)
     shutil.copy(source, folder / "model.onnx")
     shutil.copy(source.parent / "config.json", folder / "config.json")
-    fused_dir, fused_file = fused_graph(folder, lambda message: None)
-    config = _quantization_config(target, Int8Attempt("plain", "defaults"), classifier_nodes(fused_dir / fused_file))
-    ORTQuantizer.from_pretrained(fused_dir, file_name=fused_file).quantize(save_dir=folder / "int8",
-                                                                          quantization_config=config)
-    return folder / "int8" / f"{Path(fused_file).stem}_quantized.onnx"
+    source_dir, source_file = fused_graph(folder, lambda message: None) if fuse else (folder, "model.onnx")
+    attempt = Int8Attempt("plain", "defaults", per_channel=per_channel)
+    return quantize_attempt(source_dir, source_file, target, attempt, folder / "int8")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,6 +102,8 @@ def validate(cfg: ExportConfig) -> None:
         raise UserError(f"check_rows must be at least 1, got {cfg.check_rows}")
     if cfg.keep_top < 0:
         raise UserError(f"--keep-top must be 0 or more, got {cfg.keep_top}")
+    if cfg.per_channel and not cfg.int8:
+        raise UserError("--per-channel only applies with --int8; add --int8 or drop --per-channel")
     if cfg.keep_top and not cfg.trim_vocab:
         raise UserError("--keep-top only applies with --trim-vocab; add --trim-vocab or drop --keep-top")
 
@@ -287,6 +289,23 @@ def fused_graph(tmp: Path, log: Callable[[str], None]) -> tuple[Path, str]:
     return tmp / FUSED_DIR, FUSED_FILE
 
 
+def quantize_attempt(source_dir: Path, source_file: str, target: str, attempt: Int8Attempt, folder: Path,
+                     classifier: list[str] | None = None) -> Path:
+    """``source_dir/source_file`` dynamically quantized with one attempt's settings into ``folder`` (Optimum's
+    ORTQuantizer, which also writes ort_config.json there); the path of ``folder/model_quantized.onnx``."""
+    from optimum.onnxruntime import ORTQuantizer
+
+    if classifier is None:
+        classifier = classifier_nodes(source_dir / source_file)
+    with _quiet_tools():
+        quantizer = ORTQuantizer.from_pretrained(source_dir, file_name=source_file)
+        quantizer.quantize(save_dir=folder, quantization_config=_quantization_config(target, attempt, classifier))
+    written = folder / f"{Path(source_file).stem}_quantized.onnx"  # Optimum names it after its source
+    if written.name != INT8_FILE:
+        os.replace(written, folder / INT8_FILE)
+    return folder / INT8_FILE
+
+
 def _quantize_with_fallback(
     tmp: Path, target: str, cfg: ExportConfig, dev: Encoded, pad_id: int, fp32_accuracy: dict[str, float],
     fp32_dev: np.ndarray, domains: list[str], log: Callable[[str], None],
@@ -295,19 +314,12 @@ def _quantize_with_fallback(
 
     The one kept is the first that passes, or the smallest drop when none does.
     """
-    from optimum.onnxruntime import ORTQuantizer
-
     source_dir, source_file = (fused_graph(tmp, log) if cfg.fuse else (tmp, ONNX_FILE))
     classifier = classifier_nodes(source_dir / source_file)
     results: list[Int8Result] = []
     for attempt in int8_attempts(target, cfg.per_channel):
         folder = tmp / f".int8-{attempt.name}"
-        with _quiet_tools():
-            quantizer = ORTQuantizer.from_pretrained(source_dir, file_name=source_file)
-            quantizer.quantize(save_dir=folder, quantization_config=_quantization_config(target, attempt, classifier))
-        written = folder / f"{Path(source_file).stem}_quantized.onnx"  # Optimum names it after its source
-        if written.name != INT8_FILE:
-            os.replace(written, folder / INT8_FILE)
+        quantize_attempt(source_dir, source_file, target, attempt, folder, classifier)
         predictions = int8_dev_predictions(attempt, folder / INT8_FILE, dev, pad_id)
         accuracy = per_domain_accuracy(predictions, dev, domains)
         drops = {d: fp32_accuracy[d] - accuracy[d] for d in fp32_accuracy}

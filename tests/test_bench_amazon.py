@@ -75,3 +75,22 @@ def test_results_and_held_out_table(amazon):
 def test_held_out_needs_the_system(amazon):
     bench = _bench(amazon, systems=["meta->meta"])
     assert not any(name.startswith("held-out/") for name in bench.teacher_defs)
+
+
+def test_linked_student_run_shares_the_student_and_leaves_the_source_alone(amazon, tmp_path):
+    common = load_bench("common")
+    source = tmp_path / "meta-to-meta" / "books-s1"
+    (source / "student").mkdir(parents=True)
+    (source / "metrics").mkdir()
+    (source / "student" / "model.safetensors").write_bytes(b"weights")
+    (source / "manifest.json").write_text('{"steps": {}}')
+    (source / "metrics" / "distill.json").write_text("{}")
+    (source / "onnx").mkdir()
+    target = tmp_path / "meta-to-meta-int8-pc" / "books-s1"
+    (target / "onnx").mkdir(parents=True)  # a stale export is removed
+    common.linked_student_run(source, target)
+    assert (target / "student" / "model.safetensors").stat().st_ino == (source / "student" / "model.safetensors").stat().st_ino
+    assert (target / "metrics" / "distill.json").is_file() and not (target / "onnx").exists()
+    (target / "manifest.json").write_text('{"steps": {"export": {}}}')  # export rewrites its own copy
+    assert (source / "manifest.json").read_text() == '{"steps": {}}'
+

@@ -18,7 +18,7 @@ def test_every_variant_is_built_timed_and_scored(exported_run: Path, tmp_path: P
     report = json.loads(out.read_text())
     results = report["results"]
     assert list(results) == ["fp32", "int8-shipped", "int8-matmul", "fp32-fused", "int8-fused", "int8-fused-fastgelu",
-                            "int8-fused-small", "int8-export-fuse"]
+                            "int8-fused-small", "int8-export-fuse", "int8-per-channel"]
     assert results["fp32"]["agreement_with_fp32"] == 100.0
     for name, row in results.items():
         assert row["throughput_b32"] > 0 and row["size_mb"] > 0, name

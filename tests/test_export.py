@@ -295,6 +295,32 @@ def test_int8_fallback_keeps_the_first_remedy_that_passes(tiny_run, tmp_path, mo
     assert not any(p.name.startswith(".") for p in (run / "onnx").iterdir())
 
 
+def test_per_channel_flag_quantizes_with_one_scale_per_output_column(tiny_run, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    run = copy_run(tiny_run, tmp_path / "run")
+    result = invoke("--run-dir", str(run), "export", "--int8", "--per-channel", "--max-drop", "100")
+    assert result.exit_code == 0, result.output
+    check = json.loads((run / "metrics" / "export.json").read_text())["int8_check"]
+    assert check["attempt"] == "plain" and check["per_channel"] is True
+    assert json.loads((run / "onnx" / "ort_config.json").read_text())["quantization"]["per_channel"] is True
+    graph = onnx.load(str(run / "onnx" / "model_quantized.onnx")).graph
+    initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    matmuls = [n for n in graph.node if n.op_type == "MatMulInteger" and n.input[1] in initializers]
+    assert matmuls  # those with a weight matrix (attention's activation products have none)
+    for node in matmuls:  # inputs: A, B (int8 weights), a_zero_point, b_zero_point
+        weights, zero_points = initializers[node.input[1]], initializers[node.input[3]]
+        assert zero_points.shape == (weights.shape[1],)  # one per output column, not one per matrix
+
+
+def test_per_channel_without_int8_is_a_user_error(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path / "run")
+    result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", "--per-channel"])
+    assert result.exit_code != 0 and "--per-channel only applies with --int8" in result.output
+    assert not (run / "onnx").exists()
+
+
 def test_int8_fallback_fails_with_every_attempt_listed(tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path / "run")
     result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", "--int8", "--target", "avx2",

@@ -14,6 +14,9 @@ import click
 @click.option("--target", type=click.Choice(["auto", "avx2", "avx512_vnni", "arm64"]), default="auto",
               show_default=True,
               help="int8 format: auto = avx512_vnni where the CPU has VNNI, else avx2; arm64 on ARM (implies --ort).")
+@click.option("--per-channel", is_flag=True,
+              help="int8 weights with one scale per output channel instead of one per matrix (plain int8's "
+                   "first setting; a remedy otherwise).")
 @click.option("--ort", is_flag=True,
               help="Also write model.ort and required_operators.config for ONNX Runtime Mobile, checked against ONNX.")
 @click.option("--opset", type=int, default=None, help="ONNX opset [18].")
@@ -29,7 +32,7 @@ import click
               help="With --trim-vocab, also keep the N most frequent other pieces [0].")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object instead of tables.")
 @click.pass_obj
-def export(obj, model: str, int8: bool, target: str, ort: bool, opset: int | None, max_drop: float | None,
+def export(obj, model: str, int8: bool, target: str, per_channel: bool, ort: bool, opset: int | None, max_drop: float | None,
            fuse: bool, trim_vocab: bool, keep_top: int | None, as_json: bool) -> None:
     """Export the run's student (or teacher) to onnx/, loadable with plain optimum.onnxruntime.
 
@@ -43,6 +46,7 @@ def export(obj, model: str, int8: bool, target: str, ort: bool, opset: int | Non
     manifest are left as they were, and the exit status is 1.
       metakd export --int8 --trim-vocab --keep-top 2000
       metakd export --int8 --target arm64
+      metakd export --int8 --per-channel
     """
     from metakd_cli import console
     from metakd_cli.export import ExportConfig
@@ -50,6 +54,8 @@ def export(obj, model: str, int8: bool, target: str, ort: bool, opset: int | Non
     from metakd_cli.run_dir import RunDir
 
     config = ExportConfig(model=model, int8=int8, target=target, ort=ort, fuse=fuse, trim_vocab=trim_vocab)
+    if per_channel:
+        config.per_channel = True
     if opset is not None:
         config.opset = opset
     if max_drop is not None:
