@@ -59,7 +59,8 @@ measured; --resume then skips what is done):
      "paper": {...}}
 
 Per-domain values are means over seeds, "average" their mean, "std" the sample standard
-deviation over seeds of each seed's average (null with one seed). Not part of CI: hours on a
+deviation over seeds of each seed's average (null with one seed). --seeds picks the seeds run and reported for the
+systems asked for; the rows of other systems keep every seed they have. Not part of CI: hours on a
 2-core CPU. Skips with a reason when ../shared/data/amazon-mds is absent.
 """
 
@@ -403,12 +404,21 @@ class Bench:
 
     # ------------------------------------------------------------------ results
 
+    def reported(self, system: str, seed: str) -> bool:
+        """Whether a run of ``system`` at ``seed`` counts in the tables: --seeds picks the seeds of the systems this
+        invocation runs; a teacher keeps its own seed, and a system not asked for keeps every seed it has, so that
+        running other systems at fewer seeds leaves its row as it was."""
+        if _is_teacher(system):
+            return True
+        running = system in self.args.systems or (system.startswith(f"{HELD_OUT}/") and HELD_OUT in self.args.systems)
+        return not running or int(seed) in self.args.seeds
+
     def per_seed(self, system: str) -> dict[str, dict[str, float]]:
         """{seed: {domain: accuracy}} over the requested seeds (a teacher's own seed) and domains."""
         out: dict[str, dict[str, float]] = {}
         for key, seeds in self.runs.get(system, {}).items():
             for seed, record in seeds.items():
-                if not _is_teacher(system) and int(seed) not in self.args.seeds:
+                if not self.reported(system, seed):
                     continue
                 for domain, value in record["accuracy"].items():
                     if domain in self.domains and (key == "all" or key == domain):
@@ -419,7 +429,7 @@ class Bench:
         """{seed: 0/1 per test row, the domains concatenated in order}, for seeds complete on every domain."""
         out = {}
         for seed in sorted({s for runs in self.correct.get(system, {}).values() for s in runs}):
-            if not _is_teacher(system) and int(seed) not in self.args.seeds:
+            if not self.reported(system, seed):
                 continue
             rows = []
             for domain in domains or self.domains:

@@ -72,6 +72,18 @@ def test_results_and_held_out_table(amazon):
     assert test["diff"] == pytest.approx(20.0) and test["rows"] == rows
 
 
+def test_seeds_pick_the_runs_of_the_systems_asked_for_only(amazon):
+    bench = _bench(amazon, systems=["single->tinybert"], seeds=[1])
+    domains = amazon.DOMAINS
+    bench.runs = {
+        "single->tinybert": {d: {"1": _run({d: 84.0}), "2": _run({d: 86.0})} for d in domains},
+        "meta->meta": {d: {"1": _run({d: 80.0}), "2": _run({d: 82.0}), "3": _run({d: 84.0})} for d in domains},
+    }
+    results = bench.results()
+    assert results["single->tinybert"]["seeds"] == [1] and results["single->tinybert"]["average"] == 84.0
+    assert results["meta->meta"]["seeds"] == [1, 2, 3] and results["meta->meta"]["average"] == 82.0
+
+
 def test_held_out_needs_the_system(amazon):
     bench = _bench(amazon, systems=["meta->meta"])
     assert not any(name.startswith("held-out/") for name in bench.teacher_defs)
