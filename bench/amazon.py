@@ -59,9 +59,9 @@ measured; --resume then skips what is done):
      "paper": {...}}
 
 Per-domain values are means over seeds, "average" their mean, "std" the sample standard
-deviation over seeds of each seed's average (null with one seed). --seeds picks the seeds run and reported for the
-systems asked for; the rows of other systems keep every seed they have. Not part of CI: hours on a
-2-core CPU. Skips with a reason when ../shared/data/amazon-mds is absent.
+deviation over seeds of each seed's average (null with one seed). --seeds picks the seeds run
+and reported for the systems asked for; the rows of other systems keep every seed they have.
+Not part of CI: hours on a 2-core CPU. Skips with a reason when ../shared/data/amazon-mds is absent.
 """
 
 from __future__ import annotations
