@@ -169,6 +169,8 @@ class Bench:
             "student": "tiny (4 of the teacher's layers)",
             "distill": {"intermediate_epochs": args.intermediate_epochs, "epochs": args.epochs, "batch_size": 32},
             "seeds": args.seeds, "domains": self.domains,
+            "seeds_note": "the student seeds of the last invocation; each row lists its own seeds, and a paired "
+                          "test of two students uses the seeds both have",
             "students": "one per domain (distill --domain D), scored on D's test rows; meta->meta-all: one "
                         "all-domain student per seed, scored per domain",
             "int8": "metakd export --int8 --max-drop 100 (target auto) of each meta->meta student; "
@@ -484,6 +486,10 @@ class Bench:
         out = {}
         for a, b in pairs:
             a_runs, b_runs = self.correctness(a, domains), self.correctness(b, domains)
+            if not (_is_teacher(a) or _is_teacher(b)):  # two students: the same seeds on both sides
+                common = a_runs.keys() & b_runs.keys()
+                a_runs = {s: v for s, v in a_runs.items() if s in common}
+                b_runs = {s: v for s, v in b_runs.items() if s in common}
             if a_runs and b_runs:
                 out[f"{a} vs {b}"] = compare(a_runs, b_runs, strata, self.args.resamples, seed=0)
         return out

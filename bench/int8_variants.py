@@ -16,8 +16,9 @@ process, threads pinned, on the same fixed-shape inputs (real test texts, seq 12
                        (Gather) are quantized too, as in int8-shipped
     int8-export-fuse   what `metakd export --int8 --fuse` writes (Optimum O2 fusion, then its
                        int8 config), built with metakd's own functions
-    int8-per-channel   what `metakd export --int8 --per-channel` writes: int8-shipped with one weight
-                       scale per output column, built with metakd's own functions
+    int8-per-channel   what `metakd export --int8 --per-channel` writes when its first attempt passes:
+                       the plain int8 settings with one weight scale per output column, built with
+                       metakd's own functions
 
 Timed in interleaved rounds (every variant once per round; the figures are medians over rounds,
 every round's kept), so that the machine's slow spells do not favour one variant: throughput at

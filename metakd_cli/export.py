@@ -103,7 +103,8 @@ def validate(cfg: ExportConfig) -> None:
     if cfg.keep_top < 0:
         raise UserError(f"--keep-top must be 0 or more, got {cfg.keep_top}")
     if cfg.per_channel and not cfg.int8:
-        raise UserError("--per-channel only applies with --int8; add --int8 or drop --per-channel")
+        raise UserError("per-channel scales (--per-channel, a recipe's export.per_channel) only apply to int8; "
+                        "add --int8 (export.int8) or drop per-channel")
     if cfg.keep_top and not cfg.trim_vocab:
         raise UserError("--keep-top only applies with --trim-vocab; add --trim-vocab or drop --keep-top")
 

@@ -84,6 +84,18 @@ def test_seeds_pick_the_runs_of_the_systems_asked_for_only(amazon):
     assert results["meta->meta"]["seeds"] == [1, 2, 3] and results["meta->meta"]["average"] == 82.0
 
 
+def test_a_paired_test_of_two_students_uses_the_seeds_both_have(amazon):
+    bench = _bench(amazon, systems=["meta->meta-int8-pc"], seeds=[1], domains=["books"])
+    bench.rows_setup = {"rows": {"books": 4}}
+    rows = {"1": [1, 1, 0, 0], "2": [1, 1, 1, 1], "3": [1, 1, 1, 1]}
+    bench.correct = {
+        "meta->meta": {"books": {s: {"domains": {"books": v}} for s, v in rows.items()}},
+        "meta->meta-int8-pc": {"books": {"1": {"domains": {"books": [1, 1, 0, 0]}}}},
+    }
+    test = bench.tests([("meta->meta-int8-pc", "meta->meta")], ["books"])["meta->meta-int8-pc vs meta->meta"]
+    assert test["diff"] == 0.0  # seed 1 against seed 1, not against the mean of seeds 1 to 3 (-33.3)
+
+
 def test_held_out_needs_the_system(amazon):
     bench = _bench(amazon, systems=["meta->meta"])
     assert not any(name.startswith("held-out/") for name in bench.teacher_defs)
@@ -101,8 +113,8 @@ def test_linked_student_run_shares_the_student_and_leaves_the_source_alone(amazo
     target = tmp_path / "meta-to-meta-int8-pc" / "books-s1"
     (target / "onnx").mkdir(parents=True)  # a stale export is removed
     common.linked_student_run(source, target)
-    assert (target / "student" / "model.safetensors").stat().st_ino == (source / "student" / "model.safetensors").stat().st_ino
+    linked = target / "student" / "model.safetensors"
+    assert linked.stat().st_ino == (source / "student" / "model.safetensors").stat().st_ino
     assert (target / "metrics" / "distill.json").is_file() and not (target / "onnx").exists()
     (target / "manifest.json").write_text('{"steps": {"export": {}}}')  # export rewrites its own copy
     assert (source / "manifest.json").read_text() == '{"steps": {}}'
-

@@ -13,7 +13,8 @@ import click
 @click.option("--int8", is_flag=True, help="Also write model_quantized.onnx (dynamic int8) and check its accuracy.")
 @click.option("--target", type=click.Choice(["auto", "avx2", "avx512_vnni", "arm64"]), default="auto",
               show_default=True,
-              help="int8 format: auto = avx512_vnni where the CPU has VNNI, else avx2; arm64 on ARM (implies --ort).")
+              help="int8 format: auto = avx512_vnni where the CPU has VNNI, else avx2; arm64 on ARM "
+                   "(implies --ort).")
 @click.option("--per-channel", is_flag=True,
               help="int8 weights with one scale per output channel instead of one per matrix (plain int8's "
                    "first setting; a remedy otherwise).")
@@ -32,8 +33,8 @@ import click
               help="With --trim-vocab, also keep the N most frequent other pieces [0].")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object instead of tables.")
 @click.pass_obj
-def export(obj, model: str, int8: bool, target: str, per_channel: bool, ort: bool, opset: int | None, max_drop: float | None,
-           fuse: bool, trim_vocab: bool, keep_top: int | None, as_json: bool) -> None:
+def export(obj, model: str, int8: bool, target: str, per_channel: bool, ort: bool, opset: int | None,
+           max_drop: float | None, fuse: bool, trim_vocab: bool, keep_top: int | None, as_json: bool) -> None:
     """Export the run's student (or teacher) to onnx/, loadable with plain optimum.onnxruntime.
 
     \b
