@@ -61,3 +61,13 @@ def test_recipes_ls_and_cp(tmp_path):
     assert "teacher: all-MiniLM-L6-v2" in target.read_text()
     again = CliRunner().invoke(cli, ["recipes", "cp", "quickstart", str(target)])
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_a_later_steps_mistake_fails_before_fitting(tiny_model_dir, tmp_path):
+    for mistake, message in (("distill.method=tinyber", "--method"),
+                             ("export.per_channel=true", "only apply to int8")):
+        run_dir = tmp_path / mistake.split(".")[0]
+        result = _run(run_dir, tiny_model_dir, "export.int8=false", mistake)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+        assert not (run_dir / "teacher").exists()  # nothing was fitted
