@@ -102,9 +102,6 @@ def validate(cfg: ExportConfig) -> None:
         raise UserError(f"check_rows must be at least 1, got {cfg.check_rows}")
     if cfg.keep_top < 0:
         raise UserError(f"--keep-top must be 0 or more, got {cfg.keep_top}")
-    if cfg.per_channel and not cfg.int8:
-        raise UserError("per-channel scales (--per-channel, a recipe's export.per_channel) only apply to int8; "
-                        "add --int8 (export.int8) or drop per-channel")
     if cfg.keep_top and not cfg.trim_vocab:
         raise UserError("--keep-top only applies with --trim-vocab; add --trim-vocab or drop --keep-top")
 
@@ -186,7 +183,8 @@ def int8_attempts(target: str, per_channel: bool) -> list[Int8Attempt]:
     already in effect, per-channel with --per-channel, is not repeated)."""
     other = "QUInt8" if WEIGHT_TYPES[target] == "QInt8" else "QInt8"
     attempts = [
-        Int8Attempt("plain", f"{target} defaults", per_channel=per_channel),
+        Int8Attempt("plain", f"{target} defaults, {'per-channel' if per_channel else 'per-tensor'} weight scales",
+                    per_channel=per_channel),
         Int8Attempt("fp32_embeddings_classifier", "embedding Gather and classifier left in fp32",
                     per_channel=per_channel, fp32_embeddings_classifier=True),
     ]

@@ -295,35 +295,43 @@ def test_int8_fallback_keeps_the_first_remedy_that_passes(tiny_run, tmp_path, mo
     assert not any(p.name.startswith(".") for p in (run / "onnx").iterdir())
 
 
-def test_per_channel_flag_quantizes_with_one_scale_per_output_column(tiny_run, tmp_path):
+def _weight_zero_points(path) -> list[tuple]:
+    """(output columns of the weight matrix, shape of its zero points) for each MatMulInteger with a weight."""
     import onnx
     from onnx import numpy_helper
 
-    run = copy_run(tiny_run, tmp_path / "run")
-    result = invoke("--run-dir", str(run), "export", "--int8", "--per-channel", "--max-drop", "100")
-    assert result.exit_code == 0, result.output
-    check = json.loads((run / "metrics" / "export.json").read_text())["int8_check"]
-    assert check["attempt"] == "plain" and check["per_channel"] is True
-    assert json.loads((run / "onnx" / "ort_config.json").read_text())["quantization"]["per_channel"] is True
-    graph = onnx.load(str(run / "onnx" / "model_quantized.onnx")).graph
+    graph = onnx.load(str(path)).graph
     initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    matmuls = [n for n in graph.node if n.op_type == "MatMulInteger" and n.input[1] in initializers]
-    assert matmuls  # those with a weight matrix (attention's activation products have none)
-    for node in matmuls:  # inputs: A, B (int8 weights), a_zero_point, b_zero_point
-        weights, zero_points = initializers[node.input[1]], initializers[node.input[3]]
-        assert zero_points.shape == (weights.shape[1],)  # one per output column, not one per matrix
+    # inputs: A, B (int8 weights), a_zero_point, b_zero_point; attention's activation products have no weight
+    return [(initializers[n.input[1]].shape[1], initializers[n.input[3]].shape) for n in graph.node
+            if n.op_type == "MatMulInteger" and n.input[1] in initializers]
 
 
-def test_per_channel_without_int8_is_a_user_error(tiny_run, tmp_path):
+def test_int8_is_per_channel_by_default_and_per_tensor_on_request(tiny_run, tmp_path):
+    for flags, per_channel in (([], True), (["--per-tensor"], False)):
+        run = copy_run(tiny_run, tmp_path / f"run-{per_channel}")
+        result = invoke("--run-dir", str(run), "export", "--int8", *flags, "--max-drop", "100")
+        assert result.exit_code == 0, result.output
+        check = json.loads((run / "metrics" / "export.json").read_text())["int8_check"]
+        assert check["attempt"] == "plain" and check["per_channel"] is per_channel
+        assert json.loads((run / "onnx" / "ort_config.json").read_text())["quantization"]["per_channel"] is per_channel
+        found = _weight_zero_points(run / "onnx" / "model_quantized.onnx")
+        assert found
+        for columns, shape in found:  # one zero point per output column, or one per matrix
+            assert shape == ((columns,) if per_channel else ())
+
+
+def test_weight_scaling_without_int8_is_a_user_error(tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path / "run")
-    result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", "--per-channel"])
-    assert result.exit_code != 0 and "only apply to int8" in result.output
-    assert not (run / "onnx").exists()
+    for flag in ("--per-channel", "--per-tensor"):
+        result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", flag])
+        assert result.exit_code == 2 and f"add --int8 or drop {flag}" in result.output
+        assert "Traceback" not in result.output and not (run / "onnx").exists()
 
 
 def test_int8_fallback_fails_with_every_attempt_listed(tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path / "run")
-    result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", "--int8", "--target", "avx2",
+    result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", "--int8", "--target", "avx2", "--per-tensor",
                                       "--max-drop", "-100"])
     assert result.exit_code == 1, result.output
     names = ["plain", "fp32_embeddings_classifier", "per_channel", "reduce_range", "other_weight_type"]

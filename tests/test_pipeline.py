@@ -65,7 +65,7 @@ def test_recipes_ls_and_cp(tmp_path):
 
 def test_a_later_steps_mistake_fails_before_fitting(tiny_model_dir, tmp_path):
     for mistake, message in (("distill.method=tinyber", "--method"),
-                             ("export.per_channel=true", "only apply to int8")):
+                             ("export.opset=9", "--opset 9 is too old")):
         run_dir = tmp_path / mistake.split(".")[0]
         result = _run(run_dir, tiny_model_dir, "export.int8=false", mistake)
         assert result.exit_code == 2, result.output
