@@ -311,7 +311,7 @@ class Bench:
                 and (run_dir / "onnx" / "model_quantized.onnx").is_file()
                 and metrics_path.stat().st_mtime_ns >= distilled.stat().st_mtime_ns
                 and json.loads(metrics_path.read_text()).get("int8_check", {}).get("per_channel")
-                == (system == INT8_PC))
+                == ("--per-channel" in INT8_FLAGS[system]))
         previous = self.runs.get(system, {}).get(domain, {}).get(str(seed), {})
         command = ["export", "--int8", *INT8_FLAGS[system], "--max-drop", "100"]
         if done:

@@ -102,9 +102,8 @@ def load_classifier(
             label2id={label: i for i, label in enumerate(labels)},
             ignore_mismatched_sizes=True,
         )
-    if labels is None:  # reloading a trained classifier: a warning here could mean something
-        return _load(AutoModelForSequenceClassification.from_pretrained, name, "model", **kwargs)
-    with transformers_errors_only():  # a new head for our labels is the point, not a problem
+    # a new head for our labels is the point, not a problem; on a reload (no labels) a warning could mean something
+    with transformers_errors_only() if labels is not None else contextlib.nullcontext():
         return _load(AutoModelForSequenceClassification.from_pretrained, name, "model", **kwargs)
 
 

@@ -52,18 +52,18 @@ def run_pipeline(
     warn: Callable[[str], None] = print,
 ) -> PipelineResult:
     """Run every step the recipe describes into ``run``; raises UserError when export's checks fail."""
-    from metakd_cli import distill as distill_step
-    from metakd_cli import export as export_step
-    from metakd_cli import fit as fit_step
     from metakd_cli.distill import distill
+    from metakd_cli.distill import validate as validate_distill
     from metakd_cli.evaluate import evaluate_run
     from metakd_cli.export import export
+    from metakd_cli.export import validate as validate_export
     from metakd_cli.fit import fit
+    from metakd_cli.fit import validate as validate_fit
 
     # a recipe mistake in a later step fails now, not after an hour of fitting
-    fit_step.validate(recipe.fit)
-    distill_step.validate(recipe.distill)
-    export_step.validate(recipe.export)
+    validate_fit(recipe.fit)
+    validate_distill(recipe.distill)
+    validate_export(recipe.export)
     result = PipelineResult()
     rerun = False
     configs = {"fit": asdict(recipe.fit), "distill": asdict(recipe.distill), "export": asdict(recipe.export)}

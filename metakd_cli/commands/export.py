@@ -43,18 +43,17 @@ def export(obj, model: str, int8: bool, target: str, per_channel: bool | None, o
     whose pieces were all kept; with --int8, dev accuracy per domain of int8 vs fp32 (when plain
     int8 loses too much, fp32 embeddings + classifier, per-channel (with --per-tensor),
     reduce-range and the other weight type are tried in that order); with --ort, model.ort
-    predicts the same labels as the ONNX file it came from. When a check fails the new files stay in onnx.failed/, onnx/ and the
-    manifest are left as they were, and the exit status is 1.
+    predicts the same labels as the ONNX file it came from. When a check fails the new files
+    stay in onnx.failed/, onnx/ and the manifest are left as they were, and the exit status is 1.
       metakd export --int8 --trim-vocab --keep-top 2000
       metakd export --int8 --target arm64
       metakd export --int8 --per-tensor
     """
     from metakd_cli import console
+    from metakd_cli.errors import UserError
     from metakd_cli.export import ExportConfig
     from metakd_cli.export import export as run_export
     from metakd_cli.run_dir import RunDir
-
-    from metakd_cli.errors import UserError
 
     if per_channel is not None and not int8:
         flag = "--per-channel" if per_channel else "--per-tensor"
