@@ -20,11 +20,23 @@ README = ROOT / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 DOMAINS = ["books", "dvd", "electronics", "kitchen", "average"]
 PAPER = {  # DESIGN.md "Reference figures": BERT-base teacher, TinyBERT-4 student (the authors' slides)
+    "BERT-single": [87.9, 83.8, 89.2, 90.6, 87.9],
     "BERT-mix": [89.9, 85.9, 90.1, 92.1, 89.5],
+    "BERT-mtl": [90.5, 86.5, 91.1, 91.1, 89.8],
     "Meta-teacher": [92.5, 87.0, 91.1, 89.2, 89.9],
+    "single -> TinyBERT-KD": [83.4, 83.2, 89.2, 91.1, 86.7],
     "mix -> TinyBERT-KD": [88.4, 81.6, 89.7, 89.7, 87.3],
+    "mtl -> TinyBERT-KD": [90.5, 81.6, 88.7, 90.1, 87.7],
+    "Multi-teachers -> MTN-KD": [83.9, 78.4, 88.7, 87.7, 84.7],
     "Meta-teacher -> TinyBERT-KD": [89.9, 84.3, 87.3, 91.6, 88.3],
     "Meta-teacher -> Meta-distillation": [91.5, 86.5, 90.1, 89.7, 89.4],
+}
+PAPER_ROW = {  # bench/amazon.py's systems -> the paper's rows
+    "teacher-single": "BERT-single", "teacher-mix": "BERT-mix", "teacher-mtl": "BERT-mtl",
+    "teacher-meta": "Meta-teacher", "single->tinybert": "single -> TinyBERT-KD",
+    "mix->tinybert": "mix -> TinyBERT-KD", "mtl->tinybert": "mtl -> TinyBERT-KD",
+    "multi->mtn": "Multi-teachers -> MTN-KD", "meta->tinybert": "Meta-teacher -> TinyBERT-KD",
+    "meta->meta": "Meta-teacher -> Meta-distillation",
 }
 
 
@@ -34,15 +46,16 @@ def _row(name: str, values: list[object], extra: str = "") -> str:
 
 
 def _accuracy_table(title: str, results: dict, extra_key: str | None = None, extra_name: str = "",
-                    seeds: bool = False) -> list[str]:
-    """One row per system: the domains' accuracy, an optional extra column, and (``seeds``) the seeds
-    each row averages."""
-    extras = [extra_name] * bool(extra_key) + ["seeds"] * seeds
+                    seeds: bool = False, paper: bool = False) -> list[str]:
+    """One row per system: the domains' accuracy, an optional extra column, (``seeds``) the seeds
+    each row averages and (``paper``) the paper's average for the same system."""
+    extras = [extra_name] * bool(extra_key) + ["seeds"] * seeds + ["paper average"] * paper
     head = "| system | " + " | ".join(DOMAINS + extras) + " |"
     lines = [f"**{title}**", "", head, "|" + " --- |" * (len(DOMAINS) + 1 + len(extras))]
     for name, row in results.items():
         cells = [("-" if row.get(extra_key) is None else str(row[extra_key]))] if extra_key else []
         cells += [", ".join(map(str, row.get("seeds", []))) or "-"] if seeds else []
+        cells += [f"{PAPER[PAPER_ROW[name]][-1]:.1f}" if name in PAPER_ROW else "-"] if paper else []
         lines.append(_row(name, [row.get(d, "-") for d in DOMAINS], " | ".join(cells)))
     return lines + [""]
 
@@ -78,7 +91,8 @@ def build() -> str:
                   f"intermediate + {distill['epochs']} prediction epochs, student seeds {seeds} (teachers: seed "
                   "42); std = sample standard deviation over seeds of each seed's average; `python bench/amazon.py`.",
                   ""]
-        lines += _accuracy_table("The paper's table (mean over seeds)", data["results"], "std", "std", seeds=True)
+        lines += _accuracy_table("The paper's table (mean over seeds)", data["results"], "std", "std", seeds=True,
+                                 paper=True)
         for name, test in data.get("tests", {}).items():
             lo, hi = test["ci95"]
             lines.append(f"- {name}: {test['diff']:+.2f} points (95% CI {lo:+.2f} to {hi:+.2f}), paired "

@@ -351,7 +351,7 @@ def predict_speed(forward: Callable[[dict], np.ndarray], tokenizer_dir: Path, ex
         encoded: Encoded = encode(subset, dataset, tokenizer, max_length)
         logits = batched_logits(encoded, pad_id, batch, forward, bucketing, max_length)
         shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        _probabilities = shifted / shifted.sum(axis=-1, keepdims=True)  # predict's softmax, part of its cost
+        shifted /= shifted.sum(axis=-1, keepdims=True)  # predict's softmax, part of its cost
 
     out = {"texts": len(examples), "batch": batch, "max_length": max_length}
     for key, bucketing in (("bucketed_texts_per_s", True), ("padded_texts_per_s", False)):

@@ -81,7 +81,8 @@ def test_amazon_table_tests_and_held_out_section(tmp_path, monkeypatch):
            "seeds": [1, 2]}
     _write(tmp_path, "amazon.json", {
         "setup": {"distill": {"intermediate_epochs": 2, "epochs": 3}},
-        "results": {"meta->meta": row, "mix->tinybert": {**row, "std": None, "seeds": [1]}},
+        "results": {"meta->meta": row, "mix->tinybert": {**row, "std": None, "seeds": [1]},
+                    "meta->meta-int8": row},
         "tests": {"meta->meta vs meta->tinybert": {"diff": 0.75, "p_value": 0.2, "ci95": [-0.5, 2.0]}},
         "held_out": {"books": {
             "results": {"meta-teacher without H -> tinybert": {"accuracy": 77.0, "std": None, "seeds": [1]}},
@@ -90,9 +91,11 @@ def test_amazon_table_tests_and_held_out_section(tmp_path, monkeypatch):
     })
     text = report.build()
     assert "student seeds [1, 2]" in text
-    assert "| system | books | dvd | electronics | kitchen | average | std | seeds |" in text
-    assert "| meta->meta | 80.0 | 81.0 | 82.0 | 83.0 | 81.5 | 0.5 | 1, 2 |" in text
-    assert "| mix->tinybert | 80.0 | 81.0 | 82.0 | 83.0 | 81.5 | - | 1 |" in text  # a row with fewer seeds says so
+    assert "| system | books | dvd | electronics | kitchen | average | std | seeds | paper average |" in text
+    # each row beside the paper's average for the same system (DESIGN.md); none for a system the paper lacks
+    assert "| meta->meta | 80.0 | 81.0 | 82.0 | 83.0 | 81.5 | 0.5 | 1, 2 | 89.4 |" in text
+    assert "| mix->tinybert | 80.0 | 81.0 | 82.0 | 83.0 | 81.5 | - | 1 | 87.3 |" in text  # fewer seeds: it says so
+    assert "| meta->meta-int8 | 80.0 | 81.0 | 82.0 | 83.0 | 81.5 | 0.5 | 1, 2 | - |" in text
     assert "- meta->meta vs meta->tinybert: +0.75 points (95% CI -0.50 to +2.00), paired bootstrap p = 0.200" in text
     assert "**Held out: books**" in text
     assert "| meta-teacher without books -> tinybert | 77.0 | - | 1 |" in text
