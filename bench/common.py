@@ -15,6 +15,23 @@ RUNS = ROOT / "bench" / "runs"
 RESULTS = ROOT / "bench" / "results"
 DOMAINS = ["books", "dvd", "electronics", "kitchen"]
 TEACHER_SETTINGS = {"epochs": 2, "lr": 5e-5, "max_length": 128, "seed": 42}  # bench/teachers.py's defaults
+PAPER = {  # system -> the paper's row: DESIGN.md "Reference figures" (the authors' slides, BERT-base teacher,
+    # TinyBERT-4 student; books, dvd, electronics, kitchen, average)
+    "teacher-single": ("BERT-single", [87.9, 83.8, 89.2, 90.6, 87.9]),
+    "teacher-mix": ("BERT-mix", [89.9, 85.9, 90.1, 92.1, 89.5]),
+    "teacher-mtl": ("BERT-mtl", [90.5, 86.5, 91.1, 91.1, 89.8]),
+    "teacher-meta": ("Meta-teacher", [92.5, 87.0, 91.1, 89.2, 89.9]),
+    "single->tinybert": ("single -> TinyBERT-KD", [83.4, 83.2, 89.2, 91.1, 86.7]),
+    "mix->tinybert": ("mix -> TinyBERT-KD", [88.4, 81.6, 89.7, 89.7, 87.3]),
+    "mtl->tinybert": ("mtl -> TinyBERT-KD", [90.5, 81.6, 88.7, 90.1, 87.7]),
+    "multi->mtn": ("Multi-teachers -> MTN-KD", [83.9, 78.4, 88.7, 87.7, 84.7]),
+    "meta->tinybert": ("Meta-teacher -> TinyBERT-KD", [89.9, 84.3, 87.3, 91.6, 88.3]),
+    "meta->meta": ("Meta-teacher -> Meta-distillation", [91.5, 86.5, 90.1, 89.7, 89.4]),
+}
+PAPER_HELD_OUT = {  # MNLI, fiction held out, tested on fiction (DESIGN.md Reference figures)
+    "in-domain teacher": 82.2, "meta-teacher without H": 81.6, "in-domain teacher -> tinybert": 78.8,
+    "other domains' teachers -> tinybert": "74.1 to 77.1", "meta-teacher without H -> tinybert": 78.2,
+}
 
 
 def fit_flags(settings: dict) -> list[str]:
