@@ -128,10 +128,10 @@ def held_out_systems(h: str) -> tuple[dict, dict]:
     (h's single teacher and its student) are teacher-single's and single->tinybert's h column."""
     without = f"{HELD_OUT}/{h}/meta-teacher-without"
     teachers = {without: (f"teacher-meta-without-{h}", [*META_FLAGS, "--hold-out", h])}
-    students = {f"{HELD_OUT}/{h}/{d}-teacher->tinybert": ("teacher-single", "tinybert", True, ["--teacher-domain", d])
-                for d in DOMAINS if d != h}
-    students[f"{HELD_OUT}/{h}/meta-without->tinybert"] = (without, "tinybert", True, [])
-    students[f"{HELD_OUT}/{h}/meta-without->meta"] = (without, "meta", True, [])
+    students = {f"{HELD_OUT}/{h}/meta-without->tinybert": (without, "tinybert", True, []),  # run first: the
+                f"{HELD_OUT}/{h}/meta-without->meta": (without, "meta", True, [])}  # rows the table is about
+    students.update({f"{HELD_OUT}/{h}/{d}-teacher->tinybert": ("teacher-single", "tinybert", True,
+                                                               ["--teacher-domain", d]) for d in DOMAINS if d != h})
     return teachers, students
 
 
