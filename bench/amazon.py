@@ -77,8 +77,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, bench/stats.py (bench/ is no package)
 from common import (  # noqa: E402
-    DATA, DOMAINS, NO_DATA, PAPER, PAPER_HELD_OUT, ROOT, RUNS, TEACHER_FIT_FLAGS, TEACHER_SETTINGS, cell, fresh_student_run,
-    linked_student_run, metakd, slug, student_finished,
+    DATA, DOMAINS, NO_DATA, PAPER, PAPER_HELD_OUT, ROOT, RUNS, TEACHER_FIT_FLAGS, TEACHER_SETTINGS, cell,
+    fresh_student_run, linked_student_run, metakd, slug, student_finished,
 )
 
 STUDENT_RUNS = RUNS / "amazon"
