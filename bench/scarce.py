@@ -22,8 +22,9 @@ single teacher, every student) gets as many epochs as it takes to make at least 
 steps (batch 32) as at F = 1: at F = 0.01 (16 rows, one batch an epoch) the single teacher makes
 100 one-batch epochs, not 2 steps, so the table measures data, not an untrained head. The
 meta-teacher trains on every other domain's rows too (over 150 steps an epoch) and keeps its 2
-epochs. `--no-match-steps` keeps the epochs as given at every F. Each run keeps its best epoch
-on D's whole dev split (200 rows at every F, for both systems alike).
+epochs. `--no-match-steps` keeps the epochs as given at every F. The single teacher and every
+student keep their best epoch on D's whole dev split (200 rows at every F); the meta-teacher, as
+`fit` selects for every all-domain teacher, on every domain's whole dev split, D's included.
 
 Every model is scored on D's test rows (the same 200 rows in every run: the split is per domain
 and label). Runs go to bench/runs/scarce/; a finished step with the same settings is reused.
@@ -76,7 +77,9 @@ class Bench:
                         "seed": args.seed, "student": "tiny (4 of the teacher's layers)"},
             "epochs": "as many as make the optimizer steps of F = 1 for runs on F of D alone (single teacher, "
                       "students); the meta-teacher keeps its epochs" if args.match_steps else "as given at every F",
-            "dev": f"every run keeps its best epoch on {args.domain}'s whole dev split (200 rows) at every F",
+            "dev": f"the single teacher and every student keep their best epoch on {args.domain}'s whole dev "
+                   f"split (200 rows) at every F; the meta-teacher on every domain's whole dev split, "
+                   f"{args.domain}'s included",
             "fraction": "seeded, label-stratified share of the domain's training rows (split seed 42); "
                         "the meta-teacher keeps every row of the other domains",
             "metric": f"test accuracy % on {args.domain}'s test rows",
@@ -96,7 +99,8 @@ class Bench:
             from metakd_cli.data import fraction_indices, load_dataset
 
             dataset = load_dataset(DataConfig(path=str(DATA), domains=[self.args.domain]))
-            self.rows = {f: len(fraction_indices(dataset.train, f, dataset.split_seed)) for f in (1.0, *self.args.fractions)}
+            self.rows = {f: len(fraction_indices(dataset.train, f, dataset.split_seed))
+                         for f in (1.0, *self.args.fractions)}
         return self.rows[fraction]
 
     def epochs(self, epochs: int, fraction: float) -> int:
