@@ -497,14 +497,16 @@ class Bench:
                     **{f"{d} teacher -> tinybert": f"{prefix}{d}-teacher->tinybert" for d in DOMAINS if d != h},
                     "meta-teacher without H -> tinybert": f"{prefix}meta-without->tinybert",
                     "meta-teacher without H -> meta": f"{prefix}meta-without->meta"}
+            others = PAPER_HELD_OUT["other domains' teachers -> tinybert"]
             table = {}
             for name, system in rows.items():
                 values = {seed: a[h] for seed, a in self.per_seed(system).items() if h in a}
                 if values:
                     v = list(values.values())
+                    paper = others if name.split(" ")[0] in DOMAINS else PAPER_HELD_OUT.get(name)
                     table[name] = {"accuracy": round(float(np.mean(v)), 2),
                                    "std": round(float(np.std(v, ddof=1)), 2) if len(v) > 1 else None,
-                                   "seeds": sorted(int(s) for s in values), "system": system}
+                                   "seeds": sorted(int(s) for s in values), "system": system, "paper": paper}
             pairs = [(f"{prefix}meta-without->meta", f"{prefix}meta-without->tinybert"),
                      (f"{prefix}meta-without->tinybert", "single->tinybert"),
                      *[(f"{prefix}meta-without->tinybert", f"{prefix}{d}-teacher->tinybert") for d in DOMAINS if d != h]]

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py (bench/ is no package)
-from common import DOMAINS, PAPER, PAPER_HELD_OUT, RESULTS, ROOT  # noqa: E402
+from common import DOMAINS, PAPER, RESULTS, ROOT  # noqa: E402
 
 README = ROOT / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -84,11 +84,9 @@ def build() -> str:
             lines += [f"**Held out: {h}** (its teachers never saw it; students distilled and scored on {h}; mean over "
                       "seeds). The paper's column is its MNLI experiment (fiction held out, scored on fiction).",
                       "", f"| system | {h} | std | seeds | paper (MNLI fiction) |", "| --- | --- | --- | --- | --- |"]
-            for name, row in section["results"].items():
-                paper = PAPER_HELD_OUT.get("other domains' teachers -> tinybert" if name.split(" ")[0] in DOMAINS
-                                           else name, "-")
+            for name, row in section["results"].items():  # "paper": the MNLI figure amazon.py put beside the row
                 lines.append(_row(name.replace("H", h), [row["accuracy"], "-" if row["std"] is None else row["std"],
-                                                         str(len(row["seeds"])), paper]))
+                                                         str(len(row["seeds"])), row.get("paper")]))
             for name, test in section.get("tests", {}).items():
                 lines.append(f"- {name.replace(f'held-out/{h}/', '')}: {test['diff']:+.2f} points, "
                              f"p = {test['p_value']:.3f}")
