@@ -78,7 +78,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, bench/stats.py (bench/ is no package)
 from common import (  # noqa: E402
     DATA, DOMAINS, NO_DATA, PAPER, PAPER_HELD_OUT, ROOT, RUNS, TEACHER_FIT_FLAGS, TEACHER_SETTINGS, cell,
-    fresh_student_run, linked_student_run, metakd, slug, student_finished,
+    fresh_student_run, linked_student_run, metakd, slug, student_finished, test_correctness,
 )
 
 STUDENT_RUNS = RUNS / "amazon"
@@ -360,33 +360,11 @@ class Bench:
         kept = self.correct.get(system, {}).get(key, {}).get(seed)
         if kept and kept.get("stamp") == stamp and all(d in kept["domains"] for d in domains):
             return kept["domains"]
-        import numpy as np
-
         started = time.time()
-        from metakd_cli.data import encode
-        from metakd_cli.evaluate import INT8_FILE, Artifact, batched_logits, load_forward, run_artifacts
-        from metakd_cli.models import load_tokenizer
         from metakd_cli.run_dir import RunDir
 
-        run = RunDir(run_dir)
-        dataset = self._dataset(run)
-        if folder is not None:  # onnx/ or onnx.failed/
-            max_length = json.loads((folder / "metakd_export.json").read_text())["max_length"]
-            artifact = Artifact(model, "onnx", folder / INT8_FILE, folder, int(max_length))
-        else:
-            artifact = run_artifacts(run).get(model)
-        if artifact is None:
-            raise SystemExit(f"{run_dir}: no {model} model to score")
-        tokenizer = load_tokenizer(str(artifact.tokenizer_dir))
-        pad_id = tokenizer.pad_token_id or 0
-        forward = load_forward(artifact) if artifact.per_domain is None else None
-        correct: dict[str, list[int]] = {}
+        correct = test_correctness(run_dir, model, domains, self._dataset(RunDir(run_dir)), folder)
         for domain in domains:
-            if artifact.per_domain is not None:  # single-mode teacher: each domain's rows by its own teacher
-                forward = load_forward(artifact, artifact.per_domain[domain])
-            encoded = encode(dataset.select("test", [domain]), dataset, tokenizer, artifact.max_length)
-            predictions = batched_logits(encoded, pad_id, 64, forward).argmax(-1)
-            correct[domain] = (predictions == np.asarray(encoded.labels)).astype(int).tolist()
             self.rows_setup.setdefault("rows", {})[domain] = len(correct[domain])
         self.correct.setdefault(system, {}).setdefault(key, {})[seed] = {
             "stamp": stamp, "seconds": round(time.time() - started, 2), "domains": correct}

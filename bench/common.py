@@ -82,6 +82,39 @@ def linked_student_run(student_run: Path, run_dir: Path) -> None:
     shutil.copy(student_run / "metrics" / "distill.json", run_dir / "metrics" / "distill.json")
 
 
+def test_correctness(run_dir: Path, model: str, domains: list[str], dataset, folder: Path | None = None
+                     ) -> dict[str, list[int]]:
+    """0/1 correctness of one model of ``run_dir`` (teacher, student, ...) on each domain's test rows of
+    ``dataset``, in the dataset's order, scored in this process. ``folder`` holds an int8 model outside onnx/."""
+    import json
+
+    import numpy as np
+
+    from metakd_cli.data import encode
+    from metakd_cli.evaluate import INT8_FILE, Artifact, batched_logits, load_forward, run_artifacts
+    from metakd_cli.models import load_tokenizer
+    from metakd_cli.run_dir import RunDir
+
+    if folder is not None:  # onnx/ or onnx.failed/
+        max_length = json.loads((folder / "metakd_export.json").read_text())["max_length"]
+        artifact = Artifact(model, "onnx", folder / INT8_FILE, folder, int(max_length))
+    else:
+        artifact = run_artifacts(RunDir(run_dir)).get(model)
+    if artifact is None:
+        raise SystemExit(f"{run_dir}: no {model} model to score")
+    tokenizer = load_tokenizer(str(artifact.tokenizer_dir))
+    pad_id = tokenizer.pad_token_id or 0
+    forward = load_forward(artifact) if artifact.per_domain is None else None
+    correct: dict[str, list[int]] = {}
+    for domain in domains:
+        if artifact.per_domain is not None:  # single-mode teacher: each domain's rows by its own teacher
+            forward = load_forward(artifact, artifact.per_domain[domain])
+        encoded = encode(dataset.select("test", [domain]), dataset, tokenizer, artifact.max_length)
+        predictions = batched_logits(encoded, pad_id, 64, forward).argmax(-1)
+        correct[domain] = (predictions == np.asarray(encoded.labels)).astype(int).tolist()
+    return correct
+
+
 def slug(name: str) -> str:
     return name.replace("->", "-to-").replace(">", "").replace("/", "-")
 

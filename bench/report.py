@@ -109,6 +109,11 @@ def build() -> str:
         for fraction, row in sorted(rows.items(), key=lambda kv: float(kv[0])):
             lines.append(_row(fraction, [str(row.get("train_rows", "-")), *[row.get(c, "-") for c in columns]]))
         lines.append("")
+        for fraction, tests in sorted(data.get("tests", {}).items(), key=lambda kv: float(kv[0])):
+            lines.append(f"- F = {fraction}: " + "; ".join(
+                f"{name} {t['diff']:+.1f} points (95% CI {t['ci95'][0]:+.1f} to {t['ci95'][1]:+.1f}, "
+                f"p = {t['p_value']:.3f})" for name, t in tests.items()))
+        lines += [""] * bool(data.get("tests"))
     speed = RESULTS / "speed.json"
     if speed.is_file():
         data = json.loads(speed.read_text())

@@ -31,7 +31,15 @@ and label). Runs go to bench/runs/scarce/; a finished step with the same setting
 Writes bench/results/scarce.json after every step:
 
     {"setup": {...}, "results": {"<fraction>": {"train_rows": .., "single-teacher": .., "single->tinybert": ..,
-     "meta-teacher": .., "meta->meta": .., "epochs": {..}, "minutes": {..}}}}
+     "meta-teacher": .., "meta->meta": .., "epochs": {..}, "minutes": {..}}},
+     "tests": {"<fraction>": {"meta->meta vs single->tinybert": {"diff", "ci95", "p_value", ..}, ..}},
+     "correct": {"<fraction>": {"<row>": {"stamp", "rows": [0/1 per test row]}}}, "test_rows": {..}}
+
+Paired tests at each fraction (bench/stats.py: bootstrap over D's test rows and exact McNemar; one
+seed): Meta-KD's student against the single teacher's, the meta-teacher against the single
+teacher, and Meta-KD against TinyBERT-KD from the same meta-teacher when that system ran. Models
+are scored on the test rows in this process (checked against each run's own metrics); a re-run
+reuses every finished step and only scores what is not scored yet.
 
 Not part of CI (about 2.5 h on a 2-core CPU with matched steps). Run it alone: it does not check for
 other benchmarks using the cores. Skips with a reason when ../shared/data/amazon-mds is absent.
@@ -40,13 +48,16 @@ other benchmarks using the cores. Skips with a reason when ../shared/data/amazon
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import sys
 from pathlib import Path
 
-from common import (
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, bench/stats.py (bench/ is no package)
+from common import (  # noqa: E402
     DATA, DOMAINS, NO_DATA, RESULTS, ROOT, RUNS, TEACHER_SETTINGS, cell, fit_flags, fresh_student_run, metakd,
-    student_finished,
+    student_finished, test_correctness,
 )
 
 OUT = RESULTS / "scarce.json"
@@ -57,6 +68,9 @@ SYSTEMS = {  # system -> (teacher kind, distill method)
     "meta-tinybert": ("meta", "tinybert"),
 }
 STUDENT_ROW = {"single": "single->tinybert", "meta": "meta->meta", "meta-tinybert": "meta->tinybert"}
+PAIRS = [("meta->meta", "single->tinybert"), ("meta-teacher", "single-teacher"),  # paired tests at each F
+         ("meta->meta", "meta->tinybert")]
+RESAMPLES = 10_000
 BATCH = 32
 TEACHER = "all-MiniLM-L6-v2"
 
@@ -91,6 +105,7 @@ class Bench:
         self.results.setdefault("results", {})
         self.fitted: set[Path] = set()  # fitted by this invocation (a dry run prints each fit once)
         self.rows: dict[float, int] = {}  # fraction -> D's training rows at it
+        self.datasets: dict[str, object] = {}  # data fingerprint -> Dataset, loaded once
 
     def train_rows(self, fraction: float) -> int:
         """D's training rows at ``fraction``: the rows fit and distill keep (metakd's own sampler)."""
@@ -109,8 +124,50 @@ class Bench:
             return epochs
         return matched_epochs(epochs, self.train_rows(fraction), self.train_rows(1.0))
 
+    def score(self, fraction: float, name: str, run_dir: Path, model: str, source: Path) -> None:
+        """D's test rows scored by ``model`` of ``run_dir`` (0/1 per row, for the paired tests), kept in
+        scarce.json's "correct" with a stamp of ``source`` so that a re-made model is re-scored. The rows must
+        give the accuracy the run's metrics (``source``) report."""
+        from metakd_cli.distill import reload_dataset
+        from metakd_cli.run_dir import RunDir
+
+        d = self.args.domain
+        stamp = f"{source.name}@{source.stat().st_mtime_ns}"
+        kept = self.results.setdefault("correct", {}).setdefault(f"{fraction:g}", {})
+        if kept.get(name, {}).get("stamp") == stamp:
+            return
+        run = RunDir(run_dir)
+        fingerprint = run.load().data["fingerprint"]
+        if fingerprint not in self.datasets:
+            self.datasets[fingerprint] = reload_dataset(run)[1]
+        dataset = self.datasets[fingerprint]
+        rows = [(ex.label, ex.text, ex.text_pair) for ex in dataset.select("test", [d])]
+        digest = hashlib.sha256(json.dumps(rows).encode("utf-8")).hexdigest()
+        if self.results.setdefault("test_rows", {"domain": d, "rows": len(rows), "sha256": digest})["sha256"] != digest:
+            raise SystemExit(f"{run_dir}: {d}'s test rows differ from the other runs'; the paired tests need the same "
+                             "rows (same data and split seed)")
+        correct = test_correctness(run_dir, model, [d], dataset)[d]
+        reported = json.loads(source.read_text())["test_accuracy"][d]
+        if abs(100 * sum(correct) / len(correct) - reported) > 0.01:
+            raise SystemExit(f"{run_dir}: its {model} scores {100 * sum(correct) / len(correct):.2f} on {d}'s test "
+                             f"rows here but {reported} in {source.name}")
+        kept[name] = {"stamp": stamp, "rows": correct}
+
+    def tests(self) -> dict:
+        """{fraction: {"A vs B": bench/stats.py's compare()}} for each pair of PAIRS scored at that fraction."""
+        from stats import compare
+
+        out = {}
+        for fraction, scored in self.results.get("correct", {}).items():
+            pairs = {f"{a} vs {b}": compare({"1": scored[a]["rows"]}, {"1": scored[b]["rows"]}, None, RESAMPLES)
+                     for a, b in PAIRS if a in scored and b in scored}
+            if pairs:
+                out[fraction] = pairs
+        return out
+
     def save(self) -> None:
         if not self.args.dry_run:
+            self.results["tests"] = self.tests()
             from metakd_cli.run_dir import atomic_write_json
 
             atomic_write_json(OUT, self.results)
@@ -151,6 +208,7 @@ class Bench:
             fit = json.loads((teacher_run / "metrics" / "fit.json").read_text())
             row[f"{kind}-teacher"] = round(fit["test_accuracy"][d], 2)
             row["train_rows"] = fit["train_rows"][d]
+            self.score(fraction, f"{kind}-teacher", teacher_run, "teacher", teacher_run / "metrics" / "fit.json")
         run_dir = RUNS / "scarce" / f"{name}-student-{d}-f{fraction:g}"
         stage1, stage2 = self.epochs(a.intermediate_epochs, fraction), self.epochs(a.epochs, fraction)
         row.setdefault("epochs", {})[STUDENT_ROW[name]] = [stage1, stage2]
@@ -169,6 +227,7 @@ class Bench:
             metrics = json.loads((run_dir / "metrics" / "distill.json").read_text())
             row[STUDENT_ROW[name]] = round(metrics["test_accuracy"][d], 2)
             row.setdefault("student_train_rows", {})[STUDENT_ROW[name]] = metrics["train_rows"][d]
+            self.score(fraction, STUDENT_ROW[name], run_dir, "student", run_dir / "metrics" / "distill.json")
         self.save()
 
     def print_table(self) -> None:

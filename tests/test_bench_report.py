@@ -22,6 +22,10 @@ def test_scarce_rows_sorted_by_fraction_and_only_present_columns(tmp_path, monke
         "1": {"train_rows": 1600, "single-teacher": 90.0, "single->tinybert": 88.0, "meta-teacher": 89.5,
               "meta->meta": 88.5},
         "0.05": {"train_rows": 80, "single-teacher": 70.0, "single->tinybert": 65.5},
+    }, "tests": {
+        "1": {"meta->meta vs single->tinybert": {"diff": 0.5, "ci95": [-2.0, 3.0], "p_value": 0.71}},
+        "0.05": {"meta->meta vs single->tinybert": {"diff": 12.25, "ci95": [6.0, 18.5], "p_value": 0.0002},
+                 "meta-teacher vs single-teacher": {"diff": -1.0, "ci95": [-4.5, 2.5], "p_value": 0.6}},
     }})
     text = report.build()
     assert "**Data-scarce: kitchen**" in text
@@ -31,6 +35,11 @@ def test_scarce_rows_sorted_by_fraction_and_only_present_columns(tmp_path, monke
     lines = text.splitlines()
     small, full = lines.index("| 0.05 | 80 | 70.0 | 65.5 | - | - |"), lines.index("| 1 | 1600 | 90.0 | 88.0 | 89.5 | 88.5 |")
     assert small < full
+    # the paired tests at each fraction, smallest first, after the table
+    tests = [lines.index("- F = 0.05: meta->meta vs single->tinybert +12.2 points (95% CI +6.0 to +18.5, p = 0.000); "
+                         "meta-teacher vs single-teacher -1.0 points (95% CI -4.5 to +2.5, p = 0.600)"),
+             lines.index("- F = 1: meta->meta vs single->tinybert +0.5 points (95% CI -2.0 to +3.0, p = 0.710)")]
+    assert full < tests[0] < tests[1]
     assert "Teachers" not in text  # no teachers.json: no teachers table
     assert "BERT-mix" in text  # the paper's figures are always there
 
