@@ -176,36 +176,56 @@ def _teacher_folders(run: RunDir, info: TeacherInfo, cfg: DistillConfig) -> tupl
     They are the same one folder except for ``mtn``, where the first is the teacher a `tiny`
     student is cut from and whose layers size the layer map.
     """
-    if cfg.teacher_domain is not None and info.mode != "single":
-        raise UserError(f"--teacher-domain picks one teacher of a --teacher-mode single run; this run's is {info.mode}")
+    check_teacher(cfg, info.mode, info.held_out, info.domains)
     if cfg.teacher_domain is not None and cfg.teacher_domain not in info.domains:
-        raise UserError(f"unknown domain '{cfg.teacher_domain}' (known domains: {', '.join(info.domains)})")
+        raise UserError(f"--teacher-domain: unknown domain '{cfg.teacher_domain}' (known domains: "
+                        f"{', '.join(info.domains)})")
     if cfg.method == "mtn":
-        if info.mode != "single":
-            raise UserError(
-                f"--method mtn learns from one teacher per domain, but this run's teacher is {info.mode}: "
-                "fit with --teacher-mode single first"
-            )
         folders = {d: run.teacher / d for d in info.domains if (run.teacher / d / "config.json").is_file()}
         if not folders:
             raise UserError(f"{run.teacher}: no single-domain teacher folders; re-run `metakd fit --teacher-mode single`")
+        if cfg.teacher_domain is not None and cfg.teacher_domain not in folders:
+            raise UserError(f"--teacher-domain {cfg.teacher_domain}: no single-domain teacher for it (held out at fit?); "
+                            f"the run has teachers for {', '.join(folders)}")
         main = folders.get(cfg.teacher_domain or cfg.domain or "", next(iter(folders.values())))
         return main, list(folders.values())
     if info.mode != "single":
         return run.teacher, [run.teacher]
     name = cfg.teacher_domain or cfg.domain
-    if name is None:
-        raise UserError(
-            "the run's teacher was fitted with --teacher-mode single (one teacher per domain): "
-            f"pick which with --domain ({', '.join(info.domains)}), or learn from all of them with --method mtn"
-        )
     if not (run.teacher / name / "config.json").is_file():
-        why = "it was held out of `metakd fit`" if name == info.held_out else f"{run.teacher / name} is missing"
         raise UserError(
-            f"no single-domain teacher for '{name}': {why}; distil from another domain's teacher with "
-            "--teacher-domain, or from all of them with --method mtn"
+            f"no single-domain teacher for '{name}': {run.teacher / name} is missing; distil from another domain's "
+            "teacher with --teacher-domain, or from all of them with --method mtn"
         )
     return run.teacher / name, [run.teacher / name]
+
+
+def check_teacher(cfg: DistillConfig, mode: str, held_out: str | None, domains: list[str] | None = None) -> None:
+    """The distill settings a teacher fitted with --teacher-mode ``mode`` (and --hold-out ``held_out``) can serve;
+    `metakd run` checks a recipe with it before fitting."""
+    if cfg.teacher_domain is not None and mode != "single":
+        raise UserError(f"--teacher-domain picks one teacher of a --teacher-mode single run; this run's is {mode}")
+    if cfg.method == "mtn":
+        if mode != "single":
+            raise UserError(
+                f"--method mtn learns from one teacher per domain, but this run's teacher is {mode}: "
+                "fit with --teacher-mode single first"
+            )
+        return
+    if mode != "single":
+        return
+    name = cfg.teacher_domain or cfg.domain
+    if name is None:
+        known = f" ({', '.join(domains)})" if domains else ""
+        raise UserError(
+            "the run's teacher was fitted with --teacher-mode single (one teacher per domain): "
+            f"pick which with --domain{known}, or learn from all of them with --method mtn"
+        )
+    if name == held_out:
+        raise UserError(
+            f"no single-domain teacher for '{name}': it was held out of `metakd fit`; distil from another domain's "
+            "teacher with --teacher-domain, or from all of them with --method mtn"
+        )
 
 
 def _load_teacher(folder: Path):
@@ -262,9 +282,12 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
     info = TeacherInfo.load(run.teacher)
     domain_id = None
     if cfg.domain is not None:
-        dataset.check_domains([cfg.domain])
+        dataset.check_domains([cfg.domain], "--domain")
         domain_id = dataset.domain_id(cfg.domain)
     teacher_dir, teacher_dirs = _teacher_folders(run, info, cfg)
+    if cfg.method == "mtn":
+        log(f"mtn: learning from the teachers of {', '.join(d.name for d in teacher_dirs)}; the student's "
+            f"tokenizer and {cfg.student} layers come from {teacher_dir.name}'s")
     tokenizer = load_tokenizer(str(teacher_dir))
     pad_id = tokenizer.pad_token_id or 0
     max_length = cfg.max_length or info.max_length

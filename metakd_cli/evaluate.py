@@ -366,12 +366,16 @@ def _model_logits(
     return logits, encoded, pad_id, timing_forward
 
 
-def _per_domain(encoded: Encoded, domains: list[str], score: Callable[[np.ndarray], float]) -> dict[str, float]:
-    """``score(mask)`` for each domain present in ``encoded``, plus their ``average``."""
+def _per_domain(encoded: Encoded, domains: list[str], score: Callable[[np.ndarray], float],
+                rows: np.ndarray | None = None) -> dict[str, float]:
+    """``score(mask)`` for each domain present in ``encoded`` (among ``rows``, a boolean mask, when given), plus
+    their ``average``."""
     domain_ids = np.asarray(encoded.domains)
     out: dict[str, float] = {}
     for i, name in enumerate(domains):
         mask = domain_ids == i
+        if rows is not None:
+            mask &= rows
         if mask.any():
             out[name] = score(mask)
     if out:
@@ -401,7 +405,7 @@ def evaluate_run(
         if getattr(cfg, name) < 1:
             raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     _, dataset = reload_dataset(run)
-    domains = dataset.check_domains(cfg.domains) if cfg.domains else list(dataset.domains)
+    domains = dataset.check_domains(cfg.domains, "--domain") if cfg.domains else list(dataset.domains)
     domains = sorted(set(domains), key=dataset.domains.index)
     examples = dataset.select(cfg.split, domains)
     if not examples:
@@ -418,14 +422,27 @@ def evaluate_run(
                 hint = {"teacher": "metakd fit", "student": "metakd distill", "onnx": "metakd export",
                         "int8": "metakd export --int8"}[name]
                 raise UserError(f"{run.path}: no {name} model in this run folder; run `{hint}` first")
-    labels = np.asarray([dataset.label_id(ex.label) for ex in examples])
     log(f"eval on {len(examples):,} {cfg.split} rows of {', '.join(domains)}: {', '.join(names)}")
 
     computed = {}
     teacher_predictions = None
-    if "teacher" in available:  # the reference for agreement, even when not evaluated itself
-        computed["teacher"] = _model_logits(available["teacher"], examples, dataset, domains, bucketing)
-        teacher_predictions = computed["teacher"][0].argmax(-1)
+    teacher = available.get("teacher")
+    # single-mode teachers of a fit --hold-out run have no teacher for the held-out domain: the teacher is scored
+    # (and is the agreement reference) on the other domains' rows only
+    uncovered = [d for d in domains if teacher is not None and teacher.per_domain is not None
+                 and d not in teacher.per_domain]
+    covered = np.asarray([ex.domain not in uncovered for ex in examples], dtype=bool)
+    if uncovered and "teacher" in names:
+        missing = f"no single teacher for {', '.join(uncovered)} (held out at fit)"
+        if not covered.any() and "teacher" in cfg.models:  # asked for by name, with nothing it can score
+            raise UserError(f"{teacher.path}: {missing}; evaluate --model student, or add a --domain it was fitted on")
+        log(f"teacher: {missing}; " + ("scored on the other domains only" if covered.any() else "not scored"))
+    if teacher is not None and covered.any():  # the reference for agreement, even when not evaluated itself
+        rows = [ex for ex, keep in zip(examples, covered) if keep]
+        computed["teacher"] = _model_logits(teacher, rows, dataset, domains, bucketing)
+        teacher_predictions = np.full(len(examples), -1)
+        teacher_predictions[covered] = computed["teacher"][0].argmax(-1)
+    names = [n for n in names if n != "teacher" or "teacher" in computed]
     reports = []
     for name in names:
         artifact = available[name]
@@ -433,14 +450,21 @@ def evaluate_run(
         logits, encoded, pad_id, forward = computed.get(name) or _model_logits(artifact, examples, dataset, domains,
                                                                                bucketing)
         predictions = logits.argmax(-1)
+        labels = np.asarray(encoded.labels)
         accuracy_by = _per_domain(encoded, dataset.domains, lambda m: accuracy(predictions[m], labels[m]))
         f1_by = _per_domain(encoded, dataset.domains,
                             lambda m: macro_f1(predictions[m], labels[m], len(dataset.labels)))
+        if name == "teacher" and uncovered:  # an average over fewer domains than the other models' is no peer
+            accuracy_by.pop("average", None)
+            f1_by.pop("average", None)
         agreement = None
-        if teacher_predictions is not None:
+        if teacher_predictions is not None and name != "teacher":
             agreement = _per_domain(encoded, dataset.domains,
-                                    lambda m: float((predictions[m] == teacher_predictions[m]).mean() * 100.0))
-            agreement["all"] = float((predictions == teacher_predictions).mean() * 100.0)
+                                    lambda m: float((predictions[m] == teacher_predictions[m]).mean() * 100.0),
+                                    covered)
+            agreement["all"] = float((predictions[covered] == teacher_predictions[covered]).mean() * 100.0)
+        elif name == "teacher":  # the reference agrees with itself
+            agreement = {k: 100.0 for k in [*accuracy_by, "all"]}
         latency, throughput, timed = _time_forward(forward, encoded, pad_id, cfg, bucketing, artifact.max_length)
         reports.append(ModelReport(
             name=name, path=str(artifact.path), size_mb=artifact.size_mb, accuracy=accuracy_by, macro_f1=f1_by,

@@ -104,6 +104,13 @@ def validate(cfg: FitConfig) -> None:
     if cfg.lr <= 0:
         raise UserError(f"--lr must be positive, got {cfg.lr}")
     check_fraction(cfg.train_fraction)
+    if cfg.fraction_domains and cfg.train_fraction == 1:
+        raise UserError(f"--fraction-domains {','.join(cfg.fraction_domains)} says which domains --train-fraction "
+                        "thins out, but --train-fraction is 1 (every row): give a fraction below 1, or leave "
+                        "--fraction-domains out")
+    if cfg.hold_out is not None and cfg.hold_out in (cfg.fraction_domains or []):
+        raise UserError(f"--fraction-domains {cfg.hold_out}: that domain is held out (--hold-out), so the teacher "
+                        "has none of its rows to take a fraction of")
 
 
 def kept_rows(dataset: Dataset, cfg: FitConfig, held_out: list[int]) -> list[int]:
@@ -278,7 +285,7 @@ def fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool = False,
     dataset = load_dataset(data_cfg)
     held_out: list[int] = []
     if cfg.hold_out is not None:
-        dataset.check_domains([cfg.hold_out])
+        dataset.check_domains([cfg.hold_out], "--hold-out")
         if len(dataset.domains) < 2:
             raise UserError(f"--hold-out {cfg.hold_out} leaves no domain to train the teacher on")
         held_out = [dataset.domain_id(cfg.hold_out)]
@@ -295,7 +302,7 @@ def fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool = False,
     kept = kept_rows(dataset, cfg, held_out)
     scarce = ", ".join(cfg.fraction_domains) if cfg.fraction_domains else "each domain"
     notes = (f", {cfg.hold_out} held out" if cfg.hold_out else "") + (
-        f", {cfg.train_fraction:g} of {scarce}'s rows" if cfg.train_fraction < 1 else "")
+        f", {cfg.train_fraction:g} of the rows of {scarce}" if cfg.train_fraction < 1 else "")
     log(f"teacher {cfg.teacher} ({model_path}), mode {cfg.teacher_mode}, {len(kept):,} training rows{notes}")
     pad_id = tokenizer.pad_token_id or 0
     train = encode([dataset.train[i] for i in kept], dataset, tokenizer, cfg.max_length)

@@ -52,7 +52,7 @@ def run_pipeline(
     warn: Callable[[str], None] = print,
 ) -> PipelineResult:
     """Run every step the recipe describes into ``run``; raises UserError when export's checks fail."""
-    from metakd_cli.distill import distill
+    from metakd_cli.distill import check_teacher, distill
     from metakd_cli.distill import validate as validate_distill
     from metakd_cli.evaluate import evaluate_run
     from metakd_cli.export import export
@@ -63,6 +63,7 @@ def run_pipeline(
     # a recipe mistake in a later step fails now, not after an hour of fitting
     validate_fit(recipe.fit)
     validate_distill(recipe.distill)
+    check_teacher(recipe.distill, recipe.fit.teacher_mode, recipe.fit.hold_out)  # the teacher fit makes serves it
     validate_export(recipe.export)
     result = PipelineResult()
     rerun = False

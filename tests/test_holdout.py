@@ -170,6 +170,26 @@ def test_single_teachers_with_a_held_out_domain(tiny_model_dir, toy_data, tmp_pa
     assert set(other.metrics["test_accuracy"]) == {HELD_OUT, "average"}
     mtn = distill(small(domain=HELD_OUT, method="mtn"), run, log=_quiet, warn=_quiet)
     assert mtn.metrics["teachers"] == ["books", "electronics"]
+    with pytest.raises(UserError, match="--teacher-domain kitchen: no single-domain teacher for it .*books, electronics"):
+        distill(small(domain=HELD_OUT, method="mtn", teacher_domain=HELD_OUT), run, log=_quiet, warn=_quiet)
+    with pytest.raises(UserError, match="--domain: unknown domain 'garden'"):
+        distill(small(domain="garden", method="mtn"), run, log=_quiet, warn=_quiet)
+
+    # eval: no single teacher for the held-out domain, so the teacher is scored (and is the agreement
+    # reference) on the other domains only; the student on every domain
+    result = CliRunner().invoke(cli, ["--run-dir", str(run.path), "eval", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    teacher, student = ({m["name"]: m for m in report["models"]}[n] for n in ("teacher", "student"))
+    assert set(teacher["accuracy"]) == {"books", "electronics"}  # no average over fewer domains than the others'
+    assert set(student["accuracy"]) == {*DOMAINS, "average"}
+    assert set(student["agreement"]) == {"books", "electronics", "average", "all"}
+    assert "no single teacher for kitchen (held out at fit); scored on the other domains only" in result.output
+    only = CliRunner().invoke(cli, ["--run-dir", str(run.path), "eval", "--model", "student", "--domain", HELD_OUT])
+    assert only.exit_code == 0, only.output  # nothing to compare with: no agreement, no error
+    asked = CliRunner().invoke(cli, ["--run-dir", str(run.path), "eval", "--model", "teacher", "--domain", HELD_OUT])
+    assert asked.exit_code == 2
+    assert "no single teacher for kitchen (held out at fit); evaluate --model student" in asked.output
 
 
 def test_mtl_heads_of_a_held_out_domain_are_the_mean_of_the_others(tiny_model_dir, toy_data, tmp_path):
@@ -181,8 +201,13 @@ def test_mtl_heads_of_a_held_out_domain_are_the_mean_of_the_others(tiny_model_di
 
 
 def test_hold_out_errors_and_command_line(tiny_model_dir, toy_data, tmp_path):
-    with pytest.raises(UserError, match="unknown domain 'garden'"):
+    with pytest.raises(UserError, match="--hold-out: unknown domain 'garden'"):
         fit(toy_data, tiny_fit(Path(tiny_model_dir), hold_out="garden"), RunDir(tmp_path / "r"), log=_quiet)
+    # a fraction of the held-out domain would thin out nothing: refused before any work, not silently ignored
+    with pytest.raises(UserError, match="--fraction-domains kitchen: that domain is held out"):
+        fit(toy_data, tiny_fit(Path(tiny_model_dir), hold_out=HELD_OUT, train_fraction=0.5,
+                               fraction_domains=[HELD_OUT]), RunDir(tmp_path / "r"), log=_quiet)
+    assert not (tmp_path / "r").exists()
     result = CliRunner().invoke(cli, [
         "--quiet", "--run-dir", str(tmp_path / "cli"), "fit", toy_data.path, "--teacher", str(tiny_model_dir),
         "--teacher-mode", "mix", "--hold-out", HELD_OUT, "--epochs", "1", "--batch-size", "8", "--max-length", "16",
@@ -278,6 +303,14 @@ def test_bad_fractions_are_user_errors(tiny_model_dir, toy_data, tmp_path):
     for value in (0.0, 1.5):
         with pytest.raises(UserError, match="--train-fraction must be above 0 and at most 1"):
             fit(toy_data, tiny_fit(Path(tiny_model_dir), train_fraction=value), RunDir(tmp_path / "r"), log=_quiet)
+    # --fraction-domains without a fraction below 1 would record a scarce run that did not happen
+    bad = CliRunner().invoke(cli, [
+        "--quiet", "--run-dir", str(tmp_path / "r"), "fit", str(toy_data.path), "--teacher", str(tiny_model_dir),
+        "--fraction-domains", "books"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    assert "--fraction-domains books says which domains --train-fraction thins out, but --train-fraction is 1" in (
+        bad.output)
+    assert not (tmp_path / "r").exists()
 
 
 def test_eval_marks_the_held_out_domain(run):

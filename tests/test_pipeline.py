@@ -64,10 +64,17 @@ def test_recipes_ls_and_cp(tmp_path):
 
 
 def test_a_later_steps_mistake_fails_before_fitting(tiny_model_dir, tmp_path):
-    for mistake, message in (("distill.method=tinyber", "--method"),
-                             ("export.opset=9", "--opset 9 is too old")):
-        run_dir = tmp_path / mistake.split(".")[0]
-        result = _run(run_dir, tiny_model_dir, "export.int8=false", mistake)
+    for mistakes, message in (
+        (["distill.method=tinyber"], "--method"),
+        (["export.opset=9"], "--opset 9 is too old"),
+        # steps that each pass alone but not together: the teacher fit makes cannot serve the distill asked for
+        (["distill.method=mtn"], "--method mtn learns from one teacher per domain, but this run's teacher is meta"),
+        (["fit.teacher_mode=single"], "pick which with --domain, or learn from all of them with --method mtn"),
+        (["fit.teacher_mode=single", "fit.hold_out=kitchen", "distill.domain=kitchen"],
+         "no single-domain teacher for 'kitchen': it was held out"),
+    ):
+        run_dir = tmp_path / "-".join(mistakes).replace("=", "-")
+        result = _run(run_dir, tiny_model_dir, "export.int8=false", *mistakes)
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
         assert not (run_dir / "teacher").exists()  # nothing was fitted
