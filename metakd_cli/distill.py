@@ -454,7 +454,8 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
              "domains": dataset.domains, "max_length": max_length, "teacher_mode": info.mode}, indent=2) + "\n")
     run.write_metrics("distill", metrics)
     run.record_step("distill", {"config": asdict(cfg), "student": str(run.student), "held_out": info.held_out,
-                                "train_fraction": cfg.train_fraction, "train_rows": train_rows})
+                                "train_fraction": cfg.train_fraction, "train_rows": train_rows,
+                                "fit_id": run.step_id("fit")})
     for finished in run.checkpoints.glob(f"distill-*{suffix}"):
         clear_checkpoints(run.checkpoints, finished.name)
     metrics["seconds"] = time.perf_counter() - started

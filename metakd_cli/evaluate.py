@@ -254,10 +254,21 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+def stale_models(run) -> dict[str, str]:
+    """{"student" / "onnx" / "int8": why} for models on disk that an earlier fit / distill made (run_dir's
+    stale_artifacts): left out of run_artifacts."""
+    from metakd_cli.run_dir import stale_artifacts
+
+    stale = stale_artifacts(run.load()) if run.exists() else {}
+    return {name: stale[part] for name, part in (("student", "student"), ("onnx", "onnx"), ("int8", "onnx"))
+            if part in stale and (run.student / "config.json" if part == "student" else run.onnx).exists()}
+
+
 def run_artifacts(run) -> dict[str, Artifact]:
-    """The teacher / student / onnx / int8 models present in a run folder, by name."""
+    """The teacher / student / onnx / int8 models present in a run folder, by name (not the stale ones)."""
     from metakd_cli.models import TeacherInfo
 
+    stale = stale_models(run)
     found: dict[str, Artifact] = {}
     teacher_max = 128
     if (run.teacher / "metakd.json").is_file():
@@ -273,11 +284,12 @@ def run_artifacts(run) -> dict[str, Artifact]:
     student_max = teacher_max
     if (run.student / "config.json").is_file():
         student_max = int(_read_json(run.student / "metakd_student.json").get("max_length") or teacher_max)
-        found["student"] = Artifact("student", "torch", run.student, run.student, student_max)
+        if "student" not in stale:
+            found["student"] = Artifact("student", "torch", run.student, run.student, student_max)
     exported = _read_json(run.onnx / EXPORT_JSON)
     onnx_max = int(exported.get("max_length") or student_max)
     for name, file in (("onnx", ONNX_FILE), ("int8", INT8_FILE)):
-        if (run.onnx / file).is_file():
+        if (run.onnx / file).is_file() and name not in stale:
             found[name] = Artifact(name, "onnx", run.onnx / file, run.onnx, onnx_max)
     return found
 
@@ -383,6 +395,16 @@ def _per_domain(encoded: Encoded, domains: list[str], score: Callable[[np.ndarra
     return out
 
 
+def validate(cfg: EvalConfig) -> None:
+    """The settings eval can check without a run folder (`metakd run` checks them before fitting)."""
+    choice(cfg.split, EVAL_SPLITS, "--split")
+    for name in cfg.models or ["all"]:
+        choice(name, ("all", *MODEL_NAMES), "--model")
+    for name in ("latency_rows", "throughput_batches", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+
+
 def evaluate_run(
     cfg: EvalConfig, run, log: Callable[[str], None] = lambda _: None
 ) -> EvalResult:
@@ -397,27 +419,26 @@ def evaluate_run(
 
     from metakd_cli.distill import reload_dataset
 
-    choice(cfg.split, EVAL_SPLITS, "--split")
+    validate(cfg)
     wanted = list(dict.fromkeys(cfg.models or ["all"]))
-    for name in wanted:
-        choice(name, ("all", *MODEL_NAMES), "--model")
-    for name in ("latency_rows", "throughput_batches", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     _, dataset = reload_dataset(run)
     domains = dataset.check_domains(cfg.domains, "--domain") if cfg.domains else list(dataset.domains)
     domains = sorted(set(domains), key=dataset.domains.index)
     examples = dataset.select(cfg.split, domains)
     if not examples:
         raise UserError(f"the {cfg.split} split has no rows for {', '.join(domains)}")
-    available = run_artifacts(run)
+    available, stale = run_artifacts(run), stale_models(run)
     if "all" in wanted:
         names = [n for n in MODEL_NAMES if n in available]
+        for reason in dict.fromkeys(stale.values()):
+            log(f"not scored: {reason}")
         if not names:
             raise UserError(f"{run.path}: no teacher/, student/ or onnx/ to evaluate; run `metakd fit` first")
     else:
         names = [n for n in MODEL_NAMES if n in wanted]
         for name in names:
+            if name in stale:
+                raise UserError(f"{run.path}: {stale[name]}")
             if name not in available:
                 hint = {"teacher": "metakd fit", "student": "metakd distill", "onnx": "metakd export",
                         "int8": "metakd export --int8"}[name]

@@ -57,7 +57,7 @@ from metakd_cli.evaluate import (
     torch_logits,
     weights_size_mb,
 )
-from metakd_cli.run_dir import RunDir, atomic_dir
+from metakd_cli.run_dir import RunDir, atomic_dir, stale_artifacts
 from metakd_cli.vocab import TrimReport, trim_vocabulary
 
 MODELS = ("student", "teacher")
@@ -122,6 +122,9 @@ def _source(run: RunDir, cfg: ExportConfig) -> tuple[Path, int, str | None]:
         return run.teacher, teacher_info.max_length, None
     if not (run.student / "config.json").is_file():
         raise UserError(f"{run.path}: no student/ in this run folder; run `metakd distill` first (or --model teacher)")
+    stale = stale_artifacts(run.load()).get("student")
+    if stale:
+        raise UserError(f"{run.path}: {stale} before exporting it")
     extra = {}
     if (run.student / "metakd_student.json").is_file():
         extra = json.loads((run.student / "metakd_student.json").read_text(encoding="utf-8"))
@@ -579,7 +582,7 @@ def export(cfg: ExportConfig, run: RunDir, log: Callable[[str], None] = lambda _
     run.record_step("export", {
         "config": asdict(cfg), "onnx": str(run.onnx), "model": cfg.model, "opset": cfg.opset,
         "target": metrics["target"], "ort": write_ort, "trim_vocab": cfg.trim_vocab,
-        "versions": metrics["versions"],
+        "versions": metrics["versions"], "source_id": run.step_id("distill" if cfg.model == "student" else "fit"),
     })
     return ExportResult(passed=True, folder=run.onnx, failures=[], metrics=metrics, seconds=metrics["seconds"])
 

@@ -16,7 +16,9 @@ import numpy as np
 
 from metakd_cli.cpu import cpu_info, target_mismatch
 from metakd_cli.errors import UserError
-from metakd_cli.evaluate import Artifact, batched_logits, exported_target, load_forward, run_artifacts
+from metakd_cli.evaluate import (
+    Artifact, batched_logits, exported_target, load_forward, run_artifacts, stale_models,
+)
 
 PREDICT_MODELS = ("int8", "onnx", "student")
 
@@ -73,10 +75,16 @@ def read_texts(path: Path) -> list[str]:
     return texts
 
 
-def choose_model(available: dict[str, Artifact], wanted: str | None, run_path: Path) -> Artifact:
+def choose_model(available: dict[str, Artifact], wanted: str | None, run_path: Path,
+                 stale: dict[str, str] | None = None) -> Artifact:
+    """The model asked for, or the first of PREDICT_MODELS present; a ``stale`` one (made from an earlier
+    fit / distill) is refused when asked for by name."""
+    stale = stale or {}
     if wanted is not None:
         if wanted not in PREDICT_MODELS:
             raise UserError(f"unknown --model '{wanted}' (valid: {', '.join(PREDICT_MODELS)})")
+        if wanted in stale:
+            raise UserError(f"{run_path}: {stale[wanted]}")
         if wanted not in available:
             hint = {"int8": "metakd export --int8", "onnx": "metakd export", "student": "metakd distill"}[wanted]
             raise UserError(f"{run_path}: no {wanted} model in this run folder; run `{hint}` first")
@@ -105,7 +113,11 @@ def predict(cfg: PredictConfig, run, log: Callable[[str], None] = lambda _: None
         raise UserError("no text to classify: give TEXT arguments, --file F, or lines on stdin")
     if not Path(run.path).is_dir():
         raise UserError(f"run folder {run.path} does not exist; point --run-dir / METAKD_RUN_DIR at a run")
-    artifact = choose_model(run_artifacts(run), cfg.model, run.path)
+    stale = stale_models(run)
+    artifact = choose_model(run_artifacts(run), cfg.model, run.path, stale)
+    if cfg.model is None:
+        for reason in dict.fromkeys(stale[n] for n in PREDICT_MODELS if n in stale):
+            log(f"not used: {reason}")
     log(f"predicting with {artifact.name} ({artifact.path})")
     tokenizer = load_tokenizer(str(artifact.tokenizer_dir))
     out = tokenizer(texts, truncation=True, max_length=artifact.max_length)

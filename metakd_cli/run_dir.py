@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -167,9 +168,14 @@ class RunDir:
             **info,
             "command": " ".join(sys.argv),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "id": uuid.uuid4().hex,  # what a later step records as its source (see stale_artifacts)
         }
         self.save(manifest)
         return manifest
+
+    def step_id(self, step: str) -> str | None:
+        """The id of the recorded ``step``, for the step built from it to record as its source."""
+        return self.load().steps.get(step, {}).get("id") if self.exists() else None
 
     def write_metrics(self, step: str, metrics: dict) -> Path:
         path = self.metrics / f"{step}.json"
@@ -181,3 +187,33 @@ class RunDir:
         if step not in manifest.steps:
             raise UserError(f"{self.path}: no `{step}` step recorded yet; {hint}")
         return manifest.steps[step]
+
+
+def _made_from(step: dict, source: dict | None, key: str) -> bool:
+    """Whether ``step`` was built from the current ``source`` step: by the id it recorded, or, for steps
+    recorded before ids existed, by not being older than the source."""
+    if source is None:
+        return False
+    if step.get(key) is not None and source.get("id") is not None:
+        return step[key] == source["id"]
+    return str(step.get("finished", "")) >= str(source.get("finished", ""))
+
+
+def stale_artifacts(manifest: Manifest) -> dict[str, str]:
+    """{"student" / "onnx": why} for student/ and onnx/ built from an earlier run of the step they came from
+    (fit ran again after distill, distill after export): kept on disk, but no longer what the folder's
+    manifest describes, so metakd neither scores, exports nor serves them."""
+    steps = manifest.steps
+    fit, distill, export = steps.get("fit"), steps.get("distill"), steps.get("export")
+    out: dict[str, str] = {}
+    if distill is not None and fit is not None and not _made_from(distill, fit, "fit_id"):
+        out["student"] = (f"student/ was distilled from an earlier teacher (`metakd fit` ran again at "
+                          f"{fit.get('finished')}); re-run `metakd distill`")
+    if export is not None:
+        source_step = "distill" if export.get("model", "student") == "student" else "fit"
+        source = steps.get(source_step)
+        if not _made_from(export, source, "source_id") or (source_step == "distill" and "student" in out):
+            made = "the student" if source_step == "distill" else "the teacher"
+            out["onnx"] = (f"onnx/ was exported from an earlier version of {made} (`metakd {source_step}` ran again "
+                           "since); re-run `metakd export`")
+    return out

@@ -129,7 +129,7 @@ def build_tiny_run(folder: Path, teacher_mode: str = "mix") -> Path:
     run = RunDir(folder)
     run.record_step("fit", {"config": {"teacher_mode": teacher_mode}, "teacher": str(teacher)},
                     data=data_manifest(data_cfg, dataset))
-    run.record_step("distill", {"config": {"method": "kd"}, "student": str(student)})
+    run.record_step("distill", {"config": {"method": "kd"}, "student": str(student), "fit_id": run.step_id("fit")})
     return folder
 
 

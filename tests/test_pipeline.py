@@ -72,9 +72,32 @@ def test_a_later_steps_mistake_fails_before_fitting(tiny_model_dir, tmp_path):
         (["fit.teacher_mode=single"], "pick which with --domain, or learn from all of them with --method mtn"),
         (["fit.teacher_mode=single", "fit.hold_out=kitchen", "distill.domain=kitchen"],
          "no single-domain teacher for 'kitchen': it was held out"),
+        # eval's settings, and domains the data does not have, are checked before fitting too
+        (["eval.split=train"], "--split"),
+        (["distill.domain=garden"], "--domain: unknown domain 'garden'"),
+        (["eval.domains=garden"], "eval --domain: unknown domain 'garden'"),
     ):
         run_dir = tmp_path / "-".join(mistakes).replace("=", "-")
         result = _run(run_dir, tiny_model_dir, "export.int8=false", *mistakes)
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
         assert not (run_dir / "teacher").exists()  # nothing was fitted
+
+
+def test_edited_data_refits(tiny_model_dir, tmp_path):
+    """The same data settings over edited rows: fit runs again (eval would refuse the old fit's data)."""
+    import shutil
+
+    from metakd_cli.config import bundled
+
+    data = shutil.copytree(bundled("examples", "reviews"), tmp_path / "reviews")
+    run_dir = tmp_path / "run"
+    first = _run(run_dir, tiny_model_dir, f"data.path={data}")
+    assert first.exit_code == 0, first.output
+    fitted = json.loads((run_dir / "manifest.json").read_text())["steps"]["fit"]["id"]
+    edited = data / "books.jsonl"  # every row: the recipe keeps a sample of them (limit_per_domain)
+    rows = [json.loads(line) for line in edited.read_text(encoding="utf-8").splitlines()]
+    edited.write_text("".join(json.dumps({**r, "text": r["text"] + " (edited)"}) + "\n" for r in rows), encoding="utf-8")
+    again = _run(run_dir, tiny_model_dir, f"data.path={data}")
+    assert again.exit_code == 0, again.output
+    assert json.loads((run_dir / "manifest.json").read_text())["steps"]["fit"]["id"] != fitted
