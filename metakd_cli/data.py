@@ -186,7 +186,9 @@ def _records(path: Path, kind: str) -> Iterable[tuple[int, dict]]:
         return
     delimiter = "\t" if kind == "tsv" else ","
     csv.field_size_limit(MAX_FIELD_CHARS + 1)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # strict: a quote CSV does not allow (text after a closing quote, a quoted field still open at
+    # the end of the file) is an error; the lenient default glues it, and the lines after it, into a field
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except (StopIteration, csv.Error) as exc:
@@ -194,9 +196,10 @@ def _records(path: Path, kind: str) -> Iterable[tuple[int, dict]]:
     header = [h.strip() for h in header]
     if len(set(header)) != len(header):
         raise UserError(f"{path}:1: duplicate column names in the header: {header}")
+    start = reader.line_num + 1  # first line of the row being read: a quoted field may span lines
     try:
         for row in reader:
-            number = reader.line_num
+            number, start = start, reader.line_num + 1
             if not row or all(not cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
@@ -206,7 +209,57 @@ def _records(path: Path, kind: str) -> Iterable[tuple[int, dict]]:
                 )
             yield number, dict(zip(header, row))
     except csv.Error as exc:
-        raise UserError(f"{path}:{reader.line_num}: malformed {kind.upper()} ({exc})") from None
+        if "end of data" in str(exc):  # csv's only error for a quoted field still open at the end of the file
+            raise UserError(
+                f"{path}:{start}: a quoted field opened on this line is never closed (it runs to the end of the "
+                'file); close the quote, or double a quote inside a quoted field ("")'
+            ) from None
+        opened = f" in the row that starts on line {start}" if start != reader.line_num else ""
+        hint = ""
+        if '"' in str(exc):
+            hint = '; a field that holds a quote must be quoted as a whole, its quotes doubled ("")'
+        raise UserError(f"{path}:{reader.line_num}: malformed {kind.upper()} ({exc}){opened}{hint}") from None
+
+
+def _check_swallowed_rows(path: Path, kind: str, spanning: list[tuple[int, dict]], rows: list[Example],
+                          cfg: DataConfig, domain: str | None) -> None:
+    """Refuse a quoted field whose lines read as rows of this file: a quote left open that swallowed them.
+
+    The rule, for a field over several lines: the lines it holds whole (those between its first
+    and last, and its first too when it is the row's first field, as a quote opened at the start
+    of a line is) must not all read as rows: the header's number of fields, with a label of this
+    file's rows and, when a column holds the domain, one of its domains. Legitimate multi-line text
+    trips it only if each of its lines but the last ends like ",positive,books"; counting fields
+    alone would not do, as a line of prose with two commas is common.
+    """
+    labels = {row.label for row in rows}
+    domains = {row.domain for row in rows}
+    delimiter = "\t" if kind == "tsv" else ","
+
+    def reads_as_row(line: str, header: list[str]) -> bool:
+        try:
+            cells = next(csv.reader([line.removesuffix("\r")], delimiter=delimiter))
+        except (csv.Error, StopIteration):
+            return False
+        if len(cells) != len(header):
+            return False
+        fields = dict(zip(header, cells))
+        return fields[cfg.label_column].strip() in labels and (
+            domain is not None or fields[cfg.domain_column].strip() in domains
+        )
+
+    for number, record in spanning:
+        header = list(record)
+        for column, value in record.items():
+            lines = value.split("\n")
+            whole = lines[0 if column == header[0] else 1 : -1]
+            if whole and all(reads_as_row(line, header) for line in whole):
+                end = number + sum(v.count("\n") for v in record.values())
+                raise UserError(
+                    f"{path}:{number}: field '{column}' of this row is quoted over lines {number}-{end}, and its "
+                    "lines read as rows of the file: a quote is probably not closed (close it, or double a quote "
+                    'inside a quoted field: "")'
+                )
 
 
 def _label_str(value: object, where: str, column: str, what: str = "label") -> str:
@@ -239,8 +292,13 @@ def read_table(path: Path, cfg: DataConfig, domain: str | None = None) -> list[E
     if kind is None:
         raise UserError(f"{path}: unknown file type (expected .jsonl, .csv or .tsv)")
     rows: list[Example] = []
+    spanning: list[tuple[int, dict]] = []  # CSV / TSV rows with a field over several lines
+    pair_seen = False
     for number, record in _records(path, kind):
         where = f"{path}:{number}"
+        if kind != "jsonl" and any("\n" in value for value in record.values()):
+            spanning.append((number, record))
+        pair_seen = pair_seen or cfg.text_pair_column in record
         required = [cfg.text_column, cfg.label_column] + ([] if domain else [cfg.domain_column])
         for column in required:
             if column not in record:
@@ -256,6 +314,15 @@ def read_table(path: Path, cfg: DataConfig, domain: str | None = None) -> list[E
         rows.append(Example(text, pair, label, row_domain, where))
     if not rows:
         raise UserError(f"{path}: no rows")
+    _check_swallowed_rows(path, kind, spanning, rows, cfg, domain)
+    # the default pair column is optional; one the user named must exist, or a typo would train
+    # on single texts without a word
+    if not pair_seen and cfg.text_pair_column != DataConfig.text_pair_column:
+        columns = ", ".join(map(str, record)) or "none"
+        raise UserError(
+            f"{path}: no column '{cfg.text_pair_column}' in any row (columns: {columns}); "
+            "fix --text-pair-column or drop it"
+        )
     return rows
 
 
@@ -566,34 +633,70 @@ def subsample(rows: list[Example], fraction: float, seed: int, salt: str) -> lis
     return [row for i, row in enumerate(rows) if i in keep]
 
 
-def split_rows(rows: list[Example], cfg: DataConfig) -> dict[str, list[Example]]:
-    """Seeded split of each (domain, label) group into train/dev/test, rows in input order."""
+def _held_out_sizes(group_size: int, cfg: DataConfig) -> tuple[int, int]:
+    """(test rows, dev rows) the split takes from one (domain, label) group."""
+    return int(group_size * cfg.test_fraction + 0.5), int(group_size * cfg.dev_fraction + 0.5)
+
+
+def _empty_splits(rows: list[Example], cfg: DataConfig) -> list[str]:
+    """The splits ``split_rows`` would leave without a row of ``rows`` (one domain's)."""
+    counts: Counter[str] = Counter()
+    for group in _by_group(rows, lambda r: r.label).values():
+        n_test, n_dev = _held_out_sizes(len(group), cfg)
+        counts.update(test=n_test, dev=n_dev, train=len(group) - n_test - n_dev)
+    return [s for s in SPLITS if counts[s] <= 0]
+
+
+def split_rows(
+    rows: list[Example], cfg: DataConfig, unlimited: list[Example] | None = None
+) -> dict[str, list[Example]]:
+    """Seeded split of each (domain, label) group into train/dev/test, rows in input order.
+
+    ``unlimited``: the rows before --limit-per-domain; when the full domain would split, the
+    error for one too small to split blames the flag, not the data.
+    """
     assigned: dict[int, str] = {}
     index = {id(row): i for i, row in enumerate(rows)}
     for (domain, label), group in sorted(_by_group(rows, lambda r: (r.domain, r.label)).items()):
         shuffled = _shuffled(group, cfg.split_seed, f"split:{domain}:{label}")
-        n_test = int(len(group) * cfg.test_fraction + 0.5)
-        n_dev = int(len(group) * cfg.dev_fraction + 0.5)
+        n_test, n_dev = _held_out_sizes(len(group), cfg)
         for i, row in enumerate(shuffled):
             assigned[index[id(row)]] = "test" if i < n_test else "dev" if i < n_test + n_dev else "train"
     splits: dict[str, list[Example]] = {s: [] for s in SPLITS}
     for i, row in enumerate(rows):
         splits[assigned[i]].append(row)
+    ratio = f"{1 - cfg.dev_fraction - cfg.test_fraction:.0%}/{cfg.dev_fraction:.0%}/{cfg.test_fraction:.0%}"
     for domain, domain_rows in sorted(_by_group(rows, lambda r: r.domain).items()):
         counts = Counter(assigned[index[id(r)]] for r in domain_rows)
         empty = [s for s in SPLITS if counts[s] == 0]
         if empty:
             count = f"{len(domain_rows)} row" + ("s" if len(domain_rows) != 1 else "")
+            before = [r for r in unlimited or [] if r.domain == domain]
+            if len(before) > len(domain_rows) and not _empty_splits(before, cfg):
+                raise UserError(
+                    f"--limit-per-domain {cfg.limit_per_domain} leaves domain '{domain}' {count} of its "
+                    f"{len(before)}: too few to split {ratio} (its {', '.join(empty)} split would be empty); "
+                    "raise the limit"
+                )
             raise UserError(
                 f"{domain_rows[0].where}: domain '{domain}' (first row here) has {count}: "
-                f"too few to split {1 - cfg.dev_fraction - cfg.test_fraction:.0%}/{cfg.dev_fraction:.0%}/"
-                f"{cfg.test_fraction:.0%} (its {', '.join(empty)} split would be empty); "
+                f"too few to split {ratio} (its {', '.join(empty)} split would be empty); "
                 "add rows or give train/dev/test files"
             )
     return splits
 
 
 def _check_labels(splits: dict[str, list[Example]]) -> list[str]:
+    # the label set is the classifier's head: a dev/test label train lacks would become a class
+    # nothing teaches (a typo, or a label the model can never predict), so it is the data's mistake
+    trained = {row.label for row in splits["train"]}
+    for split in ("dev", "test"):
+        for row in splits[split]:
+            if row.label not in trained:
+                raise UserError(
+                    f"{row.where}: label '{row.label}' of this {split} row is not among the training rows' labels "
+                    f"({', '.join(_sorted_labels(trained))}); fix the label, or drop the row"
+                )
     rows = [row for split in SPLITS for row in splits[split]]
     domains_of: dict[str, set[str]] = defaultdict(set)
     first: dict[str, Example] = {}
@@ -634,9 +737,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         if cfg.limit_per_domain is not None:
             splits = {s: _limit(splits[s], cfg, _domain_sizes(splits)) for s in SPLITS}
     else:
+        unlimited = rows
         if cfg.limit_per_domain is not None:
             rows = _limit(rows, cfg, _domain_sizes({"all": rows}))
-        splits = split_rows(rows, cfg)
+        splits = split_rows(rows, cfg, unlimited)
     labels = _check_labels(splits)
     domains = sorted({row.domain for split in SPLITS for row in splits[split]})
     return Dataset(

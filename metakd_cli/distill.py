@@ -63,6 +63,7 @@ from metakd_cli.models import (
     load_encoder,
     load_head,
     load_tokenizer,
+    model_max_length,
     mtl_forward,
     resolve_model,
 )
@@ -111,6 +112,8 @@ def validate(cfg: DistillConfig) -> None:
         raise UserError(f"--temperature must be positive, got {cfg.temperature}")
     if not 0 < cfg.train_fraction <= 1:
         raise UserError(f"--train-fraction must be above 0 and at most 1, got {cfg.train_fraction}")
+    if cfg.max_length is not None and cfg.max_length < 1:  # 0 would silently mean "the teacher's"
+        raise UserError(f"--max-length must be at least 1, got {cfg.max_length}")
 
 
 def reload_dataset(run: RunDir) -> tuple[DataConfig, Dataset]:
@@ -291,6 +294,14 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
     tokenizer = load_tokenizer(str(teacher_dir))
     pad_id = tokenizer.pad_token_id or 0
     max_length = cfg.max_length or info.max_length
+    from transformers import AutoConfig
+
+    # as fit checks it: past the position embeddings a long row crashes the teacher mid-run, and
+    # metakd_student.json would hand export / eval a length no model here can take
+    limit = model_max_length(AutoConfig.from_pretrained(teacher_dir))
+    if max_length > limit:
+        raise UserError(f"--max-length {max_length} is above the teacher's limit of {limit} positions "
+                        f"({info.base_model}); give {limit} or less")
     teacher, teacher_heads = _load_teacher(teacher_dir)
     teacher_head, extra = load_head(teacher_dir, teacher.config.hidden_size, len(info.domains))
     teacher_head.eval()
@@ -340,6 +351,11 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
     cache_seconds = time.perf_counter() - cache_started
 
     student, how = build_student(cfg, teacher, tokenizer, dataset.labels, warn)
+    student_limit = model_max_length(student.config)
+    if max_length > student_limit:  # a --student model with fewer positions than the teacher
+        flag = "--max-length" if cfg.max_length else "the teacher's max length (fit --max-length)"
+        raise UserError(f"{flag} {max_length} is above the student's limit of {student_limit} positions ({how}); "
+                        f"give distill --max-length {student_limit} or less")
     log(f"student {how}; method {cfg.method}; {len(train):,} training rows"
         + (f" of domain {cfg.domain}" if cfg.domain else ""))
     for p in student.parameters():  # a `tiny` student is cut from the frozen teacher

@@ -461,7 +461,7 @@ def _trim_metrics(
     tokenizer = AutoTokenizer.from_pretrained(original_dir)
     original_dev = encode(dev_examples, dataset, tokenizer, max_length)
     with _quiet_tools():
-        original = AutoModelForSequenceClassification.from_pretrained(original_dir)
+        original = AutoModelForSequenceClassification.from_pretrained(original_dir, use_safetensors=True)
     original_predictions = torch_logits(original, original_dev, tokenizer.pad_token_id or 0).argmax(-1)
     new_id = {old: new for new, old in enumerate(report.kept_ids)}
     covered = [i for i, (old, new) in enumerate(zip(original_dev.input_ids, trimmed_dev.input_ids))
@@ -531,6 +531,9 @@ def export(cfg: ExportConfig, run: RunDir, log: Callable[[str], None] = lambda _
     started = time.perf_counter()
     run.load()
     source, max_length, only_domain = _source(run, cfg)
+    from metakd_cli.models import require_safetensors
+
+    require_safetensors(source)  # optimum's export would load a pickled pytorch_model.bin
     from metakd_cli.distill import reload_dataset
 
     _, dataset = reload_dataset(run)
@@ -620,7 +623,7 @@ def _export_into(
     tokenizer = AutoTokenizer.from_pretrained(tmp)  # the shipped tokenizer, as a user would load it
     pad_id = tokenizer.pad_token_id or 0
     with _quiet_tools():
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
 
     dev = encode(dev_examples, dataset, tokenizer, max_length)
     check = dev.subset(_check_rows(len(dev), dev.domains, cfg.check_rows))

@@ -30,6 +30,7 @@ PACKAGED = {
 }
 HEAD_FILE = "metakd_head.safetensors"
 TEACHER_JSON = "metakd.json"
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # the weight files use_safetensors=True reads
 
 
 def resolve_model(name: str) -> str:
@@ -59,6 +60,17 @@ def _load(loader, name: str, what: str, **kwargs):
         return loader(name, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        folder = Path(name)
+        # a folder we can look into; for a hub id, transformers' error names the file it missed
+        no_safetensors = (not any((folder / f).is_file() for f in SAFE_WEIGHTS) if folder.is_dir()
+                          else "safetensors" in first)
+        if kwargs.get("use_safetensors") and no_safetensors:
+            raise UserError(
+                f"cannot load {what} '{name}': it has no safetensors weights ({SAFE_WEIGHTS[0]}) and metakd loads no "
+                "pickled ones (a pytorch_model.bin can run code when loaded); convert it once, in a Python session "
+                f"you trust: AutoModel.from_pretrained('{name}').save_pretrained(OUT, safe_serialization=True) "
+                "(AutoModelForSequenceClassification for a classifier; save its tokenizer to OUT too), then give OUT"
+            ) from None
         raise UserError(
             f"cannot load {what} '{name}': {first} (give a local model folder, a hub id while online, "
             "or the offline default all-MiniLM-L6-v2)"
@@ -79,6 +91,16 @@ def transformers_errors_only():
         transformers_logging.set_verbosity(verbosity)
 
 
+def require_safetensors(folder: Path) -> None:
+    """Refuse a model folder without safetensors weights before a tool that would unpickle a .bin
+    (optimum's ONNX export) reads it."""
+    if not any((folder / f).is_file() for f in SAFE_WEIGHTS):
+        raise UserError(
+            f"{folder}: no safetensors weights ({SAFE_WEIGHTS[0]}), and metakd does not load pickled ones "
+            "(pytorch_model.bin can run code when loaded); metakd saves safetensors, so re-run the step that wrote it"
+        )
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -94,7 +116,8 @@ def load_classifier(
     """AutoModelForSequenceClassification with our label names (new head if the count differs)."""
     from transformers import AutoModelForSequenceClassification
 
-    kwargs: dict = {"attn_implementation": attention, "trust_remote_code": trust_remote_code}
+    # safetensors only: a pickled pytorch_model.bin from a user's folder or the hub could run code
+    kwargs: dict = {"attn_implementation": attention, "trust_remote_code": trust_remote_code, "use_safetensors": True}
     if labels is not None:
         kwargs.update(
             num_labels=len(labels),
@@ -111,7 +134,7 @@ def load_encoder(name: str, trust_remote_code: bool = False):
     """The bare pretrained encoder (AutoModel), for transferability scores."""
     from transformers import AutoModel
 
-    return _load(AutoModel.from_pretrained, name, "encoder", trust_remote_code=trust_remote_code)
+    return _load(AutoModel.from_pretrained, name, "encoder", trust_remote_code=trust_remote_code, use_safetensors=True)
 
 
 def model_max_length(config) -> int:

@@ -158,7 +158,7 @@ def _load_model(model_dir: Path):
     config = transformers.AutoConfig.from_pretrained(model_dir)
     names = getattr(config, "architectures", None) or []
     cls = getattr(transformers, names[0], None) if names else None
-    return (cls or transformers.AutoModel).from_pretrained(model_dir)
+    return (cls or transformers.AutoModel).from_pretrained(model_dir, use_safetensors=True)  # never a pickle
 
 
 def _weights_mb(folder: Path) -> float:

@@ -140,6 +140,18 @@ def test_per_domain_folders_with_split_files(tmp_path):
         assert texts(dataset.select("dev", [domain])) == on_disk
 
 
+def test_a_dev_or_test_label_missing_from_train_is_refused(tmp_path):
+    path = write_toy_dataset(tmp_path, "splits")
+    test_file = path / "test.jsonl"
+    n_lines = len(test_file.read_text().splitlines())
+    with open(test_file, "a", encoding="utf-8") as handle:
+        for domain in DOMAINS:  # in every domain, so only the train check can catch it
+            handle.write(json.dumps({"text": "meh", "label": "neutral", "domain": domain}) + "\n")
+    message = data_error(path)
+    assert message.startswith(f"{test_file}:{n_lines + 1}: label 'neutral' of this test row is not among the "
+                              "training rows' labels (negative, positive)")
+
+
 def test_given_splits_need_all_three(tmp_path):
     path = write_toy_dataset(tmp_path, "splits")
     (path / "test.jsonl").unlink()
@@ -331,6 +343,18 @@ def test_limit_must_be_positive(tmp_path):
         load(write_toy_dataset(tmp_path, "jsonl"), limit_per_domain=0)
 
 
+def test_a_limit_too_small_to_split_names_the_flag_not_the_file(tmp_path):
+    path = write_toy_dataset(tmp_path, "jsonl")
+    message = data_error(path, limit_per_domain=3)
+    assert message.startswith("--limit-per-domain 3 leaves domain 'books' 4 rows of its 40: too few to split")
+    assert str(path) not in message and "add rows" not in message
+
+
+def test_a_domain_too_small_without_the_limit_still_names_the_file(tmp_path):
+    path = with_line(tmp_path, json.dumps({"text": "good", "label": "positive", "domain": "kitchn"}), at=9)
+    assert data_error(path, limit_per_domain=20).startswith(f"{path}:9: domain 'kitchn'")
+
+
 # --------------------------------------------------------------------------- Dataset
 
 
@@ -516,6 +540,65 @@ def test_tsv_row_with_wrong_field_count(tmp_path):
 def test_csv_duplicate_header(tmp_path):
     path = write_bytes(tmp_path / "dup.csv", b"text,label,text\na,b,c\n")
     assert data_error(path).startswith(f"{path}:1: duplicate column names")
+
+
+def toy_csv_lines(tmp_path: Path) -> tuple[Path, list[str]]:
+    path = write_toy_dataset(tmp_path, "csv")
+    return path, path.read_text(encoding="utf-8").splitlines()
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_csv_quote_never_closed_names_the_line_it_opens(tmp_path):
+    path, lines = toy_csv_lines(tmp_path)
+    lines[3] = '"the pan is good,positive,books'  # line 4; no other quote in the file
+    message = data_error(write_lines(path, lines))
+    assert message.startswith(f"{path}:4: a quoted field opened on this line is never closed")
+
+
+def test_csv_quote_that_swallows_rows_is_refused(tmp_path):
+    path, lines = toy_csv_lines(tmp_path)
+    lines[3] = '"the pan is good,positive,books'
+    text, rest = lines[6].split(",", 1)
+    lines[6] = f'{text}",{rest}'  # a stray quote closes it three lines on: once one row of 3 fields, silently
+    message = data_error(write_lines(path, lines))
+    assert message.startswith(f"{path}:4: field 'text' of this row is quoted over lines 4-7")
+    assert "quote is probably not closed" in message
+
+
+def test_csv_text_after_a_closing_quote_is_refused(tmp_path):
+    path, lines = toy_csv_lines(tmp_path)
+    lines[3] = '"the pan is good,positive,books'
+    lines[6] = 'she said "wow",positive,books'  # was read as one row whose text ran from line 4 to 'wow"'
+    message = data_error(write_lines(path, lines))
+    assert message.startswith(f"{path}:7: malformed CSV")
+    assert "row that starts on line 4" in message
+
+
+@pytest.mark.parametrize("delimiter", [",", "\t"])
+def test_quoted_text_over_several_lines_still_loads(tmp_path, delimiter):
+    """Multi-line quoted fields are legitimate CSV, commas and whole sentences included."""
+    rows = toy_rows()
+    rows[2] = dict(rows[2], text="the pan, I mean it, works,\nand well\ntruly")
+    rows[5] = dict(rows[5], text='a "fine" pan\r\nreally')
+    path = write_rows(tmp_path / ("multi.csv" if delimiter == "," else "multi.tsv"), rows)
+    dataset = load(path)
+    every = {ex.text: ex for split in SPLITS for ex in dataset.splits[split]}
+    assert every[rows[2]["text"]].where == f"{path}:4"  # the line the row starts on
+    assert rows[5]["text"] in every
+    assert dataset.summary()["total"] == N_TOY
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_named_pair_column_that_no_row_has(tmp_path, fmt):
+    path = write_toy_dataset(tmp_path, fmt, pairs=True)
+    message = data_error(path, text_pair_column="question")
+    assert message.startswith(f"{path}: no column 'question' in any row (columns: text, label, domain, text_pair)")
+    assert "--text-pair-column" in message
+    assert load(write_toy_dataset(tmp_path / "plain", fmt)).summary()["total"] == N_TOY  # the default is optional
 
 
 def write_review_domain(root: Path, positive: str, negative: str | None = None) -> Path:

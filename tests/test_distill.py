@@ -162,6 +162,31 @@ def test_a_student_with_another_tokenizer_is_refused(run, tmp_path):
         distill(small(student=str(other)), run, log=_quiet, warn=_quiet)
 
 
+def test_max_length_above_the_teachers_limit_is_refused(run):
+    """The tiny teacher has 128 positions: 129 would crash on a long row, or ship an unusable max_length."""
+    for value, message in (("129", "--max-length 129 is above the teacher's limit of 128 positions"),
+                           ("0", "--max-length must be at least 1, got 0")):
+        result = CliRunner().invoke(cli, ["--run-dir", str(run.path), "distill", "--method", "kd", "--epochs", "1",
+                                          "--max-length", value])
+        assert result.exit_code == 2, result.output
+        assert f"error: {message}" in result.output and "Traceback" not in result.output
+        assert not run.student.exists()
+
+
+def test_a_student_with_fewer_positions_than_max_length_is_refused(run, tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    short = tmp_path / "short"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.save_pretrained(short)
+    BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=8,
+                                             max_position_embeddings=8)).save_pretrained(short)
+    with pytest.raises(UserError, match=r"the teacher's max length \(fit --max-length\) 16 is above the student's "
+                                        r"limit of 8 positions .*--max-length 8 or less"):
+        distill(small(student=str(short)), run, log=_quiet, warn=_quiet)
+
+
 def test_one_domain_student(run):
     result = distill(small(domain="kitchen"), run, log=_quiet, warn=_quiet)
     assert set(result.metrics["test_accuracy"]) == {"kitchen", "average"}
