@@ -1,4 +1,9 @@
-"""The only module that knows rich: stderr console, progress bars and tables."""
+"""The only module that knows rich: stderr console, progress bars and tables.
+
+Messages and table text carry user data (paths, labels, domains, --set keys) that may hold
+square brackets, so none of it goes through rich markup: it is wrapped in ``Text`` or printed
+with ``markup=False``, and the only styling is the one metakd adds itself (``error:``, ``warning:``).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 stderr = Console(stderr=True, soft_wrap=True)
 stdout = Console(soft_wrap=True)
@@ -33,16 +39,16 @@ settings = Settings()
 def log(message: str) -> None:
     """A progress/log line on stderr (silenced by --quiet)."""
     if not settings.quiet:
-        stderr.print(message, highlight=False)
+        stderr.print(message, highlight=False, markup=False)
 
 
 def warn(message: str) -> None:
     """A warning on stderr, shown even with --quiet."""
-    stderr.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    stderr.print(Text.assemble(("warning:", "yellow"), " ", message), highlight=False)
 
 
 def error(message: str) -> None:
-    stderr.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
+    stderr.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
 
 
 def print_json(obj: object) -> None:
@@ -53,11 +59,11 @@ def print_json(obj: object) -> None:
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     """A result table on stdout."""
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title, style="table.title"), title_justify="left")
     for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i == 0 else "right")
+        table.add_column(Text(column), justify="left" if i == 0 else "right")
     for row in rows:
-        table.add_row(*[_cell(v) for v in row])
+        table.add_row(*[Text(_cell(v)) for v in row])
     stdout.print(table)
 
 
@@ -85,10 +91,10 @@ class TrainingProgress:
         if settings.quiet:
             return
         self._progress = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),  # a phase name holds a domain name
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
+            TextColumn("{task.fields[info]}", markup=False),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),

@@ -412,20 +412,22 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
         return float((predictions == np.asarray(dev.labels)).mean() * 100)
 
     signature = json.dumps([asdict(cfg), dataset.fingerprint(), info.mode], sort_keys=True)
+    signature_names = ("settings", "data fingerprint", "teacher mode")
     intermediate_lr, lr = learning_rates(cfg)
     stages = {}
     suffix = f"-{cfg.domain}" if cfg.domain else ""
     if cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs > 0:
         spec = PhaseSpec(f"distill-intermediate{suffix}", cfg.intermediate_epochs, cfg.batch_size, intermediate_lr,
-                         cfg.seed, constant_lr=True, max_grad_norm=1.0, weight_decay=0.0, signature=signature)
+                         cfg.seed, constant_lr=True, max_grad_norm=1.0, weight_decay=0.0, signature=signature,
+                         signature_names=signature_names)
         phase = run_phase(spec, parts, len(train), make_batch, intermediate_step, None, run.checkpoints,
-                          resume, progress)
+                          resume, progress, log)
         stages["intermediate"] = {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second,
                                   "history": phase.history}
     spec = PhaseSpec(f"distill-prediction{suffix}", cfg.epochs, cfg.batch_size, lr, cfg.seed, weight_decay=0.01,
-                     signature=signature)
+                     signature=signature, signature_names=signature_names)
     phase = run_phase(spec, nn.ModuleDict({"student": student}), len(train), make_batch, prediction_step, dev_accuracy,
-                      run.checkpoints, resume, progress)
+                      run.checkpoints, resume, progress, log)
     stages["prediction"] = {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second,
                             "history": phase.history, "best_epoch": phase.best_epoch}
 

@@ -102,6 +102,9 @@ def validate(cfg: ExportConfig) -> None:
         raise UserError(f"check_rows must be at least 1, got {cfg.check_rows}")
     if cfg.keep_top < 0:
         raise UserError(f"--keep-top must be 0 or more, got {cfg.keep_top}")
+    if not cfg.max_drop >= 0:  # written so that NaN is refused too
+        raise UserError(f"--max-drop must be 0 or more (the dev accuracy points int8 may lose vs fp32), "
+                        f"got {cfg.max_drop:g}")
     if cfg.keep_top and not cfg.trim_vocab:
         raise UserError("--keep-top only applies with --trim-vocab; add --trim-vocab or drop --keep-top")
 

@@ -242,13 +242,12 @@ def _train_one(
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         signature=json.dumps([asdict(cfg), dataset.fingerprint()], sort_keys=True),
+        signature_names=("settings", "data fingerprint"),
     )
     phase = run_phase(
         spec, parts, len(train), lambda idx: collate(train, idx, pad_id), loss_step, dev_accuracy,
-        run.checkpoints, resume, progress,
+        run.checkpoints, resume, progress, log,
     )
-    if phase.resumed_from:
-        log(f"resumed {spec.name} from epoch {phase.resumed_from['epoch'] + 1}, step {phase.resumed_from['step']}")
     if mtl:
         seen = [d for d in range(len(dataset.domains)) if d not in held_out]
         parts["heads"].fill(held_out, seen)

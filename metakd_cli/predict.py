@@ -108,9 +108,13 @@ def predict(cfg: PredictConfig, run, log: Callable[[str], None] = lambda _: None
     from metakd_cli.data import Encoded
     from metakd_cli.models import load_tokenizer
 
-    texts = [t for t in cfg.texts if t.strip()]
+    texts = cfg.texts
     if not texts:
         raise UserError("no text to classify: give TEXT arguments, --file F, or lines on stdin")
+    for position, text in enumerate(texts, start=1):
+        if not text.strip():  # one prediction per text, in order: dropping one would misalign the rest
+            raise UserError(f"text {position} of {len(texts)} is empty: each text gets one output line, "
+                            "so give it some text or leave it out")
     if not Path(run.path).is_dir():
         raise UserError(f"run folder {run.path} does not exist; point --run-dir / METAKD_RUN_DIR at a run")
     stale = stale_models(run)

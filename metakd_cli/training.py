@@ -36,7 +36,8 @@ class PhaseSpec:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     constant_lr: bool = False
-    signature: str = ""  # what the caller trains (config, data): a checkpoint of other settings is refused
+    signature: str = ""  # JSON of what the caller trains (config, data): a checkpoint of other settings is refused
+    signature_names: tuple[str, ...] = ()  # names of the parts of a JSON-list signature, for that refusal
 
 
 @dataclass
@@ -87,6 +88,48 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.clone() for k, v in tensors.items()}, str(path))
 
 
+_ABSENT = object()  # a setting one side's signature does not have
+
+
+def _short(value: object) -> str:
+    if value is _ABSENT:
+        return "(absent)"
+    if isinstance(value, str) and len(value) > 24:  # a data fingerprint: its start shows that it differs
+        return value[:12] + "..."
+    return json.dumps(value)
+
+
+def checkpoint_changes(loop: dict, spec: PhaseSpec, total_steps: int, n_examples: int) -> list[str]:
+    """What differs between a checkpoint's ``loop.json`` and this run, as "name old -> new" strings.
+
+    Settings come from the two signatures (a config dict's keys by name, other parts by
+    ``spec.signature_names``); example and step counts are added when they differ. An empty list:
+    the checkpoint does not record its settings in a form that can be compared.
+    """
+    changes = []
+    try:
+        old, new = json.loads(loop.get("signature") or "null"), json.loads(spec.signature or "null")
+    except json.JSONDecodeError:
+        old = new = None
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (old_part, new_part) in enumerate(zip(old, new)):
+            if old_part == new_part:
+                continue
+            if isinstance(old_part, dict) and isinstance(new_part, dict):
+                for key in sorted(old_part.keys() | new_part.keys()):
+                    before, after = old_part.get(key, _ABSENT), new_part.get(key, _ABSENT)
+                    if before != after:
+                        changes.append(f"{key} {_short(before)} -> {_short(after)}")
+            else:
+                name = spec.signature_names[i] if i < len(spec.signature_names) else f"part {i + 1}"
+                changes.append(f"{name} {_short(old_part)} -> {_short(new_part)}")
+    if loop.get("n_examples") != n_examples:
+        changes.append(f"training examples {loop.get('n_examples')} -> {n_examples}")
+    if loop.get("total_steps") != total_steps:
+        changes.append(f"steps {loop.get('total_steps')} -> {total_steps}")
+    return changes
+
+
 def run_phase(
     spec: PhaseSpec,
     module: nn.Module,
@@ -97,6 +140,7 @@ def run_phase(
     checkpoint_dir: Path,
     resume: bool,
     progress=None,
+    log: Callable[[str], None] = lambda _: None,
 ) -> PhaseResult:
     """Train ``module`` (an nn.Module holding every trainable part) and keep its best state.
 
@@ -141,9 +185,11 @@ def run_phase(
         if (loop.get("total_steps"), loop.get("n_examples"), loop.get("signature", "")) != (
             total_steps, n_examples, spec.signature
         ):
+            changes = checkpoint_changes(loop, spec, total_steps, n_examples)
+            what = "; ".join(changes) if changes else "it does not record which, so they cannot be compared"
             raise UserError(
-                f"{saved}: the checkpoint was made with other settings "
-                f"({loop.get('n_examples')} examples, {loop.get('total_steps')} steps); run without --resume"
+                f"{saved}: the checkpoint was made with other settings (checkpoint -> now: {what}); "
+                "resume with the checkpoint's settings, or run without --resume to start over"
             )
         accelerator.unwrap_model(model).load_state_dict(load_file(str(saved / "model.safetensors")))
         states = torch.load(saved / "optim.pt", weights_only=True)  # our own checkpoint, tensors only
@@ -157,6 +203,12 @@ def run_phase(
         position = {k: loop[k] for k in ("epoch", "step", "loss_sum", "loss_count")}
         best_score, best_epoch, history = loop["best_score"], loop["best_epoch"], loop["history"]
         resumed_from = {"epoch": position["epoch"], "step": position["step"]}
+        if position["epoch"] >= spec.epochs:
+            log(f"{spec.name}: finished in its checkpoint, not trained again")
+        else:
+            log(f"{spec.name}: resuming from epoch {position['epoch'] + 1}, step {position['step']}")
+    elif resume:
+        log(f"{spec.name}: no checkpoint to resume in {ckpt}, so it starts from scratch")
 
     def save_checkpoint() -> None:
         if not accelerator.is_main_process:

@@ -9,7 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from conftest import REPO_ROOT, write_toy_dataset
+from conftest import REPO_ROOT, toy_rows, write_jsonl, write_toy_dataset
 from metakd_cli import __version__
 from metakd_cli.cli import COMMANDS, cli
 
@@ -118,3 +118,30 @@ def test_user_error_exit_code_in_a_subprocess(tmp_path):
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.splitlines() == [f"error: {tmp_path / 'missing.csv'}: no such file or folder"]
+
+
+def test_user_text_with_square_brackets_prints_literally(tmp_path, monkeypatch):
+    # rich read "[old]" and "[pos]" as markup tags and dropped them; "[/x]" crashed with a MarkupError
+    rows = [{**row, "label": "[pos]" if row["label"] == "positive" else row["label"]} for row in toy_rows()]
+    write_jsonl(tmp_path / "reviews[old].jsonl", rows)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("data", "reviews[old].jsonl")
+    assert result.exit_code == 0, result.output
+    assert "reviews[old].jsonl — " in result.stdout.splitlines()[0]
+    assert "label [pos]" in result.stdout
+
+    result = invoke("data", "missing[x].jsonl")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and result.stderr.endswith("missing[x].jsonl: no such file or folder\n")
+
+    result = invoke("--run-dir", str(tmp_path / "run"), "run", "quickstart", "--set", "fit.[/x]=1")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --set fit.[/x]: unknown key '[/x]'")
+
+
+def test_log_and_warning_lines_print_markup_literally(capsys):
+    from metakd_cli import console
+
+    console.log("teacher [bold]x[/bold] [/x]")
+    console.warn("label [pos] [/y]")
+    assert capsys.readouterr().err == "teacher [bold]x[/bold] [/x]\nwarning: label [pos] [/y]\n"

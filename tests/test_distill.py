@@ -218,8 +218,12 @@ def test_interrupted_distill_resumes_to_the_same_metrics(run, meta_run, tmp_path
     with pytest.raises(KeyboardInterrupt):
         distill(config, other, progress=InterruptAfter(6), log=_quiet, warn=_quiet)  # mid stage 1
     assert not other.student.exists()
-    resumed = distill(config, other, resume=True, log=_quiet, warn=_quiet).metrics
+    lines: list[str] = []
+    resumed = distill(config, other, resume=True, log=lines.append, warn=_quiet).metrics
     assert _without_timings(resumed) == _without_timings(reference)
+    # stage 1 continues; stage 2 had not begun, so it says so instead of starting over silently
+    assert any(line.startswith("distill-intermediate: resuming from epoch ") for line in lines), lines
+    assert any(line.startswith("distill-prediction: no checkpoint to resume") for line in lines), lines
 
 
 def test_distill_without_a_fit_is_a_clear_error(tmp_path):

@@ -73,16 +73,28 @@ def test_exported_predictions_equal_pytorch_student(exported_run):
         assert (predicted == expected.argmax(-1)).all(), name
 
 
-def test_drop_gate_fails_with_exit_1_and_keeps_the_files(exported_run, tmp_path):
+@pytest.fixture
+def int8_always_wrong(monkeypatch):
+    """Every int8 attempt predicts a wrong label on every dev row, so it fails --max-drop 0.
+
+    (These tests used --max-drop -1, which is now refused.)
+    """
+    def wrong(attempt, path, dev, pad_id) -> np.ndarray:
+        return (np.asarray(dev.labels) + 1) % 2
+
+    monkeypatch.setattr("metakd_cli.export.int8_dev_predictions", wrong)
+
+
+def test_drop_gate_fails_with_exit_1_and_keeps_the_files(exported_run, tmp_path, int8_always_wrong):
     run = copy_run(exported_run, tmp_path / "run")
     manifest_before = (run / "manifest.json").read_bytes()
     metrics_before = (run / "metrics" / "export.json").read_bytes()
     onnx_before = (run / "onnx" / "model_quantized.onnx").read_bytes()
 
-    result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", "--int8", "--max-drop", "-1"])
+    result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", "--int8", "--max-drop", "0"])
 
     assert result.exit_code == 1, result.output
-    assert "onnx.failed" in result.stderr and "--max-drop -1" in result.stderr
+    assert "onnx.failed" in result.stderr and "--max-drop 0" in result.stderr
     assert (run / "manifest.json").read_bytes() == manifest_before
     assert (run / "metrics" / "export.json").read_bytes() == metrics_before
     assert (run / "onnx" / "model_quantized.onnx").read_bytes() == onnx_before
@@ -246,6 +258,15 @@ def test_keep_top_without_trim_vocab_is_a_user_error(tiny_run, tmp_path):
     assert not (run / "onnx").exists()
 
 
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_a_negative_max_drop_is_a_user_error(tiny_run, tmp_path, value):
+    run = copy_run(tiny_run, tmp_path / "run")
+    result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", "--int8", "--max-drop", value])
+    assert result.exit_code == 2, result.output
+    assert "--max-drop must be 0 or more" in result.stderr
+    assert not (run / "onnx").exists()
+
+
 def test_recipes_can_set_trim_vocab_and_keep_top(tmp_path):
     from metakd_cli.config import load_recipe
 
@@ -329,14 +350,14 @@ def test_weight_scaling_without_int8_is_a_user_error(tiny_run, tmp_path):
         assert "Traceback" not in result.output and not (run / "onnx").exists()
 
 
-def test_int8_fallback_fails_with_every_attempt_listed(tiny_run, tmp_path):
+def test_int8_fallback_fails_with_every_attempt_listed(tiny_run, tmp_path, int8_always_wrong):
     run = copy_run(tiny_run, tmp_path / "run")
     result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", "--int8", "--target", "avx2", "--per-tensor",
-                                      "--max-drop", "-100"])
+                                      "--max-drop", "0"])
     assert result.exit_code == 1, result.output
     names = ["plain", "fp32_embeddings_classifier", "per_channel", "reduce_range", "other_weight_type"]
     error = result.stderr.replace("\n", " ")
-    assert "--max-drop -100" in error and all(name in error for name in names) and "onnx.failed" in error
+    assert "--max-drop 0" in error and all(name in error for name in names) and "onnx.failed" in error
     failed = run / "onnx.failed"
     report = json.loads((failed / "metakd_export.json").read_text())
     assert [a["name"] for a in report["int8_attempts"]] == names

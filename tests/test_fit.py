@@ -127,9 +127,20 @@ def test_interrupted_fit_resumes_to_the_same_metrics(tiny_model_dir, toy_data, t
         fit(toy_data, config, run, progress=InterruptAfter(13), log=_quiet)  # mid second epoch
     assert not run.teacher.exists()  # nothing half-written where the manifest would point
     assert (run.checkpoints / "fit-teacher" / "loop.json").is_file()
-    resumed = fit(toy_data, config, run, resume=True, log=_quiet)
+    lines: list[str] = []
+    resumed = fit(toy_data, config, run, resume=True, log=lines.append)
     assert _strip_timings(resumed.metrics) == _strip_timings(reference.metrics)
     assert not (run.checkpoints / "fit-teacher").exists()
+    assert "fit-teacher: resuming from epoch 2, step 1" in lines  # 12 steps an epoch, stopped after 13
+
+
+def test_resume_without_a_checkpoint_says_it_starts_from_scratch(tiny_model_dir, toy_data, tmp_path):
+    lines: list[str] = []
+    fit(toy_data, tiny_fit_config(tiny_model_dir, epochs=1), RunDir(tmp_path / "run"), resume=True, log=lines.append)
+    assert [line for line in lines if "checkpoint" in line] == [
+        f"fit-teacher: no checkpoint to resume in {tmp_path / 'run' / 'checkpoints' / 'fit-teacher'}, "
+        "so it starts from scratch"
+    ]
 
 
 def test_bad_options_are_user_errors(tiny_model_dir, toy_data, tmp_path):

@@ -91,6 +91,22 @@ def test_user_errors(exported_run, tiny_run, tmp_path):
         assert message in result.stderr, (args, result.stderr)
 
 
+def test_an_empty_text_argument_is_refused_by_position(exported_run):
+    # it used to be dropped, so 3 inputs gave 2 lines and every later line sat against the wrong input
+    result = invoke("--run-dir", str(exported_run), "predict", POSITIVE, "", NEGATIVE)
+    assert result.exit_code == 2, result.output
+    assert "text 2 of 3 is empty" in result.stderr and "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+def test_a_file_without_text_is_named(exported_run, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    result = invoke("--run-dir", str(exported_run), "predict", "--file", str(empty))
+    assert result.exit_code == 2, result.output
+    assert f"{empty}: no text to classify" in result.stderr
+
+
 def test_falls_back_to_the_student_without_onnx(tiny_run):
     result = invoke("--run-dir", str(tiny_run), "predict", POSITIVE)
     assert result.exit_code == 0, result.output

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -102,6 +104,32 @@ def test_atomic_dir_recovers_from_a_stale_old_folder(tmp_path):
         (tmp / "config.json").write_text("new")
     assert names(tmp_path) == ["teacher"]
     assert (final / "config.json").read_text() == "new"
+
+
+@pytest.fixture(params=[0o022, 0o027], ids=["umask022", "umask027"])
+def umask(request):
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+def test_atomic_files_and_folders_get_the_modes_of_a_plain_write(tmp_path, umask):
+    # mkstemp / mkdtemp make 0600 / 0700, which the rename kept: run folders became private
+    run = RunDir(tmp_path / "run")
+    run.record_step("fit", {"teacher": "teacher"})
+    with atomic_dir(run.teacher) as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert stat.S_IMODE(run.manifest_path.stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(run.teacher.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((run.teacher / "config.json").stat().st_mode) == 0o666 & ~umask
+
+
+def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    path = tmp_path / "manifest.json"
+    atomic_write_text(path, "{}")
+    path.chmod(0o640)
+    atomic_write_text(path, "{}\n")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
 # --------------------------------------------------------------------------- RunDir

@@ -1,11 +1,14 @@
-"""run_phase hands each loss step the share of the phase already done (DANN's schedule reads it)."""
+"""run_phase: the share of the phase done (DANN's schedule reads it), and what --resume says and refuses."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 from torch import nn
 
+from metakd_cli.errors import UserError
 from metakd_cli.training import PhaseSpec, run_phase
 
 
@@ -23,3 +26,47 @@ def test_batches_carry_training_progress(tmp_path):
     spec = PhaseSpec(name="p", epochs=2, batch_size=4, lr=0.01, seed=0)
     run_phase(spec, model, 10, make_batch, loss_step, None, tmp_path, resume=False)
     assert seen == pytest.approx([step / 6 for step in range(6)])  # 3 steps an epoch, 2 epochs: 0 .. 5/6
+
+
+def _train(tmp_path, signature: str = "", resume: bool = False, n_examples: int = 10) -> list[str]:
+    model = nn.Linear(2, 1)
+
+    def loss_step(batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"loss": model(batch["x"]).pow(2).mean()}
+
+    def make_batch(indices: list[int]) -> dict:
+        return {"x": torch.ones(len(indices), 2), "index": torch.tensor(indices)}
+
+    spec = PhaseSpec(name="fit-teacher", epochs=1, batch_size=4, lr=0.01, seed=0, signature=signature,
+                     signature_names=("settings", "data fingerprint"))
+    lines: list[str] = []
+    run_phase(spec, model, n_examples, make_batch, loss_step, None, tmp_path, resume=resume, log=lines.append)
+    return lines
+
+
+def _signature(lr: float, fingerprint: str = "ab" * 32) -> str:
+    return json.dumps([{"lr": lr, "epochs": 1}, fingerprint], sort_keys=True)
+
+
+def test_resume_names_the_settings_that_differ(tmp_path):
+    # it used to print the current run's example and step counts, which said nothing about what changed
+    _train(tmp_path, _signature(0.01))
+    with pytest.raises(UserError) as error:
+        _train(tmp_path, _signature(0.02, "cd" * 32), resume=True, n_examples=12)
+    message = str(error.value)
+    assert "checkpoint was made with other settings (checkpoint -> now: lr 0.01 -> 0.02; " in message
+    assert 'data fingerprint abababababab... -> cdcdcdcdcdcd...' in message
+    assert "training examples 10 -> 12" in message and "epochs" not in message
+
+
+def test_resume_says_plainly_when_the_checkpoint_does_not_record_its_settings(tmp_path):
+    _train(tmp_path)  # a checkpoint of a caller that gave no signature
+    with pytest.raises(UserError, match="it does not record which, so they cannot be compared"):
+        _train(tmp_path, _signature(0.01), resume=True)
+
+
+def test_resume_logs_what_it_resumes_or_that_it_starts_from_scratch(tmp_path):
+    assert _train(tmp_path, resume=True) == [
+        f"fit-teacher: no checkpoint to resume in {tmp_path / 'fit-teacher'}, so it starts from scratch"]
+    assert _train(tmp_path, resume=True) == ["fit-teacher: finished in its checkpoint, not trained again"]
+    assert _train(tmp_path, resume=False) == []

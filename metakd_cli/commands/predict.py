@@ -24,6 +24,9 @@ def predict(obj, texts: tuple[str, ...], file: Path | None, model: str | None, b
             as_json: bool) -> None:
     """Classify TEXT arguments, the lines of --file, or (with neither) the lines on stdin.
 
+    One output line (or JSON entry) per text, in input order. Blank lines of --file and stdin
+    are skipped; an empty TEXT argument is an error, so each TEXT gets exactly one line.
+
     \b
       metakd predict "the kettle broke after a week"
       metakd predict --file reviews.jsonl --json
@@ -41,13 +44,17 @@ def predict(obj, texts: tuple[str, ...], file: Path | None, model: str | None, b
         raise UserError("give TEXT arguments or --file, not both")
     if file is not None:
         inputs = read_texts(file)
+        if not inputs:
+            raise UserError(f"{file}: no text to classify (the file has no non-blank lines)")
     elif texts:
-        inputs = list(texts)
+        inputs = list(texts)  # an empty one is refused by run_predict, naming its position
     else:
         stdin = sys.stdin
         if stdin.isatty():
             raise UserError("no text to classify: give TEXT arguments, --file F, or pipe lines on stdin")
         inputs = [line.strip() for line in stdin if line.strip()]
+        if not inputs:
+            raise UserError("no text to classify: stdin held no non-blank lines")
     result = run_predict(PredictConfig(texts=inputs, model=model, bucketing=bucketing), RunDir(obj.run_dir),
                          console.log)
     for warning in result.warnings:
