@@ -62,8 +62,7 @@ def _load(loader, name: str, what: str, **kwargs):
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         folder = Path(name)
         # a folder we can look into; for a hub id, transformers' error names the file it missed
-        no_safetensors = (not any((folder / f).is_file() for f in SAFE_WEIGHTS) if folder.is_dir()
-                          else "safetensors" in first)
+        no_safetensors = not has_safe_weights(folder) if folder.is_dir() else "safetensors" in first
         if kwargs.get("use_safetensors") and no_safetensors:
             raise UserError(
                 f"cannot load {what} '{name}': it has no safetensors weights ({SAFE_WEIGHTS[0]}) and metakd loads no "
@@ -91,10 +90,14 @@ def transformers_errors_only():
         transformers_logging.set_verbosity(verbosity)
 
 
+def has_safe_weights(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in SAFE_WEIGHTS)
+
+
 def require_safetensors(folder: Path) -> None:
     """Refuse a model folder without safetensors weights before a tool that would unpickle a .bin
     (optimum's ONNX export) reads it."""
-    if not any((folder / f).is_file() for f in SAFE_WEIGHTS):
+    if not has_safe_weights(folder):
         raise UserError(
             f"{folder}: no safetensors weights ({SAFE_WEIGHTS[0]}), and metakd does not load pickled ones "
             "(pytorch_model.bin can run code when loaded); metakd saves safetensors, so re-run the step that wrote it"
