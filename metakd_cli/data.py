@@ -102,6 +102,11 @@ class Dataset:
                     digest.update(b"\x00")
         return digest.hexdigest()
 
+    @property
+    def has_pairs(self) -> bool:
+        """Whether any row has a second text (MNLI's sentence2, a text_pair column)."""
+        return any(ex.text_pair is not None for rows in self.splits.values() for ex in rows)
+
     def summary(self) -> dict:
         """Counts per domain x split x label: the `metakd data --json` object."""
         domains: dict[str, dict] = {}
@@ -493,6 +498,49 @@ def _read_mnli_folder(folder: Path) -> tuple[dict[str, list[Example]], Counter[s
     return splits, skipped
 
 
+def read_texts(path: Path, text_column: str = "text", text_pair_column: str = "text_pair",
+                pair_named: bool = False) -> tuple[list[str], list[str | None]]:
+    """Texts (and their pairs) to classify, from ``path`` (`metakd predict --file`).
+
+    A .csv / .tsv / .jsonl file is read as a table: ``text_column`` of each row, and
+    ``text_pair_column`` where a row has one (one the user named, ``pair_named``, must exist); a
+    MultiNLI file (multinli_*.jsonl / .txt) gives sentence1 / sentence2 unless columns were named;
+    any other file holds one text per non-blank line.
+    """
+    kind = TABLE_SUFFIXES.get(path.suffix.lower())
+    if is_mnli_file(path):
+        records = _mnli_records(path)
+        if text_column == "text" and not pair_named:
+            text_column, text_pair_column = "sentence1", "sentence2"
+    elif kind is not None:
+        records = _records(path, kind)
+    else:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+        lines = [line.strip() for line in _decode(path, raw).splitlines()]
+        texts = [line for line in lines if line]
+        return texts, [None] * len(texts)
+    texts: list[str] = []
+    pairs: list[str | None] = []
+    pair_seen = False
+    columns: list[str] = []
+    for number, record in records:
+        where = f"{path}:{number}"
+        columns = list(map(str, record))
+        if text_column not in record:
+            raise UserError(f"{where}: no column '{text_column}' (columns: {', '.join(columns) or 'none'}); "
+                            "name the text column with --text-column")
+        pair_seen = pair_seen or text_pair_column in record
+        texts.append(_text_str(record[text_column], where, text_column, required=True))
+        pairs.append(_text_str(record.get(text_pair_column), where, text_pair_column, required=False))
+    if texts and pair_named and not pair_seen:
+        raise UserError(f"{path}: no column '{text_pair_column}' in any row (columns: {', '.join(columns)}); "
+                        "fix --text-pair-column or drop it")
+    return texts, pairs
+
+
 def _check_test_genres(splits: dict[str, list[Example]], source: str) -> None:
     """Every genre scored at test time must have training rows."""
     trained = {row.domain for row in splits["train"]}
@@ -832,20 +880,20 @@ class Encoded:
 
 def encode(examples: Sequence[Example], dataset: Dataset, tokenizer, max_length: int) -> Encoded:
     """Tokenise once, truncating to ``max_length``; padding happens per batch."""
-    texts = [ex.text for ex in examples]
-    pairs = [ex.text_pair for ex in examples]
-    has_pairs = any(p is not None for p in pairs)
-    if has_pairs:
-        pairs = [p or "" for p in pairs]
-        out = tokenizer(texts, pairs, truncation=True, max_length=max_length)
-    else:
-        out = tokenizer(texts, truncation=True, max_length=max_length)
+    out = tokenize(tokenizer, [ex.text for ex in examples], [ex.text_pair for ex in examples], max_length)
     return Encoded(
         input_ids=out["input_ids"],
         token_type_ids=out.get("token_type_ids"),
         labels=[dataset.label_id(ex.label) for ex in examples],
         domains=[dataset.domain_id(ex.domain) for ex in examples],
     )
+
+
+def tokenize(tokenizer, texts: Sequence[str], pairs: Sequence[str | None] | None, max_length: int):
+    """Token ids of ``texts`` (and ``pairs``: when any is given, a missing one is an empty second segment)."""
+    if pairs is not None and any(p is not None for p in pairs):
+        return tokenizer(list(texts), [p or "" for p in pairs], truncation=True, max_length=max_length)
+    return tokenizer(list(texts), truncation=True, max_length=max_length)
 
 
 def collate(encoded: Encoded, indices: Sequence[int], pad_id: int) -> dict:

@@ -87,6 +87,7 @@ def data_manifest(cfg: DataConfig, dataset: Dataset) -> dict:
         "config": config,
         "layout": dataset.layout,
         "fingerprint": dataset.fingerprint(),
+        "text_pairs": dataset.has_pairs,  # predict asks for a second text when the model learnt from pairs
         "labels": dataset.labels,
         "domains": dataset.domains,
         "summary": dataset.summary(),

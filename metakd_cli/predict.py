@@ -1,8 +1,9 @@
 """`metakd predict`: labels and probabilities for new texts, from the exported model by default.
 
 The model is the run's int8 ONNX file when it exists, else the fp32 ONNX file, else the
-PyTorch student. Texts come from the caller (arguments, a file, or stdin lines). Batches are
-length-sorted and dynamically padded (``bucketing``); results come back in input order.
+PyTorch student. Texts (and, for a model trained on pairs, second texts) come from the caller
+(arguments, a file, or stdin lines). Batches are length-sorted and dynamically padded
+(``bucketing``); results come back in input order.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ PREDICT_MODELS = ("int8", "onnx", "student")
 @dataclass
 class PredictConfig:
     texts: list[str]
+    text_pairs: list[str | None] | None = None  # the second text of each (MNLI's sentence2), None where it has none
     model: str | None = None  # int8 | onnx | student; None: the first of those that exists
     batch_size: int = 32
     bucketing: bool = True  # length-sorted, dynamically padded batches; False: input order, padded to max_length
@@ -37,6 +39,7 @@ class Prediction:
     label: str
     probability: float
     probabilities: dict[str, float]
+    text_pair: str | None = None
 
 
 @dataclass
@@ -45,34 +48,6 @@ class PredictResult:
     path: Path
     predictions: list[Prediction]
     warnings: list[str] = field(default_factory=list)
-
-
-def read_texts(path: Path) -> list[str]:
-    """One text per non-blank line; a .jsonl / .json file holds one object with a ``text`` field per line."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        content = raw.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not valid UTF-8; re-save the file as UTF-8") from None
-    jsonl = path.suffix.lower() in (".jsonl", ".json")
-    texts = []
-    for number, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
-        if not jsonl:
-            texts.append(line.strip())
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{number}:{exc.colno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not record["text"].strip():
-            raise UserError(f"{path}:{number}: expected a JSON object with a non-empty string field 'text'")
-        texts.append(record["text"])
-    return texts
 
 
 def choose_model(available: dict[str, Artifact], wanted: str | None, run_path: Path,
@@ -105,10 +80,11 @@ def _label_names(folder: Path, n_labels: int) -> list[str]:
 
 def predict(cfg: PredictConfig, run, log: Callable[[str], None] = lambda _: None) -> PredictResult:
     """Classify ``cfg.texts`` with one model of the run folder."""
-    from metakd_cli.data import Encoded
+    from metakd_cli.data import Encoded, tokenize
     from metakd_cli.models import load_tokenizer
 
     texts = cfg.texts
+    pairs = cfg.text_pairs if cfg.text_pairs is not None else [None] * len(texts)
     if not texts:
         raise UserError("no text to classify: give TEXT arguments, --file F, or lines on stdin")
     for position, text in enumerate(texts, start=1):
@@ -117,6 +93,16 @@ def predict(cfg: PredictConfig, run, log: Callable[[str], None] = lambda _: None
                             "so give it some text or leave it out")
     if not Path(run.path).is_dir():
         raise UserError(f"run folder {run.path} does not exist; point --run-dir / METAKD_RUN_DIR at a run")
+    warnings = []
+    trained_on_pairs = run.load_or_new().data.get("text_pairs")  # None: a run from before metakd recorded it
+    if trained_on_pairs and all(p is None for p in pairs):
+        raise UserError(
+            f"{run.path}: the model was trained on text pairs (a second text per row, as MNLI's sentence2); give "
+            "--file with a pair column (--text-column / --text-pair-column name them)"
+        )
+    if trained_on_pairs is False and any(p is not None for p in pairs):
+        warnings.append("the model was trained on single texts; the second texts are passed as a second segment, "
+                        "which it never saw")
     stale = stale_models(run)
     artifact = choose_model(run_artifacts(run), cfg.model, run.path, stale)
     if cfg.model is None:
@@ -124,15 +110,14 @@ def predict(cfg: PredictConfig, run, log: Callable[[str], None] = lambda _: None
             log(f"not used: {reason}")
     log(f"predicting with {artifact.name} ({artifact.path})")
     tokenizer = load_tokenizer(str(artifact.tokenizer_dir))
-    out = tokenizer(texts, truncation=True, max_length=artifact.max_length)
+    out = tokenize(tokenizer, texts, pairs, artifact.max_length)
     encoded = Encoded(input_ids=out["input_ids"], token_type_ids=out.get("token_type_ids"),
                       labels=[0] * len(texts), domains=[0] * len(texts))
     logits = batched_logits(encoded, tokenizer.pad_token_id or 0, cfg.batch_size, load_forward(artifact),
                             cfg.bucketing, artifact.max_length)
     probabilities = _softmax(logits)
     labels = _label_names(artifact.tokenizer_dir, probabilities.shape[-1])
-    predictions = [_prediction(text, row, labels) for text, row in zip(texts, probabilities)]
-    warnings = []
+    predictions = [_prediction(text, pair, row, labels) for text, pair, row in zip(texts, pairs, probabilities)]
     if artifact.name == "int8":
         mismatch = target_mismatch(exported_target(run), cpu_info())
         if mismatch:
@@ -145,8 +130,8 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def _prediction(text: str, row: Iterable[float], labels: list[str]) -> Prediction:
+def _prediction(text: str, pair: str | None, row: Iterable[float], labels: list[str]) -> Prediction:
     row = np.asarray(row, dtype=np.float64)
     best = int(row.argmax())
     return Prediction(text=text, label=labels[best], probability=float(row[best]),
-                      probabilities={label: float(p) for label, p in zip(labels, row)})
+                      probabilities={label: float(p) for label, p in zip(labels, row)}, text_pair=pair)

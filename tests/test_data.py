@@ -194,6 +194,7 @@ def test_amazon_domain_needs_both_files(tmp_path):
 def test_text_pair_is_kept(tmp_path):
     dataset = load(write_toy_dataset(tmp_path, "jsonl", pairs=True))
     assert all(ex.text_pair and ex.text_pair.startswith("is the ") for ex in dataset.train)
+    assert dataset.has_pairs and not load(write_toy_dataset(tmp_path / "single", "jsonl")).has_pairs
 
 
 def test_empty_text_pair_cell_is_none(tmp_path):

@@ -146,3 +146,108 @@ def test_int8_made_for_a_missing_feature_warns(exported_run, tmp_path, monkeypat
     assert result.exit_code == 0 and result.stdout.startswith("positive\t")
     assert "made for avx512_vnni" in result.stderr.replace("\n", " ")
     assert "made for" not in invoke("--run-dir", str(run), "predict", "--model", "onnx", POSITIVE).stderr
+
+
+def _with_manifest_data(source, target, **data):
+    """A copy of the run ``source`` whose manifest's data description has ``data`` merged in."""
+    import shutil
+
+    shutil.copytree(source, target)
+    manifest = target / "manifest.json"
+    content = json.loads(manifest.read_text(encoding="utf-8"))
+    config = {**content["data"]["config"], **data.pop("config", {})}
+    content["data"] = {**content["data"], **data, "config": config}
+    manifest.write_text(json.dumps(content), encoding="utf-8")
+    return target
+
+
+def test_a_table_is_read_by_its_text_column_not_as_lines(exported_run, tmp_path):
+    # a CSV used to be classified line by line, its header and every other column included
+    csv_file = tmp_path / "reviews.csv"
+    csv_file.write_text(f'id,text,stars\n1,"{NEGATIVE}",1\n2,"{POSITIVE}, truly",5\n', encoding="utf-8")
+    tsv_file = tmp_path / "reviews.tsv"
+    tsv_file.write_text(f"text\tid\n{POSITIVE}\t7\n", encoding="utf-8")
+    for path, texts, labels in ((csv_file, [NEGATIVE, f"{POSITIVE}, truly"], ["negative", "positive"]),
+                                (tsv_file, [POSITIVE], ["positive"])):
+        result = invoke("--run-dir", str(exported_run), "predict", "--file", str(path), "--json")
+        assert result.exit_code == 0, result.output
+        out = json.loads(result.stdout)
+        assert [p["text"] for p in out] == texts and [p["label"] for p in out] == labels
+        assert all("text_pair" not in p for p in out)
+
+
+def test_the_text_column_defaults_to_the_runs_and_can_be_named(exported_run, tmp_path):
+    run = _with_manifest_data(exported_run, tmp_path / "run", config={"text_column": "review"})
+    table = tmp_path / "reviews.jsonl"
+    table.write_text(json.dumps({"review": POSITIVE, "body": NEGATIVE}) + "\n", encoding="utf-8")
+    labels = [json.loads(invoke("--run-dir", str(run), "predict", "--file", str(table), "--json", *extra).stdout)
+              [0]["label"] for extra in ([], ["--text-column", "body"])]
+    assert labels == ["positive", "negative"]
+    result = invoke("--run-dir", str(exported_run), "predict", "--file", str(table))  # this run says 'text'
+    assert result.exit_code == 2 and f"{table}:1: no column 'text' (columns: review, body)" in result.stderr
+
+
+def test_pairs_reach_the_model_as_two_segments(exported_run, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run = _with_manifest_data(exported_run, tmp_path / "run", text_pairs=True)
+    rows = [("the pan was", "very good great"), ("my cable is", "quite awful broken")]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"text": a, "text_pair": b}) + "\n" for a, b in rows), encoding="utf-8")
+    result = invoke("--run-dir", str(run), "predict", "--model", "student", "--json", "--file", str(pairs))
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert [(p["text"], p["text_pair"]) for p in out] == rows
+    student = run / "student"
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    model = AutoModelForSequenceClassification.from_pretrained(student).eval()
+    for (a, b), p in zip(rows, out):
+        encoded = tokenizer(a, b, return_tensors="pt")
+        assert encoded["token_type_ids"].max() == 1  # the second segment is there
+        with torch.no_grad():
+            expected = torch.softmax(model(**encoded).logits, -1)[0]
+        assert [p["probabilities"][label] for label in LABELS] == pytest.approx(expected.tolist(), abs=1e-5)
+    lines = invoke("--run-dir", str(run), "predict", "--file", str(pairs)).stdout.splitlines()
+    assert lines[0].split("\t")[2] == "the pan was || very good great"
+    # single texts to a model that learnt from pairs: refused, not silently misread
+    for args in ([POSITIVE], ["--file", str(tmp_path / "single.jsonl")]):
+        (tmp_path / "single.jsonl").write_text(json.dumps({"text": POSITIVE}) + "\n", encoding="utf-8")
+        refused = invoke("--run-dir", str(run), "predict", *args)
+        assert refused.exit_code == 2 and "trained on text pairs" in refused.stderr, refused.output
+        assert refused.stdout == ""
+
+
+def test_pairs_to_a_model_of_single_texts_warn(exported_run, tmp_path):
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"text,text_pair\n{POSITIVE},the pan\n", encoding="utf-8")
+    result = invoke("--run-dir", str(exported_run), "predict", "--file", str(pairs))
+    assert result.exit_code == 0 and result.stdout.startswith("positive\t")
+    assert "trained on single texts" in result.stderr
+
+
+def test_a_multinli_file_gives_sentence1_and_sentence2(exported_run, tmp_path):
+    run = _with_manifest_data(exported_run, tmp_path / "run", text_pairs=True)
+    mnli = tmp_path / "multinli_1.0_dev_matched.jsonl"
+    mnli.write_text(json.dumps({"sentence1": "the pan was", "sentence2": "very good great", "gold_label": "-",
+                                "genre": "fiction"}) + "\n", encoding="utf-8")
+    result = invoke("--run-dir", str(run), "predict", "--json", "--file", str(mnli))
+    assert result.exit_code == 0, result.output
+    assert [(p["text"], p["text_pair"]) for p in json.loads(result.stdout)] == [("the pan was", "very good great")]
+
+
+def test_column_errors(exported_run, tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text(f"text,other\n{POSITIVE},x\n,y\n", encoding="utf-8")
+    good = tmp_path / "good.csv"
+    good.write_text(f"text,other\n{POSITIVE},x\n", encoding="utf-8")
+    cases = [
+        (["--file", str(table)], f"{table}:3: field 'text' is empty"),
+        (["--file", str(good), "--text-pair-column", "hypothesis"],
+         f"{good}: no column 'hypothesis' in any row (columns: text, other)"),
+        (["--text-column", "body", POSITIVE], "give --file too"),
+    ]
+    for args, message in cases:
+        result = invoke("--run-dir", str(exported_run), "predict", *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.stderr and "Traceback" not in result.output, (args, result.stderr)

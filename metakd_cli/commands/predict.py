@@ -12,7 +12,13 @@ PREFIX_CHARS = 60
 @click.command("predict")
 @click.argument("texts", nargs=-1)
 @click.option("--file", "file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="One text per line, or .jsonl with a 'text' field per line.")
+              help="A .csv / .tsv / .jsonl table (its text column, and pair column where present), a MultiNLI "
+                   "file, or any other file with one text per line.")
+@click.option("--text-column", default=None,
+              help="Column (JSONL field) of --file that holds the text [the run's --text-column, else 'text'].")
+@click.option("--text-pair-column", default=None,
+              help="Column of --file with the second text, for a model trained on pairs [the run's "
+                   "--text-pair-column, else 'text_pair'].")
 @click.option("--model", type=click.Choice(["int8", "onnx", "student"]), default=None,
               help="Model to use [int8 if exported, else onnx, else student].")
 @click.option("--bucketing/--no-bucketing", default=True, show_default=True,
@@ -20,32 +26,44 @@ PREFIX_CHARS = 60
                    "input order. Output order is the input order either way.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of label<TAB>prob<TAB>text lines.")
 @click.pass_obj
-def predict(obj, texts: tuple[str, ...], file: Path | None, model: str | None, bucketing: bool,
-            as_json: bool) -> None:
-    """Classify TEXT arguments, the lines of --file, or (with neither) the lines on stdin.
+def predict(obj, texts: tuple[str, ...], file: Path | None, text_column: str | None,
+            text_pair_column: str | None, model: str | None, bucketing: bool, as_json: bool) -> None:
+    """Classify TEXT arguments, the texts of --file, or (with neither) the lines on stdin.
 
-    One output line (or JSON entry) per text, in input order. Blank lines of --file and stdin
-    are skipped; an empty TEXT argument is an error, so each TEXT gets exactly one line.
+    One output line (or JSON entry) per text, in input order. A .csv / .tsv / .jsonl file is a
+    table: the text column of each row (the run's column names unless given), and the pair
+    column where rows have one, which a model trained on pairs (MNLI) needs. Blank lines of a
+    plain file and of stdin are skipped; an empty TEXT argument is an error, so each TEXT gets
+    exactly one line.
 
     \b
       metakd predict "the kettle broke after a week"
-      metakd predict --file reviews.jsonl --json
+      metakd predict --file reviews.csv --json
+      metakd predict --file pairs.jsonl --text-column premise --text-pair-column hypothesis
       cat reviews.txt | metakd predict --model student
     """
     import sys
 
     from metakd_cli import console
+    from metakd_cli.data import read_texts
     from metakd_cli.errors import UserError
-    from metakd_cli.predict import PredictConfig, read_texts
+    from metakd_cli.predict import PredictConfig
     from metakd_cli.predict import predict as run_predict
     from metakd_cli.run_dir import RunDir
 
     if texts and file is not None:
         raise UserError("give TEXT arguments or --file, not both")
+    if file is None and (text_column or text_pair_column):
+        raise UserError("--text-column / --text-pair-column name columns of --file; give --file too")
+    run = RunDir(obj.run_dir)
+    pairs = None
     if file is not None:
-        inputs = read_texts(file)
+        columns = run.load_or_new().data.get("config", {})
+        inputs, pairs = read_texts(file, text_column or columns.get("text_column", "text"),
+                                   text_pair_column or columns.get("text_pair_column", "text_pair"),
+                                   pair_named=text_pair_column is not None)
         if not inputs:
-            raise UserError(f"{file}: no text to classify (the file has no non-blank lines)")
+            raise UserError(f"{file}: no text to classify (the file has no non-blank lines or rows)")
     elif texts:
         inputs = list(texts)  # an empty one is refused by run_predict, naming its position
     else:
@@ -55,18 +73,19 @@ def predict(obj, texts: tuple[str, ...], file: Path | None, model: str | None, b
         inputs = [line.strip() for line in stdin if line.strip()]
         if not inputs:
             raise UserError("no text to classify: stdin held no non-blank lines")
-    result = run_predict(PredictConfig(texts=inputs, model=model, bucketing=bucketing), RunDir(obj.run_dir),
+    result = run_predict(PredictConfig(texts=inputs, text_pairs=pairs, model=model, bucketing=bucketing), run,
                          console.log)
     for warning in result.warnings:
         console.warn(warning)
     if as_json:
         console.print_json([
-            {"text": p.text, "label": p.label, "probability": p.probability, "probabilities": p.probabilities}
+            {"text": p.text, **({"text_pair": p.text_pair} if p.text_pair is not None else {}), "label": p.label,
+             "probability": p.probability, "probabilities": p.probabilities}
             for p in result.predictions
         ])
         return
     for p in result.predictions:
-        text = " ".join(p.text.split())
+        text = " ".join(p.text.split() + (["||", *p.text_pair.split()] if p.text_pair is not None else []))
         prefix = text if len(text) <= PREFIX_CHARS else text[: PREFIX_CHARS - 3] + "..."
         sys.stdout.write(f"{p.label}\t{p.probability:.4f}\t{prefix}\n")
     sys.stdout.flush()
