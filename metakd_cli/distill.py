@@ -65,6 +65,7 @@ from metakd_cli.models import (
     load_tokenizer,
     model_max_length,
     mtl_forward,
+    position_limit,
     resolve_model,
 )
 from metakd_cli.prototypes import compute_prototypes, pool, transferability
@@ -294,11 +295,9 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
     tokenizer = load_tokenizer(str(teacher_dir))
     pad_id = tokenizer.pad_token_id or 0
     max_length = cfg.max_length or info.max_length
-    from transformers import AutoConfig
-
     # as fit checks it: past the position embeddings a long row crashes the teacher mid-run, and
     # metakd_student.json would hand export / eval a length no model here can take
-    limit = model_max_length(AutoConfig.from_pretrained(teacher_dir))
+    limit = position_limit(str(teacher_dir))
     if max_length > limit:
         raise UserError(f"--max-length {max_length} is above the teacher's limit of {limit} positions "
                         f"({info.base_model}); give {limit} or less")

@@ -42,9 +42,9 @@ from metakd_cli.models import (
     load_classifier,
     load_encoder,
     load_tokenizer,
-    model_max_length,
     mtl_forward,
     mtl_logits,
+    position_limit,
     resolve_model,
     save_head,
 )
@@ -293,9 +293,7 @@ def fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool = False,
         log("only one domain: the meta-teacher's cross-domain terms have nothing to compare; consider --teacher-mode mix")
     model_path = resolve_model(cfg.teacher)
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
-    from transformers import AutoConfig
-
-    limit = model_max_length(AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code))
+    limit = position_limit(model_path, cfg.trust_remote_code)
     if cfg.max_length > limit:
         raise UserError(f"--max-length {cfg.max_length} is above the model's limit of {limit} positions for {cfg.teacher}")
     # the rows the teacher learns from: no held-out row is even tokenised

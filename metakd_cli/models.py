@@ -145,6 +145,14 @@ def model_max_length(config) -> int:
     return int(getattr(config, "max_position_embeddings", 512))
 
 
+def position_limit(name: str, trust_remote_code: bool = False) -> int:
+    """Positions the model folder or hub id ``name`` allows, from its config alone."""
+    from transformers import AutoConfig
+
+    return model_max_length(_load(AutoConfig.from_pretrained, name, "model config",
+                                  trust_remote_code=trust_remote_code))
+
+
 class DomainHead(nn.Module):
     """Domain features z = tanh(W(E[d] + h)) and a domain classifier.
 

@@ -3,16 +3,19 @@
 A step is skipped when the manifest records it with the same configuration (and, for fit,
 the same data: its settings and the fingerprint of its rows) and every step before it was
 skipped too; once a step runs, the later ones run again. Every step's settings, and the
-domains they name, are checked against the data before the first step runs.
+domains they name, are checked against the data before the first step runs. Errors name the
+recipe keys (``distill.method``) where the steps' own messages name their flags (``--method``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from metakd_cli.config import Recipe, resolve_data_path
+from metakd_cli.config import SECTIONS, Recipe, resolve_data_path
 from metakd_cli.errors import UserError
 from metakd_cli.run_dir import RunDir
 
@@ -25,6 +28,37 @@ class PipelineResult:
     skipped: list[str] = field(default_factory=list)
     metrics: dict[str, dict] = field(default_factory=dict)
     eval_result: object | None = None
+
+
+_FLAG = re.compile(r"(?<![\w-])--(?:no-)?([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+_KEYS = {section: {f.name for f in fields(getattr(Recipe(), section))} for section in SECTIONS}
+_ALIASES = {"eval": {"domain": "domains", "model": "models"}}  # flags whose key has another name
+
+
+def recipe_terms(message: str, section: str) -> str:
+    """``message`` with each ``--flag`` written as the recipe key it sets: the step's own
+    (``section``) key first, else the one section that has it; text in backticks (a command to
+    run) and flags no section has (--set, --run-dir) are left as they are."""
+
+    def key(match: re.Match) -> str:
+        name = match.group(1).replace("-", "_")
+        name = _ALIASES.get(section, {}).get(name, name)
+        owners = [s for s in SECTIONS if name in _KEYS[s]]
+        if section in owners:
+            return f"{section}.{name}"
+        return f"{owners[0]}.{name}" if len(owners) == 1 else match.group(0)
+
+    parts = message.split("`")
+    parts[::2] = [_FLAG.sub(key, part) for part in parts[::2]]
+    return "`".join(parts)
+
+
+@contextmanager
+def _in_recipe_terms(section: str) -> Iterator[None]:
+    try:
+        yield
+    except UserError as exc:
+        raise UserError(recipe_terms(str(exc), section)) from None
 
 
 def _data_key(recipe: Recipe) -> dict:
@@ -65,16 +99,22 @@ def run_pipeline(
     from metakd_cli.fit import validate as validate_fit
 
     # a recipe mistake in a later step fails now, not after an hour of fitting
-    validate_fit(recipe.fit)
-    validate_distill(recipe.distill)
-    check_teacher(recipe.distill, recipe.fit.teacher_mode, recipe.fit.hold_out)  # the teacher fit makes serves it
-    validate_export(recipe.export)
-    validate_eval(recipe.eval)
-    dataset = load_dataset(recipe.data)  # the domains every step names must be the data's
-    for flag, names in (("--hold-out", [recipe.fit.hold_out]), ("--fraction-domains", recipe.fit.fraction_domains),
-                        ("--domain", [recipe.distill.domain]), ("--teacher-domain", [recipe.distill.teacher_domain]),
-                        ("eval --domain", recipe.eval.domains)):
-        dataset.check_domains([n for n in names or [] if n is not None], flag)
+    with _in_recipe_terms("fit"):
+        validate_fit(recipe.fit)
+    with _in_recipe_terms("distill"):
+        validate_distill(recipe.distill)
+        check_teacher(recipe.distill, recipe.fit.teacher_mode, recipe.fit.hold_out)  # the teacher fit makes serves it
+        _check_distill_length(recipe)
+    with _in_recipe_terms("export"):
+        validate_export(recipe.export)
+    with _in_recipe_terms("eval"):
+        validate_eval(recipe.eval)
+    with _in_recipe_terms("data"):
+        dataset = load_dataset(recipe.data)  # the domains every step names must be the data's
+    for key, names in (("fit.hold_out", [recipe.fit.hold_out]), ("fit.fraction_domains", recipe.fit.fraction_domains),
+                       ("distill.domain", [recipe.distill.domain]),
+                       ("distill.teacher_domain", [recipe.distill.teacher_domain]), ("eval.domains", recipe.eval.domains)):
+        dataset.check_domains([n for n in names or [] if n is not None], key)
     fingerprint = dataset.fingerprint()
     result = PipelineResult()
     rerun = False
@@ -86,18 +126,32 @@ def run_pipeline(
             continue
         rerun = True
         log(f"{step}: running")
-        if step == "fit":
-            result.metrics["fit"] = fit(recipe.data, recipe.fit, run, progress=progress, log=log).metrics
-        elif step == "distill":
-            result.metrics["distill"] = distill(recipe.distill, run, progress=progress, log=log, warn=warn).metrics
-        elif step == "export":
-            exported = export(recipe.export, run, log)
-            if not exported.passed:
-                raise UserError(
-                    f"export checks failed: {'; '.join(exported.failures)}; files kept in {exported.folder}"
-                )
-            result.metrics["export"] = exported.metrics
-        else:
-            result.eval_result = evaluate_run(recipe.eval, run, log)
+        with _in_recipe_terms(step):
+            if step == "fit":
+                result.metrics["fit"] = fit(recipe.data, recipe.fit, run, progress=progress, log=log).metrics
+            elif step == "distill":
+                result.metrics["distill"] = distill(recipe.distill, run, progress=progress, log=log, warn=warn).metrics
+            elif step == "export":
+                exported = export(recipe.export, run, log)
+                if not exported.passed:
+                    raise UserError(
+                        f"export checks failed: {'; '.join(exported.failures)}; files kept in {exported.folder}"
+                    )
+                result.metrics["export"] = exported.metrics
+            else:
+                result.eval_result = evaluate_run(recipe.eval, run, log)
         result.ran.append(step)
     return result
+
+
+def _check_distill_length(recipe: Recipe) -> None:
+    """distill.max_length against the teacher's positions, which distill checks only after the fit."""
+    from metakd_cli.models import position_limit, resolve_model
+
+    wanted = recipe.distill.max_length
+    if wanted is None:
+        return  # the teacher's own max length, which fit checks before training
+    limit = position_limit(resolve_model(recipe.fit.teacher), recipe.fit.trust_remote_code)
+    if wanted > limit:
+        raise UserError(f"--max-length {wanted} is above the teacher's limit of {limit} positions "
+                        f"({recipe.fit.teacher}); give {limit} or less")

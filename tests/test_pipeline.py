@@ -64,18 +64,25 @@ def test_recipes_ls_and_cp(tmp_path):
 
 
 def test_a_later_steps_mistake_fails_before_fitting(tiny_model_dir, tmp_path):
+    # the messages name the recipe keys, not the flags of `metakd distill` / `export` ...
     for mistakes, message in (
-        (["distill.method=tinyber"], "--method"),
-        (["export.opset=9"], "--opset 9 is too old"),
+        (["distill.method=tinyber"], "unknown distill.method 'tinyber'"),
+        (["export.opset=9"], "export.opset 9 is too old"),
         # steps that each pass alone but not together: the teacher fit makes cannot serve the distill asked for
-        (["distill.method=mtn"], "--method mtn learns from one teacher per domain, but this run's teacher is meta"),
-        (["fit.teacher_mode=single"], "pick which with --domain, or learn from all of them with --method mtn"),
+        (["distill.method=mtn"],
+         "distill.method mtn learns from one teacher per domain, but this run's teacher is meta"),
+        (["fit.teacher_mode=single"],
+         "pick which with distill.domain, or learn from all of them with distill.method mtn"),
         (["fit.teacher_mode=single", "fit.hold_out=kitchen", "distill.domain=kitchen"],
          "no single-domain teacher for 'kitchen': it was held out"),
         # eval's settings, and domains the data does not have, are checked before fitting too
-        (["eval.split=train"], "--split"),
-        (["distill.domain=garden"], "--domain: unknown domain 'garden'"),
-        (["eval.domains=garden"], "eval --domain: unknown domain 'garden'"),
+        (["eval.split=train"], "eval.split"),
+        (["distill.domain=garden"], "distill.domain: unknown domain 'garden'"),
+        (["eval.domains=garden"], "eval.domains: unknown domain 'garden'"),
+        (["data.limit_per_domain=0"], "data.limit_per_domain must be a positive number"),
+        # distill's length against the teacher's positions (128 in the tiny model): distill alone checks
+        # it only once the teacher is fitted
+        (["distill.max_length=200"], "distill.max_length 200 is above the teacher's limit of 128 positions"),
     ):
         run_dir = tmp_path / "-".join(mistakes).replace("=", "-")
         result = _run(run_dir, tiny_model_dir, "export.int8=false", *mistakes)
@@ -101,3 +108,20 @@ def test_edited_data_refits(tiny_model_dir, tmp_path):
     again = _run(run_dir, tiny_model_dir, f"data.path={data}")
     assert again.exit_code == 0, again.output
     assert json.loads((run_dir / "manifest.json").read_text())["steps"]["fit"]["id"] != fitted
+
+
+def test_recipe_terms_name_keys_outside_commands_only():
+    from metakd_cli.pipeline import recipe_terms
+
+    assert recipe_terms("--max-length 9 is above", "distill") == "distill.max_length 9 is above"
+    assert recipe_terms("--max-length 9 is above", "fit") == "fit.max_length 9 is above"
+    # a flag of one section only, named from another step; eval's --domain sets eval.domains
+    assert recipe_terms("a --teacher-mode single run", "distill") == "a fit.teacher_mode single run"
+    assert recipe_terms("--domain: unknown", "eval") == "eval.domains: unknown"
+    assert recipe_terms("--no-bucketing pads", "eval") == "eval.bucketing pads"
+    # flags no section has, a name two other sections share, and commands in backticks stay as they are
+    assert recipe_terms("give --set or --run-dir", "fit") == "give --set or --run-dir"
+    assert recipe_terms("--lr must be positive", "export") == "--lr must be positive"
+    assert (recipe_terms("with --int8: run `metakd export --int8` first", "export")
+            == "with export.int8: run `metakd export --int8` first")
+    assert recipe_terms("/tmp/a--epochs/x: cannot read", "fit") == "/tmp/a--epochs/x: cannot read"
