@@ -498,20 +498,27 @@ def _read_mnli_folder(folder: Path) -> tuple[dict[str, list[Example]], Counter[s
     return splits, skipped
 
 
-def read_texts(path: Path, text_column: str = "text", text_pair_column: str = "text_pair",
-                pair_named: bool = False) -> tuple[list[str], list[str | None]]:
-    """Texts (and their pairs) to classify, from ``path`` (`metakd predict --file`).
+TABLE_HINT = ("; --file reads .csv / .tsv / .jsonl / .json as a table with a header (JSON: one object per line): "
+              "give a file of one text per line another suffix, such as .txt")
 
-    A .csv / .tsv / .jsonl file is read as a table: ``text_column`` of each row, and
-    ``text_pair_column`` where a row has one (one the user named, ``pair_named``, must exist); a
-    MultiNLI file (multinli_*.jsonl / .txt) gives sentence1 / sentence2 unless columns were named;
-    any other file holds one text per non-blank line.
+
+def read_texts(path: Path, text_column: str = "text", pair_column: str | None = "text_pair", *,
+               text_named: bool = False, pair_named: bool = False,
+               pairs_required: bool = False) -> tuple[list[str], list[str | None]]:
+    """Texts (and their second texts) to classify, from ``path`` (`metakd predict --file`).
+
+    A .csv / .tsv / .jsonl / .json file is read as a table: ``text_column`` of each row, and
+    ``pair_column`` (None: no pairs) where a row has one; a column the user named
+    (``text_named``, ``pair_named``) must exist, and so must a pair in some row when the model
+    needs pairs (``pairs_required``). A MultiNLI file (multinli_*.jsonl / .txt) gives
+    sentence1 / sentence2 for the columns not named. Any other file holds one text per
+    non-blank line.
     """
     kind = TABLE_SUFFIXES.get(path.suffix.lower())
     if is_mnli_file(path):
         records = _mnli_records(path)
-        if text_column == "text" and not pair_named:
-            text_column, text_pair_column = "sentence1", "sentence2"
+        text_column = text_column if text_named else "sentence1"
+        pair_column = pair_column if pair_named or pair_column is None else "sentence2"
     elif kind is not None:
         records = _records(path, kind)
     else:
@@ -519,25 +526,41 @@ def read_texts(path: Path, text_column: str = "text", text_pair_column: str = "t
             raw = path.read_bytes()
         except OSError as exc:
             raise UserError(f"{path}: cannot read ({exc.strerror})") from None
-        lines = [line.strip() for line in _decode(path, raw).splitlines()]
-        texts = [line for line in lines if line]
+        texts = [line.strip() for line in _decode(path, raw).splitlines() if line.strip()]
+        if pairs_required and texts:
+            raise UserError(f"{path}: one text per line, but the model was trained on text pairs; give a .csv / "
+                            ".tsv / .jsonl file with a column for each text (--text-column, --text-pair-column)")
         return texts, [None] * len(texts)
     texts: list[str] = []
     pairs: list[str | None] = []
     pair_seen = False
     columns: list[str] = []
-    for number, record in records:
-        where = f"{path}:{number}"
-        columns = list(map(str, record))
-        if text_column not in record:
-            raise UserError(f"{where}: no column '{text_column}' (columns: {', '.join(columns) or 'none'}); "
-                            "name the text column with --text-column")
-        pair_seen = pair_seen or text_pair_column in record
-        texts.append(_text_str(record[text_column], where, text_column, required=True))
-        pairs.append(_text_str(record.get(text_pair_column), where, text_pair_column, required=False))
+    try:
+        for number, record in records:
+            where = f"{path}:{number}"
+            columns = list(map(str, record))
+            if text_column not in record:
+                hint = "fix --text-column" if text_named else "name the text column with --text-column"
+                raise UserError(f"{where}: no column '{text_column}' (columns: {', '.join(columns) or 'none'}); "
+                                + hint + ("" if text_named or kind is None else TABLE_HINT))
+            texts.append(_text_str(record[text_column], where, text_column, required=True))
+            if pair_column is not None:
+                pair_seen = pair_seen or pair_column in record
+                pairs.append(_text_str(record.get(pair_column), where, pair_column, required=False))
+            else:
+                pairs.append(None)
+    except UserError as exc:
+        message = str(exc)
+        if kind is not None and TABLE_HINT not in message and ("fields, but the header has" in message
+                                                               or "JSON" in message):
+            message += TABLE_HINT  # a file of one text per line, named .csv / .jsonl
+        raise UserError(message) from None
     if texts and pair_named and not pair_seen:
-        raise UserError(f"{path}: no column '{text_pair_column}' in any row (columns: {', '.join(columns)}); "
+        raise UserError(f"{path}: no column '{pair_column}' in any row (columns: {', '.join(columns)}); "
                         "fix --text-pair-column or drop it")
+    if texts and pairs_required and all(p is None for p in pairs):
+        raise UserError(f"{path}: no second text in column '{pair_column}' (columns: {', '.join(columns)}), but the "
+                        "model was trained on text pairs; name the column with --text-pair-column")
     return texts, pairs
 
 
@@ -549,7 +572,7 @@ def _check_test_genres(splits: dict[str, list[Example]], source: str) -> None:
         keep = ",".join(sorted(trained))
         raise UserError(
             f"{source}: genre(s) {', '.join(extra)} are in dev_matched but not in the train file; "
-            f"keep the training genres with --domains {keep} (data.domains in a recipe)"
+            f"keep the training genres with --domains {keep}"
         )
 
 
@@ -768,9 +791,9 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     for name in ("dev_fraction", "test_fraction"):
         value = getattr(cfg, name)
         if not 0 < value < 1:
-            raise UserError(f"{name} must be between 0 and 1, got {value}")
+            raise UserError(f"data.{name} must be between 0 and 1, got {value}")
     if cfg.dev_fraction + cfg.test_fraction >= 1:
-        raise UserError("dev_fraction + test_fraction must leave rows for training")
+        raise UserError("data.dev_fraction + data.test_fraction must leave rows for training")
     if cfg.limit_per_domain is not None and cfg.limit_per_domain < 1:
         raise UserError(f"--limit-per-domain must be a positive number, got {cfg.limit_per_domain}")
     layout, rows, skipped = read_rows(cfg)
@@ -812,7 +835,7 @@ def _keep_domains(
     for name in wanted:
         if name not in present:
             raise UserError(
-                f"{source}: no domain '{name}' in the data (domains: {', '.join(present)}); fix data.domains / --domains"
+                f"{source}: no domain '{name}' in the data (domains: {', '.join(present)}); fix --domains"
             )
     keep = set(wanted)
     if isinstance(rows, list):

@@ -174,6 +174,14 @@ def build_student(cfg: DistillConfig, teacher, teacher_tokenizer, labels: list[s
     return student, f"{cfg.student} from {name}"
 
 
+def check_student_length(max_length: int, limit: int, given: bool, student: str) -> None:
+    """A student model with fewer positions than the length distillation tokenises to is refused."""
+    if max_length > limit:
+        what = "--max-length" if given else "the teacher's max length (fit --max-length)"
+        raise UserError(f"{what} {max_length} is above the student's limit of {limit} positions ({student}); "
+                        f"give distill --max-length {limit} or less")
+
+
 def _teacher_folders(run: RunDir, info: TeacherInfo, cfg: DistillConfig) -> tuple[Path, list[Path]]:
     """(the teacher folder distilled from, every teacher folder whose soft labels the student learns).
 
@@ -350,11 +358,7 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
     cache_seconds = time.perf_counter() - cache_started
 
     student, how = build_student(cfg, teacher, tokenizer, dataset.labels, warn)
-    student_limit = model_max_length(student.config)
-    if max_length > student_limit:  # a --student model with fewer positions than the teacher
-        flag = "--max-length" if cfg.max_length else "the teacher's max length (fit --max-length)"
-        raise UserError(f"{flag} {max_length} is above the student's limit of {student_limit} positions ({how}); "
-                        f"give distill --max-length {student_limit} or less")
+    check_student_length(max_length, model_max_length(student.config), cfg.max_length is not None, how)
     log(f"student {how}; method {cfg.method}; {len(train):,} training rows"
         + (f" of domain {cfg.domain}" if cfg.domain else ""))
     for p in student.parameters():  # a `tiny` student is cut from the frozen teacher

@@ -365,7 +365,7 @@ def _model_logits(
         if name not in artifact.per_domain:
             raise UserError(
                 f"{artifact.path}: no teacher for domain '{name}' (expected {artifact.path / name}); "
-                "leave it out with --domain or evaluate --model student"
+                "leave it out with --domain, or give --model student"
             )
         forward = load_forward(artifact, artifact.per_domain[name])
         timing_forward = timing_forward or forward
@@ -402,7 +402,7 @@ def validate(cfg: EvalConfig) -> None:
         choice(name, ("all", *MODEL_NAMES), "--model")
     for name in ("latency_rows", "throughput_batches", "batch_size"):
         if getattr(cfg, name) < 1:
-            raise UserError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+            raise UserError(f"eval.{name} must be at least 1, got {getattr(cfg, name)}")
 
 
 def evaluate_run(
@@ -456,7 +456,7 @@ def evaluate_run(
     if uncovered and "teacher" in names:
         missing = f"no single teacher for {', '.join(uncovered)} (held out at fit)"
         if not covered.any() and "teacher" in cfg.models:  # asked for by name, with nothing it can score
-            raise UserError(f"{teacher.path}: {missing}; evaluate --model student, or add a --domain it was fitted on")
+            raise UserError(f"{teacher.path}: {missing}; give --model student, or add a --domain it was fitted on")
         log(f"teacher: {missing}; " + ("scored on the other domains only" if covered.any() else "not scored"))
     if teacher is not None and covered.any():  # the reference for agreement, even when not evaluated itself
         rows = [ex for ex, keep in zip(examples, covered) if keep]

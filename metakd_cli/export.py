@@ -99,7 +99,7 @@ def validate(cfg: ExportConfig) -> None:
         raise UserError(f"--opset {cfg.opset} is newer than ONNX Runtime Mobile 1.15 runs; with --ort (or --target "
                         f"arm64) use --opset {ORT_MOBILE_MAX_OPSET} or lower (default {DEFAULT_OPSET})")
     if cfg.check_rows < 1:
-        raise UserError(f"check_rows must be at least 1, got {cfg.check_rows}")
+        raise UserError(f"export.check_rows must be at least 1, got {cfg.check_rows}")
     if cfg.keep_top < 0:
         raise UserError(f"--keep-top must be 0 or more, got {cfg.keep_top}")
     if not cfg.max_drop >= 0:  # written so that NaN is refused too

@@ -30,23 +30,29 @@ class PipelineResult:
     eval_result: object | None = None
 
 
-_FLAG = re.compile(r"(?<![\w-])--(?:no-)?([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+# a flag, maybe after the step that has it ("fit --max-length"); not after a letter, -, / or a quote
+# (a path, a quoted value), and not a --no-X switch, whose key would read as the opposite
+_FLAG = re.compile(r"(?<![\w/'\"-])(?:\b(" + "|".join(SECTIONS) + r") )?--(?!no-)([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
 _KEYS = {section: {f.name for f in fields(getattr(Recipe(), section))} for section in SECTIONS}
 _ALIASES = {"eval": {"domain": "domains", "model": "models"}}  # flags whose key has another name
 
 
 def recipe_terms(message: str, section: str) -> str:
-    """``message`` with each ``--flag`` written as the recipe key it sets: the step's own
-    (``section``) key first, else the one section that has it; text in backticks (a command to
-    run) and flags no section has (--set, --run-dir) are left as they are."""
+    """``message`` with each ``--flag`` written as the recipe key it sets: the key of the step
+    named before it (``fit --max-length``), else the step's own (``section``), else the one
+    section that has it; text in backticks (a command to run) and flags no section has (--set,
+    --run-dir) are left as they are."""
 
     def key(match: re.Match) -> str:
-        name = match.group(1).replace("-", "_")
-        name = _ALIASES.get(section, {}).get(name, name)
-        owners = [s for s in SECTIONS if name in _KEYS[s]]
-        if section in owners:
-            return f"{section}.{name}"
-        return f"{owners[0]}.{name}" if len(owners) == 1 else match.group(0)
+        named, flag = match.group(1), match.group(2).replace("-", "_")
+        owner = named or section
+        name = _ALIASES.get(owner, {}).get(flag, flag)
+        if name in _KEYS[owner]:
+            return f"{owner}.{name}"
+        owners = [s for s in SECTIONS if flag in _KEYS[s]]
+        if len(owners) == 1:
+            return f"{named} {owners[0]}.{flag}" if named else f"{owners[0]}.{flag}"
+        return match.group(0)
 
     parts = message.split("`")
     parts[::2] = [_FLAG.sub(key, part) for part in parts[::2]]
@@ -104,11 +110,12 @@ def run_pipeline(
     with _in_recipe_terms("distill"):
         validate_distill(recipe.distill)
         check_teacher(recipe.distill, recipe.fit.teacher_mode, recipe.fit.hold_out)  # the teacher fit makes serves it
-        _check_distill_length(recipe)
+        _check_lengths(recipe)
     with _in_recipe_terms("export"):
         validate_export(recipe.export)
     with _in_recipe_terms("eval"):
         validate_eval(recipe.eval)
+        _check_outputs(recipe)
     with _in_recipe_terms("data"):
         dataset = load_dataset(recipe.data)  # the domains every step names must be the data's
     for key, names in (("fit.hold_out", [recipe.fit.hold_out]), ("fit.fraction_domains", recipe.fit.fraction_domains),
@@ -144,14 +151,27 @@ def run_pipeline(
     return result
 
 
-def _check_distill_length(recipe: Recipe) -> None:
-    """distill.max_length against the teacher's positions, which distill checks only after the fit."""
+def _check_lengths(recipe: Recipe) -> None:
+    """distill's length against the teacher's and the student's positions, which distill checks
+    only once the teacher is fitted (fit checks its own length against the teacher before training)."""
+    from metakd_cli.distill import check_student_length
     from metakd_cli.models import position_limit, resolve_model
 
-    wanted = recipe.distill.max_length
-    if wanted is None:
-        return  # the teacher's own max length, which fit checks before training
-    limit = position_limit(resolve_model(recipe.fit.teacher), recipe.fit.trust_remote_code)
-    if wanted > limit:
-        raise UserError(f"--max-length {wanted} is above the teacher's limit of {limit} positions "
-                        f"({recipe.fit.teacher}); give {limit} or less")
+    fit, distill = recipe.fit, recipe.distill
+    if distill.max_length is not None:
+        limit = position_limit(resolve_model(fit.teacher), fit.trust_remote_code)
+        if distill.max_length > limit:
+            raise UserError(f"--max-length {distill.max_length} is above the teacher's limit of {limit} positions "
+                            f"({fit.teacher}); give {limit} or less")
+    source = distill.student_init if distill.student == "tinybert4" else distill.student
+    if distill.student == "tiny" or source in (None, "random"):  # the teacher's own positions
+        return
+    limit = position_limit(resolve_model(source), distill.trust_remote_code)
+    check_student_length(distill.max_length or fit.max_length, limit, distill.max_length is not None, source)
+
+
+def _check_outputs(recipe: Recipe) -> None:
+    """eval asks only for models the run makes."""
+    if "int8" in (recipe.eval.models or []) and not recipe.export.int8:
+        raise UserError("--model int8 asks eval for the int8 model, but --int8 is off, so export makes none; "
+                        "set export.int8: true or leave int8 out of eval.models")

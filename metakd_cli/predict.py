@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from metakd_cli.cpu import cpu_info, target_mismatch
+from metakd_cli.data import read_texts
 from metakd_cli.errors import UserError
 from metakd_cli.evaluate import (
     Artifact, batched_logits, exported_target, load_forward, run_artifacts, stale_models,
@@ -48,6 +49,34 @@ class PredictResult:
     path: Path
     predictions: list[Prediction]
     warnings: list[str] = field(default_factory=list)
+
+
+def _data(run) -> dict:
+    """The run's data description (manifest ``data``); empty without a manifest."""
+    return run.load().data if run.exists() else {}
+
+
+def pair_trained(run) -> bool | None:
+    """Whether the run's model learnt from text pairs; None when the run does not say (made before
+    metakd recorded it, and not MNLI)."""
+    data = _data(run)
+    if "text_pairs" in data:
+        return bool(data["text_pairs"])
+    return True if data.get("layout") == "mnli" else None
+
+
+def file_inputs(path: Path, run, text_column: str | None = None,
+                text_pair_column: str | None = None) -> tuple[list[str], list[str | None]]:
+    """The texts (and second texts) of ``path`` for ``run``'s model: its columns are the run's
+    unless named; a model of single texts reads no pairs unless a pair column is named."""
+    columns = _data(run).get("config", {})
+    trained = pair_trained(run)
+    pair_column = text_pair_column
+    if pair_column is None and trained is not False:
+        pair_column = columns.get("text_pair_column", "text_pair")
+    return read_texts(path, text_column or columns.get("text_column", "text"), pair_column,
+                      text_named=text_column is not None, pair_named=text_pair_column is not None,
+                      pairs_required=bool(trained))
 
 
 def choose_model(available: dict[str, Artifact], wanted: str | None, run_path: Path,
@@ -94,11 +123,11 @@ def predict(cfg: PredictConfig, run, log: Callable[[str], None] = lambda _: None
     if not Path(run.path).is_dir():
         raise UserError(f"run folder {run.path} does not exist; point --run-dir / METAKD_RUN_DIR at a run")
     warnings = []
-    trained_on_pairs = run.load_or_new().data.get("text_pairs")  # None: a run from before metakd recorded it
+    trained_on_pairs = pair_trained(run)
     if trained_on_pairs and all(p is None for p in pairs):
         raise UserError(
             f"{run.path}: the model was trained on text pairs (a second text per row, as MNLI's sentence2); give "
-            "--file with a pair column (--text-column / --text-pair-column name them)"
+            "--file with a column for each text (--text-column / --text-pair-column name them)"
         )
     if trained_on_pairs is False and any(p is not None for p in pairs):
         warnings.append("the model was trained on single texts; the second texts are passed as a second segment, "

@@ -55,6 +55,7 @@ def test_meta_fit_writes_a_plain_transformers_teacher(tiny_model_dir, toy_data, 
     manifest = run.load()
     assert manifest.steps["fit"]["config"]["teacher_mode"] == "meta"
     assert manifest.data["domains"] == ["books", "electronics", "kitchen"]
+    assert manifest.data["text_pairs"] is False  # predict reads no pair column for this model
     metrics = result.metrics
     assert set(metrics["dev_accuracy"]) == {"books", "electronics", "kitchen", "average"}
     assert set(metrics["t"]) == {"books", "electronics", "kitchen"}
@@ -89,6 +90,13 @@ def test_the_teacher_learns_the_toy_task(tiny_model_dir, toy_data, tmp_path):
     result = fit(toy_data, tiny_fit_config(tiny_model_dir, teacher_mode="mix", epochs=6), RunDir(tmp_path / "r"),
                  log=_quiet)
     assert result.metrics["dev_accuracy"]["average"] >= 80.0
+
+
+def test_a_fit_on_pairs_records_it(tiny_model_dir, tmp_path):
+    data = DataConfig(path=str(write_toy_dataset(tmp_path, "jsonl", pairs=True)))
+    run = RunDir(tmp_path / "r")
+    fit(data, tiny_fit_config(tiny_model_dir, teacher_mode="mix", epochs=1), run, log=_quiet)
+    assert run.load().data["text_pairs"] is True  # predict then asks for the second texts
 
 
 @pytest.mark.parametrize("overrides", [

@@ -189,7 +189,7 @@ def test_single_teachers_with_a_held_out_domain(tiny_model_dir, toy_data, tmp_pa
     assert only.exit_code == 0, only.output  # nothing to compare with: no agreement, no error
     asked = CliRunner().invoke(cli, ["--run-dir", str(run.path), "eval", "--model", "teacher", "--domain", HELD_OUT])
     assert asked.exit_code == 2
-    assert "no single teacher for kitchen (held out at fit); evaluate --model student" in asked.output
+    assert "no single teacher for kitchen (held out at fit); give --model student" in asked.output
 
 
 def test_mtl_heads_of_a_held_out_domain_are_the_mean_of_the_others(tiny_model_dir, toy_data, tmp_path):

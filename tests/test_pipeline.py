@@ -115,13 +115,37 @@ def test_recipe_terms_name_keys_outside_commands_only():
 
     assert recipe_terms("--max-length 9 is above", "distill") == "distill.max_length 9 is above"
     assert recipe_terms("--max-length 9 is above", "fit") == "fit.max_length 9 is above"
+    # a step named before the flag says whose key it is
+    assert (recipe_terms("the teacher's max length (fit --max-length); give distill --max-length 8", "distill")
+            == "the teacher's max length (fit.max_length); give distill.max_length 8")
     # a flag of one section only, named from another step; eval's --domain sets eval.domains
     assert recipe_terms("a --teacher-mode single run", "distill") == "a fit.teacher_mode single run"
     assert recipe_terms("--domain: unknown", "eval") == "eval.domains: unknown"
-    assert recipe_terms("--no-bucketing pads", "eval") == "eval.bucketing pads"
-    # flags no section has, a name two other sections share, and commands in backticks stay as they are
+    # flags no section has, a name two other sections share, --no-X (its key would read as the
+    # opposite), paths, quoted values and commands in backticks stay as they are
     assert recipe_terms("give --set or --run-dir", "fit") == "give --set or --run-dir"
     assert recipe_terms("--lr must be positive", "export") == "--lr must be positive"
+    assert recipe_terms("--no-bucketing pads", "eval") == "--no-bucketing pads"
     assert (recipe_terms("with --int8: run `metakd export --int8` first", "export")
             == "with export.int8: run `metakd export --int8` first")
-    assert recipe_terms("/tmp/a--epochs/x: cannot read", "fit") == "/tmp/a--epochs/x: cannot read"
+    for text in ("/tmp/a--epochs/x: cannot read", "/data/--lr.csv: cannot read", "unknown domain '--lr'"):
+        assert recipe_terms(text, "fit") == text
+
+
+def test_a_student_with_fewer_positions_and_int8_not_exported_fail_before_fitting(tiny_model_dir, tmp_path):
+    short = tmp_path / "short-student"
+    short.mkdir()
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 16}))
+    for mistakes, message in (
+        ([f"distill.student={short}"],
+         f"the teacher's max length (fit.max_length) 64 is above the student's limit of 16 positions ({short}); "
+         "give distill.max_length 16 or less"),
+        ([f"distill.student={short}", "distill.max_length=32"], "distill.max_length 32 is above the student's"),
+        (["export.int8=false", "eval.models=int8"], "eval.models int8 asks eval for the int8 model, but export.int8"),
+    ):
+        run_dir = tmp_path / str(len(mistakes)) / mistakes[-1].split("=")[0]
+        result = _run(run_dir, tiny_model_dir, "fit.max_length=64", *mistakes)
+        assert result.exit_code == 2, result.output
+        assert message in result.output.replace("\n", " ") and "Traceback" not in result.output
+        assert not (run_dir / "teacher").exists()

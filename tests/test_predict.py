@@ -202,38 +202,64 @@ def test_pairs_reach_the_model_as_two_segments(exported_run, tmp_path):
     student = run / "student"
     tokenizer = AutoTokenizer.from_pretrained(student)
     model = AutoModelForSequenceClassification.from_pretrained(student).eval()
-    for (a, b), p in zip(rows, out):
-        encoded = tokenizer(a, b, return_tensors="pt")
-        assert encoded["token_type_ids"].max() == 1  # the second segment is there
+    alone = json.loads(invoke("--run-dir", str(exported_run), "predict", "--model", "student", "--json",
+                              *[a for a, _ in rows]).stdout)
+    for (a, b), p, single in zip(rows, out, alone):
         with torch.no_grad():
-            expected = torch.softmax(model(**encoded).logits, -1)[0]
+            expected = torch.softmax(model(**tokenizer(a, b, return_tensors="pt")).logits, -1)[0]
         assert [p["probabilities"][label] for label in LABELS] == pytest.approx(expected.tolist(), abs=1e-5)
+        assert p["probability"] != pytest.approx(single["probability"], abs=1e-5)  # the pair counted
     lines = invoke("--run-dir", str(run), "predict", "--file", str(pairs)).stdout.splitlines()
     assert lines[0].split("\t")[2] == "the pan was || very good great"
     # single texts to a model that learnt from pairs: refused, not silently misread
-    for args in ([POSITIVE], ["--file", str(tmp_path / "single.jsonl")]):
-        (tmp_path / "single.jsonl").write_text(json.dumps({"text": POSITIVE}) + "\n", encoding="utf-8")
+    single = tmp_path / "single.jsonl"
+    single.write_text(json.dumps({"text": POSITIVE, "premise": "x"}) + "\n", encoding="utf-8")
+    lines_file = tmp_path / "lines.txt"
+    lines_file.write_text(POSITIVE + "\n", encoding="utf-8")
+    for args, message in (([POSITIVE], "give --file with a column for each text"),
+                          (["--file", str(single)], f"{single}: no second text in column 'text_pair' (columns: "
+                                                    "text, premise), but the model was trained on text pairs"),
+                          (["--file", str(lines_file)], f"{lines_file}: one text per line, but the model was trained "
+                                                        "on text pairs")):
         refused = invoke("--run-dir", str(run), "predict", *args)
-        assert refused.exit_code == 2 and "trained on text pairs" in refused.stderr, refused.output
+        assert refused.exit_code == 2 and message in refused.stderr, refused.output
         assert refused.stdout == ""
+    assert invoke("--run-dir", str(run), "predict", "--file", str(single), "--text-pair-column", "premise").exit_code == 0
 
 
-def test_pairs_to_a_model_of_single_texts_warn(exported_run, tmp_path):
+def test_a_model_of_single_texts_reads_pairs_only_when_told(exported_run, tmp_path):
     pairs = tmp_path / "pairs.csv"
     pairs.write_text(f"text,text_pair\n{POSITIVE},the pan\n", encoding="utf-8")
-    result = invoke("--run-dir", str(exported_run), "predict", "--file", str(pairs))
-    assert result.exit_code == 0 and result.stdout.startswith("positive\t")
-    assert "trained on single texts" in result.stderr
+    result = invoke("--run-dir", str(exported_run), "predict", "--json", "--file", str(pairs))
+    assert result.exit_code == 0 and "text_pair" not in json.loads(result.stdout)[0]
+    assert "trained on single texts" not in result.stderr
+    told = invoke("--run-dir", str(exported_run), "predict", "--json", "--file", str(pairs),
+                  "--text-pair-column", "text_pair")
+    assert told.exit_code == 0 and json.loads(told.stdout)[0]["text_pair"] == "the pan"
+    assert "trained on single texts" in told.stderr
 
 
 def test_a_multinli_file_gives_sentence1_and_sentence2(exported_run, tmp_path):
-    run = _with_manifest_data(exported_run, tmp_path / "run", text_pairs=True)
+    run = _with_manifest_data(exported_run, tmp_path / "run", text_pairs=True, config={"text_column": "review"})
     mnli = tmp_path / "multinli_1.0_dev_matched.jsonl"
     mnli.write_text(json.dumps({"sentence1": "the pan was", "sentence2": "very good great", "gold_label": "-",
-                                "genre": "fiction"}) + "\n", encoding="utf-8")
-    result = invoke("--run-dir", str(run), "predict", "--json", "--file", str(mnli))
-    assert result.exit_code == 0, result.output
-    assert [(p["text"], p["text_pair"]) for p in json.loads(result.stdout)] == [("the pan was", "very good great")]
+                                "genre": "fiction", "hypothesis": "the kettle"}) + "\n", encoding="utf-8")
+    # each column the user does not name is MNLI's, whatever the run's own column names
+    for extra, expected in (([], ("the pan was", "very good great")),
+                            (["--text-pair-column", "hypothesis"], ("the pan was", "the kettle")),
+                            (["--text-column", "hypothesis"], ("the kettle", "very good great"))):
+        result = invoke("--run-dir", str(run), "predict", "--json", "--file", str(mnli), *extra)
+        assert result.exit_code == 0, result.output
+        assert [(p["text"], p["text_pair"]) for p in json.loads(result.stdout)] == [expected]
+
+
+def test_an_mnli_run_from_before_text_pairs_was_recorded_needs_pairs(exported_run, tmp_path):
+    run = _with_manifest_data(exported_run, tmp_path / "run", layout="mnli")
+    manifest = json.loads((run / "manifest.json").read_text())
+    del manifest["data"]["text_pairs"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    result = invoke("--run-dir", str(run), "predict", POSITIVE)
+    assert result.exit_code == 2 and "trained on text pairs" in result.stderr
 
 
 def test_column_errors(exported_run, tmp_path):
@@ -241,10 +267,14 @@ def test_column_errors(exported_run, tmp_path):
     table.write_text(f"text,other\n{POSITIVE},x\n,y\n", encoding="utf-8")
     good = tmp_path / "good.csv"
     good.write_text(f"text,other\n{POSITIVE},x\n", encoding="utf-8")
+    plain = tmp_path / "plain.csv"  # one text per line, named .csv
+    plain.write_text("great kettle, works\nawful pan\n", encoding="utf-8")
     cases = [
         (["--file", str(table)], f"{table}:3: field 'text' is empty"),
         (["--file", str(good), "--text-pair-column", "hypothesis"],
          f"{good}: no column 'hypothesis' in any row (columns: text, other)"),
+        (["--file", str(good), "--text-column", "body"], f"{good}:2: no column 'body' (columns: text, other); fix"),
+        (["--file", str(plain)], "give a file of one text per line another suffix, such as .txt"),
         (["--text-column", "body", POSITIVE], "give --file too"),
     ]
     for args, message in cases:

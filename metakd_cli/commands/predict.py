@@ -12,13 +12,14 @@ PREFIX_CHARS = 60
 @click.command("predict")
 @click.argument("texts", nargs=-1)
 @click.option("--file", "file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A .csv / .tsv / .jsonl table (its text column, and pair column where present), a MultiNLI "
-                   "file, or any other file with one text per line.")
+              help="A .csv / .tsv / .jsonl / .json table (JSON: an object per line) read by its text column "
+                   "(and pair column, for a model trained on pairs), a MultiNLI file, or any other file with "
+                   "one text per line.")
 @click.option("--text-column", default=None,
               help="Column (JSONL field) of --file that holds the text [the run's --text-column, else 'text'].")
 @click.option("--text-pair-column", default=None,
               help="Column of --file with the second text, for a model trained on pairs [the run's "
-                   "--text-pair-column, else 'text_pair'].")
+                   "--text-pair-column, else 'text_pair'; a model of single texts reads none unless named].")
 @click.option("--model", type=click.Choice(["int8", "onnx", "student"]), default=None,
               help="Model to use [int8 if exported, else onnx, else student].")
 @click.option("--bucketing/--no-bucketing", default=True, show_default=True,
@@ -45,9 +46,8 @@ def predict(obj, texts: tuple[str, ...], file: Path | None, text_column: str | N
     import sys
 
     from metakd_cli import console
-    from metakd_cli.data import read_texts
     from metakd_cli.errors import UserError
-    from metakd_cli.predict import PredictConfig
+    from metakd_cli.predict import PredictConfig, file_inputs
     from metakd_cli.predict import predict as run_predict
     from metakd_cli.run_dir import RunDir
 
@@ -58,10 +58,7 @@ def predict(obj, texts: tuple[str, ...], file: Path | None, text_column: str | N
     run = RunDir(obj.run_dir)
     pairs = None
     if file is not None:
-        columns = run.load_or_new().data.get("config", {})
-        inputs, pairs = read_texts(file, text_column or columns.get("text_column", "text"),
-                                   text_pair_column or columns.get("text_pair_column", "text_pair"),
-                                   pair_named=text_pair_column is not None)
+        inputs, pairs = file_inputs(file, run, text_column, text_pair_column)
         if not inputs:
             raise UserError(f"{file}: no text to classify (the file has no non-blank lines or rows)")
     elif texts:
