@@ -11,10 +11,14 @@ redirects). The default is every system: many hours on a 2-core CPU; pick a few 
 Systems (test accuracy per domain, %):
 
     teacher-single    one teacher per domain      bench/runs/paper-teacher-single (fit --teacher-mode single)
+    teacher-single-matched  the same with 4x the epochs (8), so that each single teacher makes
+                      the optimizer steps the all-domain teachers make (400 at batch 32)
+                      bench/runs/paper-teacher-single-matched
     teacher-mix       the mix teacher             bench/runs/teacher-mix
     teacher-mtl       shared encoder, a head per domain  bench/runs/paper-teacher-mtl
     teacher-meta      the meta-teacher            bench/runs/teacher-meta-confusion
     single->tinybert  D's single teacher -> TinyBERT-KD student for D
+    single-matched->tinybert  the same from teacher-single-matched
     mix->tinybert     mix teacher -> TinyBERT-KD student, one per domain
     mtl->tinybert     mtl teacher -> TinyBERT-KD student, one per domain
     multi->mtn        every single teacher -> MTN-KD student (mean of their softmax outputs)
@@ -78,7 +82,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, bench/stats.py (bench/ is no package)
 from common import (  # noqa: E402
     DATA, DOMAINS, NO_DATA, PAPER, PAPER_HELD_OUT, ROOT, RUNS, TEACHER_FIT_FLAGS, TEACHER_SETTINGS, cell,
-    fresh_student_run, linked_student_run, metakd, slug, student_finished, test_correctness,
+    fit_flags, fresh_student_run, linked_student_run, metakd, slug, student_finished, test_correctness,
 )
 
 STUDENT_RUNS = RUNS / "amazon"
@@ -88,12 +92,17 @@ PAPER_COLUMNS = ["books", "dvd", "electronics", "kitchen", "average"]
 META_FLAGS = ["--teacher-mode", "meta", "--domain-loss", "confusion"]
 TEACHERS = {  # system -> (run folder under bench/runs, fit flags); bench/teachers.py makes two
     "teacher-single": ("paper-teacher-single", ["--teacher-mode", "single"]),
+    "teacher-single-matched": ("paper-teacher-single-matched", ["--teacher-mode", "single"]),
     "teacher-mix": ("teacher-mix", ["--teacher-mode", "mix"]),
     "teacher-mtl": ("paper-teacher-mtl", ["--teacher-mode", "mtl"]),
     "teacher-meta": ("teacher-meta-confusion", META_FLAGS),
 }
+# fit settings a teacher changes from bench/teachers.py's: a single teacher sees one domain's rows, so
+# it takes len(DOMAINS) times the epochs to make the optimizer steps of a teacher of every domain
+TEACHER_OVERRIDES = {"teacher-single-matched": {"epochs": TEACHER_SETTINGS["epochs"] * len(DOMAINS)}}
 STUDENTS = {  # system -> (teacher system, --method, one student per domain?, more distill flags)
     "single->tinybert": ("teacher-single", "tinybert", True, []),  # D's own single teacher
+    "single-matched->tinybert": ("teacher-single-matched", "tinybert", True, []),
     "mix->tinybert": ("teacher-mix", "tinybert", True, []),
     "mtl->tinybert": ("teacher-mtl", "tinybert", True, []),
     "multi->mtn": ("teacher-single", "mtn", True, []),  # every single teacher at once
@@ -105,8 +114,8 @@ INT8 = "meta->meta-int8"  # exported from meta->meta's run folders
 INT8_PC = "meta->meta-int8-pc"  # the same, per-channel, in bench/runs/amazon/meta-to-meta-int8-pc/ (student/ linked)
 INT8_FLAGS = {INT8: ["--per-tensor"], INT8_PC: ["--per-channel"]}
 HELD_OUT = "held-out"  # the paper's held-out table, for each --held-out domain (systems named held-out/H/...)
-SYSTEMS = ["teacher-single", "teacher-mix", "teacher-mtl", "teacher-meta", "single->tinybert", "mix->tinybert",
-           "mtl->tinybert", "multi->mtn", "meta->tinybert", "meta->meta", INT8, INT8_PC, "meta->meta-all", HELD_OUT]
+SYSTEMS = ["teacher-single", "teacher-single-matched", "teacher-mix", "teacher-mtl", "teacher-meta",
+           "single->tinybert", "single-matched->tinybert", "mix->tinybert", "mtl->tinybert", "multi->mtn", "meta->tinybert", "meta->meta", INT8, INT8_PC, "meta->meta-all", HELD_OUT]
 TESTS = [  # (A, B): A - B
     ("meta->meta", "meta->tinybert"),
     ("meta->tinybert", "mix->tinybert"),
@@ -114,11 +123,19 @@ TESTS = [  # (A, B): A - B
     ("meta->meta", "single->tinybert"),
     ("multi->mtn", "single->tinybert"),
     ("teacher-meta", "teacher-mix"),
+    ("teacher-single-matched", "teacher-single"),
+    ("teacher-meta", "teacher-single-matched"),
+    ("meta->meta", "single-matched->tinybert"),
     (INT8, "meta->meta"),
     (INT8_PC, "meta->meta"),
     (INT8_PC, INT8),
     ("meta->meta-all", "meta->meta"),
 ]
+
+
+def teacher_settings(system: str) -> dict:
+    """The fit settings of a teacher system: bench/teachers.py's, with its TEACHER_OVERRIDES."""
+    return {**TEACHER_SETTINGS, **TEACHER_OVERRIDES.get(system, {})}
 
 
 def held_out_systems(h: str) -> tuple[dict, dict]:
@@ -152,6 +169,7 @@ class Bench:
         self.datasets: dict[str, object] = {}  # data fingerprint -> Dataset, loaded once
         self.setup = {
             "data": str(DATA), "teacher_fit": " ".join(TEACHER_FIT_FLAGS) + " (as bench/teachers.py)",
+            "teacher_overrides": TEACHER_OVERRIDES,
             "student": "tiny (4 of the teacher's layers)",
             "distill": {"intermediate_epochs": args.intermediate_epochs, "epochs": args.epochs, "batch_size": 32},
             "seeds": args.seeds, "domains": self.domains,
@@ -191,7 +209,7 @@ class Bench:
         run_dir = RUNS / name
         if (run_dir / "metrics" / "fit.json").is_file() and (run_dir / "teacher").is_dir():
             config = json.loads((run_dir / "metrics" / "fit.json").read_text())["config"]
-            wanted = TEACHER_SETTINGS
+            wanted = teacher_settings(system)
             differs = {k: config.get(k) for k, v in wanted.items() if config.get(k) != v}
             if differs and system not in self.teachers:
                 print(f"note: {run_dir} was fitted with {differs}, not bench/teachers.py's settings", flush=True)
@@ -204,7 +222,7 @@ class Bench:
                 raise SystemExit(message)
             print(f"# note: {message}")
         resume = ["--resume"] if (run_dir / "checkpoints").is_dir() else []
-        self.metakd(run_dir, "fit", str(DATA), *flags, *TEACHER_FIT_FLAGS, *resume)
+        self.metakd(run_dir, "fit", str(DATA), *flags, *fit_flags(teacher_settings(system)), *resume)
         if self.args.dry_run:
             return None
         if not (run_dir / "metrics" / "fit.json").is_file():
