@@ -122,3 +122,13 @@ def test_linked_student_run_shares_the_student_and_leaves_the_source_alone(amazo
     assert (target / "metrics" / "distill.json").is_file() and not (target / "onnx").exists()
     (target / "manifest.json").write_text('{"steps": {"export": {}}}')  # export rewrites its own copy
     assert (source / "manifest.json").read_text() == '{"steps": {}}'
+
+
+def test_the_matched_single_teacher_makes_the_all_domain_teachers_steps(amazon):
+    # one domain's rows in each single teacher: 4 domains -> 4x the epochs of bench/teachers.py's
+    settings = amazon.teacher_settings("teacher-single-matched")
+    assert settings == {**amazon.TEACHER_SETTINGS, "epochs": amazon.TEACHER_SETTINGS["epochs"] * len(amazon.DOMAINS)}
+    flags = amazon.fit_flags(settings)
+    assert flags[flags.index("--epochs") + 1] == "8"
+    assert amazon.teacher_settings("teacher-single") == amazon.TEACHER_SETTINGS
+    assert amazon.STUDENTS["single-matched->tinybert"][0] == "teacher-single-matched"
