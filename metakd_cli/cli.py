@@ -50,7 +50,7 @@ class MetakdGroup(click.Group):
             return super().invoke(ctx)
         except UserError as exc:
             console.error(str(exc))
-            sys.exit(2)
+            sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             console.error("interrupted; nothing half-written was kept (use --resume where the command offers it)")
             sys.exit(130)

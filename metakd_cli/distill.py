@@ -71,6 +71,7 @@ from metakd_cli.models import (
 from metakd_cli.prototypes import compute_prototypes, pool, transferability
 from metakd_cli.run_dir import RunDir, atomic_dir
 from metakd_cli.training import PhaseSpec, clear_checkpoints, run_phase
+from metakd_cli.vocab import check_trim_options
 
 METHODS = ("meta", "tinybert", "kd", "mtn")
 LOGIT_ONLY = ("kd", "mtn")  # methods without the intermediate stage
@@ -115,6 +116,7 @@ def validate(cfg: DistillConfig) -> None:
         raise UserError(f"--train-fraction must be above 0 and at most 1, got {cfg.train_fraction}")
     if cfg.max_length is not None and cfg.max_length < 1:  # 0 would silently mean "the teacher's"
         raise UserError(f"--max-length must be at least 1, got {cfg.max_length}")
+    check_trim_options(cfg.trim_vocab, cfg.keep_top)
 
 
 def reload_dataset(run: RunDir) -> tuple[DataConfig, Dataset]:

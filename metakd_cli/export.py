@@ -58,7 +58,7 @@ from metakd_cli.evaluate import (
     weights_size_mb,
 )
 from metakd_cli.run_dir import RunDir, atomic_dir, stale_artifacts
-from metakd_cli.vocab import TrimReport, trim_vocabulary
+from metakd_cli.vocab import TrimReport, check_trim_options, trim_vocabulary
 
 MODELS = ("student", "teacher")
 TARGETS = ("auto", "avx2", "avx512_vnni", "arm64")
@@ -100,13 +100,12 @@ def validate(cfg: ExportConfig) -> None:
                         f"arm64) use --opset {ORT_MOBILE_MAX_OPSET} or lower (default {DEFAULT_OPSET})")
     if cfg.check_rows < 1:
         raise UserError(f"export.check_rows must be at least 1, got {cfg.check_rows}")
-    if cfg.keep_top < 0:
-        raise UserError(f"--keep-top must be 0 or more, got {cfg.keep_top}")
+    check_trim_options(cfg.trim_vocab, cfg.keep_top)
     if not cfg.max_drop >= 0:  # written so that NaN is refused too
         raise UserError(f"--max-drop must be 0 or more (the dev accuracy points int8 may lose vs fp32), "
                         f"got {cfg.max_drop:g}")
-    if cfg.keep_top and not cfg.trim_vocab:
-        raise UserError("--keep-top only applies with --trim-vocab; add --trim-vocab or drop --keep-top")
+    if cfg.fuse and not cfg.int8:
+        raise UserError("--fuse quantizes a fused graph to int8; add --int8 or drop --fuse")
 
 
 def _source(run: RunDir, cfg: ExportConfig) -> tuple[Path, int, str | None]:
@@ -609,7 +608,7 @@ def _export_into(
     if cfg.trim_vocab:
         texts = _training_texts(dataset, domains)
         log(f"trimming the vocabulary of {source} to the pieces of {len(texts):,} training texts"
-            + (f" plus the {cfg.keep_top:,} most frequent others" if cfg.keep_top else ""))
+            + (f" plus the first {cfg.keep_top:,} others by vocabulary rank" if cfg.keep_top else ""))
         model_dir = scratch / "trimmed"
         with _quiet_tools():
             report = trim_vocabulary(source, model_dir, texts, cfg.keep_top)

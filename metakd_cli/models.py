@@ -64,12 +64,7 @@ def _load(loader, name: str, what: str, **kwargs):
         # a folder we can look into; for a hub id, transformers' error names the file it missed
         no_safetensors = not has_safe_weights(folder) if folder.is_dir() else "safetensors" in first
         if kwargs.get("use_safetensors") and no_safetensors:
-            raise UserError(
-                f"cannot load {what} '{name}': it has no safetensors weights ({SAFE_WEIGHTS[0]}) and metakd loads no "
-                "pickled ones (a pytorch_model.bin can run code when loaded); convert it once, in a Python session "
-                f"you trust: AutoModel.from_pretrained('{name}').save_pretrained(OUT, safe_serialization=True) "
-                "(AutoModelForSequenceClassification for a classifier; save its tokenizer to OUT too), then give OUT"
-            ) from None
+            raise UserError(f"cannot load {what} '{name}': {no_safetensors_advice(name)}") from None
         raise UserError(
             f"cannot load {what} '{name}': {first} (give a local model folder, a hub id while online, "
             "or the offline default all-MiniLM-L6-v2)"
@@ -92,6 +87,28 @@ def transformers_errors_only():
 
 def has_safe_weights(folder: Path) -> bool:
     return any((folder / f).is_file() for f in SAFE_WEIGHTS)
+
+
+def no_safetensors_advice(name: str) -> str:
+    """Why a model without safetensors weights is refused, and the one-time conversion."""
+    return (f"it has no safetensors weights ({SAFE_WEIGHTS[0]}) and metakd loads no pickled ones (a "
+            "pytorch_model.bin can run code when loaded); convert it once, in a Python session you trust: "
+            f"AutoModel.from_pretrained('{name}').save_pretrained(OUT, safe_serialization=True) "
+            "(AutoModelForSequenceClassification for a classifier; save its tokenizer to OUT too), then give OUT")
+
+
+def safe_weights_known_missing(name: str) -> bool:
+    """True when the local folder or hub repo ``name`` surely has no safetensors weights; False when it
+    has them or the hub cannot say (offline, private, rate-limited): loading then tells."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return not has_safe_weights(folder)
+    try:
+        from huggingface_hub import file_exists
+
+        return not any(file_exists(name, f) for f in SAFE_WEIGHTS)
+    except Exception:  # noqa: BLE001 - no network or no such repo: not this check's to report
+        return False
 
 
 def require_safetensors(folder: Path) -> None:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from metakd_cli.config import SECTIONS, Recipe, resolve_data_path
-from metakd_cli.errors import UserError
+from metakd_cli.errors import ChecksFailed, UserError
 from metakd_cli.run_dir import RunDir
 
 STEPS = ("fit", "distill", "export", "eval")
@@ -64,7 +64,7 @@ def _in_recipe_terms(section: str) -> Iterator[None]:
     try:
         yield
     except UserError as exc:
-        raise UserError(recipe_terms(str(exc), section)) from None
+        raise type(exc)(recipe_terms(str(exc), section)) from None  # ChecksFailed stays exit code 1
 
 
 def _data_key(recipe: Recipe) -> dict:
@@ -110,7 +110,7 @@ def run_pipeline(
     with _in_recipe_terms("distill"):
         validate_distill(recipe.distill)
         check_teacher(recipe.distill, recipe.fit.teacher_mode, recipe.fit.hold_out)  # the teacher fit makes serves it
-        _check_lengths(recipe)
+        _check_student(recipe)
     with _in_recipe_terms("export"):
         validate_export(recipe.export)
     with _in_recipe_terms("eval"):
@@ -141,7 +141,7 @@ def run_pipeline(
             elif step == "export":
                 exported = export(recipe.export, run, log)
                 if not exported.passed:
-                    raise UserError(
+                    raise ChecksFailed(
                         f"export checks failed: {'; '.join(exported.failures)}; files kept in {exported.folder}"
                     )
                 result.metrics["export"] = exported.metrics
@@ -151,11 +151,12 @@ def run_pipeline(
     return result
 
 
-def _check_lengths(recipe: Recipe) -> None:
-    """distill's length against the teacher's and the student's positions, which distill checks
-    only once the teacher is fitted (fit checks its own length against the teacher before training)."""
+def _check_student(recipe: Recipe) -> None:
+    """distill's length against the teacher's and the student's positions, and the student's
+    weights (safetensors), which distill checks only once the teacher is fitted (fit checks its
+    own length against the teacher before training)."""
     from metakd_cli.distill import check_student_length
-    from metakd_cli.models import position_limit, resolve_model
+    from metakd_cli.models import no_safetensors_advice, position_limit, resolve_model, safe_weights_known_missing
 
     fit, distill = recipe.fit, recipe.distill
     if distill.max_length is not None:
@@ -166,7 +167,11 @@ def _check_lengths(recipe: Recipe) -> None:
     source = distill.student_init if distill.student == "tinybert4" else distill.student
     if distill.student == "tiny" or source in (None, "random"):  # the teacher's own positions
         return
-    limit = position_limit(resolve_model(source), distill.trust_remote_code)
+    where = resolve_model(source)
+    if safe_weights_known_missing(where):  # distill would refuse it only after the fit
+        flag = "--student-init" if distill.student == "tinybert4" else "--student"
+        raise UserError(f"{flag} {source}: {no_safetensors_advice(source)}")
+    limit = position_limit(where, distill.trust_remote_code)
     check_student_length(distill.max_length or fit.max_length, limit, distill.max_length is not None, source)
 
 

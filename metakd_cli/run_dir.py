@@ -150,7 +150,7 @@ class RunDir:
         if not self.manifest_path.is_file():
             raise UserError(
                 f"{self.path} has no {MANIFEST}: it is not a metakd run folder "
-                "(run `metakd fit DATA --run-dir ...` to create one)"
+                "(run `metakd --run-dir DIR fit DATA` to create one)"
             )
         try:
             raw = json.loads(self.manifest_path.read_text(encoding="utf-8"))

@@ -63,6 +63,14 @@ class TrimReport:
         return out
 
 
+def check_trim_options(trim_vocab: bool, keep_top: int) -> None:
+    """``--keep-top`` is 0 or more, and only given with ``--trim-vocab`` (export's and distill's)."""
+    if keep_top < 0:
+        raise UserError(f"--keep-top must be 0 or more, got {keep_top}")
+    if keep_top and not trim_vocab:
+        raise UserError("--keep-top only applies with --trim-vocab; add --trim-vocab or drop --keep-top")
+
+
 def corpus_ids(tokenizer, texts: Sequence[str]) -> set[int]:
     """Ids of every piece the tokenizer splits ``texts`` into (no truncation, no special tokens)."""
     used: set[int] = set()

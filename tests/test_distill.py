@@ -252,3 +252,15 @@ def test_trim_vocab_saves_a_smaller_student_that_loads_plainly(run):
     assert model.config.vocab_size == len(tokenizer) == trim["vocab_after"]
     # the toy texts are all covered: trimming changes no prediction
     assert trim["test_accuracy_trimmed"] == result.metrics["test_accuracy"]
+
+
+def test_keep_top_needs_trim_vocab_as_on_export():
+    from metakd_cli.config import DistillConfig
+    from metakd_cli.distill import validate
+    from metakd_cli.errors import UserError
+
+    with pytest.raises(UserError, match="--keep-top only applies with --trim-vocab"):
+        validate(DistillConfig(keep_top=100))  # it was ignored without a word
+    with pytest.raises(UserError, match="--keep-top must be 0 or more"):
+        validate(DistillConfig(trim_vocab=True, keep_top=-1))
+    validate(DistillConfig(trim_vocab=True, keep_top=100))

@@ -344,6 +344,8 @@ def test_int8_is_per_channel_by_default_and_per_tensor_on_request(tiny_run, tmp_
 
 def test_weight_scaling_without_int8_is_a_user_error(tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path / "run")
+    result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", "--fuse"])  # it was ignored
+    assert result.exit_code == 2 and "add --int8 or drop --fuse" in result.output
     for flag in ("--per-channel", "--per-tensor"):
         result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", flag])
         assert result.exit_code == 2 and f"add --int8 or drop {flag}" in result.output

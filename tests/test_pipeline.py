@@ -55,6 +55,12 @@ def test_recipes_ls_and_cp(tmp_path):
     assert listed.exit_code == 0
     for name in ("quickstart", "smoke", "amazon-cpu", "amazon-paper"):
         assert name in listed.stdout
+    from metakd_cli.commands.recipes import purpose
+
+    # the whole opening comment, not its first line cut mid-sentence, and not the command after it
+    assert purpose("# Smoke test: one epoch. Used by the tests\n# with a tiny model: metakd run smoke --set x=1\n"
+                   "data:\n") == "Smoke test: one epoch. Used by the tests with a tiny model"
+    assert purpose("# On a CPU,\n# offline teacher:\n#   metakd run amazon-cpu\n# more\n") == "On a CPU, offline teacher"
     target = tmp_path / "mine.yaml"
     copied = CliRunner().invoke(cli, ["recipes", "cp", "quickstart", str(target)])
     assert copied.exit_code == 0, copied.output
@@ -137,7 +143,13 @@ def test_a_student_with_fewer_positions_and_int8_not_exported_fail_before_fittin
     short.mkdir()
     config = json.loads((tiny_model_dir / "config.json").read_text())
     (short / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 16}))
+    pickled = tmp_path / "pickled-student"  # a model folder with only pytorch_model.bin
+    pickled.mkdir()
+    (pickled / "config.json").write_text(json.dumps(config))
+    (pickled / "pytorch_model.bin").write_bytes(b"not read")
+    (short / "model.safetensors").write_bytes(b"not read either: the config says enough")
     for mistakes, message in (
+        ([f"distill.student={pickled}"], f"distill.student {pickled}: it has no safetensors weights"),
         ([f"distill.student={short}"],
          f"the teacher's max length (fit.max_length) 64 is above the student's limit of 16 positions ({short}); "
          "give distill.max_length 16 or less"),
@@ -149,3 +161,43 @@ def test_a_student_with_fewer_positions_and_int8_not_exported_fail_before_fittin
         assert result.exit_code == 2, result.output
         assert message in result.output.replace("\n", " ") and "Traceback" not in result.output
         assert not (run_dir / "teacher").exists()
+
+
+def test_failed_export_checks_exit_1_as_metakd_export_does(tiny_model_dir, tmp_path, monkeypatch):
+    import numpy as np
+
+    def wrong(attempt, path, dev, pad_id):  # every int8 attempt gets every dev row wrong
+        return (np.asarray(dev.labels) + 1) % 2
+
+    monkeypatch.setattr("metakd_cli.export.int8_dev_predictions", wrong)
+    run_dir = tmp_path / "run"
+    result = _run(run_dir, tiny_model_dir, "export.int8=true", "export.max_drop=0")
+    assert result.exit_code == 1, result.output
+    assert "export checks failed" in result.output and "Traceback" not in result.output
+    assert (run_dir / "student").is_dir() and not (run_dir / "onnx").exists()
+
+
+def test_a_hub_student_without_safetensors_fails_before_fitting(tiny_model_dir, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "file_exists", lambda repo, name: asked.append((repo, name)) or False)
+    run_dir = tmp_path / "run"
+    result = _run(run_dir, tiny_model_dir, "distill.student=tinybert4", "distill.student_init=someone/pickled-4l")
+    assert result.exit_code == 2, result.output
+    assert "distill.student_init someone/pickled-4l: it has no safetensors weights" in result.output
+    assert ("someone/pickled-4l", "model.safetensors") in asked and not (run_dir / "teacher").exists()
+
+
+def test_a_hub_that_cannot_answer_leaves_the_weights_to_distill(monkeypatch):
+    import huggingface_hub
+
+    from metakd_cli.models import safe_weights_known_missing
+
+    def offline(repo, name):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "file_exists", offline)
+    assert safe_weights_known_missing("someone/model") is False
+    monkeypatch.setattr(huggingface_hub, "file_exists", lambda repo, name: name == "model.safetensors")
+    assert safe_weights_known_missing("someone/model") is False

@@ -30,7 +30,7 @@ import click
 @click.option("--trim-vocab", is_flag=True,
               help="Keep only the word pieces the training corpus uses (model and tokenizer together).")
 @click.option("--keep-top", type=int, default=None, metavar="N",
-              help="With --trim-vocab, also keep the N most frequent other pieces [0].")
+              help="With --trim-vocab, also keep the first N other pieces by vocabulary rank [0].")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object instead of tables.")
 @click.pass_obj
 def export(obj, model: str, int8: bool, target: str, per_channel: bool | None, ort: bool, opset: int | None,

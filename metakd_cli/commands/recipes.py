@@ -18,12 +18,20 @@ def list_recipes() -> None:
     from metakd_cli import console
     from metakd_cli.config import bundled
 
-    rows = []
-    for path in sorted(bundled("recipes").glob("*.yaml")):
-        first = next((line.lstrip("# ").strip() for line in path.read_text(encoding="utf-8").splitlines()
-                      if line.startswith("#")), "")
-        rows.append([path.stem, first])
+    rows = [[path.stem, purpose(path.read_text(encoding="utf-8"))]
+            for path in sorted(bundled("recipes").glob("*.yaml"))]
     console.print_table("bundled recipes", ["name", "purpose"], rows)
+
+
+def purpose(recipe: str) -> str:
+    """A recipe's opening comment, up to the command that runs it (``metakd run ...``)."""
+    words = []
+    for line in recipe.splitlines():
+        text = line.removeprefix("#").strip()
+        if not line.startswith("#") or not text or text.startswith("metakd "):
+            break
+        words.append(text)
+    return " ".join(words).split(" metakd run ")[0].rstrip(":; ")
 
 
 @recipes.command("cp")
