@@ -121,6 +121,8 @@ TESTS = [  # (A, B): A - B
     ("meta->tinybert", "mix->tinybert"),
     ("meta->meta", "mtl->tinybert"),
     ("meta->meta", "single->tinybert"),
+    ("mix->tinybert", "single->tinybert"),
+    ("mtl->tinybert", "single->tinybert"),
     ("multi->mtn", "single->tinybert"),
     ("teacher-meta", "teacher-mix"),
     ("teacher-single-matched", "teacher-single"),

@@ -22,6 +22,11 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 COLUMNS = [*DOMAINS, "average"]
 
 
+def _p(p_value: float) -> str:
+    """A bootstrap p-value as text: under 0.001 it is a bound (10,000 resamples cannot show 0)."""
+    return "p < 0.001" if p_value < 0.001 else f"p = {p_value:.3f}"
+
+
 def _row(name: str, values: list[object], extra: str = "") -> str:
     cells = [f"{v:.1f}" if isinstance(v, (int, float)) else "-" if v is None else str(v) for v in values]
     return f"| {name} | " + " | ".join(cells) + (f" | {extra} |" if extra else " |")
@@ -78,7 +83,7 @@ def build() -> str:
         for name, test in data.get("tests", {}).items():
             lo, hi = test["ci95"]
             lines.append(f"- {name}: {test['diff']:+.2f} points (95% CI {lo:+.2f} to {hi:+.2f}), paired "
-                         f"bootstrap p = {test['p_value']:.3f}")
+                         f"bootstrap {_p(test['p_value'])}")
         lines.append("")
         for h, section in data.get("held_out", {}).items():
             lines += [f"**Held out: {h}** (its teachers never saw it; students distilled and scored on {h}; mean over "
@@ -86,10 +91,10 @@ def build() -> str:
                       "", f"| system | {h} | std | seeds | paper (MNLI fiction) |", "| --- | --- | --- | --- | --- |"]
             for name, row in section["results"].items():  # "paper": the MNLI figure amazon.py put beside the row
                 lines.append(_row(name.replace("H", h), [row["accuracy"], "-" if row["std"] is None else row["std"],
-                                                         str(len(row["seeds"])), row.get("paper")]))
+                                                         ", ".join(map(str, row["seeds"])), row.get("paper")]))
             for name, test in section.get("tests", {}).items():
                 lines.append(f"- {name.replace(f'held-out/{h}/', '')}: {test['diff']:+.2f} points, "
-                             f"p = {test['p_value']:.3f}")
+                             f"{_p(test['p_value'])}")
             lines.append("")
     scarce = RESULTS / "scarce.json"
     if scarce.is_file():
@@ -112,7 +117,7 @@ def build() -> str:
         for fraction, tests in sorted(data.get("tests", {}).items(), key=lambda kv: float(kv[0])):
             lines.append(f"- F = {fraction}: " + "; ".join(
                 f"{name} {t['diff']:+.1f} points (95% CI {t['ci95'][0]:+.1f} to {t['ci95'][1]:+.1f}, "
-                f"p = {t['p_value']:.3f})" for name, t in tests.items()))
+                f"{_p(t['p_value'])})" for name, t in tests.items()))
         lines += [""] * bool(data.get("tests"))
     speed = RESULTS / "speed.json"
     if speed.is_file():
@@ -155,7 +160,7 @@ def build() -> str:
         lines += [f"**Ways to build the int8 student** ({data['setup']['int8_format']} format, same fp32 ONNX file, "
                   "one process; test accuracy on the 800 test rows, agreement with fp32); "
                   "`python bench/int8_variants.py`.", "",
-                  "| variant | throughput ex/s (b32) | latency p50 ms (b1) | size MB | test acc % | agreement % |",
+                  "| variant | throughput ex/s (b32) | latency p50 ms (b1) | size MiB | test acc % | agreement % |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for name, row in data["results"].items():
             lines.append(_row(name, [row["throughput_b32"], row["latency_b1_p50_ms"], row["size_mb"],
