@@ -74,10 +74,12 @@ def build() -> str:
         distill = setup["distill"]
         seeds = sorted({s for name, row in data["results"].items() if not name.startswith("teacher-")
                         for s in row.get("seeds", [])})
+        overrides = "".join(f"; {name} fits with " + ", ".join(f"{k} {v}" for k, v in changed.items())
+                            for name, changed in setup.get("teacher_overrides", {}).items())
         lines += [f"Per-domain students (`distill --domain D`, scored on D), {distill['intermediate_epochs']} "
-                  f"intermediate + {distill['epochs']} prediction epochs, student seeds {seeds} (teachers: seed "
-                  "42); std = sample standard deviation over seeds of each seed's average; `python bench/amazon.py`.",
-                  ""]
+                  f"intermediate + {distill['epochs']} prediction epochs, student seeds {seeds} (teachers: "
+                  f"{setup.get('teacher_fit', 'seed 42')}{overrides}); std = sample standard deviation over seeds of each "
+                  "seed's average; `python bench/amazon.py`.", ""]
         lines += _accuracy_table("The paper's table (mean over seeds)", data["results"], "std", "std", seeds=True,
                                  paper=True)
         for name, test in data.get("tests", {}).items():

@@ -89,7 +89,8 @@ def test_amazon_table_tests_and_held_out_section(tmp_path, monkeypatch):
     row = {"books": 80.0, "dvd": 81.0, "electronics": 82.0, "kitchen": 83.0, "average": 81.5, "std": 0.5,
            "seeds": [1, 2]}
     _write(tmp_path, "amazon.json", {
-        "setup": {"distill": {"intermediate_epochs": 2, "epochs": 3}},
+        "setup": {"distill": {"intermediate_epochs": 2, "epochs": 3}, "teacher_fit": "--epochs 2 --seed 42",
+                  "teacher_overrides": {"teacher-single-matched": {"epochs": 8}}},
         "results": {"meta->meta": row, "mix->tinybert": {**row, "std": None, "seeds": [1]},
                     "meta->meta-int8": row},
         "tests": {"meta->meta vs meta->tinybert": {"diff": 0.75, "p_value": 0.2, "ci95": [-0.5, 2.0]}},
@@ -104,7 +105,7 @@ def test_amazon_table_tests_and_held_out_section(tmp_path, monkeypatch):
                       {"diff": -1.0, "p_value": 0.5}}}},
     })
     text = report.build()
-    assert "student seeds [1, 2]" in text
+    assert "student seeds [1, 2] (teachers: --epochs 2 --seed 42; teacher-single-matched fits with epochs 8)" in text
     assert "| system | books | dvd | electronics | kitchen | average | std | seeds | paper average |" in text
     # each row beside the paper's average for the same system (DESIGN.md); none for a system the paper lacks
     assert "| meta->meta | 80.0 | 81.0 | 82.0 | 83.0 | 81.5 | 0.5 | 1, 2 | 89.4 |" in text
