@@ -176,6 +176,13 @@ def build_student(cfg: DistillConfig, teacher, teacher_tokenizer, labels: list[s
     return student, f"{cfg.student} from {name}"
 
 
+def check_teacher_length(max_length: int, limit: int, teacher: str) -> None:
+    """A length past the teacher's position embeddings is refused: a long row would crash the teacher mid-run."""
+    if max_length > limit:
+        raise UserError(f"--max-length {max_length} is above the teacher's limit of {limit} positions "
+                        f"({teacher}); give {limit} or less")
+
+
 def check_student_length(max_length: int, limit: int, given: bool, student: str) -> None:
     """A student model with fewer positions than the length distillation tokenises to is refused."""
     if max_length > limit:
@@ -307,10 +314,7 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
     max_length = cfg.max_length or info.max_length
     # as fit checks it: past the position embeddings a long row crashes the teacher mid-run, and
     # metakd_student.json would hand export / eval a length no model here can take
-    limit = position_limit(str(teacher_dir))
-    if max_length > limit:
-        raise UserError(f"--max-length {max_length} is above the teacher's limit of {limit} positions "
-                        f"({info.base_model}); give {limit} or less")
+    check_teacher_length(max_length, position_limit(str(teacher_dir)), info.base_model)
     teacher, teacher_heads = _load_teacher(teacher_dir)
     teacher_head, extra = load_head(teacher_dir, teacher.config.hidden_size, len(info.domains))
     teacher_head.eval()

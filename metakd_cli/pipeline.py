@@ -155,15 +155,13 @@ def _check_student(recipe: Recipe) -> None:
     """distill's length against the teacher's and the student's positions, and the student's
     weights (safetensors), which distill checks only once the teacher is fitted (fit checks its
     own length against the teacher before training)."""
-    from metakd_cli.distill import check_student_length
+    from metakd_cli.distill import check_student_length, check_teacher_length
     from metakd_cli.models import no_safetensors_advice, position_limit, resolve_model, safe_weights_known_missing
 
     fit, distill = recipe.fit, recipe.distill
     if distill.max_length is not None:
-        limit = position_limit(resolve_model(fit.teacher), fit.trust_remote_code)
-        if distill.max_length > limit:
-            raise UserError(f"--max-length {distill.max_length} is above the teacher's limit of {limit} positions "
-                            f"({fit.teacher}); give {limit} or less")
+        check_teacher_length(distill.max_length, position_limit(resolve_model(fit.teacher), fit.trust_remote_code),
+                             fit.teacher)
     source = distill.student_init if distill.student == "tinybert4" else distill.student
     if distill.student == "tiny" or source in (None, "random"):  # the teacher's own positions
         return

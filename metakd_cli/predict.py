@@ -56,10 +56,9 @@ def _data(run) -> dict:
     return run.load().data if run.exists() else {}
 
 
-def pair_trained(run) -> bool | None:
-    """Whether the run's model learnt from text pairs; None when the run does not say (made before
-    metakd recorded it, and not MNLI)."""
-    data = _data(run)
+def pair_trained(data: dict) -> bool | None:
+    """Whether the run whose manifest ``data`` this is learnt from text pairs; None when it does not
+    say (made before metakd recorded it, and not MNLI)."""
     if "text_pairs" in data:
         return bool(data["text_pairs"])
     return True if data.get("layout") == "mnli" else None
@@ -69,8 +68,9 @@ def file_inputs(path: Path, run, text_column: str | None = None,
                 text_pair_column: str | None = None) -> tuple[list[str], list[str | None]]:
     """The texts (and second texts) of ``path`` for ``run``'s model: its columns are the run's
     unless named; a model of single texts reads no pairs unless a pair column is named."""
-    columns = _data(run).get("config", {})
-    trained = pair_trained(run)
+    data = _data(run)
+    columns = data.get("config", {})
+    trained = pair_trained(data)
     pair_column = text_pair_column
     if pair_column is None and trained is not False:
         pair_column = columns.get("text_pair_column", "text_pair")
@@ -123,7 +123,7 @@ def predict(cfg: PredictConfig, run, log: Callable[[str], None] = lambda _: None
     if not Path(run.path).is_dir():
         raise UserError(f"run folder {run.path} does not exist; point --run-dir / METAKD_RUN_DIR at a run")
     warnings = []
-    trained_on_pairs = pair_trained(run)
+    trained_on_pairs = pair_trained(_data(run))
     if trained_on_pairs and all(p is None for p in pairs):
         raise UserError(
             f"{run.path}: the model was trained on text pairs (a second text per row, as MNLI's sentence2); give "
