@@ -20,13 +20,34 @@ COMMANDS = {
     "predict": ("metakd_cli.commands.predict", "predict"),
     "run": ("metakd_cli.commands.run", "run"),
     "recipes": ("metakd_cli.commands.recipes", "recipes"),
+    "report": ("metakd_cli.commands.report", "report"),
 }
+
+
+RUN_FOLDER_COMMANDS = ("fit", "distill", "export", "eval", "predict", "run", "report")  # they accept --run-dir after them too
 
 
 @dataclass
 class Context:
     run_dir: Path
     quiet: bool
+
+
+def _set_run_dir(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    if value is not None and ctx.find_object(Context) is not None:
+        ctx.find_object(Context).run_dir = value  # after the command wins over before it and METAKD_RUN_DIR
+
+
+def _run_dir_after_the_command() -> click.Option:
+    """`metakd fit DATA --run-dir X` as well as `metakd --run-dir X fit DATA`."""
+    return click.Option(
+        ["--run-dir"],
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        expose_value=False,
+        callback=_set_run_dir,
+        help="Run folder, as `metakd --run-dir` (this one wins) [env METAKD_RUN_DIR, else ./metakd-run].",
+    )
 
 
 class MetakdGroup(click.Group):
@@ -41,7 +62,10 @@ class MetakdGroup(click.Group):
         import importlib
 
         module, attr = COMMANDS[name]
-        return getattr(importlib.import_module(module), attr)
+        command = getattr(importlib.import_module(module), attr)
+        if name in RUN_FOLDER_COMMANDS and not any(p.name == "run_dir" for p in command.params):
+            command.params.append(_run_dir_after_the_command())
+        return command
 
     def invoke(self, ctx: click.Context):
         from metakd_cli import console
@@ -52,8 +76,60 @@ class MetakdGroup(click.Group):
             console.error(str(exc))
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            console.error("interrupted; nothing half-written was kept (use --resume where the command offers it)")
+            console.error(interrupted(ctx.invoked_subcommand, ctx.find_object(Context)))
             sys.exit(130)
+
+
+RESUMABLE = {"fit": ("fit-",), "distill": ("distill-",), "run": ("fit-", "distill-")}  # their checkpoints
+
+
+def interrupted(command: str | None, obj: Context | None) -> str:
+    """What Ctrl-C left behind: the training checkpoint it saved and the command that continues from it,
+    or that nothing changed (every artifact and metrics file is written whole or not at all)."""
+    if command not in RESUMABLE or obj is None:
+        return "interrupted; nothing was changed (files are written whole or not at all)"
+    saved = _latest_checkpoint(obj.run_dir / "checkpoints", RESUMABLE[command])
+    if saved is None:
+        if command == "run":
+            return ("interrupted; the steps that had finished are kept (the run folder's manifest records them), "
+                    f"and the same command skips them: {_command_line(resume=False)}")
+        return ("interrupted before any training state was saved; nothing was changed, so run the same command "
+                "again to start over")
+    folder, done = saved
+    return f"interrupted; training state saved in {folder} ({done}); continue with: {_command_line(resume=True)}"
+
+
+def _latest_checkpoint(folder: Path, prefixes: tuple[str, ...]) -> tuple[Path, str] | None:
+    """The most recently saved checkpoint of those phases, and how far it got."""
+    import json
+
+    found = [loop for prefix in prefixes for pattern in (f"{prefix}*/loop.json", f".{prefix}*.old/loop.json")
+             for loop in folder.glob(pattern)]
+    if not found:
+        return None
+    latest = max(found, key=lambda p: p.stat().st_mtime)
+    try:
+        loop = json.loads(latest.read_text(encoding="utf-8"))
+        epochs, steps = int(loop["epoch"]), int(loop["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return latest.parent, "how far it got is unreadable"
+    if steps:
+        done = f"stopped in epoch {epochs + 1} after {steps} step{'' if steps == 1 else 's'}"
+    else:
+        done = f"{epochs} epoch{'' if epochs == 1 else 's'} done" if epochs else "no step trained yet"
+    return latest.parent, done
+
+
+def _command_line(resume: bool) -> str:
+    """The command as it was typed, with --resume added when asked."""
+    import shlex
+
+    args = sys.argv[1:]
+    if resume and "--resume" not in args:
+        args = [*args, "--resume"]
+    program = Path(sys.argv[0]).name if sys.argv else "metakd"
+    prefix = [sys.executable, "-m", "metakd_cli"] if program in ("__main__.py", "-m", "-c", "") else ["metakd"]
+    return shlex.join([*prefix, *args])
 
 
 @click.group(cls=MetakdGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -78,8 +154,10 @@ def cli(ctx: click.Context, run_dir: Path, quiet: bool) -> None:
       metakd eval --domain kitchen   per-domain accuracy: teacher vs student vs int8
     """
     from metakd_cli import console
+    from metakd_cli.processes import check_command, is_main
 
-    console.settings.quiet = quiet
+    check_command(ctx.invoked_subcommand)  # under a multi-process launch: only fit and distill
+    console.settings.quiet = quiet or not is_main()  # several processes: the main one speaks for all
     ctx.obj = Context(run_dir=run_dir, quiet=quiet)
 
 

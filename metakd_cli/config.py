@@ -58,13 +58,14 @@ class FitConfig:
     max_length: int = 128
     seed: int = 42
     trust_remote_code: bool = False
+    mixed_precision: str | None = None  # no | bf16 | fp16 (GPU only); None: the launcher's setting, else no
 
 
 @dataclass
 class DistillConfig:
     """`metakd distill`: meta-distillation and the TinyBERT-KD / KD / MTN-KD baselines."""
 
-    student: str = "tiny"  # tiny | tinybert4 | a model folder or hub id
+    student: str = "tiny"  # tiny | minilm4 | tinybert4 | a model folder or hub id
     student_init: str | None = None  # for tinybert4: a folder, hub id, or "random"
     method: str = "meta"  # meta | tinybert | kd | mtn
     domain: str | None = None
@@ -82,6 +83,7 @@ class DistillConfig:
     trust_remote_code: bool = False
     trim_vocab: bool = False  # save the student with only the word pieces its training texts use
     keep_top: int = 0  # with trim_vocab, also keep this many other pieces (by vocabulary rank)
+    mixed_precision: str | None = None  # no | bf16 | fp16 (GPU only); None: the launcher's setting, else no
 
 
 DEFAULT_OPSET = 18  # optimum's minimum recommended opset for BERT; ORT Mobile 1.15+ runs it
@@ -97,6 +99,14 @@ class ExportConfig:
     ort: bool = False  # also write model.ort for ONNX Runtime Mobile
     opset: int = DEFAULT_OPSET
     max_drop: float = 1.0  # accuracy points int8 may lose against fp32 ONNX on dev (average over domains)
+    # static: activation scales fixed by calibration on training texts, so a text gets one answer whatever its
+    # batch; dynamic: scales computed per batch, padding included (answers move with the neighbours)
+    int8_mode: str = "static"  # static | dynamic
+    # static int8 activation ranges: minmax | percentile | entropy. percentile (99.999th of |x|) kept the best dev
+    # accuracy of the static variants on a small Amazon run's teacher and student (bench/int8_static.py)
+    calibration: str = "percentile"
+    calibration_rows: int = 256  # seeded sample of training texts, fed one at a time (no padding in the ranges)
+    static_format: str = "qdq"  # static int8 graph: qdq (QuantizeLinear/DequantizeLinear pairs) | qoperator
     atol: float = 1e-4  # max |fp32 ONNX logit - PyTorch logit|
     check_rows: int = 64  # dev rows for the logits check
     per_channel: bool = True  # int8 weight scale per output column: +0.67 test points on Amazon (3 seeds), ~5% slower
@@ -231,7 +241,7 @@ def load_recipe(path: Path | str | None) -> Recipe:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path}: not valid YAML{_yaml_where(exc)}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a recipe is a mapping of sections ({', '.join(SECTIONS)})")
     for section, values in raw.items():
@@ -243,6 +253,15 @@ def load_recipe(path: Path | str | None) -> Recipe:
             raise UserError(f"{path}: section '{section}' must be a mapping of keys to values")
         apply_values(getattr(recipe, section), values, f"{path} [{section}]")
     return recipe
+
+
+def _yaml_where(exc: Exception) -> str:
+    """Where a YAML error is, as " at line L, column C (what is wrong)": yaml counts from 0, people from 1."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is None:
+        return f" ({what})"
+    return f" at line {mark.line + 1}, column {mark.column + 1} ({what})"
 
 
 def apply_overrides(recipe: Recipe, section: str, flags: dict, sets: tuple[str, ...] = ()) -> None:
@@ -269,3 +288,27 @@ def choice(value: str, valid: typing.Iterable[str], what: str) -> str:
 
 def as_dict(config: object) -> dict:
     return dataclasses.asdict(config)
+
+
+def summary(config: object) -> str:
+    """The settings that differ from the defaults, as ``key=value`` (``section.key=value`` for a whole
+    Recipe), for the one log line a command prints at start; the full config goes to the manifest."""
+    if isinstance(config, Recipe):
+        parts = [f"{name}.{item}" for name in SECTIONS for item in _changed(getattr(config, name))]
+    else:
+        parts = _changed(config)
+    return " ".join(parts) + ", the rest default" if parts else "all defaults"
+
+
+def _changed(config: object) -> list[str]:
+    defaults = type(config)()
+    return [f"{f.name}={_shown(getattr(config, f.name))}" for f in fields(config)
+            if getattr(config, f.name) != getattr(defaults, f.name)]
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(_shown(v) for v in value)
+    if value is None:
+        return "none"
+    return str(value)

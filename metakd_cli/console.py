@@ -57,11 +57,12 @@ def print_json(obj: object) -> None:
     sys.stdout.flush()
 
 
-def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    """A result table on stdout."""
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]],
+                left: int = 1) -> None:
+    """A result table on stdout: the first ``left`` columns (names, text) left-aligned, the rest (numbers) right."""
     table = Table(title=Text(title, style="table.title"), title_justify="left")
     for i, column in enumerate(columns):
-        table.add_column(Text(column), justify="left" if i == 0 else "right")
+        table.add_column(Text(column), justify="left" if i < left else "right")
     for row in rows:
         table.add_row(*[Text(_cell(v)) for v in row])
     stdout.print(table)
@@ -79,16 +80,19 @@ def _cell(value: object) -> str:
 class TrainingProgress:
     """A progress callback for the library: a rich bar on stderr, or nothing when quiet.
 
-    The library calls ``start(phase, total)``, ``advance(n, **fields)`` and ``stop()``;
-    it never imports rich itself.
+    The library calls ``start(phase, total)``, ``advance(n, **fields)``, ``epoch_end(...)`` and
+    ``stop()``; it never imports rich itself. When stderr is no terminal (a log file, a pipe) a bar
+    would be cut off mid-line, so each epoch ends in one plain line instead.
     """
 
     _progress: Progress | None = None
     _task: int | None = None
     _fields: dict = field(default_factory=dict)
+    _phase: str = ""
 
     def start(self, description: str, total: int, completed: int = 0) -> None:
-        if settings.quiet:
+        self._phase = description
+        if settings.quiet or not stderr.is_terminal:
             return
         self._progress = Progress(
             TextColumn("{task.description}", markup=False),  # a phase name holds a domain name
@@ -107,6 +111,13 @@ class TrainingProgress:
     def advance(self, steps: int = 1, info: str = "") -> None:
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, advance=steps, info=info)
+
+    def epoch_end(self, epoch: int, epochs: int, loss: float, dev_score: float | None,
+                  examples_per_second: float) -> None:
+        """One plain line per epoch (phase, epoch, loss, dev score, ex/s) when stderr is no terminal."""
+        if self._progress is None:
+            dev = f" dev acc {dev_score:.2f}%" if dev_score is not None else ""
+            log(f"{self._phase}: epoch {epoch}/{epochs} loss {loss:.4f}{dev} {examples_per_second:.1f} ex/s")
 
     def stop(self) -> None:
         if self._progress is not None:

@@ -8,6 +8,8 @@ Accepted layouts (DESIGN.md "Data"):
 * a folder with ``train`` / ``dev`` / ``test`` files (domain column), or per-domain
   folders each holding such files: given splits are kept as they are;
 * the Amazon multi-domain sentiment folders ``<domain>/{positive,negative}.review``;
+* Parquet files in the layouts above (``train-00000-of-00002.parquet`` counts as ``train``), and
+  `datasets` save_to_disk folders and hub ids: metakd_cli/arrow_data.py (optional extra ``datasets``);
 * MultiNLI as distributed (``multinli_1.0_train.jsonl`` / ``.txt`` ...): ``genre`` is the
   domain, ``sentence1`` / ``sentence2`` the pair, ``gold_label`` the label; rows whose gold
   label is ``-`` (no majority among the annotators) are skipped and counted. A folder holding
@@ -39,7 +41,9 @@ from metakd_cli.errors import UserError
 
 SPLITS = ("train", "dev", "test")
 SPLIT_ALIASES = {"train": "train", "dev": "dev", "validation": "dev", "valid": "dev", "val": "dev", "test": "test"}
-TABLE_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+TABLE_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+ROW_KINDS = ("parquet", "arrow")  # read by row number (metakd_cli/arrow_data.py), not by line
+SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$")  # datasets' shards: train-00000-of-00002.parquet
 MNLI_SUFFIXES = (".jsonl", ".txt")  # in order of preference when both forms ship
 MNLI_SPLIT_FILES = {"train": "train", "test": "dev_matched"}  # our split -> the file's part name
 MNLI_COLUMNS = ("sentence1", "sentence2", "gold_label", "genre")
@@ -181,7 +185,12 @@ def _json_record(path: Path, number: int, line: str) -> dict:
 
 
 def _records(path: Path, kind: str) -> Iterable[tuple[int, dict]]:
-    """(line number, row mapping) for each record of a JSONL / CSV / TSV file."""
+    """(line number, row mapping) for each record of a JSONL / CSV / TSV file (row number: Parquet)."""
+    if kind == "parquet":
+        from metakd_cli.arrow_data import parquet_records
+
+        yield from parquet_records(path)
+        return
     text = _read_text(path)
     if kind == "jsonl":
         for number, line in enumerate(text.splitlines(), start=1):
@@ -295,13 +304,20 @@ def read_table(path: Path, cfg: DataConfig, domain: str | None = None) -> list[E
     """Rows of one JSONL / CSV / TSV file; ``domain`` overrides the domain column."""
     kind = TABLE_SUFFIXES.get(path.suffix.lower())
     if kind is None:
-        raise UserError(f"{path}: unknown file type (expected .jsonl, .csv or .tsv)")
+        raise UserError(f"{path}: unknown file type (expected .jsonl, .csv, .tsv or .parquet)")
+    return read_records(path, kind, _records(path, kind), cfg, domain)
+
+
+def read_records(path: Path | str, kind: str, records: Iterable[tuple[int, dict]], cfg: DataConfig,
+                 domain: str | None = None) -> list[Example]:
+    """Rows of one source's (number, mapping) records, checked column by column; ``domain`` overrides the
+    domain column. ``kind`` is the TABLE_SUFFIXES kind, or ``arrow`` for a `datasets` split."""
     rows: list[Example] = []
     spanning: list[tuple[int, dict]] = []  # CSV / TSV rows with a field over several lines
     pair_seen = False
-    for number, record in _records(path, kind):
-        where = f"{path}:{number}"
-        if kind != "jsonl" and any("\n" in value for value in record.values()):
+    for number, record in records:
+        where = f"{path}: row {number}" if kind in ROW_KINDS else f"{path}:{number}"
+        if kind in ("csv", "tsv") and any("\n" in value for value in record.values()):
             spanning.append((number, record))
         pair_seen = pair_seen or cfg.text_pair_column in record
         required = [cfg.text_column, cfg.label_column] + ([] if domain else [cfg.domain_column])
@@ -599,7 +615,12 @@ def carve_dev(rows: list[Example], cfg: DataConfig) -> tuple[list[Example], list
 
 
 def _split_name(path: Path) -> str | None:
-    return SPLIT_ALIASES.get(path.stem.lower()) if path.suffix.lower() in TABLE_SUFFIXES else None
+    return SPLIT_ALIASES.get(table_stem(path).lower()) if path.suffix.lower() in TABLE_SUFFIXES else None
+
+
+def table_stem(path: Path) -> str:
+    """A file's stem without a `datasets` shard suffix: ``train-00000-of-00002.parquet`` -> ``train``."""
+    return SHARD_SUFFIX.sub("", path.stem)
 
 
 def _tables(folder: Path) -> list[Path]:
@@ -613,6 +634,9 @@ def _read_split_folder(folder: Path, cfg: DataConfig, domain: str | None) -> dic
         if name is not None:
             splits[name].extend(read_table(path, cfg, domain))
     for split in SPLITS:
+        if split == "dev" and domain is None and not splits[split] and any(
+                p.suffix.lower() == ".parquet" for p in _tables(folder)):
+            continue  # `datasets` Parquet folders often have no validation split: load_dataset carves dev from train
         if not splits[split]:
             raise UserError(f"{folder}: given splits need train, dev and test files; '{split}' is missing or empty")
     return splits
@@ -625,13 +649,20 @@ def read_rows(cfg: DataConfig) -> tuple[str, dict[str, list[Example]] | list[Exa
         raise UserError("no data path given")
     path = Path(resolve_data_path(cfg.path)).expanduser()
     if not path.exists():
-        raise UserError(f"{path}: no such file or folder")
+        from metakd_cli.arrow_data import read_hub_dataset
+
+        return read_hub_dataset(cfg.path, cfg)  # a `datasets` hub id, or "no such file or folder"
     if path.is_file():
         if is_mnli_file(path):
             return ("mnli-file", *read_mnli_file(path))
         return "table", read_table(path, cfg), Counter()
     if any(is_mnli_file(p) for p in path.iterdir() if p.is_file()):
         return ("mnli", *_read_mnli_folder(path))
+    from metakd_cli.arrow_data import read_arrow_folder
+
+    arrow = read_arrow_folder(path, cfg)  # a `datasets` save_to_disk folder, or <split>/*.parquet folders
+    if arrow is not None:
+        return arrow
     layout, rows = _read_layout(path, cfg)
     return layout, rows, Counter()
 
@@ -661,10 +692,10 @@ def _read_layout(path: Path, cfg: DataConfig) -> tuple[str, dict[str, list[Examp
     if tables:
         rows = []
         for table in tables:
-            rows.extend(read_table(table, cfg, table.stem))
+            rows.extend(read_table(table, cfg, table_stem(table)))
         return "file-per-domain", rows
     raise UserError(
-        f"{path}: no data found (expected .jsonl/.csv/.tsv files, train/dev/test files, "
+        f"{path}: no data found (expected .jsonl/.csv/.tsv/.parquet files, train/dev/test files, "
         "or Amazon <domain>/positive.review folders)"
     )
 
@@ -804,6 +835,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         splits = rows
         if layout == "mnli":
             _check_test_genres(splits, cfg.path)
+        if layout == "mnli" or not splits["dev"]:  # MNLI; a `datasets` DatasetDict without a validation split
             splits["train"], splits["dev"] = carve_dev(splits["train"], cfg)
         if cfg.limit_per_domain is not None:
             splits = {s: _limit(splits[s], cfg, _domain_sizes(splits)) for s in SPLITS}
@@ -815,7 +847,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     labels = _check_labels(splits)
     domains = sorted({row.domain for split in SPLITS for row in splits[split]})
     return Dataset(
-        source=str(Path(resolve_data_path(cfg.path)).expanduser().resolve()),
+        source=cfg.path if layout.startswith("hub") else str(Path(resolve_data_path(cfg.path)).expanduser().resolve()),
         layout=layout,
         labels=labels,
         domains=domains,
@@ -940,3 +972,15 @@ def collate(encoded: Encoded, indices: Sequence[int], pad_id: int) -> dict:
     batch["domains"] = torch.tensor([encoded.domains[i] for i in indices], dtype=torch.long)
     batch["index"] = torch.tensor(list(indices), dtype=torch.long)
     return batch
+
+
+def batch_rows(
+    values: "torch.Tensor", index: "torch.Tensor", device: "torch.device | str | None" = None
+) -> "torch.Tensor":
+    """``values[index]`` on the batch's device: the batch's rows of a per-row tensor (t, lambda,
+    soft labels) that stays where it was computed (the CPU) while batches move to a GPU.
+
+    values: [N, ...]; index: [B], a batch's ``index`` on any device; device: where the
+    batch lives (default: the index's). Returns [B, ...] on ``device``.
+    """
+    return values[index.to(values.device)].to(index.device if device is None else device)

@@ -2,12 +2,16 @@
 
 Stage 1 (intermediate), per example x with weight lambda(x):
     lambda(x) * [ sum_j MSE(W h_s^j, h_t^m(j)) + sum_j MSE(A_s^j, A_t^m(j)) + gamma * MSE(z_t, W z_s) ]
-    lambda(x) = (1 + t(x)) / (exp((1 - p_t(gold | x))^2) + 1)      (meta)
+    lambda(x) = (1 + max(t(x), 0)) / (exp((1 - p_t(gold | x))^2) + 1)      (meta)
     lambda = 1 and no gamma term                                     (tinybert)
+    A: pre-softmax attention scores QK^T / sqrt(d) + mask (metakd_cli.attention), as TinyBERT.
 Stage 2 (prediction): soft cross-entropy to the teacher's soft labels softmax(z_t / T).
 ``kd`` runs stage 2 only. The teacher is frozen, in eval mode; its logits, p_t(gold) and
 lambda are computed once per run. An mtl teacher's logits for a row come from the head of
-the row's own domain.
+the row's own domain. A student with its own tokenizer whose word pieces align with the
+teacher's (an MPNet teacher, a BERT-vocabulary student) reads its own tokens; stage 1 compares
+the teacher's positions that hold the same tokens, and rows that do not align have no stage-1
+term (metakd_cli.alignment).
 
 ``mtn`` (Multi-teachers -> MTN-KD, Yang et al. 2020) is stage 2 only, from every single-domain
 teacher of a ``--teacher-mode single`` run at once: the soft label of each row is the plain
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,7 +45,8 @@ from torch import nn
 
 from metakd_cli.config import DataConfig, DistillConfig, FitConfig, choice
 from metakd_cli.cpu import cpu_info
-from metakd_cli.data import Dataset, Encoded, collate, encode, fraction_indices, load_dataset
+from metakd_cli.attention import attention_scores, check_attention_heads
+from metakd_cli.data import Dataset, Encoded, batch_rows, collate, encode, fraction_indices, load_dataset
 from metakd_cli.errors import UserError
 from metakd_cli.evaluate import batched_logits, per_domain_accuracy, torch_logits
 from metakd_cli.losses import (
@@ -57,6 +63,7 @@ from metakd_cli.models import (
     DomainClassifiers,
     DomainHead,
     TeacherInfo,
+    check_model_source,
     cut_layers,
     layer_map,
     load_classifier,
@@ -68,14 +75,19 @@ from metakd_cli.models import (
     position_limit,
     resolve_model,
 )
+from metakd_cli.alignment import CrossTokenizer, TokenMap, gather_hidden, gather_scores, teacher_inputs, token_map
+from metakd_cli import processes
+from metakd_cli.packaged import MINILM, is_bigger_than_minilm, minilm4_student
 from metakd_cli.prototypes import compute_prototypes, pool, transferability
-from metakd_cli.run_dir import RunDir, atomic_dir
+from metakd_cli.run_dir import RunDir, atomic_dir, folder_name, folder_names
+from metakd_cli.model_card import write_model_cards
+from metakd_cli.row_weights import save_row_weights
 from metakd_cli.training import PhaseSpec, clear_checkpoints, run_phase
 from metakd_cli.vocab import check_trim_options
 
 METHODS = ("meta", "tinybert", "kd", "mtn")
 LOGIT_ONLY = ("kd", "mtn")  # methods without the intermediate stage
-PRESETS = ("tiny", "tinybert4")
+PRESETS = ("tiny", "tinybert4", "minilm4")
 STUDENT_JSON = "metakd_student.json"
 TINYBERT4 = dict(num_hidden_layers=4, hidden_size=312, num_attention_heads=12, intermediate_size=1200)
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -116,7 +128,11 @@ def validate(cfg: DistillConfig) -> None:
         raise UserError(f"--train-fraction must be above 0 and at most 1, got {cfg.train_fraction}")
     if cfg.max_length is not None and cfg.max_length < 1:  # 0 would silently mean "the teacher's"
         raise UserError(f"--max-length must be at least 1, got {cfg.max_length}")
+    processes.check_settings(cfg.batch_size, cfg.mixed_precision)
     check_trim_options(cfg.trim_vocab, cfg.keep_top)
+    check_model_source(cfg.student, "--student", PRESETS)  # a typo fails now, not after a minute of hub retries
+    if cfg.student == "tinybert4" and cfg.student_init is not None:
+        check_model_source(cfg.student_init, "--student-init", ("random",))
 
 
 def reload_dataset(run: RunDir) -> tuple[DataConfig, Dataset]:
@@ -133,11 +149,28 @@ def reload_dataset(run: RunDir) -> tuple[DataConfig, Dataset]:
     return data_cfg, dataset
 
 
-def build_student(cfg: DistillConfig, teacher, teacher_tokenizer, labels: list[str], warn) -> tuple[nn.Module, str]:
-    """The student and a one-line description of how it was initialised."""
+def build_student(cfg: DistillConfig, teacher, teacher_tokenizer, labels: list[str],
+                  warn) -> tuple[nn.Module, str, "tuple[object, TokenMap] | None"]:
+    """The student, a one-line description of how it was initialised, and, for a student whose tokenizer differs
+    from the teacher's but whose word pieces align, (its tokenizer, how its ids map to the teacher's)."""
+    student_name = cfg.student
+    if cfg.student == "tiny" and is_bigger_than_minilm(teacher.config):
+        student_name = minilm4_or_cut(teacher, teacher_tokenizer, warn)
+    if student_name == "minilm4":
+        student, folder = minilm4_student(labels)
+        student_tokenizer = load_tokenizer(folder)
+        how = ("minilm4: the packaged all-MiniLM-L6-v2's embeddings and layers [2, 3, 5, 6] (4 x 384) with a new head"
+               + (f" (tiny with a {teacher.config.num_hidden_layers} x {teacher.config.hidden_size} teacher, bigger "
+                  "than MiniLM-L6)" if cfg.student == "tiny" else ""))
+        if student_tokenizer.get_vocab() == teacher_tokenizer.get_vocab():
+            return student, how, None
+        return student, how, (student_tokenizer, token_map(student_tokenizer, teacher_tokenizer, MINILM))
     if cfg.student == "tiny":
         student, kept = cut_layers(teacher, 4)
-        return student, f"tiny: the teacher's embeddings, layers {kept} and classifier"
+        if len(kept) == teacher.config.num_hidden_layers:
+            warn(f"tiny: the teacher has only {len(kept)} layers, so the student keeps all of them and is no "
+                 "smaller than its teacher; use a deeper teacher, or --student tinybert4 for a smaller one")
+        return student, f"tiny: the teacher's embeddings, layers {kept} and classifier", None
     if cfg.student == "tinybert4":
         if cfg.student_init is None:
             raise UserError(
@@ -162,18 +195,32 @@ def build_student(cfg: DistillConfig, teacher, teacher_tokenizer, labels: list[s
                 **TINYBERT4,
             )
             torch.manual_seed(cfg.seed)
-            return BertForSequenceClassification(config), "tinybert4 (4L-312) from random weights"
+            return BertForSequenceClassification(config), "tinybert4 (4L-312) from random weights", None
         name = resolve_model(cfg.student_init)
     else:
         name = resolve_model(cfg.student)
     student_tokenizer = load_tokenizer(name, cfg.trust_remote_code)
-    if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
-        raise UserError(
-            f"student {name} has a different tokenizer vocabulary than the teacher; distillation needs the same "
-            "word pieces (pick a student built on the teacher's tokenizer)"
-        )
+    cross = None
+    if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():  # refused unless the word pieces align
+        cross = (student_tokenizer, token_map(student_tokenizer, teacher_tokenizer, name))
     student = load_classifier(name, labels, "eager", cfg.trust_remote_code)
-    return student, f"{cfg.student} from {name}"
+    return student, f"{cfg.student} from {name}", cross
+
+
+def minilm4_or_cut(teacher, teacher_tokenizer, warn) -> str:
+    """What `tiny` is for a teacher bigger than MiniLM-L6: ``minilm4`` (~19M) when the packaged MiniLM is
+    installed and its word pieces align with the teacher's; else the teacher's own 4-layer cut, said loudly."""
+    try:
+        folder = resolve_model(MINILM)
+        minilm_tokenizer = load_tokenizer(folder)
+        if minilm_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
+            token_map(minilm_tokenizer, teacher_tokenizer, MINILM)
+        return "minilm4"
+    except UserError as exc:
+        size = teacher.config.num_hidden_layers, teacher.config.hidden_size
+        warn(f"tiny: the teacher ({size[0]} x {size[1]}) is bigger than MiniLM-L6, but the ~19M minilm4 student "
+             f"cannot be used ({str(exc).split(':')[0]}); tiny is the teacher's own 4-layer cut, at its width")
+        return "tiny"
 
 
 def check_teacher_length(max_length: int, limit: int, teacher: str) -> None:
@@ -201,8 +248,9 @@ def _teacher_folders(run: RunDir, info: TeacherInfo, cfg: DistillConfig) -> tupl
     if cfg.teacher_domain is not None and cfg.teacher_domain not in info.domains:
         raise UserError(f"--teacher-domain: unknown domain '{cfg.teacher_domain}' (known domains: "
                         f"{', '.join(info.domains)})")
+    paths = {d: run.teacher / folder for d, folder in folder_names(info.domains).items()}
     if cfg.method == "mtn":
-        folders = {d: run.teacher / d for d in info.domains if (run.teacher / d / "config.json").is_file()}
+        folders = {d: path for d, path in paths.items() if (path / "config.json").is_file()}
         if not folders:
             raise UserError(f"{run.teacher}: no single-domain teacher folders; re-run `metakd fit --teacher-mode single`")
         if cfg.teacher_domain is not None and cfg.teacher_domain not in folders:
@@ -213,12 +261,12 @@ def _teacher_folders(run: RunDir, info: TeacherInfo, cfg: DistillConfig) -> tupl
     if info.mode != "single":
         return run.teacher, [run.teacher]
     name = cfg.teacher_domain or cfg.domain
-    if not (run.teacher / name / "config.json").is_file():
+    if not (paths[name] / "config.json").is_file():
         raise UserError(
-            f"no single-domain teacher for '{name}': {run.teacher / name} is missing; distil from another domain's "
+            f"no single-domain teacher for '{name}': {paths[name]} is missing; distil from another domain's "
             "teacher with --teacher-domain, or from all of them with --method mtn"
         )
-    return run.teacher / name, [run.teacher / name]
+    return paths[name], [paths[name]]
 
 
 def check_teacher(cfg: DistillConfig, mode: str, held_out: str | None, domains: list[str] | None = None) -> None:
@@ -249,23 +297,35 @@ def check_teacher(cfg: DistillConfig, mode: str, held_out: str | None, domains: 
         )
 
 
-def _load_teacher(folder: Path):
-    """A frozen teacher in eval mode (eager attention, for the attention maps) and its mtl heads, if any."""
+def _load_teacher(folder: Path, device=None):
+    """A frozen teacher in eval mode (eager attention, for the attention maps) and its mtl heads, if any, on
+    ``device`` (default: where it loads)."""
     teacher = load_classifier(str(folder), None, "eager")
+    if device is not None:
+        teacher.to(device)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     from metakd_cli.models import load_domain_classifiers
 
     heads = load_domain_classifiers(folder)
+    if heads is not None and device is not None:
+        heads.to(device)
     return teacher, heads
 
 
 def teacher_logits_of(teacher, heads: DomainClassifiers | None, encoded: Encoded, pad_id: int) -> torch.Tensor:
-    """The teacher's logits [N, C]; an mtl teacher's through each row's own domain head."""
+    """The teacher's logits [N, C]; an mtl teacher's through each row's own domain head.
+
+    Several processes: each computes its share of the rows, and every process gets them all.
+    """
+    from metakd_cli.fit import _rows
+
     if heads is not None:
-        return torch.from_numpy(batched_logits(encoded, pad_id, 64, mtl_forward(teacher, heads)))
-    return torch.from_numpy(torch_logits(teacher, encoded, pad_id))
+        return torch.from_numpy(processes.gather_rows(len(encoded), lambda rows: batched_logits(
+            _rows(encoded, rows), pad_id, 64, mtl_forward(teacher, heads))))
+    return torch.from_numpy(processes.gather_rows(
+        len(encoded), lambda rows: torch_logits(teacher, _rows(encoded, rows), pad_id)))
 
 
 def missing_scores(rows: Encoded, run: RunDir, prototypes: torch.Tensor, n_labels: int, pad_id: int) -> torch.Tensor:
@@ -277,7 +337,7 @@ def missing_scores(rows: Encoded, run: RunDir, prototypes: torch.Tensor, n_label
     fit_step = run.load().steps["fit"]
     known = FitConfig.__dataclass_fields__
     fit_cfg = FitConfig(**{k: v for k, v in fit_step["config"].items() if k in known})
-    encoder = load_encoder(fit_step["model_path"], fit_cfg.trust_remote_code)
+    encoder = load_encoder(fit_step["model_path"], fit_cfg.trust_remote_code).to(processes.device())
     from metakd_cli.fit import encode_representations
 
     reps = encode_representations(encoder, rows, pad_id, fit_cfg.pooling)
@@ -296,9 +356,21 @@ def missing_scores(rows: Encoded, run: RunDir, prototypes: torch.Tensor, n_label
 
 
 def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None, log=print, warn=print) -> DistillResult:
-    """Distil the run's teacher into a student and write student/, metrics and the manifest."""
+    """Distil the run's teacher into a student and write student/, metrics and the manifest, holding the
+    run folder's lock. Under several processes every one trains and only the main one locks and writes."""
     validate(cfg)
+    if not processes.is_main():  # the main process says it all once, and writes
+        progress, log, warn = None, lambda _: None, lambda _: None
+    log(processes.describe(cfg.mixed_precision))
+    with run.lock("distill", log) if processes.is_main() else nullcontext():
+        result = _distill(cfg, run, resume, progress, log, warn)
+    processes.wait()  # no process leaves before the run folder is written
+    return result
+
+
+def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn) -> DistillResult:
     started = time.perf_counter()
+    fit_id = run.step_id("fit")  # the teacher this student is built from: read now, recorded at the end
     _, dataset = reload_dataset(run)
     info = TeacherInfo.load(run.teacher)
     domain_id = None
@@ -306,18 +378,19 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
         dataset.check_domains([cfg.domain], "--domain")
         domain_id = dataset.domain_id(cfg.domain)
     teacher_dir, teacher_dirs = _teacher_folders(run, info, cfg)
+    domain_of = {run.teacher / folder: d for d, folder in folder_names(info.domains).items()}  # single teachers
     if cfg.method == "mtn":
-        log(f"mtn: learning from the teachers of {', '.join(d.name for d in teacher_dirs)}; the student's "
-            f"tokenizer and {cfg.student} layers come from {teacher_dir.name}'s")
+        log(f"mtn: learning from the teachers of {', '.join(domain_of[d] for d in teacher_dirs)}; the student's "
+            f"tokenizer and {cfg.student} layers come from {domain_of[teacher_dir]}'s")
     tokenizer = load_tokenizer(str(teacher_dir))
     pad_id = tokenizer.pad_token_id or 0
     max_length = cfg.max_length or info.max_length
     # as fit checks it: past the position embeddings a long row crashes the teacher mid-run, and
     # metakd_student.json would hand export / eval a length no model here can take
     check_teacher_length(max_length, position_limit(str(teacher_dir)), info.base_model)
-    teacher, teacher_heads = _load_teacher(teacher_dir)
+    teacher, teacher_heads = _load_teacher(teacher_dir, processes.device())
     teacher_head, extra = load_head(teacher_dir, teacher.config.hidden_size, len(info.domains))
-    teacher_head.eval()
+    teacher_head.to(processes.device()).eval()
     for p in teacher_head.parameters():
         p.requires_grad_(False)
 
@@ -345,7 +418,7 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
     if cfg.method == "mtn":
         every_train, every_test, teacher_parameters = [], [], 0
         for folder in teacher_dirs:  # one teacher in memory at a time, besides the one kept for `tiny`
-            model, heads = (teacher, teacher_heads) if folder == teacher_dir else _load_teacher(folder)
+            model, heads = (teacher, teacher_heads) if folder == teacher_dir else _load_teacher(folder, processes.device())
             every_train.append(teacher_logits_of(model, heads, train, pad_id))
             every_test.append(teacher_logits_of(model, heads, test, pad_id))
             teacher_parameters += sum(p.numel() for p in model.parameters())
@@ -363,7 +436,21 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
     lam = expertise_weight(t, p_gold) if cfg.method == "meta" else torch.ones(len(train))
     cache_seconds = time.perf_counter() - cache_started
 
-    student, how = build_student(cfg, teacher, tokenizer, dataset.labels, warn)
+    student, how, student_tokens = build_student(cfg, teacher, tokenizer, dataset.labels, warn)
+    cross = None
+    if student_tokens is not None:  # the student reads its own tokens (and ships its tokenizer); see alignment.py
+        tokenizer, tokens = student_tokens
+        student_train = encode(dataset.train, dataset, tokenizer, max_length).subset(keep)
+        cross = CrossTokenizer.build(tokenizer, tokens, student_train, train, pad_id)
+        train, pad_id = student_train, cross.pad_id
+        dev = encode(dataset.dev, dataset, tokenizer, max_length).subset(dev_all.rows_of(domain_id))
+        test = encode(dataset.test, dataset, tokenizer, max_length).subset(test_all.rows_of(domain_id))
+        aligned = cross.summary()
+        log(f"cross-tokenizer: the student reads its own tokens; {aligned['aligned']:,} of {aligned['rows']:,} "
+            f"training rows align with the teacher's position by position"
+            + (" (pairs: the teacher's extra </s> dropped)" if dataset.has_pairs else "")
+            + (f", {aligned['not_aligned']:,} do not and learn from the logit terms only" if aligned["not_aligned"]
+               else ""))
     check_student_length(max_length, model_max_length(student.config), cfg.max_length is not None, how)
     log(f"student {how}; method {cfg.method}; {len(train):,} training rows"
         + (f" of domain {cfg.domain}" if cfg.domain else ""))
@@ -372,6 +459,8 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
     teacher_layers = teacher.config.num_hidden_layers
     student_layers = student.config.num_hidden_layers
     mapping = layer_map(student_layers, teacher_layers)
+    if cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs > 0:
+        check_attention_heads(student, teacher)  # attention scores are compared head by head
     torch.manual_seed(cfg.seed)
     student_head = DomainHead(student.config.hidden_size, len(info.domains))
     projection = (
@@ -385,56 +474,79 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
     use_gamma = cfg.method == "meta" and cfg.gamma > 0
 
     def make_batch(indices: list[int]) -> dict:
-        return collate(train, indices, pad_id)
+        batch = collate(train, indices, pad_id)
+        if cross is not None:  # the teacher's own tokens of these rows, and where they sit in the student's
+            batch.update(cross.teacher_batch(indices, batch["input_ids"].shape[1]))
+        return batch
 
     def intermediate_step(batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
         mask = batch["attention_mask"]
-        with torch.no_grad():
-            t_out = teacher(**inputs, output_hidden_states=True, output_attentions=True)
-        s_out = parts["student"](**inputs, output_hidden_states=True, output_attentions=True)
+        if teacher.device != mask.device:  # the frozen teacher is not accelerate's to move: it follows the batch
+            teacher.to(mask.device)
+            teacher_head.to(mask.device)
+        # pre-softmax attention scores (transformers returns only probabilities), of the mapped layers only
+        t_inputs = teacher_inputs(batch) if cross is not None else inputs
+        with torch.no_grad(), attention_scores(teacher, [m - 1 for m in mapping[1:]]) as teacher_scores:
+            t_out = teacher(**t_inputs, output_hidden_states=True)
+        with attention_scores(parts["student"], list(range(student_layers))) as student_scores:
+            s_out = parts["student"](**inputs, output_hidden_states=True)
+        teacher_hidden = [t_out.hidden_states[m] for m in mapping]
+        if cross is not None:  # the teacher's positions that hold the student's tokens, in the student's order
+            teacher_hidden = [gather_hidden(h, batch["teacher_positions"]) for h in teacher_hidden]
+            teacher_scores = [gather_scores(s, batch["teacher_positions"]) for s in teacher_scores]
         hidden = hidden_mse(
-            list(s_out.hidden_states), [t_out.hidden_states[m] for m in mapping], mask, parts["projection"] if projection is not None else None
+            list(s_out.hidden_states), teacher_hidden, mask, parts["projection"] if projection is not None else None
         )
-        attention = attention_mse(list(s_out.attentions), [t_out.attentions[m - 1] for m in mapping[1:]], mask)
+        attention = attention_mse(student_scores, teacher_scores, mask)
+        if cross is not None:  # a row whose tokens do not align has no stage-1 term (it learns from the logits)
+            hidden, attention = hidden * batch["aligned"], attention * batch["aligned"]
         per_example = hidden + attention
         terms = {"hidden": hidden.mean(), "attention": attention.mean()}
         if use_gamma:
             with torch.no_grad():
-                z_t = teacher_head.features(pool(t_out.hidden_states[-1], mask, "mean"), batch["domains"])
+                z_t = teacher_head.features(pool(t_out.hidden_states[-1], t_inputs["attention_mask"], "mean"),
+                                            batch["domains"])
             z_s = parts["head"].features(pool(s_out.hidden_states[-1], mask, "mean"), batch["domains"])
             domain = domain_feature_mse(z_s, z_t, parts["projection"] if projection is not None else None)
+            if cross is not None:
+                domain = domain * batch["aligned"]
             per_example = per_example + cfg.gamma * domain
             terms["domain"] = domain.mean()
         # weight whole examples (each reduced to one number first), then average the batch
-        terms["loss"] = example_weighted(per_example, lam[batch["index"]])
+        terms["loss"] = example_weighted(per_example, batch_rows(lam, batch["index"]))
         return terms
 
     def prediction_step(batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
         logits = parts["student"](**inputs).logits
-        loss = soft_target_cross_entropy(logits, targets[batch["index"]], cfg.temperature).mean()
+        loss = soft_target_cross_entropy(logits, batch_rows(targets, batch["index"]), cfg.temperature).mean()
         return {"loss": loss}
 
+    def student_logits(encoded: Encoded) -> np.ndarray:  # several processes: each its share, gathered in row order
+        from metakd_cli.fit import _rows
+
+        return processes.gather_rows(len(encoded), lambda rows: torch_logits(student, _rows(encoded, rows), pad_id))
+
     def dev_accuracy() -> float:
-        predictions = torch_logits(student, dev, pad_id).argmax(-1)
+        predictions = student_logits(dev).argmax(-1)
         return float((predictions == np.asarray(dev.labels)).mean() * 100)
 
     signature = json.dumps([asdict(cfg), dataset.fingerprint(), info.mode], sort_keys=True)
     signature_names = ("settings", "data fingerprint", "teacher mode")
     intermediate_lr, lr = learning_rates(cfg)
     stages = {}
-    suffix = f"-{cfg.domain}" if cfg.domain else ""
+    suffix = f"-{folder_name(cfg.domain, dataset.domains)}" if cfg.domain else ""  # checkpoint names: escaped
     if cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs > 0:
         spec = PhaseSpec(f"distill-intermediate{suffix}", cfg.intermediate_epochs, cfg.batch_size, intermediate_lr,
                          cfg.seed, constant_lr=True, max_grad_norm=1.0, weight_decay=0.0, signature=signature,
-                         signature_names=signature_names)
+                         signature_names=signature_names, mixed_precision=cfg.mixed_precision)
         phase = run_phase(spec, parts, len(train), make_batch, intermediate_step, None, run.checkpoints,
                           resume, progress, log)
         stages["intermediate"] = {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second,
                                   "history": phase.history}
     spec = PhaseSpec(f"distill-prediction{suffix}", cfg.epochs, cfg.batch_size, lr, cfg.seed, weight_decay=0.01,
-                     signature=signature, signature_names=signature_names)
+                     signature=signature, signature_names=signature_names, mixed_precision=cfg.mixed_precision)
     phase = run_phase(spec, nn.ModuleDict({"student": student}), len(train), make_batch, prediction_step, dev_accuracy,
                       run.checkpoints, resume, progress, log)
     stages["prediction"] = {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second,
@@ -442,8 +554,8 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
 
     # metrics: student vs teacher on the same rows
     domains = dataset.domains
-    student_dev = torch_logits(student, dev, pad_id).argmax(-1)
-    student_test = torch_logits(student, test, pad_id).argmax(-1)
+    student_dev = student_logits(dev).argmax(-1)
+    student_test = student_logits(test).argmax(-1)
     train_rows = {name: train.domains.count(d) for d, name in enumerate(domains) if d in set(train.domains)}
     metrics = {
         "step": "distill",
@@ -451,7 +563,7 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
         "student": how,
         "domain": cfg.domain,
         "teacher_mode": info.mode,
-        "teachers": [folder.name for folder in teacher_dirs] if cfg.method == "mtn" else None,
+        "teachers": [domain_of[folder] for folder in teacher_dirs] if cfg.method == "mtn" else None,
         "held_out": info.held_out,
         "train_fraction": cfg.train_fraction,
         "train_rows": train_rows,
@@ -460,6 +572,7 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
         "teacher_test_accuracy": per_domain_accuracy(teacher_test, test, domains),
         "test_agreement_with_teacher": float((student_test == teacher_test).mean() * 100) if len(test) else None,
         "lambda": {"mean": float(lam.mean()), "min": float(lam.min()), "max": float(lam.max())},
+        **({"alignment": cross.summary()} if cross is not None else {}),  # a student with its own tokenizer
         "teacher_cache_seconds": cache_seconds,
         "learning_rates": {"intermediate": intermediate_lr, "prediction": lr},
         "stages": stages,
@@ -469,7 +582,10 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
         "seconds": time.perf_counter() - started,
         "config": asdict(cfg),
         "command": " ".join(__import__("sys").argv),
+        "processes": processes.world_size(),
     }
+    if not processes.is_main():  # the main process writes the run folder
+        return DistillResult(run_dir=run.path, metrics=metrics, seconds=time.perf_counter() - started)
     with atomic_dir(run.student) as tmp:
         if cfg.trim_vocab:
             metrics["trim"] = _save_trimmed(student, tokenizer, dataset, cfg, tmp, max_length)
@@ -482,7 +598,9 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
     run.write_metrics("distill", metrics)
     run.record_step("distill", {"config": asdict(cfg), "student": str(run.student), "held_out": info.held_out,
                                 "train_fraction": cfg.train_fraction, "train_rows": train_rows,
-                                "fit_id": run.step_id("fit")})
+                                "fit_id": fit_id})
+    save_row_weights(run, keep, t, lam, cfg.method)  # each row's t and lambda, for `metakd report`
+    write_model_cards(run, log)  # student/README.md from the metrics so far
     for finished in run.checkpoints.glob(f"distill-*{suffix}"):
         clear_checkpoints(run.checkpoints, finished.name)
     metrics["seconds"] = time.perf_counter() - started

@@ -23,6 +23,7 @@ from metakd_cli.config import EvalConfig, choice
 from metakd_cli.cpu import cpu_info, target_mismatch
 from metakd_cli.data import Encoded, collate, encode
 from metakd_cli.errors import UserError
+from metakd_cli.run_dir import folder_name, folder_names
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -96,9 +97,10 @@ def torch_forward(model) -> Callable[[dict], np.ndarray]:
     import torch
 
     model.eval()
+    device = next(model.parameters()).device  # batches are built on the CPU; a model may sit on a GPU
 
     def forward(batch: dict) -> np.ndarray:
-        inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+        inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
         with torch.inference_mode():
             return model(**inputs).logits.float().cpu().numpy()
 
@@ -149,7 +151,12 @@ def onnx_session(path: Path):
     """An ONNX Runtime CPU session with default options (intra-op threads left to ORT)."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's load errors (InvalidProtobuf, Fail ...) share no base
+        from metakd_cli.models import damaged_file
+
+        raise damaged_file(Path(path), exc) from None
 
 
 def onnx_forward(session) -> Callable[[dict], np.ndarray]:
@@ -275,7 +282,8 @@ def run_artifacts(run) -> dict[str, Artifact]:
         info = TeacherInfo.load(run.teacher)
         teacher_max = info.max_length
         if info.mode == "single":
-            folders = {d: run.teacher / d for d in info.domains if (run.teacher / d / "config.json").is_file()}
+            folders = {d: run.teacher / folder for d, folder in folder_names(info.domains).items()
+                       if (run.teacher / folder / "config.json").is_file()}
             if folders:
                 first = next(iter(folders.values()))
                 found["teacher"] = Artifact("teacher", "torch", run.teacher, first, info.max_length, folders)
@@ -364,7 +372,7 @@ def _model_logits(
             continue
         if name not in artifact.per_domain:
             raise UserError(
-                f"{artifact.path}: no teacher for domain '{name}' (expected {artifact.path / name}); "
+                f"{artifact.path}: no teacher for domain '{name}' (expected {artifact.path / folder_name(name, dataset.domains)}); "
                 "leave it out with --domain, or give --model student"
             )
         forward = load_forward(artifact, artifact.per_domain[name])
@@ -412,14 +420,19 @@ def evaluate_run(
 
     ``bucketing=False`` scores and times every model on input-order batches padded to its
     max_length instead of length-sorted, dynamically padded ones (same predictions, other speed).
-    Writes ``metrics/eval.json`` and returns the same numbers.
+    Writes ``metrics/eval.json`` and returns the same numbers. Holds the run folder's lock.
     """
+    validate(cfg)
+    with run.lock("eval", log):
+        return _evaluate_run(cfg, run, log)
+
+
+def _evaluate_run(cfg: EvalConfig, run, log: Callable[[str], None]) -> EvalResult:
     bucketing = cfg.bucketing
     import torch
 
     from metakd_cli.distill import reload_dataset
 
-    validate(cfg)
     wanted = list(dict.fromkeys(cfg.models or ["all"]))
     _, dataset = reload_dataset(run)
     domains = dataset.check_domains(cfg.domains, "--domain") if cfg.domains else list(dataset.domains)
@@ -502,5 +515,29 @@ def evaluate_run(
     result = EvalResult(split=cfg.split, domains=domains, rows=len(examples), threads=threads, models=reports,
                         metrics_path=run.metrics / "eval.json", cpu=cpu.to_json(), warnings=warnings,
                         bucketing=bucketing, held_out=run.load().steps["fit"].get("held_out"))
-    run.write_metrics("eval", {"step": "eval", **result.to_json(), "config": asdict(cfg)})
+    record = {"step": "eval", **result.to_json(), "config": asdict(cfg)}
+    run.write_metrics("eval", with_selections(record, _read_json(run.metrics / "eval.json")))
+    from metakd_cli.model_card import write_model_cards  # the cards get eval's test figures, sizes and speed
+    write_model_cards(run, log)
     return result
+
+
+def selection_key(record: dict) -> str:
+    """Which models, domains and split an eval record scored, as a key of eval.json's ``selections``:
+    ``split=test domains=all models=all``, ``split=dev domains=kitchen models=student,int8`` ..."""
+    config = record.get("config") or {}
+    domains = ",".join(record.get("domains") or []) if config.get("domains") else "all"
+    models = ",".join(sorted(set(config.get("models") or ["all"]), key=("all", *MODEL_NAMES).index))
+    key = f"split={record.get('split')} domains={domains} models={models}"
+    return key if record.get("bucketing", True) else f"{key} no-bucketing"
+
+
+def with_selections(record: dict, previous: dict) -> dict:
+    """eval.json: the latest record at the top level (as before), and under ``selections`` the latest record
+    of every selection of models, domains and split, so `eval --domain kitchen` keeps the all-domain record.
+    A file from before ``selections`` existed keeps its one record there too."""
+    selections = dict(previous.get("selections") or {})
+    if previous.get("step") == "eval" and "selections" not in previous and "models" in previous:
+        selections[selection_key(previous)] = previous
+    selections[selection_key(record)] = record
+    return {**record, "selections": selections}

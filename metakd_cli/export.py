@@ -1,10 +1,12 @@
-"""`metakd export`: Optimum ONNX export, dynamic int8 quantization, ORT format, and the checks.
+"""`metakd export`: Optimum ONNX export, int8 quantization (static by default), ORT format, and the checks.
 
 The run's student (or teacher) becomes ``onnx/``, a folder that loads with
 ``ORTModelForSequenceClassification.from_pretrained("metakd-run/onnx")`` and no metakd:
 
     model.onnx                fp32, opset pinned (default 18, the least optimum recommends for BERT)
-    model_quantized.onnx      dynamic int8 (--int8) in the format of the target CPU
+    model_quantized.onnx      int8 (--int8) in the format of the target CPU: static by default (activation
+                              ranges calibrated on a seeded sample of training texts, so a text gets one
+                              answer whatever its batch), or dynamic (--int8-mode dynamic: scales per batch)
     model.ort                 ONNX Runtime Mobile format (--ort; implied by --target arm64)
     required_operators.config the operators model.ort needs, for a reduced-size ORT Mobile build
     config.json, tokenizer files, ort_config.json (quantization settings), metakd_export.json
@@ -18,8 +20,10 @@ real dev rows; a trimmed model predicts what the untrimmed one predicts on every
 whose pieces were all kept; the int8 model's dev accuracy may drop at most ``max_drop``
 points below the fp32 ONNX model's (average over domains) -- when plain int8 does not, the
 known remedies are tried in a fixed order (``INT8_REMEDIES``) and the first that passes is
-kept; model.ort predicts the same label as the ONNX file it came from on every dev row, and
-its opset is one ONNX Runtime Mobile runs. When a check fails nothing replaces onnx/: the
+kept; the int8 probability of each logits-check row alone against the same row in a padded batch
+of 32 is recorded (static int8: no difference; dynamic: differences); model.ort predicts the
+same label as the ONNX file it came from on every dev row, and its opset is one ONNX Runtime
+Mobile runs. When a check fails nothing replaces onnx/: the
 new files are kept in ``onnx.failed/`` and the manifest is not touched.
 """
 
@@ -62,6 +66,9 @@ from metakd_cli.vocab import TrimReport, check_trim_options, trim_vocabulary
 
 MODELS = ("student", "teacher")
 TARGETS = ("auto", "avx2", "avx512_vnni", "arm64")
+INT8_MODES = ("static", "dynamic")
+CALIBRATIONS = ("minmax", "percentile", "entropy")
+STATIC_FORMATS = ("qdq", "qoperator")
 MIN_OPSET = 14  # scaled-dot-product attention and the int8 operators need 14 or later
 # The newest ai.onnx opset ONNX Runtime 1.15 implements (ONNX 1.14): the oldest ORT Mobile
 # release whose Android/iOS packages this export targets (DESIGN.md: "ORT Mobile 1.15+").
@@ -106,6 +113,14 @@ def validate(cfg: ExportConfig) -> None:
                         f"got {cfg.max_drop:g}")
     if cfg.fuse and not cfg.int8:
         raise UserError("--fuse quantizes a fused graph to int8; add --int8 or drop --fuse")
+    choice(cfg.int8_mode, INT8_MODES, "--int8-mode")
+    choice(cfg.calibration, CALIBRATIONS, "--calibration")
+    choice(cfg.static_format, STATIC_FORMATS, "export.static_format")
+    if cfg.calibration_rows < 1:
+        raise UserError(f"export.calibration_rows must be at least 1, got {cfg.calibration_rows}")
+    if cfg.fuse and cfg.int8_mode == "static":
+        raise UserError("--fuse quantizes the fused attention (QAttention), which only dynamic int8 has; "
+                        "add --int8-mode dynamic or drop --fuse")
 
 
 def _source(run: RunDir, cfg: ExportConfig) -> tuple[Path, int, str | None]:
@@ -129,7 +144,14 @@ def _source(run: RunDir, cfg: ExportConfig) -> tuple[Path, int, str | None]:
         raise UserError(f"{run.path}: {stale} before exporting it")
     extra = {}
     if (run.student / "metakd_student.json").is_file():
-        extra = json.loads((run.student / "metakd_student.json").read_text(encoding="utf-8"))
+        from metakd_cli.models import damaged_file
+
+        try:
+            extra = json.loads((run.student / "metakd_student.json").read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise damaged_file(run.student / "metakd_student.json", exc) from None
+        if not isinstance(extra, dict):
+            raise damaged_file(run.student / "metakd_student.json", ValueError("not a JSON object"))
     max_length = extra.get("max_length") or (teacher_info.max_length if teacher_info else 128)
     return run.student, int(max_length), extra.get("domain")
 
@@ -203,13 +225,89 @@ def int8_attempts(target: str, per_channel: bool) -> list[Int8Attempt]:
     return attempts
 
 
-def _quantization_config(target: str, attempt: Int8Attempt, classifier: list[str]):
-    from onnxruntime.quantization import QuantType
+# Static int8 quantizes the weight products and the embedding tables, nothing else: ONNX Runtime's full static
+# list (Add, Where, Softmax, LayerNormalization, ...) also quantizes the attention-mask arithmetic, which moved
+# a tiny test model's probability by 0.96 between a text alone and the same text in a padded batch.
+STATIC_OPERATORS = ("MatMul", "Gather")
+
+
+@dataclass
+class Calibration:
+    """Static int8's activation ranges: measured once per export on training texts, shared by every attempt."""
+
+    method: str  # minmax | percentile | entropy
+    format: str  # qdq | qoperator
+    rows: int  # training texts fed, one at a time
+    seconds: float
+    ranges: object = field(repr=False)  # onnxruntime.quantization.TensorsData
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "format": self.format, "rows": self.rows, "seconds": self.seconds,
+                "operators": list(STATIC_OPERATORS)}
+
+
+def calibration_feeds(path: Path, encoded: Encoded, pad_id: int) -> list[dict[str, np.ndarray]]:
+    """One feed per row, unpadded (batch 1): the ranges see real tokens only, never padding."""
+    import onnx
+
+    from metakd_cli.evaluate import make_batch
+
+    names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+    feeds = []
+    for i in range(len(encoded)):
+        batch = make_batch(encoded, [i], pad_id)
+        feed = {name: batch[name].numpy() for name in names if name in batch}
+        if "token_type_ids" in names and "token_type_ids" not in feed:
+            feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+        feeds.append(feed)
+    return feeds
+
+
+def calibrate(path: Path, feeds: list[dict[str, np.ndarray]], method: str, static_format: str,
+              scratch: Path) -> Calibration:
+    """Activation ranges of the inputs and outputs of ``path``'s STATIC_OPERATORS over ``feeds``
+    (onnxruntime's calibrator, fed one row per call: rows of different lengths cannot share a histogram)."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    class _Feed(CalibrationDataReader):
+        def __init__(self, feed: dict):
+            self._feeds = iter([feed])
+
+        def get_next(self):
+            return next(self._feeds, None)
+
+    started = time.perf_counter()
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        with _quiet_tools():
+            calibrator = create_calibrator(path, list(STATIC_OPERATORS),
+                                           augmented_model_path=str(scratch / "augmented.onnx"),
+                                           calibrate_method=methods[method])
+            for feed in feeds:
+                calibrator.collect_data(_Feed(feed))
+            ranges = calibrator.compute_data()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return Calibration(method=method, format=static_format, rows=len(feeds),
+                       seconds=time.perf_counter() - started, ranges=ranges)
+
+
+def _quantization_config(target: str, attempt: Int8Attempt, classifier: list[str], static_format: str | None = None):
+    """Optimum's int8 settings for ``target`` with one attempt's remedy; static (QDQ or QOperator graph, the
+    STATIC_OPERATORS only) when ``static_format`` is given, else dynamic."""
+    from onnxruntime.quantization import QuantFormat, QuantizationMode, QuantType
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
     make = {"avx2": AutoQuantizationConfig.avx2, "avx512_vnni": AutoQuantizationConfig.avx512_vnni,
             "arm64": AutoQuantizationConfig.arm64}[target]
-    config = make(is_static=False, per_channel=attempt.per_channel)
+    config = make(is_static=static_format is not None, per_channel=attempt.per_channel)
+    if static_format is not None:
+        config.format = QuantFormat.QDQ if static_format == "qdq" else QuantFormat.QOperator
+        config.mode = QuantizationMode.QLinearOps
+        config.operators_to_quantize = list(STATIC_OPERATORS)
     if attempt.fp32_embeddings_classifier:
         config.operators_to_quantize = ["MatMul"]  # not Gather: the embedding tables stay fp32
         # ORT's quantizer rewrites a Gemm as <name>_MatMul + <name>_Add before it picks nodes
@@ -240,6 +338,30 @@ def classifier_nodes(path: Path) -> list[str]:
         else:
             stack.extend(node.input)
     return found
+
+
+def batch_invariance(session, encoded: Encoded, pad_id: int, batch_size: int = 32) -> dict:
+    """Each row alone (batch 1, no padding) against the same row in input-order batches of ``batch_size``
+    padded to their longest row: the largest |probability difference| and the labels that change."""
+    from metakd_cli.evaluate import make_batch, onnx_forward
+
+    forward = onnx_forward(session)
+    rows = range(len(encoded))
+    alone = [forward(make_batch(encoded, [i], pad_id))[0] for i in rows]
+    together = [row for start in range(0, len(encoded), batch_size)
+                for row in forward(make_batch(encoded, list(rows[start:start + batch_size]), pad_id))]
+    if not alone:
+        return {"rows": 0, "batch_size": batch_size, "max_abs_prob_diff": 0.0, "label_flips": 0}
+
+    def softmax(logits: list) -> np.ndarray:
+        logits = np.asarray(logits, dtype=np.float64)
+        shifted = np.exp(logits - logits.max(-1, keepdims=True))
+        return shifted / shifted.sum(-1, keepdims=True)
+
+    p_alone, p_together = softmax(alone), softmax(together)
+    return {"rows": len(encoded), "batch_size": batch_size,
+            "max_abs_prob_diff": float(np.abs(p_alone - p_together).max()),
+            "label_flips": int((p_alone.argmax(-1) != p_together.argmax(-1)).sum())}
 
 
 def int8_dev_predictions(attempt: Int8Attempt, path: Path, dev: Encoded, pad_id: int) -> np.ndarray:
@@ -294,16 +416,19 @@ def fused_graph(tmp: Path, log: Callable[[str], None]) -> tuple[Path, str]:
 
 
 def quantize_attempt(source_dir: Path, source_file: str, target: str, attempt: Int8Attempt, folder: Path,
-                     classifier: list[str] | None = None) -> Path:
-    """``source_dir/source_file`` dynamically quantized with one attempt's settings into ``folder`` (Optimum's
-    ORTQuantizer, which also writes ort_config.json there); the path of ``folder/model_quantized.onnx``."""
+                     classifier: list[str] | None = None, calibration: Calibration | None = None) -> Path:
+    """``source_dir/source_file`` quantized with one attempt's settings into ``folder`` (Optimum's ORTQuantizer,
+    which also writes ort_config.json there): static with ``calibration``'s ranges, else dynamic; the path of
+    ``folder/model_quantized.onnx``."""
     from optimum.onnxruntime import ORTQuantizer
 
     if classifier is None:
         classifier = classifier_nodes(source_dir / source_file)
+    config = _quantization_config(target, attempt, classifier, calibration.format if calibration else None)
     with _quiet_tools():
         quantizer = ORTQuantizer.from_pretrained(source_dir, file_name=source_file)
-        quantizer.quantize(save_dir=folder, quantization_config=_quantization_config(target, attempt, classifier))
+        quantizer.quantize(save_dir=folder, quantization_config=config,
+                           calibration_tensors_range=calibration.ranges if calibration else None)
     written = folder / f"{Path(source_file).stem}_quantized.onnx"  # Optimum names it after its source
     if written.name != INT8_FILE:
         os.replace(written, folder / INT8_FILE)
@@ -312,7 +437,7 @@ def quantize_attempt(source_dir: Path, source_file: str, target: str, attempt: I
 
 def _quantize_with_fallback(
     tmp: Path, target: str, cfg: ExportConfig, dev: Encoded, pad_id: int, fp32_accuracy: dict[str, float],
-    fp32_dev: np.ndarray, domains: list[str], log: Callable[[str], None],
+    fp32_dev: np.ndarray, domains: list[str], log: Callable[[str], None], calibration: Calibration | None = None,
 ) -> tuple[Int8Result, list[Int8Result]]:
     """Quantize plain, then each remedy until one passes ``max_drop``; (the one kept, every attempt).
 
@@ -323,7 +448,7 @@ def _quantize_with_fallback(
     results: list[Int8Result] = []
     for attempt in int8_attempts(target, cfg.per_channel):
         folder = tmp / f".int8-{attempt.name}"
-        quantize_attempt(source_dir, source_file, target, attempt, folder, classifier)
+        quantize_attempt(source_dir, source_file, target, attempt, folder, classifier, calibration)
         predictions = int8_dev_predictions(attempt, folder / INT8_FILE, dev, pad_id)
         accuracy = per_domain_accuracy(predictions, dev, domains)
         drops = {d: fp32_accuracy[d] - accuracy[d] for d in fp32_accuracy}
@@ -334,7 +459,7 @@ def _quantize_with_fallback(
             size_mb=size_mb(folder / INT8_FILE), passed=drop <= cfg.max_drop, predictions=predictions,
         ))
         verdict = "passes" if drop <= cfg.max_drop else "over the limit"
-        log(f"int8 {attempt.name} ({attempt.description}): {drop:+.2f} points drop vs fp32 on {len(dev)} dev rows "
+        log(f"int8 {attempt.name} ({attempt.description}): {0.0 - drop:+.2f} points vs fp32 on {len(dev)} dev rows "
             f"(limit {cfg.max_drop:g}): {verdict}")
         if drop <= cfg.max_drop:
             break
@@ -498,6 +623,18 @@ def _trim_metrics(
     return metrics, untrimmed_accuracy, failures
 
 
+CALIBRATION_SEED = 0
+
+
+def _calibration_sample(train: list, rows: int) -> list:
+    """``rows`` training examples drawn with a fixed seed (all of them when there are fewer), in their order."""
+    import random
+
+    if len(train) <= rows:
+        return list(train)
+    return [train[i] for i in sorted(random.Random(CALIBRATION_SEED).sample(range(len(train)), rows))]
+
+
 def _training_texts(dataset, domains: list[str]) -> list[str]:
     """text and text_pair of the training rows of ``domains``: the corpus the kept pieces come from."""
     return [t for ex in dataset.select("train", domains) for t in (ex.text, ex.text_pair) if t]
@@ -527,11 +664,17 @@ def export(cfg: ExportConfig, run: RunDir, log: Callable[[str], None] = lambda _
     """Export the run's student (or teacher) into onnx/, check it, and record the step.
 
     Returns ``passed=False`` (and keeps the files in onnx.failed/) when a check fails;
-    the caller decides the exit status.
+    the caller decides the exit status. Holds the run folder's lock.
     """
     validate(cfg)
+    with run.lock("export", log):
+        return _export(cfg, run, log)
+
+
+def _export(cfg: ExportConfig, run: RunDir, log: Callable[[str], None]) -> ExportResult:
     started = time.perf_counter()
-    run.load()
+    # the step the model comes from, as it is now: recorded as the export's source at the end
+    source_id = run.load().steps.get("distill" if cfg.model == "student" else "fit", {}).get("id")
     source, max_length, only_domain = _source(run, cfg)
     from metakd_cli.models import require_safetensors
 
@@ -587,8 +730,10 @@ def export(cfg: ExportConfig, run: RunDir, log: Callable[[str], None] = lambda _
     run.record_step("export", {
         "config": asdict(cfg), "onnx": str(run.onnx), "model": cfg.model, "opset": cfg.opset,
         "target": metrics["target"], "ort": write_ort, "trim_vocab": cfg.trim_vocab,
-        "versions": metrics["versions"], "source_id": run.step_id("distill" if cfg.model == "student" else "fit"),
+        "versions": metrics["versions"], "source_id": source_id,
     })
+    from metakd_cli.model_card import write_model_cards  # onnx/README.md (and student/'s) from the metrics
+    write_model_cards(run, log)
     return ExportResult(passed=True, folder=run.onnx, failures=[], metrics=metrics, seconds=metrics["seconds"])
 
 
@@ -655,9 +800,18 @@ def _export_into(
     files = {ONNX_FILE: size_mb(tmp / ONNX_FILE)}
     int8_predictions = None
     if cfg.int8:
-        log(f"dynamic int8 quantization for {target} ({reason})")
+        calibration = None
+        if cfg.int8_mode == "static":
+            train = _calibration_sample(dataset.select("train", domains), cfg.calibration_rows)
+            feeds = calibration_feeds(tmp / ONNX_FILE, encode(train, dataset, tokenizer, max_length), pad_id)
+            log(f"static int8 for {target} ({reason}): {cfg.calibration} calibration on {len(feeds)} training texts, "
+                f"{cfg.static_format} graph")
+            calibration = calibrate(tmp / ONNX_FILE, feeds, cfg.calibration, cfg.static_format, tmp / ".calibration")
+        else:
+            log(f"dynamic int8 quantization for {target} ({reason}): activation scales per batch, so a text's "
+                "answer can change with its neighbours")
         chosen, attempts = _quantize_with_fallback(tmp, target, cfg, dev, pad_id, accuracy["onnx"], fp32_dev,
-                                                   dataset.domains, log)
+                                                   dataset.domains, log, calibration)
         os.replace(chosen.folder / INT8_FILE, tmp / INT8_FILE)
         os.replace(chosen.folder / "ort_config.json", tmp / "ort_config.json")
         for result in attempts:
@@ -670,7 +824,13 @@ def _export_into(
             "max_drop": cfg.max_drop, "passed": chosen.passed, "agreement_with_fp32": chosen.agreement_with_fp32,
             "per_channel": chosen.attempt.per_channel, "attempt": chosen.attempt.name, "fused": cfg.fuse,
             "remedy": chosen.attempt.description if chosen.attempt.name != "plain" else None,
+            "mode": cfg.int8_mode, "calibration": calibration.to_json() if calibration else None,
+            "batch_invariance": batch_invariance(onnx_session(tmp / INT8_FILE), check, pad_id),
         }
+        invariance = metrics["int8_check"]["batch_invariance"]
+        log(f"int8 {cfg.int8_mode}: each of {invariance['rows']} dev rows alone vs in a batch of "
+            f"{invariance['batch_size']}: max |probability diff| {invariance['max_abs_prob_diff']:.1e}, "
+            f"{invariance['label_flips']} labels changed")
         metrics["int8_attempts"] = [r.to_json() for r in attempts]
         if not chosen.passed:
             tried = ", ".join(f"{r.attempt.name} {r.drop:.2f}" for r in attempts)

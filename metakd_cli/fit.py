@@ -6,7 +6,8 @@ mtl:    BERT-mtl: one shared encoder, one classification head per domain, traine
         domains at once (t = 1, no domain loss); a row always goes through its own domain's
         head. Saved as a plain classifier whose own head is the mean of the domain heads
         (exactly the mean of their logits), the heads themselves in metakd_head.safetensors
-single: one teacher per domain, t = 1, no domain loss, saved as teacher/<domain>/
+single: one teacher per domain, t = 1, no domain loss, saved as teacher/<domain's folder>/
+        (run_dir.folder_names: a domain name is escaped before it becomes a path)
 
 ``hold_out`` leaves one domain out of everything the teacher learns from (training rows,
 prototypes, scores, dev selection): the paper's "no fiction data for the meta-teacher".
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from torch import nn
 from metakd_cli import __version__
 from metakd_cli.config import DataConfig, FitConfig, choice
 from metakd_cli.cpu import cpu_info
-from metakd_cli.data import Dataset, Encoded, collate, encode, fraction_indices, load_dataset
+from metakd_cli.data import Dataset, Encoded, batch_rows, collate, encode, fraction_indices, load_dataset
 from metakd_cli.errors import UserError
 from metakd_cli.evaluate import batched_logits, per_domain_accuracy, torch_logits
 from metakd_cli.losses import confusion_targets, dann_scale, teacher_loss
@@ -38,6 +40,7 @@ from metakd_cli.models import (
     DomainClassifiers,
     DomainHead,
     TeacherInfo,
+    check_model_source,
     classifier_output_layer,
     load_classifier,
     load_encoder,
@@ -48,8 +51,9 @@ from metakd_cli.models import (
     resolve_model,
     save_head,
 )
+from metakd_cli import processes
 from metakd_cli.prototypes import compute_prototypes, pool, transferability
-from metakd_cli.run_dir import RunDir, atomic_dir
+from metakd_cli.run_dir import RunDir, atomic_dir, folder_name, folder_names
 from metakd_cli.training import PhaseSpec, clear_checkpoints, run_phase
 
 TEACHER_MODES = ("meta", "mix", "mtl", "single")
@@ -90,11 +94,13 @@ def data_manifest(cfg: DataConfig, dataset: Dataset) -> dict:
         "text_pairs": dataset.has_pairs,  # predict asks for a second text when the model learnt from pairs
         "labels": dataset.labels,
         "domains": dataset.domains,
+        "domain_folders": folder_names(dataset.domains),  # where a per-domain teacher or checkpoint lives
         "summary": dataset.summary(),
     }
 
 
 def validate(cfg: FitConfig) -> None:
+    check_model_source(cfg.teacher, "--teacher")  # a typo fails now, not after a minute of hub retries
     choice(cfg.teacher_mode, TEACHER_MODES, "--teacher-mode")
     choice(cfg.prototypes, PROTOTYPES, "--prototypes")
     choice(cfg.pooling, POOLINGS, "--pooling")
@@ -104,6 +110,7 @@ def validate(cfg: FitConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
     if cfg.lr <= 0:
         raise UserError(f"--lr must be positive, got {cfg.lr}")
+    processes.check_settings(cfg.batch_size, cfg.mixed_precision)
     check_fraction(cfg.train_fraction)
     if cfg.fraction_domains and cfg.train_fraction == 1:
         raise UserError(f"--fraction-domains {','.join(cfg.fraction_domains)} says which domains --train-fraction "
@@ -130,25 +137,35 @@ def check_fraction(fraction: float) -> None:
 
 
 def encode_representations(encoder, encoded: Encoded, pad_id: int, pooling: str, batch_size: int = 64) -> torch.Tensor:
-    """h(x) for every row with the untouched pretrained encoder, in input order: [N, H]."""
+    """h(x) for every row with the untouched pretrained encoder, in input order: [N, H].
+
+    Several processes: each encodes its share of the rows, and every process gets them all.
+    """
     from metakd_cli.evaluate import batched_logits
 
     encoder.eval()
+    device = next(encoder.parameters()).device
 
     def forward(batch: dict) -> np.ndarray:
-        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         with torch.inference_mode():
             hidden = encoder(**inputs).last_hidden_state
-        return pool(hidden, batch["attention_mask"], pooling).float().numpy()
+        return pool(hidden, inputs["attention_mask"], pooling).float().cpu().numpy()
 
-    return torch.from_numpy(batched_logits(encoded, pad_id, batch_size, forward))
+    return torch.from_numpy(processes.gather_rows(
+        len(encoded), lambda rows: batched_logits(_rows(encoded, rows), pad_id, batch_size, forward)))
+
+
+def _rows(encoded: Encoded, rows: list[int]) -> Encoded:
+    """``encoded`` itself when ``rows`` are all of it in order (one process), else those rows."""
+    return encoded if rows == list(range(len(encoded))) else encoded.subset(rows)
 
 
 def transferability_scores(
     model_path: str, cfg: FitConfig, encoded: Encoded, dataset: Dataset, pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(t per training row, prototypes), from the untouched pretrained encoder, once."""
-    encoder = load_encoder(model_path, cfg.trust_remote_code)
+    encoder = load_encoder(model_path, cfg.trust_remote_code).to(processes.device())
     reps = encode_representations(encoder, encoded, pad_id, cfg.pooling)
     del encoder
     domains = torch.tensor(encoded.domains)
@@ -207,16 +224,18 @@ def _train_one(
     weights = t.float()
     select_dev = dev.subset([i for i, d in enumerate(dev.domains) if d not in held_out]) if held_out else dev
 
-    def logits_of(encoded: Encoded) -> np.ndarray:
+    def logits_of(encoded: Encoded) -> np.ndarray:  # several processes: each its share, gathered in row order
         if mtl:
-            return batched_logits(encoded, pad_id, 64, mtl_forward(classifier, parts["heads"]))
-        return torch_logits(classifier, encoded, pad_id)
+            return processes.gather_rows(len(encoded), lambda rows: batched_logits(
+                _rows(encoded, rows), pad_id, 64, mtl_forward(classifier, parts["heads"])))
+        return processes.gather_rows(len(encoded), lambda rows: torch_logits(classifier, _rows(encoded, rows), pad_id))
 
     def loss_step(batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        t_batch = batch_rows(weights, batch["index"])  # on the batch's device; teacher_loss clamps it at 0
         if mtl:  # BERT-mtl: each row through its own domain's head, plain CE (t = 1, no domain loss)
             logits = mtl_logits(parts["classifier"], parts["heads"], inputs, batch["domains"])
-            return teacher_loss(logits, batch["labels"], None, None, weights[batch["index"]], cfg.gamma)
+            return teacher_loss(logits, batch["labels"], None, None, t_batch, cfg.gamma)
         out = parts["classifier"](**inputs, output_hidden_states=use_domain_loss)
         domain_logits = targets = None
         if use_domain_loss:
@@ -227,14 +246,14 @@ def _train_one(
             targets = (
                 confusion_targets(batch["domains"], generator) if cfg.domain_loss == "confusion" else batch["domains"]
             )
-        return teacher_loss(out.logits, batch["labels"], domain_logits, targets, weights[batch["index"]], cfg.gamma)
+        return teacher_loss(out.logits, batch["labels"], domain_logits, targets, t_batch, cfg.gamma)
 
     def dev_accuracy() -> float:
         predictions = logits_of(select_dev).argmax(-1)
         return float((predictions == np.asarray(select_dev.labels)).mean() * 100)
 
     spec = PhaseSpec(
-        name=f"fit-{name}",
+        name=f"fit-{name if name == 'teacher' else folder_name(name, dataset.domains)}",  # a domain's, escaped
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
@@ -244,6 +263,7 @@ def _train_one(
         max_grad_norm=cfg.max_grad_norm,
         signature=json.dumps([asdict(cfg), dataset.fingerprint()], sort_keys=True),
         signature_names=("settings", "data fingerprint"),
+        mixed_precision=cfg.mixed_precision,
     )
     phase = run_phase(
         spec, parts, len(train), lambda idx: collate(train, idx, pad_id), loss_step, dev_accuracy,
@@ -278,9 +298,21 @@ def _save_teacher(
         info.save(tmp)
 
 
-def fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool = False, progress=None, log=print) -> FitResult:
-    """Train the teacher(s) as ``cfg`` says and write them, their metrics and the manifest."""
+def fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool = False, progress=None, log=print,
+        warn=print) -> FitResult:
+    """Train the teacher(s) as ``cfg`` says and write them, their metrics and the manifest, holding the
+    run folder's lock. Under several processes every one trains and only the main one locks and writes."""
     validate(cfg)
+    if not processes.is_main():  # the main process says it all once, and writes
+        progress, log, warn = None, lambda _: None, lambda _: None
+    log(processes.describe(cfg.mixed_precision))
+    with run.lock("fit", log, create=True) if processes.is_main() else nullcontext():
+        result = _fit(data_cfg, cfg, run, resume, progress, log, warn)
+    processes.wait()  # no process leaves before the run folder is written
+    return result
+
+
+def _fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool, progress, log, warn) -> FitResult:
     started = time.perf_counter()
     dataset = load_dataset(data_cfg)
     held_out: list[int] = []
@@ -290,7 +322,11 @@ def fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool = False,
             raise UserError(f"--hold-out {cfg.hold_out} leaves no domain to train the teacher on")
         held_out = [dataset.domain_id(cfg.hold_out)]
     if len(dataset.domains) - len(held_out) < 2 and cfg.teacher_mode == "meta":
-        log("only one domain: the meta-teacher's cross-domain terms have nothing to compare; consider --teacher-mode mix")
+        warn("only one domain: the meta-teacher's cross-domain terms have nothing to compare; "
+             "consider --teacher-mode mix")
+    if len(dataset.labels) == 1:
+        warn(f"every row has the same label ('{dataset.labels[0]}'): the teacher has nothing to tell apart "
+             "(is --label-column the right column?)")
     model_path = resolve_model(cfg.teacher)
     tokenizer = load_tokenizer(model_path, cfg.trust_remote_code)
     limit = position_limit(model_path, cfg.trust_remote_code)
@@ -330,12 +366,14 @@ def fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool = False,
             )
             teachers.append(result)
             staging_parts[domain] = parts
-        with atomic_dir(run.teacher) as tmp:
-            for domain, parts in staging_parts.items():
-                info = TeacherInfo(mode="single", domain_loss="none", hidden_size=parts["classifier"].config.hidden_size,
-                                   domain=domain, **info_common)
-                _save_teacher(tmp / domain, parts, tokenizer, info, {"scores": torch.ones(0)})
-            TeacherInfo(mode="single", domain_loss="none", hidden_size=0, **info_common).save(tmp)
+        folders = folder_names(dataset.domains)  # a domain name never reaches a path as it is
+        if processes.is_main():  # the main process writes the run folder
+            with atomic_dir(run.teacher) as tmp:
+                for domain, parts in staging_parts.items():
+                    info = TeacherInfo(mode="single", domain_loss="none",
+                                       hidden_size=parts["classifier"].config.hidden_size, domain=domain, **info_common)
+                    _save_teacher(tmp / folders[domain], parts, tokenizer, info, {"scores": torch.ones(0)})
+                TeacherInfo(mode="single", domain_loss="none", hidden_size=0, **info_common).save(tmp)
     else:
         if cfg.teacher_mode == "meta":
             log("transferability scores from the untouched pretrained encoder")
@@ -362,13 +400,19 @@ def fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool = False,
         extra = {"scores": scores, "prototypes": protos.float()}
         if "heads" in parts:
             extra.update(parts["heads"].tensors(dataset.domains))
-        _save_teacher(run.teacher, parts, tokenizer, info, extra)
+        if processes.is_main():
+            _save_teacher(run.teacher, parts, tokenizer, info, extra)
 
+    for message in chance_warnings(teachers, dev, dataset.domains, len(dataset.labels), held_out,
+                                   cfg.teacher_mode == "single"):
+        warn(message)
     seconds = time.perf_counter() - started
     train_rows = {name: train.domains.count(d) for d, name in enumerate(dataset.domains)}
     metrics = _metrics(cfg, dataset, teachers, seconds)
     metrics.update(held_out=cfg.hold_out, train_fraction=cfg.train_fraction, fraction_domains=cfg.fraction_domains,
-                   train_rows=train_rows)
+                   train_rows=train_rows, processes=processes.world_size())
+    if not processes.is_main():  # the main process writes the run folder
+        return FitResult(run_dir=run.path, mode=cfg.teacher_mode, teachers=teachers, metrics=metrics, seconds=seconds)
     run.write_metrics("fit", metrics)
     run.record_step(
         "fit",
@@ -380,6 +424,31 @@ def fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool = False,
     for finished in run.checkpoints.glob("fit-*"):  # nothing left to resume
         clear_checkpoints(run.checkpoints, finished.name)
     return FitResult(run_dir=run.path, mode=cfg.teacher_mode, teachers=teachers, metrics=metrics, seconds=seconds)
+
+
+def chance_warnings(teachers: list[TeacherResult], dev: Encoded, domains: list[str], n_labels: int,
+                    held_out: list[int], single: bool = False) -> list[str]:
+    """A warning for each teacher whose dev accuracy is at or below chance: always answering the most common
+    label of each domain it was selected on (the mean over those domains of that label's share of dev)."""
+    if n_labels < 2:  # one label: already warned, and every model is "at chance"
+        return []
+    ids, labels = np.asarray(dev.domains), np.asarray(dev.labels)
+    messages = []
+    for teacher in teachers:
+        own = [teacher.name] if single else [d for i, d in enumerate(domains) if i not in held_out]
+        shares, scores = [], []
+        for name in own:
+            rows = labels[ids == domains.index(name)]
+            if len(rows) and name in teacher.dev:
+                shares.append(np.bincount(rows, minlength=n_labels).max() / len(rows) * 100)
+                scores.append(teacher.dev[name])
+        if not shares or np.mean(scores) > np.mean(shares):
+            continue
+        who = f"the {teacher.name} teacher" if single else "the teacher"
+        messages.append(f"{who} scores {np.mean(scores):.1f}% on dev, at or below chance ({np.mean(shares):.1f}%: "
+                        "always the most common label): check the labels, or train longer (--epochs) or with "
+                        "another --lr")
+    return messages
 
 
 def _versions() -> dict[str, str]:

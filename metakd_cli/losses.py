@@ -38,7 +38,7 @@ def dann_scale(progress: float, steepness: float = 10.0) -> float:
 
 def confusion_targets(domains: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """The batch's domain labels randomly permuted: the official domain-confusion target."""
-    return domains[torch.randperm(domains.shape[0], generator=generator)]
+    return domains[torch.randperm(domains.shape[0], generator=generator).to(domains.device)]
 
 
 def teacher_loss(
@@ -52,8 +52,9 @@ def teacher_loss(
     """Meta-teacher loss: mean_i t_i * (CE(y_i) + gamma * CE(domain target_i)).
 
     logits: [B, C]; labels: [B]; domain_logits: [B, D] or None (no domain loss);
-    t: [B] transferability weights (1 for the mix baseline). Returns named terms; ``loss``
-    is the one to optimise.
+    t: [B] transferability weights (1 for the mix baseline), clamped at 0 here: a negative
+    weight would be gradient ascent on that example. Returns named terms; ``loss`` is the
+    one to optimise.
     """
     ce = F.cross_entropy(logits, labels, reduction="none")
     per_example = ce
@@ -62,7 +63,7 @@ def teacher_loss(
         domain_ce = F.cross_entropy(domain_logits, domain_targets, reduction="none")
         per_example = per_example + gamma * domain_ce
         terms["domain"] = domain_ce.mean()
-    terms["loss"] = example_weighted(per_example, t)
+    terms["loss"] = example_weighted(per_example, t.clamp(min=0.0))
     return terms
 
 
@@ -78,10 +79,10 @@ def example_weighted(per_example: torch.Tensor, weights: torch.Tensor) -> torch.
 def expertise_weight(t: torch.Tensor, p_gold: torch.Tensor) -> torch.Tensor:
     """lambda = (1 + t) / (exp((1 - p)^2) + 1): the teacher's domain expertise on x.
 
-    t: transferability in [-1, 1]; p_gold: the teacher's probability of the gold label.
-    For t in [0, 1] and p in [0, 1], lambda lies in [0.27, 1].
+    t: transferability in [-1, 1], clamped at 0 first (as every use of t is); p_gold: the
+    teacher's probability of the gold label. For p in [0, 1], lambda lies in [0.27, 1].
     """
-    return (1.0 + t) / (torch.exp((1.0 - p_gold) ** 2) + 1.0)
+    return (1.0 + t.clamp(min=0.0)) / (torch.exp((1.0 - p_gold) ** 2) + 1.0)
 
 
 def _token_mean(squared: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
@@ -109,21 +110,36 @@ def hidden_mse(
     return total
 
 
-def attention_mse(
-    student_attentions: list[torch.Tensor], teacher_attentions: list[torch.Tensor], attention_mask: torch.Tensor
-) -> torch.Tensor:
-    """sum_j MSE(A_s^j, A_t^{m(j)}) per example, over real query x key token pairs.
+MASKED_SCORE = -100.0  # a pre-softmax score at or below this is a masked one (TinyBERT's threshold)
 
-    Attention probabilities [B, heads, L, L], as transformers returns them (eager).
+
+def attention_mse(
+    student_scores: list[torch.Tensor], teacher_scores: list[torch.Tensor], attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """sum_j MSE(S_s^j, S_t^{m(j)}) per example on PRE-SOFTMAX attention scores -> [B].
+
+    S = Q K^T / sqrt(d_head) + M: [B, heads, L, L] (query x key), M the additive mask the
+    layer adds (0 for a real key, a very negative number for padding); see
+    ``metakd_cli.attention``. As TinyBERT and the official Meta-KD code do, entries <= -100
+    are set to 0 in both S_s and S_t first. With S' those values and n_b real tokens in
+    example b (attention_mask: [B, L], 1 = real):
+
+        loss_b = sum_j 1 / (heads * n_b^2) * sum_{h, q real, k real} (S'_s^j - S'_t^{m(j)})^2 [b, h, q, k]
+
+    Lists are aligned by the layer map; student and teacher have the same number of heads.
+    (Probabilities would give a term ~100x smaller than the hidden one, teaching almost nothing.)
     """
-    mask = attention_mask.to(teacher_attentions[0].dtype)
+    mask = attention_mask.to(teacher_scores[0].dtype)
     pair = (mask[:, :, None] * mask[:, None, :]).unsqueeze(1)  # [B, 1, L, L]
     total = torch.zeros(mask.shape[0], dtype=mask.dtype, device=mask.device)
-    for a_s, a_t in zip(student_attentions, teacher_attentions, strict=True):
-        if a_s.shape[1] != a_t.shape[1]:  # different head counts: compare head-averaged maps
-            a_s, a_t = a_s.mean(1, keepdim=True), a_t.mean(1, keepdim=True)
-        weights = pair.expand_as(a_s)
-        total = total + ((a_s - a_t) ** 2 * weights).sum((1, 2, 3)) / weights.sum((1, 2, 3)).clamp(min=1.0)
+    for s_s, s_t in zip(student_scores, teacher_scores, strict=True):
+        if s_s.shape != s_t.shape:
+            raise ValueError(f"attention scores of different shapes: student {tuple(s_s.shape)}, "
+                             f"teacher {tuple(s_t.shape)}")
+        s_s = torch.where(s_s <= MASKED_SCORE, torch.zeros_like(s_s), s_s)
+        s_t = torch.where(s_t <= MASKED_SCORE, torch.zeros_like(s_t), s_t)
+        weights = pair.expand_as(s_s)
+        total = total + ((s_s - s_t) ** 2 * weights).sum((1, 2, 3)) / weights.sum((1, 2, 3)).clamp(min=1.0)
     return total
 
 

@@ -35,6 +35,10 @@ SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")  # the weig
 
 def resolve_model(name: str) -> str:
     """A packaged model's folder, a local folder, or the hub id unchanged."""
+    from metakd_cli.packaged import ASSEMBLED
+
+    if name in ASSEMBLED:  # shipped in pieces (mpnet-base): assembled once into a cache folder, checked
+        return str(ASSEMBLED[name]())
     if name in PACKAGED:
         package, folder = PACKAGED[name]
         spec = importlib.util.find_spec(package)  # locates the package without importing it
@@ -55,9 +59,121 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def check_model_source(name: str, flag: str, presets: tuple[str, ...] = ()) -> None:
+    """Refuse at once a model name that is no preset, packaged model or folder, when it cannot be a hub id
+    either (a path, a typo with odd characters) or the hub is offline or out of reach: transformers would
+    otherwise retry the hub for a minute before failing. One line, with the valid names and a close match."""
+    import difflib
+    import os
+
+    from metakd_cli.packaged import ASSEMBLED
+
+    if name in presets or name in PACKAGED or name in ASSEMBLED or Path(name).expanduser().exists():
+        return
+    packaged = [n for n in PACKAGED if "/" not in n] + (list(ASSEMBLED) if flag == "--teacher" else [])
+    close = difflib.get_close_matches(name, [*presets, *packaged], n=1)
+    offline = [v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+               if os.environ.get(v, "").strip().upper() in {"1", "ON", "YES", "TRUE"}]
+    if not _hub_id_like(name):
+        reason = "and not a hub id"
+    elif offline:
+        reason = f"and the hub is off ({offline[0]}=1)"
+    elif not hub_reachable():
+        reason = "and the hub cannot be reached (no network?)"
+    else:
+        return  # a hub id while online: loading tells whether it exists
+    listed = (f"presets: {', '.join(presets)}; " if presets else "") + f"packaged: {', '.join(packaged)}"
+    raise UserError(f"{flag} {name}: not a {'preset, ' if presets else ''}packaged model or model folder, {reason}"
+                    + (f"; did you mean {close[0]}?" if close else "")
+                    + f" ({listed}; or a model folder, or a hub id while online)")
+
+
+def _hub_id_like(name: str) -> bool:
+    """Whether ``name`` has the shape of a hub repo id (``name`` or ``owner/name``)."""
+    try:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        return "/" not in name.strip("/") or name.count("/") == 1
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """A quick TCP connection to the hub (or the HTTPS proxy): seconds, where transformers' own retries take a
+    minute. DNS lookups run in a thread, so a resolver that hangs counts as unreachable."""
+    import os
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    url = urlparse(proxy if proxy else os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    reached: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            reached.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    return bool(reached)
+
+
+def damaged_file(path: Path, exc: BaseException) -> UserError:
+    """One line for a file that is there but cannot be read (truncated, overwritten): which, why, what re-writes it."""
+    from metakd_cli.run_dir import rerun_hint
+
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return UserError(f"{path} is damaged or truncated ({reason}); {rerun_hint(path)}")
+
+
+def check_weights(folder: Path) -> None:
+    """Refuse a damaged safetensors file of a model folder in one line, before anything loads it (the
+    header says how long the file must be, so a truncated file is found without reading the weights)."""
+    from safetensors import SafetensorError, safe_open
+
+    for name in (SAFE_WEIGHTS[0], HEAD_FILE):
+        path = Path(folder) / name
+        if path.is_file():
+            try:
+                with safe_open(str(path), "pt"):
+                    pass
+            except (SafetensorError, OSError) as exc:
+                raise damaged_file(path, exc) from None
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file``, with a damaged file as one UserError (``damaged_file``)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        from metakd_cli.run_dir import rerun_hint
+
+        raise UserError(f"{path} is missing; {rerun_hint(path)}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise damaged_file(path, exc) from None
+
+
 def _load(loader, name: str, what: str, **kwargs):
+    from safetensors import SafetensorError
+
+    if kwargs.get("use_safetensors") and Path(name).is_dir():  # a model load (not a config or tokenizer)
+        check_weights(Path(name))
     try:
         return loader(name, **kwargs)
+    except SafetensorError as exc:  # a hub download that broke off, or a file changed after the check
+        raise damaged_file(Path(name) / SAFE_WEIGHTS[0], exc) from None
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         folder = Path(name)
@@ -119,6 +235,7 @@ def require_safetensors(folder: Path) -> None:
             f"{folder}: no safetensors weights ({SAFE_WEIGHTS[0]}), and metakd does not load pickled ones "
             "(pytorch_model.bin can run code when loaded); metakd saves safetensors, so re-run the step that wrote it"
         )
+    check_weights(folder)
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):
@@ -145,9 +262,23 @@ def load_classifier(
             label2id={label: i for i, label in enumerate(labels)},
             ignore_mismatched_sizes=True,
         )
+    if attention == "sdpa" and not _supports_sdpa(name, trust_remote_code):
+        kwargs["attn_implementation"] = "eager"  # MPNet has no sdpa path in transformers 4.57: it would refuse
     # a new head for our labels is the point, not a problem; on a reload (no labels) a warning could mean something
     with transformers_errors_only() if labels is not None else contextlib.nullcontext():
         return _load(AutoModelForSequenceClassification.from_pretrained, name, "model", **kwargs)
+
+
+def _supports_sdpa(name: str, trust_remote_code: bool) -> bool:
+    """Whether the sequence classifier ``name`` would load has an sdpa attention path (True when unsure)."""
+    try:
+        from transformers import AutoConfig
+        from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return bool(getattr(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING[type(config)], "_supports_sdpa", True))
+    except Exception:  # noqa: BLE001 - a remote-code model, or no config yet: loading tells
+        return True
 
 
 def load_encoder(name: str, trust_remote_code: bool = False):
@@ -158,8 +289,10 @@ def load_encoder(name: str, trust_remote_code: bool = False):
 
 
 def model_max_length(config) -> int:
-    """Positions a model config allows (BERT: max_position_embeddings)."""
-    return int(getattr(config, "max_position_embeddings", 512))
+    """Positions a model config allows (BERT: max_position_embeddings; MPNet / RoBERTa number positions from
+    pad_token_id + 1, so two fewer: 514 -> 512)."""
+    offset = 2 if getattr(config, "model_type", "") in ("mpnet", "roberta", "xlm-roberta", "camembert") else 0
+    return int(getattr(config, "max_position_embeddings", 512)) - offset
 
 
 def position_limit(name: str, trust_remote_code: bool = False) -> int:
@@ -186,6 +319,20 @@ class DomainHead(nn.Module):
         self.transform = nn.Linear(hidden, hidden)
         self.classifier = nn.Linear(hidden, n_domains)
         self.reversal_transform = nn.Linear(hidden, hidden)
+        self.apply(self._init_like_bert)
+
+    @staticmethod
+    def _init_like_bert(module: nn.Module, std: float = 0.02) -> None:
+        """BERT's initialisation (``initializer_range`` 0.02), as the official head's ``init_bert_weights``:
+        weights N(0, 0.02^2), biases 0, LayerNorm 1 / 0. PyTorch's N(0, 1) embedding would make z a
+        per-domain constant ~8x the pooled state's norm, and the gamma term would teach nothing."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
     def features(self, pooled: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.transform(self.domain_embedding(domains) + pooled))
@@ -220,8 +367,11 @@ class TeacherInfo:
         path = folder / TEACHER_JSON
         if not path.is_file():
             raise UserError(f"{folder}: not a metakd teacher (no {TEACHER_JSON}); run `metakd fit` first")
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+        except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not an object, a field missing
+            raise damaged_file(path, exc) from None
 
 
 def save_head(head: DomainHead, folder: Path, extra: dict[str, torch.Tensor] | None = None) -> None:
@@ -235,9 +385,7 @@ def save_head(head: DomainHead, folder: Path, extra: dict[str, torch.Tensor] | N
 
 def load_head(folder: Path, hidden: int, n_domains: int) -> tuple[DomainHead, dict[str, torch.Tensor]]:
     """The domain head and the extra tensors (prototypes, scores) saved beside a teacher."""
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(folder / HEAD_FILE))
+    tensors = read_safetensors(folder / HEAD_FILE)
     head = DomainHead(hidden, n_domains)
     head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
     extra = {k: v for k, v in tensors.items() if not k.startswith("head.")}
@@ -348,11 +496,12 @@ def mtl_forward(model, heads: DomainClassifiers):
     """
     model.eval()
     heads.eval()
+    device = next(model.parameters()).device  # batches are built on the CPU; a model may sit on a GPU
 
     def forward(batch: dict) -> "np.ndarray":
-        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         with torch.inference_mode():
-            return mtl_logits(model, heads, inputs, batch["domains"]).float().cpu().numpy()
+            return mtl_logits(model, heads, inputs, batch["domains"].to(device)).float().cpu().numpy()
 
     return forward
 
@@ -362,9 +511,7 @@ def load_domain_classifiers(folder: Path) -> DomainClassifiers | None:
     info = TeacherInfo.load(folder)
     if info.mode != "mtl":
         return None
-    from safetensors.torch import load_file
-
-    heads = DomainClassifiers.from_tensors(load_file(str(folder / HEAD_FILE)), info.domains)
+    heads = DomainClassifiers.from_tensors(read_safetensors(folder / HEAD_FILE), info.domains)
     if heads is None:
         raise UserError(f"{folder}: an mtl teacher without per-domain heads in {HEAD_FILE}; re-run fit")
     return heads
@@ -376,9 +523,14 @@ def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
 
 
 def cut_layers(teacher, n_layers: int):
-    """A student made of the teacher's embeddings, the layers the layer map picks, and its classifier."""
+    """A student made of the teacher's embeddings, the layers the layer map picks, and its classifier.
+
+    A teacher of ``n_layers`` or fewer gives all of its layers, each once (the map would pick some twice,
+    two student layers sharing one module's weights, which neither trains nor saves as two layers).
+    """
     import copy
 
+    n_layers = min(n_layers, teacher.config.num_hidden_layers)
     config = copy.deepcopy(teacher.config)
     keep = layer_map(n_layers, config.num_hidden_layers)[1:]
     student = copy.deepcopy(teacher)

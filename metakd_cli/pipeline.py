@@ -92,6 +92,7 @@ def run_pipeline(
     progress=None,
     log: Callable[[str], None] = print,
     warn: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> PipelineResult:
     """Run every step the recipe describes into ``run``; raises UserError when export's checks fail."""
     from metakd_cli.data import load_dataset
@@ -126,28 +127,29 @@ def run_pipeline(
     result = PipelineResult()
     rerun = False
     configs = {"fit": asdict(recipe.fit), "distill": asdict(recipe.distill), "export": asdict(recipe.export)}
-    for step in STEPS:
-        if step != "eval" and not rerun and _finished(run, step, configs[step], recipe, fingerprint):
-            log(f"{step}: already done with this configuration, skipped")
-            result.skipped.append(step)
-            continue
-        rerun = True
-        log(f"{step}: running")
-        with _in_recipe_terms(step):
-            if step == "fit":
-                result.metrics["fit"] = fit(recipe.data, recipe.fit, run, progress=progress, log=log).metrics
-            elif step == "distill":
-                result.metrics["distill"] = distill(recipe.distill, run, progress=progress, log=log, warn=warn).metrics
-            elif step == "export":
-                exported = export(recipe.export, run, log)
-                if not exported.passed:
-                    raise ChecksFailed(
-                        f"export checks failed: {'; '.join(exported.failures)}; files kept in {exported.folder}"
-                    )
-                result.metrics["export"] = exported.metrics
-            else:
-                result.eval_result = evaluate_run(recipe.eval, run, log)
-        result.ran.append(step)
+    with run.lock("run", log, create=True):  # one writer from the first step to the last
+        for step in STEPS:
+            if step != "eval" and not rerun and _finished(run, step, configs[step], recipe, fingerprint):
+                log(f"{step}: already done with this configuration, skipped")
+                result.skipped.append(step)
+                continue
+            rerun = True
+            log(f"{step}: running")
+            with _in_recipe_terms(step):
+                if step == "fit":
+                    result.metrics["fit"] = fit(recipe.data, recipe.fit, run, resume, progress, log, warn).metrics
+                elif step == "distill":
+                    result.metrics["distill"] = distill(recipe.distill, run, resume, progress, log, warn).metrics
+                elif step == "export":
+                    exported = export(recipe.export, run, log)
+                    if not exported.passed:
+                        raise ChecksFailed(
+                            f"export checks failed: {'; '.join(exported.failures)}; files kept in {exported.folder}"
+                        )
+                    result.metrics["export"] = exported.metrics
+                else:
+                    result.eval_result = evaluate_run(recipe.eval, run, log)
+            result.ran.append(step)
     return result
 
 
@@ -165,6 +167,10 @@ def _check_student(recipe: Recipe) -> None:
     source = distill.student_init if distill.student == "tinybert4" else distill.student
     if distill.student == "tiny" or source in (None, "random"):  # the teacher's own positions
         return
+    if source == "minilm4":  # a preset cut from the packaged MiniLM-L6: its positions, its weights
+        from metakd_cli.packaged import MINILM
+
+        source = MINILM
     where = resolve_model(source)
     if safe_weights_known_missing(where):  # distill would refuse it only after the fit
         flag = "--student-init" if distill.student == "tinybert4" else "--student"

@@ -30,7 +30,7 @@ class PredictConfig:
     texts: list[str]
     text_pairs: list[str | None] | None = None  # the second text of each (MNLI's sentence2), None where it has none
     model: str | None = None  # int8 | onnx | student; None: the first of those that exists
-    batch_size: int = 32
+    batch_size: int = 32  # 1: each text alone, the answer it gets whatever else is classified with it
     bucketing: bool = True  # length-sorted, dynamically padded batches; False: input order, padded to max_length
 
 
@@ -96,6 +96,9 @@ def choose_model(available: dict[str, Artifact], wanted: str | None, run_path: P
     for name in PREDICT_MODELS:
         if name in available:
             return available[name]
+    if stale:  # on disk, but made from an earlier teacher / student: say which and why, as export does
+        reasons = "; ".join(dict.fromkeys(stale[n] for n in reversed(PREDICT_MODELS) if n in stale))  # cause first
+        raise UserError(f"{run_path}: nothing current to predict with: {reasons}")
     raise UserError(
         f"{run_path}: no onnx/ or student/ to predict with; run `metakd distill` (and `metakd export`) first"
     )
@@ -151,7 +154,21 @@ def predict(cfg: PredictConfig, run, log: Callable[[str], None] = lambda _: None
         mismatch = target_mismatch(exported_target(run), cpu_info())
         if mismatch:
             warnings.append(mismatch)
+        if cfg.batch_size > 1 and len(texts) > 1 and dynamic_int8(artifact.path.parent):
+            warnings.append(f"{artifact.path} is dynamic int8: a text's probability can change with the other texts "
+                            "of its batch; --batch-size 1 gives each text the answer it gets alone, or re-export with "
+                            "`metakd export --int8` (static int8, the default)")
     return PredictResult(model=artifact.name, path=artifact.path, predictions=predictions, warnings=warnings)
+
+
+def dynamic_int8(folder: Path) -> bool:
+    """Whether ``folder``'s model_quantized.onnx was quantized dynamically (its ort_config.json says so; a folder
+    without one is taken as dynamic, what metakd exported before static int8)."""
+    try:
+        quantization = json.loads((folder / "ort_config.json").read_text(encoding="utf-8")).get("quantization") or {}
+    except (OSError, ValueError):
+        return True
+    return not quantization.get("is_static", False)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

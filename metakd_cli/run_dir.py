@@ -15,8 +15,10 @@ points at a half-written folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -33,6 +35,43 @@ from metakd_cli.errors import UserError
 
 MANIFEST_VERSION = 1
 MANIFEST = "manifest.json"
+LOCK_FILE = ".metakd.lock"
+STEP_COMMANDS = {"fit": "metakd fit", "distill": "metakd distill", "export": "metakd export"}
+# A folder name a data value may keep as it is: letters, digits, '_', '-', '.', not leading with a dot,
+# nothing a file system treats specially (no separator, no '..', no Windows device name).
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+
+
+def folder_names(names: list[str]) -> dict[str, str]:
+    """A safe folder (or checkpoint) name for each of ``names`` (domains, which come from the user's data).
+
+    A plain name (``books``, ``kitchen_2``) is kept as it is; any other (``/srv/x``, ``../../up``, ``a b``,
+    ``CON``, two names that differ only in case) becomes a slug plus a hash of the name, so no value from
+    data ever reaches the file system unescaped and two names never share a folder. Pure: the same names
+    always give the same folders; the manifest records them (``data.domain_folders``) for people to read.
+    """
+    def plain(name: str) -> bool:
+        return (_PLAIN_NAME.fullmatch(name) is not None and ".." not in name
+                and name.split(".")[0].lower() not in _RESERVED and not name.endswith((".tmp", ".old")))
+
+    folded: dict[str, int] = {}
+    for name in names:
+        if plain(name):
+            folded[name.casefold()] = folded.get(name.casefold(), 0) + 1
+    out = {}
+    for name in names:
+        if plain(name) and folded[name.casefold()] == 1:
+            out[name] = name
+        else:
+            slug = re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-_")[:40] or "domain"
+            out[name] = f"{slug}-{hashlib.sha256(name.encode('utf-8')).hexdigest()[:10]}"
+    return out
+
+
+def folder_name(name: str, names: list[str]) -> str:
+    """The folder of ``name``, one of ``names`` (every domain of the run: a name's folder depends on its peers)."""
+    return folder_names(names)[name]
 
 
 def _umask() -> int:
@@ -165,6 +204,7 @@ class RunDir:
                 f"metakd {__version__} (expects {MANIFEST_VERSION}); re-run `metakd fit` "
                 "into a new run folder"
             )
+        check_manifest(raw, self.manifest_path)
         known = set(Manifest.__dataclass_fields__)
         return Manifest(**{k: v for k, v in raw.items() if k in known})
 
@@ -189,6 +229,53 @@ class RunDir:
         }
         self.save(manifest)
         return manifest
+
+    @contextmanager
+    def lock(self, command: str, log=lambda _: None, create: bool = False) -> Iterator[None]:
+        """Hold the run folder's writer lock while inside; ``create`` (fit): make the folder when missing,
+        else a missing folder or manifest is the UserError ``load`` gives.
+
+        One writer at a time: a second process gets a UserError naming the holder (pid, command, start);
+        a lock left by a process that died is taken over, with a note. Re-entrant within a process, so
+        `metakd run` holds it across its steps and each step's own call is a no-op. The lock is the
+        operating system's (flock), so it dies with its holder; the file only says who holds it.
+        """
+        key = str(self.path.resolve())
+        if key in _HELD:
+            _HELD[key][1] += 1
+            try:
+                yield
+            finally:
+                _HELD[key][1] -= 1
+            return
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--run-dir {self.path} is a file, not a folder")
+        if not create:
+            self.load()  # says what to run first when there is no run here
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = _take_lock(self.path / LOCK_FILE, self.path)
+        previous = _lock_holder(handle)
+        if previous.get("pid") and previous.get("pid") != os.getpid():
+            log(f"note: took over the lock of {self.path} left by pid {previous['pid']} ({_describe(previous)}), "
+                "which is no longer running")
+        holder = {"pid": os.getpid(), "command": command, "argv": " ".join(sys.argv),
+                  "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(holder) + "\n")
+        handle.flush()
+        _HELD[key] = [handle, 1]
+        log(f"run folder {self.path}")
+        try:
+            yield
+        finally:
+            del _HELD[key]
+            handle.seek(0)
+            handle.truncate()  # a clean exit leaves no holder behind
+            if created and [p.name for p in self.path.iterdir()] == [LOCK_FILE]:
+                shutil.rmtree(self.path)  # the command failed before writing anything: leave no empty run folder
+            handle.close()  # closing releases the flock
 
     def step_id(self, step: str) -> str | None:
         """The id of the recorded ``step``, for the step built from it to record as its source."""
@@ -234,3 +321,79 @@ def stale_artifacts(manifest: Manifest) -> dict[str, str]:
             out["onnx"] = (f"onnx/ was exported from an earlier version of {made} (`metakd {source_step}` ran again "
                            "since); re-run `metakd export`")
     return out
+
+
+_HELD: dict[str, list] = {}  # resolved run folder -> [open lock file, nesting depth] held by this process
+
+
+def _take_lock(path: Path, folder: Path):
+    """The lock file, opened and exclusively flock-ed, or a UserError naming whoever holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the lock file still records the writer
+        fcntl = None
+    try:
+        handle = open(path, "a+", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot create the lock file {path}: {exc.strerror}") from None
+    if fcntl is None:
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = _lock_holder(handle)
+        handle.close()
+        who = f"pid {holder['pid']} ({_describe(holder)})" if holder.get("pid") else "another process"
+        raise UserError(f"{folder} is in use by {who}: one command writes a run folder at a time; wait for it "
+                        "to finish, or give another --run-dir") from None
+    return handle
+
+
+def _lock_holder(handle) -> dict:
+    handle.seek(0)
+    try:
+        holder = json.loads(handle.read() or "{}")
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _describe(holder: dict) -> str:
+    return f"`{holder.get('argv') or holder.get('command', '?')}`, started {holder.get('started', '?')}"
+
+
+def check_manifest(raw: dict, path: Path) -> None:
+    """Refuse a manifest whose parts have the wrong shape (valid JSON, but ``steps`` a list, a step null ...),
+    in one line naming the key and what to re-run, before anything reads or replaces what it describes."""
+    def fail(key: str, expected: str, value: object, rerun: str = "metakd fit") -> None:
+        raise UserError(f"{path}: `{key}` is {type(value).__name__ if value is not None else 'null'}, expected "
+                        f"{expected}; the manifest is damaged: re-run `{rerun}` (or start a new --run-dir)")
+
+    for key in ("data", "steps"):
+        if not isinstance(raw.get(key, {}), dict):
+            fail(key, "an object", raw[key])
+    data = raw.get("data", {})
+    for key in ("labels", "domains"):
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            fail(f"data.{key}", "a list of strings", value)
+    if not isinstance(data.get("config", {}), dict):
+        fail("data.config", "an object", data["config"])
+    for step, info in raw.get("steps", {}).items():
+        rerun = STEP_COMMANDS.get(step, "metakd fit")
+        if not isinstance(info, dict):
+            fail(f"steps.{step}", "an object", info, rerun)
+        if not isinstance(info.get("config", {}), dict):
+            fail(f"steps.{step}.config", "an object", info["config"], rerun)
+        for key in ("id", "finished", "fit_id", "source_id", "model_path", "model", "target"):
+            if info.get(key) is not None and not isinstance(info[key], str):
+                fail(f"steps.{step}.{key}", "a string", info[key], rerun)
+
+
+def rerun_hint(path: Path) -> str:
+    """The command that writes ``path`` again when it is part of a run folder (teacher/, student/, onnx/)."""
+    parts = set(Path(path).parts)
+    for part, command in (("onnx", "metakd export"), ("student", "metakd distill"), ("teacher", "metakd fit")):
+        if part in parts:
+            return f"re-run `{command}`"
+    return "replace it with an intact copy"

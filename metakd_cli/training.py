@@ -4,6 +4,10 @@ Seeded per-epoch batch order, AdamW with linear warm-up (or a constant rate), gr
 clipping, dev-set selection of the best state, a progress callback, and checkpoints that
 make ``--resume`` continue exactly where an interrupted run stopped: model, optimizer,
 scheduler, RNG states and position are saved at each epoch end and on Ctrl-C.
+
+Under several processes (metakd_cli.processes) the loss step runs through accelerate's
+wrapper (DDP: gradients all-reduced), each process takes every N-th row of the global batch,
+and only the main process writes checkpoints (at epoch ends; a Ctrl-C keeps the last one).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class PhaseSpec:
     constant_lr: bool = False
     signature: str = ""  # JSON of what the caller trains (config, data): a checkpoint of other settings is refused
     signature_names: tuple[str, ...] = ()  # names of the parts of a JSON-list signature, for that refusal
+    mixed_precision: str | None = None  # no | bf16 | fp16; None: the launcher's setting, else no
 
 
 @dataclass
@@ -48,6 +53,35 @@ class PhaseResult:
     seconds: float = 0.0
     examples_per_second: float = 0.0
     resumed_from: dict | None = None
+
+
+class _LossStep(nn.Module):
+    """The trainable parts and the loss step as one module, so that accelerate's wrapper runs the step:
+    under DDP only a forward through the wrapper makes the backward all-reduce the gradients (the
+    parts' own forwards, called inside the step, are the same parameters)."""
+
+    def __init__(self, parts: nn.Module, step: Callable[[dict, torch.Generator], dict[str, torch.Tensor]]):
+        super().__init__()
+        self.parts = parts
+        self._step = step
+
+    def forward(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return self._step(batch, generator)
+
+
+def shard(indices: list[int], rank: int, processes: int) -> tuple[list[int], float]:
+    """This process's rows of a global batch and the factor on its mean loss that makes the all-reduced
+    (averaged) gradient the one of the mean over the whole batch: share x processes / batch.
+
+    Equal shares give 1. An unequal last batch weights each share by its size; a process left with no
+    row takes the batch's first row with factor 0 (every process must run the step for DDP).
+    """
+    own = indices[rank::processes]
+    if processes == 1:
+        return own, 1.0
+    if not own:
+        return indices[:1], 0.0
+    return own, len(own) * processes / len(indices)
 
 
 class _DeferredInterrupt:
@@ -149,10 +183,12 @@ def run_phase(
     ``evaluate()`` returns the dev score used for selection (higher is better). On return
     ``module`` holds the best state seen.
     """
-    from accelerate import Accelerator
     from transformers import get_constant_schedule, get_linear_schedule_with_warmup
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    from metakd_cli.processes import accelerator as make_accelerator
+
+    accelerator = make_accelerator(spec.mixed_precision)
+    processes, rank = accelerator.num_processes, accelerator.process_index
     torch.manual_seed(spec.seed)
     steps_per_epoch = math.ceil(n_examples / spec.batch_size)
     total_steps = steps_per_epoch * spec.epochs
@@ -167,7 +203,9 @@ def run_phase(
         scheduler = get_constant_schedule(optimizer)
     else:
         scheduler = get_linear_schedule_with_warmup(optimizer, int(spec.warmup * total_steps), total_steps)
-    model, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    # the scheduler stays ours: accelerate's would step it once per process at every step (it expects a
+    # data loader whose length it divided among the processes; our steps are global batches already)
+    model, optimizer = accelerator.prepare(_LossStep(module, loss_step), optimizer)
     generator = torch.Generator().manual_seed(spec.seed + 1)
 
     ckpt = checkpoint_dir / spec.name
@@ -191,13 +229,16 @@ def run_phase(
                 f"{saved}: the checkpoint was made with other settings (checkpoint -> now: {what}); "
                 "resume with the checkpoint's settings, or run without --resume to start over"
             )
-        accelerator.unwrap_model(model).load_state_dict(load_file(str(saved / "model.safetensors")))
+        module.load_state_dict(load_file(str(saved / "model.safetensors")))
         states = torch.load(saved / "optim.pt", weights_only=True)  # our own checkpoint, tensors only
         optimizer.load_state_dict(states["optimizer"])
         scheduler.load_state_dict(states["scheduler"])
         rng = load_file(str(saved / "rng.safetensors"))
-        torch.set_rng_state(rng["torch"])
-        generator.set_state(rng["generator"])
+        own = f"_rank{rank}" if f"torch_rank{rank}" in rng else ""  # several processes: each its own streams
+        torch.set_rng_state(rng[f"torch{own}"])
+        generator.set_state(rng[f"generator{own}"])
+        if f"cuda{own}" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng[f"cuda{own}"])
         if (saved / "best.safetensors").is_file():
             best_state = load_file(str(saved / "best.safetensors"))
         position = {k: loop[k] for k in ("epoch", "step", "loss_sum", "loss_count")}
@@ -210,16 +251,28 @@ def run_phase(
     elif resume:
         log(f"{spec.name}: no checkpoint to resume in {ckpt}, so it starts from scratch")
 
-    def save_checkpoint() -> None:
+    def rng_states() -> dict[str, torch.Tensor]:
+        """Every process's random streams (dropout, the confusion shuffle), gathered to all: call it on every
+        process at the same point."""
+        own = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+        if torch.cuda.is_available():
+            own["cuda"] = torch.cuda.get_rng_state()
+        if processes == 1:
+            return own
+        from accelerate.utils import gather_object
+
+        every = gather_object([own])
+        return {**every[0], **{f"{k}_rank{r}": v for r, states in enumerate(every) if r for k, v in states.items()}}
+
+    def save_checkpoint(rng: dict[str, torch.Tensor]) -> None:
         if not accelerator.is_main_process:
             return
         with atomic_dir(ckpt) as tmp:  # a kill at any moment leaves the previous checkpoint usable
-            _save_tensors(_state_file(accelerator.unwrap_model(model)), tmp / "model.safetensors")
+            _save_tensors(_state_file(module), tmp / "model.safetensors")
             if best_state is not None:
                 _save_tensors(best_state, tmp / "best.safetensors")
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
-            _save_tensors({"torch": torch.get_rng_state(), "generator": generator.get_state()},
-                          tmp / "rng.safetensors")
+            _save_tensors(rng, tmp / "rng.safetensors")
             loop = {
                 **position,
                 "best_score": best_score,
@@ -245,19 +298,24 @@ def run_phase(
                 for step in range(position["step"], steps_per_epoch):
                     consistent = False
                     indices = order[step * spec.batch_size : (step + 1) * spec.batch_size]
-                    indices = indices[accelerator.process_index :: accelerator.num_processes]
-                    batch = {k: v.to(accelerator.device) for k, v in make_batch(indices).items()}
+                    own, factor = shard(indices, rank, processes)
+                    batch = {k: v.to(accelerator.device) for k, v in make_batch(own).items()}
                     batch["progress"] = torch.tensor((epoch * steps_per_epoch + step) / total_steps)
-                    terms = loss_step(batch, generator)
+                    terms = model(batch, generator)  # through accelerate's wrapper: DDP all-reduces the gradients
+                    loss = terms["loss"] if processes == 1 else terms["loss"] * factor
                     optimizer.zero_grad(set_to_none=True)
-                    accelerator.backward(terms["loss"])
+                    accelerator.backward(loss)
                     if spec.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
                     optimizer.step()
-                    scheduler.step()
+                    if not accelerator.optimizer_step_was_skipped:  # fp16: a step skipped for overflow
+                        scheduler.step()
                     position["step"] = step + 1
-                    trained_examples += len(indices)
-                    position["loss_sum"] += float(terms["loss"].detach())
+                    trained_examples += len(indices)  # the global batch's rows
+                    if processes > 1:  # the mean of the weighted shares is the whole batch's mean loss
+                        position["loss_sum"] += float(accelerator.reduce(loss.detach(), reduction="mean"))
+                    else:
+                        position["loss_sum"] += float(terms["loss"].detach())
                     position["loss_count"] += 1
                     consistent = True
                     if interrupt.requested:
@@ -271,27 +329,29 @@ def run_phase(
                 score = evaluate() if evaluate is not None else float(epoch + 1)  # None: keep the last
                 train_loss = position["loss_sum"] / max(position["loss_count"], 1)
                 history.append({"epoch": epoch + 1, "train_loss": train_loss, "dev_score": score})
+                if progress is not None and hasattr(progress, "epoch_end"):  # a plain line where no bar can show
+                    progress.epoch_end(epoch + 1, spec.epochs, train_loss, score if evaluate is not None else None,
+                                       trained_examples / max(time.perf_counter() - started, 1e-9))
                 if score > best_score:
                     best_score, best_epoch = score, epoch + 1
-                    best_state = _state_file(accelerator.unwrap_model(model))
+                    best_state = _state_file(module)
                 position = {"epoch": epoch + 1, "step": 0, "loss_sum": 0.0, "loss_count": 0}
-                save_checkpoint()
+                save_checkpoint(rng_states())
                 consistent = True
                 if interrupt.requested:
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
-        if consistent:
-            save_checkpoint()
+        if consistent and processes == 1:  # several: the others are elsewhere, so only epoch-end checkpoints
+            save_checkpoint(rng_states())
         if progress is not None:
             progress.stop()
         raise
     if progress is not None:
         progress.stop()
     seconds = time.perf_counter() - started
-    unwrapped = accelerator.unwrap_model(model)
     if best_state is not None:
-        unwrapped.load_state_dict(best_state)
-    unwrapped.eval()
+        module.load_state_dict(best_state)
+    module.eval()
     return PhaseResult(
         best_score=best_score,
         best_epoch=best_epoch,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -145,3 +146,153 @@ def test_log_and_warning_lines_print_markup_literally(capsys):
     console.log("teacher [bold]x[/bold] [/x]")
     console.warn("label [pos] [/y]")
     assert capsys.readouterr().err == "teacher [bold]x[/bold] [/x]\nwarning: label [pos] [/y]\n"
+
+
+def test_run_dir_after_the_command_wins_over_before_and_the_environment(tmp_path, monkeypatch):
+    # `metakd fit DATA --run-dir X` said "No such option '--run-dir'"
+    monkeypatch.setenv("METAKD_RUN_DIR", str(tmp_path / "from-env"))
+    for args, used in ([["eval"], "from-env"], [["--run-dir", str(tmp_path / "before"), "eval"], "before"],
+                       [["--run-dir", str(tmp_path / "before"), "eval", "--run-dir", str(tmp_path / "after")], "after"],
+                       [["eval", "--run-dir", str(tmp_path / "after")], "after"]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2, result.output
+        assert f"run folder {tmp_path / used} does not exist" in result.stderr, (args, result.stderr)
+    for name in ("fit", "distill", "export", "eval", "predict", "run"):
+        assert "--run-dir" in invoke(name, "--help").stdout, name
+    assert "--run-dir" not in invoke("data", "--help").stdout  # it reads no run folder
+
+
+def test_config_is_logged_as_the_keys_that_differ_from_the_defaults(tmp_path):
+    result = CliRunner().invoke(cli, ["--run-dir", str(tmp_path / "run"), "fit", str(tmp_path / "missing.jsonl"),
+                                      "--epochs", "1", "--lr", "1e-4"])
+    assert result.exit_code == 2
+    first = result.stderr.splitlines()[0]
+    assert first.startswith("fit config: epochs=1 lr=0.0001, the rest default"), first
+    assert "{" not in first
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data:\n  path: {tmp_path / 'missing.jsonl'}\nfit:\n  epochs: 2\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["--run-dir", str(tmp_path / "run"), "run", str(recipe), "--set",
+                                      "distill.method=kd"])
+    assert result.exit_code == 2
+    first = result.stderr.splitlines()[0]
+    assert first == (f"recipe {recipe}: data.path={tmp_path / 'missing.jsonl'} fit.epochs=2 distill.method=kd, "
+                     "the rest default (all of it goes to manifest.json)")
+
+
+def test_training_progress_without_a_terminal_logs_one_plain_line_per_epoch(capsys):
+    # redirected to a file, rich bars were cut off mid-line
+    from metakd_cli import console
+
+    progress = console.TrainingProgress()
+    progress.start("fit-teacher", total=4)
+    for epoch in (1, 2):
+        progress.advance(1, "epoch loss")
+        progress.advance(1, "epoch loss")
+        progress.epoch_end(epoch, 2, 0.5 / epoch, 75.0 + epoch, 12.34)
+    progress.stop()
+    progress.start("distill-intermediate", total=2)
+    progress.epoch_end(1, 1, 0.25, None, 8.0)
+    progress.stop()
+    assert capsys.readouterr().err.splitlines() == [
+        "fit-teacher: epoch 1/2 loss 0.5000 dev acc 76.00% 12.3 ex/s",
+        "fit-teacher: epoch 2/2 loss 0.2500 dev acc 77.00% 12.3 ex/s",
+        "distill-intermediate: epoch 1/1 loss 0.2500 8.0 ex/s",
+    ]
+
+
+def test_training_calls_the_progress_once_per_epoch(tmp_path):
+    import torch
+    from torch import nn
+
+    from metakd_cli.training import PhaseSpec, run_phase
+
+    class Recorder:
+        def __init__(self):
+            self.epochs = []
+
+        def start(self, *args, **kwargs):
+            pass
+
+        def advance(self, steps=1, info=""):
+            pass
+
+        def epoch_end(self, epoch, epochs, loss, dev_score, examples_per_second):
+            self.epochs.append((epoch, epochs, dev_score))
+
+        def stop(self):
+            pass
+
+    model = nn.Linear(2, 1)
+    recorder = Recorder()
+    run_phase(PhaseSpec(name="p", epochs=2, batch_size=4, lr=0.01, seed=0), model, 10,
+              lambda idx: {"x": torch.ones(len(idx), 2), "index": torch.tensor(idx)},
+              lambda batch, generator: {"loss": model(batch["x"]).pow(2).mean()}, lambda: 50.0, tmp_path, False,
+              recorder)
+    assert recorder.epochs == [(1, 2, 50.0), (2, 2, 50.0)]
+
+
+def test_ctrl_c_says_what_was_saved_and_the_command_that_resumes(tiny_model_dir, tmp_path, monkeypatch):
+    from conftest import InterruptAfter
+    from metakd_cli import console
+
+    data = write_toy_dataset(tmp_path, "jsonl")
+    run_dir = tmp_path / "run"
+    argv = ["metakd", "--run-dir", str(run_dir), "fit", str(data), "--teacher", str(tiny_model_dir), "--epochs", "3",
+            "--batch-size", "8", "--max-length", "16"]
+    monkeypatch.setattr(sys, "argv", argv)
+    steps_per_epoch = 96 // 8
+    monkeypatch.setattr(console, "TrainingProgress", lambda: InterruptAfter(steps_per_epoch + 2))
+    result = CliRunner().invoke(cli, argv[1:])
+    assert result.exit_code == 130, result.output
+    message = result.stderr.splitlines()[-1]
+    assert message == (f"error: interrupted; training state saved in {run_dir / 'checkpoints' / 'fit-teacher'} "
+                       f"(stopped in epoch 2 after 2 steps); continue with: {shlex.join([*argv, '--resume'])}")
+
+
+def test_ctrl_c_in_a_command_without_resume_says_nothing_changed(tmp_path, monkeypatch):
+    from metakd_cli import evaluate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "evaluate_run", interrupted)
+    result = CliRunner().invoke(cli, ["--run-dir", str(tmp_path), "eval"])
+    assert result.exit_code == 130
+    assert result.stderr == "error: interrupted; nothing was changed (files are written whole or not at all)\n"
+
+
+def test_data_with_one_label_warns(tmp_path):
+    path = write_jsonl(tmp_path / "one.jsonl", [{**row, "label": "positive"} for row in toy_rows()])
+    result = CliRunner().invoke(cli, ["--quiet", "data", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "warning: every row has the same label ('positive')" in result.stderr
+
+
+def test_recipes_ls_left_aligns_the_purpose():
+    result = invoke("recipes", "ls")
+    assert result.exit_code == 0, result.output
+    cells = [line.split("│")[2] for line in result.stdout.splitlines() if line.startswith("│")]
+    assert cells and all(not cell.startswith("  ") for cell in cells if cell.strip()), cells
+
+
+def test_run_takes_resume_and_ctrl_c_names_the_checkpoint(tmp_path, monkeypatch):
+    seen = []
+    checkpoint = tmp_path / "run" / "checkpoints" / "distill-prediction"
+
+    def interrupted_pipeline(config, run, progress, log, warn, resume=False):
+        seen.append(resume)
+        checkpoint.mkdir(parents=True, exist_ok=True)
+        (checkpoint / "loop.json").write_text(json.dumps({"epoch": 1, "step": 0}))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("metakd_cli.pipeline.run_pipeline", interrupted_pipeline)
+    argv = ["metakd", "--run-dir", str(tmp_path / "run"), "run", "quickstart"]
+    monkeypatch.setattr(sys, "argv", argv)
+    result = CliRunner().invoke(cli, ["--quiet", *argv[1:]])
+    assert result.exit_code == 130 and seen == [False]
+    assert result.stderr == (f"error: interrupted; training state saved in {checkpoint} (1 epoch done); continue "
+                             f"with: {shlex.join([*argv, '--resume'])}\n")
+    monkeypatch.setattr(sys, "argv", [*argv, "--resume"])
+    result = CliRunner().invoke(cli, ["--quiet", *argv[1:], "--resume"])
+    assert result.exit_code == 130 and seen == [False, True]
+    assert result.stderr.endswith(f"continue with: {shlex.join([*argv, '--resume'])}\n")  # --resume once

@@ -238,3 +238,26 @@ def test_as_dict_is_the_resolved_config():
     config = as_dict(Recipe())
     assert {"data", "fit", "distill"} <= set(config)
     assert config["distill"]["max_length"] is None and config["fit"]["lr"] == 2e-5
+
+
+def test_a_yaml_syntax_error_gives_file_line_and_column(tmp_path):
+    # the message gave no line: in a long recipe the mistake had to be hunted for
+    path = recipe_file(tmp_path, "fit:\n  epochs: 2\n lr: 3e-5\n")
+    assert recipe_error(path) == (f"{path}: not valid YAML at line 3, column 2 "
+                                  "(expected <block end>, but found '<block mapping start>')")
+    path = recipe_file(tmp_path, "# a comment\ndistill:\n  method: meta\n  temperature: [1, 2\n", "flow.yaml")
+    assert recipe_error(path).startswith(f"{path}: not valid YAML at line 5, column 1 (expected ',' or ']'")
+
+
+def test_summary_names_only_what_differs_from_the_defaults():
+    from metakd_cli.config import summary
+
+    assert summary(FitConfig()) == "all defaults"
+    assert summary(Recipe()) == "all defaults"
+    assert summary(FitConfig(epochs=1, fraction_domains=["books", "dvd"], hold_out="dvd")) == \
+        "hold_out=dvd fraction_domains=books,dvd epochs=1, the rest default"
+    recipe = Recipe()
+    recipe.data.path = "data.jsonl"
+    recipe.distill.max_length = 64
+    recipe.eval.domains = ["kitchen"]
+    assert summary(recipe) == "data.path=data.jsonl distill.max_length=64 eval.domains=kitchen, the rest default"

@@ -804,3 +804,19 @@ def test_huge_line_is_a_user_error_naming_the_line(tmp_path, suffix):
         path.write_text(f"text,label,domain\nfine,a,x\n{huge},b,x\n", encoding="utf-8")
     with pytest.raises(UserError, match=rf"data{suffix}:(2|3)\b.*(characters long|malformed|field larger)"):
         load_dataset(DataConfig(path=str(path)))
+
+
+def test_batch_rows_lands_on_the_batchs_device():
+    """Per-row tensors (t, lambda, soft labels) stay on the CPU; a batch's rows of them follow the batch."""
+    import torch
+
+    from metakd_cli.data import batch_rows
+
+    values = torch.tensor([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])
+    index = torch.tensor([2, 0])
+    assert batch_rows(values, index).tolist() == [[4.0, 5.0], [0.0, 1.0]]
+    assert batch_rows(values, index).device == index.device
+    assert batch_rows(values, index, "meta").device.type == "meta"  # a device other than the values'
+    if torch.cuda.is_available():  # where a GPU exists: a CUDA batch index, CPU values (values[index] raises)
+        rows = batch_rows(values, index.cuda())
+        assert rows.device.type == "cuda" and rows.cpu().tolist() == [[4.0, 5.0], [0.0, 1.0]]

@@ -118,9 +118,10 @@ def test_tiny_student_starts_from_the_teachers_mapped_layers(run):
     assert torch.equal(student.classifier.weight, teacher.classifier.weight)
 
 
-def test_tinybert4_random_warns_and_uses_a_projection(run):
-    warnings = []
-    result = distill(small(student="tinybert4", student_init="random"), run, log=_quiet, warn=warnings.append)
+def test_tinybert4_random_warns_and_has_the_papers_geometry(run):
+    warnings = []  # kd: tinybert4's 12 heads cannot match the tiny teacher's 4 head by head
+    result = distill(small(student="tinybert4", student_init="random", method="kd"), run, log=_quiet,
+                     warn=warnings.append)
     assert any("much weaker" in w for w in warnings)
     from transformers import AutoConfig
 
@@ -136,8 +137,8 @@ def test_learning_rate_defaults_follow_the_students_start(run):
     assert learning_rates(DistillConfig(student="tinybert4", student_init="some/checkpoint")) == (5e-5, 3e-5)
     assert learning_rates(DistillConfig(student="tinybert4", student_init="random")) == (5e-4, 3e-4)
     assert learning_rates(DistillConfig(student="tinybert4", student_init="random", lr=1e-5)) == (5e-4, 1e-5)
-    result = distill(small(student="tinybert4", student_init="random", lr=None, intermediate_lr=None), run,
-                     log=_quiet, warn=_quiet)
+    result = distill(small(student="tinybert4", student_init="random", lr=None, intermediate_lr=None, method="kd"),
+                     run, log=_quiet, warn=_quiet)
     assert result.metrics["learning_rates"] == {"intermediate": 5e-4, "prediction": 3e-4}
     assert result.metrics["config"]["lr"] is None  # what the user asked for; the rates used are beside it
     with pytest.raises(UserError, match="--lr must be positive, got -1"):
@@ -264,3 +265,133 @@ def test_keep_top_needs_trim_vocab_as_on_export():
     with pytest.raises(UserError, match="--keep-top must be 0 or more"):
         validate(DistillConfig(trim_vocab=True, keep_top=-1))
     validate(DistillConfig(trim_vocab=True, keep_top=100))
+
+
+def _spy_on_attention(monkeypatch) -> tuple[list[dict], list[tuple]]:
+    """Record every training batch distill builds and every attention_mse call (with the batch it saw)."""
+    import metakd_cli.distill as distill_module
+
+    batches, calls = [], []
+    real_collate, real_mse = distill_module.collate, distill_module.attention_mse
+
+    def collate(*args):
+        batches.append(real_collate(*args))
+        return batches[-1]
+
+    def attention_mse(student, teacher, mask):
+        calls.append((batches[-1], [s.detach().clone() for s in student], [t.clone() for t in teacher]))
+        return real_mse(student, teacher, mask)
+
+    monkeypatch.setattr(distill_module, "collate", collate)
+    monkeypatch.setattr(distill_module, "attention_mse", attention_mse)
+    return batches, calls
+
+
+def _scores_by_hand(model, hidden_states, layer: int, mask):
+    """Q K^T / sqrt(d) + (1 - mask) * min from a BERT layer's own query/key weights: [B, heads, L, L]."""
+    import math
+
+    import torch
+
+    attention = model.bert.encoder.layer[layer].attention.self
+    heads, size = attention.num_attention_heads, attention.attention_head_size
+    batch, length, _ = hidden_states.shape
+    q = (hidden_states @ attention.query.weight.T + attention.query.bias).view(batch, length, heads, size)
+    k = (hidden_states @ attention.key.weight.T + attention.key.bias).view(batch, length, heads, size)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(size)
+    return scores + (1.0 - mask[:, None, None, :].float()) * torch.finfo(scores.dtype).min
+
+
+def test_the_intermediate_stage_compares_pre_softmax_scores(run, monkeypatch):
+    """The teacher's tensors given to attention_mse are Q K^T / sqrt(d) + mask of the mapped layers,
+    recomputed here by hand from the saved teacher's query/key weights (not softmax probabilities)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    _, calls = _spy_on_attention(monkeypatch)
+    distill(small(epochs=1), run, log=_quiet, warn=_quiet)
+    batch, student_scores, teacher_scores = calls[0]
+    teacher = AutoModelForSequenceClassification.from_pretrained(run.teacher, attn_implementation="eager").eval()
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    with torch.no_grad():
+        hidden = teacher(**inputs, output_hidden_states=True).hidden_states
+    mask = batch["attention_mask"]
+    # (the toy rows are all one length; padded keys are checked in test_attention.py)
+    mapping = layer_map(4, 6)
+    assert len(teacher_scores) == len(student_scores) == 4
+    for scores, student, m in zip(teacher_scores, student_scores, mapping[1:]):
+        expected = _scores_by_hand(teacher, hidden[m - 1], m - 1, mask)  # hidden[i]: layer i's input (0-based)
+        real = expected > -100
+        assert torch.equal(scores > -100, real) and torch.equal(student > -100, real)
+        assert torch.allclose(scores[real], expected[real], atol=1e-4)
+        assert student.shape == scores.shape
+
+
+def test_a_wider_student_with_the_teachers_heads_distils(run, tiny_model_dir, tmp_path, monkeypatch):
+    """Widths differ (projection for hidden states); scores are [B, heads, L, L] on both sides."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, BertModel
+
+    wide = tmp_path / "wide"
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.hidden_size, config.num_hidden_layers = 48, 2  # 4 heads of 12, teacher: 4 heads of 8
+    torch.manual_seed(2)
+    BertModel(config).save_pretrained(wide)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(wide)
+    _, calls = _spy_on_attention(monkeypatch)
+    result = distill(small(student=str(wide), epochs=1), run, log=_quiet, warn=_quiet)
+    assert result.metrics["parameters"]["student"] > 0
+    _, student_scores, teacher_scores = calls[0]
+    assert [s.shape for s in student_scores] == [t.shape for t in teacher_scores] and len(student_scores) == 2
+    loss = result.metrics["stages"]["intermediate"]["history"][0]
+    assert all(torch.isfinite(torch.tensor(v)) for v in loss.values() if isinstance(v, float))
+
+
+def test_a_student_with_other_head_counts_is_refused_for_attention_distillation(run):
+    with pytest.raises(UserError, match="the student has 12 attention heads per layer and the teacher 4"):
+        distill(small(student="tinybert4", student_init="random"), run, log=_quiet, warn=_quiet)
+    assert not run.student.exists()
+
+
+def test_an_unknown_student_name_fails_at_once_with_the_presets(tmp_path, monkeypatch):
+    # `--student tinny` retried the hub for 65 s and printed 24 lines of MaxRetryError
+    from metakd_cli import models
+
+    args = ["--quiet", "--run-dir", str(tmp_path / "none"), "distill", "--student", "tinny"]
+    result = CliRunner().invoke(cli, args)  # the tests run with HF_HUB_OFFLINE=1
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "error: --student tinny: not a preset, packaged model or model folder, and the hub is off (HF_HUB_OFFLINE=1); "
+        "did you mean tiny? (presets: tiny, tinybert4, minilm4; packaged: all-MiniLM-L6-v2, minilm; or a model folder, or a "
+        "hub id while online)"]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)  # online in name, no network in fact
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and "the hub cannot be reached (no network?); did you mean tiny?" in result.stderr
+    result = CliRunner().invoke(cli, [*args[:4], "--student", "tinybert4", "--student-init", "./no/such/folder"])
+    assert result.exit_code == 2
+    assert "--student-init ./no/such/folder: not a preset, packaged model or model folder, and not a hub id" \
+        in result.stderr
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: True)
+    models.check_model_source("huawei-noah/TinyBERT_General_4L_312D", "--student-init", ("random",))  # online: fine
+
+
+def test_hub_reachable_is_a_quick_connection_to_the_endpoint(monkeypatch):
+    import socket
+    import time
+
+    from metakd_cli.models import hub_reachable
+
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub_reachable(timeout=1.0)
+        port = server.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")  # closed now: refused at once
+    started = time.perf_counter()
+    assert not hub_reachable(timeout=1.0)
+    assert time.perf_counter() - started < 2.5

@@ -224,3 +224,42 @@ def test_export_metrics_record_the_cpu(exported_run):
 
     metrics = json.loads((exported_run / "metrics" / "export.json").read_text())
     assert metrics["cpu"] == cpu_info().to_json() and metrics["cpu"]["model"]
+
+
+def test_eval_json_keeps_the_record_of_every_selection(exported_run, tmp_path):
+    # `eval --domain kitchen` overwrote metrics/eval.json and lost the all-domain, four-model record
+    run = copy_run(exported_run, tmp_path / "run")
+    path = run / "metrics" / "eval.json"
+    path.unlink(missing_ok=True)
+    assert invoke("--quiet", "--run-dir", str(run), "eval", "--split", "dev").exit_code == 0
+    assert invoke("--quiet", "--run-dir", str(run), "eval", "--split", "dev", "--domain", "kitchen").exit_code == 0
+    result = invoke("--quiet", "--run-dir", str(run), "eval", "--split", "dev", "--model", "student", "--json")
+    assert result.exit_code == 0, result.output
+    saved = json.loads(path.read_text())
+    # the top level is the latest record, as before
+    assert saved["config"]["models"] == ["student"] and [m["name"] for m in saved["models"]] == ["student"]
+    assert {k: v for k, v in saved.items() if k != "selections"} == {
+        "step": "eval", **json.loads(result.stdout), "config": saved["config"]}
+    selections = saved["selections"]
+    assert list(selections) == ["split=dev domains=all models=all", "split=dev domains=kitchen models=all",
+                                "split=dev domains=all models=student"]
+    everything = selections["split=dev domains=all models=all"]
+    assert [m["name"] for m in everything["models"]] == EXPECTED_MODELS
+    assert set(everything["models"][0]["accuracy"]) == {"books", "electronics", "kitchen", "average"}
+    assert selections["split=dev domains=kitchen models=all"]["domains"] == ["kitchen"]
+    assert all("selections" not in record for record in selections.values())
+    # the same selection again replaces its own record only
+    assert invoke("--quiet", "--run-dir", str(run), "eval", "--split", "dev", "--domain", "kitchen").exit_code == 0
+    assert list(json.loads(path.read_text())["selections"]) == list(selections)
+
+
+def test_eval_json_from_before_selections_keeps_its_record():
+    from metakd_cli.evaluate import with_selections
+
+    old = {"step": "eval", "split": "test", "domains": ["books", "kitchen"], "models": [{"name": "teacher"}],
+           "bucketing": True, "config": {"models": ["all"], "domains": None, "split": "test"}}
+    new = {**old, "domains": ["kitchen"], "config": {"models": ["all"], "domains": ["kitchen"], "split": "test"}}
+    merged = with_selections(new, old)
+    assert merged["domains"] == ["kitchen"]
+    assert merged["selections"] == {"split=test domains=all models=all": old,
+                                    "split=test domains=kitchen models=all": new}

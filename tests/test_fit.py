@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import InterruptAfter, write_toy_dataset
+from conftest import InterruptAfter, toy_rows, write_jsonl, write_toy_dataset
 from metakd_cli.cli import cli
 from metakd_cli.config import DataConfig, FitConfig
 from metakd_cli.data import encode, load_dataset
@@ -204,3 +204,51 @@ def test_new_head_warning_is_silenced_and_verbosity_restored(tiny_model_dir):
     assert not [r for r in silenced if "newly initialized" in r.getMessage()]
     assert [r for r in records[len(silenced):] if "newly initialized" in r.getMessage()]
     assert transformers_logging.get_verbosity() == before
+
+
+def test_an_unknown_teacher_name_fails_at_once_with_the_packaged_names(tmp_path):
+    data = write_toy_dataset(tmp_path, "jsonl")
+    result = CliRunner().invoke(cli, ["--run-dir", str(tmp_path / "run"), "fit", str(data), "--teacher",
+                                      "all-MiniLM-L6"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == (
+        "error: --teacher all-MiniLM-L6: not a packaged model or model folder, and the hub is off (HF_HUB_OFFLINE=1); "
+        "did you mean all-MiniLM-L6-v2? (packaged: all-MiniLM-L6-v2, minilm, mpnet-base; or a model folder, or a hub id while "
+        "online)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_label_and_one_domain_warn_without_refusing(tiny_model_dir, tmp_path):
+    rows = [{**row, "label": "positive"} for row in toy_rows() if row["domain"] == "books"]
+    data = write_jsonl(tmp_path / "one.jsonl", rows)
+    result = CliRunner().invoke(cli, ["--quiet", "--run-dir", str(tmp_path / "run"), "fit", str(data), "--teacher",
+                                      str(tiny_model_dir), "--epochs", "1", "--batch-size", "8", "--max-length", "16"])
+    assert result.exit_code == 0, result.output
+    assert "warning: only one domain: the meta-teacher's cross-domain terms have nothing to compare" in result.stderr
+    assert "warning: every row has the same label ('positive')" in result.stderr
+    assert "chance" not in result.stderr  # with one label every model is "at chance": said once is enough
+    assert (tmp_path / "run" / "teacher" / "model.safetensors").is_file()
+
+
+def test_a_teacher_at_or_below_chance_on_dev_is_warned_about():
+    from metakd_cli.data import Encoded
+    from metakd_cli.fit import TeacherResult, chance_warnings
+
+    # dev: books 3 of 4 rows label 1 (chance 75%), kitchen 2 of 4 (chance 50%)
+    dev = Encoded([[1]] * 8, None, [1, 1, 1, 0, 0, 1, 0, 1], [0, 0, 0, 0, 1, 1, 1, 1])
+    domains = ["books", "kitchen"]
+
+    def teacher(name, **dev_accuracy):
+        return TeacherResult(name=name, dev=dev_accuracy, test={}, best_epoch=1, history=[], train_seconds=0,
+                             examples_per_second=0)
+
+    assert chance_warnings([teacher("teacher", books=75.0, kitchen=50.0)], dev, domains, 2, []) == [
+        "the teacher scores 62.5% on dev, at or below chance (62.5%: always the most common label): check the "
+        "labels, or train longer (--epochs) or with another --lr"]
+    assert chance_warnings([teacher("teacher", books=100.0, kitchen=50.0)], dev, domains, 2, []) == []
+    assert chance_warnings([teacher("teacher", books=100.0, kitchen=50.0)], dev, domains, 2, [0])[0].startswith(
+        "the teacher scores 50.0% on dev, at or below chance (50.0%")  # books held out: kitchen alone counts
+    single = [teacher("books", books=50.0), teacher("kitchen", kitchen=75.0)]
+    assert [m.split(" scores")[0] for m in chance_warnings(single, dev, domains, 2, [], single=True)] == \
+        ["the books teacher"]
+    assert chance_warnings([teacher("teacher", books=0.0)], dev, domains, 1, []) == []  # one label: warned before

@@ -126,3 +126,39 @@ def test_examples_with_different_lambda_get_different_weights():
     assert loss.item() != pytest.approx(lam.mean().item() * per_example.mean().item())  # not a batch constant
     loss.backward()
     assert per_example.grad.tolist() == pytest.approx([0.15, 0.5])
+
+
+def test_attention_mse_on_scores_zeroes_masked_entries_hand_computed():
+    # example 0: two real tokens, one head; entries <= -100 become 0 in both before the MSE
+    s_t = torch.tensor([[[[1.0, -1e4], [0.5, 2.0]]]])
+    s_s = torch.tensor([[[[0.0, -150.0], [1.5, 2.0]]]])
+    # zeroed: teacher [[1, 0], [0.5, 2]], student [[0, 0], [1.5, 2]] -> squared errors 1, 0, 1, 0
+    assert attention_mse([s_s], [s_t], torch.tensor([[1, 1]])).tolist() == pytest.approx([2.0 / 4])
+    # example 1: the second token is padding (the layer added the dtype's minimum to its key)
+    low = torch.finfo(torch.float32).min
+    s_t = torch.tensor([[[[1.0, low], [7.0, low]]]])
+    s_s = torch.tensor([[[[3.0, low], [-9.0, low]]]])
+    assert attention_mse([s_s], [s_t], torch.tensor([[1, 0]])).tolist() == pytest.approx([4.0])  # (3 - 1)^2 only
+
+
+def test_attention_mse_is_per_example_summed_over_layers_and_needs_equal_heads():
+    mask = torch.tensor([[1, 1], [1, 0]])
+    s_t = torch.zeros(2, 2, 2, 2)
+    s_s = torch.ones(2, 2, 2, 2)
+    assert attention_mse([s_s, s_s], [s_t, s_t], mask).tolist() == pytest.approx([2.0, 2.0])
+    with pytest.raises(ValueError, match="different shapes"):
+        attention_mse([torch.zeros(1, 4, 2, 2)], [torch.zeros(1, 2, 2, 2)], torch.ones(1, 2))
+
+
+def test_negative_t_is_clamped_at_zero_before_it_weights_a_loss():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    labels = torch.tensor([1, 0])
+    negative = teacher_loss(logits, labels, None, None, torch.tensor([-0.5, 1.0]), gamma=0.5)["loss"]
+    zero = teacher_loss(logits, labels, None, None, torch.tensor([0.0, 1.0]), gamma=0.5)["loss"]
+    assert negative.item() == pytest.approx(zero.item())
+    negative.backward()
+    assert torch.all(logits.grad[0] == 0)  # no gradient ascent on the dissimilar example
+    p = torch.tensor([0.3, 0.3])
+    lam = expertise_weight(torch.tensor([-0.8, 0.0]), p)
+    assert lam[0].item() == pytest.approx(lam[1].item())
+    assert lam[0].item() == pytest.approx(1 / (math.exp(0.49) + 1))

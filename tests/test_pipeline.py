@@ -182,6 +182,9 @@ def test_a_hub_student_without_safetensors_fails_before_fitting(tiny_model_dir, 
 
     asked = []
     monkeypatch.setattr(huggingface_hub, "file_exists", lambda repo, name: asked.append((repo, name)) or False)
+    for offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # online, as the file_exists above pretends
+        monkeypatch.delenv(offline, raising=False)
+    monkeypatch.setattr("metakd_cli.models.hub_reachable", lambda timeout=2.0: True)
     run_dir = tmp_path / "run"
     result = _run(run_dir, tiny_model_dir, "distill.student=tinybert4", "distill.student_init=someone/pickled-4l")
     assert result.exit_code == 2, result.output

@@ -76,3 +76,16 @@ def test_manifests_from_before_step_ids_compare_times():
     steps["export"]["model"] = "teacher"  # an exported teacher depends on fit only
     steps["fit"]["finished"] = "2026-01-04T00:00:00+00:00"
     assert set(stale_artifacts(Manifest(steps=steps))) == {"student", "onnx"}
+
+
+def test_predict_names_the_stale_student_and_onnx(exported, tmp_path):
+    # it said "no onnx/ or student/ to predict with" while both were on disk, made from an earlier teacher
+    folder = copy_run(exported, tmp_path / "run")
+    run = RunDir(folder)
+    run.record_step("fit", {**run.load().steps["fit"]})
+    result = _invoke(folder, "predict", "a very good pan")
+    assert result.exit_code == 2
+    assert "no onnx/ or student/" not in result.stderr
+    assert result.stderr.startswith(f"error: {folder}: nothing current to predict with: student/ was distilled "
+                                    "from an earlier teacher")
+    assert "re-run `metakd distill`" in result.stderr and "re-run `metakd export`" in result.stderr

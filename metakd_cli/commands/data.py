@@ -18,6 +18,9 @@ def data(path: str, as_json: bool, **kwargs) -> None:
 
     dataset = load_dataset(data_config(path, pop_data_flags(kwargs)))
     summary = dataset.summary()
+    if len(dataset.labels) == 1:
+        console.warn(f"every row has the same label ('{dataset.labels[0]}'): a classifier has nothing to tell apart "
+                     "(is --label-column the right column?)")
     if as_json:
         console.print_json(summary)
         return

@@ -6,7 +6,8 @@ import click
 
 
 @click.command()
-@click.option("--student", default=None, help="tiny (default: 4 of the teacher's layers) | tinybert4 | a folder or hub id.")
+@click.option("--student", default=None, help="tiny (default: 4 of the teacher's layers; minilm4 for a teacher bigger than MiniLM-L6) | "
+                   "minilm4 (4 layers of the packaged MiniLM-L6, ~19M) | tinybert4 | a folder or hub id.")
 @click.option("--student-init", default=None, help="For tinybert4: a general-distilled folder or hub id, or `random`.")
 @click.option("--method", default=None,
               help="meta (default) | tinybert (lambda = 1, no domain term) | kd (logits only) | "
@@ -19,7 +20,9 @@ import click
 @click.option("--intermediate-epochs", type=int, default=None, help="Stage 1 (layer-wise) epochs [3].")
 @click.option("--epochs", type=int, default=None, help="Stage 2 (soft labels) epochs [3].")
 @click.option("--temperature", type=float, default=None, help="Soft-label temperature [1].")
-@click.option("--batch-size", type=int, default=None, help="Batch size [32].")
+@click.option("--batch-size", type=int, default=None,
+              help="Global batch size; under accelerate launch / torchrun each of N processes takes batch/N rows "
+                   "(a multiple of N) [32].")
 @click.option("--lr", type=float, default=None,
               help="Stage 2 learning rate [3e-5; 3e-4 for --student-init random].")
 @click.option("--intermediate-lr", type=float, default=None,
@@ -28,6 +31,8 @@ import click
 @click.option("--max-length", type=int, default=None, help="Tokens per example [the teacher's].")
 @click.option("--seed", type=int, default=None, help="Training seed [42].")
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow model code from the hub (off by default).")
+@click.option("--mixed-precision", default=None, metavar="no|bf16|fp16",
+              help="Mixed precision through accelerate (fp16: GPU only) [the launcher's setting, else no].")
 @click.option("--trim-vocab", is_flag=True, default=None,
               help="Save the student with only the word pieces its training texts use (a much smaller file).")
 @click.option("--keep-top", type=int, default=None, help="With --trim-vocab, also keep N other pieces by rank [0].")
@@ -38,16 +43,20 @@ import click
 def distill(obj, recipe: str | None, sets: tuple[str, ...], resume: bool, **kwargs) -> None:
     """Distil the teacher in the run folder into student/ (a plain transformers classifier)."""
     from metakd_cli import console
-    from metakd_cli.config import apply_overrides, as_dict, load_recipe
+    from metakd_cli.config import apply_overrides, load_recipe, summary
     from metakd_cli.run_dir import RunDir
 
     config = load_recipe(recipe)
     apply_overrides(config, "distill", kwargs, sets)
-    console.log(f"distill config: {as_dict(config.distill)}")
+    console.log(f"distill config: {summary(config.distill)} (all of it goes to manifest.json)")
 
     from metakd_cli.distill import distill as run_distill
 
     result = run_distill(config.distill, RunDir(obj.run_dir), resume, console.TrainingProgress(), console.log, console.warn)
+    from metakd_cli.processes import is_main
+
+    if not is_main():  # several processes: the main one shows the result
+        return
     m = result.metrics
     domains = [d for d in m["test_accuracy"] if d != "average"] + ["average"]
     held_out = m.get("held_out")

@@ -21,7 +21,8 @@ def eval_(obj, models: tuple[str, ...], domains: tuple[str, ...], split: str, bu
 
     \b
     Per-domain accuracy and macro-F1, agreement with the teacher, mean latency at batch 1,
-    throughput at batch 32 and size on disk; also written to metrics/eval.json.
+    throughput at batch 32 and size on disk; also written to metrics/eval.json (the latest record at
+    its top level, and under "selections" the latest of every selection of models, domains and split).
       metakd eval --domain kitchen
       metakd eval --model student --model int8 --split dev --json
     """

@@ -10,7 +10,13 @@ import click
 @click.command("export")
 @click.option("--model", "model", type=click.Choice(["student", "teacher"]), default="student", show_default=True,
               help="Which model of the run folder to export.")
-@click.option("--int8", is_flag=True, help="Also write model_quantized.onnx (dynamic int8) and check its accuracy.")
+@click.option("--int8", is_flag=True, help="Also write model_quantized.onnx (int8) and check its accuracy.")
+@click.option("--int8-mode", type=click.Choice(["static", "dynamic"]), default=None,
+              help="static: activation scales calibrated once on training texts, so a text gets the same answer "
+                   "alone or in any batch [default]; dynamic: scales computed per batch, padding included, so an "
+                   "answer can move with the other texts of its batch.")
+@click.option("--calibration", type=click.Choice(["minmax", "percentile", "entropy"]), default=None,
+              help="How static int8 turns the calibration activations into ranges [percentile].")
 @click.option("--target", type=click.Choice(["auto", "avx2", "avx512_vnni", "arm64"]), default="auto",
               show_default=True,
               help="int8 format: auto = avx512_vnni where the CPU has VNNI, else avx2; arm64 on ARM "
@@ -26,21 +32,24 @@ import click
                    "remedies [1.0].")
 @click.option("--fuse", is_flag=True,
               help="Quantize a graph with fused attention, layer norm and GELU (ONNX Runtime contrib ops); "
-                   "measure it on your CPU with bench/int8_variants.py.")
+                   "dynamic int8 only (implies --int8-mode dynamic); measure it on your CPU with "
+                   "bench/int8_variants.py.")
 @click.option("--trim-vocab", is_flag=True,
               help="Keep only the word pieces the training corpus uses (model and tokenizer together).")
 @click.option("--keep-top", type=int, default=None, metavar="N",
               help="With --trim-vocab, also keep the first N other pieces by vocabulary rank [0].")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object instead of tables.")
 @click.pass_obj
-def export(obj, model: str, int8: bool, target: str, per_channel: bool | None, ort: bool, opset: int | None,
-           max_drop: float | None, fuse: bool, trim_vocab: bool, keep_top: int | None, as_json: bool) -> None:
+def export(obj, model: str, int8: bool, int8_mode: str | None, calibration: str | None, target: str,
+           per_channel: bool | None, ort: bool, opset: int | None, max_drop: float | None, fuse: bool,
+           trim_vocab: bool, keep_top: int | None, as_json: bool) -> None:
     """Export the run's student (or teacher) to onnx/, loadable with plain optimum.onnxruntime.
 
     \b
     Checks, saved in metrics/export.json: fp32 ONNX logits equal PyTorch's within 1e-4 on dev
     rows; with --trim-vocab, the trimmed model predicts what the untrimmed one does on dev rows
-    whose pieces were all kept; with --int8, dev accuracy per domain of int8 vs fp32 (when plain
+    whose pieces were all kept; with --int8, each of 64 dev rows alone vs in a batch of 32 (static
+    int8 gives the same probability; dynamic may not), and dev accuracy per domain of int8 vs fp32 (when plain
     int8 loses too much, fp32 embeddings + classifier, per-channel (with --per-tensor),
     reduce-range and the other weight type are tried in that order); with --ort, model.ort
     predicts the same labels as the ONNX file it came from. When a check fails the new files
@@ -48,6 +57,7 @@ def export(obj, model: str, int8: bool, target: str, per_channel: bool | None, o
       metakd export --int8 --trim-vocab --keep-top 2000
       metakd export --int8 --target arm64
       metakd export --int8 --per-tensor
+      metakd export --int8 --int8-mode dynamic
     """
     from metakd_cli import console
     from metakd_cli.errors import UserError
@@ -58,6 +68,11 @@ def export(obj, model: str, int8: bool, target: str, per_channel: bool | None, o
     if per_channel is not None and not int8:
         flag = "--per-channel" if per_channel else "--per-tensor"
         raise UserError(f"{flag} sets how int8 weights are scaled; add --int8 or drop {flag}")
+    for flag, value in (("--int8-mode", int8_mode), ("--calibration", calibration)):
+        if value is not None and not int8:
+            raise UserError(f"{flag} sets how int8 is made; add --int8 or drop {flag}")
+    if calibration is not None and int8_mode == "dynamic":
+        raise UserError("--calibration sets static int8's ranges; dynamic int8 has none: drop one of the two")
     config = ExportConfig(model=model, int8=int8, target=target, ort=ort, fuse=fuse, trim_vocab=trim_vocab)
     if per_channel is not None:
         config.per_channel = per_channel
@@ -65,6 +80,12 @@ def export(obj, model: str, int8: bool, target: str, per_channel: bool | None, o
         config.opset = opset
     if max_drop is not None:
         config.max_drop = max_drop
+    if int8_mode is not None:
+        config.int8_mode = int8_mode
+    elif fuse:  # the fused attention is quantized by dynamic int8 only (QAttention)
+        config.int8_mode = "dynamic"
+    if calibration is not None:
+        config.calibration = calibration
     if keep_top is not None:
         config.keep_top = keep_top
     result = run_export(config, RunDir(obj.run_dir), console.log)
@@ -86,15 +107,16 @@ def _render(m: dict, folder, seconds: float, console) -> None:
     rows = []
     for d in domains:
         row = [d, *[accuracy[name].get(d) for name in models]]
-        if "int8" in accuracy:
-            row.append(m["int8_check"]["drop_per_domain"].get(d))
+        if "int8" in accuracy:  # a signed change: an int8 gain reads +0.25, not "drop -0.25"
+            drop = m["int8_check"]["drop_per_domain"].get(d)
+            row.append(None if drop is None else f"{0.0 - drop:+.2f}")  # 0.0 - 0.0 is +0.0, -0.0 is not
         if "trim" in m:
             row.append(m["trim"]["unknown_rate"].get(d, {}).get("after"))
         rows.append(row)
-    columns = ["domain", *[f"{name} dev %" for name in models]] + (["int8 drop"] if "int8" in accuracy else []) \
+    columns = ["domain", *[f"{name} dev %" for name in models]] + (["int8 vs fp32"] if "int8" in accuracy else []) \
         + (["[UNK] % trimmed"] if "trim" in m else [])
     check = m["logits_check"]
-    target = f", int8 {m['target']}" if m["int8"] else ""
+    target = f", int8 {m['int8_check'].get('mode', 'dynamic')} {m['target']}" if m["int8"] else ""
     console.print_table(
         f"{m['model']} -> {folder} (opset {m['opset']}{target}) — {seconds:.1f} s; fp32 ONNX vs PyTorch max |diff| "
         f"{check['max_abs_diff']:.1e} on {check['rows']} rows",
@@ -119,8 +141,9 @@ def _render(m: dict, folder, seconds: float, console) -> None:
         console.print_table(
             f"int8 remedies tried (limit {m['int8_check']['max_drop']:g} points): "
             + (f"kept {chosen}" if chosen else "none passed"),
-            ["attempt", "what", "drop", "MB", "passed"],
-            [[a["name"], a["description"], a["drop"], a["size_mb"], "yes" if a["passed"] else "no"] for a in attempts],
+            ["attempt", "what", "vs fp32", "MB", "passed"],
+            [[a["name"], a["description"], f"{0.0 - a['drop']:+.2f}", a["size_mb"], "yes" if a["passed"] else "no"]
+             for a in attempts],
         )
     sizes = [[name, mb] for name, mb in m["size_mb"].items()]
     params = m["parameters"]

@@ -9,7 +9,8 @@ from metakd_cli.commands.options import data_options, pop_data_flags
 
 @click.command()
 @click.argument("data", type=str)
-@click.option("--teacher", default=None, help="Teacher model: all-MiniLM-L6-v2 (offline default), a folder, or a hub id.")
+@click.option("--teacher", default=None, help="Teacher model: all-MiniLM-L6-v2 (offline default), mpnet-base (all-mpnet-base-v2 from its five "
+                   "PyPI parts, 110M), a folder, or a hub id.")
 @click.option("--teacher-mode", default=None,
               help="meta (default) | mix | mtl (shared encoder, one head per domain) | single (one teacher per domain).")
 @click.option("--hold-out", default=None, metavar="DOMAIN",
@@ -25,11 +26,15 @@ from metakd_cli.commands.options import data_options, pop_data_flags
 @click.option("--zeta", type=float, default=None, help="Weight of cos(h, other domains' prototypes) in t [0.5].")
 @click.option("--gamma", type=float, default=None, help="Weight of the domain loss [0.5].")
 @click.option("--epochs", type=int, default=None, help="Training epochs [3].")
-@click.option("--batch-size", type=int, default=None, help="Batch size [32].")
+@click.option("--batch-size", type=int, default=None,
+              help="Global batch size; under accelerate launch / torchrun each of N processes takes batch/N rows "
+                   "(a multiple of N) [32].")
 @click.option("--lr", type=float, default=None, help="Peak learning rate, linear warm-up and decay [2e-5].")
 @click.option("--max-length", type=int, default=None, help="Tokens per example [128].")
 @click.option("--seed", type=int, default=None, help="Training seed [42].")
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow model code from the hub (off by default).")
+@click.option("--mixed-precision", default=None, metavar="no|bf16|fp16",
+              help="Mixed precision through accelerate (fp16: GPU only) [the launcher's setting, else no].")
 @data_options
 @click.option("--recipe", type=click.Path(dir_okay=False), default=None, help="YAML recipe; flags override it.")
 @click.option("--set", "sets", multiple=True, help="Override a recipe key: --set fit.lr=3e-5 (repeatable).")
@@ -38,18 +43,23 @@ from metakd_cli.commands.options import data_options, pop_data_flags
 def fit(obj, data: str, recipe: str | None, sets: tuple[str, ...], resume: bool, **kwargs) -> None:
     """Train the meta-teacher on every domain of DATA; writes teacher/ and metrics/fit.json."""
     from metakd_cli import console
-    from metakd_cli.config import apply_overrides, as_dict, load_recipe
+    from metakd_cli.config import apply_overrides, load_recipe, summary
     from metakd_cli.run_dir import RunDir
 
     config = load_recipe(recipe)
     data_flags = pop_data_flags(kwargs)
     apply_overrides(config, "data", {"path": data, **data_flags})
     apply_overrides(config, "fit", kwargs, sets)
-    console.log(f"fit config: {as_dict(config.fit)}")
+    console.log(f"fit config: {summary(config.fit)} (all of it goes to manifest.json)")
 
     from metakd_cli.fit import fit as run_fit
 
-    result = run_fit(config.data, config.fit, RunDir(obj.run_dir), resume, console.TrainingProgress(), console.log)
+    result = run_fit(config.data, config.fit, RunDir(obj.run_dir), resume, console.TrainingProgress(), console.log,
+                     console.warn)
+    from metakd_cli.processes import is_main
+
+    if not is_main():  # several processes: the main one shows the result
+        return
     metrics = result.metrics
     domains = [d for d in metrics["dev_accuracy"] if d != "average"]
     held_out = metrics.get("held_out")

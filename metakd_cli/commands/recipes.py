@@ -20,7 +20,7 @@ def list_recipes() -> None:
 
     rows = [[path.stem, purpose(path.read_text(encoding="utf-8"))]
             for path in sorted(bundled("recipes").glob("*.yaml"))]
-    console.print_table("bundled recipes", ["name", "purpose"], rows)
+    console.print_table("bundled recipes", ["name", "purpose"], rows, left=2)
 
 
 def purpose(recipe: str) -> str:

@@ -8,24 +8,26 @@ import click
 @click.command()
 @click.argument("recipe")
 @click.option("--set", "sets", multiple=True, help="Override a recipe key: --set fit.epochs=1 (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted fit or distill step from its last checkpoint.")
 @click.pass_obj
-def run(obj, recipe: str, sets: tuple[str, ...]) -> None:
+def run(obj, recipe: str, sets: tuple[str, ...], resume: bool) -> None:
     """Fit, distill, export and eval as RECIPE says (a file, or a bundled name: quickstart, amazon-cpu ...).
 
     Steps already finished in the run folder with the same configuration are skipped.
     """
     from metakd_cli import console
-    from metakd_cli.config import apply_overrides, as_dict, find_recipe, load_recipe
+    from metakd_cli.config import apply_overrides, find_recipe, load_recipe, summary
     from metakd_cli.run_dir import RunDir
 
     path = find_recipe(recipe)
     config = load_recipe(path)
     apply_overrides(config, "fit", {}, sets)
-    console.log(f"recipe {path}: {as_dict(config)}")
+    console.log(f"recipe {path}: {summary(config)} (all of it goes to manifest.json)")
 
     from metakd_cli.commands.eval import render
     from metakd_cli.pipeline import run_pipeline
 
-    result = run_pipeline(config, RunDir(obj.run_dir), console.TrainingProgress(), console.log, console.warn)
+    result = run_pipeline(config, RunDir(obj.run_dir), console.TrainingProgress(), console.log, console.warn,
+                          resume=resume)
     console.log(f"ran {', '.join(result.ran) or 'nothing'}; skipped {', '.join(result.skipped) or 'nothing'}")
     render(result.eval_result, f"{obj.run_dir} ({path.stem})")

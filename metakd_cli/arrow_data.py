@@ -1,0 +1,220 @@
+"""Arrow-backed data: Parquet files and Hugging Face `datasets` folders and hub ids.
+
+Sources (the column flags and the checks are data.py's, row by row, through ``read_records``):
+
+* a ``.parquet`` file, alone, one per domain, or as given splits (``train.parquet``,
+  ``train-00000-of-00002.parquet`` ...: datasets' shard names count as the split's name; shards
+  of one split are read in order) — data.py's layouts, with ``.parquet`` among the table suffixes;
+* a folder of split folders holding Parquet shards (``train/0000.parquet``, ``test/...``), as the
+  hub's Parquet conversion lays them out;
+* a folder written by ``Dataset.save_to_disk`` (rows still to be split) or
+  ``DatasetDict.save_to_disk`` (its splits kept as given splits; train / validation (dev, valid,
+  val) / test; a dict without a validation split gets dev carved from train, seeded; other
+  splits, such as IMDb's ``unsupervised``, are skipped and counted);
+* a hub id (``imdb``, ``owner/name``, ``owner/name:config``), through ``datasets.load_dataset``, for users
+  online.
+
+A ``ClassLabel`` column's integers become its names. Parquet needs ``pyarrow``; saved folders and
+hub ids need ``datasets``: both come with ``pip install 'metakd-cli[datasets]'``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from metakd_cli.config import DataConfig
+from metakd_cli.errors import UserError
+
+INSTALL = "pip install 'metakd-cli[datasets]'"
+BATCH_ROWS = 4096  # rows converted to Python objects at a time
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?(:[A-Za-z0-9][A-Za-z0-9_.-]*)?")
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".review", ".txt", ".arrow")
+
+
+def _require(module: str, what: str):
+    """Import ``module`` (an optional dependency), or one line saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"{what} needs the optional dependency `{module.split('.')[0]}`: {INSTALL}") from None
+
+
+# --------------------------------------------------------------------------- Parquet
+
+
+def class_label_names(metadata: dict | None) -> dict[str, list[str]]:
+    """{column: names} of the ClassLabel columns that `datasets` records in a Parquet schema's metadata."""
+    try:
+        info = json.loads((metadata or {}).get(b"huggingface", b"{}"))
+        features = info.get("info", {}).get("features", {})
+    except (ValueError, AttributeError):
+        return {}
+    if not isinstance(features, dict):
+        return {}
+    return {column: list(spec["names"]) for column, spec in features.items()
+            if isinstance(spec, dict) and spec.get("_type") == "ClassLabel" and isinstance(spec.get("names"), list)}
+
+
+def _named(record: dict, names: dict[str, list[str]]) -> dict:
+    """The record with each ClassLabel column's integer replaced by its name (other values as they are)."""
+    for column, labels in names.items():
+        value = record.get(column)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(labels):
+            record[column] = labels[value]
+    return record
+
+
+def parquet_records(path: Path) -> Iterable[tuple[int, dict]]:
+    """(row number from 1, row mapping) of a Parquet file, a batch of rows at a time."""
+    pq = _require("pyarrow.parquet", f"{path}: reading Parquet")
+    import pyarrow as pa
+
+    try:
+        handle = pq.ParquetFile(str(path))
+        names = class_label_names(handle.schema_arrow.metadata)
+        batches = handle.iter_batches(batch_size=BATCH_ROWS)
+        number = 0
+        for batch in batches:
+            for record in batch.to_pylist():
+                number += 1
+                yield number, _named(record, names)
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+    if number == 0:
+        raise UserError(f"{path}: no rows")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# --------------------------------------------------------------------------- `datasets` objects
+
+
+def dataset_records(dataset) -> Iterable[tuple[int, dict]]:
+    """(row number from 1, row mapping) of a `datasets.Dataset`, ClassLabel columns as names."""
+    names = {column: list(feature.names) for column, feature in dataset.features.items()
+             if type(feature).__name__ == "ClassLabel"}
+    number = 0
+    for batch in dataset.with_format(None).iter(batch_size=BATCH_ROWS):
+        columns = list(batch)
+        for values in zip(*(batch[c] for c in columns)):
+            number += 1
+            yield number, _named(dict(zip(columns, values)), names)
+
+
+def _from_datasets(obj, where: str, cfg: DataConfig, layout: str) -> tuple[str, dict | list, Counter[str]]:
+    """(layout, rows, skipped) of a Dataset (rows still to be split) or a DatasetDict (given splits)."""
+    from metakd_cli.data import SPLIT_ALIASES, SPLITS, read_records
+
+    skipped: Counter[str] = Counter()
+    if not hasattr(obj, "keys"):  # a Dataset: one table, split by metakd
+        return layout, read_records(where, "arrow", dataset_records(obj), cfg), skipped
+    splits: dict[str, list] = {s: [] for s in SPLITS}
+    for name in obj.keys():
+        split = SPLIT_ALIASES.get(name.lower())
+        if split is None:
+            skipped[f"split '{name}' (not train / validation / test)"] += len(obj[name])
+            continue
+        splits[split].extend(read_records(f"{where}/{name}", "arrow", dataset_records(obj[name]), cfg))
+    return _given(splits, where, sorted(obj.keys()), f"{layout}-splits", skipped)
+
+
+def _given(splits: dict[str, list], where: str, names: list[str], layout: str,
+           skipped: Counter[str]) -> tuple[str, dict | list, Counter[str]]:
+    """Given splits; a train split alone is rows to split; a missing test split is refused."""
+    if splits["train"] and not splits["dev"] and not splits["test"]:
+        return layout.removesuffix("-splits"), splits["train"], skipped
+    for split in ("train", "test"):
+        if not splits[split]:
+            raise UserError(f"{where}: no '{split}' split with rows (splits: {', '.join(names) or 'none'}); given "
+                            "splits need train and test (validation is carved from train when missing)")
+    return layout, splits, skipped
+
+
+def is_saved_dataset(folder: Path) -> bool:
+    """A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    return (folder / "dataset_dict.json").is_file() or (
+        (folder / "state.json").is_file() and (folder / "dataset_info.json").is_file())
+
+
+def _parquet_split_folders(folder: Path) -> dict[str, list[Path]]:
+    """{split: its .parquet files, in order} for a folder of split folders (``train/0000.parquet`` ...)."""
+    from metakd_cli.data import SPLIT_ALIASES
+
+    found: dict[str, list[Path]] = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() == ".parquet")
+        if files and sub.name.lower() in SPLIT_ALIASES:
+            found.setdefault(SPLIT_ALIASES[sub.name.lower()], []).extend(files)
+    return found
+
+
+def read_arrow_folder(folder: Path, cfg: DataConfig) -> tuple[str, dict | list, Counter[str]] | None:
+    """A saved `datasets` folder or a folder of Parquet split folders as (layout, rows, skipped); None for
+    any other folder (data.py's layouts read it)."""
+    if is_saved_dataset(folder):
+        datasets = _require("datasets", f"{folder}: reading a `datasets` save_to_disk folder")
+        try:
+            obj = datasets.load_from_disk(str(folder))
+        except Exception as exc:  # noqa: BLE001 - datasets raises many types for a damaged folder
+            raise UserError(f"{folder}: cannot load the saved dataset ({_first_line(exc)}); save it again with "
+                            "save_to_disk") from None
+        return _from_datasets(obj, str(folder), cfg, "datasets")
+    split_files = _parquet_split_folders(folder)
+    if not split_files:
+        return None
+    from metakd_cli.data import SPLITS, read_table
+
+    splits: dict[str, list] = {s: [] for s in SPLITS}
+    for split, files in split_files.items():
+        for path in files:
+            splits[split].extend(read_table(path, cfg))
+    return _given(splits, str(folder), sorted(split_files), "parquet-splits", Counter())
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """``imdb``, ``owner/name`` or ``owner/name:config``: not a path (no leading ``.``/``/``/``~``, no data file
+    suffix)."""
+    return HUB_ID.fullmatch(name) is not None and not name.lower().endswith(DATA_SUFFIXES)
+
+
+def read_hub_dataset(name: str, cfg: DataConfig) -> tuple[str, dict | list, Counter[str]]:
+    """A dataset from the Hugging Face hub by id (online), or the "no such file or folder" line."""
+    missing = f"{Path(name).expanduser()}: no such file or folder"
+    if not looks_like_hub_id(name):
+        raise UserError(missing)
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"{missing} (as a Hugging Face dataset id it needs the optional dependency `datasets`: "
+                        f"{INSTALL})") from None
+    try:
+        from huggingface_hub import HfApi
+
+        # one request first: offline it fails at once, where load_dataset retries for half a minute
+        repo, _, config = name.partition(":")
+        HfApi().dataset_info(repo, timeout=15)
+        datasets.utils.logging.set_verbosity_error()
+        obj = datasets.load_dataset(repo, config or None)
+    except Exception as exc:  # noqa: BLE001 - offline, unknown id, gated: one line either way
+        raise UserError(f"{missing}, nor a Hugging Face dataset id that loads ({_hub_reason(exc)}); offline, "
+                        "give a folder saved with save_to_disk, or Parquet files") from None
+    return _from_datasets(obj, name, cfg, "hub")
+
+
+def _hub_reason(exc: BaseException) -> str:
+    kind = type(exc).__name__
+    if kind in ("RepositoryNotFoundError", "DatasetNotFoundError", "EntryNotFoundError"):
+        return "the hub has no dataset of that id"
+    if kind == "GatedRepoError":
+        return "the dataset is gated: log in with `hf auth login` and accept its terms"
+    if "Connection" in kind or "Timeout" in kind or "NameResolution" in str(exc):
+        return "the hub is unreachable"
+    return _first_line(exc)[:200]

@@ -1,0 +1,237 @@
+"""`metakd report` (report.py, report_html.py), the per-row t and lambda file, and the model cards (model_card.py),
+on a real tiny run: fit (meta) -> distill (meta) -> export --int8 -> eval."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import toy_rows, write_jsonl
+from metakd_cli.cli import cli
+from metakd_cli.config import DataConfig, DistillConfig, EvalConfig, ExportConfig, FitConfig
+from metakd_cli.report import ReportData, ModelFigures, ScoredRow
+from metakd_cli.report_html import render_html
+from metakd_cli.run_dir import RunDir
+
+MODELS = ["teacher", "student", "onnx", "int8"]
+NASTY = "<script>alert('x')</script> & \"quoted\""
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_model_dir, tmp_path_factory) -> Path:
+    """A meta run with every model, one of whose training texts carries HTML."""
+    import torch
+
+    from metakd_cli.distill import distill
+    from metakd_cli.evaluate import evaluate_run
+    from metakd_cli.export import export
+    from metakd_cli.fit import fit
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("report")
+    rows = toy_rows()
+    rows[0] = {**rows[0], "text": rows[0]["text"] + " " + NASTY}
+    data = DataConfig(path=str(write_jsonl(root / "toy.jsonl", rows)))
+    run = RunDir(root / "run")
+    fit(data, FitConfig(teacher=str(tiny_model_dir), teacher_mode="meta", epochs=2, batch_size=8, lr=1e-3,
+                        max_length=16, seed=3), run, log=_quiet)
+    distill(DistillConfig(intermediate_epochs=1, epochs=2, batch_size=8, lr=1e-3, intermediate_lr=1e-3, seed=5),
+            run, log=_quiet, warn=_quiet)
+    export(ExportConfig(int8=True, max_drop=100.0), run)
+    evaluate_run(EvalConfig(latency_rows=4, throughput_batches=1), run)
+    return run.path
+
+
+def test_report_page_has_every_part_and_fetches_nothing(full_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    result = CliRunner().invoke(cli, ["--run-dir", str(run), "report"])
+    assert result.exit_code == 0, result.output
+    page_path = run / "report.html"
+    assert result.stdout.strip() == str(page_path)
+    page = page_path.read_text(encoding="utf-8")
+    # self-contained: no script, no stylesheet or image fetched, no url()
+    assert "<script" not in page.replace("&lt;script", "")
+    assert not re.search(r"""(src|href)\s*=|url\(|@import|<link""", page)
+    # per-domain accuracy bars for every model, size and speed, t and lambda histograms, extremes, confusion
+    for model in MODELS:
+        assert f"<title>{model} books:" in page, model
+    assert "Size and speed" in page and "measured by <code>metakd eval</code> on" in page
+    for domain in ("books", "electronics", "kitchen"):
+        assert f'aria-label="t — {domain}"' in page and f'aria-label="lambda — {domain}"' in page
+        assert f"<h3>{domain}</h3>" in page
+    assert page.count("10 most transferable (highest t)") == 3 and page.count("10 least transferable (lowest t)") == 3
+    assert page.count('aria-label="teacher"') == 3 and page.count('aria-label="int8"') == 3  # a matrix per domain
+    # the user's text is escaped, never markup
+    assert NASTY not in page
+    if any(NASTY in row.text for rows in (*_extremes(run),) for row in rows):  # shown among the extremes
+        assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &quot;quoted&quot;" in page
+
+
+def _extremes(run: Path) -> list:
+    from metakd_cli.report import build_report
+
+    data = build_report(RunDir(run))
+    return [*data.most.values(), *data.least.values()]
+
+
+def test_report_figures_match_eval_and_the_stored_scores(full_run, tmp_path):
+    from metakd_cli.report import build_report
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(full_run, run.path)
+    data = build_report(run)
+    evaluated = json.loads((run.metrics / "eval.json").read_text())
+    for model in data.models:
+        scored = next(m for m in evaluated["models"] if m["name"] == model.name)
+        assert model.accuracy == pytest.approx(scored["accuracy"])
+        assert model.latency_ms == pytest.approx(scored["latency_ms"])
+        for domain, matrix in model.confusion.items():
+            correct = sum(matrix[i][i] for i in range(len(matrix)))
+            assert correct / sum(map(sum, matrix)) * 100 == pytest.approx(model.accuracy[domain])
+    from safetensors.numpy import load_file
+
+    scores = load_file(str(run.teacher / "metakd_head.safetensors"))["scores"]
+    for domain, most in data.most.items():
+        ts = data.t_by_domain[domain]
+        assert [r.t for r in most] == pytest.approx(sorted(ts, reverse=True)[:10])
+        assert [r.t for r in data.least[domain]] == pytest.approx(sorted(ts)[:10])
+    assert sum(len(v) for v in data.t_by_domain.values()) == int(np.isfinite(scores).sum())
+
+
+def test_lambda_file_holds_every_distilled_row(full_run):
+    from metakd_cli.row_weights import load_row_weights
+
+    run = RunDir(full_run)
+    weights = load_row_weights(run)
+    distilled = json.loads((run.metrics / "distill.json").read_text())
+    assert weights.method == "meta" and len(weights.lam) == sum(distilled["train_rows"].values())
+    assert float(weights.lam.mean()) == pytest.approx(distilled["lambda"]["mean"], rel=1e-5)
+    assert 0.26 <= weights.lam.min() and weights.lam.max() <= 1.0
+    # the student folder stays a plain classifier: nothing of metakd's beside it but its json and card
+    assert not (run.student / "distill_rows.safetensors").exists()
+
+
+def test_render_escapes_every_user_string():
+    data = ReportData(run_dir="/runs/<x>", split="test", rows=2, labels=["<b>pos</b>", "neg&"],
+                      domains=["<img src=x>"], speed_source=None, models=[ModelFigures(
+                          name="student", accuracy={"<img src=x>": 50.0}, agreement=None,
+                          confusion={"<img src=x>": [[1, 0], [1, 0]]}, size_mb=1.0)],
+                      t_by_domain={"<img src=x>": [0.1, 0.5]}, most={"<img src=x>": [ScoredRow(NASTY, None, "<b>pos</b>", 0.5, None)]},
+                      least={"<img src=x>": [ScoredRow("x", None, "neg&", 0.1, None)]})
+    page = render_html(data)
+    for raw in ("<img src=x>", "<b>pos</b>", "<script>", "/runs/<x>"):
+        assert raw not in page, raw
+    assert "&lt;img src=x&gt;" in page and "&lt;script&gt;" in page
+    assert "not measured" in page  # no speed without eval
+
+
+def test_report_without_a_run_is_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["--run-dir", str(tmp_path / "none"), "report"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: run folder") and len(result.stderr.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- model cards
+
+
+def _front_matter(card: str) -> dict:
+    import yaml
+
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_cards_carry_hugging_face_metadata_and_eval_figures(full_run):
+    run = RunDir(full_run)
+    student, onnx = (run.student / "README.md").read_text(), (run.onnx / "README.md").read_text()
+    for card, library in ((student, "transformers"), (onnx, "onnx")):
+        meta = _front_matter(card)
+        assert meta["pipeline_tag"] == "text-classification" and meta["library_name"] == library
+        assert {"distillation", "meta-kd", "onnx", "int8"} <= set(meta["tags"])
+        assert "license" in meta
+        for part in ("## Results", "## How to use", "## Limits", "`books`", "int8 batch behaviour"):
+            assert part in card, part
+    evaluated = {m["name"]: m for m in json.loads((run.metrics / "eval.json").read_text())["models"]}
+    for model in MODELS:  # every figure in the table is eval's, rounded
+        assert f"{evaluated[model]['accuracy']['books']:.1f}" in student
+        assert f"{evaluated[model]['latency_ms']:.2f}" in student
+    assert "from_pretrained(\"PATH/TO/onnx\", file_name=\"model_quantized.onnx\")" in onnx
+    assert "ort.InferenceSession" in onnx and 'pipeline("text-classification", model="PATH/TO/student")' in student
+    cpu = json.loads((run.metrics / "eval.json").read_text())["cpu"]["model"]
+    assert cpu in student
+
+
+def test_a_card_never_invents_figures_it_has_not_got(full_run, tmp_path):
+    from metakd_cli.model_card import card_text
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(full_run, run.path)
+    (run.metrics / "eval.json").unlink()
+    card = card_text(run, onnx=False)
+    results = card.split("## Results")[1].split("## How to use")[0]
+    int8_column = [line.split("|")[5].strip() for line in results.splitlines() if line.startswith("| books")]
+    assert int8_column == ["not measured"]  # export measures int8 on dev only: no test figure
+    speed = results.split("ms per row")[1].splitlines()[2:6]
+    assert [line.split("|")[1].strip() for line in speed] == MODELS
+    assert all(line.endswith("| not measured | not measured |") for line in speed)  # no speed without eval
+    distilled = json.loads((run.metrics / "distill.json").read_text())
+    assert f"{distilled['test_accuracy']['books']:.1f}" in results
+
+
+def test_an_eval_older_than_the_student_is_not_used(full_run, tmp_path):
+    import os
+
+    from metakd_cli.model_card import RunFigures
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(full_run, run.path)
+    os.utime(run.metrics / "eval.json", (1, 1))  # as if eval ran before distill and export
+    figures = RunFigures(run)
+    assert figures.speed("int8") is None and figures.cpu() is None
+    assert figures.accuracy("student")[1] == "metakd distill"
+
+
+def test_the_student_with_its_card_loads_with_plain_transformers(full_run):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(RunDir(full_run).student))
+    assert model.config.num_labels == 2
+
+
+def test_the_cards_loading_snippets_run(full_run, capsys):
+    run = RunDir(full_run)
+    for folder in (run.student, run.onnx):
+        card = (folder / "README.md").read_text()
+        blocks = re.findall(r"```python\n(.*?)```", card, re.S)
+        assert blocks
+        for block in blocks:
+            exec(block.replace("PATH/TO", str(run.path)), {})
+    printed = capsys.readouterr().out
+    assert printed.count("'label': ") == 2 and printed.splitlines()[-1] in ("negative", "positive")
+
+
+def test_a_stale_onnx_folder_keeps_its_card_and_leaves_the_students(full_run, tmp_path):
+    from metakd_cli.model_card import write_model_cards
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(full_run, run.path)
+    manifest = json.loads(run.manifest_path.read_text())
+    manifest["steps"]["export"]["source_id"] = "an-earlier-distill"  # as if distill ran again after export
+    run.manifest_path.write_text(json.dumps(manifest))
+    onnx_card = (run.onnx / "README.md").read_text()
+    assert write_model_cards(run) == [run.student / "README.md"]
+    assert (run.onnx / "README.md").read_text() == onnx_card
+    card = (run.student / "README.md").read_text()
+    assert not {"onnx", "int8"} & set(_front_matter(card)["tags"])
+    assert "| domain | teacher | student |\n" in card and "| int8 |" not in card
