@@ -291,3 +291,19 @@ def load_bench(name: str):
         return module
     finally:
         sys.path.remove(str(BENCH))
+
+
+def scores_by_hand(model, hidden_states, layer: int, mask):
+    """Q K^T / sqrt(d) + (1 - mask) * min from a BERT layer's own query/key weights: [B, heads, L, L]
+    (what metakd_cli.attention must capture as the layer's pre-softmax scores)."""
+    import math
+
+    import torch
+
+    attention = model.bert.encoder.layer[layer].attention.self
+    heads, size = attention.num_attention_heads, attention.attention_head_size
+    batch, length, _ = hidden_states.shape
+    q = (hidden_states @ attention.query.weight.T + attention.query.bias).view(batch, length, heads, size)
+    k = (hidden_states @ attention.key.weight.T + attention.key.bias).view(batch, length, heads, size)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(size)
+    return scores + (1.0 - mask[:, None, None, :].float()) * torch.finfo(scores.dtype).min

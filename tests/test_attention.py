@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
+from conftest import scores_by_hand
 from metakd_cli.attention import attention_scores, check_attention_heads, self_attention_modules
 from metakd_cli.errors import UserError
 
@@ -20,17 +19,6 @@ def tiny_bert(hidden: int = 32, heads: int = 4, layers: int = 2, seed: int = 0):
     return BertForSequenceClassification(config)
 
 
-def by_hand(model, hidden_states: torch.Tensor, layer: int, mask: torch.Tensor) -> torch.Tensor:
-    """Q K^T / sqrt(d) + (1 - mask) * min, from the layer's own query/key weights: [B, heads, L, L]."""
-    attention = model.bert.encoder.layer[layer].attention.self
-    heads, size = attention.num_attention_heads, attention.attention_head_size
-    batch, length, _ = hidden_states.shape
-    q = (hidden_states @ attention.query.weight.T + attention.query.bias).view(batch, length, heads, size)
-    k = (hidden_states @ attention.key.weight.T + attention.key.bias).view(batch, length, heads, size)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(size)
-    return scores + (1.0 - mask[:, None, None, :].float()) * torch.finfo(scores.dtype).min
-
-
 def test_captured_scores_equal_a_hand_recomputation():
     model = tiny_bert(layers=3).eval()
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
@@ -39,7 +27,7 @@ def test_captured_scores_equal_a_hand_recomputation():
         out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
     assert len(scores) == 2 and scores[0].shape == (2, 4, 4, 4)
     for captured, layer in zip(scores, [2, 0]):
-        expected = by_hand(model, out.hidden_states[layer], layer, mask)  # hidden_states[i] is layer i's input
+        expected = scores_by_hand(model, out.hidden_states[layer], layer, mask)  # hidden_states[i] is layer i's input
         real = expected > -100
         assert torch.equal(captured > -100, real)  # padded keys masked, as the model masks them
         assert torch.allclose(captured[real], expected[real], atol=1e-5)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import InterruptAfter, write_toy_dataset
+from conftest import InterruptAfter, scores_by_hand, write_toy_dataset
 from metakd_cli.cli import cli
 from metakd_cli.config import DataConfig, DistillConfig, FitConfig
 from metakd_cli.distill import distill
@@ -287,21 +287,6 @@ def _spy_on_attention(monkeypatch) -> tuple[list[dict], list[tuple]]:
     return batches, calls
 
 
-def _scores_by_hand(model, hidden_states, layer: int, mask):
-    """Q K^T / sqrt(d) + (1 - mask) * min from a BERT layer's own query/key weights: [B, heads, L, L]."""
-    import math
-
-    import torch
-
-    attention = model.bert.encoder.layer[layer].attention.self
-    heads, size = attention.num_attention_heads, attention.attention_head_size
-    batch, length, _ = hidden_states.shape
-    q = (hidden_states @ attention.query.weight.T + attention.query.bias).view(batch, length, heads, size)
-    k = (hidden_states @ attention.key.weight.T + attention.key.bias).view(batch, length, heads, size)
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(size)
-    return scores + (1.0 - mask[:, None, None, :].float()) * torch.finfo(scores.dtype).min
-
-
 def test_the_intermediate_stage_compares_pre_softmax_scores(run, monkeypatch):
     """The teacher's tensors given to attention_mse are Q K^T / sqrt(d) + mask of the mapped layers,
     recomputed here by hand from the saved teacher's query/key weights (not softmax probabilities)."""
@@ -320,7 +305,7 @@ def test_the_intermediate_stage_compares_pre_softmax_scores(run, monkeypatch):
     mapping = layer_map(4, 6)
     assert len(teacher_scores) == len(student_scores) == 4
     for scores, student, m in zip(teacher_scores, student_scores, mapping[1:]):
-        expected = _scores_by_hand(teacher, hidden[m - 1], m - 1, mask)  # hidden[i]: layer i's input (0-based)
+        expected = scores_by_hand(teacher, hidden[m - 1], m - 1, mask)  # hidden[i]: layer i's input (0-based)
         real = expected > -100
         assert torch.equal(scores > -100, real) and torch.equal(student > -100, real)
         assert torch.allclose(scores[real], expected[real], atol=1e-4)
