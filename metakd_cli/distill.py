@@ -319,13 +319,10 @@ def teacher_logits_of(teacher, heads: DomainClassifiers | None, encoded: Encoded
 
     Several processes: each computes its share of the rows, and every process gets them all.
     """
-    from metakd_cli.fit import _rows
-
     if heads is not None:
-        return torch.from_numpy(processes.gather_rows(len(encoded), lambda rows: batched_logits(
-            _rows(encoded, rows), pad_id, 64, mtl_forward(teacher, heads))))
-    return torch.from_numpy(processes.gather_rows(
-        len(encoded), lambda rows: torch_logits(teacher, _rows(encoded, rows), pad_id)))
+        return torch.from_numpy(processes.gather_encoded(encoded, lambda part: batched_logits(
+            part, pad_id, 64, mtl_forward(teacher, heads))))
+    return torch.from_numpy(processes.gather_encoded(encoded, lambda part: torch_logits(teacher, part, pad_id)))
 
 
 def missing_scores(rows: Encoded, run: RunDir, prototypes: torch.Tensor, n_labels: int, pad_id: int) -> torch.Tensor:
@@ -418,7 +415,8 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
     if cfg.method == "mtn":
         every_train, every_test, teacher_parameters = [], [], 0
         for folder in teacher_dirs:  # one teacher in memory at a time, besides the one kept for `tiny`
-            model, heads = (teacher, teacher_heads) if folder == teacher_dir else _load_teacher(folder, processes.device())
+            model, heads = ((teacher, teacher_heads) if folder == teacher_dir
+                            else _load_teacher(folder, processes.device()))
             every_train.append(teacher_logits_of(model, heads, train, pad_id))
             every_test.append(teacher_logits_of(model, heads, test, pad_id))
             teacher_parameters += sum(p.numel() for p in model.parameters())
@@ -524,9 +522,7 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
         return {"loss": loss}
 
     def student_logits(encoded: Encoded) -> np.ndarray:  # several processes: each its share, gathered in row order
-        from metakd_cli.fit import _rows
-
-        return processes.gather_rows(len(encoded), lambda rows: torch_logits(student, _rows(encoded, rows), pad_id))
+        return processes.gather_encoded(encoded, lambda part: torch_logits(student, part, pad_id))
 
     def dev_accuracy() -> float:
         predictions = student_logits(dev).argmax(-1)

@@ -152,13 +152,8 @@ def encode_representations(encoder, encoded: Encoded, pad_id: int, pooling: str,
             hidden = encoder(**inputs).last_hidden_state
         return pool(hidden, inputs["attention_mask"], pooling).float().cpu().numpy()
 
-    return torch.from_numpy(processes.gather_rows(
-        len(encoded), lambda rows: batched_logits(_rows(encoded, rows), pad_id, batch_size, forward)))
-
-
-def _rows(encoded: Encoded, rows: list[int]) -> Encoded:
-    """``encoded`` itself when ``rows`` are all of it in order (one process), else those rows."""
-    return encoded if rows == list(range(len(encoded))) else encoded.subset(rows)
+    return torch.from_numpy(processes.gather_encoded(encoded, lambda part: batched_logits(part, pad_id, batch_size,
+                                                                                          forward)))
 
 
 def transferability_scores(
@@ -226,9 +221,9 @@ def _train_one(
 
     def logits_of(encoded: Encoded) -> np.ndarray:  # several processes: each its share, gathered in row order
         if mtl:
-            return processes.gather_rows(len(encoded), lambda rows: batched_logits(
-                _rows(encoded, rows), pad_id, 64, mtl_forward(classifier, parts["heads"])))
-        return processes.gather_rows(len(encoded), lambda rows: torch_logits(classifier, _rows(encoded, rows), pad_id))
+            return processes.gather_encoded(encoded, lambda part: batched_logits(
+                part, pad_id, 64, mtl_forward(classifier, parts["heads"])))
+        return processes.gather_encoded(encoded, lambda part: torch_logits(classifier, part, pad_id))
 
     def loss_step(batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}

@@ -1,4 +1,6 @@
-"""Many processes: `fit` and `distill` data-parallel under `accelerate launch` / `torchrun` (DESIGN.md "Many processes").
+"""Many processes: `fit` and `distill` data-parallel under `accelerate launch` / `torchrun`.
+
+DESIGN.md "Many processes"; README "On GPUs and many processes".
 
 One process per device (GPU, or CPU process on gloo), every one running the same command:
 
@@ -11,8 +13,8 @@ One process per device (GPU, or CPU process on gloo), every one running the same
 * Only the main process takes the run folder's lock and writes (checkpoints, artifacts,
   metrics, manifest); the others only read what was there before the command started.
 
-The launcher's environment (WORLD_SIZE, RANK, set by torchrun and by `accelerate launch`) says how
-many processes there are; it is read without importing torch, so `metakd --help` stays fast.
+The launcher's environment (WORLD_SIZE and RANK, set by torchrun and `accelerate launch`, or MPI's) says
+how many processes there are; it is read without importing torch, so `metakd --help` stays fast.
 """
 
 from __future__ import annotations
@@ -26,14 +28,26 @@ MULTI_PROCESS_COMMANDS = ("fit", "distill")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 
 
+# what torchrun / accelerate launch set, then MPI's (accelerate launch --mpirun_hostfile), as accelerate reads them
+_SIZE = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+_RANK = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+
+
+def _first(names: tuple[str, ...], default: int) -> int:
+    for name in names:
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return default
+
+
 def world_size() -> int:
     """How many processes run this command (1 without a launcher)."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return _first(_SIZE, 1)
 
 
 def rank() -> int:
     """This process's rank among them (0: the main process)."""
-    return int(os.environ.get("RANK", "0") or 0)
+    return _first(_RANK, 0)
 
 
 def is_main() -> bool:
@@ -70,7 +84,13 @@ def accelerator(mixed_precision: str | None = None):
     trainable parts (a head the loss does not use in a phase) may have no gradient."""
     import torch
     from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.state import AcceleratorState
 
+    held = AcceleratorState._shared_state.get("_mixed_precision")
+    if held is not None and mixed_precision is not None and held != mixed_precision:
+        # one process running steps of other precisions (`metakd run`, tests): accelerate refuses a change of
+        # its settings, so drop them; the process group (PartialState) is kept
+        AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision,
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
@@ -116,6 +136,13 @@ def gather_rows(n: int, compute: Callable[[list[int]], "np.ndarray"]) -> "np.nda
         if piece is not None:
             out[piece_rows] = piece
     return out
+
+
+def gather_encoded(encoded: "Encoded", compute: Callable[["Encoded"], "np.ndarray"]) -> "np.ndarray":
+    """``compute`` (rows -> [rows, ...], e.g. logits) over every row of ``encoded``, in row order, on every process:
+    ``compute(encoded)`` itself in one process, else ``gather_rows`` over this process's share."""
+    return gather_rows(len(encoded),
+                       lambda rows: compute(encoded if len(rows) == len(encoded) else encoded.subset(rows)))
 
 
 def wait() -> None:
