@@ -357,12 +357,11 @@ class Bench:
 
     def _dataset(self, run):
         """The run's dataset, loaded once per data fingerprint; the test rows must be everyone's."""
-        from metakd_cli.distill import reload_dataset
 
         data = run.load().data
         key = data["fingerprint"]
         if key not in self.datasets:
-            self.datasets[key] = reload_dataset(run)[1]
+            self.datasets[key] = run.reload_dataset()[1]
         rows = {"data_fingerprint": key, "split_seed": data["config"].get("split_seed")}
         if self.rows_setup and {k: self.rows_setup.get(k) for k in rows} != rows:
             raise SystemExit(f"{run.path}: other data or split than the earlier runs ({rows} vs "

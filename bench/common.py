@@ -91,7 +91,8 @@ def test_correctness(run_dir: Path, model: str, domains: list[str], dataset, fol
     import numpy as np
 
     from metakd_cli.data import encode
-    from metakd_cli.evaluate import INT8_FILE, Artifact, batched_logits, load_forward, run_artifacts
+    from metakd_cli.evaluate import Artifact, load_forward, run_artifacts
+    from metakd_cli.inference import INT8_FILE, batched_logits
     from metakd_cli.models import load_tokenizer
     from metakd_cli.run_dir import RunDir
 

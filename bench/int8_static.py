@@ -109,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from metakd_cli.cpu import cpu_info
     from metakd_cli.data import encode
-    from metakd_cli.distill import reload_dataset
     from metakd_cli.errors import UserError
-    from metakd_cli.evaluate import onnx_forward, onnx_logits, per_domain_accuracy
-    from metakd_cli.evaluate import onnx_session as default_session
+    from metakd_cli.evaluate import per_domain_accuracy
+    from metakd_cli.inference import onnx_forward, onnx_logits
+    from metakd_cli.inference import onnx_session as default_session
     from metakd_cli.export import _calibration_sample, batch_invariance, detect_target
     from metakd_cli.models import load_tokenizer
     from metakd_cli.run_dir import RunDir, atomic_write_json
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     target, reason = detect_target()
     threads = pin_threads(args.threads)
     try:
-        _, dataset = reload_dataset(run)
+        _, dataset = run.reload_dataset()
     except UserError as exc:  # the run's data (the Amazon reviews, for a real run) is not on this machine
         print(f"skipped: the data of {run.path} cannot be read ({exc}); {NO_DATA if not DATA.is_dir() else ''}")
         return 0

@@ -114,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from metakd_cli.cpu import cpu_info
     from metakd_cli.data import encode
-    from metakd_cli.distill import reload_dataset
-    from metakd_cli.evaluate import batched_logits, onnx_forward
+    from metakd_cli.inference import batched_logits, onnx_forward
     from metakd_cli.models import load_tokenizer
     from metakd_cli.run_dir import RunDir, atomic_write_json
 
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     export = json.loads((onnx_dir / "metakd_export.json").read_text())
     target = export["target"]
     threads = pin_threads(args.threads)
-    _, dataset = reload_dataset(run)
+    _, dataset = run.reload_dataset()
     examples = dataset.test
     tokenizer = load_tokenizer(str(onnx_dir))
     pad_id = tokenizer.pad_token_id or 0

@@ -128,7 +128,6 @@ class Bench:
         """D's test rows scored by ``model`` of ``run_dir`` (0/1 per row, for the paired tests), kept in
         scarce.json's "correct" with a stamp of ``source`` so that a re-made model is re-scored. The rows must
         give the accuracy the run's metrics (``source``) report."""
-        from metakd_cli.distill import reload_dataset
         from metakd_cli.run_dir import RunDir
 
         d = self.args.domain
@@ -139,7 +138,7 @@ class Bench:
         run = RunDir(run_dir)
         fingerprint = run.load().data["fingerprint"]
         if fingerprint not in self.datasets:
-            self.datasets[fingerprint] = reload_dataset(run)[1]
+            self.datasets[fingerprint] = run.reload_dataset()[1]
         dataset = self.datasets[fingerprint]
         rows = [(ex.label, ex.text, ex.text_pair) for ex in dataset.select("test", [d])]
         digest = hashlib.sha256(json.dumps(rows).encode("utf-8")).hexdigest()

@@ -58,9 +58,9 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from metakd_cli.cpu import cpu_info, int8_target, target_mismatch  # noqa: E402
 from metakd_cli.data import Encoded, encode  # noqa: E402
 from metakd_cli.errors import UserError  # noqa: E402
-from metakd_cli.evaluate import (  # noqa: E402
-    EXPORT_JSON, INT8_FILE, ONNX_FILE, batched_logits, exported_target, onnx_files, onnx_forward, run_artifacts,
-    size_mb, torch_forward, weights_size_mb,
+from metakd_cli.evaluate import exported_target, onnx_files, run_artifacts  # noqa: E402
+from metakd_cli.inference import (  # noqa: E402
+    EXPORT_JSON, INT8_FILE, ONNX_FILE, batched_logits, onnx_forward, size_mb, torch_forward, weights_size_mb,
 )
 from metakd_cli.run_dir import RunDir, atomic_write_json  # noqa: E402
 
@@ -528,7 +528,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def benchmark(args: argparse.Namespace) -> dict:
     """Every measurement, in one process; returns the speed.json object (``Skip`` when it cannot run)."""
-    from metakd_cli.distill import reload_dataset
 
     settings = Settings(threads=args.threads, seq_len=args.seq_len, batch=args.batch, repeats=args.repeats,
                         batches=args.batches, warmup=args.warmup, reference_batches=args.reference_batches,
@@ -537,7 +536,7 @@ def benchmark(args: argparse.Namespace) -> dict:
     if not run.manifest_path.is_file():
         raise Skip(f"{run.path}: no manifest.json (not a metakd run folder; run `metakd fit` first)")
     try:
-        _, dataset = reload_dataset(run)
+        _, dataset = run.reload_dataset()
     except UserError as exc:
         raise Skip(str(exc)) from None
     examples = dataset.select("test")

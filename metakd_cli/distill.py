@@ -43,12 +43,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from metakd_cli.config import DataConfig, DistillConfig, FitConfig, choice
+from metakd_cli.config import DistillConfig, FitConfig, choice
 from metakd_cli.cpu import cpu_info
 from metakd_cli.attention import attention_scores, check_attention_heads
-from metakd_cli.data import Dataset, Encoded, batch_rows, collate, encode, fraction_indices, load_dataset
+from metakd_cli.data import Dataset, Encoded, batch_rows, collate, encode, fraction_indices
 from metakd_cli.errors import UserError
-from metakd_cli.evaluate import batched_logits, per_domain_accuracy, torch_logits
+from metakd_cli.evaluate import per_domain_accuracy
+from metakd_cli.inference import MODEL_INPUTS, batched_logits, torch_logits
 from metakd_cli.losses import (
     attention_mse,
     domain_feature_mse,
@@ -90,7 +91,6 @@ LOGIT_ONLY = ("kd", "mtn")  # methods without the intermediate stage
 PRESETS = ("tiny", "tinybert4", "minilm4")
 STUDENT_JSON = "metakd_student.json"
 TINYBERT4 = dict(num_hidden_layers=4, hidden_size=312, num_attention_heads=12, intermediate_size=1200)
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass
@@ -133,20 +133,6 @@ def validate(cfg: DistillConfig) -> None:
     check_model_source(cfg.student, "--student", PRESETS)  # a typo fails now, not after a minute of hub retries
     if cfg.student == "tinybert4" and cfg.student_init is not None:
         check_model_source(cfg.student_init, "--student-init", ("random",))
-
-
-def reload_dataset(run: RunDir) -> tuple[DataConfig, Dataset]:
-    """The fit step's dataset, checked against the fingerprint recorded in the manifest."""
-    manifest = run.load()
-    if "fit" not in manifest.steps or not manifest.data:
-        raise UserError(f"{run.path}: no `fit` step recorded yet; run `metakd fit DATA` first")
-    data_cfg = DataConfig(**manifest.data["config"])
-    dataset = load_dataset(data_cfg)
-    if dataset.fingerprint() != manifest.data["fingerprint"]:
-        raise UserError(
-            f"the data at {data_cfg.path} changed since `metakd fit` (fingerprint differs); re-run fit"
-        )
-    return data_cfg, dataset
 
 
 def build_student(cfg: DistillConfig, teacher, teacher_tokenizer, labels: list[str],
@@ -335,7 +321,7 @@ def missing_scores(rows: Encoded, run: RunDir, prototypes: torch.Tensor, n_label
     known = FitConfig.__dataclass_fields__
     fit_cfg = FitConfig(**{k: v for k, v in fit_step["config"].items() if k in known})
     encoder = load_encoder(fit_step["model_path"], fit_cfg.trust_remote_code).to(processes.device())
-    from metakd_cli.fit import encode_representations
+    from metakd_cli.prototypes import encode_representations
 
     reps = encode_representations(encoder, rows, pad_id, fit_cfg.pooling)
     del encoder
@@ -368,7 +354,7 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
 def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn) -> DistillResult:
     started = time.perf_counter()
     fit_id = run.step_id("fit")  # the teacher this student is built from: read now, recorded at the end
-    _, dataset = reload_dataset(run)
+    _, dataset = run.reload_dataset()
     info = TeacherInfo.load(run.teacher)
     domain_id = None
     if cfg.domain is not None:

@@ -49,14 +49,14 @@ from metakd_cli.config import DEFAULT_OPSET, ExportConfig, choice
 from metakd_cli.cpu import cpu_info, int8_target
 from metakd_cli.data import Encoded
 from metakd_cli.errors import UserError
-from metakd_cli.evaluate import (
+from metakd_cli.evaluate import per_domain_accuracy
+from metakd_cli.inference import (
     EXPORT_JSON,
     INT8_FILE,
     ONNX_FILE,
     ORT_FILE,
     onnx_logits,
     onnx_session,
-    per_domain_accuracy,
     size_mb,
     torch_logits,
     weights_size_mb,
@@ -250,7 +250,7 @@ def calibration_feeds(path: Path, encoded: Encoded, pad_id: int) -> list[dict[st
     """One feed per row, unpadded (batch 1): the ranges see real tokens only, never padding."""
     import onnx
 
-    from metakd_cli.evaluate import make_batch
+    from metakd_cli.inference import make_batch
 
     names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
     feeds = []
@@ -343,7 +343,7 @@ def classifier_nodes(path: Path) -> list[str]:
 def batch_invariance(session, encoded: Encoded, pad_id: int, batch_size: int = 32) -> dict:
     """Each row alone (batch 1, no padding) against the same row in input-order batches of ``batch_size``
     padded to their longest row: the largest |probability difference| and the labels that change."""
-    from metakd_cli.evaluate import make_batch, onnx_forward
+    from metakd_cli.inference import make_batch, onnx_forward
 
     forward = onnx_forward(session)
     rows = range(len(encoded))
@@ -679,9 +679,8 @@ def _export(cfg: ExportConfig, run: RunDir, log: Callable[[str], None]) -> Expor
     from metakd_cli.models import require_safetensors
 
     require_safetensors(source)  # optimum's export would load a pickled pytorch_model.bin
-    from metakd_cli.distill import reload_dataset
 
-    _, dataset = reload_dataset(run)
+    _, dataset = run.reload_dataset()
     target, reason = (cfg.target, "--target") if cfg.target != "auto" else detect_target()
     write_ort = cfg.ort or target == "arm64"
     if (cfg.target != "auto" or cfg.ort != write_ort) and not cfg.int8:

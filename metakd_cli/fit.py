@@ -34,7 +34,8 @@ from metakd_cli.config import DataConfig, FitConfig, choice
 from metakd_cli.cpu import cpu_info
 from metakd_cli.data import Dataset, Encoded, batch_rows, collate, encode, fraction_indices, load_dataset
 from metakd_cli.errors import UserError
-from metakd_cli.evaluate import batched_logits, per_domain_accuracy, torch_logits
+from metakd_cli.evaluate import per_domain_accuracy
+from metakd_cli.inference import batched_logits, torch_logits
 from metakd_cli.losses import confusion_targets, dann_scale, teacher_loss
 from metakd_cli.models import (
     DomainClassifiers,
@@ -52,7 +53,7 @@ from metakd_cli.models import (
     save_head,
 )
 from metakd_cli import processes
-from metakd_cli.prototypes import compute_prototypes, pool, transferability
+from metakd_cli.prototypes import compute_prototypes, encode_representations, pool, transferability
 from metakd_cli.run_dir import RunDir, atomic_dir, folder_name, folder_names
 from metakd_cli.training import PhaseSpec, clear_checkpoints, run_phase
 
@@ -134,26 +135,6 @@ def kept_rows(dataset: Dataset, cfg: FitConfig, held_out: list[int]) -> list[int
 def check_fraction(fraction: float) -> None:
     if not 0 < fraction <= 1:
         raise UserError(f"--train-fraction must be above 0 and at most 1, got {fraction}")
-
-
-def encode_representations(encoder, encoded: Encoded, pad_id: int, pooling: str, batch_size: int = 64) -> torch.Tensor:
-    """h(x) for every row with the untouched pretrained encoder, in input order: [N, H].
-
-    Several processes: each encodes its share of the rows, and every process gets them all.
-    """
-    from metakd_cli.evaluate import batched_logits
-
-    encoder.eval()
-    device = next(encoder.parameters()).device
-
-    def forward(batch: dict) -> np.ndarray:
-        inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        with torch.inference_mode():
-            hidden = encoder(**inputs).last_hidden_state
-        return pool(hidden, inputs["attention_mask"], pooling).float().cpu().numpy()
-
-    return torch.from_numpy(processes.gather_encoded(encoded, lambda part: batched_logits(part, pad_id, batch_size,
-                                                                                          forward)))
 
 
 def transferability_scores(

@@ -118,7 +118,7 @@ class RunFigures:
 
     def _size_on_disk(self, model: str) -> float | None:
         """The weights' size as the files on disk say (what eval measures), when no step recorded it."""
-        from metakd_cli.evaluate import size_mb, weights_size_mb
+        from metakd_cli.inference import size_mb, weights_size_mb
 
         folder = {"teacher": self.run.teacher, "student": self.run.student}.get(model)
         if folder is not None:

@@ -18,9 +18,8 @@ import numpy as np
 from metakd_cli.cpu import cpu_info, target_mismatch
 from metakd_cli.data import read_texts
 from metakd_cli.errors import UserError
-from metakd_cli.evaluate import (
-    Artifact, batched_logits, exported_target, load_forward, run_artifacts, stale_models,
-)
+from metakd_cli.evaluate import Artifact, exported_target, load_forward, run_artifacts, stale_models
+from metakd_cli.inference import batched_logits
 
 PREDICT_MODELS = ("int8", "onnx", "student")
 

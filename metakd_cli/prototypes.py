@@ -6,8 +6,15 @@ encoder on the train split, and never recomputed (as the official implementation
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from metakd_cli.data import Encoded
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -69,3 +76,24 @@ def transferability(
     own_term = F.cosine_similarity(reps, own, dim=-1)
     other_term = torch.where(total > 0, F.cosine_similarity(reps, others, dim=-1), torch.zeros_like(own_term))
     return alpha * own_term + zeta * other_term
+
+
+def encode_representations(encoder, encoded: Encoded, pad_id: int, pooling: str, batch_size: int = 64) -> torch.Tensor:
+    """h(x) for every row with the untouched pretrained encoder, in input order: [N, H].
+
+    Several processes: each encodes its share of the rows, and every process gets them all.
+    """
+    from metakd_cli import processes
+    from metakd_cli.inference import MODEL_INPUTS, batched_logits
+
+    encoder.eval()
+    device = next(encoder.parameters()).device
+
+    def forward(batch: dict) -> np.ndarray:
+        inputs = {k: v.to(device) for k, v in batch.items() if k in MODEL_INPUTS}
+        with torch.inference_mode():
+            hidden = encoder(**inputs).last_hidden_state
+        return pool(hidden, inputs["attention_mask"], pooling).float().cpu().numpy()
+
+    return torch.from_numpy(processes.gather_encoded(encoded, lambda part: batched_logits(part, pad_id, batch_size,
+                                                                                          forward)))

@@ -141,12 +141,11 @@ def _transferability(run, dataset, data: ReportData, stale: dict[str, str]) -> N
 
 def build_report(run, split: str = "test", log: Callable[[str], None] = lambda _: None) -> ReportData:
     """Score the run's models on ``split`` and gather t, lambda, sizes and measured speed."""
-    from metakd_cli.distill import reload_dataset
     from metakd_cli.evaluate import _model_logits, run_artifacts, stale_models
     from metakd_cli.model_card import RunFigures
     from metakd_cli.run_dir import stale_artifacts
 
-    _, dataset = reload_dataset(run)
+    _, dataset = run.reload_dataset()
     manifest = run.load()
     examples = dataset.select(split)
     available = run_artifacts(run)

@@ -277,6 +277,23 @@ class RunDir:
                 shutil.rmtree(self.path)  # the command failed before writing anything: leave no empty run folder
             handle.close()  # closing releases the flock
 
+    def reload_dataset(self):
+        """(DataConfig, Dataset) of the fit step's data, read again and checked against the fingerprint the
+        manifest recorded: every step after fit reads the rows the teacher was fitted on, or refuses."""
+        from metakd_cli.config import DataConfig
+        from metakd_cli.data import load_dataset
+
+        manifest = self.load()
+        if "fit" not in manifest.steps or not manifest.data:
+            raise UserError(f"{self.path}: no `fit` step recorded yet; run `metakd fit DATA` first")
+        data_cfg = DataConfig(**manifest.data["config"])
+        dataset = load_dataset(data_cfg)
+        if dataset.fingerprint() != manifest.data["fingerprint"]:
+            raise UserError(
+                f"the data at {data_cfg.path} changed since `metakd fit` (fingerprint differs); re-run fit"
+            )
+        return data_cfg, dataset
+
     def step_id(self, step: str) -> str | None:
         """The id of the recorded ``step``, for the step built from it to record as its source."""
         return self.load().steps.get(step, {}).get("id") if self.exists() else None

@@ -54,7 +54,6 @@ def test_paired_tests_score_the_test_rows_each_run_reports(tiny_model_dir, tmp_p
     import json
 
     from metakd_cli.config import DataConfig, FitConfig
-    from metakd_cli.distill import reload_dataset
     from metakd_cli.fit import fit
     from metakd_cli.run_dir import RunDir
 
@@ -66,7 +65,7 @@ def test_paired_tests_score_the_test_rows_each_run_reports(tiny_model_dir, tmp_p
     fit(data, config, RunDir(tmp_path / "run"), log=lambda *a, **k: None)
     run = tmp_path / "run"
     metrics = run / "metrics" / "fit.json"
-    dataset = reload_dataset(RunDir(run))[1]
+    dataset = RunDir(run).reload_dataset()[1]
     domain = dataset.domains[0]
     bench = scarce.Bench.__new__(scarce.Bench)
     bench.args = type("Args", (), {"domain": domain})()

@@ -21,7 +21,7 @@ def invoke(*args: str):
 
 
 def test_onnx_logits_feed_only_declared_inputs_and_keep_order(exported_run):
-    from metakd_cli.evaluate import onnx_logits, onnx_session
+    from metakd_cli.inference import onnx_logits, onnx_session
 
     session = onnx_session(exported_run / "onnx" / "model.onnx")
     rows = [[2, 40, 41, 3], [2, 40, 3], [2, 40, 41, 42, 43, 3]]
@@ -97,15 +97,15 @@ def test_single_mode_teacher_scores_each_domain_with_its_own_teacher(single_teac
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from metakd_cli.data import encode
-    from metakd_cli.distill import reload_dataset
-    from metakd_cli.evaluate import EvalConfig, accuracy, evaluate_run, torch_logits
+    from metakd_cli.evaluate import EvalConfig, accuracy, evaluate_run
+    from metakd_cli.inference import torch_logits
     from metakd_cli.run_dir import RunDir
 
     run = RunDir(single_teacher_run)
     result = evaluate_run(EvalConfig(models=["teacher"], domains=["books", "kitchen"]), run)
     (teacher,) = result.models
     assert teacher.size_mb > 0 and set(teacher.accuracy) == {"books", "kitchen", "average"}
-    _, dataset = reload_dataset(run)
+    _, dataset = run.reload_dataset()
     for domain in ("books", "kitchen"):
         folder = single_teacher_run / "teacher" / domain
         examples = dataset.select("test", [domain])
@@ -133,11 +133,10 @@ def test_bucketed_logits_equal_unbucketed_ones_in_input_order(exported_run):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from metakd_cli.data import encode
-    from metakd_cli.distill import reload_dataset
-    from metakd_cli.evaluate import batched_logits, onnx_logits, onnx_session, torch_logits
+    from metakd_cli.inference import batched_logits, onnx_logits, onnx_session, torch_logits
     from metakd_cli.run_dir import RunDir
 
-    _, dataset = reload_dataset(RunDir(exported_run))
+    _, dataset = RunDir(exported_run).reload_dataset()
     tokenizer = AutoTokenizer.from_pretrained(exported_run / "onnx")
     encoded = encode(dataset.test + dataset.dev, dataset, tokenizer, 32)
     # mix short and long rows so that sorting really reorders them

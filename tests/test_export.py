@@ -67,11 +67,10 @@ def test_exported_predictions_equal_pytorch_student(exported_run):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from metakd_cli.data import encode
-    from metakd_cli.distill import reload_dataset
-    from metakd_cli.evaluate import onnx_logits, onnx_session, torch_logits
+    from metakd_cli.inference import onnx_logits, onnx_session, torch_logits
     from metakd_cli.run_dir import RunDir
 
-    _, dataset = reload_dataset(RunDir(exported_run))
+    _, dataset = RunDir(exported_run).reload_dataset()
     tokenizer = AutoTokenizer.from_pretrained(exported_run / "student")
     encoded = encode(dataset.test + dataset.dev, dataset, tokenizer, 32)
     student = AutoModelForSequenceClassification.from_pretrained(exported_run / "student")
@@ -210,8 +209,7 @@ def test_trim_vocab_exports_the_trimmed_model_and_keeps_covered_predictions(tiny
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from metakd_cli.data import encode
-    from metakd_cli.distill import reload_dataset
-    from metakd_cli.evaluate import onnx_logits, onnx_session, torch_logits
+    from metakd_cli.inference import onnx_logits, onnx_session, torch_logits
     from metakd_cli.run_dir import RunDir
 
     run = copy_run(tiny_run, tmp_path / "run")
@@ -243,7 +241,7 @@ def test_trim_vocab_exports_the_trimmed_model_and_keeps_covered_predictions(tiny
     assert [model.config.id2label[i] for i in model(**inputs).logits.argmax(-1).tolist()] == ["positive", "negative"]
 
     # every test row whose pieces were all kept: the trimmed ONNX model gives the untrimmed student's logits
-    _, dataset = reload_dataset(RunDir(run))
+    _, dataset = RunDir(run).reload_dataset()
     original_tokenizer = AutoTokenizer.from_pretrained(run / "student")
     rows = dataset.test + dataset.dev
     before = encode(rows, dataset, original_tokenizer, 32)
@@ -403,8 +401,7 @@ def test_ort_round_trip_and_mobile_checks(exported_run):
     from transformers import AutoTokenizer
 
     from metakd_cli.data import encode
-    from metakd_cli.distill import reload_dataset
-    from metakd_cli.evaluate import onnx_logits, onnx_session
+    from metakd_cli.inference import onnx_logits, onnx_session
     from metakd_cli.run_dir import RunDir
 
     metrics = json.loads((exported_run / "metrics" / "export.json").read_text())
@@ -416,7 +413,7 @@ def test_ort_round_trip_and_mobile_checks(exported_run):
     operators = (exported_run / "onnx" / "required_operators.config").read_text()
     assert mobile["operators_config"] == "required_operators.config" and "QLinearMatMul" in operators  # static int8
 
-    _, dataset = reload_dataset(RunDir(exported_run))
+    _, dataset = RunDir(exported_run).reload_dataset()
     encoded = encode(dataset.dev, dataset, AutoTokenizer.from_pretrained(exported_run / "onnx"), 32)
     ort = onnx_logits(onnx_session(exported_run / "onnx" / "model.ort"), encoded, 0)
     int8 = onnx_logits(onnx_session(exported_run / "onnx" / "model_quantized.onnx"), encoded, 0)

@@ -16,7 +16,7 @@ from metakd_cli.cli import cli
 from metakd_cli.config import DataConfig, FitConfig
 from metakd_cli.data import encode, load_dataset
 from metakd_cli.errors import UserError
-from metakd_cli.evaluate import torch_logits
+from metakd_cli.inference import torch_logits
 from metakd_cli.fit import fit
 from metakd_cli.models import TeacherInfo, load_head
 from metakd_cli.run_dir import RunDir

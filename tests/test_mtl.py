@@ -14,7 +14,8 @@ from conftest import write_toy_dataset
 from metakd_cli.config import DataConfig, DistillConfig, FitConfig
 from metakd_cli.data import encode, load_dataset
 from metakd_cli.distill import distill
-from metakd_cli.evaluate import batched_logits, per_domain_accuracy, torch_logits
+from metakd_cli.evaluate import per_domain_accuracy
+from metakd_cli.inference import batched_logits, torch_logits
 from metakd_cli.fit import fit
 from metakd_cli.models import (
     HEAD_FILE,

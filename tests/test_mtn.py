@@ -15,7 +15,7 @@ from metakd_cli.config import DataConfig, DistillConfig, FitConfig
 from metakd_cli.data import encode, load_dataset
 from metakd_cli.distill import distill
 from metakd_cli.errors import UserError
-from metakd_cli.evaluate import torch_logits
+from metakd_cli.inference import torch_logits
 from metakd_cli.fit import fit
 from metakd_cli.losses import multi_teacher_targets, soft_cross_entropy, soft_target_cross_entropy
 from metakd_cli.run_dir import RunDir
