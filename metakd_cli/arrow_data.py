@@ -186,7 +186,8 @@ def looks_like_hub_id(name: str) -> bool:
 
 
 def read_hub_dataset(name: str, cfg: DataConfig) -> tuple[str, dict | list, Counter[str]]:
-    """A dataset from the Hugging Face hub by id (online), or the "no such file or folder" line."""
+    """A dataset from the Hugging Face hub by id (online, or offline from the `datasets` cache), or the "no such
+    file or folder" line."""
     missing = f"{Path(name).expanduser()}: no such file or folder"
     if not looks_like_hub_id(name):
         raise UserError(missing)
@@ -195,18 +196,35 @@ def read_hub_dataset(name: str, cfg: DataConfig) -> tuple[str, dict | list, Coun
     except ImportError:
         raise UserError(f"{missing} (as a Hugging Face dataset id it needs the optional dependency `datasets`: "
                         f"{INSTALL})") from None
+    offline = _datasets_offline()
     try:
         from huggingface_hub import HfApi
 
-        # one request first: offline it fails at once, where load_dataset retries for half a minute
         repo, _, config = name.partition(":")
-        HfApi().dataset_info(repo, timeout=15)
+        if offline is None:  # one request first: with no network it fails at once, where load_dataset retries
+            HfApi().dataset_info(repo, timeout=15)
+        # offline, load_dataset reads its cache at once: every step after fit reloads a hub dataset this way
         datasets.utils.logging.set_verbosity_error()
         obj = datasets.load_dataset(repo, config or None)
     except Exception as exc:  # noqa: BLE001 - offline, unknown id, gated: one line either way
-        raise UserError(f"{missing}, nor a Hugging Face dataset id that loads ({_hub_reason(exc)}); offline, "
+        reason = _hub_reason(exc)
+        if offline is not None and (reason == "the hub is unreachable" or "OfflineMode" in str(exc)):
+            reason = f"the hub is off ({offline}) and the datasets cache does not hold it"
+        raise UserError(f"{missing}, nor a Hugging Face dataset id that loads ({reason}); offline, "
                         "give a folder saved with save_to_disk, or Parquet files") from None
     return _from_datasets(obj, name, cfg, "hub")
+
+
+def _datasets_offline() -> str | None:
+    """``NAME=value`` of the variable that puts `datasets` offline, None when online; datasets' own rule:
+    HF_DATASETS_OFFLINE, when set, decides, else HF_HUB_OFFLINE."""
+    import os
+
+    for variable in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        value = os.environ.get(variable)
+        if value is not None:
+            return f"{variable}={value}" if value.strip().upper() in {"1", "ON", "YES", "TRUE"} else None
+    return None
 
 
 def _hub_reason(exc: BaseException) -> str:

@@ -7,7 +7,6 @@ naming the file and key.
 
 from __future__ import annotations
 
-import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -101,7 +100,8 @@ class ExportConfig:
     max_drop: float = 1.0  # accuracy points int8 may lose against fp32 ONNX on dev (average over domains)
     # static: activation scales fixed by calibration on training texts, so a text gets one answer whatever its
     # batch; dynamic: scales computed per batch, padding included (answers move with the neighbours)
-    int8_mode: str = "static"  # static | dynamic
+    # None: static, or dynamic with `fuse` (the fused attention, QAttention, exists in dynamic int8 only)
+    int8_mode: str | None = None  # static | dynamic
     # static int8 activation ranges: minmax | percentile | entropy. percentile (99.999th of |x|) kept the best dev
     # accuracy of the static variants on a small Amazon run's teacher and student (bench/int8_static.py)
     calibration: str = "percentile"
@@ -113,6 +113,11 @@ class ExportConfig:
     fuse: bool = False  # int8 from a graph with fused attention / layer norm / GELU (ORTOptimizer O2)
     trim_vocab: bool = False  # keep only the word pieces the training corpus uses: most of a small student's size
     keep_top: int = 0  # with trim_vocab, also keep this many other pieces (by vocabulary rank) for unseen words
+
+    @property
+    def int8_kind(self) -> str:
+        """The int8 mode export makes: ``int8_mode`` when set, else dynamic with ``fuse`` and static without."""
+        return self.int8_mode or ("dynamic" if self.fuse else "static")
 
 
 @dataclass
@@ -284,10 +289,6 @@ def choice(value: str, valid: typing.Iterable[str], what: str) -> str:
     if value not in valid:
         raise UserError(f"unknown {what} '{value}' (valid: {', '.join(valid)})")
     return value
-
-
-def as_dict(config: object) -> dict:
-    return dataclasses.asdict(config)
 
 
 def summary(config: object) -> str:

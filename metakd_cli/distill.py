@@ -78,9 +78,9 @@ from metakd_cli.models import (
 )
 from metakd_cli.alignment import CrossTokenizer, TokenMap, gather_hidden, gather_scores, teacher_inputs, token_map
 from metakd_cli import processes
-from metakd_cli.packaged import MINILM, is_bigger_than_minilm, minilm4_student
+from metakd_cli.packaged import MINILM, MINILM_HEADS, is_bigger_than_minilm, minilm4_student
 from metakd_cli.prototypes import compute_prototypes, pool, transferability
-from metakd_cli.run_dir import RunDir, atomic_dir, folder_name, folder_names
+from metakd_cli.run_dir import RunDir, atomic_dir, domain_paths, folder_name
 from metakd_cli.model_card import write_model_cards
 from metakd_cli.row_weights import save_row_weights
 from metakd_cli.training import PhaseSpec, clear_checkpoints, run_phase
@@ -141,7 +141,7 @@ def build_student(cfg: DistillConfig, teacher, teacher_tokenizer, labels: list[s
     from the teacher's but whose word pieces align, (its tokenizer, how its ids map to the teacher's)."""
     student_name = cfg.student
     if cfg.student == "tiny" and is_bigger_than_minilm(teacher.config):
-        student_name = minilm4_or_cut(teacher, teacher_tokenizer, warn)
+        student_name = minilm4_or_cut(cfg, teacher, teacher_tokenizer, warn)
     if student_name == "minilm4":
         student, folder = minilm4_student(labels)
         student_tokenizer = load_tokenizer(folder)
@@ -193,9 +193,19 @@ def build_student(cfg: DistillConfig, teacher, teacher_tokenizer, labels: list[s
     return student, f"{cfg.student} from {name}", cross
 
 
-def minilm4_or_cut(teacher, teacher_tokenizer, warn) -> str:
+def minilm4_or_cut(cfg: DistillConfig, teacher, teacher_tokenizer, warn) -> str:
     """What `tiny` is for a teacher bigger than MiniLM-L6: ``minilm4`` (~19M) when the packaged MiniLM is
-    installed and its word pieces align with the teacher's; else the teacher's own 4-layer cut, said loudly."""
+    installed, its word pieces align with the teacher's and, for a method that distils attention scores (compared
+    head by head), the teacher has MiniLM's 12 heads; else the teacher's own 4-layer cut, said loudly."""
+    size = teacher.config.num_hidden_layers, teacher.config.hidden_size
+    heads = teacher.config.num_attention_heads
+    if cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs > 0 and heads != MINILM_HEADS:
+        # minilm4 would be refused by check_attention_heads, where the cut keeps the teacher's own heads
+        warn(f"tiny: the teacher ({size[0]} x {size[1]}) is bigger than MiniLM-L6, but it has {heads} attention "
+             f"heads and the ~19M minilm4 student {MINILM_HEADS}, which --method {cfg.method} compares head by head; "
+             "tiny is the teacher's own 4-layer cut, at its width (--method kd or --intermediate-epochs 0 would "
+             "take minilm4)")
+        return "tiny"
     try:
         folder = resolve_model(MINILM)
         minilm_tokenizer = load_tokenizer(folder)
@@ -203,7 +213,6 @@ def minilm4_or_cut(teacher, teacher_tokenizer, warn) -> str:
             token_map(minilm_tokenizer, teacher_tokenizer, MINILM)
         return "minilm4"
     except UserError as exc:
-        size = teacher.config.num_hidden_layers, teacher.config.hidden_size
         warn(f"tiny: the teacher ({size[0]} x {size[1]}) is bigger than MiniLM-L6, but the ~19M minilm4 student "
              f"cannot be used ({str(exc).split(':')[0]}); tiny is the teacher's own 4-layer cut, at its width")
         return "tiny"
@@ -234,7 +243,7 @@ def _teacher_folders(run: RunDir, info: TeacherInfo, cfg: DistillConfig) -> tupl
     if cfg.teacher_domain is not None and cfg.teacher_domain not in info.domains:
         raise UserError(f"--teacher-domain: unknown domain '{cfg.teacher_domain}' (known domains: "
                         f"{', '.join(info.domains)})")
-    paths = {d: run.teacher / folder for d, folder in folder_names(info.domains).items()}
+    paths = domain_paths(run.teacher, info.domains)
     if cfg.method == "mtn":
         folders = {d: path for d, path in paths.items() if (path / "config.json").is_file()}
         if not folders:
@@ -361,7 +370,7 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
         dataset.check_domains([cfg.domain], "--domain")
         domain_id = dataset.domain_id(cfg.domain)
     teacher_dir, teacher_dirs = _teacher_folders(run, info, cfg)
-    domain_of = {run.teacher / folder: d for d, folder in folder_names(info.domains).items()}  # single teachers
+    domain_of = {path: d for d, path in domain_paths(run.teacher, info.domains).items()}  # single teachers
     if cfg.method == "mtn":
         log(f"mtn: learning from the teachers of {', '.join(domain_of[d] for d in teacher_dirs)}; the student's "
             f"tokenizer and {cfg.student} layers come from {domain_of[teacher_dir]}'s")
@@ -578,10 +587,12 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
             {"method": cfg.method, "student": how, "domain": cfg.domain, "labels": dataset.labels,
              "domains": dataset.domains, "max_length": max_length, "teacher_mode": info.mode}, indent=2) + "\n")
     run.write_metrics("distill", metrics)
+    # each row's t and lambda, for `metakd report`; before the manifest records the step, so a kill in between
+    # never pairs the new manifest with the previous distillation's rows
+    save_row_weights(run, keep, t, lam, cfg.method)
     run.record_step("distill", {"config": asdict(cfg), "student": str(run.student), "held_out": info.held_out,
                                 "train_fraction": cfg.train_fraction, "train_rows": train_rows,
                                 "fit_id": fit_id})
-    save_row_weights(run, keep, t, lam, cfg.method)  # each row's t and lambda, for `metakd report`
     write_model_cards(run, log)  # student/README.md from the metrics so far
     for finished in run.checkpoints.glob(f"distill-*{suffix}"):
         clear_checkpoints(run.checkpoints, finished.name)

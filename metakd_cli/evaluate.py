@@ -34,7 +34,7 @@ from metakd_cli.inference import (
     torch_forward,
     weights_size_mb,
 )
-from metakd_cli.run_dir import folder_name, folder_names
+from metakd_cli.run_dir import domain_paths, folder_name
 
 
 def accuracy(predictions: np.ndarray, labels: Sequence[int]) -> float:
@@ -155,8 +155,8 @@ def run_artifacts(run) -> dict[str, Artifact]:
         info = TeacherInfo.load(run.teacher)
         teacher_max = info.max_length
         if info.mode == "single":
-            folders = {d: run.teacher / folder for d, folder in folder_names(info.domains).items()
-                       if (run.teacher / folder / "config.json").is_file()}
+            folders = {d: path for d, path in domain_paths(run.teacher, info.domains).items()
+                       if (path / "config.json").is_file()}
             if folders:
                 first = next(iter(folders.values()))
                 found["teacher"] = Artifact("teacher", "torch", run.teacher, first, info.max_length, folders)
@@ -388,7 +388,7 @@ def _evaluate_run(cfg: EvalConfig, run, log: Callable[[str], None]) -> EvalResul
                         metrics_path=run.metrics / "eval.json", cpu=cpu.to_json(), warnings=warnings,
                         bucketing=bucketing, held_out=run.load().steps["fit"].get("held_out"))
     record = {"step": "eval", **result.to_json(), "config": asdict(cfg)}
-    run.write_metrics("eval", with_selections(record, _read_json(run.metrics / "eval.json")))
+    run.write_metrics("eval", with_selections(record, previous_eval(run.metrics / "eval.json")))
     from metakd_cli.model_card import write_model_cards  # the cards get eval's test figures, sizes and speed
     write_model_cards(run, log)
     return result
@@ -396,19 +396,46 @@ def _evaluate_run(cfg: EvalConfig, run, log: Callable[[str], None]) -> EvalResul
 
 def selection_key(record: dict) -> str:
     """Which models, domains and split an eval record scored, as a key of eval.json's ``selections``:
-    ``split=test domains=all models=all``, ``split=dev domains=kitchen models=student,int8`` ..."""
+    ``split=test domains=all models=all``, ``split=dev domains=kitchen models=student,int8`` ...
+    A model name metakd does not know (an older or edited file) sorts after the known ones."""
     config = record.get("config") or {}
-    domains = ",".join(record.get("domains") or []) if config.get("domains") else "all"
-    models = ",".join(sorted(set(config.get("models") or ["all"]), key=("all", *MODEL_NAMES).index))
+    order = ("all", *MODEL_NAMES)
+    domains = ",".join(map(str, record.get("domains") or [])) if config.get("domains") else "all"
+    names = {str(name) for name in config.get("models") or ["all"]}
+    models = ",".join(sorted(names, key=lambda name: (order.index(name) if name in order else len(order), name)))
     key = f"split={record.get('split')} domains={domains} models={models}"
     return key if record.get("bucketing", True) else f"{key} no-bucketing"
 
 
-def with_selections(record: dict, previous: dict) -> dict:
+def previous_eval(path: Path) -> dict:
+    """eval.json as it stands, before eval rewrites it: a record written before records carried ``written`` gets
+    the file's time now, since the rewrite refreshes that time (model_card judges each record by its ``written``)."""
+    from datetime import datetime, timezone
+
+    previous = _read_json(path)
+    if not isinstance(previous, dict) or not previous:
+        return {}
+    written = datetime.fromtimestamp(int(path.stat().st_mtime), timezone.utc).isoformat(timespec="seconds")
+    out = {"written": written, **previous}
+    if isinstance(out.get("selections"), dict):
+        out["selections"] = {key: {"written": written, **entry} if isinstance(entry, dict) else entry
+                             for key, entry in out["selections"].items()}
+    return out
+
+
+def with_selections(record: dict, previous: object) -> dict:
     """eval.json: the latest record at the top level (as before), and under ``selections`` the latest record
     of every selection of models, domains and split, so `eval --domain kitchen` keeps the all-domain record.
-    A file from before ``selections`` existed keeps its one record there too."""
-    selections = dict(previous.get("selections") or {})
+    A file from before ``selections`` existed keeps its one record there too; one that is not a JSON object
+    (eval.json is metakd's own output: damaged) is replaced. ``record`` gets its ``written`` time (UTC), which
+    says whether it scored the models on disk now (model_card)."""
+    from datetime import datetime, timezone
+
+    record = {**record, "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    previous = previous if isinstance(previous, dict) else {}
+    kept = previous.get("selections")
+    selections = {key: entry for key, entry in (kept.items() if isinstance(kept, dict) else ())
+                  if isinstance(entry, dict)}
     if previous.get("step") == "eval" and "selections" not in previous and "models" in previous:
         selections[selection_key(previous)] = previous
     selections[selection_key(record)] = record

@@ -113,12 +113,12 @@ def validate(cfg: ExportConfig) -> None:
                         f"got {cfg.max_drop:g}")
     if cfg.fuse and not cfg.int8:
         raise UserError("--fuse quantizes a fused graph to int8; add --int8 or drop --fuse")
-    choice(cfg.int8_mode, INT8_MODES, "--int8-mode")
+    choice(cfg.int8_kind, INT8_MODES, "--int8-mode")
     choice(cfg.calibration, CALIBRATIONS, "--calibration")
     choice(cfg.static_format, STATIC_FORMATS, "export.static_format")
     if cfg.calibration_rows < 1:
         raise UserError(f"export.calibration_rows must be at least 1, got {cfg.calibration_rows}")
-    if cfg.fuse and cfg.int8_mode == "static":
+    if cfg.fuse and cfg.int8_kind == "static":
         raise UserError("--fuse quantizes the fused attention (QAttention), which only dynamic int8 has; "
                         "add --int8-mode dynamic or drop --fuse")
 
@@ -343,7 +343,7 @@ def classifier_nodes(path: Path) -> list[str]:
 def batch_invariance(session, encoded: Encoded, pad_id: int, batch_size: int = 32) -> dict:
     """Each row alone (batch 1, no padding) against the same row in input-order batches of ``batch_size``
     padded to their longest row: the largest |probability difference| and the labels that change."""
-    from metakd_cli.inference import make_batch, onnx_forward
+    from metakd_cli.inference import make_batch, onnx_forward, softmax
 
     forward = onnx_forward(session)
     rows = range(len(encoded))
@@ -352,11 +352,6 @@ def batch_invariance(session, encoded: Encoded, pad_id: int, batch_size: int = 3
                 for row in forward(make_batch(encoded, list(rows[start:start + batch_size]), pad_id))]
     if not alone:
         return {"rows": 0, "batch_size": batch_size, "max_abs_prob_diff": 0.0, "label_flips": 0}
-
-    def softmax(logits: list) -> np.ndarray:
-        logits = np.asarray(logits, dtype=np.float64)
-        shifted = np.exp(logits - logits.max(-1, keepdims=True))
-        return shifted / shifted.sum(-1, keepdims=True)
 
     p_alone, p_together = softmax(alone), softmax(together)
     return {"rows": len(encoded), "batch_size": batch_size,
@@ -800,7 +795,7 @@ def _export_into(
     int8_predictions = None
     if cfg.int8:
         calibration = None
-        if cfg.int8_mode == "static":
+        if cfg.int8_kind == "static":
             train = _calibration_sample(dataset.select("train", domains), cfg.calibration_rows)
             feeds = calibration_feeds(tmp / ONNX_FILE, encode(train, dataset, tokenizer, max_length), pad_id)
             log(f"static int8 for {target} ({reason}): {cfg.calibration} calibration on {len(feeds)} training texts, "
@@ -823,11 +818,11 @@ def _export_into(
             "max_drop": cfg.max_drop, "passed": chosen.passed, "agreement_with_fp32": chosen.agreement_with_fp32,
             "per_channel": chosen.attempt.per_channel, "attempt": chosen.attempt.name, "fused": cfg.fuse,
             "remedy": chosen.attempt.description if chosen.attempt.name != "plain" else None,
-            "mode": cfg.int8_mode, "calibration": calibration.to_json() if calibration else None,
+            "mode": cfg.int8_kind, "calibration": calibration.to_json() if calibration else None,
             "batch_invariance": batch_invariance(onnx_session(tmp / INT8_FILE), check, pad_id),
         }
         invariance = metrics["int8_check"]["batch_invariance"]
-        log(f"int8 {cfg.int8_mode}: each of {invariance['rows']} dev rows alone vs in a batch of "
+        log(f"int8 {cfg.int8_kind}: each of {invariance['rows']} dev rows alone vs in a batch of "
             f"{invariance['batch_size']}: max |probability diff| {invariance['max_abs_prob_diff']:.1e}, "
             f"{invariance['label_flips']} labels changed")
         metrics["int8_attempts"] = [r.to_json() for r in attempts]

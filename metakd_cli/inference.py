@@ -97,6 +97,13 @@ def torch_forward(model) -> Callable[[dict], np.ndarray]:
     return forward
 
 
+def softmax(logits) -> np.ndarray:
+    """Probabilities from logits [..., C] (rows of a list or array), in float64."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
 # --------------------------------------------------------------------------- ONNX Runtime
 
 ONNX_FILE = "model.onnx"

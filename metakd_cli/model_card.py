@@ -70,25 +70,36 @@ class RunFigures:
         return ("onnx" if model == "int8" else model) in self.stale
 
     def _fresh_eval(self) -> dict[str, dict]:
-        """{model: its latest test-split eval record} for models that eval scored after they were made."""
+        """{model: its test-split eval record} for models that eval scored after they were made.
+
+        Each record of eval.json (the latest of every selection) is judged by its own ``written`` time against
+        the step that made the model; a record without one (older metakd) by the file's time, which every
+        rewrite refreshes. Among the fresh records of a model, the one covering the most domains, then the
+        latest, wins.
+        """
         path = self.run.metrics / "eval.json"
         record = _json(path)
         if not record:
             return {}
-        written = int(path.stat().st_mtime)
-        records = list((record.get("selections") or {}).values()) or [record]
-        out: dict[str, tuple[int, dict]] = {}
+        file_written = int(path.stat().st_mtime)
+        selections = record.get("selections")
+        records = (list(selections.values()) if isinstance(selections, dict) else []) or [record]
+        out: dict[str, tuple[tuple[int, float], dict]] = {}
         for entry in records:
-            if entry.get("split") != "test" or not entry.get("bucketing", True):
+            if not isinstance(entry, dict) or entry.get("split") != "test" or not entry.get("bucketing", True):
                 continue
+            written = _time(entry.get("written")) if entry.get("written") else None
+            written = file_written if written is None else written
             for model in entry.get("models") or []:
+                if not isinstance(model, dict):
+                    continue
                 name = model.get("name")
                 made = _time(self.steps.get(MADE_BY.get(name, ""), {}).get("finished"))
                 if made is None or written < made:
                     continue  # scored before this model was (re)made: its figures describe another model
-                coverage = len(model.get("accuracy") or {})
-                if name not in out or coverage >= out[name][0]:
-                    out[name] = (coverage, {**model, "cpu": entry.get("cpu") or {}, "threads": entry.get("threads")})
+                rank = (len(model.get("accuracy") or {}), written)
+                if name not in out or rank >= out[name][0]:
+                    out[name] = (rank, {**model, "cpu": entry.get("cpu") or {}, "threads": entry.get("threads")})
         return {name: model for name, (_, model) in out.items()}
 
     def accuracy(self, model: str) -> tuple[dict[str, float], str] | None:

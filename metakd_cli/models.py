@@ -76,6 +76,8 @@ def check_model_source(name: str, flag: str, presets: tuple[str, ...] = ()) -> N
                if os.environ.get(v, "").strip().upper() in {"1", "ON", "YES", "TRUE"}]
     if not _hub_id_like(name):
         reason = "and not a hub id"
+    elif hub_cached(name):
+        return  # transformers loads a cached hub id offline, and falls back to it when the hub is out of reach
     elif offline:
         reason = f"and the hub is off ({offline[0]}=1)"
     elif not hub_reachable():
@@ -85,7 +87,7 @@ def check_model_source(name: str, flag: str, presets: tuple[str, ...] = ()) -> N
     listed = (f"presets: {', '.join(presets)}; " if presets else "") + f"packaged: {', '.join(packaged)}"
     raise UserError(f"{flag} {name}: not a {'preset, ' if presets else ''}packaged model or model folder, {reason}"
                     + (f"; did you mean {close[0]}?" if close else "")
-                    + f" ({listed}; or a model folder, or a hub id while online)")
+                    + f" ({listed}; or a model folder, or a hub id while online or cached)")
 
 
 def _hub_id_like(name: str) -> bool:
@@ -99,6 +101,19 @@ def _hub_id_like(name: str) -> bool:
     except HFValidationError:
         return False
     return True
+
+
+def hub_cached(name: str) -> bool:
+    """Whether hub id ``name`` is in the local Hugging Face cache (``HF_HUB_CACHE``, ``~/.cache/huggingface/hub``
+    by default) at its default revision: there, offline, transformers loads it without the hub."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        return False
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)  # not None, not _CACHED_NO_EXIST
+    except (ValueError, OSError):  # an id the hub would refuse, an unreadable cache folder: not usable offline
+        return False
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:
@@ -518,8 +533,9 @@ def load_domain_classifiers(folder: Path) -> DomainClassifiers | None:
 
 
 def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
-    """Teacher layer for each student layer j = 0..L_S (0 = embeddings): round(j * L_T / L_S)."""
-    return [int(j * teacher_layers / student_layers + 0.5) for j in range(student_layers + 1)]
+    """Teacher layer for each student layer j = 0..L_S (0 = embeddings): round(j * L_T / L_S), and at least 1 for
+    j >= 1, so a transformer layer is never mapped to the embeddings (a student over twice the teacher's depth)."""
+    return [0] + [max(1, int(j * teacher_layers / student_layers + 0.5)) for j in range(1, student_layers + 1)]
 
 
 def cut_layers(teacher, n_layers: int):

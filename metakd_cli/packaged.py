@@ -40,6 +40,7 @@ DROPPED = {"desktop.ini"}  # stray Windows files inside the zip
 MINILM4 = "minilm4"
 MINILM = "all-MiniLM-L6-v2"  # the packaged model minilm4 is cut from (metakd_cli.models.PACKAGED)
 MINILM_SIZE = (6, 384)  # (layers, hidden) of the packaged MiniLM-L6
+MINILM_HEADS = 12  # attention heads per layer of the packaged MiniLM-L6, and so of minilm4
 _CHUNK = 1 << 20
 
 

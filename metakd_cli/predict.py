@@ -19,7 +19,7 @@ from metakd_cli.cpu import cpu_info, target_mismatch
 from metakd_cli.data import read_texts
 from metakd_cli.errors import UserError
 from metakd_cli.evaluate import Artifact, exported_target, load_forward, run_artifacts, stale_models
-from metakd_cli.inference import batched_logits
+from metakd_cli.inference import batched_logits, softmax
 
 PREDICT_MODELS = ("int8", "onnx", "student")
 
@@ -146,7 +146,7 @@ def predict(cfg: PredictConfig, run, log: Callable[[str], None] = lambda _: None
                       labels=[0] * len(texts), domains=[0] * len(texts))
     logits = batched_logits(encoded, tokenizer.pad_token_id or 0, cfg.batch_size, load_forward(artifact),
                             cfg.bucketing, artifact.max_length)
-    probabilities = _softmax(logits)
+    probabilities = softmax(logits)
     labels = _label_names(artifact.tokenizer_dir, probabilities.shape[-1])
     predictions = [_prediction(text, pair, row, labels) for text, pair, row in zip(texts, pairs, probabilities)]
     if artifact.name == "int8":
@@ -168,11 +168,6 @@ def dynamic_int8(folder: Path) -> bool:
     except (OSError, ValueError):
         return True
     return not quantization.get("is_static", False)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def _prediction(text: str, pair: str | None, row: Iterable[float], labels: list[str]) -> Prediction:

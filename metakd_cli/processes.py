@@ -36,7 +36,12 @@ _RANK = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 def _first(names: tuple[str, ...], default: int) -> int:
     for name in names:
         if os.environ.get(name):
-            return int(os.environ[name])
+            try:
+                return int(os.environ[name])
+            except ValueError:
+                from metakd_cli.errors import UserError
+
+                raise UserError(f"the launcher's {name}={os.environ[name]!r} is not a whole number") from None
     return default
 
 
@@ -86,8 +91,10 @@ def accelerator(mixed_precision: str | None = None):
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.state import AcceleratorState
 
+    if mixed_precision is None:  # the launcher's setting (accelerate launch exports it), else none
+        mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION") or "no"
     held = AcceleratorState._shared_state.get("_mixed_precision")
-    if held is not None and mixed_precision is not None and held != mixed_precision:
+    if held is not None and held != mixed_precision:
         # one process running steps of other precisions (`metakd run`, tests): accelerate refuses a change of
         # its settings, so drop them; the process group (PartialState) is kept
         AcceleratorState._reset_state(reset_partial_state=False)

@@ -10,12 +10,12 @@ a plain transformers classifier.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from metakd_cli.run_dir import atomic_write_bytes
 
 ROWS_FILE = "distill_rows.safetensors"
 
@@ -29,21 +29,14 @@ class RowWeights:
 
 
 def save_row_weights(run, train_index, t, lam, method: str) -> Path:
-    """Write the per-row arrays (tensors or arrays of equal length) atomically to metrics/distill_rows.safetensors."""
+    """Write the per-row arrays (tensors or arrays of equal length) to metrics/distill_rows.safetensors, atomically and
+    with a metrics file's mode (run_dir.atomic_write_bytes)."""
     from safetensors.numpy import save
 
     arrays = {"train_index": np.asarray(train_index, dtype=np.int64),
               "t": np.asarray(_numpy(t), dtype=np.float32), "lambda": np.asarray(_numpy(lam), dtype=np.float32)}
     path = Path(run.metrics) / ROWS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(save(arrays, metadata={"method": method}))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, save(arrays, metadata={"method": method}))
     return path
 
 

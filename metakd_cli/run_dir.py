@@ -69,6 +69,19 @@ def folder_names(names: list[str]) -> dict[str, str]:
     return out
 
 
+def domain_paths(parent: Path, names: list[str]) -> dict[str, Path]:
+    """Each domain's folder under ``parent`` (a single-mode teacher/): its escaped name (``folder_names``), or,
+    for a run made before names were escaped, the domain's own name when only that folder exists and the name
+    is one ordinary path part (no separator, not ``.`` or ``..``): such a folder was written inside ``parent``."""
+    out = {}
+    for name, folder in folder_names(names).items():
+        legacy = parent / name
+        one_part = name not in ("", ".", "..") and "/" not in name and "\\" not in name and Path(name).name == name
+        use_legacy = (folder != name and one_part and not (parent / folder).exists() and legacy.is_dir())
+        out[name] = legacy if use_legacy else parent / folder
+    return out
+
+
 def folder_name(name: str, names: list[str]) -> str:
     """The folder of ``name``, one of ``names`` (every domain of the run: a name's folder depends on its peers)."""
     return folder_names(names)[name]
@@ -80,10 +93,10 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder.
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, on disk before the rename.
 
-    The file ends with the mode a plain ``open(path, "w")`` would give it: the existing file's,
+    The file ends with the mode a plain ``open(path, "wb")`` would give it: the existing file's,
     else 0666 less the umask (mkstemp makes it 0600, and the rename would keep that).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,8 +106,8 @@ def atomic_write_text(path: Path, text: str) -> None:
         mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
@@ -102,6 +115,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` as UTF-8, atomically and with a plain file's mode (``atomic_write_bytes``)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: Path, obj: object) -> None:
@@ -253,8 +271,13 @@ class RunDir:
         if not create:
             self.load()  # says what to run first when there is no run here
         created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = _take_lock(self.path / LOCK_FILE, self.path)
+        for _ in range(3):  # a lock file removed under us (a failed first command removes its new folder): again
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = _take_lock(self.path / LOCK_FILE, self.path)
+            if handle is not None:
+                break
+        else:
+            raise UserError(f"{self.path}: its lock file kept being replaced while metakd took it; run the command again")
         previous = _lock_holder(handle)
         if previous.get("pid") and previous.get("pid") != os.getpid():
             log(f"note: took over the lock of {self.path} left by pid {previous['pid']} ({_describe(previous)}), "
@@ -344,7 +367,8 @@ _HELD: dict[str, list] = {}  # resolved run folder -> [open lock file, nesting d
 
 
 def _take_lock(path: Path, folder: Path):
-    """The lock file, opened and exclusively flock-ed, or a UserError naming whoever holds it."""
+    """The lock file, opened and exclusively flock-ed; a UserError naming whoever holds it; or None when the file
+    was removed or replaced between opening and locking it (its lock would guard nothing: the caller tries again)."""
     try:
         import fcntl
     except ImportError:  # Windows: no flock; the lock file still records the writer
@@ -363,6 +387,13 @@ def _take_lock(path: Path, folder: Path):
         who = f"pid {holder['pid']} ({_describe(holder)})" if holder.get("pid") else "another process"
         raise UserError(f"{folder} is in use by {who}: one command writes a run folder at a time; wait for it "
                         "to finish, or give another --run-dir") from None
+    try:
+        same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        same = False
+    if not same:
+        handle.close()
+        return None
     return handle
 
 

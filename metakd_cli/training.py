@@ -217,32 +217,40 @@ def run_phase(
     if not (saved / "loop.json").is_file():
         saved = ckpt.parent / f".{ckpt.name}.old"  # killed between the two renames of a save
     if resume and (saved / "loop.json").is_file():
+        import pickle
+
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        loop = json.loads((saved / "loop.json").read_text())
-        if (loop.get("total_steps"), loop.get("n_examples"), loop.get("signature", "")) != (
-            total_steps, n_examples, spec.signature
-        ):
-            changes = checkpoint_changes(loop, spec, total_steps, n_examples)
-            what = "; ".join(changes) if changes else "it does not record which, so they cannot be compared"
-            raise UserError(
-                f"{saved}: the checkpoint was made with other settings (checkpoint -> now: {what}); "
-                "resume with the checkpoint's settings, or run without --resume to start over"
-            )
-        module.load_state_dict(load_file(str(saved / "model.safetensors")))
-        states = torch.load(saved / "optim.pt", weights_only=True)  # our own checkpoint, tensors only
-        optimizer.load_state_dict(states["optimizer"])
-        scheduler.load_state_dict(states["scheduler"])
-        rng = load_file(str(saved / "rng.safetensors"))
-        own = f"_rank{rank}" if f"torch_rank{rank}" in rng else ""  # several processes: each its own streams
-        torch.set_rng_state(rng[f"torch{own}"])
-        generator.set_state(rng[f"generator{own}"])
-        if f"cuda{own}" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng[f"cuda{own}"])
-        if (saved / "best.safetensors").is_file():
-            best_state = load_file(str(saved / "best.safetensors"))
-        position = {k: loop[k] for k in ("epoch", "step", "loss_sum", "loss_count")}
-        best_score, best_epoch, history = loop["best_score"], loop["best_epoch"], loop["history"]
+        try:
+            loop = json.loads((saved / "loop.json").read_text())
+            if (loop.get("total_steps"), loop.get("n_examples"), loop.get("signature", "")) != (
+                total_steps, n_examples, spec.signature
+            ):
+                changes = checkpoint_changes(loop, spec, total_steps, n_examples)
+                what = "; ".join(changes) if changes else "it does not record which, so they cannot be compared"
+                raise UserError(
+                    f"{saved}: the checkpoint was made with other settings (checkpoint -> now: {what}); "
+                    "resume with the checkpoint's settings, or run without --resume to start over"
+                )
+            module.load_state_dict(load_file(str(saved / "model.safetensors")))
+            states = torch.load(saved / "optim.pt", weights_only=True)  # our own checkpoint, tensors only
+            optimizer.load_state_dict(states["optimizer"])
+            scheduler.load_state_dict(states["scheduler"])
+            rng = load_file(str(saved / "rng.safetensors"))
+            own = f"_rank{rank}" if f"torch_rank{rank}" in rng else ""  # several processes: each its own streams
+            torch.set_rng_state(rng[f"torch{own}"])
+            generator.set_state(rng[f"generator{own}"])
+            if f"cuda{own}" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng[f"cuda{own}"])
+            if (saved / "best.safetensors").is_file():
+                best_state = load_file(str(saved / "best.safetensors"))
+            position = {k: loop[k] for k in ("epoch", "step", "loss_sum", "loss_count")}
+            best_score, best_epoch, history = loop["best_score"], loop["best_epoch"], loop["history"]
+        except (ValueError, KeyError, TypeError, OSError, RuntimeError, SafetensorError, pickle.UnpicklingError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"{saved}: the checkpoint is damaged or truncated ({reason}); run without --resume "
+                            "to start over") from None
         resumed_from = {"epoch": position["epoch"], "step": position["step"]}
         if position["epoch"] >= spec.epochs:
             log(f"{spec.name}: finished in its checkpoint, not trained again")

@@ -203,6 +203,8 @@ def test_without_datasets_a_saved_folder_gives_the_pip_command(tmp_path, monkeyp
 
 
 def test_a_hub_id_loads_through_datasets(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # online: the tests set it, and the hub is mocked here
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     splits = given_splits(toy_rows())
     calls = []
     monkeypatch.setattr("huggingface_hub.HfApi.dataset_info", lambda self, name, timeout=None: calls.append(name))
@@ -225,6 +227,8 @@ def test_an_unreachable_hub_or_a_missing_path_is_one_line(tmp_path, monkeypatch)
     def offline(self, name, timeout=None):
         raise ConnectionError("Failed to resolve 'huggingface.co'")
 
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # online in name, no network in fact
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr("huggingface_hub.HfApi.dataset_info", offline)
     monkeypatch.chdir(tmp_path)
     assert error("someone/reviews") == ("someone/reviews: no such file or folder, nor a Hugging Face dataset id that "
@@ -234,6 +238,36 @@ def test_an_unreachable_hub_or_a_missing_path_is_one_line(tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "datasets", None)
     assert error("reviews") == ("reviews: no such file or folder (as a Hugging Face dataset id it needs the optional "
                                 "dependency `datasets`: pip install 'metakd-cli[datasets]')")
+
+
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"])
+def test_offline_a_hub_id_loads_from_the_datasets_cache(tmp_path, monkeypatch, variable):
+    # a run fitted on a hub id could not be distilled, evaluated or reported on a plane: the hub look-up before
+    # load_dataset failed offline, before the datasets cache was tried
+    splits = given_splits(toy_rows())
+    cached = {"someone/reviews"}
+
+    def no_network(self, name, timeout=None):
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    def load_dataset(name, config=None):  # datasets offline: its cache, or "Couldn't reach" at once
+        if name not in cached:
+            raise ConnectionError(f"Couldn't reach '{name}' on the Hub (OfflineModeIsEnabled)")
+        return datasets.DatasetDict({n: datasets.Dataset.from_list(r) for n, r in splits.items()})
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr("huggingface_hub.HfApi.dataset_info", lambda self, name, timeout=None: None)
+    monkeypatch.chdir(tmp_path)
+    fitted = load("someone/reviews")  # fit, online
+    monkeypatch.setattr("huggingface_hub.HfApi.dataset_info", no_network)
+    monkeypatch.setenv(variable, "1")
+    reloaded = load("someone/reviews")  # distill, eval, report: RunDir.reload_dataset, offline
+    assert reloaded.fingerprint() == fitted.fingerprint() and reloaded.layout == "hub-splits"
+    assert error("someone/other") == ("someone/other: no such file or folder, nor a Hugging Face dataset id that "
+                                      f"loads (the hub is off ({variable}=1) and the datasets cache does not hold it); "
+                                      "offline, give a folder saved with save_to_disk, or Parquet files")
 
 
 def test_metakd_data_shows_a_parquet_source(tmp_path):

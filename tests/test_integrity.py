@@ -19,7 +19,7 @@ from conftest import toy_rows, write_jsonl
 from export_fixtures import copy_run, one_torch_thread, tiny_run  # noqa: F401
 from metakd_cli.cli import cli
 from metakd_cli.errors import UserError
-from metakd_cli.run_dir import LOCK_FILE, RunDir, folder_name, folder_names, stale_artifacts
+from metakd_cli.run_dir import LOCK_FILE, RunDir, domain_paths, folder_name, folder_names, stale_artifacts
 
 FAST_FIT = ["--epochs", "1", "--batch-size", "16", "--max-length", "16"]
 
@@ -80,6 +80,21 @@ def test_names_that_differ_only_in_case_get_two_folders():
     folders = folder_names(["Books", "books", "dvd"])
     assert len({f.casefold() for f in folders.values()}) == 3
     assert folders["dvd"] == "dvd"
+
+
+def test_teacher_folders_of_runs_made_before_names_were_escaped_are_still_found(tmp_path):
+    """An older metakd wrote teacher/<domain> as it was: such a folder is used when it is one ordinary path part
+    inside teacher/ and no escaped folder exists; a name with a separator or `..` never is."""
+    teacher = tmp_path / "run" / "teacher"
+    (teacher / "home kitchen").mkdir(parents=True)
+    (tmp_path / "run" / "outside").mkdir()
+    paths = domain_paths(teacher, ["home kitchen", "books", "../outside", "Books"])
+    assert paths["home kitchen"] == teacher / "home kitchen"
+    assert paths["books"].parent == teacher and paths["books"].name != "books"  # 'Books' too: both escaped
+    assert paths["../outside"].parent == teacher and ".." not in paths["../outside"].name
+    escaped = teacher / folder_name("home kitchen", ["home kitchen"])
+    escaped.mkdir()
+    assert domain_paths(teacher, ["home kitchen"])["home kitchen"] == escaped  # a new run's folder wins
 
 
 def test_single_teachers_named_by_path_like_domains_stay_inside_the_run(tiny_model_dir, tmp_path):
@@ -171,6 +186,42 @@ def test_the_lock_is_reentrant_within_a_process_and_released_after(tiny_run, tmp
             assert holder["pid"] == os.getpid() and holder["command"] == "run"
         assert (run.path / LOCK_FILE).read_text()  # still held by the outer step
     _holder(run.path).communicate("\n", timeout=60)  # another process can take it now
+
+
+def test_a_lock_file_replaced_while_it_was_taken_is_not_trusted(tmp_path, monkeypatch):
+    """Between opening the lock file and locking it, another process may remove it (a failed first command
+    removes its new run folder): _take_lock then gives None and the lock is taken again, on the file now there."""
+    import metakd_cli.run_dir as run_dir
+
+    run = RunDir(tmp_path / "run")
+    real, calls = run_dir._take_lock, []
+
+    def replaced_once(path, folder):
+        calls.append(path)
+        return None if len(calls) == 1 else real(path, folder)
+
+    monkeypatch.setattr(run_dir, "_take_lock", replaced_once)
+    with run.lock("fit", create=True):
+        assert len(calls) == 2
+        holder = json.loads((run.path / LOCK_FILE).read_text())
+        assert holder["pid"] == os.getpid()
+
+
+def test_take_lock_refuses_a_file_replaced_after_it_was_opened(tmp_path, monkeypatch):
+    import fcntl
+
+    import metakd_cli.run_dir as run_dir
+
+    path = tmp_path / LOCK_FILE
+    real_flock = fcntl.flock
+
+    def flock_then_replace(fd, op):
+        real_flock(fd, op)
+        path.unlink()
+        path.write_text("")  # a new file at the same name: not the one this handle locked
+
+    monkeypatch.setattr(fcntl, "flock", flock_then_replace)
+    assert run_dir._take_lock(path, tmp_path) is None
 
 
 def test_a_failed_first_command_leaves_no_run_folder(tmp_path):

@@ -96,6 +96,28 @@ def test_one_process_may_change_its_mixed_precision_between_steps():
         accelerator("no")  # what the other tests run with
 
 
+def test_an_unset_mixed_precision_does_not_inherit_the_previous_steps(monkeypatch):
+    """`metakd run` with `fit.mixed_precision: bf16` and distill left unset: distill runs in the launcher's
+    precision (none without a launcher), not in the bf16 the fit step left in accelerate's shared state."""
+    from metakd_cli.processes import accelerator
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    try:
+        assert accelerator("bf16").mixed_precision == "bf16"
+        assert accelerator(None).mixed_precision == "no"
+    finally:
+        accelerator("no")
+
+
+def test_a_launcher_world_size_that_is_not_a_number_is_one_line(monkeypatch):
+    from metakd_cli.errors import UserError
+    from metakd_cli.processes import world_size
+
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(UserError, match="WORLD_SIZE='two' is not a whole number"):
+        world_size()
+
+
 def test_fit_help_says_what_the_batch_size_is():
     from metakd_cli.cli import cli
 

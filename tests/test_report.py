@@ -196,10 +196,20 @@ def test_an_eval_older_than_the_student_is_not_used(full_run, tmp_path):
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(full_run, run.path)
-    os.utime(run.metrics / "eval.json", (1, 1))  # as if eval ran before distill and export
+    path = run.metrics / "eval.json"
+    evaluated = json.loads(path.read_text())
+    for record in (evaluated, *evaluated["selections"].values()):
+        record["written"] = "1970-01-01T00:00:01+00:00"  # as if eval ran before distill and export
+    path.write_text(json.dumps(evaluated))
     figures = RunFigures(run)
     assert figures.speed("int8") is None and figures.cpu() is None
     assert figures.accuracy("student")[1] == "metakd distill"
+    for record in (evaluated, *evaluated["selections"].values()):
+        del record["written"]  # a file from before records carried it: judged by the file's time
+    path.write_text(json.dumps(evaluated))
+    os.utime(path, (1, 1))
+    figures = RunFigures(run)
+    assert figures.speed("int8") is None and figures.cpu() is None
 
 
 def test_the_student_with_its_card_loads_with_plain_transformers(full_run):
@@ -235,3 +245,68 @@ def test_a_stale_onnx_folder_keeps_its_card_and_leaves_the_students(full_run, tm
     card = (run.student / "README.md").read_text()
     assert not {"onnx", "int8"} & set(_front_matter(card)["tags"])
     assert "| domain | teacher | student |\n" in card and "| int8 |" not in card
+
+
+def test_a_remade_students_card_and_report_drop_the_old_students_eval(full_run, tmp_path):
+    """eval (every model), distill again, then `eval --model teacher` or `eval --domain kitchen`: eval.json's
+    rewrite refreshes its file time, yet the old student's records stay the old student's (each record's own
+    ``written`` time against the step that made the model)."""
+    import time
+
+    from metakd_cli.distill import distill
+    from metakd_cli.evaluate import evaluate_run
+    from metakd_cli.model_card import RunFigures
+    from metakd_cli.report import build_report
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(full_run, run.path)
+    time.sleep(1.1)  # the manifest's times are whole seconds: distill finishes a second after the first eval
+    distill(DistillConfig(intermediate_epochs=1, epochs=1, batch_size=8, lr=1e-3, intermediate_lr=1e-3, seed=6),
+            run, log=_quiet, warn=_quiet)
+    evaluate_run(EvalConfig(models=["teacher"], latency_rows=4, throughput_batches=1), run)
+    figures = RunFigures(run)
+    assert "student" not in figures.eval and figures.speed("student") is None
+    assert figures.accuracy("student")[1] == "metakd distill"
+    assert figures.speed("teacher") is not None  # the teacher was not remade: its figures stand
+    card = (run.student / "README.md").read_text()
+    student_speed = [line for line in card.splitlines() if line.startswith("| student |")]
+    assert student_speed and student_speed[0].endswith("| not measured | not measured |")
+    reported = {model.name: model for model in build_report(run).models}
+    assert reported["student"].latency_ms is None and reported["teacher"].latency_ms is not None
+    # one domain of the new student: its own record counts, not the old student's all-domain one
+    evaluate_run(EvalConfig(domains=["kitchen"], latency_rows=4, throughput_batches=1), run)
+    latest = {m["name"]: m for m in json.loads((run.metrics / "eval.json").read_text())["models"]}
+    figures = RunFigures(run)
+    assert figures.eval["student"]["accuracy"] == latest["student"]["accuracy"]
+    assert figures.speed("student") == (latest["student"]["latency_ms"], latest["student"]["throughput"])
+    assert set(figures.eval["teacher"]["accuracy"]) == {"books", "electronics", "kitchen", "average"}
+
+
+def test_the_rows_file_reads_like_the_other_metrics(full_run):
+    import stat
+
+    run = RunDir(full_run)
+    rows, metrics = run.metrics / "distill_rows.safetensors", run.metrics / "distill.json"
+    assert stat.S_IMODE(rows.stat().st_mode) == stat.S_IMODE(metrics.stat().st_mode)
+
+
+def test_distill_saves_the_rows_before_the_manifest_records_it(full_run, tmp_path, monkeypatch):
+    """A kill between the two leaves the old manifest with the new rows, never the new manifest with old rows."""
+    from metakd_cli.distill import distill
+    from metakd_cli.row_weights import ROWS_FILE
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(full_run, run.path)
+    (run.metrics / ROWS_FILE).unlink()
+    seen = []
+    record_step = RunDir.record_step
+
+    def spy(self, step, *args, **kwargs):
+        if step == "distill":
+            seen.append((self.metrics / ROWS_FILE).is_file())
+        return record_step(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(RunDir, "record_step", spy)
+    distill(DistillConfig(intermediate_epochs=1, epochs=1, batch_size=8, lr=1e-3, intermediate_lr=1e-3, seed=6),
+            run, log=_quiet, warn=_quiet)
+    assert seen == [True]

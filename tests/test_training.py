@@ -70,3 +70,13 @@ def test_resume_logs_what_it_resumes_or_that_it_starts_from_scratch(tmp_path):
         f"fit-teacher: no checkpoint to resume in {tmp_path / 'fit-teacher'}, so it starts from scratch"]
     assert _train(tmp_path, resume=True) == ["fit-teacher: finished in its checkpoint, not trained again"]
     assert _train(tmp_path, resume=False) == []
+
+
+@pytest.mark.parametrize("damaged", ["loop.json", "model.safetensors", "rng.safetensors", "optim.pt"])
+def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path, damaged):
+    _train(tmp_path)
+    path = tmp_path / "fit-teacher" / damaged
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+    with pytest.raises(UserError, match=r"the checkpoint is damaged or truncated .*run without --resume"):
+        _train(tmp_path, resume=True)

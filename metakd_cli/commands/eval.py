@@ -9,14 +9,17 @@ import click
 @click.option("--model", "models", multiple=True, type=click.Choice(["all", "teacher", "student", "onnx", "int8"]),
               help="Model(s) to evaluate (repeatable) [all: whichever exist].")
 @click.option("--domain", "domains", multiple=True, help="Domain(s) to score (repeatable) [all].")
-@click.option("--split", type=click.Choice(["test", "dev"]), default="test", show_default=True, help="Split to score.")
-@click.option("--bucketing/--no-bucketing", default=True, show_default=True,
+@click.option("--split", type=click.Choice(["test", "dev"]), default=None, help="Split to score [test].")
+@click.option("--bucketing/--no-bucketing", default=None,
               help="Length-sorted, dynamically padded batches; --no-bucketing pads every row to max_length in "
-                   "input order (to compare speeds).")
+                   "input order (to compare speeds) [bucketing].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--recipe", type=click.Path(dir_okay=False), default=None,
+              help="YAML recipe whose eval: section sets the defaults; flags override it.")
+@click.option("--set", "sets", multiple=True, help="Override a recipe key: --set eval.latency_rows=16 (repeatable).")
 @click.pass_obj
-def eval_(obj, models: tuple[str, ...], domains: tuple[str, ...], split: str, bucketing: bool,
-          as_json: bool) -> None:
+def eval_(obj, models: tuple[str, ...], domains: tuple[str, ...], split: str | None, bucketing: bool | None,
+          as_json: bool, recipe: str | None, sets: tuple[str, ...]) -> None:
     """Score teacher / student / ONNX / int8 from the run folder on one split.
 
     \b
@@ -27,13 +30,14 @@ def eval_(obj, models: tuple[str, ...], domains: tuple[str, ...], split: str, bu
       metakd eval --model student --model int8 --split dev --json
     """
     from metakd_cli import console
-    from metakd_cli.config import EvalConfig
+    from metakd_cli.config import apply_overrides, load_recipe
     from metakd_cli.evaluate import evaluate_run
     from metakd_cli.run_dir import RunDir
 
-    config = EvalConfig(models=list(models) or ["all"], domains=list(domains) or None, split=split,
-                        bucketing=bucketing)
-    result = evaluate_run(config, RunDir(obj.run_dir), console.log)
+    recipe_config = load_recipe(recipe)
+    flags = {"models": list(models) or None, "domains": list(domains) or None, "split": split, "bucketing": bucketing}
+    apply_overrides(recipe_config, "eval", flags, sets)  # defaults < recipe < flags and --set
+    result = evaluate_run(recipe_config.eval, RunDir(obj.run_dir), console.log)
     for warning in result.warnings:
         console.warn(warning)
     if as_json:

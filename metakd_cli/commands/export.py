@@ -8,41 +8,41 @@ import click
 
 
 @click.command("export")
-@click.option("--model", "model", type=click.Choice(["student", "teacher"]), default="student", show_default=True,
-              help="Which model of the run folder to export.")
-@click.option("--int8", is_flag=True, help="Also write model_quantized.onnx (int8) and check its accuracy.")
+@click.option("--model", "model", type=click.Choice(["student", "teacher"]), default=None,
+              help="Which model of the run folder to export [student].")
+@click.option("--int8", is_flag=True, default=None, help="Also write model_quantized.onnx (int8) and check its accuracy.")
 @click.option("--int8-mode", type=click.Choice(["static", "dynamic"]), default=None,
               help="static: activation scales calibrated once on training texts, so a text gets the same answer "
                    "alone or in any batch [default]; dynamic: scales computed per batch, padding included, so an "
                    "answer can move with the other texts of its batch.")
 @click.option("--calibration", type=click.Choice(["minmax", "percentile", "entropy"]), default=None,
               help="How static int8 turns the calibration activations into ranges [percentile].")
-@click.option("--target", type=click.Choice(["auto", "avx2", "avx512_vnni", "arm64"]), default="auto",
-              show_default=True,
+@click.option("--target", type=click.Choice(["auto", "avx2", "avx512_vnni", "arm64"]), default=None,
               help="int8 format: auto = avx512_vnni where the CPU has VNNI, else avx2; arm64 on ARM "
-                   "(implies --ort).")
+                   "(implies --ort) [auto].")
 @click.option("--per-channel/--per-tensor", "per_channel", default=None,
               help="int8 weight scales: one per output column (default; on Amazon it kept int8 within 0.3 points "
                    "of fp32, where one scale per matrix lost 0.9) or one per matrix (about 5% faster).")
-@click.option("--ort", is_flag=True,
+@click.option("--ort", is_flag=True, default=None,
               help="Also write model.ort and required_operators.config for ONNX Runtime Mobile, checked against ONNX.")
 @click.option("--opset", type=int, default=None, help="ONNX opset [18].")
 @click.option("--max-drop", type=float, default=None,
               help="Fail (exit 1) when int8 loses more dev accuracy points than this vs fp32, after trying the "
                    "remedies [1.0].")
-@click.option("--fuse", is_flag=True,
+@click.option("--fuse", is_flag=True, default=None,
               help="Quantize a graph with fused attention, layer norm and GELU (ONNX Runtime contrib ops); "
                    "dynamic int8 only (implies --int8-mode dynamic); measure it on your CPU with "
                    "bench/int8_variants.py.")
-@click.option("--trim-vocab", is_flag=True,
+@click.option("--trim-vocab", is_flag=True, default=None,
               help="Keep only the word pieces the training corpus uses (model and tokenizer together).")
 @click.option("--keep-top", type=int, default=None, metavar="N",
               help="With --trim-vocab, also keep the first N other pieces by vocabulary rank [0].")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object instead of tables.")
+@click.option("--recipe", type=click.Path(dir_okay=False), default=None,
+              help="YAML recipe whose export: section sets the defaults; flags override it.")
+@click.option("--set", "sets", multiple=True, help="Override a recipe key: --set export.atol=1e-3 (repeatable).")
 @click.pass_obj
-def export(obj, model: str, int8: bool, int8_mode: str | None, calibration: str | None, target: str,
-           per_channel: bool | None, ort: bool, opset: int | None, max_drop: float | None, fuse: bool,
-           trim_vocab: bool, keep_top: int | None, as_json: bool) -> None:
+def export(obj, as_json: bool, recipe: str | None, sets: tuple[str, ...], **flags) -> None:
     """Export the run's student (or teacher) to onnx/, loadable with plain optimum.onnxruntime.
 
     \b
@@ -60,34 +60,23 @@ def export(obj, model: str, int8: bool, int8_mode: str | None, calibration: str 
       metakd export --int8 --int8-mode dynamic
     """
     from metakd_cli import console
+    from metakd_cli.config import apply_overrides, load_recipe
     from metakd_cli.errors import UserError
-    from metakd_cli.export import ExportConfig
     from metakd_cli.export import export as run_export
     from metakd_cli.run_dir import RunDir
 
-    if per_channel is not None and not int8:
-        flag = "--per-channel" if per_channel else "--per-tensor"
+    recipe_config = load_recipe(recipe)
+    apply_overrides(recipe_config, "export", flags, sets)  # defaults < recipe < flags and --set
+    config = recipe_config.export
+    # flags given on this command line that mean nothing without int8 (a recipe's are its own business)
+    if flags["per_channel"] is not None and not config.int8:
+        flag = "--per-channel" if flags["per_channel"] else "--per-tensor"
         raise UserError(f"{flag} sets how int8 weights are scaled; add --int8 or drop {flag}")
-    for flag, value in (("--int8-mode", int8_mode), ("--calibration", calibration)):
-        if value is not None and not int8:
+    for flag, value in (("--int8-mode", flags["int8_mode"]), ("--calibration", flags["calibration"])):
+        if value is not None and not config.int8:
             raise UserError(f"{flag} sets how int8 is made; add --int8 or drop {flag}")
-    if calibration is not None and int8_mode == "dynamic":
+    if flags["calibration"] is not None and config.int8_kind == "dynamic":
         raise UserError("--calibration sets static int8's ranges; dynamic int8 has none: drop one of the two")
-    config = ExportConfig(model=model, int8=int8, target=target, ort=ort, fuse=fuse, trim_vocab=trim_vocab)
-    if per_channel is not None:
-        config.per_channel = per_channel
-    if opset is not None:
-        config.opset = opset
-    if max_drop is not None:
-        config.max_drop = max_drop
-    if int8_mode is not None:
-        config.int8_mode = int8_mode
-    elif fuse:  # the fused attention is quantized by dynamic int8 only (QAttention)
-        config.int8_mode = "dynamic"
-    if calibration is not None:
-        config.calibration = calibration
-    if keep_top is not None:
-        config.keep_top = keep_top
     result = run_export(config, RunDir(obj.run_dir), console.log)
     m = result.metrics
     if as_json:
