@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -360,10 +361,107 @@ def distill(cfg: DistillConfig, run: RunDir, resume: bool = False, progress=None
     return result
 
 
+@dataclass
+class _Context:
+    """What every step of one distillation reads: its settings, run folder, data and callbacks."""
+
+    cfg: DistillConfig
+    run: RunDir
+    dataset: Dataset
+    resume: bool
+    progress: object
+    log: Callable[[str], None]
+    warn: Callable[[str], None]
+
+
+@dataclass
+class _TeacherSide:
+    """The frozen teacher (for ``mtn``, the one a `tiny` student is cut from), its tokenizer and its folders."""
+
+    info: TeacherInfo
+    domain_id: int | None  # the --domain distilled for, None for every domain
+    teacher_dir: Path
+    teacher_dirs: list[Path]  # every teacher whose soft labels the student learns (mtn: all of them)
+    domain_of: dict[Path, str]  # a single teacher's folder -> its domain
+    tokenizer: object
+    pad_id: int
+    max_length: int
+    teacher: nn.Module
+    teacher_heads: DomainClassifiers | None  # an mtl teacher's per-domain heads
+    teacher_head: DomainHead
+    extra: dict[str, torch.Tensor]  # what fit stored beside the teacher: scores, prototypes
+
+
+@dataclass
+class _TrainingRows:
+    """The rows distilled on, in the teacher's tokens, and each training row's t."""
+
+    keep: list[int]  # indices into the whole train split
+    full_train: Encoded
+    train: Encoded
+    dev_all: Encoded
+    dev: Encoded
+    test_all: Encoded
+    test: Encoded
+    t: torch.Tensor  # [N]
+
+
+@dataclass
+class _TeacherCache:
+    """The teacher's outputs, computed once per run."""
+
+    targets: torch.Tensor  # [N, C] soft labels at the temperature
+    teacher_test: np.ndarray  # [N_test] predicted labels
+    lam: torch.Tensor  # [N] lambda(x)
+    teacher_parameters: int  # mtn: all teachers together
+    seconds: float
+
+
+@dataclass
+class _StudentSide:
+    """The student, the rows in its own tokens and the modules stage 1 trains."""
+
+    student: nn.Module
+    how: str  # how it was initialised, one line
+    tokenizer: object  # the student's own, else the teacher's
+    train: Encoded
+    dev: Encoded
+    test: Encoded
+    pad_id: int
+    cross: CrossTokenizer | None  # a student with its own tokenizer whose word pieces align
+    parts: nn.ModuleDict  # student, head (and projection)
+    projection: nn.Linear | None
+    mapping: list[int]  # student layer -> teacher layer
+
+
 def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn) -> DistillResult:
     started = time.perf_counter()
     fit_id = run.step_id("fit")  # the teacher this student is built from: read now, recorded at the end
     _, dataset = run.reload_dataset()
+    ctx = _Context(cfg, run, dataset, resume, progress, log, warn)
+    teacher_side = _load_teacher_side(ctx)
+    rows = _training_rows(ctx, teacher_side)
+    cache = _cache_teacher(ctx, teacher_side, rows)
+    student_side = _build_student_side(ctx, teacher_side, rows)
+    steps = _LossSteps(cfg, teacher_side.teacher, teacher_side.teacher_head, student_side, cache.lam,
+                       cache.targets)
+    intermediate_lr, lr = learning_rates(cfg)
+    stages = {}
+    if cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs > 0:
+        stages["intermediate"] = _run_intermediate(ctx, teacher_side.info.mode, steps, intermediate_lr)
+    stages["prediction"] = _run_prediction(ctx, teacher_side.info.mode, steps, lr)
+    lrs = {"intermediate": intermediate_lr, "prediction": lr}
+    metrics = _collect_metrics(ctx, teacher_side, student_side, cache, lrs, stages, started)
+    if not processes.is_main():  # the main process writes the run folder
+        return DistillResult(run_dir=run.path, metrics=metrics, seconds=time.perf_counter() - started)
+    _save(ctx, teacher_side, student_side, rows, cache.lam, metrics, fit_id)
+    metrics["seconds"] = time.perf_counter() - started
+    return DistillResult(run_dir=run.path, metrics=metrics, seconds=metrics["seconds"])
+
+
+def _load_teacher_side(ctx: _Context) -> _TeacherSide:
+    """The teacher distilled from, frozen on this process's device, with its tokenizer and domain head."""
+    cfg, run, dataset = ctx.cfg, ctx.run, ctx.dataset
     info = TeacherInfo.load(run.teacher)
     domain_id = None
     if cfg.domain is not None:
@@ -372,8 +470,8 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
     teacher_dir, teacher_dirs = _teacher_folders(run, info, cfg)
     domain_of = {path: d for d, path in domain_paths(run.teacher, info.domains).items()}  # single teachers
     if cfg.method == "mtn":
-        log(f"mtn: learning from the teachers of {', '.join(domain_of[d] for d in teacher_dirs)}; the student's "
-            f"tokenizer and {cfg.student} layers come from {domain_of[teacher_dir]}'s")
+        ctx.log(f"mtn: learning from the teachers of {', '.join(domain_of[d] for d in teacher_dirs)}; the student's "
+                f"tokenizer and {cfg.student} layers come from {domain_of[teacher_dir]}'s")
     tokenizer = load_tokenizer(str(teacher_dir))
     pad_id = tokenizer.pad_token_id or 0
     max_length = cfg.max_length or info.max_length
@@ -385,32 +483,45 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
     teacher_head.to(processes.device()).eval()
     for p in teacher_head.parameters():
         p.requires_grad_(False)
+    return _TeacherSide(info, domain_id, teacher_dir, teacher_dirs, domain_of, tokenizer, pad_id, max_length,
+                        teacher, teacher_heads, teacher_head, extra)
 
-    full_train = encode(dataset.train, dataset, tokenizer, max_length)
+
+def _training_rows(ctx: _Context, side: _TeacherSide) -> _TrainingRows:
+    """The train / dev / test rows of the distilled domain(s), in the teacher's tokens, and t per training row:
+    the one fit stored, else (see the module docstring) one computed here."""
+    cfg, dataset, domain_id = ctx.cfg, ctx.dataset, side.domain_id
+    full_train = encode(dataset.train, dataset, side.tokenizer, side.max_length)
     in_fraction = set(fraction_indices(dataset.train, cfg.train_fraction, dataset.split_seed))
     keep = [i for i in full_train.rows_of(domain_id) if i in in_fraction]
     train = full_train.subset(keep)
-    dev_all = encode(dataset.dev, dataset, tokenizer, max_length)
+    dev_all = encode(dataset.dev, dataset, side.tokenizer, side.max_length)
     dev = dev_all.subset(dev_all.rows_of(domain_id))
-    test_all = encode(dataset.test, dataset, tokenizer, max_length)
+    test_all = encode(dataset.test, dataset, side.tokenizer, side.max_length)
     test = test_all.subset(test_all.rows_of(domain_id))
-    scores = extra.get("scores")
-    if info.mode == "meta" and scores is not None and len(scores) == len(full_train):
+    scores = side.extra.get("scores")
+    if side.info.mode == "meta" and scores is not None and len(scores) == len(full_train):
         t = scores[keep].float()
         missing = torch.isnan(t).nonzero().flatten().tolist()
         if missing and cfg.method == "meta":
-            log(f"t for {len(missing):,} rows the teacher did not train on, from the pretrained encoder")
-            t[missing] = missing_scores(train.subset(missing), run, extra["prototypes"], len(dataset.labels), pad_id)
+            ctx.log(f"t for {len(missing):,} rows the teacher did not train on, from the pretrained encoder")
+            t[missing] = missing_scores(train.subset(missing), ctx.run, side.extra["prototypes"], len(dataset.labels),
+                                        side.pad_id)
     else:
         t = torch.ones(len(train))  # mix / mtl / single teachers: every example equally transferable
+    return _TrainingRows(keep, full_train, train, dev_all, dev, test_all, test, t)
 
-    # cached once: the teacher's logits on the training rows (and test rows, for the metrics),
-    # its soft labels, p_t(gold) and lambda
+
+def _cache_teacher(ctx: _Context, side: _TeacherSide, rows: _TrainingRows) -> _TeacherCache:
+    """Cached once: the teacher's logits on the training rows (and test rows, for the metrics),
+    its soft labels, p_t(gold) and lambda."""
+    cfg, train, test, pad_id = ctx.cfg, rows.train, rows.test, side.pad_id
+    teacher, teacher_heads = side.teacher, side.teacher_heads
     cache_started = time.perf_counter()
     if cfg.method == "mtn":
         every_train, every_test, teacher_parameters = [], [], 0
-        for folder in teacher_dirs:  # one teacher in memory at a time, besides the one kept for `tiny`
-            model, heads = ((teacher, teacher_heads) if folder == teacher_dir
+        for folder in side.teacher_dirs:  # one teacher in memory at a time, besides the one kept for `tiny`
+            model, heads = ((teacher, teacher_heads) if folder == side.teacher_dir
                             else _load_teacher(folder, processes.device()))
             every_train.append(teacher_logits_of(model, heads, train, pad_id))
             every_test.append(teacher_logits_of(model, heads, test, pad_id))
@@ -426,18 +537,25 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
         teacher_test = teacher_logits_of(teacher, teacher_heads, test, pad_id).argmax(-1).numpy()
         teacher_parameters = sum(p.numel() for p in teacher.parameters())
     p_gold = probabilities[torch.arange(len(train)), torch.tensor(train.labels, dtype=torch.long)]
-    lam = expertise_weight(t, p_gold) if cfg.method == "meta" else torch.ones(len(train))
-    cache_seconds = time.perf_counter() - cache_started
+    lam = expertise_weight(rows.t, p_gold) if cfg.method == "meta" else torch.ones(len(train))
+    return _TeacherCache(targets, teacher_test, lam, teacher_parameters, time.perf_counter() - cache_started)
 
-    student, how, student_tokens = build_student(cfg, teacher, tokenizer, dataset.labels, warn)
+
+def _build_student_side(ctx: _Context, side: _TeacherSide, rows: _TrainingRows) -> _StudentSide:
+    """The student, the rows in its own tokens when it has its own tokenizer, and the modules of stage 1
+    (student, domain head, and a projection to the teacher's width when they differ)."""
+    cfg, dataset, log, teacher = ctx.cfg, ctx.dataset, ctx.log, side.teacher
+    tokenizer, pad_id, max_length = side.tokenizer, side.pad_id, side.max_length
+    train, dev, test = rows.train, rows.dev, rows.test
+    student, how, student_tokens = build_student(cfg, teacher, tokenizer, dataset.labels, ctx.warn)
     cross = None
     if student_tokens is not None:  # the student reads its own tokens (and ships its tokenizer); see alignment.py
         tokenizer, tokens = student_tokens
-        student_train = encode(dataset.train, dataset, tokenizer, max_length).subset(keep)
+        student_train = encode(dataset.train, dataset, tokenizer, max_length).subset(rows.keep)
         cross = CrossTokenizer.build(tokenizer, tokens, student_train, train, pad_id)
         train, pad_id = student_train, cross.pad_id
-        dev = encode(dataset.dev, dataset, tokenizer, max_length).subset(dev_all.rows_of(domain_id))
-        test = encode(dataset.test, dataset, tokenizer, max_length).subset(test_all.rows_of(domain_id))
+        dev = encode(dataset.dev, dataset, tokenizer, max_length).subset(rows.dev_all.rows_of(side.domain_id))
+        test = encode(dataset.test, dataset, tokenizer, max_length).subset(rows.test_all.rows_of(side.domain_id))
         aligned = cross.summary()
         log(f"cross-tokenizer: the student reads its own tokens; {aligned['aligned']:,} of {aligned['rows']:,} "
             f"training rows align with the teacher's position by position"
@@ -449,13 +567,11 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
         + (f" of domain {cfg.domain}" if cfg.domain else ""))
     for p in student.parameters():  # a `tiny` student is cut from the frozen teacher
         p.requires_grad_(True)
-    teacher_layers = teacher.config.num_hidden_layers
-    student_layers = student.config.num_hidden_layers
-    mapping = layer_map(student_layers, teacher_layers)
+    mapping = layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
     if cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs > 0:
         check_attention_heads(student, teacher)  # attention scores are compared head by head
     torch.manual_seed(cfg.seed)
-    student_head = DomainHead(student.config.hidden_size, len(info.domains))
+    student_head = DomainHead(student.config.hidden_size, len(side.info.domains))
     projection = (
         nn.Linear(student.config.hidden_size, teacher.config.hidden_size)
         if student.config.hidden_size != teacher.config.hidden_size
@@ -464,15 +580,32 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
     parts = nn.ModuleDict({"student": student, "head": student_head})
     if projection is not None:
         parts["projection"] = projection
-    use_gamma = cfg.method == "meta" and cfg.gamma > 0
+    return _StudentSide(student, how, tokenizer, train, dev, test, pad_id, cross, parts, projection, mapping)
 
-    def make_batch(indices: list[int]) -> dict:
+
+@dataclass
+class _LossSteps:
+    """The batches and loss steps of both stages, and the student's dev accuracy (stage 2's selection)."""
+
+    cfg: DistillConfig
+    teacher: nn.Module
+    teacher_head: DomainHead
+    side: _StudentSide
+    lam: torch.Tensor
+    targets: torch.Tensor
+
+    def make_batch(self, indices: list[int]) -> dict:
+        train, pad_id, cross = self.side.train, self.side.pad_id, self.side.cross
         batch = collate(train, indices, pad_id)
         if cross is not None:  # the teacher's own tokens of these rows, and where they sit in the student's
             batch.update(cross.teacher_batch(indices, batch["input_ids"].shape[1]))
         return batch
 
-    def intermediate_step(batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def intermediate_step(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        cfg, teacher, teacher_head, lam = self.cfg, self.teacher, self.teacher_head, self.lam
+        parts, cross, mapping, projection = self.side.parts, self.side.cross, self.side.mapping, self.side.projection
+        student_layers = self.side.student.config.num_hidden_layers
+        use_gamma = cfg.method == "meta" and cfg.gamma > 0
         inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
         mask = batch["attention_mask"]
         if teacher.device != mask.device:  # the frozen teacher is not accelerate's to move: it follows the batch
@@ -510,51 +643,72 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
         terms["loss"] = example_weighted(per_example, batch_rows(lam, batch["index"]))
         return terms
 
-    def prediction_step(batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def prediction_step(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        cfg, parts, targets = self.cfg, self.side.parts, self.targets
         inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
         logits = parts["student"](**inputs).logits
         loss = soft_target_cross_entropy(logits, batch_rows(targets, batch["index"]), cfg.temperature).mean()
         return {"loss": loss}
 
-    def student_logits(encoded: Encoded) -> np.ndarray:  # several processes: each its share, gathered in row order
-        return processes.gather_encoded(encoded, lambda part: torch_logits(student, part, pad_id))
-
-    def dev_accuracy() -> float:
-        predictions = student_logits(dev).argmax(-1)
+    def dev_accuracy(self) -> float:
+        dev = self.side.dev
+        predictions = _student_predictions(self.side, dev)
         return float((predictions == np.asarray(dev.labels)).mean() * 100)
 
-    signature = json.dumps([asdict(cfg), dataset.fingerprint(), info.mode], sort_keys=True)
-    signature_names = ("settings", "data fingerprint", "teacher mode")
-    intermediate_lr, lr = learning_rates(cfg)
-    stages = {}
-    suffix = f"-{folder_name(cfg.domain, dataset.domains)}" if cfg.domain else ""  # checkpoint names: escaped
-    if cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs > 0:
-        spec = PhaseSpec(f"distill-intermediate{suffix}", cfg.intermediate_epochs, cfg.batch_size, intermediate_lr,
-                         cfg.seed, constant_lr=True, max_grad_norm=1.0, weight_decay=0.0, signature=signature,
-                         signature_names=signature_names, mixed_precision=cfg.mixed_precision)
-        phase = run_phase(spec, parts, len(train), make_batch, intermediate_step, None, run.checkpoints,
-                          resume, progress, log)
-        stages["intermediate"] = {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second,
-                                  "history": phase.history}
-    spec = PhaseSpec(f"distill-prediction{suffix}", cfg.epochs, cfg.batch_size, lr, cfg.seed, weight_decay=0.01,
-                     signature=signature, signature_names=signature_names, mixed_precision=cfg.mixed_precision)
-    phase = run_phase(spec, nn.ModuleDict({"student": student}), len(train), make_batch, prediction_step, dev_accuracy,
-                      run.checkpoints, resume, progress, log)
-    stages["prediction"] = {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second,
-                            "history": phase.history, "best_epoch": phase.best_epoch}
 
-    # metrics: student vs teacher on the same rows
-    domains = dataset.domains
-    student_dev = student_logits(dev).argmax(-1)
-    student_test = student_logits(test).argmax(-1)
+SIGNATURE_NAMES = ("settings", "data fingerprint", "teacher mode")
+
+
+def _signature(ctx: _Context, teacher_mode: str) -> str:
+    """What a checkpoint must match to be resumed: the settings, the data and the teacher's mode."""
+    return json.dumps([asdict(ctx.cfg), ctx.dataset.fingerprint(), teacher_mode], sort_keys=True)
+
+
+def _checkpoint_suffix(ctx: _Context) -> str:
+    """The distilled domain's part of the checkpoint names (escaped), empty for every domain."""
+    return f"-{folder_name(ctx.cfg.domain, ctx.dataset.domains)}" if ctx.cfg.domain else ""
+
+
+def _run_intermediate(ctx: _Context, teacher_mode: str, steps: _LossSteps, lr: float) -> dict:
+    """Stage 1: the student's hidden states, attention scores (and, for meta, domain features) to the teacher's."""
+    cfg, run = ctx.cfg, ctx.run
+    spec = PhaseSpec(f"distill-intermediate{_checkpoint_suffix(ctx)}", cfg.intermediate_epochs, cfg.batch_size, lr,
+                     cfg.seed, constant_lr=True, max_grad_norm=1.0, weight_decay=0.0,
+                     signature=_signature(ctx, teacher_mode), signature_names=SIGNATURE_NAMES,
+                     mixed_precision=cfg.mixed_precision)
+    phase = run_phase(spec, steps.side.parts, len(steps.side.train), steps.make_batch, steps.intermediate_step, None,
+                      run.checkpoints, ctx.resume, ctx.progress, ctx.log)
+    return {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second, "history": phase.history}
+
+
+def _run_prediction(ctx: _Context, teacher_mode: str, steps: _LossSteps, lr: float) -> dict:
+    """Stage 2: the student's logits to the teacher's soft labels, selected on dev accuracy."""
+    cfg, run = ctx.cfg, ctx.run
+    spec = PhaseSpec(f"distill-prediction{_checkpoint_suffix(ctx)}", cfg.epochs, cfg.batch_size, lr, cfg.seed,
+                     weight_decay=0.01, signature=_signature(ctx, teacher_mode), signature_names=SIGNATURE_NAMES,
+                     mixed_precision=cfg.mixed_precision)
+    phase = run_phase(spec, nn.ModuleDict({"student": steps.side.student}), len(steps.side.train), steps.make_batch,
+                      steps.prediction_step, steps.dev_accuracy, run.checkpoints, ctx.resume, ctx.progress, ctx.log)
+    return {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second,
+            "history": phase.history, "best_epoch": phase.best_epoch}
+
+
+def _collect_metrics(ctx: _Context, teacher: _TeacherSide, student: _StudentSide, cache: _TeacherCache,
+                     lrs: dict[str, float], stages: dict, started: float) -> dict:
+    """Student vs teacher on the same rows, and how the run went."""
+    cfg, info, domains = ctx.cfg, teacher.info, ctx.dataset.domains
+    train, dev, test, cross = student.train, student.dev, student.test, student.cross
+    teacher_test, lam = cache.teacher_test, cache.lam
+    student_dev = _student_predictions(student, dev)
+    student_test = _student_predictions(student, test)
     train_rows = {name: train.domains.count(d) for d, name in enumerate(domains) if d in set(train.domains)}
-    metrics = {
+    return {
         "step": "distill",
         "method": cfg.method,
-        "student": how,
+        "student": student.how,
         "domain": cfg.domain,
         "teacher_mode": info.mode,
-        "teachers": [domain_of[folder] for folder in teacher_dirs] if cfg.method == "mtn" else None,
+        "teachers": [teacher.domain_of[folder] for folder in teacher.teacher_dirs] if cfg.method == "mtn" else None,
         "held_out": info.held_out,
         "train_fraction": cfg.train_fraction,
         "train_rows": train_rows,
@@ -564,40 +718,49 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
         "test_agreement_with_teacher": float((student_test == teacher_test).mean() * 100) if len(test) else None,
         "lambda": {"mean": float(lam.mean()), "min": float(lam.min()), "max": float(lam.max())},
         **({"alignment": cross.summary()} if cross is not None else {}),  # a student with its own tokenizer
-        "teacher_cache_seconds": cache_seconds,
-        "learning_rates": {"intermediate": intermediate_lr, "prediction": lr},
+        "teacher_cache_seconds": cache.seconds,
+        "learning_rates": lrs,
         "stages": stages,
         "cpu": cpu_info().to_json(),
-        "parameters": {"student": sum(p.numel() for p in student.parameters()),
-                       "teacher": teacher_parameters},  # mtn: all teachers together
+        "parameters": {"student": sum(p.numel() for p in student.student.parameters()),
+                       "teacher": cache.teacher_parameters},  # mtn: all teachers together
         "seconds": time.perf_counter() - started,
         "config": asdict(cfg),
         "command": " ".join(__import__("sys").argv),
         "processes": processes.world_size(),
     }
-    if not processes.is_main():  # the main process writes the run folder
-        return DistillResult(run_dir=run.path, metrics=metrics, seconds=time.perf_counter() - started)
+
+
+def _student_predictions(student: _StudentSide, encoded: Encoded) -> np.ndarray:
+    """The student's labels for ``encoded``; several processes: each its share, gathered in row order."""
+    logits = processes.gather_encoded(encoded, lambda part: torch_logits(student.student, part, student.pad_id))
+    return logits.argmax(-1)
+
+
+def _save(ctx: _Context, teacher: _TeacherSide, student: _StudentSide, rows: _TrainingRows, lam: torch.Tensor,
+          metrics: dict, fit_id: str | None) -> None:
+    """Write student/, the metrics, each row's t and lambda, the manifest's step and the model cards (main
+    process only), then clear the finished checkpoints."""
+    cfg, run, dataset, info, max_length = ctx.cfg, ctx.run, ctx.dataset, teacher.info, teacher.max_length
     with atomic_dir(run.student) as tmp:
         if cfg.trim_vocab:
-            metrics["trim"] = _save_trimmed(student, tokenizer, dataset, cfg, tmp, max_length)
+            metrics["trim"] = _save_trimmed(student.student, student.tokenizer, dataset, cfg, tmp, max_length)
         else:
-            student.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+            student.student.save_pretrained(tmp, safe_serialization=True)
+            student.tokenizer.save_pretrained(tmp)
         (tmp / STUDENT_JSON).write_text(json.dumps(
-            {"method": cfg.method, "student": how, "domain": cfg.domain, "labels": dataset.labels,
+            {"method": cfg.method, "student": student.how, "domain": cfg.domain, "labels": dataset.labels,
              "domains": dataset.domains, "max_length": max_length, "teacher_mode": info.mode}, indent=2) + "\n")
     run.write_metrics("distill", metrics)
     # each row's t and lambda, for `metakd report`; before the manifest records the step, so a kill in between
     # never pairs the new manifest with the previous distillation's rows
-    save_row_weights(run, keep, t, lam, cfg.method)
+    save_row_weights(run, rows.keep, rows.t, lam, cfg.method)
     run.record_step("distill", {"config": asdict(cfg), "student": str(run.student), "held_out": info.held_out,
-                                "train_fraction": cfg.train_fraction, "train_rows": train_rows,
+                                "train_fraction": cfg.train_fraction, "train_rows": metrics["train_rows"],
                                 "fit_id": fit_id})
-    write_model_cards(run, log)  # student/README.md from the metrics so far
-    for finished in run.checkpoints.glob(f"distill-*{suffix}"):
+    write_model_cards(run, ctx.log)  # student/README.md from the metrics so far
+    for finished in run.checkpoints.glob(f"distill-*{_checkpoint_suffix(ctx)}"):
         clear_checkpoints(run.checkpoints, finished.name)
-    metrics["seconds"] = time.perf_counter() - started
-    return DistillResult(run_dir=run.path, metrics=metrics, seconds=metrics["seconds"])
 
 
 def _save_trimmed(student, tokenizer, dataset: Dataset, cfg: DistillConfig, out: Path, max_length: int) -> dict:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -163,30 +164,46 @@ def t_statistics(t: torch.Tensor, encoded: Encoded, domains: list[str]) -> dict[
     return stats
 
 
+@dataclass
+class _FitContext:
+    """What every teacher of one fit shares: its settings, base model and tokenizer, data, run folder and callbacks."""
+
+    cfg: FitConfig
+    model_path: str
+    tokenizer: object
+    dataset: Dataset
+    run: RunDir
+    resume: bool
+    progress: object
+    log: Callable[[str], None]
+
+
+@dataclass
+class _Splits:
+    """The encoded rows one teacher trains on, is selected on and is scored on."""
+
+    train: Encoded
+    dev: Encoded
+    test: Encoded
+
+
 def _train_one(
+    ctx: _FitContext,
     name: str,
-    cfg: FitConfig,
-    model_path: str,
-    tokenizer,
-    dataset: Dataset,
-    train: Encoded,
-    dev: Encoded,
-    test: Encoded,
+    rows: _Splits,
     t: torch.Tensor,
     use_domain_loss: bool,
-    run: RunDir,
-    resume: bool,
-    progress,
-    log,
     mtl: bool = False,
     held_out: list[int] | None = None,
 ) -> tuple[nn.ModuleDict, TeacherResult]:
-    """Train one teacher on ``train``; select on the dev rows of the domains it trains on.
+    """Train one teacher on ``rows.train``; select on the dev rows of the domains it trains on.
 
     ``mtl``: per-domain heads (``parts["heads"]``); ``held_out``: domain ids it never sees
     (their mtl heads become the mean of the trained ones).
     """
-    pad_id = tokenizer.pad_token_id or 0
+    cfg, model_path, dataset = ctx.cfg, ctx.model_path, ctx.dataset
+    train, dev, test = rows.train, rows.dev, rows.test
+    pad_id = ctx.tokenizer.pad_token_id or 0
     held_out = held_out or []
     torch.manual_seed(cfg.seed)  # the new classifier layer and the domain head start the same every run
     classifier = load_classifier(model_path, dataset.labels, "sdpa", cfg.trust_remote_code)
@@ -228,22 +245,9 @@ def _train_one(
         predictions = logits_of(select_dev).argmax(-1)
         return float((predictions == np.asarray(select_dev.labels)).mean() * 100)
 
-    spec = PhaseSpec(
-        name=f"fit-{name if name == 'teacher' else folder_name(name, dataset.domains)}",  # a domain's, escaped
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        seed=cfg.seed,
-        warmup=cfg.warmup,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
-        signature=json.dumps([asdict(cfg), dataset.fingerprint()], sort_keys=True),
-        signature_names=("settings", "data fingerprint"),
-        mixed_precision=cfg.mixed_precision,
-    )
     phase = run_phase(
-        spec, parts, len(train), lambda idx: collate(train, idx, pad_id), loss_step, dev_accuracy,
-        run.checkpoints, resume, progress, log,
+        _phase_spec(cfg, dataset, name), parts, len(train), lambda idx: collate(train, idx, pad_id), loss_step,
+        dev_accuracy, ctx.run.checkpoints, ctx.resume, ctx.progress, ctx.log,
     )
     if mtl:
         seen = [d for d in range(len(dataset.domains)) if d not in held_out]
@@ -262,6 +266,23 @@ def _train_one(
         examples_per_second=phase.examples_per_second,
     )
     return parts, result
+
+
+def _phase_spec(cfg: FitConfig, dataset: Dataset, name: str) -> PhaseSpec:
+    """The training phase of the teacher ``name`` ("teacher" or a domain), as ``cfg`` sets it."""
+    return PhaseSpec(
+        name=f"fit-{name if name == 'teacher' else folder_name(name, dataset.domains)}",  # a domain's, escaped
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        warmup=cfg.warmup,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        signature=json.dumps([asdict(cfg), dataset.fingerprint()], sort_keys=True),
+        signature_names=("settings", "data fingerprint"),
+        mixed_precision=cfg.mixed_precision,
+    )
 
 
 def _save_teacher(
@@ -314,12 +335,10 @@ def _fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool, progre
     notes = (f", {cfg.hold_out} held out" if cfg.hold_out else "") + (
         f", {cfg.train_fraction:g} of the rows of {scarce}" if cfg.train_fraction < 1 else "")
     log(f"teacher {cfg.teacher} ({model_path}), mode {cfg.teacher_mode}, {len(kept):,} training rows{notes}")
-    pad_id = tokenizer.pad_token_id or 0
     train = encode([dataset.train[i] for i in kept], dataset, tokenizer, cfg.max_length)
     dev = encode(dataset.dev, dataset, tokenizer, cfg.max_length)
     test = encode(dataset.test, dataset, tokenizer, cfg.max_length)
-
-    teachers: list[TeacherResult] = []
+    ctx = _FitContext(cfg, model_path, tokenizer, dataset, run, resume, progress, log)
     info_common = dict(
         labels=dataset.labels,
         domains=dataset.domains,
@@ -328,57 +347,9 @@ def _fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool, progre
         held_out=cfg.hold_out,
     )
     if cfg.teacher_mode == "single":
-        staging_parts = {}
-        for d, domain in enumerate(dataset.domains):
-            if d in held_out:
-                continue
-            sub_train = train.subset(train.rows_of(d))
-            sub_dev = dev.subset(dev.rows_of(d))
-            sub_test = test.subset(test.rows_of(d))
-            log(f"single teacher for domain {domain}: {len(sub_train):,} rows")
-            parts, result = _train_one(
-                domain, cfg, model_path, tokenizer, dataset, sub_train, sub_dev, sub_test,
-                torch.ones(len(sub_train)), False, run, resume, progress, log,
-            )
-            teachers.append(result)
-            staging_parts[domain] = parts
-        folders = folder_names(dataset.domains)  # a domain name never reaches a path as it is
-        if processes.is_main():  # the main process writes the run folder
-            with atomic_dir(run.teacher) as tmp:
-                for domain, parts in staging_parts.items():
-                    info = TeacherInfo(mode="single", domain_loss="none",
-                                       hidden_size=parts["classifier"].config.hidden_size, domain=domain, **info_common)
-                    _save_teacher(tmp / folders[domain], parts, tokenizer, info, {"scores": torch.ones(0)})
-                TeacherInfo(mode="single", domain_loss="none", hidden_size=0, **info_common).save(tmp)
+        teachers = _fit_single(ctx, _Splits(train, dev, test), held_out, info_common)
     else:
-        if cfg.teacher_mode == "meta":
-            log("transferability scores from the untouched pretrained encoder")
-            t, protos = transferability_scores(model_path, cfg, train, dataset, pad_id)
-            use_domain_loss = cfg.domain_loss != "none"
-        else:
-            t, protos = torch.ones(len(train)), torch.zeros(0)
-            use_domain_loss = False
-        parts, result = _train_one(
-            "teacher", cfg, model_path, tokenizer, dataset, train, dev, test, t, use_domain_loss, run, resume,
-            progress, log, mtl=cfg.teacher_mode == "mtl", held_out=held_out,
-        )
-        if cfg.teacher_mode == "meta":
-            result.t_stats = t_statistics(t, train, dataset.domains)
-        teachers.append(result)
-        info = TeacherInfo(
-            mode=cfg.teacher_mode,
-            domain_loss=cfg.domain_loss if use_domain_loss else "none",
-            hidden_size=parts["classifier"].config.hidden_size,
-            **info_common,
-        )
-        scores = torch.full((len(dataset.train),), float("nan"))  # NaN: a row the teacher did not train on
-        scores[kept] = t.float()
-        extra = {"scores": scores, "prototypes": protos.float()}
-        if "heads" in parts:
-            extra.update(parts["heads"].tensors(dataset.domains))
-        if processes.is_main():
-            _save_teacher(run.teacher, parts, tokenizer, info, extra)
-
+        teachers = [_fit_shared(ctx, _Splits(train, dev, test), kept, held_out, info_common)]
     for message in chance_warnings(teachers, dev, dataset.domains, len(dataset.labels), held_out,
                                    cfg.teacher_mode == "single"):
         warn(message)
@@ -400,6 +371,65 @@ def _fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool, progre
     for finished in run.checkpoints.glob("fit-*"):  # nothing left to resume
         clear_checkpoints(run.checkpoints, finished.name)
     return FitResult(run_dir=run.path, mode=cfg.teacher_mode, teachers=teachers, metrics=metrics, seconds=seconds)
+
+
+def _fit_single(ctx: _FitContext, rows: _Splits, held_out: list[int], info_common: dict) -> list[TeacherResult]:
+    """One teacher per domain not held out, each on its own domain's rows, written as teacher/<domain's folder>/."""
+    cfg, dataset, run, tokenizer = ctx.cfg, ctx.dataset, ctx.run, ctx.tokenizer
+    teachers: list[TeacherResult] = []
+    staging_parts = {}
+    for d, domain in enumerate(dataset.domains):
+        if d in held_out:
+            continue
+        sub_train = rows.train.subset(rows.train.rows_of(d))
+        sub_dev = rows.dev.subset(rows.dev.rows_of(d))
+        sub_test = rows.test.subset(rows.test.rows_of(d))
+        ctx.log(f"single teacher for domain {domain}: {len(sub_train):,} rows")
+        parts, result = _train_one(ctx, domain, _Splits(sub_train, sub_dev, sub_test), torch.ones(len(sub_train)),
+                                   False)
+        teachers.append(result)
+        staging_parts[domain] = parts
+    folders = folder_names(dataset.domains)  # a domain name never reaches a path as it is
+    if processes.is_main():  # the main process writes the run folder
+        with atomic_dir(run.teacher) as tmp:
+            for domain, parts in staging_parts.items():
+                info = TeacherInfo(mode="single", domain_loss="none",
+                                   hidden_size=parts["classifier"].config.hidden_size, domain=domain, **info_common)
+                _save_teacher(tmp / folders[domain], parts, tokenizer, info, {"scores": torch.ones(0)})
+            TeacherInfo(mode="single", domain_loss="none", hidden_size=0, **info_common).save(tmp)
+    return teachers
+
+
+def _fit_shared(ctx: _FitContext, rows: _Splits, kept: list[int], held_out: list[int],
+                info_common: dict) -> TeacherResult:
+    """The one teacher of every domain not held out (meta, mix or mtl), written as teacher/ with each training
+    row's t (NaN for the rows it did not train on) and the prototypes."""
+    cfg, dataset, train = ctx.cfg, ctx.dataset, rows.train
+    if cfg.teacher_mode == "meta":
+        ctx.log("transferability scores from the untouched pretrained encoder")
+        t, protos = transferability_scores(ctx.model_path, cfg, train, dataset, ctx.tokenizer.pad_token_id or 0)
+        use_domain_loss = cfg.domain_loss != "none"
+    else:
+        t, protos = torch.ones(len(train)), torch.zeros(0)
+        use_domain_loss = False
+    parts, result = _train_one(ctx, "teacher", rows, t, use_domain_loss, mtl=cfg.teacher_mode == "mtl",
+                               held_out=held_out)
+    if cfg.teacher_mode == "meta":
+        result.t_stats = t_statistics(t, train, dataset.domains)
+    info = TeacherInfo(
+        mode=cfg.teacher_mode,
+        domain_loss=cfg.domain_loss if use_domain_loss else "none",
+        hidden_size=parts["classifier"].config.hidden_size,
+        **info_common,
+    )
+    scores = torch.full((len(dataset.train),), float("nan"))  # NaN: a row the teacher did not train on
+    scores[kept] = t.float()
+    extra = {"scores": scores, "prototypes": protos.float()}
+    if "heads" in parts:
+        extra.update(parts["heads"].tensors(dataset.domains))
+    if processes.is_main():
+        _save_teacher(ctx.run.teacher, parts, ctx.tokenizer, info, extra)
+    return result
 
 
 def chance_warnings(teachers: list[TeacherResult], dev: Encoded, domains: list[str], n_labels: int,
