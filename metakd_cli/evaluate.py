@@ -9,7 +9,6 @@ onnx/model_quantized.onnx).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +33,7 @@ from metakd_cli.inference import (
     torch_forward,
     weights_size_mb,
 )
-from metakd_cli.run_dir import domain_paths, folder_name
+from metakd_cli.run_dir import domain_paths, folder_name, read_json_object
 
 
 def accuracy(predictions: np.ndarray, labels: Sequence[int]) -> float:
@@ -127,13 +126,6 @@ def onnx_files(path: Path) -> list[Path]:
     return [p for p in (path, path.with_name(path.name + "_data"), path.with_suffix(".onnx_data")) if p.is_file()]
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def stale_models(run) -> dict[str, str]:
     """{"student" / "onnx" / "int8": why} for models on disk that an earlier fit / distill made (run_dir's
     stale_artifacts): left out of run_artifacts."""
@@ -164,10 +156,10 @@ def run_artifacts(run) -> dict[str, Artifact]:
             found["teacher"] = Artifact("teacher", "torch", run.teacher, run.teacher, info.max_length)
     student_max = teacher_max
     if (run.student / "config.json").is_file():
-        student_max = int(_read_json(run.student / "metakd_student.json").get("max_length") or teacher_max)
+        student_max = int(read_json_object(run.student / "metakd_student.json").get("max_length") or teacher_max)
         if "student" not in stale:
             found["student"] = Artifact("student", "torch", run.student, run.student, student_max)
-    exported = _read_json(run.onnx / EXPORT_JSON)
+    exported = read_json_object(run.onnx / EXPORT_JSON)
     onnx_max = int(exported.get("max_length") or student_max)
     for name, file in (("onnx", ONNX_FILE), ("int8", INT8_FILE)):
         if (run.onnx / file).is_file() and name not in stale:
@@ -178,7 +170,7 @@ def run_artifacts(run) -> dict[str, Artifact]:
 def exported_target(run) -> str | None:
     """The int8 format (--target) onnx/model_quantized.onnx was made for: from the metakd_export.json
     beside it, else from the manifest's export step."""
-    target = _read_json(run.onnx / EXPORT_JSON).get("target")
+    target = read_json_object(run.onnx / EXPORT_JSON).get("target")
     if target is None and run.manifest_path.is_file():
         target = run.load().steps.get("export", {}).get("target")
     return target
@@ -412,8 +404,8 @@ def previous_eval(path: Path) -> dict:
     the file's time now, since the rewrite refreshes that time (model_card judges each record by its ``written``)."""
     from datetime import datetime, timezone
 
-    previous = _read_json(path)
-    if not isinstance(previous, dict) or not previous:
+    previous = read_json_object(path)
+    if not previous:
         return {}
     written = datetime.fromtimestamp(int(path.stat().st_mtime), timezone.utc).isoformat(timespec="seconds")
     out = {"written": written, **previous}

@@ -12,13 +12,12 @@ for models made before it ran; a folder the manifest marks stale keeps its card 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 from metakd_cli import __version__
-from metakd_cli.run_dir import atomic_write_text
+from metakd_cli.run_dir import atomic_write_text, read_json_object
 
 CARD = "README.md"
 MODELS = ("teacher", "student", "onnx", "int8")
@@ -36,14 +35,6 @@ KNOWN_BASES = {
 }
 
 
-def _json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _time(value: object) -> float | None:
     try:
         return datetime.fromisoformat(str(value)).timestamp()
@@ -58,9 +49,9 @@ class RunFigures:
         self.run = run
         self.manifest = run.load()
         self.steps = self.manifest.steps
-        self.fit = _json(run.metrics / "fit.json")
-        self.distill = _json(run.metrics / "distill.json") if "distill" in self.steps else {}
-        self.export = _json(run.metrics / "export.json") if "export" in self.steps else {}
+        self.fit = read_json_object(run.metrics / "fit.json")
+        self.distill = read_json_object(run.metrics / "distill.json") if "distill" in self.steps else {}
+        self.export = read_json_object(run.metrics / "export.json") if "export" in self.steps else {}
         from metakd_cli.run_dir import stale_artifacts
 
         self.stale = stale_artifacts(self.manifest)  # {"student" / "onnx": why}: made from an earlier step
@@ -78,7 +69,7 @@ class RunFigures:
         latest, wins.
         """
         path = self.run.metrics / "eval.json"
-        record = _json(path)
+        record = read_json_object(path)
         if not record:
             return {}
         file_written = int(path.stat().st_mtime)
@@ -208,7 +199,7 @@ def _describe(figures: RunFigures, onnx: bool) -> list[str]:
     domains, labels = data.get("domains") or [], data.get("labels") or []
     fit_cfg = steps.get("fit", {}).get("config") or {}
     distill_cfg = steps.get("distill", {}).get("config") or {}
-    student = _json(run.student / "config.json")
+    student = read_json_object(run.student / "config.json")
     params = (figures.distill.get("parameters") or {}).get("student")
     shape = ""
     if student:

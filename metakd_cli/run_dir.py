@@ -122,6 +122,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def read_json_object(path: Path) -> dict:
+    """A JSON object file metakd wrote (metrics, metakd_export.json, config.json), or {} when it is missing,
+    unreadable or not an object: for figures that are shown when present, never for what a step relies on."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def atomic_write_json(path: Path, obj: object) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
