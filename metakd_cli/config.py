@@ -77,6 +77,10 @@ class DistillConfig:
     lr: float | None = None  # stage 2; None: 3e-5, or 3e-4 for a student from random weights
     intermediate_lr: float | None = None  # stage 1, constant; None: 5e-5, or 5e-4 from random weights
     gamma: float = 0.5
+    # ablations of stage 1: lambda_weights false gives every row weight 1 (meta keeps its domain-feature term);
+    # attention_weight scales the attention-score term (0: hidden states, and domain features, only)
+    lambda_weights: bool = True
+    attention_weight: float = 1.0
     max_length: int | None = None  # default: the teacher's
     seed: int = 42
     trust_remote_code: bool = False
@@ -280,7 +284,16 @@ def apply_overrides(recipe: Recipe, section: str, flags: dict, sets: tuple[str, 
         sect, key = dotted.split(".", 1)
         if sect not in SECTIONS:
             raise UserError(f"--set {item!r}: unknown section '{sect}' (valid: {', '.join(SECTIONS)})")
-        apply_values(getattr(recipe, sect), {key: None if value.lower() in {"none", "null"} else value}, f"--set {dotted}")
+        target = getattr(recipe, sect)
+        if value.lower() in {"none", "null"} and not _plain_text(target, key):  # the word: domain_loss=none
+            value = None
+        apply_values(target, {key: value}, f"--set {dotted}")
+
+
+def _plain_text(config: object, key: str) -> bool:
+    """Whether ``key`` of a config dataclass is a plain ``str`` that cannot be empty: there ``--set ...=none``
+    is the word "none" (``fit.domain_loss=none``), where it clears an optional key (``fit.hold_out=none``)."""
+    return any(f.name == key and f.type in ("str", str) for f in fields(config))
 
 
 def choice(value: str, valid: typing.Iterable[str], what: str) -> str:

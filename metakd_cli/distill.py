@@ -4,6 +4,8 @@ Stage 1 (intermediate), per example x with weight lambda(x):
     lambda(x) * [ sum_j MSE(W h_s^j, h_t^m(j)) + sum_j MSE(A_s^j, A_t^m(j)) + gamma * MSE(z_t, W z_s) ]
     lambda(x) = (1 + max(t(x), 0)) / (exp((1 - p_t(gold | x))^2) + 1)      (meta)
     lambda = 1 and no gamma term                                     (tinybert)
+    Ablations: distill.lambda_weights false (lambda = 1, gamma term kept), distill.attention_weight
+    (the attention term's weight, 1 by default; 0 drops it), distill.gamma 0 (no domain-feature term).
     A: pre-softmax attention scores QK^T / sqrt(d) + mask (metakd_cli.attention), as TinyBERT.
 Stage 2 (prediction): soft cross-entropy to the teacher's soft labels softmax(z_t / T).
 ``kd`` runs stage 2 only. The teacher is frozen, in eval mode; its logits, p_t(gold) and
@@ -95,10 +97,47 @@ TINYBERT4 = dict(num_hidden_layers=4, hidden_size=312, num_attention_heads=12, i
 
 
 @dataclass
+class DistillStage:
+    """How one training stage went (metrics/distill.json's ``stages``)."""
+
+    seconds: float
+    examples_per_second: float
+    epochs: int  # epochs trained
+    best_epoch: int | None  # prediction: the epoch dev accuracy chose; None for intermediate (its last state is kept)
+
+
+@dataclass
 class DistillResult:
+    """What `metakd distill` did, typed for the command to show; ``metrics`` is metrics/distill.json itself."""
+
     run_dir: Path
     metrics: dict
     seconds: float
+    method: str
+    student: str  # how the student was made
+    teacher_mode: str
+    held_out: str | None  # the domain the teacher never saw
+    dev_accuracy: dict[str, float]  # the student's, per domain and "average"
+    test_accuracy: dict[str, float]  # the student's
+    teacher_test_accuracy: dict[str, float]  # mtn: the teachers' mean
+    agreement_with_teacher: float | None  # % of test rows on which student and teacher give the same label
+    student_parameters: int
+    teacher_parameters: int  # mtn: every teacher's together
+    stages: dict[str, DistillStage]  # "intermediate" (when it ran), "prediction"
+
+    @classmethod
+    def from_metrics(cls, run_dir: Path, metrics: dict, seconds: float) -> "DistillResult":
+        """The result of the distillation whose metrics/distill.json is ``metrics``."""
+        m = metrics
+        stages = {name: DistillStage(stage["seconds"], stage["examples_per_second"], len(stage["history"]),
+                                     stage.get("best_epoch"))
+                  for name, stage in m["stages"].items()}
+        return cls(run_dir=run_dir, metrics=m, seconds=seconds, method=m["method"], student=m["student"],
+                   teacher_mode=m["teacher_mode"], held_out=m["held_out"], dev_accuracy=m["dev_accuracy"],
+                   test_accuracy=m["test_accuracy"], teacher_test_accuracy=m["teacher_test_accuracy"],
+                   agreement_with_teacher=m["test_agreement_with_teacher"],
+                   student_parameters=m["parameters"]["student"], teacher_parameters=m["parameters"]["teacher"],
+                   stages=stages)
 
 
 PRETRAINED_LRS = (5e-5, 3e-5)  # (stage 1, stage 2): DESIGN.md's defaults for a pretrained student
@@ -125,6 +164,9 @@ def validate(cfg: DistillConfig) -> None:
         raise UserError(f"--intermediate-epochs must be 0 or more, got {cfg.intermediate_epochs}")
     if cfg.temperature <= 0:
         raise UserError(f"--temperature must be positive, got {cfg.temperature}")
+    for flag, value in (("--gamma", cfg.gamma), ("--attention-weight", cfg.attention_weight)):
+        if value < 0:
+            raise UserError(f"{flag} must be 0 or more, got {value}")
     if not 0 < cfg.train_fraction <= 1:
         raise UserError(f"--train-fraction must be above 0 and at most 1, got {cfg.train_fraction}")
     if cfg.max_length is not None and cfg.max_length < 1:  # 0 would silently mean "the teacher's"
@@ -453,10 +495,10 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
     lrs = {"intermediate": intermediate_lr, "prediction": lr}
     metrics = _collect_metrics(ctx, teacher_side, student_side, cache, lrs, stages, started)
     if not processes.is_main():  # the main process writes the run folder
-        return DistillResult(run_dir=run.path, metrics=metrics, seconds=time.perf_counter() - started)
+        return DistillResult.from_metrics(run.path, metrics, time.perf_counter() - started)
     _save(ctx, teacher_side, student_side, rows, cache.lam, metrics, fit_id)
     metrics["seconds"] = time.perf_counter() - started
-    return DistillResult(run_dir=run.path, metrics=metrics, seconds=metrics["seconds"])
+    return DistillResult.from_metrics(run.path, metrics, metrics["seconds"])
 
 
 def _load_teacher_side(ctx: _Context) -> _TeacherSide:
@@ -537,7 +579,8 @@ def _cache_teacher(ctx: _Context, side: _TeacherSide, rows: _TrainingRows) -> _T
         teacher_test = teacher_logits_of(teacher, teacher_heads, test, pad_id).argmax(-1).numpy()
         teacher_parameters = sum(p.numel() for p in teacher.parameters())
     p_gold = probabilities[torch.arange(len(train)), torch.tensor(train.labels, dtype=torch.long)]
-    lam = expertise_weight(rows.t, p_gold) if cfg.method == "meta" else torch.ones(len(train))
+    weighted = cfg.method == "meta" and cfg.lambda_weights
+    lam = expertise_weight(rows.t, p_gold) if weighted else torch.ones(len(train))
     return _TeacherCache(targets, teacher_test, lam, teacher_parameters, time.perf_counter() - cache_started)
 
 
@@ -613,9 +656,10 @@ class _LossSteps:
             teacher_head.to(mask.device)
         # pre-softmax attention scores (transformers returns only probabilities), of the mapped layers only
         t_inputs = teacher_inputs(batch) if cross is not None else inputs
-        with torch.no_grad(), attention_scores(teacher, [m - 1 for m in mapping[1:]]) as teacher_scores:
+        use_attention = cfg.attention_weight > 0  # at 0 (an ablation) no layer is hooked
+        with torch.no_grad(), _scores_of(teacher, [m - 1 for m in mapping[1:]], use_attention) as teacher_scores:
             t_out = teacher(**t_inputs, output_hidden_states=True)
-        with attention_scores(parts["student"], list(range(student_layers))) as student_scores:
+        with _scores_of(parts["student"], list(range(student_layers)), use_attention) as student_scores:
             s_out = parts["student"](**inputs, output_hidden_states=True)
         teacher_hidden = [t_out.hidden_states[m] for m in mapping]
         if cross is not None:  # the teacher's positions that hold the student's tokens, in the student's order
@@ -624,10 +668,10 @@ class _LossSteps:
         hidden = hidden_mse(
             list(s_out.hidden_states), teacher_hidden, mask, parts["projection"] if projection is not None else None
         )
-        attention = attention_mse(student_scores, teacher_scores, mask)
+        attention = attention_mse(student_scores, teacher_scores, mask) if use_attention else torch.zeros_like(hidden)
         if cross is not None:  # a row whose tokens do not align has no stage-1 term (it learns from the logits)
             hidden, attention = hidden * batch["aligned"], attention * batch["aligned"]
-        per_example = hidden + attention
+        per_example = hidden + cfg.attention_weight * attention
         terms = {"hidden": hidden.mean(), "attention": attention.mean()}
         if use_gamma:
             with torch.no_grad():
@@ -654,6 +698,11 @@ class _LossSteps:
         dev = self.side.dev
         predictions = _student_predictions(self.side, dev)
         return float((predictions == np.asarray(dev.labels)).mean() * 100)
+
+
+def _scores_of(model: nn.Module, layers: list[int], wanted: bool):
+    """attention_scores(model, layers), or, when the attention term is off, no hooks and an empty list."""
+    return attention_scores(model, layers) if wanted else nullcontext([])
 
 
 SIGNATURE_NAMES = ("settings", "data fingerprint", "teacher mode")

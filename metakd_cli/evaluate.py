@@ -216,7 +216,7 @@ def _time_forward(
     return latency, throughput, {"batch_1": n1, f"batch_{cfg.batch_size}": nb}
 
 
-def _model_logits(
+def model_logits(
     artifact: Artifact, examples, dataset, domains: list[str], bucketing: bool = True
 ) -> tuple[np.ndarray, Encoded, int, Callable[[dict], np.ndarray]]:
     """Logits of ``artifact`` on ``examples`` (each domain's rows by its own teacher when single-mode)."""
@@ -337,17 +337,23 @@ def _evaluate_run(cfg: EvalConfig, run, log: Callable[[str], None]) -> EvalResul
         log(f"teacher: {missing}; " + ("scored on the other domains only" if covered.any() else "not scored"))
     if teacher is not None and covered.any():  # the reference for agreement, even when not evaluated itself
         rows = [ex for ex, keep in zip(examples, covered) if keep]
-        computed["teacher"] = _model_logits(teacher, rows, dataset, domains, bucketing)
+        computed["teacher"] = model_logits(teacher, rows, dataset, domains, bucketing)
         teacher_predictions = np.full(len(examples), -1)
         teacher_predictions[covered] = computed["teacher"][0].argmax(-1)
     names = [n for n in names if n != "teacher" or "teacher" in computed]
     reports = []
+    predicted: dict[str, list] = {}  # each model's label for each row, for metrics/predictions.json
     for name in names:
         artifact = available[name]
         log(f"{name}: {artifact.path}")
-        logits, encoded, pad_id, forward = computed.get(name) or _model_logits(artifact, examples, dataset, domains,
-                                                                               bucketing)
+        logits, encoded, pad_id, forward = computed.get(name) or model_logits(artifact, examples, dataset, domains,
+                                                                              bucketing)
         predictions = logits.argmax(-1)
+        if name == "teacher" and uncovered:  # scored on the covered rows only: null for the others
+            rows_of = iter(predictions.tolist())
+            predicted[name] = [dataset.labels[next(rows_of)] if keep else None for keep in covered]
+        else:
+            predicted[name] = [dataset.labels[i] for i in predictions.tolist()]
         labels = np.asarray(encoded.labels)
         accuracy_by = _per_domain(encoded, dataset.domains, lambda m: accuracy(predictions[m], labels[m]))
         f1_by = _per_domain(encoded, dataset.domains,
@@ -381,9 +387,22 @@ def _evaluate_run(cfg: EvalConfig, run, log: Callable[[str], None]) -> EvalResul
                         bucketing=bucketing, held_out=run.load().steps["fit"].get("held_out"))
     record = {"step": "eval", **result.to_json(), "config": asdict(cfg)}
     run.write_metrics("eval", with_selections(record, previous_eval(run.metrics / "eval.json")))
+    _write_predictions(run, selection_key(record), cfg.split, domains, examples, predicted)
     from metakd_cli.model_card import write_model_cards  # the cards get eval's test figures, sizes and speed
     write_model_cards(run, log)
     return result
+
+
+def _write_predictions(run, key: str, split: str, domains: list[str], examples: list, predicted: dict) -> None:
+    """metrics/predictions.json: per selection (as eval.json's ``selections``), each row's place in the data
+    (``where``: file:line), domain, gold label and every scored model's label, so that two systems can be compared
+    row by row (a paired test) without loading their models again. Other selections' entries are kept."""
+    path = run.metrics / "predictions.json"
+    kept = read_json_object(path) or {}
+    kept[key] = {"split": split, "domains": domains, "where": [ex.where for ex in examples],
+                 "domain": [ex.domain for ex in examples], "label": [ex.label for ex in examples],
+                 "models": predicted}
+    run.write_metrics("predictions", kept)
 
 
 def selection_key(record: dict) -> str:

@@ -78,12 +78,121 @@ ORT_OPERATORS_FILE = "required_operators.config"
 
 
 @dataclass
+class LogitsCheck:
+    """fp32 ONNX logits against PyTorch's on the check rows."""
+
+    rows: int
+    max_abs_diff: float
+    atol: float
+    passed: bool
+
+
+@dataclass
+class Int8Tried:
+    """One int8 configuration tried: plain, or a remedy."""
+
+    name: str
+    description: str
+    drop: float  # fp32 minus int8 dev accuracy, points, average over domains
+    size_mb: float
+    passed: bool
+
+
+@dataclass
+class Int8Check:
+    """The int8 model kept and how it compares with fp32 on dev."""
+
+    mode: str  # static | dynamic
+    target: str  # avx2 | avx512_vnni | arm64
+    attempt: str  # the configuration kept: plain or a remedy's name
+    passed: bool
+    drop: float  # fp32 minus int8 dev accuracy, points, average over domains
+    max_drop: float
+    drop_per_domain: dict[str, float]
+    tried: list[Int8Tried]
+
+
+@dataclass
+class TrimCheck:
+    """The trimmed vocabulary, and the trimmed model against the untrimmed one on dev."""
+
+    vocab_before: int
+    vocab_after: int
+    parameters_before: int
+    parameters_after: int
+    size_mb_before: float
+    size_mb_after: float
+    from_corpus: int
+    from_top: int
+    special: int
+    texts: int
+    covered_rows: int  # dev rows whose pieces were all kept
+    covered_agreement: float | None  # % of those on which both models agree
+    unknown_rate_after: dict[str, float]  # % of [UNK] pieces on dev, per domain, trimmed
+    passed: bool
+
+
+@dataclass
+class MobileCheck:
+    """model.ort against the ONNX file it came from, and what ORT Mobile makes of it."""
+
+    source: str  # the .onnx file converted
+    rows: int
+    mismatched_labels: int
+    opset: int | None
+    opset_ok: bool
+    usability: str  # the checker's recommendation, or why it could not run
+
+
+@dataclass
 class ExportResult:
+    """What `metakd export` did, typed for the command to show; ``metrics`` is metrics/export.json itself."""
+
     passed: bool
     folder: Path  # onnx/ when the checks pass, onnx.failed/ when they do not
     failures: list[str]
-    metrics: dict = field(default_factory=dict)
-    seconds: float = 0.0
+    metrics: dict
+    seconds: float
+    model: str  # student | teacher
+    opset: int
+    dev_accuracy: dict[str, dict[str, float]]  # model (untrimmed, pytorch, onnx, int8) -> domain (and average) -> %
+    logits_check: LogitsCheck
+    int8: Int8Check | None  # None without --int8
+    trim: TrimCheck | None  # None without --trim-vocab
+    mobile: MobileCheck | None  # None without model.ort
+    size_mb: dict[str, float]  # pytorch weights and each file written
+    parameters: int  # the PyTorch model's
+    onnx_initializers: int
+
+    @classmethod
+    def from_metrics(cls, folder: Path, metrics: dict) -> "ExportResult":
+        """The result of the export whose export.json is ``metrics`` (written to ``folder``)."""
+        m = metrics
+        int8 = trim = mobile = None
+        if "int8_check" in m:
+            check = m["int8_check"]
+            int8 = Int8Check(check["mode"], m["target"], check["attempt"], check["passed"], check["drop"],
+                             check["max_drop"], check["drop_per_domain"],
+                             [Int8Tried(a["name"], a["description"], a["drop"], a["size_mb"], a["passed"])
+                              for a in m["int8_attempts"]])
+        if "trim" in m:
+            t = m["trim"]
+            trim = TrimCheck(t["vocab_before"], t["vocab_after"], t["parameters_before"], t["parameters_after"],
+                             t["size_mb_before"], t["size_mb_after"], t["from_corpus"], t["from_top"], t["special"],
+                             t["texts"], t["covered_rows"], t["covered_agreement"],
+                             {d: rate["after"] for d, rate in t["unknown_rate"].items()}, t["passed"])
+        if "ort_check" in m:
+            ort, usability = m["ort_check"], m["mobile"]["usability"]
+            mobile = MobileCheck(ort["source"], ort["rows"], ort["mismatched_labels"], m["mobile"]["opset"],
+                                 m["mobile"]["opset_ok"], usability.get("recommendation") or usability.get("error"))
+        logits = m["logits_check"]
+        return cls(
+            passed=m["passed"], folder=folder, failures=m["failures"], metrics=m, seconds=m["seconds"],
+            model=m["model"], opset=m["opset"], dev_accuracy=m["dev_accuracy"],
+            logits_check=LogitsCheck(logits["rows"], logits["max_abs_diff"], logits["atol"], logits["passed"]),
+            int8=int8, trim=trim, mobile=mobile, size_mb=m["size_mb"],
+            parameters=m["parameters"]["pytorch"], onnx_initializers=m["parameters"]["onnx_initializers"],
+        )
 
 
 class _ChecksFailed(Exception):
@@ -431,13 +540,15 @@ def quantize_attempt(source_dir: Path, source_file: str, target: str, attempt: I
 
 
 def _quantize_with_fallback(
-    tmp: Path, target: str, cfg: ExportConfig, dev: Encoded, pad_id: int, fp32_accuracy: dict[str, float],
-    fp32_dev: np.ndarray, domains: list[str], log: Callable[[str], None], calibration: Calibration | None = None,
+    job: _ExportJob, tmp: Path, fp32: _Fp32, calibration: Calibration | None = None
 ) -> tuple[Int8Result, list[Int8Result]]:
-    """Quantize plain, then each remedy until one passes ``max_drop``; (the one kept, every attempt).
+    """Quantize ``tmp``'s model.onnx plain, then with each remedy until one passes ``max_drop`` against ``fp32`` on
+    dev; (the one kept, every attempt).
 
     The one kept is the first that passes, or the smallest drop when none does.
     """
+    cfg, target, log, domains = job.cfg, job.target, job.log, job.dataset.domains
+    dev, pad_id, fp32_accuracy, fp32_dev = fp32.dev, fp32.pad_id, fp32.accuracy["onnx"], fp32.fp32_dev
     source_dir, source_file = (fused_graph(tmp, log) if cfg.fuse else (tmp, ONNX_FILE))
     classifier = classifier_nodes(source_dir / source_file)
     results: list[Int8Result] = []
@@ -666,10 +777,43 @@ def export(cfg: ExportConfig, run: RunDir, log: Callable[[str], None] = lambda _
         return _export(cfg, run, log)
 
 
-def _export(cfg: ExportConfig, run: RunDir, log: Callable[[str], None]) -> ExportResult:
-    started = time.perf_counter()
-    # the step the model comes from, as it is now: recorded as the export's source at the end
-    source_id = run.load().steps.get("distill" if cfg.model == "student" else "fit", {}).get("id")
+@dataclass
+class _ExportJob:
+    """What one export works from: its settings, the model folder, the data, the int8 format and the log."""
+
+    cfg: ExportConfig
+    source: Path  # the run's student/ or teacher/
+    max_length: int
+    dataset: object  # metakd_cli.data.Dataset
+    domains: list[str]  # the domains the model was made for
+    dev_examples: list
+    target: str  # int8 format: avx2 | avx512_vnni | arm64
+    reason: str  # why that target
+    write_ort: bool
+    log: Callable[[str], None]
+
+    def header(self) -> dict:
+        """export.json's opening keys: what was exported, how, and on which CPU."""
+        cfg, int8 = self.cfg, self.cfg.int8
+        return {
+            "step": "export",
+            "model": cfg.model,
+            "source": str(self.source),
+            "domains": self.domains,
+            "opset": cfg.opset,
+            "int8": int8,
+            "target": self.target if int8 else None,
+            "target_reason": self.reason if int8 else None,
+            "ort": self.write_ort,
+            "trim_vocab": cfg.trim_vocab,
+            "max_length": self.max_length,
+            "labels": self.dataset.labels,
+            "cpu": cpu_info().to_json(),
+        }
+
+
+def _job(cfg: ExportConfig, run: RunDir, log: Callable[[str], None]) -> _ExportJob:
+    """The model to export and its data, and the int8 format for this CPU (or ``--target``)."""
     source, max_length, only_domain = _source(run, cfg)
     from metakd_cli.models import require_safetensors
 
@@ -680,30 +824,22 @@ def _export(cfg: ExportConfig, run: RunDir, log: Callable[[str], None]) -> Expor
     write_ort = cfg.ort or target == "arm64"
     if (cfg.target != "auto" or cfg.ort != write_ort) and not cfg.int8:
         log(f"target {target} sets the int8 format; without --int8 it only decides whether model.ort is written")
-
     domains = [only_domain] if only_domain else dataset.domains
-    dev_examples = dataset.select("dev", domains)
-    failures: list[str] = []
-    metrics: dict = {
-        "step": "export",
-        "model": cfg.model,
-        "source": str(source),
-        "domains": domains,
-        "opset": cfg.opset,
-        "int8": cfg.int8,
-        "target": target if cfg.int8 else None,
-        "target_reason": reason if cfg.int8 else None,
-        "ort": write_ort,
-        "trim_vocab": cfg.trim_vocab,
-        "max_length": max_length,
-        "labels": dataset.labels,
-        "cpu": cpu_info().to_json(),
-    }
+    return _ExportJob(cfg, source, max_length, dataset, domains, dataset.select("dev", domains), target, reason,
+                      write_ort, log)
+
+
+def _export(cfg: ExportConfig, run: RunDir, log: Callable[[str], None]) -> ExportResult:
+    started = time.perf_counter()
+    # the step the model comes from, as it is now: recorded as the export's source at the end
+    source_id = run.load().steps.get("distill" if cfg.model == "student" else "fit", {}).get("id")
+    job = _job(cfg, run, log)
+    metrics = job.header()
     failed = run.path / FAILED_DIR
     try:
         with atomic_dir(run.onnx) as tmp, tempfile.TemporaryDirectory(prefix=".export-trim-", dir=run.path) as scratch:
-            _export_into(tmp, Path(scratch), cfg, source, max_length, dataset, domains, dev_examples, target, reason,
-                         write_ort, metrics, failures, log)
+            checks, failures = _export_into(job, tmp, Path(scratch))
+            metrics.update(checks)
             metrics["passed"] = not failures
             metrics["failures"] = failures
             metrics["versions"] = _versions()
@@ -716,64 +852,122 @@ def _export(cfg: ExportConfig, run: RunDir, log: Callable[[str], None]) -> Expor
                 os.replace(tmp, failed)  # kept for inspection; atomic_dir then finds nothing to clean
                 raise _ChecksFailed
     except _ChecksFailed:
-        return ExportResult(passed=False, folder=failed, failures=failures, metrics=metrics,
-                            seconds=metrics["seconds"])
+        return ExportResult.from_metrics(failed, metrics)
     if failed.exists():  # an older failed attempt no longer describes anything
         shutil.rmtree(failed, ignore_errors=True)
     run.write_metrics("export", metrics)
     run.record_step("export", {
         "config": asdict(cfg), "onnx": str(run.onnx), "model": cfg.model, "opset": cfg.opset,
-        "target": metrics["target"], "ort": write_ort, "trim_vocab": cfg.trim_vocab,
+        "target": metrics["target"], "ort": job.write_ort, "trim_vocab": cfg.trim_vocab,
         "versions": metrics["versions"], "source_id": source_id,
     })
     from metakd_cli.model_card import write_model_cards  # onnx/README.md (and student/'s) from the metrics
     write_model_cards(run, log)
-    return ExportResult(passed=True, folder=run.onnx, failures=[], metrics=metrics, seconds=metrics["seconds"])
+    return ExportResult.from_metrics(run.onnx, metrics)
 
 
-def _export_into(
-    tmp: Path, scratch: Path, cfg: ExportConfig, source: Path, max_length: int, dataset, domains: list[str],
-    dev_examples, target: str, reason: str, write_ort: bool, metrics: dict, failures: list[str],
-    log: Callable[[str], None],
-) -> None:
-    """Write every file of onnx/ into ``tmp`` and fill ``metrics`` / ``failures`` (the body of ``export``)."""
+@dataclass
+class _Fp32:
+    """The fp32 ONNX model beside the PyTorch model it came from, on the dev rows."""
+
+    model: object  # the PyTorch model (the trimmed one with --trim-vocab)
+    tokenizer: object  # the shipped tokenizer
+    pad_id: int
+    dev: Encoded
+    check: Encoded  # the logits-check rows of dev
+    torch_dev: np.ndarray  # labels on dev: PyTorch
+    fp32_dev: np.ndarray  # labels on dev: fp32 ONNX
+    accuracy: dict[str, dict[str, float]]  # {"pytorch": per domain, "onnx": per domain}
+    logits_check: dict
+    failures: list[str]
+
+
+def _export_into(job: _ExportJob, tmp: Path, scratch: Path) -> tuple[dict, list[str]]:
+    """Write every file of onnx/ into ``tmp``; (the checks' metrics in export.json's order, the failures)."""
+    cfg = job.cfg
+    model_dir, report = _trimmed_source(job, scratch)
+    _to_onnx(job, model_dir if report is None else job.source, model_dir, tmp)
+    fp32 = _fp32_check(job, tmp, model_dir, report is not None)
+    checks: dict = {"logits_check": fp32.logits_check}
+    failures = list(fp32.failures)
+    accuracy = fp32.accuracy
+    if report is not None:
+        trim, untrimmed, trim_failures = _trim_check(job, report, fp32)
+        checks["trim"] = trim
+        accuracy = {"untrimmed": untrimmed, **accuracy}
+        failures.extend(trim_failures)
+    files = {ONNX_FILE: size_mb(tmp / ONNX_FILE)}
+    source_predictions = fp32.fp32_dev  # what model.ort must predict: the labels of the file it is made from
+    if cfg.int8:
+        int8 = _int8_step(job, tmp, fp32)
+        accuracy["int8"] = int8.accuracy
+        checks["int8_check"], checks["int8_attempts"] = int8.check, int8.attempts
+        failures.extend(int8.failures)
+        files[INT8_FILE] = size_mb(tmp / INT8_FILE)
+        source_predictions = int8.predictions
+    checks["dev_accuracy"] = accuracy
+    if job.write_ort:
+        mobile, mobile_failures = _ort_step(job, tmp, source_predictions, fp32)
+        checks.update(mobile)
+        failures.extend(mobile_failures)
+        files[ORT_FILE] = size_mb(tmp / ORT_FILE)
+    checks["size_mb"] = {"pytorch": weights_size_mb(model_dir), **files}
+    checks["parameters"] = {"pytorch": int(sum(p.numel() for p in fp32.model.parameters())),
+                            "onnx_initializers": _onnx_parameters(tmp / ONNX_FILE)}
+    return checks, failures
+
+
+def _trimmed_source(job: _ExportJob, scratch: Path) -> tuple[Path, TrimReport | None]:
+    """(the model folder to export, the trim report): with --trim-vocab a copy of the source restricted to the
+    pieces of the training texts, in ``scratch``; else the source itself and None."""
+    cfg, source, log = job.cfg, job.source, job.log
+    if not cfg.trim_vocab:
+        return source, None
+    texts = _training_texts(job.dataset, job.domains)
+    log(f"trimming the vocabulary of {source} to the pieces of {len(texts):,} training texts"
+        + (f" plus the first {cfg.keep_top:,} others by vocabulary rank" if cfg.keep_top else ""))
+    model_dir = scratch / "trimmed"
+    with _quiet_tools():
+        report = trim_vocabulary(source, model_dir, texts, cfg.keep_top)
+    log(f"vocabulary {report.vocab_before:,} -> {report.vocab_after:,} pieces; parameters "
+        f"{report.parameters_before:,} -> {report.parameters_after:,}")
+    return model_dir, report
+
+
+def _to_onnx(job: _ExportJob, shown: Path, model_dir: Path, tmp: Path) -> None:
+    """Optimum's export of ``model_dir`` into ``tmp`` (model.onnx, config and tokenizer files)."""
     from optimum.exporters.onnx import main_export
+
+    job.log(f"exporting {shown} to ONNX (opset {job.cfg.opset})")
+    with _quiet_tools():
+        try:
+            main_export(str(model_dir), tmp, task="text-classification", opset=job.cfg.opset,
+                        do_validation=False, local_files_only=True)
+        except ValueError as exc:  # unsupported architecture or opset
+            raise UserError(f"cannot export {job.source} to ONNX: {str(exc).splitlines()[0]}") from None
+
+
+def _fp32_check(job: _ExportJob, tmp: Path, model_dir: Path, trimmed: bool) -> _Fp32:
+    """fp32 ONNX logits against PyTorch's on the check rows, and both models' dev accuracy."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from metakd_cli.data import encode
 
-    model_dir = source
-    report = None
-    if cfg.trim_vocab:
-        texts = _training_texts(dataset, domains)
-        log(f"trimming the vocabulary of {source} to the pieces of {len(texts):,} training texts"
-            + (f" plus the first {cfg.keep_top:,} others by vocabulary rank" if cfg.keep_top else ""))
-        model_dir = scratch / "trimmed"
-        with _quiet_tools():
-            report = trim_vocabulary(source, model_dir, texts, cfg.keep_top)
-        log(f"vocabulary {report.vocab_before:,} -> {report.vocab_after:,} pieces; parameters "
-            f"{report.parameters_before:,} -> {report.parameters_after:,}")
-
-    log(f"exporting {model_dir if report is None else source} to ONNX (opset {cfg.opset})")
-    with _quiet_tools():
-        try:
-            main_export(str(model_dir), tmp, task="text-classification", opset=cfg.opset,
-                        do_validation=False, local_files_only=True)
-        except ValueError as exc:  # unsupported architecture or opset
-            raise UserError(f"cannot export {source} to ONNX: {str(exc).splitlines()[0]}") from None
+    cfg, dataset = job.cfg, job.dataset
     tokenizer = AutoTokenizer.from_pretrained(tmp)  # the shipped tokenizer, as a user would load it
     pad_id = tokenizer.pad_token_id or 0
     with _quiet_tools():
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
 
-    dev = encode(dev_examples, dataset, tokenizer, max_length)
+    dev = encode(job.dev_examples, dataset, tokenizer, job.max_length)
     check = dev.subset(_check_rows(len(dev), dev.domains, cfg.check_rows))
     torch_check = torch_logits(model, check, pad_id)
     fp32 = onnx_session(tmp / ONNX_FILE)
     diff = float(np.abs(onnx_logits(fp32, check, pad_id) - torch_check).max()) if len(check) else 0.0
-    metrics["logits_check"] = {"rows": len(check), "max_abs_diff": diff, "atol": cfg.atol, "passed": diff <= cfg.atol,
-                               "reference": "trimmed PyTorch model" if report else "PyTorch model"}
-    log(f"fp32 ONNX vs PyTorch on {len(check)} dev rows: max |diff| {diff:.2e} (tolerance {cfg.atol:.0e})")
+    logits_check = {"rows": len(check), "max_abs_diff": diff, "atol": cfg.atol, "passed": diff <= cfg.atol,
+                    "reference": "trimmed PyTorch model" if trimmed else "PyTorch model"}
+    job.log(f"fp32 ONNX vs PyTorch on {len(check)} dev rows: max |diff| {diff:.2e} (tolerance {cfg.atol:.0e})")
+    failures = []
     if diff > cfg.atol:
         failures.append(f"fp32 ONNX logits differ from PyTorch by {diff:.2e} (> {cfg.atol:.0e})")
 
@@ -781,72 +975,89 @@ def _export_into(
     fp32_dev = onnx_logits(fp32, dev, pad_id).argmax(-1)
     accuracy = {"pytorch": per_domain_accuracy(torch_dev, dev, dataset.domains),
                 "onnx": per_domain_accuracy(fp32_dev, dev, dataset.domains)}
-    if report is not None:
-        trim, untrimmed, trim_failures = _trim_metrics(report, source, dev_examples, dataset, tokenizer, dev,
-                                                      torch_dev, max_length)
-        metrics["trim"] = {"keep_top": cfg.keep_top, **trim}
-        accuracy = {"untrimmed": untrimmed, **accuracy}
-        failures.extend(trim_failures)
-        rates = ", ".join(f"{d} {r['after']:.2f}%" for d, r in trim["unknown_rate"].items())
-        log(f"trimmed vs untrimmed: {trim['covered_agreement'] if trim['covered_rows'] else float('nan'):.1f}% "
+    return _Fp32(model, tokenizer, pad_id, dev, check, torch_dev, fp32_dev, accuracy, logits_check, failures)
+
+
+def _trim_check(job: _ExportJob, report: TrimReport, fp32: _Fp32) -> tuple[dict, dict[str, float], list[str]]:
+    """export.json's ``trim`` (trimmed vs untrimmed on dev), the untrimmed model's dev accuracy, the failures."""
+    trim, untrimmed, failures = _trim_metrics(report, job.source, job.dev_examples, job.dataset, fp32.tokenizer,
+                                              fp32.dev, fp32.torch_dev, job.max_length)
+    rates = ", ".join(f"{d} {r['after']:.2f}%" for d, r in trim["unknown_rate"].items())
+    job.log(f"trimmed vs untrimmed: {trim['covered_agreement'] if trim['covered_rows'] else float('nan'):.1f}% "
             f"agreement on {trim['covered_rows']} of {trim['rows']} dev rows with every piece kept; "
             f"[UNK] rate on dev: {rates}")
-    files = {ONNX_FILE: size_mb(tmp / ONNX_FILE)}
-    int8_predictions = None
-    if cfg.int8:
-        calibration = None
-        if cfg.int8_kind == "static":
-            train = _calibration_sample(dataset.select("train", domains), cfg.calibration_rows)
-            feeds = calibration_feeds(tmp / ONNX_FILE, encode(train, dataset, tokenizer, max_length), pad_id)
-            log(f"static int8 for {target} ({reason}): {cfg.calibration} calibration on {len(feeds)} training texts, "
-                f"{cfg.static_format} graph")
-            calibration = calibrate(tmp / ONNX_FILE, feeds, cfg.calibration, cfg.static_format, tmp / ".calibration")
-        else:
-            log(f"dynamic int8 quantization for {target} ({reason}): activation scales per batch, so a text's "
-                "answer can change with its neighbours")
-        chosen, attempts = _quantize_with_fallback(tmp, target, cfg, dev, pad_id, accuracy["onnx"], fp32_dev,
-                                                   dataset.domains, log, calibration)
-        os.replace(chosen.folder / INT8_FILE, tmp / INT8_FILE)
-        os.replace(chosen.folder / "ort_config.json", tmp / "ort_config.json")
-        for result in attempts:
-            shutil.rmtree(result.folder, ignore_errors=True)
-        shutil.rmtree(tmp / FUSED_DIR, ignore_errors=True)
-        int8_predictions = chosen.predictions
-        accuracy["int8"] = chosen.accuracy
-        metrics["int8_check"] = {
-            "split": "dev", "rows": len(dev), "drop": chosen.drop, "drop_per_domain": chosen.drop_per_domain,
-            "max_drop": cfg.max_drop, "passed": chosen.passed, "agreement_with_fp32": chosen.agreement_with_fp32,
-            "per_channel": chosen.attempt.per_channel, "attempt": chosen.attempt.name, "fused": cfg.fuse,
-            "remedy": chosen.attempt.description if chosen.attempt.name != "plain" else None,
-            "mode": cfg.int8_kind, "calibration": calibration.to_json() if calibration else None,
-            "batch_invariance": batch_invariance(onnx_session(tmp / INT8_FILE), check, pad_id),
-        }
-        invariance = metrics["int8_check"]["batch_invariance"]
-        log(f"int8 {cfg.int8_kind}: each of {invariance['rows']} dev rows alone vs in a batch of "
-            f"{invariance['batch_size']}: max |probability diff| {invariance['max_abs_prob_diff']:.1e}, "
-            f"{invariance['label_flips']} labels changed")
-        metrics["int8_attempts"] = [r.to_json() for r in attempts]
-        if not chosen.passed:
-            tried = ", ".join(f"{r.attempt.name} {r.drop:.2f}" for r in attempts)
-            failures.append(f"int8 dev accuracy is {chosen.drop:.2f} points below fp32 (--max-drop {cfg.max_drop:g}) "
-                            f"with every remedy tried (drop per attempt: {tried})")
-        elif chosen.attempt.name != "plain":
-            log(f"kept int8 {chosen.attempt.name}: {chosen.attempt.description}")
-        files[INT8_FILE] = size_mb(tmp / INT8_FILE)
-    metrics["dev_accuracy"] = accuracy
-    if write_ort:
-        ort_source = tmp / (INT8_FILE if cfg.int8 else ONNX_FILE)
-        log(f"converting {ort_source.name} to ORT format for ONNX Runtime Mobile")
-        with _quiet_tools():
-            ort_path = _convert_to_ort(ort_source, tmp, target)
-        source_predictions = int8_predictions if cfg.int8 else fp32_dev
-        mobile, mobile_failures = _mobile_check(ort_source, ort_path, source_predictions, dev, pad_id)
-        metrics.update(mobile)
-        failures.extend(mobile_failures)
-        usability = mobile["mobile"]["usability"]
-        log(f"{ORT_FILE} vs {ort_source.name} on {len(dev)} dev rows: {mobile['ort_check']['mismatched_labels']} "
-            f"labels differ; ORT Mobile usability: {usability.get('recommendation') or usability.get('error')}")
-        files[ORT_FILE] = size_mb(ort_path)
-    metrics["size_mb"] = {"pytorch": weights_size_mb(model_dir), **files}
-    metrics["parameters"] = {"pytorch": int(sum(p.numel() for p in model.parameters())),
-                             "onnx_initializers": _onnx_parameters(tmp / ONNX_FILE)}
+    return {"keep_top": job.cfg.keep_top, **trim}, untrimmed, failures
+
+
+@dataclass
+class _Int8Step:
+    """The int8 model kept in onnx/ and how it was chosen."""
+
+    check: dict  # export.json's int8_check
+    attempts: list[dict]  # export.json's int8_attempts
+    accuracy: dict[str, float]  # dev, per domain
+    predictions: np.ndarray  # dev labels
+    failures: list[str]
+
+
+def _int8_step(job: _ExportJob, tmp: Path, fp32: _Fp32) -> _Int8Step:
+    """model_quantized.onnx and ort_config.json into ``tmp``: plain int8, then the remedies until one keeps dev
+    accuracy within --max-drop of fp32; its batch invariance on the check rows."""
+    cfg, target, log = job.cfg, job.target, job.log
+    calibration = _calibration(job, tmp, fp32) if cfg.int8_kind == "static" else None
+    if calibration is None:
+        log(f"dynamic int8 quantization for {target} ({job.reason}): activation scales per batch, so a text's "
+            "answer can change with its neighbours")
+    chosen, attempts = _quantize_with_fallback(job, tmp, fp32, calibration)
+    os.replace(chosen.folder / INT8_FILE, tmp / INT8_FILE)
+    os.replace(chosen.folder / "ort_config.json", tmp / "ort_config.json")
+    for result in attempts:
+        shutil.rmtree(result.folder, ignore_errors=True)
+    shutil.rmtree(tmp / FUSED_DIR, ignore_errors=True)
+    invariance = batch_invariance(onnx_session(tmp / INT8_FILE), fp32.check, fp32.pad_id)
+    check = {
+        "split": "dev", "rows": len(fp32.dev), "drop": chosen.drop, "drop_per_domain": chosen.drop_per_domain,
+        "max_drop": cfg.max_drop, "passed": chosen.passed, "agreement_with_fp32": chosen.agreement_with_fp32,
+        "per_channel": chosen.attempt.per_channel, "attempt": chosen.attempt.name, "fused": cfg.fuse,
+        "remedy": chosen.attempt.description if chosen.attempt.name != "plain" else None,
+        "mode": cfg.int8_kind, "calibration": calibration.to_json() if calibration else None,
+        "batch_invariance": invariance,
+    }
+    log(f"int8 {cfg.int8_kind}: each of {invariance['rows']} dev rows alone vs in a batch of "
+        f"{invariance['batch_size']}: max |probability diff| {invariance['max_abs_prob_diff']:.1e}, "
+        f"{invariance['label_flips']} labels changed")
+    failures = []
+    if not chosen.passed:
+        tried = ", ".join(f"{r.attempt.name} {r.drop:.2f}" for r in attempts)
+        failures.append(f"int8 dev accuracy is {chosen.drop:.2f} points below fp32 (--max-drop {cfg.max_drop:g}) "
+                        f"with every remedy tried (drop per attempt: {tried})")
+    elif chosen.attempt.name != "plain":
+        log(f"kept int8 {chosen.attempt.name}: {chosen.attempt.description}")
+    return _Int8Step(check, [r.to_json() for r in attempts], chosen.accuracy, chosen.predictions, failures)
+
+
+def _calibration(job: _ExportJob, tmp: Path, fp32: _Fp32) -> Calibration:
+    """Static int8's activation ranges, from a seeded sample of the training texts."""
+    from metakd_cli.data import encode
+
+    cfg = job.cfg
+    train = _calibration_sample(job.dataset.select("train", job.domains), cfg.calibration_rows)
+    feeds = calibration_feeds(tmp / ONNX_FILE, encode(train, job.dataset, fp32.tokenizer, job.max_length),
+                              fp32.pad_id)
+    job.log(f"static int8 for {job.target} ({job.reason}): {cfg.calibration} calibration on {len(feeds)} training "
+            f"texts, {cfg.static_format} graph")
+    return calibrate(tmp / ONNX_FILE, feeds, cfg.calibration, cfg.static_format, tmp / ".calibration")
+
+
+def _ort_step(job: _ExportJob, tmp: Path, source_predictions: np.ndarray, fp32: _Fp32) -> tuple[dict, list[str]]:
+    """model.ort from the int8 model (else the fp32 one), checked against it: ({ort_check, mobile}, failures)."""
+    ort_source = tmp / (INT8_FILE if job.cfg.int8 else ONNX_FILE)
+    job.log(f"converting {ort_source.name} to ORT format for ONNX Runtime Mobile")
+    with _quiet_tools():
+        ort_path = _convert_to_ort(ort_source, tmp, job.target)
+    mobile, failures = _mobile_check(ort_source, ort_path, source_predictions, fp32.dev, fp32.pad_id)
+    usability = mobile["mobile"]["usability"]
+    job.log(f"{ORT_FILE} vs {ort_source.name} on {len(fp32.dev)} dev rows: "
+            f"{mobile['ort_check']['mismatched_labels']} labels differ; ORT Mobile usability: "
+            f"{usability.get('recommendation') or usability.get('error')}")
+    return mobile, failures

@@ -78,11 +78,26 @@ class TeacherResult:
 
 @dataclass
 class FitResult:
+    """What `metakd fit` did, typed for the command to show; ``metrics`` is metrics/fit.json itself."""
+
     run_dir: Path
     mode: str
     teachers: list[TeacherResult]
     metrics: dict
     seconds: float
+    dev_accuracy: dict[str, float]  # per domain and "average" (single: each domain by its own teacher)
+    test_accuracy: dict[str, float]
+    mean_t: dict[str, float]  # mean transferability t of each domain's training rows (meta only)
+    held_out: str | None  # the domain left out of training
+
+    @classmethod
+    def from_metrics(cls, run_dir: Path, teachers: list[TeacherResult], metrics: dict,
+                     seconds: float) -> "FitResult":
+        """The result of the fit whose metrics/fit.json is ``metrics``."""
+        return cls(run_dir=run_dir, mode=metrics["mode"], teachers=teachers, metrics=metrics, seconds=seconds,
+                   dev_accuracy=metrics["dev_accuracy"], test_accuracy=metrics["test_accuracy"],
+                   mean_t={d: stats["mean"] for d, stats in metrics["t"].items() if stats},
+                   held_out=metrics["held_out"])
 
 
 def data_manifest(cfg: DataConfig, dataset: Dataset) -> dict:
@@ -359,7 +374,7 @@ def _fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool, progre
     metrics.update(held_out=cfg.hold_out, train_fraction=cfg.train_fraction, fraction_domains=cfg.fraction_domains,
                    train_rows=train_rows, processes=processes.world_size())
     if not processes.is_main():  # the main process writes the run folder
-        return FitResult(run_dir=run.path, mode=cfg.teacher_mode, teachers=teachers, metrics=metrics, seconds=seconds)
+        return FitResult.from_metrics(run.path, teachers, metrics, seconds)
     run.write_metrics("fit", metrics)
     run.record_step(
         "fit",
@@ -370,7 +385,7 @@ def _fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool, progre
     )
     for finished in run.checkpoints.glob("fit-*"):  # nothing left to resume
         clear_checkpoints(run.checkpoints, finished.name)
-    return FitResult(run_dir=run.path, mode=cfg.teacher_mode, teachers=teachers, metrics=metrics, seconds=seconds)
+    return FitResult.from_metrics(run.path, teachers, metrics, seconds)
 
 
 def _fit_single(ctx: _FitContext, rows: _Splits, held_out: list[int], info_common: dict) -> list[TeacherResult]:

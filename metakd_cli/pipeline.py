@@ -67,22 +67,40 @@ def _in_recipe_terms(section: str) -> Iterator[None]:
         raise type(exc)(recipe_terms(str(exc), section)) from None  # ChecksFailed stays exit code 1
 
 
+def parse_steps(text: str | None) -> tuple[str, ...]:
+    """``--steps distill,eval`` as the steps to run, in the pipeline's order; None: all of them."""
+    if text is None:
+        return STEPS
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in STEPS]
+    if unknown or not names:
+        raise UserError(f"--steps {text}: give one or more of {','.join(STEPS)}, comma-separated"
+                        + (f" ({', '.join(unknown)} is not one)" if unknown else ""))
+    return tuple(step for step in STEPS if step in names)
+
+
 def _data_key(recipe: Recipe) -> dict:
     data = asdict(recipe.data)
     data["path"] = str(Path(resolve_data_path(recipe.data.path)).expanduser().resolve())
     return data
 
 
-def _finished(run: RunDir, step: str, config: dict, recipe: Recipe, fingerprint: str) -> bool:
+def finished(run: RunDir, step: str, recipe: Recipe, fingerprint: str | None = None) -> bool:
+    """Whether ``run`` records ``step`` (fit, distill or export) with ``recipe``'s settings, as `metakd run` skips
+    it; for fit also the same data settings and, when ``fingerprint`` is given, the same rows. A setting added in
+    a later metakd version reads as its default in a step recorded before it existed."""
     if not run.exists():
         return False
     manifest = run.load()
     recorded = manifest.steps.get(step)
-    if recorded is None or recorded.get("config") != config:
+    if recorded is None or not isinstance(recorded.get("config"), dict):
+        return False
+    defaults = asdict(getattr(Recipe(), step))
+    if {**defaults, **recorded["config"]} != asdict(getattr(recipe, step)):
         return False
     if step == "fit" and (manifest.data.get("config") != _data_key(recipe)
-                          or manifest.data.get("fingerprint") != fingerprint):  # same files, edited rows
-        return False
+                          or fingerprint is not None and manifest.data.get("fingerprint") != fingerprint):
+        return False  # same files, edited rows
     return True
 
 
@@ -93,8 +111,10 @@ def run_pipeline(
     log: Callable[[str], None] = print,
     warn: Callable[[str], None] = print,
     resume: bool = False,
+    steps: tuple[str, ...] = STEPS,
 ) -> PipelineResult:
-    """Run every step the recipe describes into ``run``; raises UserError when export's checks fail."""
+    """Run the recipe's ``steps`` (all four by default) into ``run``; raises UserError when export's checks
+    fail. A step left out of ``steps`` is neither run nor checked for being finished."""
     from metakd_cli.data import load_dataset
     from metakd_cli.distill import check_teacher, distill
     from metakd_cli.distill import validate as validate_distill
@@ -105,31 +125,38 @@ def run_pipeline(
     from metakd_cli.fit import fit
     from metakd_cli.fit import validate as validate_fit
 
-    # a recipe mistake in a later step fails now, not after an hour of fitting
-    with _in_recipe_terms("fit"):
-        validate_fit(recipe.fit)
-    with _in_recipe_terms("distill"):
-        validate_distill(recipe.distill)
-        check_teacher(recipe.distill, recipe.fit.teacher_mode, recipe.fit.hold_out)  # the teacher fit makes serves it
-        _check_student(recipe)
-    with _in_recipe_terms("export"):
-        validate_export(recipe.export)
-    with _in_recipe_terms("eval"):
-        validate_eval(recipe.eval)
-        _check_outputs(recipe)
+    # a recipe mistake in a later step fails now, not after an hour of fitting; a step left out of `steps` is
+    # not checked (a teacher-only run need not carry a distill section that suits its teacher)
+    if "fit" in steps:
+        with _in_recipe_terms("fit"):
+            validate_fit(recipe.fit)
+    if "distill" in steps:
+        with _in_recipe_terms("distill"):
+            validate_distill(recipe.distill)
+            check_teacher(recipe.distill, recipe.fit.teacher_mode, recipe.fit.hold_out)  # the teacher fit makes
+            _check_student(recipe)
+    if "export" in steps:
+        with _in_recipe_terms("export"):
+            validate_export(recipe.export)
+    if "eval" in steps:
+        with _in_recipe_terms("eval"):
+            validate_eval(recipe.eval)
+            if "export" in steps:
+                _check_outputs(recipe)
     with _in_recipe_terms("data"):
         dataset = load_dataset(recipe.data)  # the domains every step names must be the data's
-    for key, names in (("fit.hold_out", [recipe.fit.hold_out]), ("fit.fraction_domains", recipe.fit.fraction_domains),
-                       ("distill.domain", [recipe.distill.domain]),
-                       ("distill.teacher_domain", [recipe.distill.teacher_domain]), ("eval.domains", recipe.eval.domains)):
+    named = {"fit": (("fit.hold_out", [recipe.fit.hold_out]), ("fit.fraction_domains", recipe.fit.fraction_domains)),
+             "distill": (("distill.domain", [recipe.distill.domain]),
+                         ("distill.teacher_domain", [recipe.distill.teacher_domain])),
+             "eval": (("eval.domains", recipe.eval.domains),)}
+    for key, names in (pair for step in steps for pair in named.get(step, ())):
         dataset.check_domains([n for n in names or [] if n is not None], key)
     fingerprint = dataset.fingerprint()
     result = PipelineResult()
     rerun = False
-    configs = {"fit": asdict(recipe.fit), "distill": asdict(recipe.distill), "export": asdict(recipe.export)}
     with run.lock("run", log, create=True):  # one writer from the first step to the last
-        for step in STEPS:
-            if step != "eval" and not rerun and _finished(run, step, configs[step], recipe, fingerprint):
+        for step in steps:
+            if step != "eval" and not rerun and finished(run, step, recipe, fingerprint):
                 log(f"{step}: already done with this configuration, skipped")
                 result.skipped.append(step)
                 continue

@@ -141,7 +141,7 @@ def _transferability(run, dataset, data: ReportData, stale: dict[str, str]) -> N
 
 def build_report(run, split: str = "test", log: Callable[[str], None] = lambda _: None) -> ReportData:
     """Score the run's models on ``split`` and gather t, lambda, sizes and measured speed."""
-    from metakd_cli.evaluate import _model_logits, run_artifacts, stale_models
+    from metakd_cli.evaluate import model_logits, run_artifacts, stale_models
     from metakd_cli.model_card import RunFigures
     from metakd_cli.run_dir import stale_artifacts
 
@@ -171,7 +171,7 @@ def build_report(run, split: str = "test", log: Callable[[str], None] = lambda _
             data.notes.append(f"{name}: single-domain teachers do not cover every domain; not shown")
             continue
         log(f"report: scoring {name} on {len(examples):,} {split} rows")
-        logits, encoded, _, _ = _model_logits(artifact, examples, dataset, list(dataset.domains))
+        logits, encoded, _, _ = model_logits(artifact, examples, dataset, list(dataset.domains))
         predictions = logits.argmax(-1)
         labels = np.asarray(encoded.labels)
         domain_ids = np.asarray(encoded.domains)

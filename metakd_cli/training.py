@@ -164,6 +164,68 @@ def checkpoint_changes(loop: dict, spec: PhaseSpec, total_steps: int, n_examples
     return changes
 
 
+_NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+@dataclass
+class _Phase:
+    """One phase's fixed parts, set up once: its settings, the loss step as accelerate prepared it, the optimizer
+    and schedule, the generator handed to the loss step, its checkpoint folder and the callbacks."""
+
+    spec: PhaseSpec
+    module: nn.Module
+    n_examples: int
+    make_batch: Callable[[list[int]], dict]
+    evaluate: Callable[[], float] | None
+    accelerator: object
+    model: nn.Module  # _LossStep(module, loss_step) through accelerator.prepare
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    generator: torch.Generator
+    checkpoint: Path
+    progress: object
+    log: Callable[[str], None]
+
+    @property
+    def processes(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_examples / self.spec.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.spec.epochs
+
+
+def _fresh_position() -> dict:
+    return {"epoch": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0}
+
+
+@dataclass
+class _LoopState:
+    """Where a phase stands: the position (epoch, step, running loss), the best dev score and state so far and
+    the history (all of it in a checkpoint), and this process's count of trained rows since it started."""
+
+    position: dict = field(default_factory=_fresh_position)
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    history: list[dict] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+    resumed_from: dict | None = None
+    started: float = 0.0
+    trained_examples: int = 0
+    consistent: bool = True  # False while a step or an epoch end is half done: no checkpoint then
+
+    def rate(self) -> float:
+        return self.trained_examples / max(time.perf_counter() - self.started, 1e-9)
+
+
 def run_phase(
     spec: PhaseSpec,
     module: nn.Module,
@@ -183,20 +245,50 @@ def run_phase(
     ``evaluate()`` returns the dev score used for selection (higher is better). On return
     ``module`` holds the best state seen.
     """
+    accelerator, model, optimizer, scheduler, generator = _prepare(spec, module, n_examples, loss_step)
+    phase = _Phase(spec, module, n_examples, make_batch, evaluate, accelerator, model, optimizer, scheduler,
+                   generator, checkpoint_dir / spec.name, progress, log)
+    state = _start_state(phase, resume)
+    state.started = time.perf_counter()
+    if progress is not None:
+        progress.start(spec.name, phase.total_steps,
+                       completed=state.position["epoch"] * phase.steps_per_epoch + state.position["step"])
+    try:
+        with _DeferredInterrupt() as interrupt:
+            while state.position["epoch"] < spec.epochs:
+                _train_epoch(phase, state, interrupt)
+                _end_epoch(phase, state, interrupt)
+    except KeyboardInterrupt:
+        if state.consistent and phase.processes == 1:  # several: the others are elsewhere, so only epoch ends
+            _save_checkpoint(phase, state, _rng_states(phase))
+        if progress is not None:
+            progress.stop()
+        raise
+    if progress is not None:
+        progress.stop()
+    seconds = time.perf_counter() - state.started
+    if state.best_state is not None:
+        module.load_state_dict(state.best_state)
+    module.eval()
+    return PhaseResult(best_score=state.best_score, best_epoch=state.best_epoch, history=state.history,
+                       seconds=seconds, examples_per_second=state.trained_examples / max(seconds, 1e-9),
+                       resumed_from=state.resumed_from)
+
+
+def _prepare(spec: PhaseSpec, module: nn.Module, n_examples: int, loss_step: Callable) -> tuple:
+    """(accelerator, prepared loss step, optimizer, scheduler, generator): AdamW without weight decay on biases
+    and norms, a linear warm-up and decay (or a constant rate), seeded by ``spec.seed`` in this order."""
     from transformers import get_constant_schedule, get_linear_schedule_with_warmup
 
     from metakd_cli.processes import accelerator as make_accelerator
 
     accelerator = make_accelerator(spec.mixed_precision)
-    processes, rank = accelerator.num_processes, accelerator.process_index
     torch.manual_seed(spec.seed)
-    steps_per_epoch = math.ceil(n_examples / spec.batch_size)
-    total_steps = steps_per_epoch * spec.epochs
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    total_steps = math.ceil(n_examples / spec.batch_size) * spec.epochs
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     groups = [
-        {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": spec.weight_decay},
-        {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
+        {"params": [p for n, p in named if not n.endswith(_NO_DECAY)], "weight_decay": spec.weight_decay},
+        {"params": [p for n, p in named if n.endswith(_NO_DECAY)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=spec.lr)
     if spec.constant_lr:
@@ -207,167 +299,164 @@ def run_phase(
     # data loader whose length it divided among the processes; our steps are global batches already)
     model, optimizer = accelerator.prepare(_LossStep(module, loss_step), optimizer)
     generator = torch.Generator().manual_seed(spec.seed + 1)
+    return accelerator, model, optimizer, scheduler, generator
 
-    ckpt = checkpoint_dir / spec.name
-    position = {"epoch": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0}
-    best_score, best_epoch, history = -math.inf, -1, []
-    best_state: dict[str, torch.Tensor] | None = None
-    resumed_from = None
-    saved = ckpt
+
+def _start_state(phase: _Phase, resume: bool) -> _LoopState:
+    """A fresh start, or with ``resume`` the state of the phase's checkpoint when there is one."""
+    saved = phase.checkpoint
     if not (saved / "loop.json").is_file():
-        saved = ckpt.parent / f".{ckpt.name}.old"  # killed between the two renames of a save
+        saved = saved.parent / f".{saved.name}.old"  # killed between the two renames of a save
     if resume and (saved / "loop.json").is_file():
-        import pickle
-
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            loop = json.loads((saved / "loop.json").read_text())
-            if (loop.get("total_steps"), loop.get("n_examples"), loop.get("signature", "")) != (
-                total_steps, n_examples, spec.signature
-            ):
-                changes = checkpoint_changes(loop, spec, total_steps, n_examples)
-                what = "; ".join(changes) if changes else "it does not record which, so they cannot be compared"
-                raise UserError(
-                    f"{saved}: the checkpoint was made with other settings (checkpoint -> now: {what}); "
-                    "resume with the checkpoint's settings, or run without --resume to start over"
-                )
-            module.load_state_dict(load_file(str(saved / "model.safetensors")))
-            states = torch.load(saved / "optim.pt", weights_only=True)  # our own checkpoint, tensors only
-            optimizer.load_state_dict(states["optimizer"])
-            scheduler.load_state_dict(states["scheduler"])
-            rng = load_file(str(saved / "rng.safetensors"))
-            own = f"_rank{rank}" if f"torch_rank{rank}" in rng else ""  # several processes: each its own streams
-            torch.set_rng_state(rng[f"torch{own}"])
-            generator.set_state(rng[f"generator{own}"])
-            if f"cuda{own}" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state(rng[f"cuda{own}"])
-            if (saved / "best.safetensors").is_file():
-                best_state = load_file(str(saved / "best.safetensors"))
-            position = {k: loop[k] for k in ("epoch", "step", "loss_sum", "loss_count")}
-            best_score, best_epoch, history = loop["best_score"], loop["best_epoch"], loop["history"]
-        except (ValueError, KeyError, TypeError, OSError, RuntimeError, SafetensorError, pickle.UnpicklingError) as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"{saved}: the checkpoint is damaged or truncated ({reason}); run without --resume "
-                            "to start over") from None
-        resumed_from = {"epoch": position["epoch"], "step": position["step"]}
-        if position["epoch"] >= spec.epochs:
-            log(f"{spec.name}: finished in its checkpoint, not trained again")
+        state = _load_checkpoint(phase, saved)
+        position = state.position
+        state.resumed_from = {"epoch": position["epoch"], "step": position["step"]}
+        if position["epoch"] >= phase.spec.epochs:
+            phase.log(f"{phase.spec.name}: finished in its checkpoint, not trained again")
         else:
-            log(f"{spec.name}: resuming from epoch {position['epoch'] + 1}, step {position['step']}")
-    elif resume:
-        log(f"{spec.name}: no checkpoint to resume in {ckpt}, so it starts from scratch")
+            phase.log(f"{phase.spec.name}: resuming from epoch {position['epoch'] + 1}, step {position['step']}")
+        return state
+    if resume:
+        phase.log(f"{phase.spec.name}: no checkpoint to resume in {phase.checkpoint}, so it starts from scratch")
+    return _LoopState()
 
-    def rng_states() -> dict[str, torch.Tensor]:
-        """Every process's random streams (dropout, the confusion shuffle), gathered to all: call it on every
-        process at the same point."""
-        own = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
-        if torch.cuda.is_available():
-            own["cuda"] = torch.cuda.get_rng_state()
-        if processes == 1:
-            return own
-        from accelerate.utils import gather_object
 
-        every = gather_object([own])
-        return {**every[0], **{f"{k}_rank{r}": v for r, states in enumerate(every) if r for k, v in states.items()}}
+def _load_checkpoint(phase: _Phase, saved: Path) -> _LoopState:
+    """Module, optimizer, scheduler and this process's random streams as ``saved`` holds them, and the loop's
+    state; a checkpoint of other settings, or a damaged one, is a UserError."""
+    import pickle
 
-    def save_checkpoint(rng: dict[str, torch.Tensor]) -> None:
-        if not accelerator.is_main_process:
-            return
-        with atomic_dir(ckpt) as tmp:  # a kill at any moment leaves the previous checkpoint usable
-            _save_tensors(_state_file(module), tmp / "model.safetensors")
-            if best_state is not None:
-                _save_tensors(best_state, tmp / "best.safetensors")
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
-            _save_tensors(rng, tmp / "rng.safetensors")
-            loop = {
-                **position,
-                "best_score": best_score,
-                "best_epoch": best_epoch,
-                "history": history,
-                "total_steps": total_steps,
-                "n_examples": n_examples,
-                "signature": spec.signature,
-            }
-            (tmp / "loop.json").write_text(json.dumps(loop, indent=2))
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
-    started = time.perf_counter()
-    trained_examples = 0
-    if progress is not None:
-        progress.start(spec.name, total_steps, completed=position["epoch"] * steps_per_epoch + position["step"])
-    consistent = True  # False while a step or an epoch end is half done: no checkpoint then
+    spec = phase.spec
     try:
-        with _DeferredInterrupt() as interrupt:
-            while position["epoch"] < spec.epochs:
-                epoch = position["epoch"]
-                order = epoch_order(n_examples, spec.seed, epoch)
-                model.train()
-                for step in range(position["step"], steps_per_epoch):
-                    consistent = False
-                    indices = order[step * spec.batch_size : (step + 1) * spec.batch_size]
-                    own, factor = shard(indices, rank, processes)
-                    batch = {k: v.to(accelerator.device) for k, v in make_batch(own).items()}
-                    batch["progress"] = torch.tensor((epoch * steps_per_epoch + step) / total_steps)
-                    terms = model(batch, generator)  # through accelerate's wrapper: DDP all-reduces the gradients
-                    loss = terms["loss"] if processes == 1 else terms["loss"] * factor
-                    optimizer.zero_grad(set_to_none=True)
-                    accelerator.backward(loss)
-                    if spec.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
-                    optimizer.step()
-                    if not accelerator.optimizer_step_was_skipped:  # fp16: a step skipped for overflow
-                        scheduler.step()
-                    position["step"] = step + 1
-                    trained_examples += len(indices)  # the global batch's rows
-                    if processes > 1:  # the mean of the weighted shares is the whole batch's mean loss
-                        position["loss_sum"] += float(accelerator.reduce(loss.detach(), reduction="mean"))
-                    else:
-                        position["loss_sum"] += float(terms["loss"].detach())
-                    position["loss_count"] += 1
-                    consistent = True
-                    if interrupt.requested:
-                        raise KeyboardInterrupt
-                    if progress is not None:
-                        rate = trained_examples / max(time.perf_counter() - started, 1e-9)
-                        mean_loss = position["loss_sum"] / position["loss_count"]
-                        progress.advance(1, f"epoch {epoch + 1}/{spec.epochs} loss {mean_loss:.4f} {rate:.1f} ex/s")
-                consistent = False
-                model.eval()
-                score = evaluate() if evaluate is not None else float(epoch + 1)  # None: keep the last
-                train_loss = position["loss_sum"] / max(position["loss_count"], 1)
-                history.append({"epoch": epoch + 1, "train_loss": train_loss, "dev_score": score})
-                if progress is not None and hasattr(progress, "epoch_end"):  # a plain line where no bar can show
-                    progress.epoch_end(epoch + 1, spec.epochs, train_loss, score if evaluate is not None else None,
-                                       trained_examples / max(time.perf_counter() - started, 1e-9))
-                if score > best_score:
-                    best_score, best_epoch = score, epoch + 1
-                    best_state = _state_file(module)
-                position = {"epoch": epoch + 1, "step": 0, "loss_sum": 0.0, "loss_count": 0}
-                save_checkpoint(rng_states())
-                consistent = True
-                if interrupt.requested:
-                    raise KeyboardInterrupt
-    except KeyboardInterrupt:
-        if consistent and processes == 1:  # several: the others are elsewhere, so only epoch-end checkpoints
-            save_checkpoint(rng_states())
-        if progress is not None:
-            progress.stop()
-        raise
-    if progress is not None:
-        progress.stop()
-    seconds = time.perf_counter() - started
-    if best_state is not None:
-        module.load_state_dict(best_state)
-    module.eval()
-    return PhaseResult(
-        best_score=best_score,
-        best_epoch=best_epoch,
-        history=history,
-        seconds=seconds,
-        examples_per_second=trained_examples / max(seconds, 1e-9),
-        resumed_from=resumed_from,
-    )
+        loop = json.loads((saved / "loop.json").read_text())
+        if (loop.get("total_steps"), loop.get("n_examples"), loop.get("signature", "")) != (
+            phase.total_steps, phase.n_examples, spec.signature
+        ):
+            changes = checkpoint_changes(loop, spec, phase.total_steps, phase.n_examples)
+            what = "; ".join(changes) if changes else "it does not record which, so they cannot be compared"
+            raise UserError(
+                f"{saved}: the checkpoint was made with other settings (checkpoint -> now: {what}); "
+                "resume with the checkpoint's settings, or run without --resume to start over"
+            )
+        phase.module.load_state_dict(load_file(str(saved / "model.safetensors")))
+        states = torch.load(saved / "optim.pt", weights_only=True)  # our own checkpoint, tensors only
+        phase.optimizer.load_state_dict(states["optimizer"])
+        phase.scheduler.load_state_dict(states["scheduler"])
+        rng = load_file(str(saved / "rng.safetensors"))
+        own = f"_rank{phase.rank}" if f"torch_rank{phase.rank}" in rng else ""  # several processes: each its own
+        torch.set_rng_state(rng[f"torch{own}"])
+        phase.generator.set_state(rng[f"generator{own}"])
+        if f"cuda{own}" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng[f"cuda{own}"])
+        best_state = load_file(str(saved / "best.safetensors")) if (saved / "best.safetensors").is_file() else None
+        position = {k: loop[k] for k in ("epoch", "step", "loss_sum", "loss_count")}
+        return _LoopState(position, loop["best_score"], loop["best_epoch"], loop["history"], best_state)
+    except (ValueError, KeyError, TypeError, OSError, RuntimeError, SafetensorError, pickle.UnpicklingError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{saved}: the checkpoint is damaged or truncated ({reason}); run without --resume "
+                        "to start over") from None
+
+
+def _rng_states(phase: _Phase) -> dict[str, torch.Tensor]:
+    """Every process's random streams (dropout, the confusion shuffle), gathered to all: call it on every
+    process at the same point."""
+    own = {"torch": torch.get_rng_state(), "generator": phase.generator.get_state()}
+    if torch.cuda.is_available():
+        own["cuda"] = torch.cuda.get_rng_state()
+    if phase.processes == 1:
+        return own
+    from accelerate.utils import gather_object
+
+    every = gather_object([own])
+    return {**every[0], **{f"{k}_rank{r}": v for r, states in enumerate(every) if r for k, v in states.items()}}
+
+
+def _save_checkpoint(phase: _Phase, state: _LoopState, rng: dict[str, torch.Tensor]) -> None:
+    """The phase as it stands into its checkpoint folder (main process only)."""
+    if not phase.accelerator.is_main_process:
+        return
+    with atomic_dir(phase.checkpoint) as tmp:  # a kill at any moment leaves the previous checkpoint usable
+        _save_tensors(_state_file(phase.module), tmp / "model.safetensors")
+        if state.best_state is not None:
+            _save_tensors(state.best_state, tmp / "best.safetensors")
+        torch.save({"optimizer": phase.optimizer.state_dict(), "scheduler": phase.scheduler.state_dict()},
+                   tmp / "optim.pt")
+        _save_tensors(rng, tmp / "rng.safetensors")
+        loop = {
+            **state.position,
+            "best_score": state.best_score,
+            "best_epoch": state.best_epoch,
+            "history": state.history,
+            "total_steps": phase.total_steps,
+            "n_examples": phase.n_examples,
+            "signature": phase.spec.signature,
+        }
+        (tmp / "loop.json").write_text(json.dumps(loop, indent=2))
+
+
+def _train_epoch(phase: _Phase, state: _LoopState, interrupt: _DeferredInterrupt) -> None:
+    """The optimisation steps of the current epoch, from the position's step on, in the epoch's seeded order."""
+    spec, epoch = phase.spec, state.position["epoch"]
+    order = epoch_order(phase.n_examples, spec.seed, epoch)
+    phase.model.train()
+    for step in range(state.position["step"], phase.steps_per_epoch):
+        state.consistent = False
+        _optimisation_step(phase, state, order[step * spec.batch_size : (step + 1) * spec.batch_size], step)
+        state.consistent = True
+        if interrupt.requested:
+            raise KeyboardInterrupt
+        if phase.progress is not None:
+            mean_loss = state.position["loss_sum"] / state.position["loss_count"]
+            phase.progress.advance(1, f"epoch {epoch + 1}/{spec.epochs} loss {mean_loss:.4f} {state.rate():.1f} ex/s")
+
+
+def _optimisation_step(phase: _Phase, state: _LoopState, indices: list[int], step: int) -> None:
+    """One global batch: this process's share through the loss step, backward, clipping, optimizer and
+    schedule; the position moves on by one step."""
+    accelerator, position = phase.accelerator, state.position
+    own, factor = shard(indices, phase.rank, phase.processes)
+    batch = {k: v.to(accelerator.device) for k, v in phase.make_batch(own).items()}
+    batch["progress"] = torch.tensor((position["epoch"] * phase.steps_per_epoch + step) / phase.total_steps)
+    terms = phase.model(batch, phase.generator)  # through accelerate's wrapper: DDP all-reduces the gradients
+    loss = terms["loss"] if phase.processes == 1 else terms["loss"] * factor
+    phase.optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    if phase.spec.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(phase.model.parameters(), phase.spec.max_grad_norm)
+    phase.optimizer.step()
+    if not accelerator.optimizer_step_was_skipped:  # fp16: a step skipped for overflow
+        phase.scheduler.step()
+    position["step"] = step + 1
+    state.trained_examples += len(indices)  # the global batch's rows
+    if phase.processes > 1:  # the mean of the weighted shares is the whole batch's mean loss
+        position["loss_sum"] += float(accelerator.reduce(loss.detach(), reduction="mean"))
+    else:
+        position["loss_sum"] += float(terms["loss"].detach())
+    position["loss_count"] += 1
+
+
+def _end_epoch(phase: _Phase, state: _LoopState, interrupt: _DeferredInterrupt) -> None:
+    """Score the epoch on dev (or count it), keep the best state, and checkpoint the next epoch's start."""
+    spec, epoch = phase.spec, state.position["epoch"]
+    state.consistent = False
+    phase.model.eval()
+    score = phase.evaluate() if phase.evaluate is not None else float(epoch + 1)  # None: keep the last
+    train_loss = state.position["loss_sum"] / max(state.position["loss_count"], 1)
+    state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "dev_score": score})
+    if phase.progress is not None and hasattr(phase.progress, "epoch_end"):  # a plain line where no bar can show
+        phase.progress.epoch_end(epoch + 1, spec.epochs, train_loss, score if phase.evaluate is not None else None,
+                                 state.rate())
+    if score > state.best_score:
+        state.best_score, state.best_epoch = score, epoch + 1
+        state.best_state = _state_file(phase.module)
+    state.position = {"epoch": epoch + 1, "step": 0, "loss_sum": 0.0, "loss_count": 0}
+    _save_checkpoint(phase, state, _rng_states(phase))
+    state.consistent = True
+    if interrupt.requested:
+        raise KeyboardInterrupt
 
 
 def clear_checkpoints(checkpoint_dir: Path, name: str) -> None:

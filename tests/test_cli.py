@@ -279,7 +279,7 @@ def test_run_takes_resume_and_ctrl_c_names_the_checkpoint(tmp_path, monkeypatch)
     seen = []
     checkpoint = tmp_path / "run" / "checkpoints" / "distill-prediction"
 
-    def interrupted_pipeline(config, run, progress, log, warn, resume=False):
+    def interrupted_pipeline(config, run, progress, log, warn, resume=False, steps=None):
         seen.append(resume)
         checkpoint.mkdir(parents=True, exist_ok=True)
         (checkpoint / "loop.json").write_text(json.dumps({"epoch": 1, "step": 0}))

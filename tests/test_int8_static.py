@@ -170,14 +170,17 @@ def test_export_prints_a_signed_change_not_a_negative_drop():
         def print_table(self, title, columns, rows):
             self.tables.append((columns, rows))
 
-    metrics = {
-        "model": "student", "opset": 18, "int8": True, "target": "avx2",
-        "dev_accuracy": {"onnx": {"books": 50.0, "average": 50.0}, "int8": {"books": 75.0, "average": 75.0}},
-        "int8_check": {"drop_per_domain": {"books": -25.0, "average": 0.5}, "mode": "static", "max_drop": 1.0},
-        "logits_check": {"max_abs_diff": 1e-6, "rows": 4}, "size_mb": {"model.onnx": 1.0},
-        "parameters": {"pytorch": 10, "onnx_initializers": 10},
-    }
+    from metakd_cli.export import ExportResult, Int8Check, LogitsCheck
+
+    result = ExportResult(
+        passed=True, folder=Path("onnx"), failures=[], metrics={}, seconds=1.0, model="student", opset=18,
+        dev_accuracy={"onnx": {"books": 50.0, "average": 50.0}, "int8": {"books": 75.0, "average": 75.0}},
+        logits_check=LogitsCheck(rows=4, max_abs_diff=1e-6, atol=1e-4, passed=True),
+        int8=Int8Check(mode="static", target="avx2", attempt="plain", passed=True, drop=0.5, max_drop=1.0,
+                       drop_per_domain={"books": -25.0, "average": 0.5}, tried=[]),
+        trim=None, mobile=None, size_mb={"model.onnx": 1.0}, parameters=10, onnx_initializers=10,
+    )
     console = Console()
-    _render(metrics, "onnx", 1.0, console)
+    _render(result, console)
     columns, rows = console.tables[0]
     assert columns[-1] == "int8 vs fp32" and rows[0][-1] == "+25.00" and rows[1][-1] == "-0.50"

@@ -57,15 +57,13 @@ def distill(obj, recipe: str | None, sets: tuple[str, ...], resume: bool, **kwar
 
     if not is_main():  # several processes: the main one shows the result
         return
-    m = result.metrics
-    domains = [d for d in m["test_accuracy"] if d != "average"] + ["average"]
-    held_out = m.get("held_out")
-    rows = [[f"{d} (held out)" if d == held_out else d, m["teacher_test_accuracy"].get(d), m["dev_accuracy"].get(d),
-             m["test_accuracy"].get(d)] for d in domains]
-    teacher_column = "teachers' mean test %" if m["method"] == "mtn" else "teacher test %"
+    domains = [d for d in result.test_accuracy if d != "average"] + ["average"]
+    rows = [[f"{d} (held out)" if d == result.held_out else d, result.teacher_test_accuracy.get(d),
+             result.dev_accuracy.get(d), result.test_accuracy.get(d)] for d in domains]
+    teacher_column = "teachers' mean test %" if result.method == "mtn" else "teacher test %"
     console.print_table(
-        f"student ({m['method']}, {m['student']}) in {obj.run_dir}/student — {result.seconds / 60:.1f} min, "
-        f"agreement with teacher {m['test_agreement_with_teacher']:.1f}%",
+        f"student ({result.method}, {result.student}) in {obj.run_dir}/student — {result.seconds / 60:.1f} min, "
+        f"agreement with teacher {result.agreement_with_teacher:.1f}%",
         ["domain", teacher_column, "student dev %", "student test %"],
         rows,
     )

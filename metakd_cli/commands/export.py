@@ -78,68 +78,63 @@ def export(obj, as_json: bool, recipe: str | None, sets: tuple[str, ...], **flag
     if flags["calibration"] is not None and config.int8_kind == "dynamic":
         raise UserError("--calibration sets static int8's ranges; dynamic int8 has none: drop one of the two")
     result = run_export(config, RunDir(obj.run_dir), console.log)
-    m = result.metrics
-    if as_json:
-        console.print_json({"passed": result.passed, "folder": str(result.folder), **m})
+    if as_json:  # metrics/export.json as written, with where the files went
+        console.print_json({"passed": result.passed, "folder": str(result.folder), **result.metrics})
     else:
-        _render(m, result.folder, result.seconds, console)
+        _render(result, console)
     if not result.passed:
         console.error(f"export checks failed: {'; '.join(result.failures)}; the new files are in {result.folder} "
                       "(onnx/ and the manifest are unchanged)")
         sys.exit(1)
 
 
-def _render(m: dict, folder, seconds: float, console) -> None:
-    accuracy = m["dev_accuracy"]
+def _render(result, console) -> None:
+    """Tables of a metakd_cli.export.ExportResult: dev accuracy per model, trimming, int8 remedies, sizes."""
+    accuracy, int8, trim = result.dev_accuracy, result.int8, result.trim
     models = list(accuracy)
     domains = [d for d in accuracy["onnx"] if d != "average"] + ["average"]
     rows = []
     for d in domains:
         row = [d, *[accuracy[name].get(d) for name in models]]
-        if "int8" in accuracy:  # a signed change: an int8 gain reads +0.25, not "drop -0.25"
-            drop = m["int8_check"]["drop_per_domain"].get(d)
+        if int8 is not None:  # a signed change: an int8 gain reads +0.25, not "drop -0.25"
+            drop = int8.drop_per_domain.get(d)
             row.append(None if drop is None else f"{0.0 - drop:+.2f}")  # 0.0 - 0.0 is +0.0, -0.0 is not
-        if "trim" in m:
-            row.append(m["trim"]["unknown_rate"].get(d, {}).get("after"))
+        if trim is not None:
+            row.append(trim.unknown_rate_after.get(d))
         rows.append(row)
-    columns = ["domain", *[f"{name} dev %" for name in models]] + (["int8 vs fp32"] if "int8" in accuracy else []) \
-        + (["[UNK] % trimmed"] if "trim" in m else [])
-    check = m["logits_check"]
-    target = f", int8 {m['int8_check'].get('mode', 'dynamic')} {m['target']}" if m["int8"] else ""
+    columns = ["domain", *[f"{name} dev %" for name in models]] + (["int8 vs fp32"] if int8 is not None else []) \
+        + (["[UNK] % trimmed"] if trim is not None else [])
+    check = result.logits_check
+    target = f", int8 {int8.mode} {int8.target}" if int8 is not None else ""
     console.print_table(
-        f"{m['model']} -> {folder} (opset {m['opset']}{target}) — {seconds:.1f} s; fp32 ONNX vs PyTorch max |diff| "
-        f"{check['max_abs_diff']:.1e} on {check['rows']} rows",
+        f"{result.model} -> {result.folder} (opset {result.opset}{target}) — {result.seconds:.1f} s; fp32 ONNX vs "
+        f"PyTorch max |diff| {check.max_abs_diff:.1e} on {check.rows} rows",
         columns,
         rows,
     )
-    if "trim" in m:
-        t = m["trim"]
-        agreement = "n/a" if t["covered_agreement"] is None else f"{t['covered_agreement']:.1f}%"
+    if trim is not None:
+        agreement = "n/a" if trim.covered_agreement is None else f"{trim.covered_agreement:.1f}%"
         console.print_table(
-            f"vocabulary trimmed: {t['from_corpus']:,} pieces from {t['texts']:,} training texts + {t['from_top']:,} "
-            f"top + {t['special']} special; agreement with untrimmed on {t['covered_rows']} fully covered dev rows: "
+            f"vocabulary trimmed: {trim.from_corpus:,} pieces from {trim.texts:,} training texts + {trim.from_top:,} "
+            f"top + {trim.special} special; agreement with untrimmed on {trim.covered_rows} fully covered dev rows: "
             f"{agreement}",
             ["", "before", "after"],
-            [["vocabulary", t["vocab_before"], t["vocab_after"]],
-             ["parameters", t["parameters_before"], t["parameters_after"]],
-             ["weights MB", t["size_mb_before"], t["size_mb_after"]]],
+            [["vocabulary", trim.vocab_before, trim.vocab_after],
+             ["parameters", trim.parameters_before, trim.parameters_after],
+             ["weights MB", trim.size_mb_before, trim.size_mb_after]],
         )
-    attempts = m.get("int8_attempts") or []
-    if len(attempts) > 1:
-        chosen = m["int8_check"]["attempt"] if m["int8_check"]["passed"] else None
+    if int8 is not None and len(int8.tried) > 1:
+        chosen = int8.attempt if int8.passed else None
         console.print_table(
-            f"int8 remedies tried (limit {m['int8_check']['max_drop']:g} points): "
-            + (f"kept {chosen}" if chosen else "none passed"),
+            f"int8 remedies tried (limit {int8.max_drop:g} points): " + (f"kept {chosen}" if chosen else "none passed"),
             ["attempt", "what", "vs fp32", "MB", "passed"],
-            [[a["name"], a["description"], f"{0.0 - a['drop']:+.2f}", a["size_mb"], "yes" if a["passed"] else "no"]
-             for a in attempts],
+            [[a.name, a.description, f"{0.0 - a.drop:+.2f}", a.size_mb, "yes" if a.passed else "no"]
+             for a in int8.tried],
         )
-    sizes = [[name, mb] for name, mb in m["size_mb"].items()]
-    params = m["parameters"]
-    title = f"sizes (MB); parameters {params['pytorch']:,} (ONNX initializers {params['onnx_initializers']:,})"
-    if "mobile" in m:
-        usability = m["mobile"]["usability"]
-        title += (f"; model.ort: {m['ort_check']['mismatched_labels']} labels differ from "
-                  f"{m['ort_check']['source']} on {m['ort_check']['rows']} dev rows, opset {m['mobile']['opset']}, "
-                  f"ORT Mobile: {usability.get('recommendation') or usability.get('error')}")
+    sizes = [[name, mb] for name, mb in result.size_mb.items()]
+    title = f"sizes (MB); parameters {result.parameters:,} (ONNX initializers {result.onnx_initializers:,})"
+    if result.mobile is not None:
+        mobile = result.mobile
+        title += (f"; model.ort: {mobile.mismatched_labels} labels differ from {mobile.source} on {mobile.rows} dev "
+                  f"rows, opset {mobile.opset}, ORT Mobile: {mobile.usability}")
     console.print_table(title, ["file", "MB"], sizes)

@@ -60,19 +60,12 @@ def fit(obj, data: str, recipe: str | None, sets: tuple[str, ...], resume: bool,
 
     if not is_main():  # several processes: the main one shows the result
         return
-    metrics = result.metrics
-    domains = [d for d in metrics["dev_accuracy"] if d != "average"]
-    held_out = metrics.get("held_out")
-    rows = [[f"{d} (held out)" if d == held_out else d, metrics["dev_accuracy"][d], metrics["test_accuracy"][d],
-             _t(metrics, d)] for d in domains]
-    rows.append(["average", metrics["dev_accuracy"]["average"], metrics["test_accuracy"]["average"], None])
+    domains = [d for d in result.dev_accuracy if d != "average"]
+    rows = [[f"{d} (held out)" if d == result.held_out else d, result.dev_accuracy[d], result.test_accuracy[d],
+             result.mean_t.get(d)] for d in domains]
+    rows.append(["average", result.dev_accuracy["average"], result.test_accuracy["average"], None])
     console.print_table(
         f"teacher ({result.mode}) in {obj.run_dir}/teacher — {result.seconds / 60:.1f} min",
         ["domain", "dev acc %", "test acc %", "mean t"],
         rows,
     )
-
-
-def _t(metrics: dict, domain: str) -> float | None:
-    stats = metrics.get("t", {}).get(domain)
-    return stats["mean"] if stats else None
