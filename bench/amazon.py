@@ -1,22 +1,21 @@
 """The paper's full Amazon table on one machine, with several student seeds and paired tests.
 
-    python bench/amazon.py [--seeds 1 2 3] [--intermediate-epochs 2] [--epochs 3]
-                           [--domains books dvd electronics kitchen] [--systems ...]
-                           [--held-out books dvd electronics kitchen]
-                           [--resamples 10000] [--resume] [--dry-run]
+    python -m bench.amazon [--systems ...] [--seeds 1 2 3] [--domains books dvd electronics kitchen]
+                           [--held-out books dvd electronics kitchen] [--set KEY=VALUE ...]
+                           [--resamples 10000] [--table] [--dry-run]
 
 Quote system names in the shell: --systems 'meta->meta' 'meta->tinybert' (an unquoted `>`
 redirects). The default is every system: many hours on a 2-core CPU; pick a few with --systems.
 
-Systems (test accuracy per domain, %):
+Every system is bench/recipes/amazon.yaml plus --set overrides (the teachers' in bench/common.py
+TEACHERS, the students' in STUDENTS and INT8 here), run by `metakd run` in its own run folder:
 
-    teacher-single    one teacher per domain      bench/runs/paper-teacher-single (fit --teacher-mode single)
+    teacher-single    one teacher per domain (fit.teacher_mode=single)   bench/runs/paper-teacher-single
     teacher-single-matched  the same with 4x the epochs (8), so that each single teacher makes
-                      the optimizer steps the all-domain teachers make (400 at batch 32)
-                      bench/runs/paper-teacher-single-matched
-    teacher-mix       the mix teacher             bench/runs/teacher-mix
-    teacher-mtl       shared encoder, a head per domain  bench/runs/paper-teacher-mtl
-    teacher-meta      the meta-teacher            bench/runs/teacher-meta-confusion
+                      the optimizer steps the all-domain teachers make    bench/runs/paper-teacher-single-matched
+    teacher-mix       the mix teacher                                     bench/runs/teacher-mix
+    teacher-mtl       shared encoder, a head per domain                   bench/runs/paper-teacher-mtl
+    teacher-meta      the meta-teacher (the recipe's own fit)             bench/runs/teacher-meta-confusion
     single->tinybert  D's single teacher -> TinyBERT-KD student for D
     single-matched->tinybert  the same from teacher-single-matched
     mix->tinybert     mix teacher -> TinyBERT-KD student, one per domain
@@ -24,36 +23,35 @@ Systems (test accuracy per domain, %):
     multi->mtn        every single teacher -> MTN-KD student (mean of their softmax outputs)
     meta->tinybert    meta-teacher -> TinyBERT-KD student, one per domain
     meta->meta        meta-teacher -> Meta-KD student, one per domain
-    meta->meta-int8   each meta->meta student exported to ONNX dynamic int8 with one weight scale
-                      per matrix (export --int8 --per-tensor; the gate is off, --max-drop 100; the
-                      dev drop is recorded): export's default until per-channel measured better
-    meta->meta-int8-pc  the same students exported with per-channel weight scales, export's default
-                      (export --int8 --per-channel --max-drop 100), in a sibling run folder that
-                      links the student
+    meta->meta-int8   each meta->meta student exported to dynamic int8 with one weight scale per
+                      matrix (export.per_channel=false; export.max_drop=100: the dev drop is recorded)
+    meta->meta-int8-pc  the same with a weight scale per output column (export.per_channel=true)
     meta->meta-all    one all-domain meta-teacher -> Meta-KD student per seed (an extra row)
     held-out          the paper's held-out table for each --held-out domain H, scored on H: H's
                       single teacher and its student (teacher-single, single->tinybert), the
-                      meta-teacher fitted without H (fit --hold-out H, bench/runs/teacher-meta-
+                      meta-teacher fitted without H (fit.hold_out=H, bench/runs/teacher-meta-
                       without-H), every other domain's single teacher -> TinyBERT-KD on H
-                      (distill --teacher-domain D), and the meta-teacher without H -> TinyBERT-KD
+                      (distill.teacher_domain=D), and the meta-teacher without H -> TinyBERT-KD
                       (the paper's row) and -> Meta-KD on H
 
-As in the paper, a student is distilled on one domain's rows (`distill --domain D`) and scored
-on D's test rows: four students cost what one all-domain student costs. The teachers are the
-runs bench/teachers.py makes (`fit --epochs 2 --lr 5e-5 --max-length 128 --seed 42`); they are
-reused when their metrics/fit.json exists and fitted here otherwise (do not run this while
-bench/teachers.py is fitting the same teacher). Each student is a fresh run folder,
-bench/runs/amazon/<system>/<domain>-s<seed>/, holding the teacher's teacher/ (hard links,
-read only by distill) and manifest.json, in which `metakd distill` runs.
+A teacher's folder gets `--steps fit,eval` (eval: the teacher on every domain's test rows). A
+student's folder, bench/runs/amazon/<system>/<domain or all>-s<seed>/, starts as a copy of its
+teacher's (hard links), so `metakd run --steps fit,distill,eval` there skips the fit, distils on
+D's rows (distill.domain=D: four students cost what one all-domain student costs) and scores the
+student on D's test rows. An int8 folder starts as a copy of the meta->meta student's and adds
+export. `metakd run --resume` skips finished steps and continues interrupted ones; a folder
+whose steps are recorded with these settings and whose eval came after them is not started at
+all. A re-fitted teacher or re-distilled student (another step id) makes the copies made from it
+start again. A run folder has one writer: a second bench, or any metakd command, writing the same
+folder stops with metakd's lock error. --set adds overrides to every run (after the systems' own).
 
-Every model is also scored here, row by row, on its domains' test rows (same rows for every
-system: one data fingerprint, one split seed), and the 0/1 correctness is kept in
-bench/results/amazon_predictions.json, so that paired tests can be recomputed: A vs B by a
-paired bootstrap over test rows (stratified by domain, on each row's correctness averaged over
-seeds) and exact McNemar per seed (bench/stats.py gives the definitions).
-
-Writes bench/results/amazon.json after every finished run (an interrupted bench keeps what it
-measured; --resume then skips what is done):
+The table is read from the run folders only (--table: nothing is run): each model's accuracy and
+0/1 correctness per test row from metrics/predictions.json (written by eval: the same rows for
+every system, checked by each row's place in the data), minutes from metrics/fit.json,
+distill.json and export.json. A vs B is a paired bootstrap over test rows (stratified by domain,
+on each row's correctness averaged over seeds) and exact McNemar per seed (bench/stats.py). Writes
+bench/results/amazon.json, and every row's correctness to bench/results/amazon_predictions.json so
+that the tests can be recomputed without the run folders:
 
     {"setup": {...},
      "results": {"<system>": {"books": .., "dvd": .., "electronics": .., "kitchen": ..,
@@ -65,57 +63,46 @@ measured; --resume then skips what is done):
      "paper": {...}}
 
 Per-domain values are means over seeds, "average" their mean, "std" the sample standard
-deviation over seeds of each seed's average (null with one seed). --seeds picks the seeds run
-and reported for the systems asked for; the rows of other systems keep every seed they have.
-Not part of CI: hours on a 2-core CPU. Skips with a reason when ../shared/data/amazon-mds is absent.
+deviation over seeds of each seed's average (null with one seed). Each row has every seed its
+folders hold; a paired test of two students uses the seeds both have. Not part of CI: hours on
+a 2-core CPU. Skips with a reason when the recipe's data (../shared/data/amazon-mds) is absent.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, bench/stats.py (bench/ is no package)
-from common import (  # noqa: E402
-    DATA, DOMAINS, NO_DATA, PAPER, PAPER_HELD_OUT, ROOT, RUNS, TEACHER_FIT_FLAGS, TEACHER_SETTINGS, cell,
-    fit_flags, fresh_student_run, linked_student_run, metakd, slug, student_finished, test_correctness,
+from bench.common import (
+    DOMAINS, PAPER, PAPER_HELD_OUT, RESULTS, RUNS, TEACHERS, cell, data_missing, data_path, done, metakd_run, recipe,
+    run_command, scored_rows, selection, shown, slug, start_from,
 )
+from bench.stats import compare
+from metakd_cli.run_dir import atomic_write_json, atomic_write_text, read_json_object
 
 STUDENT_RUNS = RUNS / "amazon"
-OUT = ROOT / "bench" / "results" / "amazon.json"
-PREDICTIONS = ROOT / "bench" / "results" / "amazon_predictions.json"
+OUT = RESULTS / "amazon.json"
+PREDICTIONS = RESULTS / "amazon_predictions.json"
 PAPER_COLUMNS = ["books", "dvd", "electronics", "kitchen", "average"]
-META_FLAGS = ["--teacher-mode", "meta", "--domain-loss", "confusion"]
-TEACHERS = {  # system -> (run folder under bench/runs, fit flags); bench/teachers.py makes two
-    "teacher-single": ("paper-teacher-single", ["--teacher-mode", "single"]),
-    "teacher-single-matched": ("paper-teacher-single-matched", ["--teacher-mode", "single"]),
-    "teacher-mix": ("teacher-mix", ["--teacher-mode", "mix"]),
-    "teacher-mtl": ("paper-teacher-mtl", ["--teacher-mode", "mtl"]),
-    "teacher-meta": ("teacher-meta-confusion", META_FLAGS),
+STUDENTS = {  # system -> (teacher system, --set overrides, one student per domain?)
+    "single->tinybert": ("teacher-single", ["distill.method=tinybert"], True),  # D's own single teacher
+    "single-matched->tinybert": ("teacher-single-matched", ["distill.method=tinybert"], True),
+    "mix->tinybert": ("teacher-mix", ["distill.method=tinybert"], True),
+    "mtl->tinybert": ("teacher-mtl", ["distill.method=tinybert"], True),
+    "multi->mtn": ("teacher-single", ["distill.method=mtn"], True),  # every single teacher at once
+    "meta->tinybert": ("teacher-meta", ["distill.method=tinybert"], True),
+    "meta->meta": ("teacher-meta", ["distill.method=meta"], True),
+    "meta->meta-all": ("teacher-meta", ["distill.method=meta"], False),
 }
-# fit settings a teacher changes from bench/teachers.py's: a single teacher sees one domain's rows, so
-# it takes len(DOMAINS) times the epochs to make the optimizer steps of a teacher of every domain
-TEACHER_OVERRIDES = {"teacher-single-matched": {"epochs": TEACHER_SETTINGS["epochs"] * len(DOMAINS)}}
-STUDENTS = {  # system -> (teacher system, --method, one student per domain?, more distill flags)
-    "single->tinybert": ("teacher-single", "tinybert", True, []),  # D's own single teacher
-    "single-matched->tinybert": ("teacher-single-matched", "tinybert", True, []),
-    "mix->tinybert": ("teacher-mix", "tinybert", True, []),
-    "mtl->tinybert": ("teacher-mtl", "tinybert", True, []),
-    "multi->mtn": ("teacher-single", "mtn", True, []),  # every single teacher at once
-    "meta->tinybert": ("teacher-meta", "tinybert", True, []),
-    "meta->meta": ("teacher-meta", "meta", True, []),
-    "meta->meta-all": ("teacher-meta", "meta", False, []),
-}
-INT8 = "meta->meta-int8"  # exported from meta->meta's run folders
-INT8_PC = "meta->meta-int8-pc"  # the same, per-channel, in bench/runs/amazon/meta-to-meta-int8-pc/ (student/ linked)
-INT8_FLAGS = {INT8: ["--per-tensor"], INT8_PC: ["--per-channel"]}
+INT8_SOURCE = "meta->meta"  # the students the int8 systems export, each in a copy of its folder
+INT8 = {"meta->meta-int8": ["export.per_channel=false"], "meta->meta-int8-pc": ["export.per_channel=true"]}
 HELD_OUT = "held-out"  # the paper's held-out table, for each --held-out domain (systems named held-out/H/...)
 SYSTEMS = ["teacher-single", "teacher-single-matched", "teacher-mix", "teacher-mtl", "teacher-meta",
-           "single->tinybert", "single-matched->tinybert", "mix->tinybert", "mtl->tinybert", "multi->mtn", "meta->tinybert", "meta->meta", INT8, INT8_PC, "meta->meta-all", HELD_OUT]
+           "single->tinybert", "single-matched->tinybert", "mix->tinybert", "mtl->tinybert", "multi->mtn",
+           "meta->tinybert", "meta->meta", *INT8, "meta->meta-all", HELD_OUT]
+TEACHER_FIT_KEYS = ("teacher", "teacher_mode", "domain_loss", "epochs", "lr", "max_length", "seed")
 TESTS = [  # (A, B): A - B
     ("meta->meta", "meta->tinybert"),
     ("meta->tinybert", "mix->tinybert"),
@@ -128,16 +115,11 @@ TESTS = [  # (A, B): A - B
     ("teacher-single-matched", "teacher-single"),
     ("teacher-meta", "teacher-single-matched"),
     ("meta->meta", "single-matched->tinybert"),
-    (INT8, "meta->meta"),
-    (INT8_PC, "meta->meta"),
-    (INT8_PC, INT8),
+    ("meta->meta-int8", "meta->meta"),
+    ("meta->meta-int8-pc", "meta->meta"),
+    ("meta->meta-int8-pc", "meta->meta-int8"),
     ("meta->meta-all", "meta->meta"),
 ]
-
-
-def teacher_settings(system: str) -> dict:
-    """The fit settings of a teacher system: bench/teachers.py's, with its TEACHER_OVERRIDES."""
-    return {**TEACHER_SETTINGS, **TEACHER_OVERRIDES.get(system, {})}
 
 
 def held_out_systems(h: str) -> tuple[dict, dict]:
@@ -146,269 +128,177 @@ def held_out_systems(h: str) -> tuple[dict, dict]:
     the meta-teacher without h distilled on h (TinyBERT-KD, as the paper, and Meta-KD). The in-domain rows
     (h's single teacher and its student) are teacher-single's and single->tinybert's h column."""
     without = f"{HELD_OUT}/{h}/meta-teacher-without"
-    teachers = {without: (f"teacher-meta-without-{h}", [*META_FLAGS, "--hold-out", h])}
-    students = {f"{HELD_OUT}/{h}/meta-without->tinybert": (without, "tinybert", True, []),  # run first: the
-                f"{HELD_OUT}/{h}/meta-without->meta": (without, "meta", True, [])}  # rows the table is about
-    students.update({f"{HELD_OUT}/{h}/{d}-teacher->tinybert": ("teacher-single", "tinybert", True,
-                                                               ["--teacher-domain", d]) for d in DOMAINS if d != h})
+    teachers = {without: (f"teacher-meta-without-{h}", [f"fit.hold_out={h}"])}
+    students = {f"{HELD_OUT}/{h}/meta-without->tinybert": (without, ["distill.method=tinybert"], True),  # run first:
+                f"{HELD_OUT}/{h}/meta-without->meta": (without, ["distill.method=meta"], True)}  # the table's rows
+    students.update({f"{HELD_OUT}/{h}/{d}-teacher->tinybert": (
+        "teacher-single", ["distill.method=tinybert", f"distill.teacher_domain={d}"], True) for d in DOMAINS if d != h})
     return teachers, students
 
 
-def _mtime(path: Path) -> str:
-    """A stamp of a file's version: predictions made from an older file are redone."""
-    return f"{path.name}@{path.stat().st_mtime_ns}"
+@dataclass
+class Plan:
+    """Which systems exist in this invocation (with the held-out ones) and the --set added to every run."""
 
+    held_out: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    teachers: dict[str, tuple[str, list[str]]] = field(init=False)  # system -> (run folder, --set items)
+    students: dict[str, tuple[str, list[str], bool]] = field(init=False)  # system -> (teacher, --set, per domain?)
 
-class Bench:
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
-        self.domains: list[str] = args.domains
-        self.teacher_defs, self.student_defs = dict(TEACHERS), dict(STUDENTS)
-        for h in args.held_out if HELD_OUT in args.systems else []:
+    def __post_init__(self):
+        self.teachers, self.students = dict(TEACHERS), dict(STUDENTS)
+        for h in self.held_out:
             teachers, students = held_out_systems(h)
-            self.teacher_defs.update(teachers)
-            self.student_defs.update(students)
-        self.datasets: dict[str, object] = {}  # data fingerprint -> Dataset, loaded once
-        self.setup = {
-            "data": str(DATA), "teacher_fit": " ".join(TEACHER_FIT_FLAGS) + " (as bench/teachers.py)",
-            "teacher_overrides": TEACHER_OVERRIDES,
-            "student": "tiny (4 of the teacher's layers)",
-            "distill": {"intermediate_epochs": args.intermediate_epochs, "epochs": args.epochs, "batch_size": 32},
-            "seeds": args.seeds, "domains": self.domains,
-            "seeds_note": "the student seeds of the last invocation; each row lists its own seeds, and a paired "
-                          "test of two students uses the seeds both have",
-            "students": "one per domain (distill --domain D), scored on D's test rows; meta->meta-all: one "
-                        "all-domain student per seed, scored per domain",
-            "int8": "metakd export --int8 --per-tensor --max-drop 100 (target auto) of each meta->meta "
-                    f"student; {INT8_PC}: the same with --per-channel (export's default)",
-            "split": "seeded 80/10/10 per domain and label (split seed 42)", "metric": "test accuracy %",
-            "std": "sample standard deviation over seeds of each seed's average",
-            "tests": f"paired bootstrap over test rows ({args.resamples} resamples, stratified by domain, seed-"
-                     "averaged correctness) and exact McNemar per seed; bench/stats.py",
-        }
-        self.teachers: dict[str, dict] = {}  # system -> the fit settings its run recorded
-        self.runs: dict = {}
-        self.correct: dict = {}
+            self.teachers.update(teachers)
+            self.students.update(students)
+
+    def teacher(self, system: str) -> tuple[Path, list[str]]:
+        """The teacher's run folder and --set items: the teacher scored on every domain's test rows."""
+        folder, sets = self.teachers[system]
+        # `metakd run` checks the distill section against the teacher even when it does not distil: mtn is the
+        # method a single-mode teacher serves without a domain
+        single = ["distill.method=mtn"] if "fit.teacher_mode=single" in sets else []
+        return RUNS / folder, [*sets, *single, "eval.models=teacher", *self.extra]
+
+    def student(self, system: str, domain: str | None, seed: int) -> tuple[Path, list[str]]:
+        """A student's run folder and --set items (an int8 system: its meta->meta student's, then export)."""
+        source = INT8_SOURCE if system in INT8 else system
+        teacher, sets, _ = self.students[source]
+        where = [f"distill.domain={domain}", f"eval.domains={domain}"] if domain else []
+        scored = ["eval.models=int8", *INT8[system]] if system in INT8 else []
+        return (STUDENT_RUNS / slug(system) / f"{domain or 'all'}-s{seed}",
+                [*self.teachers[teacher][1], *sets, *where, f"distill.seed={seed}", *scored, *self.extra])
+
+    def source(self, system: str, domain: str | None, seed: int) -> Path:
+        """The run folder a student's starts as a copy of: its teacher's (an int8 system: its student's)."""
+        if system in INT8:
+            return self.student(INT8_SOURCE, domain, seed)[0]
+        return self.teacher(self.students[system][0])[0]
+
+
+def steps(system: str) -> str:
+    return "fit,distill,export,eval" if system in INT8 else "fit,distill,eval"
+
+
+# ---------------------------------------------------------------------------------------- running
+
+
+def run_teacher(plan: Plan, system: str) -> bool:
+    """Fit and score the teacher unless its folder holds both with these settings; whether metakd ran."""
+    folder, sets = plan.teacher(system)
+    config = recipe(sets)
+    if done(folder, config, "fit,eval", selection(config)):
+        return False
+    metakd_run(folder, sets, "fit,eval", dry_run=plan.dry_run)
+    return True
+
+
+def run_student(plan: Plan, system: str, domain: str | None, seed: int) -> bool:
+    """Distil (and, for an int8 system, export) and score one student in its folder; whether metakd ran."""
+    folder, sets = plan.student(system, domain, seed)
+    start_from(plan.source(system, domain, seed), folder, plan.dry_run)
+    config = recipe(sets)
+    if done(folder, config, steps(system), selection(config)):
+        return False
+    metakd_run(folder, sets, steps(system), dry_run=plan.dry_run)
+    return True
+
+
+# ---------------------------------------------------------------------------------------- reading
+
+
+class Table:
+    """Every finished run folder of the plan's systems, read into amazon.json's "runs", the rows each model got
+    right, and the tables and paired tests built from them."""
+
+    def __init__(self, plan: Plan, domains: list[str], resamples: int):
+        self.plan, self.domains, self.resamples = plan, domains, resamples
+        self.runs: dict = {}  # system -> domain or "all" -> seed -> record
+        self.correct: dict = {}  # system -> domain or "all" -> seed -> {"domains": {domain: [0/1 per row]}}
         self.rows_setup: dict = {}
-        if OUT.is_file() and not args.dry_run:
-            old = json.loads(OUT.read_text())
-            if old.get("setup", {}).get("distill") == self.setup["distill"]:
-                self.runs = old.get("runs", {})
-            else:
-                print(f"note: {OUT} was made with other distill settings; its runs are not kept", flush=True)
-            if PREDICTIONS.is_file() and self.runs:
-                kept = json.loads(PREDICTIONS.read_text())
-                self.correct, self.rows_setup = kept.get("correct", {}), kept.get("setup", {})
+        self.where: dict[str, list[str]] = {}  # domain -> its test rows' places: every model's must be these
+        for system in plan.teachers:
+            folder, sets = plan.teacher(system)
+            self._teacher(system, folder, sets)
+        for system in [*plan.students, *INT8]:
+            for folder in sorted((STUDENT_RUNS / slug(system)).glob("*-s*")):
+                key, seed = folder.name.rsplit("-s", 1)
+                if seed.isdigit() and (key == "all" or key in DOMAINS):
+                    self._student(system, key, int(seed))
 
-    # ------------------------------------------------------------------ commands
-
-    def metakd(self, run_dir: Path, *args: str, check: bool = True) -> tuple[int, float]:
-        return metakd(run_dir, *args, dry_run=self.args.dry_run, check=check)
-
-    def teacher(self, system: str) -> Path | None:
-        """The teacher's run folder, fitted when its fit metrics are missing (None: dry run, not there yet)."""
-        name, flags = self.teacher_defs[system]
-        run_dir = RUNS / name
-        if (run_dir / "metrics" / "fit.json").is_file() and (run_dir / "teacher").is_dir():
-            config = json.loads((run_dir / "metrics" / "fit.json").read_text())["config"]
-            wanted = teacher_settings(system)
-            differs = {k: config.get(k) for k, v in wanted.items() if config.get(k) != v}
-            if differs and system not in self.teachers:
-                print(f"note: {run_dir} was fitted with {differs}, not bench/teachers.py's settings", flush=True)
-            self.teachers[system] = {k: config.get(k) for k in ("teacher", "teacher_mode", "domain_loss", *wanted)}
-            return run_dir
-        busy = _fitting(run_dir)
-        if busy is not None:
-            message = f"{run_dir}: process {busy} is fitting this teacher now; wait for it to finish"
-            if not self.args.dry_run:
-                raise SystemExit(message)
-            print(f"# note: {message}")
-        resume = ["--resume"] if (run_dir / "checkpoints").is_dir() else []
-        self.metakd(run_dir, "fit", str(DATA), *flags, *fit_flags(teacher_settings(system)), *resume)
-        if self.args.dry_run:
+    def _scored(self, system: str, key: str, seed: str, folder: Path, sets: list[str], steps: str, model: str
+                ) -> dict[str, list[int]] | None:
+        """The rows ``model`` got right in a folder whose steps are done with these settings, kept for the tests."""
+        config = recipe(sets)
+        if not done(folder, config, steps, selection(config)):
             return None
-        if not (run_dir / "metrics" / "fit.json").is_file():
-            raise SystemExit(f"{run_dir}: the fit finished without metrics/fit.json")
-        return self.teacher(system)  # records its settings
+        scored = scored_rows(folder, selection(config), model)
+        if scored is None:
+            return None
+        data = read_json_object(folder / "manifest.json").get("data") or {}
+        for domain, where in scored.where.items():
+            if self.where.setdefault(domain, where) != where:
+                raise SystemExit(f"{folder}: other {domain} test rows than the earlier runs' (other data or split); "
+                                 "paired tests need the same rows")
+            self.rows_setup.setdefault("rows", {})[domain] = len(where)
+        self.rows_setup.update(data_fingerprint=data.get("fingerprint"),
+                               split_seed=(data.get("config") or {}).get("split_seed"))
+        self.correct.setdefault(system, {}).setdefault(key, {})[seed] = {"domains": scored.correct}
+        return scored.correct
 
-    def teacher_row(self, system: str) -> None:
-        run_dir = self.teacher(system)
-        if run_dir is None or self.args.dry_run:
-            if run_dir is not None:
-                print(f"# {system}: reuse {run_dir.relative_to(ROOT)}; score teacher/ on the test rows (in-process)")
+    def _teacher(self, system: str, folder: Path, sets: list[str]) -> None:
+        fit = read_json_object(folder / "metrics" / "fit.json")
+        seed = str((fit.get("config") or {}).get("seed"))
+        correct = self._scored(system, "all", seed, folder, sets, "fit,eval", "teacher")
+        if correct is None:
             return
-        metrics = json.loads((run_dir / "metrics" / "fit.json").read_text())
-        seed = str(metrics["seed"])
-        domains = [system.split("/")[1]] if system.startswith(f"{HELD_OUT}/") else self.domains
         self.runs.setdefault(system, {})["all"] = {seed: {
-            "accuracy": {d: metrics["test_accuracy"][d] for d in domains},
-            "minutes": {"fit": metrics["seconds"] / 60},
-            "run_dir": str(run_dir.relative_to(ROOT)),
-            "config": self.teachers[system],
+            "accuracy": {d: 100.0 * sum(v) / len(v) for d, v in correct.items() if v},
+            "minutes": {"fit": fit["seconds"] / 60},
+            "run_dir": shown(folder),
+            "config": {k: fit["config"].get(k) for k in TEACHER_FIT_KEYS},
         }}
-        correct = self.score(system, "all", seed, run_dir, "teacher", domains, run_dir / "metrics" / "fit.json")
-        _check_rescored(self.runs[system]["all"][seed], correct)
-        self.save()
 
-    def _finished(self, run_dir: Path, teacher_run: Path, method: str, domain: str | None, seed: int,
-                  teacher_domain: str | None) -> bool:
-        """A student run that matches these settings and the teacher's current fit."""
-        return student_finished(run_dir, teacher_run, {
-            "method": method, "domain": domain, "seed": seed, "teacher_domain": teacher_domain,
-            "intermediate_epochs": self.args.intermediate_epochs, "epochs": self.args.epochs})
-
-    def student(self, system: str, domain: str | None, seed: int, reuse: bool = False) -> None:
-        """Distil one student in a fresh run folder (or reuse a finished one with --resume / ``reuse``), read its
-        metrics and score it row by row."""
-        teacher_system, method, _, extra = self.student_defs[system]
-        teacher_domain = extra[extra.index("--teacher-domain") + 1] if "--teacher-domain" in extra else None
-        teacher_run = RUNS / self.teacher_defs[teacher_system][0]
-        key = domain or "all"
-        run_dir = STUDENT_RUNS / slug(system) / f"{key}-s{seed}"
-        flags = ["--method", method, *(["--domain", domain] if domain else []), *extra, "--seed", str(seed),
-                 "--intermediate-epochs", str(self.args.intermediate_epochs), "--epochs", str(self.args.epochs)]
-        previous = self.runs.get(system, {}).get(key, {}).get(str(seed), {})
-        if (self.args.resume or reuse) and self._finished(run_dir, teacher_run, method, domain, seed, teacher_domain):
-            print(f"# {system} {key} seed {seed}: done in {run_dir.relative_to(ROOT)}", flush=True)
-            if self.args.dry_run:
-                return
-            process_minutes = previous.get("process_minutes")  # measured when it ran, if by this bench
-        else:
-            if self.args.dry_run:
-                print(f"# fresh {run_dir.relative_to(ROOT)} <- {teacher_run.relative_to(ROOT)}/teacher, manifest.json")
-            else:
-                fresh_student_run(teacher_run, run_dir)
-            _, process_seconds = self.metakd(run_dir, "distill", *flags)
-            if self.args.dry_run:
-                return
-            process_minutes = process_seconds / 60
-        metrics_path = run_dir / "metrics" / "distill.json"
-        metrics = json.loads(metrics_path.read_text())
+    def _student(self, system: str, key: str, seed: int) -> None:
+        domain = None if key == "all" else key
+        folder, sets = self.plan.student(system, domain, seed)
+        model = "int8" if system in INT8 else "student"
+        correct = self._scored(system, key, str(seed), folder, sets, steps(system), model)
+        if correct is None:
+            return
         scored = [domain] if domain else self.domains
-        self.runs.setdefault(system, {}).setdefault(key, {})[str(seed)] = {
-            "accuracy": {d: metrics["test_accuracy"][d] for d in scored},
-            "teacher_accuracy": {d: metrics["teacher_test_accuracy"][d] for d in scored},
-            "agreement_with_teacher": metrics["test_agreement_with_teacher"],
-            "lambda_mean": metrics["lambda"]["mean"],
-            "minutes": {"distill": metrics["seconds"] / 60},
-            "process_minutes": process_minutes,
-            "stage_minutes": {k: v["seconds"] / 60 for k, v in metrics["stages"].items()},
-            "teacher_cache_minutes": metrics["teacher_cache_seconds"] / 60,
-            "train_rows": metrics["train_rows"],
-            "run_dir": str(run_dir.relative_to(ROOT)),
-            "command": "metakd distill " + " ".join(flags),
-        }
-        correct = self.score(system, key, str(seed), run_dir, "student", scored, metrics_path)
-        _check_rescored(self.runs[system][key][str(seed)], correct)
-        self.save()
-
-    def int8(self, domain: str, seed: int, system: str = INT8) -> None:
-        """Export one meta->meta student to int8 (``system``: INT8 or INT8_PC) and score it row by row."""
-        student_dir = STUDENT_RUNS / slug("meta->meta") / f"{domain}-s{seed}"
-        run_dir = student_dir if system == INT8 else STUDENT_RUNS / slug(system) / f"{domain}-s{seed}"
-        metrics_path = run_dir / "metrics" / "export.json"
-        distilled = student_dir / "metrics" / "distill.json"
-        if not self.args.dry_run and not distilled.is_file():
-            print(f"skipped {system} {domain} seed {seed}: no meta->meta student in {student_dir}", flush=True)
-            return
-        done = (self.args.resume and metrics_path.is_file() and distilled.is_file()
-                and (run_dir / "onnx" / "model_quantized.onnx").is_file()
-                and metrics_path.stat().st_mtime_ns >= distilled.stat().st_mtime_ns
-                and json.loads(metrics_path.read_text()).get("int8_check", {}).get("per_channel")
-                == ("--per-channel" in INT8_FLAGS[system]))
-        previous = self.runs.get(system, {}).get(domain, {}).get(str(seed), {})
-        command = ["export", "--int8", *INT8_FLAGS[system], "--max-drop", "100"]
-        if done:
-            print(f"# {system} {domain} seed {seed}: done in {run_dir.relative_to(ROOT)}/onnx", flush=True)
-            if self.args.dry_run:
-                return
-            status, process_minutes = 0, previous.get("process_minutes")
+        record = {"accuracy": {d: 100.0 * sum(correct[d]) / len(correct[d]) for d in scored if correct.get(d)}}
+        if system in INT8:
+            export = read_json_object(folder / "metrics" / "export.json")
+            check = export.get("int8_check") or {}
+            record.update({
+                "dev_drop": check.get("drop"), "attempt": check.get("attempt"), "per_channel": check.get("per_channel"),
+                "target": export.get("target"), "size_mb": export.get("size_mb"),
+                "export_failures": export.get("failures", []), "minutes": {"export": export["seconds"] / 60}})
         else:
-            if run_dir != student_dir:
-                if self.args.dry_run:
-                    print(f"# fresh {run_dir.relative_to(ROOT)} <- {student_dir.relative_to(ROOT)}/student (links)")
-                else:
-                    linked_student_run(student_dir, run_dir)
-            status, process_seconds = self.metakd(run_dir, *command, check=False)
-            process_minutes = process_seconds / 60
-        if self.args.dry_run:
-            return
-        folder = run_dir / ("onnx" if status == 0 else "onnx.failed")  # another check failed: score it anyway
-        export = json.loads((folder / "metakd_export.json").read_text())
-        model = folder / "model_quantized.onnx"
-        if not model.is_file():
-            print(f"skipped {system} {domain} seed {seed}: export failed ({'; '.join(export.get('failures', []))})")
-            return
-        correct = self.score(system, domain, str(seed), run_dir, "int8", [domain], model, folder=folder)
-        check = export["int8_check"]
-        self.runs.setdefault(system, {}).setdefault(domain, {})[str(seed)] = {
-            "accuracy": {domain: 100.0 * sum(correct[domain]) / len(correct[domain])},
-            "dev_drop": check["drop"], "attempt": check["attempt"], "per_channel": check["per_channel"],
-            "target": export["target"], "size_mb": export["size_mb"], "export_failures": export.get("failures", []),
-            "minutes": {"export": export["seconds"] / 60,
-                        "score": (self.correct[system][domain][str(seed)].get("seconds") or 0.0) / 60},
-            "process_minutes": process_minutes,
-            "run_dir": str(folder.relative_to(ROOT)),
-            "command": "metakd " + " ".join(command),
-        }
-        self.save()
+            metrics = read_json_object(folder / "metrics" / "distill.json")
+            record.update({
+                "teacher_accuracy": {d: metrics["teacher_test_accuracy"][d] for d in scored},
+                "agreement_with_teacher": metrics["test_agreement_with_teacher"],
+                "lambda_mean": metrics["lambda"]["mean"],
+                "minutes": {"distill": metrics["seconds"] / 60},
+                "stage_minutes": {k: v["seconds"] / 60 for k, v in metrics["stages"].items()},
+                "teacher_cache_minutes": metrics["teacher_cache_seconds"] / 60,
+                "train_rows": metrics["train_rows"]})
+        record.update(run_dir=shown(folder), command=run_command(folder, sets, steps(system)))
+        self.runs.setdefault(system, {}).setdefault(key, {})[str(seed)] = record
 
-    # ------------------------------------------------------------------ row-by-row scores
+    # ------------------------------------------------------------------------------------ tables
 
-    def _dataset(self, run):
-        """The run's dataset, loaded once per data fingerprint; the test rows must be everyone's."""
-
-        data = run.load().data
-        key = data["fingerprint"]
-        if key not in self.datasets:
-            self.datasets[key] = run.reload_dataset()[1]
-        rows = {"data_fingerprint": key, "split_seed": data["config"].get("split_seed")}
-        if self.rows_setup and {k: self.rows_setup.get(k) for k in rows} != rows:
-            raise SystemExit(f"{run.path}: other data or split than the earlier runs ({rows} vs "
-                             f"{self.rows_setup}); paired tests need the same test rows: start over without --resume")
-        self.rows_setup.update(rows)
-        return self.datasets[key]
-
-    def score(
-        self, system: str, key: str, seed: str, run_dir: Path, model: str, domains: list[str], source: Path,
-        folder: Path | None = None,
-    ) -> dict[str, list[int]]:
-        """0/1 correctness of one model on each domain's test rows (in the dataset's order), kept with a stamp of
-        ``source`` so that a re-made model is re-scored. ``folder`` holds an int8 model outside onnx/."""
-        stamp = _mtime(source)
-        kept = self.correct.get(system, {}).get(key, {}).get(seed)
-        if kept and kept.get("stamp") == stamp and all(d in kept["domains"] for d in domains):
-            return kept["domains"]
-        started = time.time()
-        from metakd_cli.run_dir import RunDir
-
-        correct = test_correctness(run_dir, model, domains, self._dataset(RunDir(run_dir)), folder)
-        for domain in domains:
-            self.rows_setup.setdefault("rows", {})[domain] = len(correct[domain])
-        self.correct.setdefault(system, {}).setdefault(key, {})[seed] = {
-            "stamp": stamp, "seconds": round(time.time() - started, 2), "domains": correct}
-        return correct
-
-    # ------------------------------------------------------------------ results
-
-    def reported(self, system: str, seed: str) -> bool:
-        """Whether a run of ``system`` at ``seed`` counts in the tables: --seeds picks the seeds of the systems this
-        invocation runs; a teacher keeps its own seed, and a system not asked for keeps every seed it has, so that
-        running other systems at fewer seeds leaves its row as it was."""
-        if _is_teacher(system):
-            return True
-        running = system in self.args.systems or (system.startswith(f"{HELD_OUT}/") and HELD_OUT in self.args.systems)
-        return not running or int(seed) in self.args.seeds
-
-    def per_seed(self, system: str) -> dict[str, dict[str, float]]:
-        """{seed: {domain: accuracy}} over the requested seeds (a teacher's own seed) and domains."""
+    def per_seed(self, system: str, domains: list[str] | None = None) -> dict[str, dict[str, float]]:
+        """{seed: {domain: accuracy}} over ``domains`` (the table's)."""
+        domains = domains or self.domains
         out: dict[str, dict[str, float]] = {}
         for key, seeds in self.runs.get(system, {}).items():
             for seed, record in seeds.items():
-                if not self.reported(system, seed):
-                    continue
                 for domain, value in record["accuracy"].items():
-                    if domain in self.domains and (key == "all" or key == domain):
+                    if domain in domains and (key == "all" or key == domain):
                         out.setdefault(seed, {})[domain] = value
         return out
 
@@ -416,8 +306,6 @@ class Bench:
         """{seed: 0/1 per test row, the domains concatenated in order}, for seeds complete on every domain."""
         out = {}
         for seed in sorted({s for runs in self.correct.get(system, {}).values() for s in runs}):
-            if not self.reported(system, seed):
-                continue
             rows = []
             for domain in domains or self.domains:
                 kept = self.correct[system].get(domain, {}).get(seed) or self.correct[system].get("all", {}).get(seed)
@@ -458,14 +346,12 @@ class Bench:
                     minutes.setdefault(step, []).append(value)
             row["minutes"] = {step: round(float(np.mean(v)), 2) for step, v in minutes.items()}
             row["runs"] = max(len(v) for v in minutes.values())
-            if system in INT8_FLAGS:
+            if system in INT8:
                 row["dev_drop_vs_fp32"] = round(float(np.mean([r["dev_drop"] for r in records])), 2)
             table[system] = row
         return table
 
     def tests(self, pairs: list[tuple[str, str]] = TESTS, domains: list[str] | None = None) -> dict:
-        from stats import compare
-
         domains = domains or self.domains
         strata = [d for d in domains for _ in range(self.rows_setup.get("rows", {}).get(d, 0))]
         out = {}
@@ -476,7 +362,7 @@ class Bench:
                 a_runs = {s: v for s, v in a_runs.items() if s in common}
                 b_runs = {s: v for s, v in b_runs.items() if s in common}
             if a_runs and b_runs:
-                out[f"{a} vs {b}"] = compare(a_runs, b_runs, strata, self.args.resamples, seed=0)
+                out[f"{a} vs {b}"] = compare(a_runs, b_runs, strata, self.resamples, seed=0)
         return out
 
     def held_out(self) -> dict:
@@ -485,10 +371,10 @@ class Bench:
         import numpy as np
 
         out = {}
-        for h in sorted({s.split("/")[1] for s in self.runs if s.startswith(f"{HELD_OUT}/")}):
-            if h not in self.args.held_out:
-                continue
+        for h in self.plan.held_out:
             prefix = f"{HELD_OUT}/{h}/"
+            if not any(s.startswith(prefix) for s in self.runs):
+                continue
             rows = {"in-domain teacher": "teacher-single", "meta-teacher without H": f"{prefix}meta-teacher-without",
                     "in-domain teacher -> tinybert": "single->tinybert",
                     **{f"{d} teacher -> tinybert": f"{prefix}{d}-teacher->tinybert" for d in DOMAINS if d != h},
@@ -497,7 +383,7 @@ class Bench:
             others = PAPER_HELD_OUT["other domains' teachers -> tinybert"]
             table = {}
             for name, system in rows.items():
-                values = {seed: a[h] for seed, a in self.per_seed(system).items() if h in a}
+                values = {seed: a[h] for seed, a in self.per_seed(system, [h]).items()}
                 if values:
                     v = list(values.values())
                     paper = others if name.split(" ")[0] in DOMAINS else PAPER_HELD_OUT.get(name)
@@ -510,50 +396,20 @@ class Bench:
             out[h] = {"results": table, "tests": self.tests(pairs, [h])}
         return out
 
-    def save(self) -> None:
-        from metakd_cli.run_dir import atomic_write_json, atomic_write_text
-
+    def save(self, setup: dict) -> dict:
         paper = {"source": "DESIGN.md Reference figures: the authors' slides, BERT-base teacher, TinyBERT-4 student",
-                 "results": {s: {"name": n, **dict(zip(PAPER_COLUMNS, v))} for s, (n, v) in PAPER.items()}}
-        setup = {**self.setup, "teachers": self.teachers}  # the fit settings the teacher runs recorded
-        paper["held_out"] = {"source": "DESIGN.md Reference figures: MNLI, fiction held out, tested on fiction",
-                             "results": PAPER_HELD_OUT}
-        atomic_write_json(OUT, {"setup": setup, "results": self.results(), "tests": self.tests(),
-                                "held_out": self.held_out(), "runs": self.runs, "paper": paper})
+                 "results": {s: {"name": n, **dict(zip(PAPER_COLUMNS, v))} for s, (n, v) in PAPER.items()},
+                 "held_out": {"source": "DESIGN.md Reference figures: MNLI, fiction held out, tested on fiction",
+                              "results": PAPER_HELD_OUT}}
+        teachers = {system: runs["all"][seed]["config"] for system, runs in self.runs.items()
+                    if _is_teacher(system) for seed in runs.get("all", {})}
+        out = {"setup": {**setup, "teachers": teachers}, "results": self.results(), "tests": self.tests(),
+               "held_out": self.held_out(), "runs": self.runs, "paper": paper}
+        atomic_write_json(OUT, out)
         rows = {**self.rows_setup, "order": "per domain, the test rows of dataset.select('test', [domain]) in order",
-                 "value": "1 = the model predicts the gold label"}
-        atomic_write_text(PREDICTIONS, json.dumps({"setup": rows, "correct": self.correct},
-                                                  separators=(",", ":")) + "\n")
-
-    def print_table(self) -> None:
-        results = json.loads(OUT.read_text()) if OUT.is_file() else {"results": {}, "tests": {}}
-        columns = [*self.domains, "average"]
-        models = sorted({str(c.get("teacher")) for c in results.get("setup", {}).get("teachers", {}).values()})
-        print(f"\nours: teacher {', '.join(models) or '?'}, tiny student; test accuracy %, mean±std over seeds")
-        print(f"{'system':18}" + "".join(f"{c:>13}" for c in columns) + f"{'seeds':>7}{'min/run':>9}")
-        for system, row in results["results"].items():
-            cells = []
-            for column in columns:
-                spread = row["std"] if column == "average" else row["std_per_domain"].get(column)
-                cells.append(cell(row.get(column), spread))
-            step_minutes = sum(row["minutes"].values())
-            print(f"{system:18}" + "".join(f"{c:>13}" for c in cells) + f"{len(row['seeds']):>7}{step_minutes:>9.1f}")
-        print("\npaper (authors' slides: BERT-base teacher, TinyBERT-4 student; their split)")
-        print(f"{'system':18}" + "".join(f"{c:>13}" for c in PAPER_COLUMNS) + "   paper's row")
-        for system, (name, values) in PAPER.items():
-            print(f"{system:18}" + "".join(f"{v:>13.1f}" for v in values) + f"   {name}")
-        print("\npaired tests (A - B, points; bootstrap over test rows of the seed-averaged correctness)")
-        for name, test in results["tests"].items():
-            mcnemar = ", ".join(f"s{s} {m['p_value']:.3f} ({m['a_only']}/{m['b_only']})"
-                                for s, m in test["mcnemar_exact_per_seed"].items())
-            print(f"{name:34} diff {test['diff']:+.2f}  95% CI [{test['ci95'][0]:+.2f}, {test['ci95'][1]:+.2f}]"
-                  f"  p {test['p_value']:.3f}  McNemar p per seed (A-only/B-only rows): {mcnemar}")
-        for h, section in results.get("held_out", {}).items():
-            print(f"\nheld out: {h} (its teachers never saw it; students distilled and scored on {h}), mean±std")
-            for name, row in section["results"].items():
-                print(f"{name.replace('H', h):42}{cell(row['accuracy'], row['std']):>13}{len(row['seeds']):>7}")
-            for name, test in section["tests"].items():
-                print(f"  {name.replace(f'{HELD_OUT}/{h}/', '')}: diff {test['diff']:+.2f}, p {test['p_value']:.3f}")
+                "value": "1 = the model predicts the gold label"}
+        atomic_write_text(PREDICTIONS, json.dumps({"setup": rows, "correct": self.correct}, separators=(",", ":")) + "\n")
+        return out
 
 
 def _is_teacher(system: str) -> bool:
@@ -561,88 +417,112 @@ def _is_teacher(system: str) -> bool:
     return system in TEACHERS or system.endswith("/meta-teacher-without")
 
 
-def _check_rescored(record: dict, correct: dict[str, list[int]]) -> None:
-    """The row-by-row scores (reloaded model) should give the accuracy the step itself reported."""
-    rescored = {d: 100.0 * sum(v) / len(v) for d, v in correct.items() if v}
-    if any(abs(rescored[d] - record["accuracy"][d]) > 1e-6 for d in rescored):
-        record["rescored_accuracy"] = rescored
-        print(f"warning: {record['run_dir']}: reloaded model scores {rescored}, the step reported "
-              f"{record['accuracy']} (the paired tests use the reloaded model's rows)", flush=True)
+def setup(plan: Plan, domains: list[str], seeds: list[int], resamples: int) -> dict:
+    config = recipe(plan.extra)
+    fit = config.fit
+    overrides = {}  # fit settings a teacher changes from the recipe's (besides its mode)
+    for system in (s for s in SYSTEMS if s in TEACHERS):
+        changed = recipe([*TEACHERS[system][1], *plan.extra]).fit
+        differs = {k: getattr(changed, k) for k in ("epochs", "lr", "max_length", "seed", "batch_size")
+                   if getattr(changed, k) != getattr(fit, k)}
+        if differs:
+            overrides[system] = differs
+    return {
+        "data": str(data_path(config)), "teacher_fit": f"bench/recipes/amazon.yaml fit: {fit.teacher}, epochs "
+        f"{fit.epochs}, lr {fit.lr:g}, max_length {fit.max_length}, seed {fit.seed} (as bench/teachers.py)",
+        "teacher_overrides": overrides,
+        "student": f"{config.distill.student} (4 of the teacher's layers)",
+        "distill": {"intermediate_epochs": config.distill.intermediate_epochs, "epochs": config.distill.epochs,
+                    "batch_size": config.distill.batch_size},
+        "seeds": seeds, "domains": domains,
+        "seeds_note": "the student seeds of the last invocation; each row lists its own seeds, and a paired "
+                      "test of two students uses the seeds both have",
+        "students": "one per domain (distill.domain=D), scored on D's test rows; meta->meta-all: one "
+                    "all-domain student per seed, scored per domain",
+        "int8": "bench/recipes/amazon.yaml export (dynamic int8, max_drop 100, target auto) of each meta->meta "
+                "student with export.per_channel=false; meta->meta-int8-pc: export.per_channel=true",
+        "split": f"seeded 80/10/10 per domain and label (split seed {config.data.split_seed})",
+        "metric": "test accuracy %",
+        "std": "sample standard deviation over seeds of each seed's average",
+        "tests": f"paired bootstrap over test rows ({resamples} resamples, stratified by domain, seed-"
+                 "averaged correctness) and exact McNemar per seed; bench/stats.py",
+    }
 
 
-def _fitting(run_dir: Path) -> int | None:
-    """The id of a live process running `metakd ... --run-dir RUN_DIR ... fit` (Linux /proc), else None."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return None
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            if "fit" not in argv:
-                continue
-            cwd = Path(os.readlink(entry / "cwd"))  # where the process's relative paths start
-        except OSError:
-            continue
-        if any(a == "--run-dir" and i + 1 < len(argv) and (cwd / argv[i + 1]).resolve() == run_dir.resolve()
-               for i, a in enumerate(argv)):
-            return int(entry.name)
-    return None
+def print_table(results: dict, domains: list[str]) -> None:
+    columns = [*domains, "average"]
+    models = sorted({str(c.get("teacher")) for c in results.get("setup", {}).get("teachers", {}).values()})
+    print(f"\nours: teacher {', '.join(models) or '?'}, tiny student; test accuracy %, mean±std over seeds")
+    print(f"{'system':18}" + "".join(f"{c:>13}" for c in columns) + f"{'seeds':>7}{'min/run':>9}")
+    for system, row in results["results"].items():
+        cells = [cell(row.get(c), row["std"] if c == "average" else row["std_per_domain"].get(c)) for c in columns]
+        print(f"{system:18}" + "".join(f"{c:>13}" for c in cells)
+              + f"{len(row['seeds']):>7}{sum(row['minutes'].values()):>9.1f}")
+    print("\npaper (authors' slides: BERT-base teacher, TinyBERT-4 student; their split)")
+    print(f"{'system':18}" + "".join(f"{c:>13}" for c in PAPER_COLUMNS) + "   paper's row")
+    for system, (name, values) in PAPER.items():
+        print(f"{system:18}" + "".join(f"{v:>13.1f}" for v in values) + f"   {name}")
+    print("\npaired tests (A - B, points; bootstrap over test rows of the seed-averaged correctness)")
+    for name, test in results["tests"].items():
+        mcnemar = ", ".join(f"s{s} {m['p_value']:.3f} ({m['a_only']}/{m['b_only']})"
+                            for s, m in test["mcnemar_exact_per_seed"].items())
+        print(f"{name:34} diff {test['diff']:+.2f}  95% CI [{test['ci95'][0]:+.2f}, {test['ci95'][1]:+.2f}]"
+              f"  p {test['p_value']:.3f}  McNemar p per seed (A-only/B-only rows): {mcnemar}")
+    for h, section in results.get("held_out", {}).items():
+        print(f"\nheld out: {h} (its teachers never saw it; students distilled and scored on {h}), mean±std")
+        for name, row in section["results"].items():
+            print(f"{name.replace('H', h):42}{cell(row['accuracy'], row['std']):>13}{len(row['seeds']):>7}")
+        for name, test in section["tests"].items():
+            print(f"  {name.replace(f'{HELD_OUT}/{h}/', '')}: diff {test['diff']:+.2f}, p {test['p_value']:.3f}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--systems", nargs="+", default=SYSTEMS, choices=SYSTEMS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="Student seeds [1 2 3].")
     parser.add_argument("--domains", nargs="+", default=DOMAINS, choices=DOMAINS)
     parser.add_argument("--held-out", nargs="+", default=DOMAINS, choices=DOMAINS,
                         help="Domains the held-out table leaves out, one at a time [all four].")
-    parser.add_argument("--intermediate-epochs", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=3, help="Stage 2 (soft labels) epochs [3].")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="A --set for every metakd run, after the systems' own (repeatable).")
     parser.add_argument("--resamples", type=int, default=10_000, help="Bootstrap resamples [10000].")
-    parser.add_argument("--resume", action="store_true",
-                        help="Skip a (system, domain, seed) whose run folder already holds matching metrics.")
+    parser.add_argument("--table", action="store_true", help="Only rebuild the results from the run folders.")
     parser.add_argument("--dry-run", action="store_true", help="Print the metakd commands; run and write nothing.")
-    args = parser.parse_args()
-    if not DATA.is_dir():
-        print(NO_DATA)
+    args = parser.parse_args(argv)
+    missing = data_missing(recipe(args.sets))
+    if missing:
+        print(missing)
         return
-    bench = Bench(args)
     held_out = args.held_out if HELD_OUT in args.systems else []
-    students = [s for s in args.systems if s in STUDENTS] + [s for h in held_out for s in held_out_systems(h)[1]]
-    teacher_rows = [s for s in args.systems if s in TEACHERS]
-    if held_out:  # the held-out table's in-domain teacher, and each meta-teacher fitted without H
-        teacher_rows += ["teacher-single"] + [t for h in held_out for t in held_out_systems(h)[0]]
-    needed = {bench.student_defs[s][0] for s in students} | ({"teacher-meta"} if set(INT8_FLAGS) & set(args.systems)
-                                                             else set())
-    for system in bench.teacher_defs:
-        if system in teacher_rows:
-            bench.teacher_row(system)
-        elif system in needed:
-            bench.teacher(system)
-    for seed in args.seeds:  # seed outermost: an interrupted bench has every system's first seeds
-        for system in SYSTEMS:
-            if system not in args.systems or system in TEACHERS:
-                continue
-            if system in INT8_FLAGS:
-                for domain in args.domains:
-                    if "meta->meta" not in args.systems:  # the students it exports: reused when finished
-                        bench.student("meta->meta", domain, seed, reuse=True)
-                    bench.int8(domain, seed, system)
-            elif system == HELD_OUT:
-                for h in held_out:
-                    if "single->tinybert" not in args.systems or h not in args.domains:
-                        bench.student("single->tinybert", h, seed, reuse=True)  # the in-domain student
-                    for student in held_out_systems(h)[1]:
-                        bench.student(student, h, seed)
-            elif STUDENTS[system][2]:
-                for domain in args.domains:
-                    bench.student(system, domain, seed)
-            else:
-                bench.student(system, None, seed)
+    plan = Plan(held_out, args.sets, args.dry_run)
+
+    def rebuild() -> dict:
+        table = Table(plan, args.domains, args.resamples)
+        return table.save(setup(plan, args.domains, args.seeds, args.resamples))
+
+    if not args.table:
+        students = [s for s in args.systems if s in STUDENTS] + [s for h in held_out for s in held_out_systems(h)[1]]
+        teachers = {s for s in args.systems if s in TEACHERS} | {plan.students[s][0] for s in students}
+        if held_out:  # the held-out table's in-domain teacher and student
+            teachers.add("teacher-single")
+        if set(INT8) & set(args.systems):
+            teachers.add("teacher-meta")
+        for system in plan.teachers:
+            if system in teachers and run_teacher(plan, system) and not args.dry_run:
+                rebuild()
+        for seed in args.seeds:  # seed outermost: an interrupted bench has every system's first seeds
+            for system in [s for s in SYSTEMS if s in args.systems and s not in TEACHERS]:
+                if system == HELD_OUT:
+                    jobs = [(s, h) for h in held_out for s in ["single->tinybert", *held_out_systems(h)[1]]]
+                elif system in INT8:
+                    jobs = [(s, d) for d in args.domains for s in (INT8_SOURCE, system)]
+                else:
+                    jobs = [(system, d) for d in args.domains] if STUDENTS[system][2] else [(system, None)]
+                for name, domain in jobs:
+                    if run_student(plan, name, domain, seed) and not args.dry_run:
+                        rebuild()
     if not args.dry_run:
-        bench.print_table()
+        print_table(rebuild(), args.domains)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`metakd run amazon-cpu` end to end on this machine: minutes per step, the whole run, accuracy.
 
-    python bench/amazon_cpu.py [--run-dir bench/runs/amazon-cpu] [--resume]
+    python -m bench.amazon_cpu [--run-dir bench/runs/amazon-cpu] [--resume]
 
 Runs the bundled recipe (fit, distill, export --int8, eval) on ../shared/data/amazon-mds in a fresh
 run folder and times it (target: under 60 minutes on a 2-core CPU). With --resume, a run folder
@@ -21,24 +21,15 @@ import argparse
 import json
 import platform
 import shutil
-import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import DATA, NO_DATA, RESULTS, ROOT, RUNS  # noqa: E402
+from bench.common import RESULTS, RUNS, data_missing, metakd_run, recipe, run_command, shown
 
 OUT = RESULTS / "amazon_cpu.json"
 STEPS = ("fit", "distill", "export", "eval")
 TARGET_MINUTES = 60
-
-
-def _shown(path: Path) -> str:
-    path = path.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def finished(run_dir: Path) -> bool:
@@ -71,30 +62,32 @@ def summarize(run_dir: Path, wall_seconds: float | None) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, default=RUNS / "amazon-cpu")
     parser.add_argument("--resume", action="store_true", help="Report a finished run in --run-dir instead of rerunning.")
-    args = parser.parse_args()
-    if not DATA.is_dir():
-        print(NO_DATA)
-        return
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="A --set for the recipe (repeatable); the timing is the bundled recipe's only without.")
+    args = parser.parse_args(argv)
+    from metakd_cli.config import find_recipe
     from metakd_cli.cpu import cpu_info
     from metakd_cli.run_dir import atomic_write_json
 
-    command = [sys.executable, "-m", "metakd_cli", "--run-dir", str(args.run_dir), "run", "amazon-cpu",
-               "--set", f"data.path={DATA}"]
+    path = find_recipe("amazon-cpu")
+    if data_missing(recipe(args.sets, path)):
+        print(data_missing(recipe(args.sets, path)))
+        return
     resumed = args.resume and finished(args.run_dir)
     wall = None
     if not resumed:
-        shutil.rmtree(args.run_dir, ignore_errors=True)
-        print("$ metakd " + " ".join(command[3:]), flush=True)
+        shutil.rmtree(args.run_dir, ignore_errors=True)  # a fresh run: every step timed
         began = time.time()
-        subprocess.run(command, check=True, cwd=ROOT)
+        metakd_run(args.run_dir, args.sets, ",".join(STEPS), path)
         wall = time.time() - began
     result = {
-        "setup": {"cpu": cpu_info().to_json(), "python": platform.python_version(), "run_dir": _shown(args.run_dir),
-                  "recipe": "recipes/amazon-cpu.yaml", "command": "metakd --run-dir RUN run amazon-cpu --set data.path=DATA",
+        "setup": {"cpu": cpu_info().to_json(), "python": platform.python_version(), "run_dir": shown(args.run_dir),
+                  "recipe": "recipes/amazon-cpu.yaml", "command": run_command(Path("RUN"), args.sets, ",".join(STEPS),
+                                                                              path).replace(shown(path), "amazon-cpu"),
                   "resumed": resumed},
         **summarize(args.run_dir, wall),
     }
@@ -104,8 +97,7 @@ def main() -> None:
           f"target < {TARGET_MINUTES}: {'met' if result['met'] else 'not met'}")
     for name, accuracy in result["accuracy"].items():
         print(f"  {name:8s} average {accuracy['average']:.2f}")
-    print(f"wrote {OUT.relative_to(ROOT)}")
-
+    print(f"wrote {shown(OUT)}")
 
 if __name__ == "__main__":
     main()

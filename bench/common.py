@@ -1,20 +1,36 @@
-"""What the bench scripts share: paths, running one metakd command, fresh student run folders."""
+"""What the bench drivers share: where runs and results go, the Amazon teachers as recipe overrides, running
+`metakd run` in a run folder, run folders that start as a copy of another, and the rows eval scored there."""
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from metakd_cli.config import Recipe, apply_overrides, load_recipe, resolve_data_path
+from metakd_cli.run_dir import RunDir, read_json_object
+
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "amazon-mds"
-RUNS = ROOT / "bench" / "runs"
-RESULTS = ROOT / "bench" / "results"
+# runs/ and results/ live here; METAKD_BENCH_DIR moves both (a smoke run into a temporary folder)
+HOME = Path(os.environ.get("METAKD_BENCH_DIR") or ROOT / "bench")
+RUNS = HOME / "runs"
+RESULTS = HOME / "results"
+AMAZON = ROOT / "bench" / "recipes" / "amazon.yaml"
 DOMAINS = ["books", "dvd", "electronics", "kitchen"]
-TEACHER_SETTINGS = {"epochs": 2, "lr": 5e-5, "max_length": 128, "seed": 42}  # bench/teachers.py's defaults
+TEACHERS = {  # system -> (run folder under RUNS, --set overrides of bench/recipes/amazon.yaml: a meta-teacher)
+    "teacher-single": ("paper-teacher-single", ["fit.teacher_mode=single"]),
+    # a single teacher sees one domain's rows: 4x the epochs make the optimizer steps of an all-domain teacher
+    "teacher-single-matched": ("paper-teacher-single-matched", ["fit.teacher_mode=single", "fit.epochs=8"]),
+    "teacher-mix": ("teacher-mix", ["fit.teacher_mode=mix"]),
+    "teacher-mtl": ("paper-teacher-mtl", ["fit.teacher_mode=mtl"]),
+    "teacher-meta": ("teacher-meta-confusion", []),
+    "teacher-meta-reversal": ("teacher-meta-reversal", ["fit.domain_loss=reversal"]),
+}
 PAPER = {  # system -> the paper's row: DESIGN.md "Reference figures" (the authors' slides, BERT-base teacher,
     # TinyBERT-4 student; books, dvd, electronics, kitchen, average)
     "teacher-single": ("BERT-single", [87.9, 83.8, 89.2, 90.6, 87.9]),
@@ -34,86 +50,122 @@ PAPER_HELD_OUT = {  # MNLI, fiction held out, tested on fiction (DESIGN.md Refer
 }
 
 
-def fit_flags(settings: dict) -> list[str]:
-    """`metakd fit` flags for {"epochs": 2, "lr": 5e-5, ...}."""
-    return [x for k, v in settings.items() for x in (f"--{k.replace('_', '-')}", f"{v:g}")]
+def recipe(sets: list[str], path: Path = AMAZON) -> Recipe:
+    """The recipe as `metakd run PATH --set ...` resolves it."""
+    config = load_recipe(path)
+    apply_overrides(config, "fit", {}, tuple(sets))
+    return config
 
 
-TEACHER_FIT_FLAGS = fit_flags(TEACHER_SETTINGS)
-NO_DATA = f"skipped: {DATA} not present (the Amazon multi-domain data is not on this machine)"
+def data_path(config: Recipe) -> Path:
+    """The recipe's data, as `metakd run` (started in ROOT) reads it."""
+    path = Path(resolve_data_path(config.data.path)).expanduser()
+    return (path if path.is_absolute() else ROOT / path).resolve()
 
 
-def metakd(run_dir: Path, *args: str, dry_run: bool = False, check: bool = True) -> tuple[int, float]:
-    """Run `metakd --quiet --run-dir RUN_DIR ARGS...` in a child process; (exit status, wall seconds).
-    Prints the command; with ``dry_run`` runs nothing."""
-    command = [sys.executable, "-m", "metakd_cli", "--quiet", "--run-dir", str(run_dir), *args]
-    print("$ metakd " + " ".join(command[3:]), flush=True)
+def data_missing(config: Recipe) -> str | None:
+    """Why the bench cannot run (its data is not on this machine), or None."""
+    path = data_path(config)
+    return None if path.exists() else f"skipped: {path} not present (the data is not on this machine)"
+
+
+def shown(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def run_command(run_dir: Path, sets: list[str], steps: str, path: Path = AMAZON) -> str:
+    """`metakd run` as the bench runs it in ``run_dir``, for the results files."""
+    return shlex.join(["metakd", "--run-dir", shown(run_dir), "run", shown(path), "--resume", "--steps", steps,
+                       *[arg for item in sets for arg in ("--set", item)]])
+
+
+def metakd_run(run_dir: Path, sets: list[str], steps: str, path: Path = AMAZON, dry_run: bool = False) -> None:
+    """`metakd run PATH --resume --steps STEPS --set ...` in ``run_dir``: it skips the steps recorded with the same
+    settings and continues interrupted ones; a second writer of the folder stops with metakd's lock error. Exits
+    when metakd fails (its one-line error is above, on stderr)."""
+    print(f"{time.strftime('%H:%M:%S')} $ {run_command(run_dir, sets, steps, path)}", flush=True)
     if dry_run:
-        return 0, 0.0
-    started = time.time()
-    status = subprocess.run(command, check=check, stdout=subprocess.DEVNULL).returncode
-    return status, time.time() - started
+        return
+    command = [sys.executable, "-m", "metakd_cli", "--quiet", "--run-dir", str(run_dir), "run", str(path), "--resume",
+               "--steps", steps, *[arg for item in sets for arg in ("--set", item)]]
+    status = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL).returncode  # eval's table: not ours
+    if status:
+        raise SystemExit(f"{run_dir}: `metakd run` failed (exit status {status}); its message is above")
 
 
-def link_or_copy(source: str, target: str) -> None:
+def done(run_dir: Path, config: Recipe, steps: str, selection: str | None = None) -> bool:
+    """Whether `metakd run` would skip ``steps`` in ``run_dir`` (metakd_cli.pipeline.finished) and, with
+    ``selection``, eval's rows for it were written after them: then the driver need not start it (eval runs every
+    time)."""
+    from metakd_cli.pipeline import finished
+
+    run = RunDir(run_dir)
+    trained = [step for step in steps.split(",") if step != "eval"]
+    if not all(finished(run, step, config) for step in trained):
+        return False
+    if selection is None:
+        return True
+    recorded = read_json_object(Path(run_dir) / "manifest.json").get("steps") or {}
+    last = max((str(recorded[step].get("finished", "")) for step in trained), default="")
+    entry = (read_json_object(Path(run_dir) / "metrics" / "eval.json").get("selections") or {}).get(selection)
+    return isinstance(entry, dict) and str(entry.get("written", "")) >= last
+
+
+def selection(config: Recipe) -> str:
+    """The key of eval's rows in metrics/predictions.json (``split=test domains=books models=student``)."""
+    from metakd_cli.evaluate import selection_key
+
+    cfg = config.eval
+    return selection_key({"config": asdict(cfg), "split": cfg.split, "domains": cfg.domains, "bucketing": cfg.bucketing})
+
+
+def start_from(source: Path, run_dir: Path, dry_run: bool = False) -> None:
+    """``run_dir`` as a copy of the run folder ``source`` (weights hard-linked: metakd replaces files by rename,
+    never in place), so that `metakd run` there finds source's steps finished and skips them. A copy of an earlier
+    fit or distill of ``source`` (another step id) is made again."""
+    ids = {step: entry.get("id") for step, entry in (read_json_object(source / "manifest.json").get("steps") or {}).items()}
+    copied = read_json_object(run_dir / "manifest.json").get("steps") or {}
+    if ids and all(copied.get(step, {}).get("id") == value for step, value in ids.items()):
+        return
+    print(f"# {shown(run_dir)} <- a copy of {shown(source)}", flush=True)
+    if dry_run:
+        return
+    partial = run_dir.with_name(run_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    with RunDir(source).lock("bench copy"):  # a process writing the source now: metakd's lock error
+        shutil.copytree(source, partial, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns(".metakd.lock", "checkpoints", "*.log", "*.partial"))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    partial.rename(run_dir)
+
+
+def _link_or_copy(source: str, target: str) -> None:
     try:
-        os.link(source, target)  # distill only reads teacher/; fit replaces folders whole, never files in place
-    except OSError:
+        os.link(source, target)
+    except OSError:  # another file system
         shutil.copy2(source, target)
 
 
-def fresh_student_run(teacher_run: Path, run_dir: Path) -> None:
-    """An empty run folder holding ``teacher_run``'s teacher/ (hard links) and manifest, for one distill."""
-    if not (teacher_run / "teacher").is_dir():
-        raise SystemExit(f"{teacher_run}/teacher missing: the teacher fit did not finish")
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    shutil.copytree(teacher_run / "teacher", run_dir / "teacher", copy_function=link_or_copy)
-    shutil.copy(teacher_run / "manifest.json", run_dir / "manifest.json")
+@dataclass
+class Scored:
+    """One model's rows of one eval selection, per domain in the data's order."""
+
+    correct: dict[str, list[int]]  # 1 = the model predicts the gold label
+    where: dict[str, list[str]]  # each row's place in the data (file:line): paired rows must be the same rows
 
 
-def linked_student_run(student_run: Path, run_dir: Path) -> None:
-    """A run folder for another export of ``student_run``'s student: its student/ as hard links (export only reads
-    it), copies of its manifest and distill metrics, no onnx/ yet."""
-    shutil.rmtree(run_dir, ignore_errors=True)
-    (run_dir / "metrics").mkdir(parents=True)
-    shutil.copytree(student_run / "student", run_dir / "student", copy_function=link_or_copy)
-    shutil.copy(student_run / "manifest.json", run_dir / "manifest.json")
-    shutil.copy(student_run / "metrics" / "distill.json", run_dir / "metrics" / "distill.json")
-
-
-def test_correctness(run_dir: Path, model: str, domains: list[str], dataset, folder: Path | None = None
-                     ) -> dict[str, list[int]]:
-    """0/1 correctness of one model of ``run_dir`` (teacher, student, ...) on each domain's test rows of
-    ``dataset``, in the dataset's order, scored in this process. ``folder`` holds an int8 model outside onnx/."""
-    import json
-
-    import numpy as np
-
-    from metakd_cli.data import encode
-    from metakd_cli.evaluate import Artifact, load_forward, run_artifacts
-    from metakd_cli.inference import INT8_FILE, batched_logits
-    from metakd_cli.models import load_tokenizer
-    from metakd_cli.run_dir import RunDir
-
-    if folder is not None:  # onnx/ or onnx.failed/
-        max_length = json.loads((folder / "metakd_export.json").read_text())["max_length"]
-        artifact = Artifact(model, "onnx", folder / INT8_FILE, folder, int(max_length))
-    else:
-        artifact = run_artifacts(RunDir(run_dir)).get(model)
-    if artifact is None:
-        raise SystemExit(f"{run_dir}: no {model} model to score")
-    tokenizer = load_tokenizer(str(artifact.tokenizer_dir))
-    pad_id = tokenizer.pad_token_id or 0
-    forward = load_forward(artifact) if artifact.per_domain is None else None
-    correct: dict[str, list[int]] = {}
-    for domain in domains:
-        if artifact.per_domain is not None:  # single-mode teacher: each domain's rows by its own teacher
-            forward = load_forward(artifact, artifact.per_domain[domain])
-        encoded = encode(dataset.select("test", [domain]), dataset, tokenizer, artifact.max_length)
-        predictions = batched_logits(encoded, pad_id, 64, forward).argmax(-1)
-        correct[domain] = (predictions == np.asarray(encoded.labels)).astype(int).tolist()
-    return correct
+def scored_rows(run_dir: Path, key: str, model: str) -> Scored | None:
+    """``model``'s rows of eval's selection ``key`` in ``run_dir``'s metrics/predictions.json; None when absent."""
+    entry = read_json_object(Path(run_dir) / "metrics" / "predictions.json").get(key)
+    if not isinstance(entry, dict) or model not in (entry.get("models") or {}):
+        return None
+    scored = Scored({}, {})
+    for domain, where, gold, got in zip(entry["domain"], entry["where"], entry["label"], entry["models"][model]):
+        scored.correct.setdefault(domain, []).append(int(got == gold))
+        scored.where.setdefault(domain, []).append(where)
+    return scored
 
 
 def slug(name: str) -> str:
@@ -124,19 +176,3 @@ def cell(value, spread=None) -> str:
     if not isinstance(value, (int, float)):
         return "-"
     return f"{value:.1f}" if spread is None else f"{value:.1f}±{spread:.1f}"
-
-
-def student_finished(run_dir: Path, teacher_run: Path, wanted: dict) -> bool:
-    """A finished `distill` in ``run_dir`` whose recorded config has the ``wanted`` values, distilled
-    from ``teacher_run``'s current fit (a re-fitted teacher makes its students stale)."""
-    import json
-
-    path = run_dir / "metrics" / "distill.json"
-    if not (path.is_file() and (run_dir / "student" / "config.json").is_file()):
-        return False
-    config = json.loads(path.read_text()).get("config", {})
-    if any(config.get(k) != v for k, v in wanted.items()):
-        return False
-    fitted = [json.loads((r / "manifest.json").read_text()).get("steps", {}).get("fit", {}).get("finished")
-              for r in (run_dir, teacher_run)]
-    return fitted[0] is not None and fitted[0] == fitted[1]

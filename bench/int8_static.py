@@ -1,7 +1,7 @@
 """Static int8 against dynamic int8: dev accuracy, speed at batch 32 and 1, and batch invariance.
 
     metakd --run-dir R export                    # fp32 onnx/model.onnx of R's student
-    python bench/int8_static.py --run-dir R [--threads N] [--rounds 3] [--calibration-rows 256]
+    python -m bench.int8_static --run-dir R [--threads N] [--rounds 3] [--calibration-rows 256]
 
 Every variant is built here from R/onnx/model.onnx with metakd's own functions (``metakd_cli.export``),
 into a temporary folder, and measured in ONE process:
@@ -40,9 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, NO_DATA, RESULTS  # noqa: E402
-from speed import available_cpus, fixed_inputs, fixed_shape_speed, onnx_session, pin_threads  # noqa: E402
+from bench.common import RESULTS
+from bench.timing import available_cpus, fixed_inputs, fixed_shape_speed, pin_threads, pinned_session
 
 OUT = RESULTS / "int8_static.json"
 FORMATS = ("qdq", "qoperator")
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _, dataset = run.reload_dataset()
     except UserError as exc:  # the run's data (the Amazon reviews, for a real run) is not on this machine
-        print(f"skipped: the data of {run.path} cannot be read ({exc}); {NO_DATA if not DATA.is_dir() else ''}")
+        print(f"skipped: the data of {run.path} cannot be read ({exc})")
         return 0
     tokenizer = load_tokenizer(str(onnx_dir))
     pad_id = tokenizer.pad_token_id or 0
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                 "invariant": invariance["max_abs_prob_diff"] <= INVARIANT_AT and invariance["label_flips"] == 0,
                 "size_mb": path.stat().st_size / 1e6,
             }
-        forwards = {name: onnx_forward(onnx_session(path, args.threads)) for name, path in paths.items()}
+        forwards = {name: onnx_forward(pinned_session(path, args.threads)) for name, path in paths.items()}
         rounds: dict[str, list[dict]] = {name: [] for name in paths}
         for r in range(args.rounds):  # interleaved, so that a slow spell of the machine hits every variant
             for name, forward in forwards.items():

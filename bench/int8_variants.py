@@ -1,6 +1,6 @@
 """What makes the int8 student faster on this CPU: ways of building it from the same fp32 ONNX file.
 
-    python bench/int8_variants.py --run-dir bench/runs/meta-meta [--threads N] [--rounds 5]
+    python -m bench.int8_variants --run-dir bench/runs/meta-meta [--threads N] [--rounds 5]
 
 The run folder holds onnx/model.onnx and onnx/model_quantized.onnx (`metakd export --int8`).
 Every variant is built here from onnx/model.onnx into a temporary folder and measured in ONE
@@ -39,11 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS  # noqa: E402
-from speed import (  # noqa: E402
-    WEIGHT_TYPES, available_cpus, fixed_inputs, fixed_shape_speed, onnx_session, pin_threads, quiet_tools,
-)
+from bench.common import RESULTS
+from bench.timing import available_cpus, fixed_inputs, fixed_shape_speed, pin_threads, pinned_session
+from metakd_cli.export import WEIGHT_TYPES, _quiet_tools
 
 OUT = RESULTS / "int8_variants.json"
 
@@ -56,7 +54,7 @@ def build(source: Path, scratch: Path, weight_type: str, config, target: str) ->
 
     heads, hidden = config.num_attention_heads, config.hidden_size
     out = {"fp32": source, "int8-shipped": source.parent / "model_quantized.onnx"}
-    with quiet_tools():
+    with _quiet_tools():
         path = scratch / "int8-matmul.onnx"
         quantize_dynamic(str(source), str(path), weight_type=getattr(QuantType, weight_type),
                          op_types_to_quantize=["MatMul"])
@@ -135,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         variants = build(onnx_dir / "model.onnx", Path(scratch), WEIGHT_TYPES[target], config, target)
         reference = None
-        forwards = {name: onnx_forward(onnx_session(path, args.threads)) for name, path in variants.items()}
+        forwards = {name: onnx_forward(pinned_session(path, args.threads)) for name, path in variants.items()}
         rounds: dict[str, list[dict]] = {name: [] for name in variants}
         for r in range(args.rounds):  # interleaved, so that a slow spell of the machine hits every variant
             for name, forward in forwards.items():

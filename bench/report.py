@@ -1,6 +1,6 @@
 """Write the README's Results section from the JSON files in bench/results/.
 
-    python bench/report.py
+    python -m bench.report
 
 Replaces the text between the `<!-- results:start -->` and `<!-- results:end -->` markers of
 README.md with tables built from teachers.json, students.json, amazon.json (with its held-out
@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py (bench/ is no package)
-from common import DOMAINS, PAPER, RESULTS, ROOT  # noqa: E402
+from bench.common import DOMAINS, PAPER, RESULTS, ROOT
 
 README = ROOT / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -55,14 +53,14 @@ def build() -> str:
         setup = data["setup"]
         lines += [f"Test accuracy (%) on the Amazon data (seeded 80/10/10 split, 200 test rows per domain), "
                   f"offline teacher {setup['teacher']}, {setup['epochs']} epochs, lr {setup['lr']}, "
-                  f"seq {setup['max_length']}, seed {setup['seed']}; `python bench/teachers.py`.", ""]
+                  f"seq {setup['max_length']}, seed {setup['seed']}; `python -m bench.teachers`.", ""]
         lines += _accuracy_table("Teachers", data["results"], "minutes", "minutes")
     students = RESULTS / "students.json"
     if students.is_file():
         data = json.loads(students.read_text())
         setup = data["setup"]
         lines += [f"One all-domain student per system, {setup['intermediate_epochs']} intermediate + "
-                  f"{setup['epochs']} prediction epochs, seed {setup['seed']}; `python bench/students.py`. "
+                  f"{setup['epochs']} prediction epochs, seed {setup['seed']}; `python -m bench.students`. "
                   "One seed: differences of a point or two are within noise (see `bench/amazon.py` for seeds "
                   "and paired tests).", ""]
         lines += _accuracy_table("Students (`tiny` = 4 of the teacher's 6 layers)", data["results"],
@@ -79,7 +77,7 @@ def build() -> str:
         lines += [f"Per-domain students (`distill --domain D`, scored on D), {distill['intermediate_epochs']} "
                   f"intermediate + {distill['epochs']} prediction epochs, student seeds {seeds} (teachers: "
                   f"{setup.get('teacher_fit', 'seed 42')}{overrides}); std = sample standard deviation over seeds of each "
-                  "seed's average; `python bench/amazon.py`.", ""]
+                  "seed's average; `python -m bench.amazon`.", ""]
         lines += _accuracy_table("The paper's table (mean over seeds)", data["results"], "std", "std", seeds=True,
                                  paper=True)
         for name, test in data.get("tests", {}).items():
@@ -111,7 +109,7 @@ def build() -> str:
         dev = f"; {setup['dev']}" if setup.get("dev") else ""
         lines += [f"**Data-scarce: {setup['domain']}** (share of its training rows; the meta-teacher keeps every "
                   f"row of the other domains; accuracy on {setup['domain']}'s test rows, one seed; "
-                  f"{epochs}{rule}{dev}); `python bench/scarce.py`.", "",
+                  f"{epochs}{rule}{dev}); `python -m bench.scarce`.", "",
                   "| fraction | train rows | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 2)]
         for fraction, row in sorted(rows.items(), key=lambda kv: float(kv[0])):
             lines.append(_row(fraction, [str(row.get("train_rows", "-")), *[row.get(c, "-") for c in columns]]))
@@ -128,7 +126,7 @@ def build() -> str:
         threads = data["setup"].get("threads", {})
         threads = threads.get("torch_intra_op", "?") if isinstance(threads, dict) else threads
         lines += [f"**Speed** on {cpu.get('model', '?')} ({', '.join(cpu.get('flags', []))}), {threads} threads, "
-                  f"seq 128, {str(data['setup'].get('date', '?'))[:10]}; `python bench/speed.py`. Fixed shape: "
+                  f"seq 128, {str(data['setup'].get('date', '?'))[:10]}; `python -m bench.speed`. Fixed shape: "
                   "every row padded to 128 tokens; predict: real test texts end to end (tokenisation included), "
                   "length-bucketed.", "",
                   "| model | latency p50 ms (b1) | latency p90 ms (b1) | throughput ex/s (b32) | predict texts/s "
@@ -155,22 +153,78 @@ def build() -> str:
                   f"({data['setup']['cpu'].get('cores', '?')} cores), {data['started'][:10]}: "
                   f"{data['minutes']:.1f} minutes ({steps}); target under {data['target_minutes']} minutes: "
                   f"{'met' if data['met'] else '**not met**'}. Test accuracy averages: {accuracy}; "
-                  "`python bench/amazon_cpu.py`.", ""]
+                  "`python -m bench.amazon_cpu`.", ""]
     variants = RESULTS / "int8_variants.json"
     if variants.is_file():
         data = json.loads(variants.read_text())
         lines += [f"**Ways to build the int8 student** ({data['setup']['int8_format']} format, same fp32 ONNX file, "
                   "one process; test accuracy on the 800 test rows, agreement with fp32); "
-                  "`python bench/int8_variants.py`.", "",
+                  "`python -m bench.int8_variants`.", "",
                   "| variant | throughput ex/s (b32) | latency p50 ms (b1) | size MiB | test acc % | agreement % |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for name, row in data["results"].items():
             lines.append(_row(name, [row["throughput_b32"], row["latency_b1_p50_ms"], row["size_mb"],
                                      row["test_accuracy"], row["agreement_with_fp32"]]))
         lines.append("")
+    lines += _ablation(RESULTS / "ablation.json") + _mpnet(RESULTS / "mpnet.json")
     lines += _accuracy_table("The paper (BERT-base teacher, TinyBERT-4 student; for comparison)",
                              {name: dict(zip(COLUMNS, v)) for name, v in PAPER.values()})
     return "\n".join(lines)
+
+
+def _ablation(path) -> list[str]:
+    """bench/results/ablation.json: what each part of Meta-KD buys (issue 25), teachers, int8 weight scales."""
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    domains = data["setup"]["domains"]
+    teacher = data["setup"]["teacher"].get("test_accuracy") or {}
+    lines = ["**Ablation** (issue 25): per-domain students (`distill --domain D`, 4 of the teacher's layers, "
+             "2 + 2 epochs unless named), scored on D's 200 test rows, from one meta-teacher (all-MiniLM-L6-v2, "
+             "seed 42; its test accuracy on these rows: "
+             + ", ".join(f"{d} {teacher[d]:.1f}" for d in [*domains, "average"] if d in teacher)
+             + "); difference against full Meta-KD (or the row it is paired with) by a paired bootstrap over "
+             "the same rows and seeds; `python -m bench.ablation`.", "",
+             "| system | " + " | ".join([*domains, "average"]) + " | seeds | vs meta | what |",
+             "|" + " --- |" * (len(domains) + 5)]
+    for name, row in data["results"].items():
+        test = next((t for key, t in data["tests"].items() if key.endswith(f" vs {name}")), None)
+        versus = f"{-test['diff']:+.2f} ({_p(test['p_value'])})" if test else "-"
+        lines.append(_row(name, [row.get(d) for d in [*domains, "average"]],
+                          f"{', '.join(map(str, row['seeds']))} | {versus} | {row['what']}"))
+    lines.append("")
+    teachers = (data.get("teachers") or {}).get("results") or {}
+    if teachers:
+        cols = [c for c in COLUMNS if c in next(iter(teachers.values()))]
+        lines += ["**Teachers of the ablation** (test accuracy, every domain; paired against the meta-teacher)", "",
+                  "| teacher | " + " | ".join(cols) + " | seeds | vs meta |", "|" + " --- |" * (len(cols) + 3)]
+        for name, row in teachers.items():
+            test = data["teachers"]["tests"].get(f"meta vs {name}")
+            versus = f"{-test['diff']:+.2f} ({_p(test['p_value'])})" if test else "-"
+            lines.append(_row(name, [row.get(c) for c in cols], f"{', '.join(map(str, row['seeds']))} | {versus}"))
+        lines.append("")
+    scales = data.get("int8_weight_scales") or {}
+    if scales:
+        lines += ["**int8 weight scales, chosen on dev** (the meta-teacher, static int8, every domain's dev rows; "
+                  "drop = fp32 ONNX minus int8, points)", "", "| weight scales | dev rows | int8 dev accuracy | drop |",
+                  "| --- | --- | --- | --- |"]
+        for name, row in scales.items():
+            lines.append(_row(name, [row["dev_rows"], (row.get("dev_accuracy") or {}).get("average"), row["drop"]]))
+        lines.append("")
+    return lines
+
+
+def _mpnet(path) -> list[str]:
+    """bench/results/mpnet.json: issue 26's targets, each pass / fail / not measured."""
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    lines = ["**MPNet-base teacher** (issue 26; one seed; `python -m bench.mpnet`): the issue's targets", "",
+             "| target | threshold | value | status |", "| --- | --- | --- | --- |"]
+    for target in data["targets"]:
+        value = "-" if target["value"] is None else f"{target['value']:g}"
+        lines.append(f"| {target['target']} | {target['threshold']:g} | {value} | {target['status']} |")
+    return lines + [""]
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Inference speed of a run's teacher and student on this CPU, against a BERT-base reference.
 
-    python bench/speed.py --run-dir bench/runs/meta-meta [--threads N] [--quick]
+    python -m bench.speed --run-dir bench/runs/meta-meta [--threads N] [--quick]
 
 The run folder holds teacher/, student/ and onnx/ (model.onnx + model_quantized.onnx of the
 student, from `metakd export --int8`); the texts are its test split (reload_dataset). Everything is measured in ONE process, with the thread count
@@ -35,10 +35,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import contextlib
-import itertools
 import json
-import logging
 import os
 import shlex
 import sys
@@ -51,24 +48,22 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
-
-from metakd_cli.cpu import cpu_info, int8_target, target_mismatch  # noqa: E402
-from metakd_cli.data import Encoded, encode  # noqa: E402
-from metakd_cli.errors import UserError  # noqa: E402
-from metakd_cli.evaluate import exported_target, onnx_files, run_artifacts  # noqa: E402
-from metakd_cli.inference import (  # noqa: E402
+from bench.common import RESULTS
+from bench.timing import available_cpus, fixed_inputs, fixed_shape_speed, pin_threads, pinned_session, time_calls
+from metakd_cli.cpu import cpu_info, int8_target, target_mismatch
+from metakd_cli.data import Encoded, encode
+from metakd_cli.errors import UserError
+from metakd_cli.evaluate import exported_target, onnx_files, run_artifacts
+from metakd_cli.export import WEIGHT_TYPES, _quiet_tools, _versions
+from metakd_cli.inference import (
     EXPORT_JSON, INT8_FILE, ONNX_FILE, batched_logits, onnx_forward, size_mb, torch_forward, weights_size_mb,
 )
-from metakd_cli.run_dir import RunDir, atomic_write_json  # noqa: E402
+from metakd_cli.run_dir import RunDir, atomic_write_json
 
 MODELS = ("teacher-torch-fp32", "teacher-onnx-fp32", "bert-base-torch-fp32",
           "student-torch-fp32", "student-onnx-fp32", "student-onnx-int8")
 MAC_FORMULA = ("layers * (4*H*H*L + 2*H*F*L + 2*L*L*H) + H*H + H*C; L sequence length, H hidden, F FFN, "
                "C labels: QKV + output projections, FFN, attention scores + context, then pooler + classifier")
-WEIGHT_TYPES = {"avx2": "QUInt8", "avx512_vnni": "QInt8", "arm64": "QInt8"}  # as metakd export's formats
 TARGETS = (  # (target, reference model, minimum ratio of the int8 student's throughput to the reference's)
     ("int8 student >= 5x teacher PyTorch fp32", "teacher-torch-fp32", 5.0),
     ("int8 student >= 2.5x teacher ONNX fp32", "teacher-onnx-fp32", 2.5),
@@ -117,58 +112,6 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-@contextlib.contextmanager
-def quiet_tools():
-    """Silence the exporter's and quantizer's warnings and log lines (stdout is for the table)."""
-    import warnings
-
-    from transformers.utils import logging as transformers_logging
-
-    verbosity, root_level = transformers_logging.get_verbosity(), logging.getLogger().level
-    transformers_logging.set_verbosity_error()
-    logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic's "consider pre-processing" goes to root
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-        logging.getLogger().setLevel(root_level)
-
-
-# --------------------------------------------------------------------------- threads and sessions
-
-
-def pin_threads(threads: int) -> dict:
-    """torch intra-op = ``threads``, inter-op 1; what ONNX Runtime sessions get is in ``onnx_session``."""
-    import torch
-
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:  # already fixed once parallel work started (a second call in one process)
-        pass
-    return {"torch_intra_op": torch.get_num_threads(), "torch_inter_op": torch.get_num_interop_threads(),
-            "onnxruntime_intra_op": threads, "onnxruntime_inter_op": 1, "onnxruntime_execution": "sequential",
-            "cpus_available": len(available_cpus())}
-
-
-def available_cpus() -> set[int]:
-    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-
-
-def onnx_session(path: Path, threads: int):
-    """A CPU session with ``threads`` intra-op threads (metakd's own sessions leave the count to ORT)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 # --------------------------------------------------------------------------- the models of a run
 
 
@@ -208,7 +151,7 @@ def find_models(run: RunDir, threads: int, teacher_onnx: Path | None, scratch: P
         return lambda: torch_forward(load_classifier(str(folder)))
 
     def onnx_loader(path: Path):
-        return lambda: onnx_forward(onnx_session(path, threads))
+        return lambda: onnx_forward(pinned_session(path, threads))
 
     def config_of(folder: Path):
         from transformers import AutoConfig
@@ -237,7 +180,7 @@ def export_teacher_onnx(teacher_dir: Path, out: Path) -> Path:
     from optimum.exporters.onnx import main_export
 
     log(f"exporting the teacher {teacher_dir} to ONNX (opset 18) for the teacher-onnx-fp32 row")
-    with quiet_tools():
+    with _quiet_tools():
         try:
             main_export(str(teacher_dir), out, task="text-classification", opset=18, do_validation=False,
                         local_files_only=True)
@@ -285,57 +228,7 @@ def macs_per_example(config, seq_len: int) -> int:
     return layers * per_layer + h * h + h * n_labels
 
 
-# --------------------------------------------------------------------------- inputs
-
-
-def fixed_inputs(tokenizer_dir: Path, examples: list, pool: int, seq_len: int, clip_ids_to: int | None) -> dict:
-    """``pool`` test rows (cycled when the split is smaller), truncated or padded to exactly ``seq_len``."""
-    from metakd_cli.models import load_tokenizer
-
-    rows = [examples[i % len(examples)] for i in range(pool)]
-    tokenizer = load_tokenizer(str(tokenizer_dir))
-    texts = [ex.text for ex in rows]
-    pairs = [ex.text_pair or "" for ex in rows] if any(ex.text_pair for ex in rows) else None
-    out = tokenizer(texts, pairs, padding="max_length", truncation=True, max_length=seq_len, return_tensors="pt")
-    batch = {k: v for k, v in out.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-    if clip_ids_to is not None:
-        batch["input_ids"] = batch["input_ids"].clamp(max=clip_ids_to - 1)
-    return batch
-
-
-def rows(batch: dict, start: int, count: int) -> dict:
-    return {k: v[start : start + count] for k, v in batch.items()}
-
-
 # --------------------------------------------------------------------------- measurements
-
-
-def time_calls(call: Callable[[], object], n: int, warmup: int) -> np.ndarray:
-    """Seconds of each of ``n`` calls, after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        call()
-    seconds = np.empty(n)
-    for i in range(n):
-        started = time.perf_counter()
-        call()
-        seconds[i] = time.perf_counter() - started
-    return seconds
-
-
-def fixed_shape_speed(forward: Callable[[dict], np.ndarray], inputs: dict, batch: int, repeats: int,
-                      batches: int, warmup: int) -> dict:
-    """Latency p50/p90 at batch 1 (cycling through the rows) and throughput at ``batch``."""
-    pool = inputs["input_ids"].shape[0]
-    index = itertools.count()
-    single = time_calls(lambda: forward(rows(inputs, next(index) % pool, 1)), repeats, warmup)
-    full = time_calls(lambda: forward(rows(inputs, 0, batch)), batches, max(1, min(warmup, 2)))
-    return {
-        "latency_b1_p50_ms": float(np.percentile(single, 50) * 1000.0),
-        "latency_b1_p90_ms": float(np.percentile(single, 90) * 1000.0),
-        f"throughput_b{batch}": float(batch * batches / full.sum()),
-        f"latency_b{batch}_p50_ms": float(np.percentile(full, 50) * 1000.0),
-        "timed_calls": {"batch_1": repeats, f"batch_{batch}": batches},
-    }
 
 
 def predict_speed(forward: Callable[[dict], np.ndarray], tokenizer_dir: Path, examples: list, dataset,
@@ -417,7 +310,7 @@ def matmul_ceiling(m: int, k: int, n: int, target: str, threads: int, repeats: i
     fp32_path, int8_path, integer_path = (scratch / f"matmul-{s}.onnx" for s in ("fp32", "int8", "integer"))
     onnx.save(graph("MatMul", TensorProto.FLOAT, b, TensorProto.FLOAT), str(fp32_path))
     weight_type = WEIGHT_TYPES.get(target, "QInt8")
-    with quiet_tools():
+    with _quiet_tools():
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=getattr(QuantType, weight_type))
     b_int8 = rng.integers(-128, 128, (k, n), dtype=np.int8)
     onnx.save(graph("MatMulInteger", TensorProto.UINT8, b_int8, TensorProto.INT32), str(integer_path))
@@ -430,7 +323,7 @@ def matmul_ceiling(m: int, k: int, n: int, target: str, threads: int, repeats: i
            "int8_ops": [node.op_type for node in onnx.load(str(int8_path)).graph.node]}
     for name, path, feed in (("fp32", fp32_path, a), ("int8", int8_path, a), ("int8_integer_only", integer_path,
                                                                                  a_uint8)):
-        session = onnx_session(path, threads)
+        session = pinned_session(path, threads)
         seconds = time_calls(lambda: session.run(None, {"A": feed}), repeats, 2)
         out[f"{name}_ms_p50"] = float(np.median(seconds) * 1000.0)
         out[f"{name}_gmacs_per_s"] = macs / float(np.median(seconds)) / 1e9
@@ -506,7 +399,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--teacher-onnx", type=Path, default=None,
                         help="An fp32 ONNX file of the teacher (default: export one into a temporary folder).")
     parser.add_argument("--quick", action="store_true", help="Tiny repeat counts, for smoke runs.")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speed.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "speed.json")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     for name, value in (QUICK if args.quick else FULL).items():
@@ -580,25 +473,14 @@ def benchmark(args: argparse.Namespace) -> dict:
                     else min(settings.predict_rows, len(examples)),
                     "pipeline": "metakd predict's: encode (tokenisation), batched_logits, softmax; "
                                 "bucketed = length-sorted dynamic padding, padded = input order, max_length"},
-        "mac_formula": MAC_FORMULA, "versions": _versions(), **notes,
+        "mac_formula": MAC_FORMULA, "versions": {**_versions(), "python": sys.version.split()[0]}, **notes,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join(["python", "bench/speed.py", *args.argv]),
+        "command": shlex.join(["python", "-m", "bench.speed", *args.argv]),
         "warnings": [mismatch] if mismatch else [],
     }
     report = {"setup": setup, "results": results, "ceiling": ceiling}
     report["targets"] = targets(results, ceiling, settings.batch)
     return report
-
-
-def _versions() -> dict[str, str]:
-    import onnxruntime
-    import optimum.version
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "optimum": optimum.version.__version__, "onnxruntime": onnxruntime.__version__,
-            "python": sys.version.split()[0]}
 
 
 def main(argv: list[str] | None = None) -> int:

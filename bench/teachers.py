@@ -1,60 +1,51 @@
 """Full-data Amazon teachers with the offline default model: mix, meta+confusion, meta+reversal.
 
-    python bench/teachers.py [--epochs 2] [--lr 5e-5] [--max-length 128]
+    python -m bench.teachers [--systems teacher-mix ...] [--set KEY=VALUE ...]
 
-Each teacher is a `metakd fit` run in bench/runs/<name>; per-domain test accuracy goes to
-bench/results/teachers.json and a table is printed. Not part of CI (about 15 min a teacher
-on a 2-core CPU). Skips with a reason when ../shared/data/amazon-mds is absent.
+Each teacher is bench/recipes/amazon.yaml plus its --set overrides (bench/common.py TEACHERS), fitted by
+`metakd run --steps fit` in bench/runs/<name> (a fit recorded with the same settings is skipped; bench/amazon.py
+uses the same folders). Per-domain test accuracy and metakd's own minutes go to bench/results/teachers.json and a
+table is printed. Not part of CI (about 15 min a teacher on a 2-core CPU). Skips with a reason when the recipe's
+data (../shared/data/amazon-mds) is absent.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 
-from common import DATA, NO_DATA, RESULTS, ROOT, RUNS, metakd
+from bench.common import RESULTS, RUNS, TEACHERS, data_missing, data_path, metakd_run, recipe, run_command
+from metakd_cli.run_dir import atomic_write_json, read_json_object
 
-SYSTEMS = {
-    "teacher-mix": ["--teacher-mode", "mix"],
-    "teacher-meta-confusion": ["--teacher-mode", "meta", "--domain-loss", "confusion"],
-    "teacher-meta-reversal": ["--teacher-mode", "meta", "--domain-loss", "reversal"],
-}
+FOLDERS = {folder: sets for folder, sets in TEACHERS.values()}  # teachers.json names each teacher by its folder
+SYSTEMS = ["teacher-mix", "teacher-meta-confusion", "teacher-meta-reversal"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--systems", nargs="*", default=list(SYSTEMS))
-    parser.add_argument("--skip-existing", action="store_true", help="Keep results already in the JSON file.")
-    args = parser.parse_args()
-    if not DATA.is_dir():
-        print(NO_DATA)
+    parser.add_argument("--systems", nargs="*", default=SYSTEMS, choices=list(FOLDERS))
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="A --set for every teacher, after the systems' own (repeatable).")
+    args = parser.parse_args(argv)
+    config = recipe(args.sets)
+    if data_missing(config):
+        print(data_missing(config))
         return
     out = RESULTS / "teachers.json"
-    results = json.loads(out.read_text()) if out.is_file() else {"setup": {}, "results": {}}
-    results["setup"] = {
-        "data": str(DATA), "teacher": "all-MiniLM-L6-v2", "epochs": args.epochs, "lr": args.lr,
-        "max_length": args.max_length, "seed": args.seed, "batch_size": 32,
-    }
+    results = read_json_object(out) or {"results": {}}
+    fit = config.fit
+    results["setup"] = {"data": str(data_path(config)), "teacher": fit.teacher, "epochs": fit.epochs, "lr": fit.lr,
+                        "max_length": fit.max_length, "seed": fit.seed, "batch_size": fit.batch_size}
     for name in args.systems:
-        run_dir = RUNS / name
-        if args.skip_existing and name in results["results"]:
-            continue
-        command = ["fit", str(DATA), *SYSTEMS[name], "--epochs", str(args.epochs), "--lr", str(args.lr),
-                   "--max-length", str(args.max_length), "--seed", str(args.seed)]
-        _, seconds = metakd(run_dir, *command)
-        metrics = json.loads((run_dir / "metrics" / "fit.json").read_text())
+        run_dir, sets = RUNS / name, [*FOLDERS[name], *args.sets]
+        metakd_run(run_dir, sets, "fit")
+        metrics = read_json_object(run_dir / "metrics" / "fit.json")
         results["results"][name] = {
             **{k: round(v, 2) for k, v in metrics["test_accuracy"].items()},
             "dev_average": round(metrics["dev_accuracy"]["average"], 2),
-            "minutes": round(seconds / 60, 1),
-            "command": f"metakd --run-dir {run_dir.relative_to(ROOT)} " + " ".join(command),
+            "minutes": round(metrics["seconds"] / 60, 1),
+            "command": run_command(run_dir, sets, "fit"),
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_json(out, results)
     domains = ["books", "dvd", "electronics", "kitchen", "average"]
     print(f"{'system':28}" + "".join(f"{d:>12}" for d in domains))
     for name, row in results["results"].items():

@@ -12,12 +12,10 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import random
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -275,22 +273,6 @@ class InterruptAfter:
     def stop(self):
         pass
 
-
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
-
-def load_bench(name: str):
-    """bench/<name>.py as a module named bench_<name> (bench/ is no package; its scripts import
-    bench/common.py and each other by bare name, so bench/ is on sys.path while it loads)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
 
 
 def scores_by_hand(model, hidden_states, layer: int, mask):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import load_bench
+from bench import amazon_cpu as bench
 
 ACCURACY = {"books": 90.0, "dvd": 80.0, "average": 85.0}
 
@@ -29,7 +29,6 @@ def fake_run(tmp_path: Path, seconds: dict[str, float], written: dict[str, float
 
 
 def test_span_runs_from_fit_start_to_eval_end(tmp_path: Path):
-    bench = load_bench("amazon_cpu")
     t0 = 1_800_000_000.0
     run = fake_run(tmp_path, {"fit": 1200.0, "distill": 1500.0, "export": 30.0},
                    {"fit": t0 + 1200, "distill": t0 + 2700, "export": t0 + 2730, "eval": t0 + 2790})
@@ -47,7 +46,6 @@ def test_span_runs_from_fit_start_to_eval_end(tmp_path: Path):
 
 
 def test_a_step_redone_alone_is_refused(tmp_path: Path):
-    bench = load_bench("amazon_cpu")
     t0 = 1_800_000_000.0
     run = fake_run(tmp_path, {"fit": 100.0, "distill": 100.0, "export": 10.0},
                    {"fit": t0 + 100, "distill": t0 + 5000, "export": t0 + 210, "eval": t0 + 5100})

@@ -6,15 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import load_bench
+from bench import int8_static
 from export_fixtures import copy_run, exported_run, one_torch_thread, tiny_run  # noqa: F401
 
 
 def test_every_variant_is_built_and_the_default_is_batch_invariant(exported_run: Path, tmp_path: Path,
                                                                    capsys):  # noqa: F811
-    bench = load_bench("int8_static")
     out = tmp_path / "int8_static.json"
-    assert bench.main(["--run-dir", str(exported_run), "--threads", "1", "--rounds", "1", "--batches", "1",
+    assert int8_static.main(["--run-dir", str(exported_run), "--threads", "1", "--rounds", "1", "--batches", "1",
                        "--repeats", "2", "--calibration-rows", "32", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     results = report["results"]
@@ -32,5 +31,5 @@ def test_every_variant_is_built_and_the_default_is_batch_invariant(exported_run:
 
 
 def test_skips_without_an_exported_model(tiny_run: Path, capsys):  # noqa: F811
-    assert load_bench("int8_static").main(["--run-dir", str(tiny_run)]) == 0
+    assert int8_static.main(["--run-dir", str(tiny_run)]) == 0
     assert "skipped" in capsys.readouterr().out

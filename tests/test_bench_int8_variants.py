@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import load_bench
+from bench import int8_variants as variants
 from export_fixtures import copy_run, exported_run, one_torch_thread, tiny_run  # noqa: F401
 
 
 def test_every_variant_is_built_timed_and_scored(exported_run: Path, tmp_path: Path, capsys):  # noqa: F811
-    variants = load_bench("int8_variants")
     out = tmp_path / "variants.json"
     assert variants.main(["--run-dir", str(exported_run), "--threads", "1", "--rounds", "2", "--batches", "1", "--repeats", "2",
                           "--seq-len", "16", "--out", str(out)]) == 0

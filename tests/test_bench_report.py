@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import load_bench
-
-report = load_bench("report")
+from bench import report
 
 
 def _write(folder: Path, name: str, data: dict) -> None:
@@ -29,7 +27,7 @@ def test_scarce_rows_sorted_by_fraction_and_only_present_columns(tmp_path, monke
     }})
     text = report.build()
     assert "**Data-scarce: kitchen**" in text
-    assert "one seed; students 1 + 2 epochs at F = 1; epochs: matched steps); `python bench/scarce.py`" in text
+    assert "one seed; students 1 + 2 epochs at F = 1; epochs: matched steps); `python -m bench.scarce`" in text
     header = "| fraction | train rows | single-teacher | single->tinybert | meta-teacher | meta->meta |"
     assert header in text and "meta->tinybert" not in text
     lines = text.splitlines()

@@ -6,11 +6,8 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-
-from conftest import load_bench
+from bench import speed
 from export_fixtures import copy_run, exported_run, one_torch_thread, tiny_run  # noqa: F401
-
-speed = load_bench("speed")
 
 # Small enough for a few seconds on one busy core: tiny models at seq 32, a 1-layer "BERT-base",
 # a small ceiling MatMul. Only the keys and the bookkeeping are checked, never the speeds.

@@ -7,9 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import load_bench
-
-stats = load_bench("stats")
+from bench import stats
 
 
 def test_binomial_two_sided_by_hand():

@@ -1,0 +1,269 @@
+"""Issue 25's ablation on Amazon: what each part of Meta-KD buys, from one meta-teacher.
+
+    python -m bench.ablation run [--systems meta tinybert ...] [--seeds 42 1 2] [--domains books electronics]
+    python -m bench.ablation teachers [--teachers meta mix meta-none meta-reversal] [--seeds 42 1 2]
+    python -m bench.ablation int8       # the meta-teacher's static int8, per-channel vs per-tensor, on dev
+    python -m bench.ablation table
+
+Every system is bench/recipes/ablation.yaml plus the --set overrides in SYSTEMS, run by
+`metakd run` in its own run folder, bench/runs/ablation/<system>/<domain>-s<seed>, which
+starts as a copy of the teacher's folder (hard links for the weights), so `metakd run` finds
+the fit finished and skips it. Students are per domain (the paper's setting) on two domains
+fixed before any student ran, books and electronics (one media domain, one product domain),
+to fit the issue's CPU budget. `run` continues interrupted steps (--resume) and skips
+finished ones; after each folder it rewrites the table. `table` reads the run folders only:
+each student's test rows from metrics/predictions.json (written by `metakd eval`), its
+minutes from metrics/distill.json, and paired tests of every system against full Meta-KD on
+the same rows and seeds. `teachers` fits the teacher variants (TEACHERS) the same way, each
+scored by `metakd eval` on every domain's test rows, with paired tests against the meta-teacher.
+Results: bench/results/ablation.json. Not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.common import RESULTS, RUNS as BENCH_RUNS, ROOT, data_missing, done, metakd_run, recipe, scored_rows
+from bench.common import selection, shown, start_from
+from bench.stats import compare
+from metakd_cli.run_dir import atomic_write_json, read_json_object
+
+RECIPE = ROOT / "bench" / "recipes" / "ablation.yaml"
+RUNS = BENCH_RUNS / "ablation"
+TEACHER = RUNS / "teacher-meta"
+OUT = RESULTS / "ablation.json"
+DOMAINS = ("books", "electronics")
+REFERENCE = "meta"
+
+# name -> (--set overrides on the recipe, what the row measures)
+SYSTEMS: dict[str, tuple[list[str], str]] = {
+    "meta": ([], "full Meta-KD: lambda-weighted hidden + attention + domain features, 2 stage-1 epochs"),
+    "tinybert": (["distill.method=tinybert"], "TinyBERT-KD: lambda = 1, no domain-feature term"),
+    "kd": (["distill.method=kd", "distill.intermediate_epochs=0"], "stage 2 only (logit KD)"),
+    "lambda=1": (["distill.lambda_weights=false"], "Meta-KD with every row's weight 1"),
+    "no-domain-term": (["distill.gamma=0"], "Meta-KD without the domain-feature term"),
+    "no-attention": (["distill.attention_weight=0"], "Meta-KD without the attention-score term"),
+    "meta-s1-5": (["distill.intermediate_epochs=5"], "full Meta-KD, 5 stage-1 epochs"),
+    "meta-s1-10": (["distill.intermediate_epochs=10"], "full Meta-KD, 10 stage-1 epochs (the official count)"),
+    "meta-tinybert4-random": (["distill.student=tinybert4", "distill.student_init=random"],
+                              "Meta-KD into a randomly initialised 4L-312 student"),
+    "tinybert-tinybert4-random": (["distill.student=tinybert4", "distill.student_init=random",
+                                   "distill.method=tinybert"], "TinyBERT-KD into a randomly initialised 4L-312 student"),
+}
+# what each random-init row is compared with (the same student from the same weights by Meta-KD)
+REFERENCES = {"tinybert-tinybert4-random": "meta-tinybert4-random"}
+# teachers: name -> --set overrides on the recipe's fit (meta, domain confusion, is the recipe itself)
+TEACHERS: dict[str, tuple[list[str], str]] = {
+    "meta": ([], "meta-teacher, domain confusion (shuffled domain labels)"),
+    "meta-none": (["fit.domain_loss=none"], "meta-teacher without a domain loss"),
+    "meta-reversal": (["fit.domain_loss=reversal"], "meta-teacher, gradient reversal (DANN schedule)"),
+    "mix": (["fit.teacher_mode=mix"], "one teacher on the union of the domains, every row weight 1"),
+}
+
+
+def teacher_folder(name: str, seed: int) -> Path:
+    """The teacher every student starts from is meta at seed 42 (TEACHER); the others sit beside it."""
+    return TEACHER if (name, seed) == ("meta", 42) else RUNS / f"teacher-{name}-s{seed}"
+
+
+def teacher_sets(name: str, seed: int) -> list[str]:
+    return [*TEACHERS[name][0], f"fit.seed={seed}", "eval.models=teacher", "eval.domains=null"]
+
+
+def run_teacher(name: str, seed: int) -> bool:
+    run_dir, sets = teacher_folder(name, seed), teacher_sets(name, seed)
+    config = recipe(sets, RECIPE)
+    if done(run_dir, config, "fit,eval", selection(config)):
+        return False
+    metakd_run(run_dir, sets, "fit,eval", RECIPE)
+    return True
+
+
+def teacher_table() -> dict:
+    """Each teacher's test accuracy per domain over its seeds, and paired tests against the meta-teacher."""
+    correct: dict[str, dict[int, list[int]]] = {}
+    strata: list[str] = []
+    for name in TEACHERS:
+        for seed in (42, 1, 2):
+            config = recipe(teacher_sets(name, seed), RECIPE)
+            rows = scored_rows(teacher_folder(name, seed), selection(config), "teacher")
+            if rows is None or not done(teacher_folder(name, seed), config, "fit,eval", selection(config)):
+                continue
+            correct.setdefault(name, {})[seed] = sum(rows.correct.values(), [])
+            strata = [domain for domain, values in rows.correct.items() for _ in values]
+    results, tests = {}, {}
+    for name, runs in correct.items():
+        per_domain = {}
+        for domain in dict.fromkeys(strata):
+            mask = [d == domain for d in strata]
+            per_domain[domain] = round(100 * sum(sum(c for c, m in zip(run, mask) if m) / sum(mask)
+                                                 for run in runs.values()) / len(runs), 2)
+        results[name] = {**per_domain, "average": round(sum(per_domain.values()) / len(per_domain), 2),
+                         "seeds": sorted(runs), "what": TEACHERS[name][1], "sets": TEACHERS[name][0]}
+        if name != "meta" and "meta" in correct:
+            tests[f"meta vs {name}"] = compare({str(s): c for s, c in correct["meta"].items()},
+                                               {str(s): c for s, c in runs.items()}, strata)
+    return {"results": results, "tests": tests}
+
+
+INT8_SCALES = {"per-channel": "export.per_channel=true", "per-tensor": "export.per_channel=false"}
+
+
+def run_int8(scales: str) -> bool:
+    """The meta-teacher exported to static int8 with one weight scale per output column or per matrix, scored
+    on every domain's dev rows by export's own check (max_drop 100: no fallback to another attempt)."""
+    run_dir = RUNS / f"int8-teacher-{scales}"
+    sets = ["export.model=teacher", "export.int8=true", "export.max_drop=100", INT8_SCALES[scales]]
+    if done(run_dir, recipe(sets, RECIPE), "fit,export"):
+        return False
+    start_from(TEACHER, run_dir)
+    metakd_run(run_dir, sets, "fit,export", RECIPE)
+    return True
+
+
+def int8_table() -> dict:
+    """Dev accuracy of the two int8 weight-scale choices against fp32 ONNX (the choice is made on dev)."""
+    out = {}
+    for scales in INT8_SCALES:
+        metrics = read_json_object(RUNS / f"int8-teacher-{scales}" / "metrics" / "export.json")
+        check = metrics.get("int8_check") or {}
+        if not check:
+            continue
+        out[scales] = {"dev_rows": check.get("rows"), "drop": check.get("drop"),
+                       "drop_per_domain": check.get("drop_per_domain"),
+                       "dev_accuracy": (metrics.get("dev_accuracy") or {}).get("int8"),
+                       "fp32_dev_accuracy": (metrics.get("dev_accuracy") or {}).get("onnx"),
+                       "size_mb": metrics.get("size_mb")}
+    return out
+
+
+def folder(system: str, domain: str, seed: int) -> Path:
+    return RUNS / system.replace("=", "") / f"{domain}-s{seed}"
+
+
+def student_sets(system: str, domain: str, seed: int) -> list[str]:
+    return [*SYSTEMS[system][0], f"distill.domain={domain}", f"distill.seed={seed}", f"eval.domains={domain}"]
+
+
+def run_one(system: str, domain: str, seed: int) -> bool:
+    """One student: a copy of the teacher's folder, then `metakd run` (fit skipped, distill, eval)."""
+    run_dir, sets = folder(system, domain, seed), student_sets(system, domain, seed)
+    config = recipe(sets, RECIPE)
+    if done(run_dir, config, "fit,distill,eval", selection(config)):
+        return False
+    start_from(TEACHER, run_dir)
+    metakd_run(run_dir, sets, "fit,distill,eval", RECIPE)
+    return True
+
+
+def table() -> dict:
+    """bench/results/ablation.json from the run folders as they stand (finished students only)."""
+    correct: dict[str, dict[str, dict[int, list[int]]]] = {}  # system -> domain -> seed -> 0/1 per test row
+    rows, teacher_correct = {}, {}
+    for system in SYSTEMS:
+        for run_dir in sorted((RUNS / system.replace("=", "")).glob("*-s*")):
+            domain, seed = run_dir.name.rsplit("-s", 1)
+            if domain not in DOMAINS or not seed.isdigit():
+                continue
+            config = recipe(student_sets(system, domain, int(seed)), RECIPE)
+            student = scored_rows(run_dir, selection(config), "student")
+            teacher = scored_rows(run_dir, selection(config), "teacher")
+            if student is None or teacher is None or not done(run_dir, config, "fit,distill,eval", selection(config)):
+                continue
+            if rows.setdefault(domain, student.where[domain]) != student.where[domain]:
+                raise SystemExit(f"{run_dir}: its test rows are not the other runs' rows of {domain}")
+            correct.setdefault(system, {}).setdefault(domain, {})[int(seed)] = student.correct[domain]
+            teacher_correct[domain] = teacher.correct[domain]
+            metrics = read_json_object(run_dir / "metrics" / "distill.json")
+            minutes = correct.setdefault("_minutes", {}).setdefault(system, [])
+            minutes.append(round(float(metrics.get("seconds", 0)) / 60, 1))
+    minutes = correct.pop("_minutes", {})
+    results = {}
+    for system, by_domain in correct.items():
+        seeds = sorted(set.intersection(*(set(runs) for runs in by_domain.values())))
+        domains = [d for d in DOMAINS if d in by_domain]
+        if not seeds or len(domains) < len(DOMAINS):
+            continue  # a row is reported once every domain has at least one common seed
+        per_domain = {d: round(100 * sum(sum(by_domain[d][s]) / len(by_domain[d][s]) for s in seeds) / len(seeds), 2)
+                      for d in domains}
+        results[system] = {**per_domain, "average": round(sum(per_domain.values()) / len(per_domain), 2),
+                           "seeds": seeds, "what": SYSTEMS[system][1], "sets": SYSTEMS[system][0],
+                           "distill_minutes_mean": round(sum(minutes[system]) / len(minutes[system]), 1)}
+    tests = {}
+    for system in results:
+        reference = REFERENCES.get(system, REFERENCE)
+        if system == reference or reference not in results:
+            continue
+        seeds = [s for s in results[system]["seeds"] if s in results[reference]["seeds"]]
+        if not seeds:
+            continue
+        a = {str(s): sum((correct[reference][d][s] for d in DOMAINS), []) for s in seeds}
+        b = {str(s): sum((correct[system][d][s] for d in DOMAINS), []) for s in seeds}
+        strata = sum(([d] * len(correct[reference][d][seeds[0]]) for d in DOMAINS), [])
+        tests[f"{reference} vs {system}"] = compare(a, b, strata)
+    teacher = {d: round(100 * sum(v) / len(v), 2) for d, v in teacher_correct.items()}
+    if len(teacher) == len(DOMAINS):
+        teacher["average"] = round(sum(teacher[d] for d in DOMAINS) / len(DOMAINS), 2)
+    fit = read_json_object(TEACHER / "metrics" / "fit.json")
+    out = {
+        "setup": {"recipe": shown(RECIPE), "domains": list(DOMAINS),
+                  "students": "one per domain (distill.domain), scored on that domain's 200 test rows",
+                  "teacher": {"run": shown(TEACHER), "config": fit.get("config"),
+                              "test_accuracy": teacher},
+                  "cpu": fit.get("cpu"),
+                  "minutes": "distill wall-clock on a 2-core machine shared with other work (not a speed figure)"},
+        "results": results,
+        "tests": tests,
+        "teachers": teacher_table(),
+        "int8_weight_scales": int8_table(),
+    }
+    atomic_write_json(OUT, out)
+    return out
+
+
+def print_table(out: dict) -> None:
+    for name, row in out["teachers"]["results"].items():
+        test = out["teachers"]["tests"].get(f"meta vs {name}")
+        versus = f"{-test['diff']:+.2f} ({test['p_value']:.3f})" if test else "-"
+        print(f"teacher {name:20} average {row['average']:6.2f}   seeds {row['seeds']}  vs meta (p) {versus}")
+    print(f"{'system':28} " + " ".join(f"{d:>12}" for d in (*DOMAINS, "average")) + "   seeds  vs meta (p)")
+    for system, row in out["results"].items():
+        test = out["tests"].get(f"{REFERENCES.get(system, REFERENCE)} vs {system}")
+        versus = f"{-test['diff']:+.2f} ({test['p_value']:.3f})" if test else "-"
+        print(f"{system:28} " + " ".join(f"{row[d]:12.2f}" for d in (*DOMAINS, "average"))
+              + f"   {len(row['seeds']):5}  {versus}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("run", "teachers", "int8", "table"))
+    parser.add_argument("--systems", nargs="*", default=list(SYSTEMS), choices=list(SYSTEMS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[42])
+    parser.add_argument("--domains", nargs="*", default=list(DOMAINS), choices=list(DOMAINS))
+    parser.add_argument("--teachers", nargs="*", default=list(TEACHERS), choices=list(TEACHERS))
+    args = parser.parse_args()
+    missing = data_missing(recipe([], RECIPE))
+    if missing:
+        print(missing)
+        return
+    if args.action == "int8":
+        for scales in INT8_SCALES:
+            run_int8(scales)
+    if args.action == "teachers":
+        for seed in args.seeds:
+            for name in args.teachers:
+                if run_teacher(name, seed):
+                    print_table(table())
+    if args.action == "run":
+        run_teacher("meta", 42)
+        for seed in args.seeds:
+            for system in args.systems:
+                for domain in args.domains:
+                    if run_one(system, domain, seed):
+                        print_table(table())
+    print_table(table())
+
+
+if __name__ == "__main__":
+    main()

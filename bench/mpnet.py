@@ -1,0 +1,437 @@
+"""Issue 26's bench on Amazon: the 110M MPNet-base meta-teacher, its ~19M minilm4 student by Meta-KD and by
+TinyBERT-KD, the int8 student's speed against the teacher's PyTorch and ONNX fp32, and its file size with and
+without --trim-vocab.
+
+    python -m bench.mpnet run [--systems teacher-meta meta ...]   # the full recipe: many hours on 2 cores
+    python -m bench.mpnet speed                                   # speed and sizes on an under-trained pipeline
+    python -m bench.mpnet table                                   # bench/results/mpnet.json from the run folders
+
+Every system is recipes/amazon-mpnet.yaml plus the --set overrides in SYSTEMS, run by `metakd run RECIPE --resume
+--steps ...` in its own run folder under --runs (default bench/runs/mpnet; $METAKD_BENCH_DIR moves bench/). A
+system that starts from another's work (a student from the teacher, the trimmed export from the student) starts as
+a copy of that folder (weights hard-linked: metakd replaces files by rename, never in place), so `metakd run` finds
+the earlier steps done. One seed (42): the issue allows one here. `run` goes on from where it stopped and skips
+finished systems; after each it rewrites the table. teacher-mix is left out unless named (--systems).
+
+`speed` builds the same systems under <runs>/speed with SPEED_SETS: the whole data (2% dev and 4% test rows, so
+that each 110M forward over them is short), 1% of the training rows, 1 fit epoch, 1 + 1 distill epochs. Training
+changes neither a model's speed nor its size, so those figures hold for the full recipe; the accuracies of these
+models are no results and are not read. The two timed evals run last, back to back: the int8 student and the
+teacher's PyTorch in one `metakd eval` (the student's folder), then the teacher's ONNX fp32 and its PyTorch again
+(`export --model teacher` writes onnx/, where the student's int8 lives, so one folder cannot hold both). A second
+`speed` skips what is built and times again: build whenever, rerun on an idle machine for the figures. The
+--trim-vocab size there is of a vocabulary trimmed to that split's training rows (94% of the data; the recipe's
+80% keep a little less); the full run's meta-trim gives the recipe's own.
+
+`table` reads the run folders' metrics/*.json only, and only from folders whose metrics were written in step
+order with this driver's settings (give it the --set the runs had). Results: bench/results/mpnet.json (--out).
+Not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench.common import DOMAINS, PAPER
+from metakd_cli.config import Recipe, apply_overrides, load_recipe
+from metakd_cli.run_dir import atomic_write_json, read_json_object
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "amazon-mpnet.yaml"
+HOME = Path(os.environ.get("METAKD_BENCH_DIR") or ROOT / "bench")  # runs/ and results/ (a smoke run: elsewhere)
+RUNS = HOME / "runs" / "mpnet"
+OUT = HOME / "results" / "mpnet.json"
+DATA = ROOT.parent / "shared" / "data" / "amazon-mds"
+SEED = 42
+
+
+@dataclass(frozen=True)
+class System:
+    sets: tuple[str, ...]  # --set overrides on the recipe
+    steps: tuple[str, ...]  # the `metakd run --steps` this system runs in its own folder
+    start: str | None  # the system whose finished folder this one starts as a copy of
+    what: str
+
+
+SYSTEMS: dict[str, System] = {
+    "teacher-meta": System((), ("fit",), None, "the MPNet-base meta-teacher"),
+    "meta": System((), ("distill", "export", "eval"), "teacher-meta",
+                   "minilm4 by Meta-KD from the meta-teacher, exported as static int8"),
+    "tinybert": System(("distill.method=tinybert",), ("distill", "export", "eval"), "teacher-meta",
+                       "minilm4 by TinyBERT-KD (lambda = 1, no domain-feature term), static int8"),
+    "meta-trim": System(("export.trim_vocab=true", "eval.models=int8"), ("export", "eval"), "meta",
+                        "the Meta-KD student exported with --trim-vocab (the training texts' word pieces only)"),
+    "teacher-onnx": System(("export.model=teacher", "export.int8=false", "eval.models=teacher,onnx"),
+                           ("export", "eval"), "teacher-meta",
+                           "the meta-teacher exported as ONNX fp32, timed beside its PyTorch"),
+    "teacher-mix": System(("fit.teacher_mode=mix",), ("fit",), None,
+                          "the MPNet-base mix teacher: plain fine-tuning on all domains"),
+}
+RUN_DEFAULT = ("teacher-meta", "meta", "tinybert", "meta-trim", "teacher-onnx")  # teacher-mix when the CPU allows
+SPEED_SYSTEMS = ("teacher-meta", "meta", "meta-trim", "teacher-onnx")
+SPEED_STEPS = {"meta-trim": ("export",)}  # the trimmed file's size only: export.json has it
+# the under-trained pipeline of `speed`: the recipe's models, lengths and export, little training. 80 test rows a
+# domain (320) cover eval's 8 timed batches of 32 and its 64 rows at batch 1; the dev rows are what the fit, export
+# and distill score (a few, since each costs a 110M forward); no accuracy check can stop it (max_drop)
+SPEED_SETS = ("data.dev_fraction=0.02", "data.test_fraction=0.04", "fit.epochs=1", "fit.train_fraction=0.01",
+              "distill.train_fraction=0.01", "distill.intermediate_epochs=1", "distill.epochs=1",
+              "export.max_drop=100")
+SPEED_LABEL = ("measured on an under-trained pipeline (bench.mpnet speed: 1% of the training rows, 1 fit epoch, "
+               "1 + 1 distill epochs): speed and size only, its models' accuracy is no result")
+
+# each system's row in the paper's Amazon table (bench.common.PAPER: BERT-base teachers, TinyBERT-4 students)
+PAPER_ROWS = {"teacher-meta": "teacher-meta", "teacher-mix": "teacher-mix", "meta": "meta->meta",
+              "tinybert": "meta->tinybert"}
+# the issue's targets: the paper's meta-teacher and fp32 Meta-KD student, 1 point, 25x, 20 MB
+TARGETS = {"teacher": 89.9, "int8": 89.4, "int8_gap": 1.0, "speedup": 25.0, "int8_mb": 20.0}
+NOT_MEASURED = "not measured"
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def folder(runs: Path, system: str) -> Path:
+    return runs / system
+
+
+def sets_of(system: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """Every --set a system's run gets: its own, then the mode's (SPEED_SETS) and the command line's."""
+    return [*SYSTEMS[system].sets, *extra]
+
+
+def expected_configs(system: str, extra: tuple[str, ...] = ()) -> dict[str, dict]:
+    """The fit / distill / export / eval config each step's metrics must record for this system's folder
+    (the recipe with the system's and the mode's --set); the data section is the manifest's, not a metric's."""
+    recipe = load_recipe(RECIPE)
+    apply_overrides(recipe, "fit", {}, tuple(sets_of(system, extra)))
+    return {step: asdict(getattr(recipe, step)) for step in ("fit", "distill", "export", "eval")}
+
+
+def _recorded(metrics: dict, step: str) -> dict | None:
+    """A step's config as its metrics record it, a setting added since read as its default (as `metakd run`)."""
+    config = metrics.get("config")
+    return {**asdict(getattr(Recipe(), step)), **config} if isinstance(config, dict) else None
+
+
+def step_metrics(run_dir: Path, system: str, extra: tuple[str, ...] = (),
+                 steps: tuple[str, ...] | None = None) -> dict[str, dict] | None:
+    """{step: metrics/<step>.json} for a finished system (``steps``: of its own, default all): each step, those
+    of the folder it was copied from included, written with this system's settings and in step order (a step
+    redone later makes the ones after it stale); None when it is not finished."""
+    expected = expected_configs(system, extra)
+    out, last = {}, 0.0
+    for step in (*inherited(system), *(steps or SYSTEMS[system].steps)):
+        path = run_dir / "metrics" / f"{step}.json"
+        metrics = read_json_object(path)
+        if not metrics or _recorded(metrics, step) != expected[step] or path.stat().st_mtime < last:
+            return None
+        out[step], last = metrics, path.stat().st_mtime
+    return out
+
+
+def inherited(system: str) -> tuple[str, ...]:
+    """The steps whose work a system's folder holds from the folders it was copied from (a student: fit)."""
+    start = SYSTEMS[system].start
+    if start is None:
+        return ()
+    return tuple(step for step in (*inherited(start), *_built(start)) if step not in SYSTEMS[system].steps)
+
+
+def prepare(run_dir: Path, start: Path) -> None:
+    """``run_dir`` as a copy of the ``start`` folder (weights hard-linked), unless it exists; refused when the
+    start folder's work was redone since the copy (its fit or distill metrics differ)."""
+    if (run_dir / "manifest.json").is_file():
+        for name in ("fit.json", "distill.json"):
+            mine, theirs = run_dir / "metrics" / name, start / "metrics" / name
+            if theirs.is_file() and not (mine.is_file() and mine.read_bytes() == theirs.read_bytes()):
+                sys.exit(f"{run_dir} was copied from {start} before its {name.removesuffix('.json')} step was redone; "
+                         f"remove {run_dir} and run again")
+        return
+    partial = run_dir.with_name(run_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(start, partial, copy_function=os.link,
+                    ignore=shutil.ignore_patterns(".metakd.lock", "checkpoints", "*.log", "onnx.failed"))
+    partial.rename(run_dir)
+
+
+def run_steps(runs: Path, system: str, steps: tuple[str, ...], extra: tuple[str, ...]) -> None:
+    """`metakd run RECIPE --resume --steps STEPS` in the system's folder (a copy of its start folder first)."""
+    run_dir = folder(runs, system)
+    start = SYSTEMS[system].start
+    if start is not None:  # the start's models must be made; its eval need not have run
+        if step_metrics(folder(runs, start), start, extra, _built(start)) is None:
+            sys.exit(f"{system} starts from {start}, which is not finished in {folder(runs, start)}")
+        prepare(run_dir, folder(runs, start))
+    command = [sys.executable, "-m", "metakd_cli", "--run-dir", str(run_dir), "run", str(RECIPE), "--resume",
+               "--steps", ",".join(steps)] + [arg for s in sets_of(system, extra) for arg in ("--set", s)]
+    print(f"{time.strftime('%H:%M:%S')} {system}: metakd {' '.join(command[3:])}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=ROOT, stdout=sys.stderr)  # eval's tables are a log here, not results
+    print(f"{time.strftime('%H:%M:%S')} {system}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+
+
+def _built(system: str, steps: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The steps that make a system's models: all but eval."""
+    return tuple(step for step in steps or SYSTEMS[system].steps if step != "eval")
+
+
+def run_systems(runs: Path, systems: list[str], extra: tuple[str, ...], after=lambda: None) -> None:
+    """Each system not finished yet, in SYSTEMS order, the systems they start from first; ``after`` each one."""
+    order = [s for s in SYSTEMS if s in _with_starts(systems)]
+    for system in order:
+        if step_metrics(folder(runs, system), system, extra) is None:
+            run_steps(runs, system, SYSTEMS[system].steps, extra)
+            after()
+
+
+def _with_starts(systems: list[str]) -> set[str]:
+    wanted = set(systems)
+    while any(SYSTEMS[s].start and SYSTEMS[s].start not in wanted for s in wanted):
+        wanted |= {SYSTEMS[s].start for s in wanted if SYSTEMS[s].start}
+    return wanted
+
+
+def speed(runs: Path, extra: tuple[str, ...]) -> None:
+    """Build the under-trained systems under ``runs``/speed (no eval), then run the two timed evals back to back."""
+    speed_runs, sets = runs / "speed", (*SPEED_SETS, *extra)
+    for system in SPEED_SYSTEMS:
+        steps = _built(system, SPEED_STEPS.get(system))
+        if step_metrics(folder(speed_runs, system), system, sets, steps) is None:
+            run_steps(speed_runs, system, steps, sets)
+    for system in ("meta", "teacher-onnx"):  # timed: always again, so that the two evals are one sitting
+        run_steps(speed_runs, system, ("eval",), sets)
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _models(eval_metrics: dict) -> dict[str, dict]:
+    return {m["name"]: m for m in eval_metrics.get("models") or [] if isinstance(m, dict) and "name" in m}
+
+
+def _round(value: object, digits: int = 2) -> float | None:
+    return round(float(value), digits) if isinstance(value, (int, float)) else None
+
+
+def _accuracy(values: object) -> dict[str, float] | None:
+    return {k: _round(v) for k, v in values.items()} if isinstance(values, dict) and values else None
+
+
+def _speed_of(model: dict) -> dict:
+    return {"throughput_rows_per_s": _round(model.get("throughput"), 1), "latency_ms": _round(model.get("latency_ms")),
+            "size_mb": _round(model.get("size_mb"), 1), "timed_rows": model.get("timed_rows")}
+
+
+def read_teacher(metrics: dict[str, dict]) -> dict:
+    fit = metrics["fit"]
+    return {"test_accuracy": _accuracy(fit.get("test_accuracy")), "dev_accuracy": _accuracy(fit.get("dev_accuracy")),
+            "fit_hours": _round(float(fit.get("seconds") or 0) / 3600, 1), "cpu": fit.get("cpu")}
+
+
+def read_student(metrics: dict[str, dict]) -> dict:
+    models, distill, export = _models(metrics["eval"]), metrics["distill"], metrics["export"]
+    check = export.get("int8_check") or {}
+    return {
+        "test_accuracy": {name: _accuracy(models[name].get("accuracy")) for name in models},
+        "teacher_minus_int8": _gap(models),
+        "int8_check": {"dev_drop": _round(check.get("drop")), "attempt": check.get("attempt"),
+                       "mode": check.get("mode")},
+        "alignment": distill.get("alignment"),
+        "parameters": distill.get("parameters"),
+        "distill_hours": _round(float(distill.get("seconds") or 0) / 3600, 1),
+        "size_mb": {name: _round(size, 1) for name, size in (export.get("size_mb") or {}).items()},
+        "speed": {name: _speed_of(model) for name, model in models.items()},
+    }
+
+
+def _gap(models: dict[str, dict]) -> float | None:
+    teacher = ((models.get("teacher") or {}).get("accuracy") or {}).get("average")
+    int8 = ((models.get("int8") or {}).get("accuracy") or {}).get("average")
+    return _round(teacher - int8) if isinstance(teacher, (int, float)) and isinstance(int8, (int, float)) else None
+
+
+def read_trim(export: dict) -> dict:
+    trim = export.get("trim") or {}
+    return {"size_mb": {name: _round(size, 1) for name, size in (export.get("size_mb") or {}).items()},
+            "vocab_before": trim.get("vocab_before"), "vocab_after": trim.get("vocab_after"),
+            "training_texts": trim.get("texts"), "dev_accuracy": export.get("dev_accuracy")}
+
+
+def read_speed(runs: Path, extra: tuple[str, ...]) -> dict | None:
+    """The speed and size figures of the under-trained pipeline, or None until both timed evals are done."""
+    sets = (*SPEED_SETS, *extra)
+    student = step_metrics(folder(runs, "meta"), "meta", sets)
+    teacher = step_metrics(folder(runs, "teacher-onnx"), "teacher-onnx", sets)
+    if student is None or teacher is None:
+        return None
+    timed, teacher_timed = _models(student["eval"]), _models(teacher["eval"])
+    throughput = {  # rows/s, unrounded for the ratios
+        "teacher_pytorch": (timed.get("teacher") or {}).get("throughput"),
+        "teacher_onnx_fp32": (teacher_timed.get("onnx") or {}).get("throughput"),
+        "student_pytorch": (timed.get("student") or {}).get("throughput"),
+        "student_onnx_fp32": (timed.get("onnx") or {}).get("throughput"),
+        "int8_student": (timed.get("int8") or {}).get("throughput"),
+    }
+    trimmed = step_metrics(folder(runs, "meta-trim"), "meta-trim", sets, SPEED_STEPS["meta-trim"])
+    again = _round((teacher_timed.get("teacher") or {}).get("throughput"), 1)
+    return {
+        "measured_on": SPEED_LABEL,
+        "sets": list(sets),
+        "batch_size": (student["eval"].get("config") or {}).get("batch_size"),
+        "throughput_rows_per_s": {k: _round(v, 1) for k, v in throughput.items()},  # at eval's batch size
+        "latency_ms_batch_1": {
+            "teacher_pytorch": _round((timed.get("teacher") or {}).get("latency_ms")),
+            "teacher_onnx_fp32": _round((teacher_timed.get("onnx") or {}).get("latency_ms")),
+            "int8_student": _round((timed.get("int8") or {}).get("latency_ms")),
+        },
+        "int8_speedup": {"vs_teacher_pytorch": _ratio(throughput["int8_student"], throughput["teacher_pytorch"]),
+                         "vs_teacher_onnx_fp32": _ratio(throughput["int8_student"], throughput["teacher_onnx_fp32"])},
+        # the teacher's PyTorch is timed in both evals: how far apart two timings of one model are on this machine
+        "teacher_pytorch_in_second_eval": again,
+        "timed_rows": (timed.get("int8") or {}).get("timed_rows"),
+        "evals_written": [student["eval"].get("written"), teacher["eval"].get("written")],
+        "threads": student["eval"].get("threads"),
+        "cpu": student["eval"].get("cpu"),
+        "size_mb": {
+            "int8_student": _round((student["export"].get("size_mb") or {}).get("model_quantized.onnx"), 1),
+            "int8_student_trimmed": _round(((trimmed or {}).get("export", {}).get("size_mb") or {})
+                                           .get("model_quantized.onnx"), 1),
+            "student_onnx_fp32": _round((student["export"].get("size_mb") or {}).get("model.onnx"), 1),
+            "student_pytorch": _round((student["export"].get("size_mb") or {}).get("pytorch"), 1),
+            "teacher_onnx_fp32": _round((teacher["export"].get("size_mb") or {}).get("model.onnx"), 1),
+            "teacher_pytorch": _round((teacher["export"].get("size_mb") or {}).get("pytorch"), 1),
+        },
+        "trim": read_trim(trimmed["export"]) if trimmed else NOT_MEASURED,
+    }
+
+
+def _ratio(a: object, b: object) -> float | None:
+    numbers = isinstance(a, (int, float)) and isinstance(b, (int, float))
+    return round(a / b, 1) if numbers and b else None
+
+
+def _target(what: str, value: float | None, threshold: float, at_least: bool, source: str) -> dict:
+    if value is None:
+        status = NOT_MEASURED
+    else:
+        status = "pass" if (value >= threshold if at_least else value <= threshold) else "fail"
+    return {"target": what, "threshold": threshold, "value": value, "status": status,
+            "source": source if value is not None else None}
+
+
+def targets(results: dict, speed_figures: dict | None) -> list[dict]:
+    """The issue's targets (the file size with and without --trim-vocab) and where each lands; a figure that
+    no finished folder gives is not measured."""
+    teacher = results.get("teacher-meta") or {}
+    student = results.get("meta") or {}
+    trimmed = results.get("meta-trim") or {}
+    int8 = ((student.get("test_accuracy") or {}).get("int8") or {}).get("average")
+    speedup, speed_source = None, "speed (under-trained pipeline; speed does not depend on training)"
+    if speed_figures:
+        speedup = speed_figures["int8_speedup"]["vs_teacher_pytorch"]
+    elif student:  # the full run's own eval timed both too
+        timed = student["speed"]
+        speedup = _ratio((timed.get("int8") or {}).get("throughput_rows_per_s"),
+                         (timed.get("teacher") or {}).get("throughput_rows_per_s"))
+        speed_source = "meta (the full run's eval)"
+    size = (student.get("size_mb") or {}).get("model_quantized.onnx")
+    size_source = "meta (export.json)"
+    if size is None and speed_figures:
+        size, size_source = speed_figures["size_mb"]["int8_student"], "speed (the same architecture)"
+    trimmed_size = ((trimmed.get("size_mb") or {}) if trimmed else {}).get("model_quantized.onnx")
+    trimmed_source = "meta-trim (export.json)"
+    if trimmed_size is None and speed_figures:
+        trimmed_size = speed_figures["size_mb"]["int8_student_trimmed"]
+        trimmed_source = "speed (trimmed to the speed split's training rows: a little more than the recipe keeps)"
+    return [
+        _target("MPNet meta-teacher test accuracy >= the paper's BERT-base meta-teacher",
+                (teacher.get("test_accuracy") or {}).get("average"), TARGETS["teacher"], True,
+                "teacher-meta (fit.json)"),
+        _target("int8 student test accuracy >= the paper's fp32 student", int8, TARGETS["int8"], True,
+                "meta (eval.json)"),
+        _target("int8 student within 1.0 point of its teacher (teacher - int8, same eval)",
+                student.get("teacher_minus_int8"), TARGETS["int8_gap"], False, "meta (eval.json)"),
+        _target("int8 student throughput >= 25x the teacher's PyTorch (timed in one eval)", speedup,
+                TARGETS["speedup"], True, speed_source),
+        _target("int8 student file <= 20 MB", size, TARGETS["int8_mb"], False, size_source),
+        _target("int8 student file with --trim-vocab <= 20 MB", trimmed_size, TARGETS["int8_mb"], False,
+                trimmed_source),
+    ]
+
+
+def read_trimmed_student(metrics: dict[str, dict]) -> dict:
+    int8 = _models(metrics["eval"]).get("int8") or {}
+    return {**read_trim(metrics["export"]), "test_accuracy": {"int8": _accuracy(int8.get("accuracy"))}}
+
+
+def read_teacher_onnx(metrics: dict[str, dict]) -> dict:
+    return {"speed": {name: _speed_of(model) for name, model in _models(metrics["eval"]).items()},
+            "size_mb": {name: _round(size, 1) for name, size in (metrics["export"].get("size_mb") or {}).items()}}
+
+
+READERS = {"teacher-meta": read_teacher, "teacher-mix": read_teacher, "meta": read_student, "tinybert": read_student,
+           "meta-trim": read_trimmed_student, "teacher-onnx": read_teacher_onnx}
+
+
+def table(runs: Path, extra: tuple[str, ...] = (), out: Path = OUT) -> dict:
+    """The results JSON from the run folders as they stand: finished systems only, the rest not measured."""
+    results: dict[str, object] = {}
+    for system in SYSTEMS:
+        metrics = step_metrics(folder(runs, system), system, extra)
+        results[system] = READERS[system](metrics) if metrics else NOT_MEASURED
+    speed_figures = read_speed(runs / "speed", extra)
+    finished = {k: v for k, v in results.items() if isinstance(v, dict)}
+    document = {
+        "setup": {
+            "recipe": str(RECIPE.relative_to(ROOT)), "runs": str(runs), "extra_sets": list(extra), "seed": SEED,
+            "seeds": "one seed (42): the issue allows one here; no paired tests",
+            "systems": {name: {"what": s.what, "sets": list(s.sets), "steps": list(s.steps), "start": s.start}
+                        for name, s in SYSTEMS.items()},
+            "paper": {system: {"row": PAPER[row][0], "test_accuracy": dict(zip([*DOMAINS, "average"], PAPER[row][1]))}
+                      for system, row in PAPER_ROWS.items()},
+        },
+        "results": results,
+        "speed": speed_figures or NOT_MEASURED,
+        "targets": targets(finished, speed_figures),
+    }
+    atomic_write_json(out, document)
+    return document
+
+
+def print_table(document: dict) -> None:
+    for target in document["targets"]:
+        value = "-" if target["value"] is None else f"{target['value']:g}"
+        print(f"{target['status']:>13}  {value:>8}  {target['target']} ({target['threshold']:g})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=("run", "speed", "table"))
+    parser.add_argument("--systems", nargs="*", default=list(RUN_DEFAULT), choices=list(SYSTEMS))
+    parser.add_argument("--runs", type=Path, default=RUNS,
+                        help="the run folders' root [$METAKD_BENCH_DIR/runs/mpnet, else bench/runs/mpnet]")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="one more override for every run (a smoke test's small settings); recorded in the JSON")
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help="the results JSON [$METAKD_BENCH_DIR/results/mpnet.json, else bench/results/mpnet.json]")
+    args = parser.parse_args()
+    extra = tuple(args.sets)
+    if args.action != "table" and not DATA.is_dir():
+        print(f"skipped: the Amazon data is not at {DATA} (see ../shared/data/README)")
+        return
+    if args.action == "run":
+        run_systems(args.runs, args.systems, extra, lambda: print_table(table(args.runs, extra, args.out)))
+    elif args.action == "speed":
+        speed(args.runs, extra)
+    print_table(table(args.runs, extra, args.out))
+
+
+if __name__ == "__main__":
+    main()

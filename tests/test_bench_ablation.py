@@ -1,0 +1,96 @@
+"""bench/ablation.py's reader on made-up run folders: per-domain accuracy over seeds, paired tests against full
+Meta-KD on the same rows, teachers, and folders that are not finished or hold other rows."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+import bench.ablation as ablation
+from bench.common import data_path, recipe, selection
+from metakd_cli.run_dir import RunDir
+
+LATER = "9999-01-01T00:00:00+00:00"
+
+
+def fake(folder: Path, sets: list[str], steps: str, models: dict[str, list[int]], domains: list[str],
+         written: str = LATER, rows: str = "r") -> None:
+    """A run folder recording ``steps`` with the ablation recipe's settings and eval's rows: 10 rows per domain,
+    ``models[name]`` the 0/1 correctness of each (all domains' rows in order)."""
+    config = recipe(sets, ablation.RECIPE)
+    run = RunDir(folder)
+    data = {"config": {**asdict(config.data), "path": str(data_path(config))}, "fingerprint": "f", "domains": domains}
+    for step in (s for s in steps.split(",") if s != "eval"):
+        run.record_step(step, {"config": asdict(getattr(config, step))}, data if step == "fit" else None)
+        run.write_metrics(step, {"seconds": 600.0})
+    key = selection(config)
+    run.write_metrics("eval", {"selections": {key: {"written": written}}})
+    where = [f"{d}.xml:{rows}{i}" for d in domains for i in range(10)]
+    run.write_metrics("predictions", {key: {
+        "where": where, "domain": [d for d in domains for _ in range(10)], "label": ["positive"] * len(where),
+        "models": {name: ["positive" if c else "negative" for c in correct] for name, correct in models.items()}}})
+
+
+@pytest.fixture
+def bench_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(ablation, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(ablation, "TEACHER", tmp_path / "runs" / "teacher-meta")
+    monkeypatch.setattr(ablation, "OUT", tmp_path / "ablation.json")
+    return tmp_path
+
+
+def student(system: str, domain: str, seed: int, correct: list[int], teacher: list[int] | None = None, **kw):
+    fake(ablation.folder(system, domain, seed), ablation.student_sets(system, domain, seed), "fit,distill,eval",
+         {"student": correct, "teacher": teacher or [1] * 10}, [domain], **kw)
+
+
+def test_table_averages_seeds_and_pairs_rows(bench_dir):
+    for seed in (42, 1):
+        student("meta", "books", seed, [1] * 9 + [0])  # 90
+        student("meta", "electronics", seed, [1] * 8 + [0] * 2)  # 80
+        student("tinybert", "books", seed, [1] * 7 + [0] * 3)  # 70
+        student("tinybert", "electronics", seed, [1] * 8 + [0] * 2)  # 80
+    student("kd", "books", 42, [1] * 10)  # no electronics student yet: no row
+    student("lambda=1", "books", 42, [1] * 10, written="2000-01-01T00:00:00+00:00")  # eval before the student
+    student("lambda=1", "electronics", 42, [1] * 10)
+    out = ablation.table()
+    assert set(out["results"]) == {"meta", "tinybert"}
+    meta, tiny = out["results"]["meta"], out["results"]["tinybert"]
+    assert (meta["books"], meta["electronics"], meta["average"]) == (90.0, 80.0, 85.0)
+    assert (tiny["books"], tiny["electronics"], tiny["average"]) == (70.0, 80.0, 75.0)
+    assert meta["seeds"] == [1, 42] and meta["distill_minutes_mean"] == 10.0
+    test = out["tests"]["meta vs tinybert"]
+    assert test["diff"] == pytest.approx(10.0) and test["rows"] == 20 and test["seeds"]["a"] == ["1", "42"]
+    assert out["setup"]["teacher"]["test_accuracy"] == {"books": 100.0, "electronics": 100.0, "average": 100.0}
+    assert ablation.OUT.is_file()
+    from bench.report import _ablation
+
+    lines = _ablation(ablation.OUT)
+    row = next(line for line in lines if line.startswith("| tinybert |"))
+    assert row.startswith("| tinybert | 70.0 | 80.0 | 75.0 | 1, 42 | -10.00 (p")  # tinybert minus meta
+    assert "books 100.0, electronics 100.0, average 100.0" in lines[0]
+
+
+def test_rows_that_differ_between_runs_stop_the_table(bench_dir):
+    student("meta", "books", 42, [1] * 10)
+    student("meta", "electronics", 42, [1] * 10)
+    student("tinybert", "books", 42, [1] * 10, rows="other")
+    with pytest.raises(SystemExit, match="not the other runs' rows of books"):
+        ablation.table()
+
+
+def test_teachers_against_the_meta_teacher(bench_dir):
+    domains = ["books", "dvd"]
+    fake(ablation.teacher_folder("meta", 42), ablation.teacher_sets("meta", 42), "fit,eval",
+         {"teacher": [1] * 20}, domains)
+    fake(ablation.teacher_folder("mix", 42), ablation.teacher_sets("mix", 42), "fit,eval",
+         {"teacher": [1] * 10 + [0] * 10}, domains)
+    fake(ablation.teacher_folder("meta-none", 1), ablation.teacher_sets("meta-none", 42), "fit,eval",
+         {"teacher": [1] * 20}, domains)  # recorded with seed 42's settings in seed 1's folder: not counted
+    out = ablation.teacher_table()
+    assert set(out["results"]) == {"meta", "mix"}
+    assert out["results"]["mix"]["books"] == 100.0 and out["results"]["mix"]["dvd"] == 0.0
+    assert out["results"]["mix"]["average"] == 50.0
+    assert out["tests"]["meta vs mix"]["diff"] == pytest.approx(50.0)
