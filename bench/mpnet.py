@@ -9,9 +9,10 @@ without --trim-vocab.
 Every system is recipes/amazon-mpnet.yaml plus the --set overrides in SYSTEMS, run by `metakd run RECIPE --resume
 --steps ...` in its own run folder under --runs (default bench/runs/mpnet; $METAKD_BENCH_DIR moves bench/). A
 system that starts from another's work (a student from the teacher, the trimmed export from the student) starts as
-a copy of that folder (weights hard-linked: metakd replaces files by rename, never in place), so `metakd run` finds
-the earlier steps done. One seed (42): the issue allows one here. `run` goes on from where it stopped and skips
-finished systems; after each it rewrites the table. teacher-mix is left out unless named (--systems).
+a copy of that folder (bench.common.start_from: weights hard-linked; copied again once that folder's steps are
+redone), so `metakd run` finds the earlier steps done and skips them. One seed (42): the issue allows one here.
+`run` goes on from where it stopped and skips finished systems; after each it rewrites the table. teacher-mix is
+left out unless named (--systems).
 
 `speed` builds the same systems under <runs>/speed with SPEED_SETS: the whole data (2% dev and 4% test rows, so
 that each 110M forward over them is short), 1% of the training rows, 1 fit epoch, 1 + 1 distill epochs. Training
@@ -23,39 +24,32 @@ teacher's PyTorch in one `metakd eval` (the student's folder), then the teacher'
 --trim-vocab size there is of a vocabulary trimmed to that split's training rows (94% of the data; the recipe's
 80% keep a little less); the full run's meta-trim gives the recipe's own.
 
-`table` reads the run folders' metrics/*.json only, and only from folders whose metrics were written in step
-order with this driver's settings (give it the --set the runs had). Results: bench/results/mpnet.json (--out).
-Not part of CI.
+`table` reads the run folders only: a system's metrics/*.json, and its eval record in metrics/eval.json, once
+`metakd run` would skip its steps with this driver's settings (give it the --set the runs had) and that eval was
+written after them (bench.common.done). Results: bench/results/mpnet.json (--out). Not part of CI.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import subprocess
-import sys
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import DOMAINS, PAPER
-from metakd_cli.config import Recipe, apply_overrides, load_recipe
+from bench.common import DOMAINS, PAPER, RESULTS, ROOT, RUNS as BENCH_RUNS, data_missing, done, metakd_run, recipe
+from bench.common import selection, shown, start_from
+from metakd_cli.pipeline import STEPS
 from metakd_cli.run_dir import atomic_write_json, read_json_object
 
-ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "amazon-mpnet.yaml"
-HOME = Path(os.environ.get("METAKD_BENCH_DIR") or ROOT / "bench")  # runs/ and results/ (a smoke run: elsewhere)
-RUNS = HOME / "runs" / "mpnet"
-OUT = HOME / "results" / "mpnet.json"
-DATA = ROOT.parent / "shared" / "data" / "amazon-mds"
+RUNS = BENCH_RUNS / "mpnet"
+OUT = RESULTS / "mpnet.json"
 SEED = 42
 
 
 @dataclass(frozen=True)
 class System:
     sets: tuple[str, ...]  # --set overrides on the recipe
-    steps: tuple[str, ...]  # the `metakd run --steps` this system runs in its own folder
+    steps: tuple[str, ...]  # the steps this system adds to those of the folder it starts from
     start: str | None  # the system whose finished folder this one starts as a copy of
     what: str
 
@@ -76,7 +70,6 @@ SYSTEMS: dict[str, System] = {
 }
 RUN_DEFAULT = ("teacher-meta", "meta", "tinybert", "meta-trim", "teacher-onnx")  # teacher-mix when the CPU allows
 SPEED_SYSTEMS = ("teacher-meta", "meta", "meta-trim", "teacher-onnx")
-SPEED_STEPS = {"meta-trim": ("export",)}  # the trimmed file's size only: export.json has it
 # the under-trained pipeline of `speed`: the recipe's models, lengths and export, little training. 80 test rows a
 # domain (320) cover eval's 8 timed batches of 32 and its 64 rows at batch 1; the dev rows are what the fit, export
 # and distill score (a few, since each costs a 110M forward); no accuracy check can stop it (max_drop)
@@ -106,107 +99,59 @@ def sets_of(system: str, extra: tuple[str, ...] = ()) -> list[str]:
     return [*SYSTEMS[system].sets, *extra]
 
 
-def expected_configs(system: str, extra: tuple[str, ...] = ()) -> dict[str, dict]:
-    """The fit / distill / export / eval config each step's metrics must record for this system's folder
-    (the recipe with the system's and the mode's --set); the data section is the manifest's, not a metric's."""
-    recipe = load_recipe(RECIPE)
-    apply_overrides(recipe, "fit", {}, tuple(sets_of(system, extra)))
-    return {step: asdict(getattr(recipe, step)) for step in ("fit", "distill", "export", "eval")}
-
-
-def _recorded(metrics: dict, step: str) -> dict | None:
-    """A step's config as its metrics record it, a setting added since read as its default (as `metakd run`)."""
-    config = metrics.get("config")
-    return {**asdict(getattr(Recipe(), step)), **config} if isinstance(config, dict) else None
-
-
-def step_metrics(run_dir: Path, system: str, extra: tuple[str, ...] = (),
-                 steps: tuple[str, ...] | None = None) -> dict[str, dict] | None:
-    """{step: metrics/<step>.json} for a finished system (``steps``: of its own, default all): each step, those
-    of the folder it was copied from included, written with this system's settings and in step order (a step
-    redone later makes the ones after it stale); None when it is not finished."""
-    expected = expected_configs(system, extra)
-    out, last = {}, 0.0
-    for step in (*inherited(system), *(steps or SYSTEMS[system].steps)):
-        path = run_dir / "metrics" / f"{step}.json"
-        metrics = read_json_object(path)
-        if not metrics or _recorded(metrics, step) != expected[step] or path.stat().st_mtime < last:
-            return None
-        out[step], last = metrics, path.stat().st_mtime
-    return out
-
-
-def inherited(system: str) -> tuple[str, ...]:
-    """The steps whose work a system's folder holds from the folders it was copied from (a student: fit)."""
+def chain(system: str, built: bool = False) -> str:
+    """The steps a system's folder holds, in `metakd run` order: its own and those of the folders it was copied
+    from (a student: fit,distill,export,eval); ``built``: those that make models, without eval."""
     start = SYSTEMS[system].start
-    if start is None:
-        return ()
-    return tuple(step for step in (*inherited(start), *_built(start)) if step not in SYSTEMS[system].steps)
+    held = {*SYSTEMS[system].steps, *(chain(start, built=True).split(",") if start else ())}
+    return ",".join(step for step in STEPS if step in held and not (built and step == "eval"))
 
 
-def prepare(run_dir: Path, start: Path) -> None:
-    """``run_dir`` as a copy of the ``start`` folder (weights hard-linked), unless it exists; refused when the
-    start folder's work was redone since the copy (its fit or distill metrics differ)."""
-    if (run_dir / "manifest.json").is_file():
-        for name in ("fit.json", "distill.json"):
-            mine, theirs = run_dir / "metrics" / name, start / "metrics" / name
-            if theirs.is_file() and not (mine.is_file() and mine.read_bytes() == theirs.read_bytes()):
-                sys.exit(f"{run_dir} was copied from {start} before its {name.removesuffix('.json')} step was redone; "
-                         f"remove {run_dir} and run again")
-        return
-    partial = run_dir.with_name(run_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(start, partial, copy_function=os.link,
-                    ignore=shutil.ignore_patterns(".metakd.lock", "checkpoints", "*.log", "onnx.failed"))
-    partial.rename(run_dir)
-
-
-def run_steps(runs: Path, system: str, steps: tuple[str, ...], extra: tuple[str, ...]) -> None:
-    """`metakd run RECIPE --resume --steps STEPS` in the system's folder (a copy of its start folder first)."""
-    run_dir = folder(runs, system)
-    start = SYSTEMS[system].start
-    if start is not None:  # the start's models must be made; its eval need not have run
-        if step_metrics(folder(runs, start), start, extra, _built(start)) is None:
-            sys.exit(f"{system} starts from {start}, which is not finished in {folder(runs, start)}")
-        prepare(run_dir, folder(runs, start))
-    command = [sys.executable, "-m", "metakd_cli", "--run-dir", str(run_dir), "run", str(RECIPE), "--resume",
-               "--steps", ",".join(steps)] + [arg for s in sets_of(system, extra) for arg in ("--set", s)]
-    print(f"{time.strftime('%H:%M:%S')} {system}: metakd {' '.join(command[3:])}", file=sys.stderr, flush=True)
-    started = time.perf_counter()
-    subprocess.run(command, check=True, cwd=ROOT, stdout=sys.stderr)  # eval's tables are a log here, not results
-    print(f"{time.strftime('%H:%M:%S')} {system}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
-
-
-def _built(system: str, steps: tuple[str, ...] | None = None) -> tuple[str, ...]:
-    """The steps that make a system's models: all but eval."""
-    return tuple(step for step in steps or SYSTEMS[system].steps if step != "eval")
+def build(runs: Path, system: str, extra: tuple[str, ...], steps: str) -> bool:
+    """`metakd run RECIPE --resume --steps STEPS` in the system's folder, a copy of its start's folder first;
+    False when it is done already."""
+    run_dir, sets = folder(runs, system), sets_of(system, extra)
+    config = recipe(sets, RECIPE)
+    if done(run_dir, config, steps, selection(config) if "eval" in steps else None):
+        return False
+    if SYSTEMS[system].start is not None:
+        start_from(folder(runs, SYSTEMS[system].start), run_dir)
+    metakd_run(run_dir, sets, steps, RECIPE)
+    return True
 
 
 def run_systems(runs: Path, systems: list[str], extra: tuple[str, ...], after=lambda: None) -> None:
     """Each system not finished yet, in SYSTEMS order, the systems they start from first; ``after`` each one."""
-    order = [s for s in SYSTEMS if s in _with_starts(systems)]
-    for system in order:
-        if step_metrics(folder(runs, system), system, extra) is None:
-            run_steps(runs, system, SYSTEMS[system].steps, extra)
-            after()
-
-
-def _with_starts(systems: list[str]) -> set[str]:
     wanted = set(systems)
     while any(SYSTEMS[s].start and SYSTEMS[s].start not in wanted for s in wanted):
         wanted |= {SYSTEMS[s].start for s in wanted if SYSTEMS[s].start}
-    return wanted
+    for system in (s for s in SYSTEMS if s in wanted):
+        if build(runs, system, extra, chain(system)):
+            after()
 
 
 def speed(runs: Path, extra: tuple[str, ...]) -> None:
     """Build the under-trained systems under ``runs``/speed (no eval), then run the two timed evals back to back."""
     speed_runs, sets = runs / "speed", (*SPEED_SETS, *extra)
     for system in SPEED_SYSTEMS:
-        steps = _built(system, SPEED_STEPS.get(system))
-        if step_metrics(folder(speed_runs, system), system, sets, steps) is None:
-            run_steps(speed_runs, system, steps, sets)
+        build(speed_runs, system, sets, chain(system, built=True))
     for system in ("meta", "teacher-onnx"):  # timed: always again, so that the two evals are one sitting
-        run_steps(speed_runs, system, ("eval",), sets)
+        metakd_run(folder(speed_runs, system), sets_of(system, sets), "eval", RECIPE)
+
+
+def finished_metrics(run_dir: Path, system: str, extra: tuple[str, ...] = (),
+                     steps: str | None = None) -> dict[str, dict] | None:
+    """{step: metrics/<step>.json, eval: its record of this system's selection} when the folder is done with
+    this system's settings (``steps``: default its chain) and its eval written after them; None otherwise."""
+    steps = steps or chain(system)
+    config = recipe(sets_of(system, extra), RECIPE)
+    key = selection(config) if "eval" in steps else None
+    if not done(run_dir, config, steps, key):
+        return None
+    metrics = {step: read_json_object(run_dir / "metrics" / f"{step}.json") for step in steps.split(",")}
+    if key is not None:
+        metrics["eval"] = metrics["eval"]["selections"][key]
+    return metrics
 
 
 # --------------------------------------------------------------------------- the table
@@ -246,70 +191,69 @@ def read_student(metrics: dict[str, dict]) -> dict:
         "alignment": distill.get("alignment"),
         "parameters": distill.get("parameters"),
         "distill_hours": _round(float(distill.get("seconds") or 0) / 3600, 1),
-        "size_mb": {name: _round(size, 1) for name, size in (export.get("size_mb") or {}).items()},
+        "size_mb": _sizes(export),
         "speed": {name: _speed_of(model) for name, model in models.items()},
     }
 
 
 def _gap(models: dict[str, dict]) -> float | None:
-    teacher = ((models.get("teacher") or {}).get("accuracy") or {}).get("average")
-    int8 = ((models.get("int8") or {}).get("accuracy") or {}).get("average")
+    teacher, int8 = ((_of(models, name, "accuracy") or {}).get("average") for name in ("teacher", "int8"))
     return _round(teacher - int8) if isinstance(teacher, (int, float)) and isinstance(int8, (int, float)) else None
 
 
 def read_trim(export: dict) -> dict:
     trim = export.get("trim") or {}
-    return {"size_mb": {name: _round(size, 1) for name, size in (export.get("size_mb") or {}).items()},
-            "vocab_before": trim.get("vocab_before"), "vocab_after": trim.get("vocab_after"),
+    return {"size_mb": _sizes(export), "vocab_before": trim.get("vocab_before"), "vocab_after": trim.get("vocab_after"),
             "training_texts": trim.get("texts"), "dev_accuracy": export.get("dev_accuracy")}
 
 
 def read_speed(runs: Path, extra: tuple[str, ...]) -> dict | None:
     """The speed and size figures of the under-trained pipeline, or None until both timed evals are done."""
     sets = (*SPEED_SETS, *extra)
-    student = step_metrics(folder(runs, "meta"), "meta", sets)
-    teacher = step_metrics(folder(runs, "teacher-onnx"), "teacher-onnx", sets)
+    student = finished_metrics(folder(runs, "meta"), "meta", sets)
+    teacher = finished_metrics(folder(runs, "teacher-onnx"), "teacher-onnx", sets)
     if student is None or teacher is None:
         return None
-    timed, teacher_timed = _models(student["eval"]), _models(teacher["eval"])
+    trimmed = finished_metrics(folder(runs, "meta-trim"), "meta-trim", sets, chain("meta-trim", built=True))
+    first, second = _models(student["eval"]), _models(teacher["eval"])  # the two timed evals, in order
     throughput = {  # rows/s, unrounded for the ratios
-        "teacher_pytorch": (timed.get("teacher") or {}).get("throughput"),
-        "teacher_onnx_fp32": (teacher_timed.get("onnx") or {}).get("throughput"),
-        "student_pytorch": (timed.get("student") or {}).get("throughput"),
-        "student_onnx_fp32": (timed.get("onnx") or {}).get("throughput"),
-        "int8_student": (timed.get("int8") or {}).get("throughput"),
+        "teacher_pytorch": _of(first, "teacher", "throughput"), "teacher_onnx_fp32": _of(second, "onnx", "throughput"),
+        "student_pytorch": _of(first, "student", "throughput"), "student_onnx_fp32": _of(first, "onnx", "throughput"),
+        "int8_student": _of(first, "int8", "throughput"),
     }
-    trimmed = step_metrics(folder(runs, "meta-trim"), "meta-trim", sets, SPEED_STEPS["meta-trim"])
-    again = _round((teacher_timed.get("teacher") or {}).get("throughput"), 1)
+    sizes, teacher_sizes = _sizes(student["export"]), _sizes(teacher["export"])
     return {
         "measured_on": SPEED_LABEL,
         "sets": list(sets),
         "batch_size": (student["eval"].get("config") or {}).get("batch_size"),
         "throughput_rows_per_s": {k: _round(v, 1) for k, v in throughput.items()},  # at eval's batch size
-        "latency_ms_batch_1": {
-            "teacher_pytorch": _round((timed.get("teacher") or {}).get("latency_ms")),
-            "teacher_onnx_fp32": _round((teacher_timed.get("onnx") or {}).get("latency_ms")),
-            "int8_student": _round((timed.get("int8") or {}).get("latency_ms")),
-        },
+        "latency_ms_batch_1": {"teacher_pytorch": _round(_of(first, "teacher", "latency_ms")),
+                               "teacher_onnx_fp32": _round(_of(second, "onnx", "latency_ms")),
+                               "int8_student": _round(_of(first, "int8", "latency_ms"))},
         "int8_speedup": {"vs_teacher_pytorch": _ratio(throughput["int8_student"], throughput["teacher_pytorch"]),
                          "vs_teacher_onnx_fp32": _ratio(throughput["int8_student"], throughput["teacher_onnx_fp32"])},
         # the teacher's PyTorch is timed in both evals: how far apart two timings of one model are on this machine
-        "teacher_pytorch_in_second_eval": again,
-        "timed_rows": (timed.get("int8") or {}).get("timed_rows"),
+        "teacher_pytorch_in_second_eval": _round(_of(second, "teacher", "throughput"), 1),
+        "timed_rows": _of(first, "int8", "timed_rows"),
         "evals_written": [student["eval"].get("written"), teacher["eval"].get("written")],
         "threads": student["eval"].get("threads"),
         "cpu": student["eval"].get("cpu"),
         "size_mb": {
-            "int8_student": _round((student["export"].get("size_mb") or {}).get("model_quantized.onnx"), 1),
-            "int8_student_trimmed": _round(((trimmed or {}).get("export", {}).get("size_mb") or {})
-                                           .get("model_quantized.onnx"), 1),
-            "student_onnx_fp32": _round((student["export"].get("size_mb") or {}).get("model.onnx"), 1),
-            "student_pytorch": _round((student["export"].get("size_mb") or {}).get("pytorch"), 1),
-            "teacher_onnx_fp32": _round((teacher["export"].get("size_mb") or {}).get("model.onnx"), 1),
-            "teacher_pytorch": _round((teacher["export"].get("size_mb") or {}).get("pytorch"), 1),
+            "int8_student": sizes.get("model_quantized.onnx"),
+            "int8_student_trimmed": _sizes(trimmed["export"]).get("model_quantized.onnx") if trimmed else None,
+            "student_onnx_fp32": sizes.get("model.onnx"), "student_pytorch": sizes.get("pytorch"),
+            "teacher_onnx_fp32": teacher_sizes.get("model.onnx"), "teacher_pytorch": teacher_sizes.get("pytorch"),
         },
         "trim": read_trim(trimmed["export"]) if trimmed else NOT_MEASURED,
     }
+
+
+def _of(models: dict[str, dict], name: str, key: str) -> object:
+    return (models.get(name) or {}).get(key)
+
+
+def _sizes(export: dict) -> dict[str, float | None]:
+    return {name: _round(size, 1) for name, size in (export.get("size_mb") or {}).items()}
 
 
 def _ratio(a: object, b: object) -> float | None:
@@ -373,7 +317,7 @@ def read_trimmed_student(metrics: dict[str, dict]) -> dict:
 
 def read_teacher_onnx(metrics: dict[str, dict]) -> dict:
     return {"speed": {name: _speed_of(model) for name, model in _models(metrics["eval"]).items()},
-            "size_mb": {name: _round(size, 1) for name, size in (metrics["export"].get("size_mb") or {}).items()}}
+            "size_mb": _sizes(metrics["export"])}
 
 
 READERS = {"teacher-meta": read_teacher, "teacher-mix": read_teacher, "meta": read_student, "tinybert": read_student,
@@ -384,13 +328,13 @@ def table(runs: Path, extra: tuple[str, ...] = (), out: Path = OUT) -> dict:
     """The results JSON from the run folders as they stand: finished systems only, the rest not measured."""
     results: dict[str, object] = {}
     for system in SYSTEMS:
-        metrics = step_metrics(folder(runs, system), system, extra)
+        metrics = finished_metrics(folder(runs, system), system, extra)
         results[system] = READERS[system](metrics) if metrics else NOT_MEASURED
     speed_figures = read_speed(runs / "speed", extra)
     finished = {k: v for k, v in results.items() if isinstance(v, dict)}
     document = {
         "setup": {
-            "recipe": str(RECIPE.relative_to(ROOT)), "runs": str(runs), "extra_sets": list(extra), "seed": SEED,
+            "recipe": shown(RECIPE), "runs": str(runs), "extra_sets": list(extra), "seed": SEED,
             "seeds": "one seed (42): the issue allows one here; no paired tests",
             "systems": {name: {"what": s.what, "sets": list(s.sets), "steps": list(s.steps), "start": s.start}
                         for name, s in SYSTEMS.items()},
@@ -423,8 +367,9 @@ def main() -> None:
                         help="the results JSON [$METAKD_BENCH_DIR/results/mpnet.json, else bench/results/mpnet.json]")
     args = parser.parse_args()
     extra = tuple(args.sets)
-    if args.action != "table" and not DATA.is_dir():
-        print(f"skipped: the Amazon data is not at {DATA} (see ../shared/data/README)")
+    missing = data_missing(recipe([], RECIPE))
+    if args.action != "table" and missing:
+        print(missing)
         return
     if args.action == "run":
         run_systems(args.runs, args.systems, extra, lambda: print_table(table(args.runs, extra, args.out)))

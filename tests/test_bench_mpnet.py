@@ -1,23 +1,26 @@
 """Issue 26's bench (bench/mpnet.py) and its recipe: amazon-mpnet loads and passes `metakd run`'s checks offline;
 the reader turns run folders' metrics into results and the issue's targets (pass, fail, not measured), reading
-only folders written in step order with the driver's settings; the driver runs the systems in order."""
+only folders that `metakd run` would skip with the driver's settings and whose eval came after their steps; the
+driver runs the systems in order, each in a copy of the folder it starts from."""
 
 from __future__ import annotations
 
 import importlib
 import json
-import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from bench.common import data_path, recipe, selection
 from metakd_cli import distill, evaluate, export, fit, pipeline
 from metakd_cli.config import apply_overrides, find_recipe, load_recipe
 from metakd_cli.packaged import MINILM4, MPNET
+from metakd_cli.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
-T0 = 1_800_000_000.0
+LATER = "9999-01-01T00:00:00+00:00"  # an eval written after any step finished
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +68,20 @@ def test_every_system_and_the_speed_settings_are_valid_overrides(bench, monkeypa
 
 
 def write_steps(bench, run_dir: Path, system: str, bodies: dict[str, dict], extra: tuple[str, ...] = (),
-                at: float = T0) -> Path:
-    """metrics/<step>.json for each step of ``bodies``, in order (one second apart), with the configs the
-    driver expects of ``system`` (a body's own "config" wins)."""
-    configs = bench.expected_configs(system, extra)
-    (run_dir / "metrics").mkdir(parents=True, exist_ok=True)
-    for i, (step, body) in enumerate(bodies.items()):
-        path = run_dir / "metrics" / f"{step}.json"
-        path.write_text(json.dumps({"step": step, "config": configs[step], **body}))
-        os.utime(path, (at + i, at + i))
+                written: str = LATER) -> Path:
+    """``system``'s folder as `metakd run` leaves it: each step of ``bodies`` recorded in the manifest with the
+    driver's settings for it (``extra``: the mode's --set) and its body as metrics/<step>.json; an "eval" body is
+    eval's record of the system's selection in metrics/eval.json, written at ``written``."""
+    config = recipe(bench.sets_of(system, extra), bench.RECIPE)
+    run = RunDir(run_dir)
+    data = {"config": {**asdict(config.data), "path": str(data_path(config))}}
+    for step, body in bodies.items():
+        if step == "eval":
+            record = {"config": asdict(config.eval), **body, "written": written}
+            run.write_metrics("eval", {**record, "selections": {selection(config): record}})
+        else:
+            run.record_step(step, {"config": asdict(getattr(config, step))}, data if step == "fit" else None)
+            run.write_metrics(step, body)
     return run_dir
 
 
@@ -87,7 +95,7 @@ def _model(name: str, average: float, throughput: float, size: float = 10.0) -> 
 
 
 def _student(bench, run_dir: Path, system: str, teacher: float, int8: float, int8_mb: float,
-             throughputs: tuple[float, float], extra: tuple[str, ...] = ()) -> Path:
+             throughputs: tuple[float, float], extra: tuple[str, ...] = (), written: str = LATER) -> Path:
     return write_steps(bench, run_dir, system, {
         "fit": {},  # the teacher's, copied with its folder
         "distill": {"seconds": 7200, "alignment": {"aligned": 6400, "rows": 6400},
@@ -96,9 +104,8 @@ def _student(bench, run_dir: Path, system: str, teacher: float, int8: float, int
                    "int8_check": {"drop": 0.25, "attempt": "plain", "mode": "static"}},
         "eval": {"models": [_model("teacher", teacher, throughputs[0], 438.0), _model("student", int8 + 0.2, 60.0),
                             _model("onnx", int8 + 0.2, 90.0), _model("int8", int8, throughputs[1], int8_mb)],
-                 "threads": {"torch": 2}, "cpu": {"cores": 2}, "written": "2026-12-02T06:00:00+00:00",
-                 "config": {**bench.expected_configs(system, extra)["eval"]}},
-    }, extra)
+                 "threads": {"torch": 2}, "cpu": {"cores": 2}},
+    }, extra, written)
 
 
 def _by_target(document: dict) -> dict[str, dict]:
@@ -127,7 +134,7 @@ def test_finished_folders_give_each_target_its_figure_and_status(bench, tmp_path
         "export": {"size_mb": {"model_quantized.onnx": 9.4}, "trim": {"vocab_before": 30522, "vocab_after": 11000,
                                                                       "texts": 12800}},
         "eval": {"models": [_model("int8", 88.9, 60.0, 9.4)]}})
-    speed = runs / "speed"  # the under-trained pipeline, with the speed settings
+    speed = runs / "speed"  # the under-trained pipeline, with the speed settings; meta-trim built, not evaluated
     _student(bench, speed / "meta", "meta", teacher=50.0, int8=50.0, int8_mb=19.9, throughputs=(4.0, 120.0),
              extra=bench.SPEED_SETS)
     write_steps(bench, speed / "meta-trim", "meta-trim",
@@ -155,8 +162,13 @@ def test_finished_folders_give_each_target_its_figure_and_status(bench, tmp_path
     assert figures["int8_speedup"] == {"vs_teacher_pytorch": 30.0, "vs_teacher_onnx_fp32": 12.0}
     assert figures["teacher_pytorch_in_second_eval"] == 4.2
     assert figures["size_mb"]["int8_student_trimmed"] == 9.9 and figures["size_mb"]["teacher_onnx_fp32"] == 438.1
+    assert figures["batch_size"] == bench.recipe(bench.sets_of("meta", bench.SPEED_SETS), bench.RECIPE).eval.batch_size
     assert document["results"]["meta"]["test_accuracy"]["int8"]["average"] == 89.0
+    assert document["results"]["meta-trim"]["vocab_after"] == 11000
     assert document["results"]["tinybert"] == "not measured" and document["results"]["teacher-mix"] == "not measured"
+    from bench.report import _mpnet
+
+    assert "| int8 student file <= 20 MB | 20 | 19.9 | pass |" in _mpnet(tmp_path / "mpnet.json")
 
 
 def test_without_a_speed_run_the_full_runs_figures_are_used(bench, tmp_path):
@@ -171,36 +183,36 @@ def test_without_a_speed_run_the_full_runs_figures_are_used(bench, tmp_path):
     assert targets["int8-trim-file"]["status"] == "not measured" and targets["MPNet"]["status"] == "not measured"
 
 
-def test_a_folder_redone_out_of_order_or_with_other_settings_is_not_read(bench, tmp_path):
+def test_a_folder_not_finished_or_with_other_settings_is_not_read(bench, tmp_path):
     runs = tmp_path / "runs"
-    run = _student(bench, runs / "meta", "meta", teacher=90.0, int8=89.5, int8_mb=19.0, throughputs=(3.0, 90.0))
-    assert bench.step_metrics(run, "meta") is not None
-    os.utime(run / "metrics" / "export.json", (T0 + 10, T0 + 10))  # export redone after eval: eval is stale
-    assert bench.step_metrics(run, "meta") is None
+    stale = _student(bench, runs / "meta", "meta", teacher=90.0, int8=89.5, int8_mb=19.0, throughputs=(3.0, 90.0),
+                     written="2000-01-01T00:00:00+00:00")  # eval's record predates the student: stale
+    assert bench.finished_metrics(stale, "meta") is None
     assert bench.table(runs, out=tmp_path / "mpnet.json")["results"]["meta"] == "not measured"
+    unscored = write_steps(bench, tmp_path / "unscored", "meta", {"fit": {}, "distill": {}, "export": {}})
+    assert bench.finished_metrics(unscored, "meta") is None  # eval never ran
+    assert bench.finished_metrics(unscored, "meta", steps="fit,distill,export") is not None  # but it is built
 
     other = _student(bench, runs / "tinybert", "meta", teacher=90.0, int8=89.5, int8_mb=19.0, throughputs=(3.0, 90.0))
-    assert bench.step_metrics(other, "tinybert") is None  # distilled by Meta-KD: not the tinybert system
+    assert bench.finished_metrics(other, "tinybert") is None  # distilled by Meta-KD: not the tinybert system
     full = _student(bench, runs / "speed" / "meta", "meta", teacher=90.0, int8=89.5, int8_mb=19.0,
                     throughputs=(3.0, 90.0))
-    assert bench.step_metrics(full, "meta", bench.SPEED_SETS) is None  # a full run's settings, not the speed run's
+    assert bench.finished_metrics(full, "meta", bench.SPEED_SETS) is None  # a full run's settings, not speed's
     assert bench.read_speed(runs / "speed", ()) is None
 
     student = _student(bench, tmp_path / "student", "meta", teacher=90.0, int8=89.5, int8_mb=19.0,
                        throughputs=(3.0, 90.0), extra=bench.SPEED_SETS)
-    assert bench.step_metrics(student, "meta", bench.SPEED_SETS) is not None
-    # the same student under another fit.epochs: its folder's teacher (fit.json, copied) is not this run's teacher
-    assert bench.step_metrics(student, "meta", (*bench.SPEED_SETS, "fit.epochs=2")) is None
+    assert bench.finished_metrics(student, "meta", bench.SPEED_SETS)["eval"]["models"][3]["name"] == "int8"
+    # the same student under another fit.epochs: its folder's teacher (copied) is not this run's teacher
+    assert bench.finished_metrics(student, "meta", (*bench.SPEED_SETS, "fit.epochs=2")) is None
 
 
 def test_a_setting_added_later_reads_as_its_default(bench, tmp_path):
     run = _student(bench, tmp_path / "meta", "meta", teacher=90.0, int8=89.5, int8_mb=19.0, throughputs=(3.0, 90.0))
-    path = run / "metrics" / "distill.json"
-    body = json.loads(path.read_text())
-    del body["config"]["attention_weight"]  # recorded before the key existed: the default, as `metakd run` reads it
-    path.write_text(json.dumps(body))
-    os.utime(path, (T0, T0))
-    assert bench.step_metrics(run, "meta") is not None
+    manifest = json.loads((run / "manifest.json").read_text())
+    del manifest["steps"]["distill"]["config"]["attention_weight"]  # recorded before the key existed
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert bench.finished_metrics(run, "meta") is not None
 
 
 def test_target_boundaries(bench):
@@ -214,38 +226,46 @@ def test_target_boundaries(bench):
 # --------------------------------------------------------------------------- the driver
 
 
-def test_run_goes_from_the_teacher_to_its_students_and_skips_finished_systems(bench, tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(bench, "run_steps", lambda runs, system, steps, extra: calls.append((system, steps)))
+@pytest.fixture
+def calls(bench, monkeypatch):
+    """What the driver starts: ("copy", source, folder) and ("run", folder, steps, sets), folders by name."""
+    out = []
+    monkeypatch.setattr(bench, "start_from", lambda source, run_dir: out.append(("copy", source.name, run_dir.name)))
+    monkeypatch.setattr(bench, "metakd_run",
+                        lambda run_dir, sets, steps, path: out.append(("run", run_dir.name, steps, tuple(sets))))
+    return out
+
+
+def test_the_steps_a_folder_holds(bench):
+    assert bench.chain("teacher-meta") == "fit"
+    assert bench.chain("meta") == bench.chain("meta-trim") == "fit,distill,export,eval"
+    assert bench.chain("meta-trim", built=True) == "fit,distill,export"
+    assert bench.chain("teacher-onnx") == "fit,export,eval"
+
+
+def test_run_goes_from_the_teacher_to_its_students_and_skips_finished_systems(bench, tmp_path, calls):
     runs = tmp_path / "runs"
     write_steps(bench, runs / "teacher-meta", "teacher-meta", {"fit": {}})
     bench.run_systems(runs, ["meta-trim", "teacher-onnx"], ())
-    assert calls == [("meta", ("distill", "export", "eval")), ("meta-trim", ("export", "eval")),
-                     ("teacher-onnx", ("export", "eval"))]
+    assert [call[:3] for call in calls] == [
+        ("copy", "teacher-meta", "meta"), ("run", "meta", "fit,distill,export,eval"),
+        ("copy", "meta", "meta-trim"), ("run", "meta-trim", "fit,distill,export,eval"),
+        ("copy", "teacher-meta", "teacher-onnx"), ("run", "teacher-onnx", "fit,export,eval")]
+    assert calls[3][3] == ("export.trim_vocab=true", "eval.models=int8")
 
 
-def test_speed_builds_without_eval_then_times_the_two_evals_back_to_back(bench, tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(bench, "run_steps", lambda runs, system, steps, extra: calls.append((runs.name, system, steps)))
+def test_speed_builds_without_eval_then_times_the_two_evals_back_to_back(bench, tmp_path, calls):
     bench.speed(tmp_path, ("fit.max_length=16",))
-    assert calls == [("speed", "teacher-meta", ("fit",)), ("speed", "meta", ("distill", "export")),
-                     ("speed", "meta-trim", ("export",)), ("speed", "teacher-onnx", ("export",)),
-                     ("speed", "meta", ("eval",)), ("speed", "teacher-onnx", ("eval",))]
+    runs = [call[1:3] for call in calls if call[0] == "run"]
+    assert runs == [("teacher-meta", "fit"), ("meta", "fit,distill,export"), ("meta-trim", "fit,distill,export"),
+                    ("teacher-onnx", "fit,export"), ("meta", "eval"), ("teacher-onnx", "eval")]
+    assert all(call[3][-len(bench.SPEED_SETS) - 1:] == (*bench.SPEED_SETS, "fit.max_length=16")
+               for call in calls if call[0] == "run")
 
-
-def test_a_student_folder_is_a_linked_copy_and_a_copy_of_an_older_fit_is_refused(bench, tmp_path):
-    teacher = write_steps(bench, tmp_path / "teacher-meta", "teacher-meta", {"fit": {"seconds": 1}})
-    (teacher / "teacher").mkdir()
-    (teacher / "teacher" / "model.safetensors").write_bytes(b"weights")
-    (teacher / "manifest.json").write_text("{}")
-    (teacher / "checkpoints").mkdir()
-    student = tmp_path / "meta"
-    bench.prepare(student, teacher)
-    weights = "teacher/model.safetensors"
-    assert (student / weights).stat().st_ino == (teacher / weights).stat().st_ino  # hard-linked, not copied
-    assert not (student / "checkpoints").exists()
-    bench.prepare(student, teacher)  # already there: kept
-    (teacher / "metrics" / "fit.json").unlink()
-    write_steps(bench, teacher, "teacher-meta", {"fit": {"seconds": 2}})  # the teacher fitted again
-    with pytest.raises(SystemExit, match="before its fit step was redone"):
-        bench.prepare(student, teacher)
+    calls.clear()  # built: a second `speed` only times again
+    sets = (*bench.SPEED_SETS, "fit.max_length=16")
+    for system in bench.SPEED_SYSTEMS:
+        write_steps(bench, tmp_path / "speed" / system, system,
+                    {step: {} for step in bench.chain(system, built=True).split(",")}, sets)
+    bench.speed(tmp_path, ("fit.max_length=16",))
+    assert [call[1:3] for call in calls] == [("meta", "eval"), ("teacher-onnx", "eval")]
