@@ -86,7 +86,7 @@ from metakd_cli.prototypes import compute_prototypes, pool, transferability
 from metakd_cli.run_dir import RunDir, atomic_dir, domain_paths, folder_name
 from metakd_cli.model_card import write_model_cards
 from metakd_cli.row_weights import save_row_weights
-from metakd_cli.training import PhaseSpec, clear_checkpoints, run_phase
+from metakd_cli.training import PhaseSpec, PhaseSteps, clear_checkpoints, run_phase
 from metakd_cli.vocab import check_trim_options
 
 METHODS = ("meta", "tinybert", "kd", "mtn")
@@ -725,8 +725,8 @@ def _run_intermediate(ctx: _Context, teacher_mode: str, steps: _LossSteps, lr: f
                      cfg.seed, constant_lr=True, max_grad_norm=1.0, weight_decay=0.0,
                      signature=_signature(ctx, teacher_mode), signature_names=SIGNATURE_NAMES,
                      mixed_precision=cfg.mixed_precision)
-    phase = run_phase(spec, steps.side.parts, len(steps.side.train), steps.make_batch, steps.intermediate_step, None,
-                      run.checkpoints, ctx.resume, ctx.progress, ctx.log)
+    phase_steps = PhaseSteps(len(steps.side.train), steps.make_batch, steps.intermediate_step)
+    phase = run_phase(spec, steps.side.parts, phase_steps, run.checkpoints, ctx.resume, ctx.progress, ctx.log)
     return {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second, "history": phase.history}
 
 
@@ -736,8 +736,9 @@ def _run_prediction(ctx: _Context, teacher_mode: str, steps: _LossSteps, lr: flo
     spec = PhaseSpec(f"distill-prediction{_checkpoint_suffix(ctx)}", cfg.epochs, cfg.batch_size, lr, cfg.seed,
                      weight_decay=0.01, signature=_signature(ctx, teacher_mode), signature_names=SIGNATURE_NAMES,
                      mixed_precision=cfg.mixed_precision)
-    phase = run_phase(spec, nn.ModuleDict({"student": steps.side.student}), len(steps.side.train), steps.make_batch,
-                      steps.prediction_step, steps.dev_accuracy, run.checkpoints, ctx.resume, ctx.progress, ctx.log)
+    phase_steps = PhaseSteps(len(steps.side.train), steps.make_batch, steps.prediction_step, steps.dev_accuracy)
+    phase = run_phase(spec, nn.ModuleDict({"student": steps.side.student}), phase_steps, run.checkpoints, ctx.resume,
+                      ctx.progress, ctx.log)
     return {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second,
             "history": phase.history, "best_epoch": phase.best_epoch}
 

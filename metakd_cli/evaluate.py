@@ -19,7 +19,7 @@ import numpy as np
 
 from metakd_cli.config import EvalConfig, choice
 from metakd_cli.cpu import cpu_info, target_mismatch
-from metakd_cli.data import Encoded, encode
+from metakd_cli.data import Dataset, Encoded, Example, encode
 from metakd_cli.errors import UserError
 from metakd_cli.inference import (
     EXPORT_JSON,
@@ -293,87 +293,136 @@ def evaluate_run(
 
 
 def _evaluate_run(cfg: EvalConfig, run, log: Callable[[str], None]) -> EvalResult:
-    bucketing = cfg.bucketing
-    import torch
-
-
-    wanted = list(dict.fromkeys(cfg.models or ["all"]))
     _, dataset = run.reload_dataset()
+    rows = _select_rows(cfg, dataset)
+    available = run_artifacts(run)
+    names = _choose_models(cfg, run, available, log)
+    log(f"eval on {len(rows.examples):,} {cfg.split} rows of {', '.join(rows.domains)}: {', '.join(names)}")
+    _teacher_reference(rows, cfg, available.get("teacher"), names, log)
+    names = [n for n in names if n != "teacher" or rows.teacher_logits is not None]
+    reports = []
+    predicted: dict[str, list] = {}  # each model's label for each row, for metrics/predictions.json
+    for name in names:
+        log(f"{name}: {available[name].path}")
+        report, predicted[name] = _score_model(available[name], rows, cfg)
+        reports.append(report)
+    result = _eval_result(cfg, run, rows, names, reports)
+    _write_records(cfg, run, result, rows, predicted, log)
+    return result
+
+
+@dataclass
+class _Rows:
+    """What every model is scored on: the split's rows of the chosen domains, and the teacher's answers on them.
+
+    Single-mode teachers of a fit --hold-out run have no teacher for the held-out domain (``uncovered``): the
+    teacher is scored (and is the agreement reference) on the ``covered`` rows only.
+    """
+
+    dataset: Dataset
+    domains: list[str]
+    examples: list[Example]
+    uncovered: list[str] = field(default_factory=list)
+    covered: np.ndarray | None = None  # one bool per row: the teacher can score it
+    teacher_logits: tuple | None = None  # model_logits of the teacher on the covered rows
+    teacher_predictions: np.ndarray | None = None  # the teacher's label per row, -1 on uncovered rows
+
+
+def _select_rows(cfg: EvalConfig, dataset: Dataset) -> _Rows:
+    """The ``cfg.split`` rows of the ``cfg.domains`` (all by default), in the dataset's domain order."""
     domains = dataset.check_domains(cfg.domains, "--domain") if cfg.domains else list(dataset.domains)
     domains = sorted(set(domains), key=dataset.domains.index)
     examples = dataset.select(cfg.split, domains)
     if not examples:
         raise UserError(f"the {cfg.split} split has no rows for {', '.join(domains)}")
-    available, stale = run_artifacts(run), stale_models(run)
+    return _Rows(dataset, domains, examples)
+
+
+def _choose_models(cfg: EvalConfig, run, available: dict[str, Artifact], log: Callable[[str], None]) -> list[str]:
+    """The models to score, in MODEL_NAMES order: those asked for (each must be on disk and current), or with
+    ``all`` every current one (the stale ones are logged)."""
+    wanted = list(dict.fromkeys(cfg.models or ["all"]))
+    stale = stale_models(run)
     if "all" in wanted:
         names = [n for n in MODEL_NAMES if n in available]
         for reason in dict.fromkeys(stale.values()):
             log(f"not scored: {reason}")
         if not names:
             raise UserError(f"{run.path}: no teacher/, student/ or onnx/ to evaluate; run `metakd fit` first")
-    else:
-        names = [n for n in MODEL_NAMES if n in wanted]
-        for name in names:
-            if name in stale:
-                raise UserError(f"{run.path}: {stale[name]}")
-            if name not in available:
-                hint = {"teacher": "metakd fit", "student": "metakd distill", "onnx": "metakd export",
-                        "int8": "metakd export --int8"}[name]
-                raise UserError(f"{run.path}: no {name} model in this run folder; run `{hint}` first")
-    log(f"eval on {len(examples):,} {cfg.split} rows of {', '.join(domains)}: {', '.join(names)}")
+        return names
+    names = [n for n in MODEL_NAMES if n in wanted]
+    for name in names:
+        if name in stale:
+            raise UserError(f"{run.path}: {stale[name]}")
+        if name not in available:
+            hint = {"teacher": "metakd fit", "student": "metakd distill", "onnx": "metakd export",
+                    "int8": "metakd export --int8"}[name]
+            raise UserError(f"{run.path}: no {name} model in this run folder; run `{hint}` first")
+    return names
 
-    computed = {}
-    teacher_predictions = None
-    teacher = available.get("teacher")
-    # single-mode teachers of a fit --hold-out run have no teacher for the held-out domain: the teacher is scored
-    # (and is the agreement reference) on the other domains' rows only
-    uncovered = [d for d in domains if teacher is not None and teacher.per_domain is not None
-                 and d not in teacher.per_domain]
-    covered = np.asarray([ex.domain not in uncovered for ex in examples], dtype=bool)
-    if uncovered and "teacher" in names:
-        missing = f"no single teacher for {', '.join(uncovered)} (held out at fit)"
+
+def _teacher_reference(rows: _Rows, cfg: EvalConfig, teacher: Artifact | None, names: list[str],
+                       log: Callable[[str], None]) -> None:
+    """Fill ``rows``' teacher part: which rows the teacher covers, and its logits and labels on them."""
+    examples, domains = rows.examples, rows.domains
+    rows.uncovered = [d for d in domains if teacher is not None and teacher.per_domain is not None
+                      and d not in teacher.per_domain]
+    rows.covered = np.asarray([ex.domain not in rows.uncovered for ex in examples], dtype=bool)
+    covered = rows.covered
+    if rows.uncovered and "teacher" in names:
+        missing = f"no single teacher for {', '.join(rows.uncovered)} (held out at fit)"
         if not covered.any() and "teacher" in cfg.models:  # asked for by name, with nothing it can score
             raise UserError(f"{teacher.path}: {missing}; give --model student, or add a --domain it was fitted on")
         log(f"teacher: {missing}; " + ("scored on the other domains only" if covered.any() else "not scored"))
     if teacher is not None and covered.any():  # the reference for agreement, even when not evaluated itself
-        rows = [ex for ex, keep in zip(examples, covered) if keep]
-        computed["teacher"] = model_logits(teacher, rows, dataset, domains, bucketing)
-        teacher_predictions = np.full(len(examples), -1)
-        teacher_predictions[covered] = computed["teacher"][0].argmax(-1)
-    names = [n for n in names if n != "teacher" or "teacher" in computed]
-    reports = []
-    predicted: dict[str, list] = {}  # each model's label for each row, for metrics/predictions.json
-    for name in names:
-        artifact = available[name]
-        log(f"{name}: {artifact.path}")
-        logits, encoded, pad_id, forward = computed.get(name) or model_logits(artifact, examples, dataset, domains,
-                                                                              bucketing)
-        predictions = logits.argmax(-1)
-        if name == "teacher" and uncovered:  # scored on the covered rows only: null for the others
-            rows_of = iter(predictions.tolist())
-            predicted[name] = [dataset.labels[next(rows_of)] if keep else None for keep in covered]
-        else:
-            predicted[name] = [dataset.labels[i] for i in predictions.tolist()]
-        labels = np.asarray(encoded.labels)
-        accuracy_by = _per_domain(encoded, dataset.domains, lambda m: accuracy(predictions[m], labels[m]))
-        f1_by = _per_domain(encoded, dataset.domains,
-                            lambda m: macro_f1(predictions[m], labels[m], len(dataset.labels)))
-        if name == "teacher" and uncovered:  # an average over fewer domains than the other models' is no peer
-            accuracy_by.pop("average", None)
-            f1_by.pop("average", None)
-        agreement = None
-        if teacher_predictions is not None and name != "teacher":
-            agreement = _per_domain(encoded, dataset.domains,
-                                    lambda m: float((predictions[m] == teacher_predictions[m]).mean() * 100.0),
-                                    covered)
-            agreement["all"] = float((predictions[covered] == teacher_predictions[covered]).mean() * 100.0)
-        elif name == "teacher":  # the reference agrees with itself
-            agreement = {k: 100.0 for k in [*accuracy_by, "all"]}
-        latency, throughput, timed = _time_forward(forward, encoded, pad_id, cfg, bucketing, artifact.max_length)
-        reports.append(ModelReport(
-            name=name, path=str(artifact.path), size_mb=artifact.size_mb, accuracy=accuracy_by, macro_f1=f1_by,
-            agreement=agreement, latency_ms=latency, throughput=throughput, timed_rows=timed,
-        ))
+        kept = [ex for ex, keep in zip(examples, covered) if keep]
+        rows.teacher_logits = model_logits(teacher, kept, rows.dataset, domains, cfg.bucketing)
+        rows.teacher_predictions = np.full(len(examples), -1)
+        rows.teacher_predictions[covered] = rows.teacher_logits[0].argmax(-1)
+
+
+def _score_model(artifact: Artifact, rows: _Rows, cfg: EvalConfig) -> tuple[ModelReport, list]:
+    """One model's report on ``rows``, and its label for each row (None where it scored none)."""
+    name, dataset, covered = artifact.name, rows.dataset, rows.covered
+    partial = name == "teacher" and bool(rows.uncovered)  # scored on the covered rows only
+    if name == "teacher":
+        logits, encoded, pad_id, forward = rows.teacher_logits
+    else:
+        logits, encoded, pad_id, forward = model_logits(artifact, rows.examples, dataset, rows.domains,
+                                                        cfg.bucketing)
+    predictions = logits.argmax(-1)
+    if partial:  # null for the rows it did not score
+        rows_of = iter(predictions.tolist())
+        labelled = [dataset.labels[next(rows_of)] if keep else None for keep in covered]
+    else:
+        labelled = [dataset.labels[i] for i in predictions.tolist()]
+    labels = np.asarray(encoded.labels)
+    accuracy_by = _per_domain(encoded, dataset.domains, lambda m: accuracy(predictions[m], labels[m]))
+    f1_by = _per_domain(encoded, dataset.domains, lambda m: macro_f1(predictions[m], labels[m], len(dataset.labels)))
+    if partial:  # an average over fewer domains than the other models' is no peer
+        accuracy_by.pop("average", None)
+        f1_by.pop("average", None)
+    agreement = None
+    teacher_predictions = rows.teacher_predictions
+    if teacher_predictions is not None and name != "teacher":
+        agreement = _per_domain(encoded, dataset.domains,
+                                lambda m: float((predictions[m] == teacher_predictions[m]).mean() * 100.0), covered)
+        agreement["all"] = float((predictions[covered] == teacher_predictions[covered]).mean() * 100.0)
+    elif name == "teacher":  # the reference agrees with itself
+        agreement = {k: 100.0 for k in [*accuracy_by, "all"]}
+    latency, throughput, timed = _time_forward(forward, encoded, pad_id, cfg, cfg.bucketing, artifact.max_length)
+    report = ModelReport(
+        name=name, path=str(artifact.path), size_mb=artifact.size_mb, accuracy=accuracy_by, macro_f1=f1_by,
+        agreement=agreement, latency_ms=latency, throughput=throughput, timed_rows=timed,
+    )
+    return report, labelled
+
+
+def _eval_result(cfg: EvalConfig, run, rows: _Rows, names: list[str], reports: list[ModelReport]) -> EvalResult:
+    """The reports with what they were measured on: the split's rows, threads, CPU (and a warning when the int8
+    file was made for another CPU)."""
+    import torch
+
     threads = {"torch": torch.get_num_threads(), "onnxruntime": "default (one per physical core)",
                "cpus": os.cpu_count()}
     cpu = cpu_info()
@@ -382,15 +431,19 @@ def _evaluate_run(cfg: EvalConfig, run, log: Callable[[str], None]) -> EvalResul
         mismatch = target_mismatch(exported_target(run), cpu)
         if mismatch:
             warnings.append(mismatch)
-    result = EvalResult(split=cfg.split, domains=domains, rows=len(examples), threads=threads, models=reports,
-                        metrics_path=run.metrics / "eval.json", cpu=cpu.to_json(), warnings=warnings,
-                        bucketing=bucketing, held_out=run.load().steps["fit"].get("held_out"))
+    return EvalResult(split=cfg.split, domains=rows.domains, rows=len(rows.examples), threads=threads,
+                      models=reports, metrics_path=run.metrics / "eval.json", cpu=cpu.to_json(), warnings=warnings,
+                      bucketing=cfg.bucketing, held_out=run.load().steps["fit"].get("held_out"))
+
+
+def _write_records(cfg: EvalConfig, run, result: EvalResult, rows: _Rows, predicted: dict[str, list],
+                   log: Callable[[str], None]) -> None:
+    """metrics/eval.json (with the other selections' records), metrics/predictions.json and the model cards."""
     record = {"step": "eval", **result.to_json(), "config": asdict(cfg)}
     run.write_metrics("eval", with_selections(record, previous_eval(run.metrics / "eval.json")))
-    _write_predictions(run, selection_key(record), cfg.split, domains, examples, predicted)
+    _write_predictions(run, selection_key(record), cfg.split, rows.domains, rows.examples, predicted)
     from metakd_cli.model_card import write_model_cards  # the cards get eval's test figures, sizes and speed
     write_model_cards(run, log)
-    return result
 
 
 def _write_predictions(run, key: str, split: str, domains: list[str], examples: list, predicted: dict) -> None:

@@ -56,7 +56,7 @@ from metakd_cli.models import (
 from metakd_cli import processes
 from metakd_cli.prototypes import compute_prototypes, encode_representations, pool, transferability
 from metakd_cli.run_dir import RunDir, atomic_dir, folder_name, folder_names
-from metakd_cli.training import PhaseSpec, clear_checkpoints, run_phase
+from metakd_cli.training import PhaseSpec, PhaseSteps, clear_checkpoints, run_phase
 
 TEACHER_MODES = ("meta", "mix", "mtl", "single")
 PROTOTYPES = ("class", "domain")
@@ -260,10 +260,9 @@ def _train_one(
         predictions = logits_of(select_dev).argmax(-1)
         return float((predictions == np.asarray(select_dev.labels)).mean() * 100)
 
-    phase = run_phase(
-        _phase_spec(cfg, dataset, name), parts, len(train), lambda idx: collate(train, idx, pad_id), loss_step,
-        dev_accuracy, ctx.run.checkpoints, ctx.resume, ctx.progress, ctx.log,
-    )
+    steps = PhaseSteps(len(train), lambda idx: collate(train, idx, pad_id), loss_step, dev_accuracy)
+    phase = run_phase(_phase_spec(cfg, dataset, name), parts, steps, ctx.run.checkpoints, ctx.resume, ctx.progress,
+                      ctx.log)
     if mtl:
         seen = [d for d in range(len(dataset.domains)) if d not in held_out]
         parts["heads"].fill(held_out, seen)
@@ -390,7 +389,7 @@ def _fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool, progre
 
 def _fit_single(ctx: _FitContext, rows: _Splits, held_out: list[int], info_common: dict) -> list[TeacherResult]:
     """One teacher per domain not held out, each on its own domain's rows, written as teacher/<domain's folder>/."""
-    cfg, dataset, run, tokenizer = ctx.cfg, ctx.dataset, ctx.run, ctx.tokenizer
+    dataset, run, tokenizer = ctx.dataset, ctx.run, ctx.tokenizer
     teachers: list[TeacherResult] = []
     staging_parts = {}
     for d, domain in enumerate(dataset.domains):

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -31,6 +32,18 @@ class PredictConfig:
     model: str | None = None  # int8 | onnx | student; None: the first of those that exists
     batch_size: int = 32  # 1: each text alone, the answer it gets whatever else is classified with it
     bucketing: bool = True  # length-sorted, dynamically padded batches; False: input order, padded to max_length
+
+
+@dataclass
+class PredictInputs:
+    """Where the texts come from: TEXT arguments, or a table / text file (``file``, read by its columns), or
+    with neither the lines of ``stdin``."""
+
+    texts: tuple[str, ...] = ()
+    file: Path | None = None
+    text_column: str | None = None  # None: the run's --text-column, else "text"
+    text_pair_column: str | None = None  # None: the run's --text-pair-column for a pair-trained model
+    stdin: TextIO | None = None
 
 
 @dataclass
@@ -76,6 +89,30 @@ def file_inputs(path: Path, run, text_column: str | None = None,
     return read_texts(path, text_column or columns.get("text_column", "text"), pair_column,
                       text_named=text_column is not None, pair_named=text_pair_column is not None,
                       pairs_required=bool(trained))
+
+
+def read_inputs(source: PredictInputs, run) -> tuple[list[str], list[str | None] | None]:
+    """The texts to classify and, read from a file, their second texts (None otherwise); no text is a UserError.
+
+    An empty TEXT argument is kept: ``predict`` refuses it, naming its position.
+    """
+    if source.texts and source.file is not None:
+        raise UserError("give TEXT arguments or --file, not both")
+    if source.file is None and (source.text_column or source.text_pair_column):
+        raise UserError("--text-column / --text-pair-column name columns of --file; give --file too")
+    if source.file is not None:
+        inputs, pairs = file_inputs(source.file, run, source.text_column, source.text_pair_column)
+        if not inputs:
+            raise UserError(f"{source.file}: no text to classify (the file has no non-blank lines or rows)")
+        return inputs, pairs
+    if source.texts:
+        return list(source.texts), None
+    if source.stdin is None or source.stdin.isatty():
+        raise UserError("no text to classify: give TEXT arguments, --file F, or pipe lines on stdin")
+    inputs = [line.strip() for line in source.stdin if line.strip()]
+    if not inputs:
+        raise UserError("no text to classify: stdin held no non-blank lines")
+    return inputs, None
 
 
 def choose_model(available: dict[str, Artifact], wanted: str | None, run_path: Path,

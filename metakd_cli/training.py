@@ -46,6 +46,22 @@ class PhaseSpec:
 
 
 @dataclass
+class PhaseSteps:
+    """What a phase trains on: its rows, how a batch of them is built, the loss step and the dev score.
+
+    ``make_batch(indices)`` builds the batch of those training rows; ``loss_step(batch, generator)`` returns
+    named loss terms with ``loss`` to optimise (the batch also carries ``progress``, the share of the phase's
+    steps done before this one, 0 to <1); ``evaluate()`` returns the dev score used for selection (higher is
+    better), None: keep the last epoch's state.
+    """
+
+    n_examples: int
+    make_batch: Callable[[list[int]], dict]
+    loss_step: Callable[[dict, torch.Generator], dict[str, torch.Tensor]]
+    evaluate: Callable[[], float] | None = None
+
+
+@dataclass
 class PhaseResult:
     best_score: float
     best_epoch: int
@@ -169,14 +185,12 @@ _NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 @dataclass
 class _Phase:
-    """One phase's fixed parts, set up once: its settings, the loss step as accelerate prepared it, the optimizer
-    and schedule, the generator handed to the loss step, its checkpoint folder and the callbacks."""
+    """One phase's fixed parts, set up once: its settings, what it trains on, the loss step as accelerate prepared
+    it, the optimizer and schedule, the generator handed to the loss step, its checkpoint folder and the callbacks."""
 
     spec: PhaseSpec
     module: nn.Module
-    n_examples: int
-    make_batch: Callable[[list[int]], dict]
-    evaluate: Callable[[], float] | None
+    steps: PhaseSteps
     accelerator: object
     model: nn.Module  # _LossStep(module, loss_step) through accelerator.prepare
     optimizer: torch.optim.Optimizer
@@ -193,6 +207,10 @@ class _Phase:
     @property
     def rank(self) -> int:
         return self.accelerator.process_index
+
+    @property
+    def n_examples(self) -> int:
+        return self.steps.n_examples
 
     @property
     def steps_per_epoch(self) -> int:
@@ -229,25 +247,20 @@ class _LoopState:
 def run_phase(
     spec: PhaseSpec,
     module: nn.Module,
-    n_examples: int,
-    make_batch: Callable[[list[int]], dict],
-    loss_step: Callable[[dict, torch.Generator], dict[str, torch.Tensor]],
-    evaluate: Callable[[], float] | None,
+    steps: PhaseSteps,
     checkpoint_dir: Path,
     resume: bool,
     progress=None,
     log: Callable[[str], None] = lambda _: None,
 ) -> PhaseResult:
-    """Train ``module`` (an nn.Module holding every trainable part) and keep its best state.
+    """Train ``module`` (an nn.Module holding every trainable part) on ``steps`` and keep its best state.
 
-    ``loss_step(batch, generator)`` returns named loss terms with ``loss`` to optimise; the batch
-    also carries ``progress``, the share of the phase's steps done before this one (0 to <1);
-    ``evaluate()`` returns the dev score used for selection (higher is better). On return
-    ``module`` holds the best state seen.
+    Checkpoints go to ``checkpoint_dir / spec.name``; with ``resume`` the phase continues from the one there.
+    On return ``module`` holds the best state seen (by ``steps.evaluate``, else the last).
     """
-    accelerator, model, optimizer, scheduler, generator = _prepare(spec, module, n_examples, loss_step)
-    phase = _Phase(spec, module, n_examples, make_batch, evaluate, accelerator, model, optimizer, scheduler,
-                   generator, checkpoint_dir / spec.name, progress, log)
+    accelerator, model, optimizer, scheduler, generator = _prepare(spec, module, steps)
+    phase = _Phase(spec, module, steps, accelerator, model, optimizer, scheduler, generator,
+                   checkpoint_dir / spec.name, progress, log)
     state = _start_state(phase, resume)
     state.started = time.perf_counter()
     if progress is not None:
@@ -275,7 +288,7 @@ def run_phase(
                        resumed_from=state.resumed_from)
 
 
-def _prepare(spec: PhaseSpec, module: nn.Module, n_examples: int, loss_step: Callable) -> tuple:
+def _prepare(spec: PhaseSpec, module: nn.Module, steps: PhaseSteps) -> tuple:
     """(accelerator, prepared loss step, optimizer, scheduler, generator): AdamW without weight decay on biases
     and norms, a linear warm-up and decay (or a constant rate), seeded by ``spec.seed`` in this order."""
     from transformers import get_constant_schedule, get_linear_schedule_with_warmup
@@ -284,7 +297,7 @@ def _prepare(spec: PhaseSpec, module: nn.Module, n_examples: int, loss_step: Cal
 
     accelerator = make_accelerator(spec.mixed_precision)
     torch.manual_seed(spec.seed)
-    total_steps = math.ceil(n_examples / spec.batch_size) * spec.epochs
+    total_steps = math.ceil(steps.n_examples / spec.batch_size) * spec.epochs
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     groups = [
         {"params": [p for n, p in named if not n.endswith(_NO_DECAY)], "weight_decay": spec.weight_decay},
@@ -297,7 +310,7 @@ def _prepare(spec: PhaseSpec, module: nn.Module, n_examples: int, loss_step: Cal
         scheduler = get_linear_schedule_with_warmup(optimizer, int(spec.warmup * total_steps), total_steps)
     # the scheduler stays ours: accelerate's would step it once per process at every step (it expects a
     # data loader whose length it divided among the processes; our steps are global batches already)
-    model, optimizer = accelerator.prepare(_LossStep(module, loss_step), optimizer)
+    model, optimizer = accelerator.prepare(_LossStep(module, steps.loss_step), optimizer)
     generator = torch.Generator().manual_seed(spec.seed + 1)
     return accelerator, model, optimizer, scheduler, generator
 
@@ -418,7 +431,7 @@ def _optimisation_step(phase: _Phase, state: _LoopState, indices: list[int], ste
     schedule; the position moves on by one step."""
     accelerator, position = phase.accelerator, state.position
     own, factor = shard(indices, phase.rank, phase.processes)
-    batch = {k: v.to(accelerator.device) for k, v in phase.make_batch(own).items()}
+    batch = {k: v.to(accelerator.device) for k, v in phase.steps.make_batch(own).items()}
     batch["progress"] = torch.tensor((position["epoch"] * phase.steps_per_epoch + step) / phase.total_steps)
     terms = phase.model(batch, phase.generator)  # through accelerate's wrapper: DDP all-reduces the gradients
     loss = terms["loss"] if phase.processes == 1 else terms["loss"] * factor
@@ -443,11 +456,12 @@ def _end_epoch(phase: _Phase, state: _LoopState, interrupt: _DeferredInterrupt) 
     spec, epoch = phase.spec, state.position["epoch"]
     state.consistent = False
     phase.model.eval()
-    score = phase.evaluate() if phase.evaluate is not None else float(epoch + 1)  # None: keep the last
+    evaluate = phase.steps.evaluate
+    score = evaluate() if evaluate is not None else float(epoch + 1)  # None: keep the last
     train_loss = state.position["loss_sum"] / max(state.position["loss_count"], 1)
     state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "dev_score": score})
     if phase.progress is not None and hasattr(phase.progress, "epoch_end"):  # a plain line where no bar can show
-        phase.progress.epoch_end(epoch + 1, spec.epochs, train_loss, score if phase.evaluate is not None else None,
+        phase.progress.epoch_end(epoch + 1, spec.epochs, train_loss, score if evaluate is not None else None,
                                  state.rate())
     if score > state.best_score:
         state.best_score, state.best_epoch = score, epoch + 1

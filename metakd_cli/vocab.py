@@ -181,8 +181,6 @@ def trim_vocabulary(model_dir: Path, out_dir: Path, texts: Sequence[str], keep_t
     ``out_dir`` must not exist yet or be empty. Other files of ``model_dir`` (metakd's own JSON,
     for example) are copied unchanged. Raises UserError for tokenizers it cannot rebuild.
     """
-    import torch
-    from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -215,7 +213,30 @@ def trim_vocabulary(model_dir: Path, out_dir: Path, texts: Sequence[str], keep_t
     kept = sorted(must | set(top))  # new id -> old id, original relative order
     new_id = {old: new for new, old in enumerate(kept)}
 
-    # the tokenizer: same normalizer, pre-tokenizer and decoder; only the vocabulary and its ids change
+    _write_trimmed_tokenizer(tokenizer, state, id_to_piece, kept, new_id, out_dir)
+    parameters_before = int(sum(p.numel() for p in model.parameters()))
+    _write_trimmed_model(model, embeddings, kept, new_id, out_dir)
+    for path in model_dir.iterdir():  # metakd's JSON, a domain head: unchanged by trimming
+        if path.is_file() and not (out_dir / path.name).exists() and path.name not in TOKENIZER_FILES + WEIGHT_FILES:
+            shutil.copy2(path, out_dir / path.name)
+
+    expected = {**state["model"]["vocab"], **{e["content"]: e["id"] for e in state.get("added_tokens", [])}}
+    _check_round_trip(tokenizer, out_dir, list(texts), new_id, expected)
+    return TrimReport(
+        out_dir=out_dir, vocab_before=rows_before, vocab_after=len(kept),
+        from_corpus=len(used - special_ids), from_top=len(top), special=len(special_ids),
+        parameters_before=parameters_before, parameters_after=int(sum(p.numel() for p in model.parameters())),
+        size_mb_before=_weights_mb(model_dir), size_mb_after=_weights_mb(out_dir), texts=len(texts),
+        kept_ids=kept,
+    )
+
+
+def _write_trimmed_tokenizer(tokenizer, state: dict, id_to_piece: dict[int, str], kept: list[int],
+                             new_id: dict[int, int], out_dir: Path) -> None:
+    """The tokenizer into ``out_dir``: same normalizer, pre-tokenizer and decoder; only the vocabulary and its ids
+    change (``state``, the tokenizer's JSON, is updated in place: the caller checks the round trip against it)."""
+    from tokenizers import Tokenizer
+
     state["model"]["vocab"] = {id_to_piece[old]: new_id[old] for old in kept if old in id_to_piece}
     for entry in state.get("added_tokens", []):
         entry["id"] = new_id[entry["id"]]
@@ -232,13 +253,16 @@ def trim_vocabulary(model_dir: Path, out_dir: Path, texts: Sequence[str], keep_t
     )
     trimmed_tokenizer.save_pretrained(out_dir)
 
-    # the model: the kept rows in new-id order, and every token id its config names
+
+def _write_trimmed_model(model, embeddings, kept: list[int], new_id: dict[int, int], out_dir: Path) -> None:
+    """The model into ``out_dir``: the kept embedding rows in new-id order, and every token id its config names."""
+    import torch
+
     weight = embeddings.weight.detach()[torch.tensor(kept, dtype=torch.long)].clone()
     padding_idx = new_id.get(embeddings.padding_idx) if embeddings.padding_idx is not None else None
     resized = torch.nn.Embedding(len(kept), weight.shape[1], padding_idx=padding_idx, dtype=weight.dtype)
     with torch.no_grad():
         resized.weight.copy_(weight)
-    parameters_before = int(sum(p.numel() for p in model.parameters()))
     model.set_input_embeddings(resized)
     model.config.vocab_size = len(kept)
     for name in CONFIG_TOKEN_IDS:
@@ -246,19 +270,6 @@ def trim_vocabulary(model_dir: Path, out_dir: Path, texts: Sequence[str], keep_t
         if isinstance(value, int) and value in new_id:
             setattr(model.config, name, new_id[value])
     model.save_pretrained(out_dir)
-    for path in model_dir.iterdir():  # metakd's JSON, a domain head: unchanged by trimming
-        if path.is_file() and not (out_dir / path.name).exists() and path.name not in TOKENIZER_FILES + WEIGHT_FILES:
-            shutil.copy2(path, out_dir / path.name)
-
-    expected = {**state["model"]["vocab"], **{e["content"]: e["id"] for e in state.get("added_tokens", [])}}
-    _check_round_trip(tokenizer, out_dir, list(texts), new_id, expected)
-    return TrimReport(
-        out_dir=out_dir, vocab_before=rows_before, vocab_after=len(kept),
-        from_corpus=len(used - special_ids), from_top=len(top), special=len(special_ids),
-        parameters_before=parameters_before, parameters_after=int(sum(p.numel() for p in model.parameters())),
-        size_mb_before=_weights_mb(model_dir), size_mb_after=_weights_mb(out_dir), texts=len(texts),
-        kept_ids=kept,
-    )
 
 
 def _check_round_trip(

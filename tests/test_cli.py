@@ -204,7 +204,7 @@ def test_training_calls_the_progress_once_per_epoch(tmp_path):
     import torch
     from torch import nn
 
-    from metakd_cli.training import PhaseSpec, run_phase
+    from metakd_cli.training import PhaseSpec, PhaseSteps, run_phase
 
     class Recorder:
         def __init__(self):
@@ -224,10 +224,9 @@ def test_training_calls_the_progress_once_per_epoch(tmp_path):
 
     model = nn.Linear(2, 1)
     recorder = Recorder()
-    run_phase(PhaseSpec(name="p", epochs=2, batch_size=4, lr=0.01, seed=0), model, 10,
-              lambda idx: {"x": torch.ones(len(idx), 2), "index": torch.tensor(idx)},
-              lambda batch, generator: {"loss": model(batch["x"]).pow(2).mean()}, lambda: 50.0, tmp_path, False,
-              recorder)
+    steps = PhaseSteps(10, lambda idx: {"x": torch.ones(len(idx), 2), "index": torch.tensor(idx)},
+                       lambda batch, generator: {"loss": model(batch["x"]).pow(2).mean()}, lambda: 50.0)
+    run_phase(PhaseSpec(name="p", epochs=2, batch_size=4, lr=0.01, seed=0), model, steps, tmp_path, False, recorder)
     assert recorder.epochs == [(1, 2, 50.0), (2, 2, 50.0)]
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from metakd_cli.errors import UserError
-from metakd_cli.training import PhaseSpec, run_phase
+from metakd_cli.training import PhaseSpec, PhaseSteps, run_phase
 
 
 def test_batches_carry_training_progress(tmp_path):
@@ -24,7 +24,7 @@ def test_batches_carry_training_progress(tmp_path):
         return {"x": torch.ones(len(indices), 2), "index": torch.tensor(indices)}
 
     spec = PhaseSpec(name="p", epochs=2, batch_size=4, lr=0.01, seed=0)
-    run_phase(spec, model, 10, make_batch, loss_step, None, tmp_path, resume=False)
+    run_phase(spec, model, PhaseSteps(10, make_batch, loss_step), tmp_path, resume=False)
     assert seen == pytest.approx([step / 6 for step in range(6)])  # 3 steps an epoch, 2 epochs: 0 .. 5/6
 
 
@@ -40,7 +40,7 @@ def _train(tmp_path, signature: str = "", resume: bool = False, n_examples: int 
     spec = PhaseSpec(name="fit-teacher", epochs=1, batch_size=4, lr=0.01, seed=0, signature=signature,
                      signature_names=("settings", "data fingerprint"))
     lines: list[str] = []
-    run_phase(spec, model, n_examples, make_batch, loss_step, None, tmp_path, resume=resume, log=lines.append)
+    run_phase(spec, model, PhaseSteps(n_examples, make_batch, loss_step), tmp_path, resume=resume, log=lines.append)
     return lines
 
 

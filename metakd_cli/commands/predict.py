@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from metakd_cli.predict import PredictResult
 
 PREFIX_CHARS = 60
 
@@ -50,34 +54,25 @@ def predict(obj, texts: tuple[str, ...], file: Path | None, text_column: str | N
     import sys
 
     from metakd_cli import console
-    from metakd_cli.errors import UserError
-    from metakd_cli.predict import PredictConfig, file_inputs
+    from metakd_cli.predict import PredictConfig, PredictInputs, read_inputs
     from metakd_cli.predict import predict as run_predict
     from metakd_cli.run_dir import RunDir
 
-    if texts and file is not None:
-        raise UserError("give TEXT arguments or --file, not both")
-    if file is None and (text_column or text_pair_column):
-        raise UserError("--text-column / --text-pair-column name columns of --file; give --file too")
     run = RunDir(obj.run_dir)
-    pairs = None
-    if file is not None:
-        inputs, pairs = file_inputs(file, run, text_column, text_pair_column)
-        if not inputs:
-            raise UserError(f"{file}: no text to classify (the file has no non-blank lines or rows)")
-    elif texts:
-        inputs = list(texts)  # an empty one is refused by run_predict, naming its position
-    else:
-        stdin = sys.stdin
-        if stdin.isatty():
-            raise UserError("no text to classify: give TEXT arguments, --file F, or pipe lines on stdin")
-        inputs = [line.strip() for line in stdin if line.strip()]
-        if not inputs:
-            raise UserError("no text to classify: stdin held no non-blank lines")
+    inputs, pairs = read_inputs(PredictInputs(texts, file, text_column, text_pair_column, sys.stdin), run)
     result = run_predict(PredictConfig(texts=inputs, text_pairs=pairs, model=model, bucketing=bucketing,
                                        batch_size=batch_size), run, console.log)
     for warning in result.warnings:
         console.warn(warning)
+    _render(result, as_json)
+
+
+def _render(result: PredictResult, as_json: bool) -> None:
+    """One JSON list, or a label<TAB>probability<TAB>text line per prediction (the text cut to PREFIX_CHARS)."""
+    import sys
+
+    from metakd_cli import console
+
     if as_json:
         console.print_json([
             {"text": p.text, **({"text_pair": p.text_pair} if p.text_pair is not None else {}), "label": p.label,
