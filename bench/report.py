@@ -46,131 +46,171 @@ def _accuracy_table(title: str, results: dict, extra_key: str | None = None, ext
 
 
 def build() -> str:
-    lines: list[str] = []
-    teachers = RESULTS / "teachers.json"
-    if teachers.is_file():
-        data = json.loads(teachers.read_text())
-        setup = data["setup"]
-        lines += [f"Test accuracy (%) on the Amazon data (seeded 80/10/10 split, 200 test rows per domain), "
-                  f"offline teacher {setup['teacher']}, {setup['epochs']} epochs, lr {setup['lr']}, "
-                  f"seq {setup['max_length']}, seed {setup['seed']}; `python -m bench.teachers`.", ""]
-        lines += _accuracy_table("Teachers", data["results"], "minutes", "minutes")
-    students = RESULTS / "students.json"
-    if students.is_file():
-        data = json.loads(students.read_text())
-        setup = data["setup"]
-        lines += [f"One all-domain student per system, {setup['intermediate_epochs']} intermediate + "
-                  f"{setup['epochs']} prediction epochs, seed {setup['seed']}; `python -m bench.students`. "
-                  "One seed: differences of a point or two are within noise (see `bench/amazon.py` for seeds "
-                  "and paired tests).", ""]
-        lines += _accuracy_table("Students (`tiny` = 4 of the teacher's 6 layers)", data["results"],
-                                 "minutes", "minutes")
-    amazon = RESULTS / "amazon.json"
-    if amazon.is_file():
-        data = json.loads(amazon.read_text())
-        setup = data["setup"]
-        distill = setup["distill"]
-        seeds = sorted({s for name, row in data["results"].items() if not name.startswith("teacher-")
-                        for s in row.get("seeds", [])})
-        overrides = "".join(f"; {name} fits with " + ", ".join(f"{k} {v}" for k, v in changed.items())
-                            for name, changed in setup.get("teacher_overrides", {}).items())
-        lines += [f"Per-domain students (`distill --domain D`, scored on D), {distill['intermediate_epochs']} "
-                  f"intermediate + {distill['epochs']} prediction epochs, student seeds {seeds} (teachers: "
-                  f"{setup.get('teacher_fit', 'seed 42')}{overrides}); std = sample standard deviation over seeds of each "
-                  "seed's average; `python -m bench.amazon`.", ""]
-        lines += _accuracy_table("The paper's table (mean over seeds)", data["results"], "std", "std", seeds=True,
-                                 paper=True)
-        for name, test in data.get("tests", {}).items():
-            lo, hi = test["ci95"]
-            lines.append(f"- {name}: {test['diff']:+.2f} points (95% CI {lo:+.2f} to {hi:+.2f}), paired "
-                         f"bootstrap {_p(test['p_value'])}")
-        lines.append("")
-        for h, section in data.get("held_out", {}).items():
-            lines += [f"**Held out: {h}** (its teachers never saw it; students distilled and scored on {h}; mean over "
-                      "seeds). The paper's column is its MNLI experiment (fiction held out, scored on fiction).",
-                      "", f"| system | {h} | std | seeds | paper (MNLI fiction) |", "| --- | --- | --- | --- | --- |"]
-            for name, row in section["results"].items():  # "paper": the MNLI figure amazon.py put beside the row
-                lines.append(_row(name.replace("H", h), [row["accuracy"], "-" if row["std"] is None else row["std"],
-                                                         ", ".join(map(str, row["seeds"])), row.get("paper")]))
-            for name, test in section.get("tests", {}).items():
-                lines.append(f"- {name.replace(f'held-out/{h}/', '')}: {test['diff']:+.2f} points, "
-                             f"{_p(test['p_value'])}")
-            lines.append("")
-    scarce = RESULTS / "scarce.json"
-    if scarce.is_file():
-        data = json.loads(scarce.read_text())
-        setup, rows = data["setup"], data["results"]
-        columns = ["single-teacher", "single->tinybert", "meta-teacher", "meta->meta", "meta->tinybert"]
-        columns = [c for c in columns if any(c in row for row in rows.values())]
-        distill = setup.get("distill", {})
-        epochs = (f"students {distill['intermediate_epochs']} + {distill['epochs']} epochs at F = 1"
-                  if distill else "")
-        rule = f"; epochs: {setup['epochs']}" if setup.get("epochs") else ""
-        dev = f"; {setup['dev']}" if setup.get("dev") else ""
-        lines += [f"**Data-scarce: {setup['domain']}** (share of its training rows; the meta-teacher keeps every "
-                  f"row of the other domains; accuracy on {setup['domain']}'s test rows, one seed; "
-                  f"{epochs}{rule}{dev}); `python -m bench.scarce`.", "",
-                  "| fraction | train rows | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 2)]
-        for fraction, row in sorted(rows.items(), key=lambda kv: float(kv[0])):
-            lines.append(_row(fraction, [str(row.get("train_rows", "-")), *[row.get(c, "-") for c in columns]]))
-        lines.append("")
-        for fraction, tests in sorted(data.get("tests", {}).items(), key=lambda kv: float(kv[0])):
-            lines.append(f"- F = {fraction}: " + "; ".join(
-                f"{name} {t['diff']:+.1f} points (95% CI {t['ci95'][0]:+.1f} to {t['ci95'][1]:+.1f}, "
-                f"{_p(t['p_value'])})" for name, t in tests.items()))
-        lines += [""] * bool(data.get("tests"))
-    speed = RESULTS / "speed.json"
-    if speed.is_file():
-        data = json.loads(speed.read_text())
-        cpu = data["setup"].get("cpu", {})
-        threads = data["setup"].get("threads", {})
-        threads = threads.get("torch_intra_op", "?") if isinstance(threads, dict) else threads
-        lines += [f"**Speed** on {cpu.get('model', '?')} ({', '.join(cpu.get('flags', []))}), {threads} threads, "
-                  f"seq 128, {str(data['setup'].get('date', '?'))[:10]}; `python -m bench.speed`. Fixed shape: "
-                  "every row padded to 128 tokens; predict: real test texts end to end (tokenisation included), "
-                  "length-bucketed.", "",
-                  "| model | latency p50 ms (b1) | latency p90 ms (b1) | throughput ex/s (b32) | predict texts/s "
-                  "| size MB |", "| --- | --- | --- | --- | --- | --- |"]
-        for name, row in data["results"].items():
-            predict = (row.get("predict") or {}).get("bucketed_texts_per_s", "-")
-            lines.append(_row(name, [row["latency_b1_p50_ms"], row["latency_b1_p90_ms"], row["throughput_b32"],
-                                     predict, row["size_mb"]]))
-        ceiling = data["ceiling"]
-        lines += ["", f"int8 matmul ceiling ({'x'.join(map(str, ceiling['shape']))}): "
-                      f"{ceiling['int8_gmacs_per_s']:.0f} G multiply-accumulates/s (fp32 {ceiling['fp32_gmacs_per_s']:.0f}); "
-                      f"the int8 student runs at {ceiling['student_int8_gmacs_per_s']:.0f}, "
-                      f"{ceiling['student_int8_share_of_int8_ceiling']:.0%} of it.", ""]
-        for target in data.get("targets", []):
-            value = f"{target['value']:.0%}" if target["threshold"] < 1 else f"{target['value']:.1f}x"
-            lines.append(f"- {'met' if target['met'] else '**not met**'}: {target['target']} ({value})")
-        lines.append("")
-    recipe = RESULTS / "amazon_cpu.json"
-    if recipe.is_file():
-        data = json.loads(recipe.read_text())
-        steps = ", ".join(f"{step} {row['seconds'] / 60:.1f}" for step, row in data["steps"].items())
-        accuracy = ", ".join(f"{name} {row['average']:.1f}" for name, row in data["accuracy"].items())
-        lines += [f"**`metakd run amazon-cpu` end to end** on {data['setup']['cpu'].get('model', '?')} "
-                  f"({data['setup']['cpu'].get('cores', '?')} cores), {data['started'][:10]}: "
-                  f"{data['minutes']:.1f} minutes ({steps}); target under {data['target_minutes']} minutes: "
-                  f"{'met' if data['met'] else '**not met**'}. Test accuracy averages: {accuracy}; "
-                  "`python -m bench.amazon_cpu`.", ""]
-    variants = RESULTS / "int8_variants.json"
-    if variants.is_file():
-        data = json.loads(variants.read_text())
-        lines += [f"**Ways to build the int8 student** ({data['setup']['int8_format']} format, same fp32 ONNX file, "
-                  "one process; test accuracy on the 800 test rows, agreement with fp32); "
-                  "`python -m bench.int8_variants`.", "",
-                  "| variant | throughput ex/s (b32) | latency p50 ms (b1) | size MiB | test acc % | agreement % |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        for name, row in data["results"].items():
-            lines.append(_row(name, [row["throughput_b32"], row["latency_b1_p50_ms"], row["size_mb"],
-                                     row["test_accuracy"], row["agreement_with_fp32"]]))
-        lines.append("")
-    lines += _ablation(RESULTS / "ablation.json") + _mpnet(RESULTS / "mpnet.json")
+    lines = []
+    sections = (_teachers(RESULTS / "teachers.json"), _students(RESULTS / "students.json"),
+                _amazon(RESULTS / "amazon.json"), _scarce(RESULTS / "scarce.json"), _speed(RESULTS / "speed.json"),
+                _amazon_cpu(RESULTS / "amazon_cpu.json"), _int8_variants(RESULTS / "int8_variants.json"),
+                _ablation(RESULTS / "ablation.json"), _mpnet(RESULTS / "mpnet.json"))
+    for section in sections:
+        lines += section
     lines += _accuracy_table("The paper (BERT-base teacher, TinyBERT-4 student; for comparison)",
                              {name: dict(zip(COLUMNS, v)) for name, v in PAPER.values()})
     return "\n".join(lines)
 
+
+def _teachers(path) -> list[str]:
+    """bench/results/teachers.json: the teachers on the full Amazon data."""
+    if not path.is_file():
+        return []
+    lines: list[str] = []
+    data = json.loads(path.read_text())
+    setup = data["setup"]
+    lines += [f"Test accuracy (%) on the Amazon data (seeded 80/10/10 split, 200 test rows per domain), "
+              f"offline teacher {setup['teacher']}, {setup['epochs']} epochs, lr {setup['lr']}, "
+              f"seq {setup['max_length']}, seed {setup['seed']}; `python -m bench.teachers`.", ""]
+    lines += _accuracy_table("Teachers", data["results"], "minutes", "minutes")
+    return lines
+
+def _students(path) -> list[str]:
+    """bench/results/students.json: all-domain students."""
+    if not path.is_file():
+        return []
+    lines: list[str] = []
+    data = json.loads(path.read_text())
+    setup = data["setup"]
+    lines += [f"One all-domain student per system, {setup['intermediate_epochs']} intermediate + "
+              f"{setup['epochs']} prediction epochs, seed {setup['seed']}; `python -m bench.students`. "
+              "One seed: differences of a point or two are within noise (see `bench/amazon.py` for seeds "
+              "and paired tests).", ""]
+    lines += _accuracy_table("Students (`tiny` = 4 of the teacher's 6 layers)", data["results"],
+                             "minutes", "minutes")
+    return lines
+
+def _amazon(path) -> list[str]:
+    """bench/results/amazon.json: the paper's table, paired tests and the held-out tables."""
+    if not path.is_file():
+        return []
+    lines: list[str] = []
+    data = json.loads(path.read_text())
+    setup = data["setup"]
+    distill = setup["distill"]
+    seeds = sorted({s for name, row in data["results"].items() if not name.startswith("teacher-")
+                    for s in row.get("seeds", [])})
+    overrides = "".join(f"; {name} fits with " + ", ".join(f"{k} {v}" for k, v in changed.items())
+                        for name, changed in setup.get("teacher_overrides", {}).items())
+    lines += [f"Per-domain students (`distill --domain D`, scored on D), {distill['intermediate_epochs']} "
+              f"intermediate + {distill['epochs']} prediction epochs, student seeds {seeds} (teachers: "
+              f"{setup.get('teacher_fit', 'seed 42')}{overrides}); std = sample standard deviation over seeds of each "
+              "seed's average; `python -m bench.amazon`.", ""]
+    lines += _accuracy_table("The paper's table (mean over seeds)", data["results"], "std", "std", seeds=True,
+                             paper=True)
+    for name, test in data.get("tests", {}).items():
+        lo, hi = test["ci95"]
+        lines.append(f"- {name}: {test['diff']:+.2f} points (95% CI {lo:+.2f} to {hi:+.2f}), paired "
+                     f"bootstrap {_p(test['p_value'])}")
+    lines.append("")
+    for h, section in data.get("held_out", {}).items():
+        lines += [f"**Held out: {h}** (its teachers never saw it; students distilled and scored on {h}; mean over "
+                  "seeds). The paper's column is its MNLI experiment (fiction held out, scored on fiction).",
+                  "", f"| system | {h} | std | seeds | paper (MNLI fiction) |", "| --- | --- | --- | --- | --- |"]
+        for name, row in section["results"].items():  # "paper": the MNLI figure amazon.py put beside the row
+            lines.append(_row(name.replace("H", h), [row["accuracy"], "-" if row["std"] is None else row["std"],
+                                                     ", ".join(map(str, row["seeds"])), row.get("paper")]))
+        for name, test in section.get("tests", {}).items():
+            lines.append(f"- {name.replace(f'held-out/{h}/', '')}: {test['diff']:+.2f} points, "
+                         f"{_p(test['p_value'])}")
+        lines.append("")
+    return lines
+
+def _scarce(path) -> list[str]:
+    """bench/results/scarce.json: the data-scarce table."""
+    if not path.is_file():
+        return []
+    lines: list[str] = []
+    data = json.loads(path.read_text())
+    setup, rows = data["setup"], data["results"]
+    columns = ["single-teacher", "single->tinybert", "meta-teacher", "meta->meta", "meta->tinybert"]
+    columns = [c for c in columns if any(c in row for row in rows.values())]
+    distill = setup.get("distill", {})
+    epochs = (f"students {distill['intermediate_epochs']} + {distill['epochs']} epochs at F = 1"
+              if distill else "")
+    rule = f"; epochs: {setup['epochs']}" if setup.get("epochs") else ""
+    dev = f"; {setup['dev']}" if setup.get("dev") else ""
+    lines += [f"**Data-scarce: {setup['domain']}** (share of its training rows; the meta-teacher keeps every "
+              f"row of the other domains; accuracy on {setup['domain']}'s test rows, one seed; "
+              f"{epochs}{rule}{dev}); `python -m bench.scarce`.", "",
+              "| fraction | train rows | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 2)]
+    for fraction, row in sorted(rows.items(), key=lambda kv: float(kv[0])):
+        lines.append(_row(fraction, [str(row.get("train_rows", "-")), *[row.get(c, "-") for c in columns]]))
+    lines.append("")
+    for fraction, tests in sorted(data.get("tests", {}).items(), key=lambda kv: float(kv[0])):
+        lines.append(f"- F = {fraction}: " + "; ".join(
+            f"{name} {t['diff']:+.1f} points (95% CI {t['ci95'][0]:+.1f} to {t['ci95'][1]:+.1f}, "
+            f"{_p(t['p_value'])})" for name, t in tests.items()))
+    lines += [""] * bool(data.get("tests"))
+    return lines
+
+def _speed(path) -> list[str]:
+    """bench/results/speed.json: latency, throughput, size and the int8 matmul ceiling."""
+    if not path.is_file():
+        return []
+    lines: list[str] = []
+    data = json.loads(path.read_text())
+    cpu = data["setup"].get("cpu", {})
+    threads = data["setup"].get("threads", {})
+    threads = threads.get("torch_intra_op", "?") if isinstance(threads, dict) else threads
+    lines += [f"**Speed** on {cpu.get('model', '?')} ({', '.join(cpu.get('flags', []))}), {threads} threads, "
+              f"seq 128, {str(data['setup'].get('date', '?'))[:10]}; `python -m bench.speed`. Fixed shape: "
+              "every row padded to 128 tokens; predict: real test texts end to end (tokenisation included), "
+              "length-bucketed.", "",
+              "| model | latency p50 ms (b1) | latency p90 ms (b1) | throughput ex/s (b32) | predict texts/s "
+              "| size MB |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, row in data["results"].items():
+        predict = (row.get("predict") or {}).get("bucketed_texts_per_s", "-")
+        lines.append(_row(name, [row["latency_b1_p50_ms"], row["latency_b1_p90_ms"], row["throughput_b32"],
+                                 predict, row["size_mb"]]))
+    ceiling = data["ceiling"]
+    lines += ["", f"int8 matmul ceiling ({'x'.join(map(str, ceiling['shape']))}): "
+                  f"{ceiling['int8_gmacs_per_s']:.0f} G multiply-accumulates/s (fp32 {ceiling['fp32_gmacs_per_s']:.0f}); "
+                  f"the int8 student runs at {ceiling['student_int8_gmacs_per_s']:.0f}, "
+                  f"{ceiling['student_int8_share_of_int8_ceiling']:.0%} of it.", ""]
+    for target in data.get("targets", []):
+        value = f"{target['value']:.0%}" if target["threshold"] < 1 else f"{target['value']:.1f}x"
+        lines.append(f"- {'met' if target['met'] else '**not met**'}: {target['target']} ({value})")
+    lines.append("")
+    return lines
+
+def _amazon_cpu(path) -> list[str]:
+    """bench/results/amazon_cpu.json: `metakd run amazon-cpu` end to end."""
+    if not path.is_file():
+        return []
+    lines: list[str] = []
+    data = json.loads(path.read_text())
+    steps = ", ".join(f"{step} {row['seconds'] / 60:.1f}" for step, row in data["steps"].items())
+    accuracy = ", ".join(f"{name} {row['average']:.1f}" for name, row in data["accuracy"].items())
+    lines += [f"**`metakd run amazon-cpu` end to end** on {data['setup']['cpu'].get('model', '?')} "
+              f"({data['setup']['cpu'].get('cores', '?')} cores), {data['started'][:10]}: "
+              f"{data['minutes']:.1f} minutes ({steps}); target under {data['target_minutes']} minutes: "
+              f"{'met' if data['met'] else '**not met**'}. Test accuracy averages: {accuracy}; "
+              "`python -m bench.amazon_cpu`.", ""]
+    return lines
+
+def _int8_variants(path) -> list[str]:
+    """bench/results/int8_variants.json: ways to build the int8 student."""
+    if not path.is_file():
+        return []
+    lines: list[str] = []
+    data = json.loads(path.read_text())
+    lines += [f"**Ways to build the int8 student** ({data['setup']['int8_format']} format, same fp32 ONNX file, "
+              "one process; test accuracy on the 800 test rows, agreement with fp32); "
+              "`python -m bench.int8_variants`.", "",
+              "| variant | throughput ex/s (b32) | latency p50 ms (b1) | size MiB | test acc % | agreement % |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for name, row in data["results"].items():
+        lines.append(_row(name, [row["throughput_b32"], row["latency_b1_p50_ms"], row["size_mb"],
+                                 row["test_accuracy"], row["agreement_with_fp32"]]))
+    lines.append("")
+    return lines
 
 def _ablation(path) -> list[str]:
     """bench/results/ablation.json: what each part of Meta-KD buys (issue 25), teachers, int8 weight scales."""
