@@ -21,8 +21,8 @@ import click
               help="int8 format: auto = avx512_vnni where the CPU has VNNI, else avx2; arm64 on ARM "
                    "(implies --ort) [auto].")
 @click.option("--per-channel/--per-tensor", "per_channel", default=None,
-              help="int8 weight scales: one per output column (default; on Amazon it kept int8 within 0.3 points "
-                   "of fp32, where one scale per matrix lost 0.9) or one per matrix (about 5% faster).")
+              help="int8 weight scales: one per output column (default) or one per matrix; on Amazon dev rows "
+                   "the two lost the same (bench/results/ablation.json).")
 @click.option("--ort", is_flag=True, default=None,
               help="Also write model.ort and required_operators.config for ONNX Runtime Mobile, checked against ONNX.")
 @click.option("--opset", type=int, default=None, help="ONNX opset [18].")
