@@ -259,7 +259,9 @@ def _mpnet(path) -> list[str]:
     if not path.is_file():
         return []
     data = json.loads(path.read_text())
-    lines = ["**MPNet-base teacher** (issue 26; one seed; `python -m bench.mpnet`): the issue's targets", "",
+    speed = data.get("speed") if isinstance(data.get("speed"), dict) else {}
+    note = f"; speed and sizes {speed['measured_on']}" if speed.get("measured_on") else ""
+    lines = [f"**MPNet-base teacher** (issue 26; one seed; `python -m bench.mpnet`{note}): the issue's targets", "",
              "| target | threshold | value | status |", "| --- | --- | --- | --- |"]
     for target in data["targets"]:
         value = "-" if target["value"] is None else f"{target['value']:g}"
