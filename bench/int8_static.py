@@ -88,7 +88,7 @@ def build(onnx_dir: Path, scratch: Path, target: str, train_encoded, pad_id: int
     return paths, built
 
 
-def main(argv: list[str] | None = None) -> int:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, required=True, help="A run folder with onnx/model.onnx.")
     parser.add_argument("--threads", type=int, default=len(available_cpus()))
@@ -100,7 +100,88 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"Calibrations [{','.join(METHODS)}].")
     parser.add_argument("--formats", default=",".join(FORMATS), help=f"Static graphs [{','.join(FORMATS)}].")
     parser.add_argument("--out", type=Path, default=OUT, help=f"JSON report [{OUT}].")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _score(paths: dict[str, Path], built: dict, dev, dataset, pad_id: int, max_drop: float) -> dict[str, dict]:
+    """Each variant's dev accuracy, change and agreement against fp32 (the first), and batch invariance."""
+    from metakd_cli.evaluate import per_domain_accuracy
+    from metakd_cli.export import batch_invariance
+    from metakd_cli.inference import onnx_logits
+    from metakd_cli.inference import onnx_session as default_session
+
+    results: dict[str, dict] = {}
+    fp32_accuracy = fp32_predictions = None
+    for name, path in paths.items():
+        _log(f"{name}: dev accuracy and batch invariance")
+        session = default_session(path)  # as metakd predict / eval load it
+        predictions = onnx_logits(session, dev, pad_id).argmax(-1)
+        accuracy = per_domain_accuracy(predictions, dev, dataset.domains)
+        if fp32_accuracy is None:
+            fp32_accuracy, fp32_predictions = accuracy, predictions
+        invariance = batch_invariance(session, dev, pad_id, 32)
+        change = accuracy["average"] - fp32_accuracy["average"]
+        results[name] = {
+            **built[name], "dev_accuracy": accuracy, "change_vs_fp32": change,
+            "passes_gate": -change <= max_drop,
+            "agreement_with_fp32": float((predictions == fp32_predictions).mean() * 100),
+            "batch_invariance": invariance,
+            "invariant": invariance["max_abs_prob_diff"] <= INVARIANT_AT and invariance["label_flips"] == 0,
+            "size_mb": path.stat().st_size / 1e6,
+        }
+    return results
+
+
+def _time(paths: dict[str, Path], inputs, args: argparse.Namespace, results: dict[str, dict]) -> None:
+    """Throughput at batch 32 and batch-1 latency of every variant, in interleaved rounds (medians), into results."""
+    from metakd_cli.inference import onnx_forward
+
+    forwards = {name: onnx_forward(pinned_session(path, args.threads)) for name, path in paths.items()}
+    rounds: dict[str, list[dict]] = {name: [] for name in paths}
+    for r in range(args.rounds):  # interleaved, so that a slow spell of the machine hits every variant
+        for name, forward in forwards.items():
+            _log(f"round {r + 1}/{args.rounds}: timing {name}")
+            rounds[name].append(fixed_shape_speed(forward, inputs, 32, args.repeats, args.batches, 3))
+    for name in paths:
+        timed = {key: [speed[key] for speed in rounds[name]] for key in ("throughput_b32", "latency_b1_p50_ms")}
+        results[name].update({key: float(np.median(values)) for key, values in timed.items()}, rounds=timed)
+
+
+def _chosen(results: dict[str, dict]) -> str | None:
+    """Among the batch-invariant static variants within the gate: the best dev accuracy, then the fastest."""
+    candidates = [n for n, r in results.items() if n.startswith("static-") and "error" not in r
+                  and r["invariant"] and r["passes_gate"]]
+    return max(candidates, key=lambda n: (round(results[n]["dev_accuracy"]["average"], 6),
+                                          results[n]["throughput_b32"]), default=None)
+
+
+def _print_table(results: dict[str, dict], chosen: str | None, rule: str) -> None:
+    base = results["dynamic"]
+    print(f"{'variant':28}{'dev acc':>8}{'vs fp32':>8}{'gate':>5}{'b32 ex/s':>10}{'vs dyn':>7}{'b1 ms':>7}"
+          f"{'vs dyn':>7}{'max|dp| alone/b32':>19}{'flips':>6}{'MB':>6}{'calib s':>8}")
+    for name, row in results.items():
+        if "error" in row:
+            print(f"{name:28}failed: {row['error'][:100]}")
+            continue
+        print(f"{name:28}{row['dev_accuracy']['average']:8.2f}{row['change_vs_fp32']:+8.2f}"
+              f"{'ok' if row['passes_gate'] else 'no':>5}{row['throughput_b32']:10.1f}"
+              f"{row['throughput_b32'] / base['throughput_b32']:6.2f}x{row['latency_b1_p50_ms']:7.2f}"
+              f"{row['latency_b1_p50_ms'] / base['latency_b1_p50_ms']:6.2f}x"
+              f"{row['batch_invariance']['max_abs_prob_diff']:19.1e}{row['batch_invariance']['label_flips']:6d}"
+              f"{row['size_mb']:6.1f}{row.get('calibration_seconds', 0.0):8.1f}")
+    print(f"chosen default: {chosen} ({rule})")
+
+
+RULE = ("invariant (max |p diff| <= 1e-6, no label change) and within --max-drop of fp32 on dev; "
+        "then best dev accuracy, then fastest at batch 32")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
     if not (args.run_dir / "onnx" / "model.onnx").is_file():
         print(f"skipped: {args.run_dir}/onnx/model.onnx not present; run `metakd --run-dir {args.run_dir} export` "
               "first")
@@ -109,15 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     from metakd_cli.cpu import cpu_info
     from metakd_cli.data import encode
     from metakd_cli.errors import UserError
-    from metakd_cli.evaluate import per_domain_accuracy
-    from metakd_cli.inference import onnx_forward, onnx_logits
-    from metakd_cli.inference import onnx_session as default_session
-    from metakd_cli.export import _calibration_sample, batch_invariance, detect_target
+    from metakd_cli.export import _calibration_sample, detect_target
     from metakd_cli.models import load_tokenizer
     from metakd_cli.run_dir import RunDir, atomic_write_json
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
 
     run = RunDir(args.run_dir)
     onnx_dir = run.path / "onnx"
@@ -135,71 +210,25 @@ def main(argv: list[str] | None = None) -> int:
     train = encode(_calibration_sample(dataset.train, args.calibration_rows), dataset, tokenizer, max_length)
     seq_len = min(128, max_length)
     inputs = fixed_inputs(onnx_dir, dataset.dev, 32, seq_len, None)
-    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as scratch:
         paths, built = build(onnx_dir, Path(scratch), target, train, pad_id, args.formats.split(","),
-                             args.methods.split(","), log)
-        fp32_accuracy = None
-        fp32_predictions = None
-        for name, path in paths.items():
-            log(f"{name}: dev accuracy and batch invariance")
-            session = default_session(path)  # as metakd predict / eval load it
-            predictions = onnx_logits(session, dev, pad_id).argmax(-1)
-            accuracy = per_domain_accuracy(predictions, dev, dataset.domains)
-            if fp32_accuracy is None:
-                fp32_accuracy, fp32_predictions = accuracy, predictions
-            invariance = batch_invariance(session, dev, pad_id, 32)
-            change = accuracy["average"] - fp32_accuracy["average"]
-            results[name] = {
-                **built[name], "dev_accuracy": accuracy, "change_vs_fp32": change,
-                "passes_gate": -change <= args.max_drop,
-                "agreement_with_fp32": float((predictions == fp32_predictions).mean() * 100),
-                "batch_invariance": invariance,
-                "invariant": invariance["max_abs_prob_diff"] <= INVARIANT_AT and invariance["label_flips"] == 0,
-                "size_mb": path.stat().st_size / 1e6,
-            }
-        forwards = {name: onnx_forward(pinned_session(path, args.threads)) for name, path in paths.items()}
-        rounds: dict[str, list[dict]] = {name: [] for name in paths}
-        for r in range(args.rounds):  # interleaved, so that a slow spell of the machine hits every variant
-            for name, forward in forwards.items():
-                log(f"round {r + 1}/{args.rounds}: timing {name}")
-                rounds[name].append(fixed_shape_speed(forward, inputs, 32, args.repeats, args.batches, 3))
-        for name in paths:
-            timed = {key: [speed[key] for speed in rounds[name]] for key in ("throughput_b32", "latency_b1_p50_ms")}
-            results[name].update({key: float(np.median(values)) for key, values in timed.items()}, rounds=timed)
+                             args.methods.split(","), _log)
+        results = _score(paths, built, dev, dataset, pad_id, args.max_drop)
+        _time(paths, inputs, args, results)
     for name, info in built.items():
         if "error" in info:
             results[name] = info
-    candidates = [n for n, r in results.items() if n.startswith("static-") and "error" not in r
-                  and r["invariant"] and r["passes_gate"]]
-    chosen = max(candidates, key=lambda n: (round(results[n]["dev_accuracy"]["average"], 6),
-                                            results[n]["throughput_b32"]), default=None)
+    chosen = _chosen(results)
     report = {"setup": {"run_dir": str(run.path), "cpu": cpu_info().to_json(), "target": target,
                         "target_reason": reason, "threads": threads, "dev_rows": len(dev),
                         "calibration_rows": len(train), "max_drop": args.max_drop, "invariant_at": INVARIANT_AT,
                         "seq_len_timed": seq_len, "rounds": args.rounds, "batches": args.batches,
                         "repeats": args.repeats, "command": " ".join(sys.argv),
                         "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
-              "results": results, "chosen": chosen,
-              "rule": "invariant (max |p diff| <= 1e-6, no label change) and within --max-drop of fp32 on dev; "
-                      "then best dev accuracy, then fastest at batch 32"}
+              "results": results, "chosen": chosen, "rule": RULE}
     atomic_write_json(args.out, report)
-    base = results["dynamic"]
-    print(f"{'variant':28}{'dev acc':>8}{'vs fp32':>8}{'gate':>5}{'b32 ex/s':>10}{'vs dyn':>7}{'b1 ms':>7}"
-          f"{'vs dyn':>7}{'max|dp| alone/b32':>19}{'flips':>6}{'MB':>6}{'calib s':>8}")
-    for name, row in results.items():
-        if "error" in row:
-            print(f"{name:28}failed: {row['error'][:100]}")
-            continue
-        print(f"{name:28}{row['dev_accuracy']['average']:8.2f}{row['change_vs_fp32']:+8.2f}"
-              f"{'ok' if row['passes_gate'] else 'no':>5}{row['throughput_b32']:10.1f}"
-              f"{row['throughput_b32'] / base['throughput_b32']:6.2f}x{row['latency_b1_p50_ms']:7.2f}"
-              f"{row['latency_b1_p50_ms'] / base['latency_b1_p50_ms']:6.2f}x"
-              f"{row['batch_invariance']['max_abs_prob_diff']:19.1e}{row['batch_invariance']['label_flips']:6d}"
-              f"{row['size_mb']:6.1f}{row.get('calibration_seconds', 0.0):8.1f}")
-    print(f"chosen default: {chosen} ({report['rule']})")
+    _print_table(results, chosen, RULE)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
