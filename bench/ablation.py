@@ -157,6 +157,27 @@ def run_one(system: str, domain: str, seed: int) -> bool:
     return True
 
 
+def weight_distance(system: str, seeds: list[int]) -> float | None:
+    """How far ``system``'s students sit from full Meta-KD's of the same domain and seed: the mean |w - w_meta|
+    over every weight outside the embeddings (which stage 1 and 2 move least), averaged over domains and seeds;
+    None when a pair of students is missing or their shapes differ (another student geometry)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    distances = []
+    for domain in DOMAINS:
+        for seed in seeds:
+            mine, theirs = (folder(name, domain, seed) / "student" / "model.safetensors" for name in (system, REFERENCE))
+            if not (mine.is_file() and theirs.is_file()):
+                return None
+            a, b = load_file(str(mine)), load_file(str(theirs))
+            keys = [k for k in a if "embeddings" not in k]
+            if set(a) != set(b) or any(a[k].shape != b[k].shape for k in keys):
+                return None
+            distances.append(sum(float(np.abs(a[k] - b[k]).sum()) for k in keys) / sum(a[k].size for k in keys))
+    return float(f"{sum(distances) / len(distances):.3g}") if distances else None
+
+
 def table() -> dict:
     """bench/results/ablation.json from the run folders as they stand (finished students only)."""
     correct: dict[str, dict[str, dict[int, list[int]]]] = {}  # system -> domain -> seed -> 0/1 per test row
@@ -189,7 +210,8 @@ def table() -> dict:
                       for d in domains}
         results[system] = {**per_domain, "average": round(sum(per_domain.values()) / len(per_domain), 2),
                            "seeds": seeds, "what": SYSTEMS[system][1], "sets": SYSTEMS[system][0],
-                           "distill_minutes_mean": round(sum(minutes[system]) / len(minutes[system]), 1)}
+                           "distill_minutes_mean": round(sum(minutes[system]) / len(minutes[system]), 1),
+                           "weight_distance_to_meta": weight_distance(system, seeds)}
     tests = {}
     for system in results:
         reference = REFERENCES.get(system, REFERENCE)

@@ -225,13 +225,15 @@ def _ablation(path) -> list[str]:
              + ", ".join(f"{d} {teacher[d]:.1f}" for d in [*domains, "average"] if d in teacher)
              + "); difference against full Meta-KD (or the row it is paired with) by a paired bootstrap over "
              "the same rows and seeds; `python -m bench.ablation`.", "",
-             "| system | " + " | ".join([*domains, "average"]) + " | seeds | vs meta | what |",
-             "|" + " --- |" * (len(domains) + 5)]
+             "| system | " + " | ".join([*domains, "average"]) + " | seeds | vs meta | mean abs weight diff vs meta "
+             "| what |", "|" + " --- |" * (len(domains) + 6)]
     for name, row in data["results"].items():
         test = next((t for key, t in data["tests"].items() if key.endswith(f" vs {name}")), None)
         versus = f"{-test['diff']:+.2f} ({_p(test['p_value'])})" if test else "-"
+        distance = row.get("weight_distance_to_meta")
         lines.append(_row(name, [row.get(d) for d in [*domains, "average"]],
-                          f"{', '.join(map(str, row['seeds']))} | {versus} | {row['what']}"))
+                          f"{', '.join(map(str, row['seeds']))} | {versus} | "
+                          f"{'-' if distance is None else f'{distance:.2g}'} | {row['what']}"))
     lines.append("")
     teachers = (data.get("teachers") or {}).get("results") or {}
     if teachers:

@@ -70,6 +70,7 @@ def test_table_averages_seeds_and_pairs_rows(bench_dir):
     lines = _ablation(ablation.OUT)
     row = next(line for line in lines if line.startswith("| tinybert |"))
     assert row.startswith("| tinybert | 70.0 | 80.0 | 75.0 | 1, 42 | -10.00 (p")  # tinybert minus meta
+    assert "| - | TinyBERT-KD" in row  # no student weights in these made-up folders
     assert "books 100.0, electronics 100.0, average 100.0" in lines[0]
 
 
@@ -94,3 +95,19 @@ def test_teachers_against_the_meta_teacher(bench_dir):
     assert out["results"]["mix"]["books"] == 100.0 and out["results"]["mix"]["dvd"] == 0.0
     assert out["results"]["mix"]["average"] == 50.0
     assert out["tests"]["meta vs mix"]["diff"] == pytest.approx(50.0)
+
+
+def test_weight_distance_to_meta(bench_dir):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    for system, shift in (("meta", 0.0), ("tinybert", 0.5)):
+        for domain in ablation.DOMAINS:
+            student = ablation.folder(system, domain, 42) / "student"
+            student.mkdir(parents=True)
+            save_file({"encoder.w": np.full((2, 2), shift, dtype=np.float32),
+                       "embeddings.word": np.full((3, 2), 10 * shift, dtype=np.float32)},
+                      str(student / "model.safetensors"))
+    assert ablation.weight_distance("tinybert", [42]) == 0.5  # the embeddings are left out
+    assert ablation.weight_distance("meta", [42]) == 0.0
+    assert ablation.weight_distance("kd", [42]) is None  # no such students
