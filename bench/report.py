@@ -231,7 +231,8 @@ def _ablation(path) -> list[str]:
         test = next((t for key, t in data["tests"].items() if key.endswith(f" vs {name}")), None)
         versus = f"{-test['diff']:+.2f} ({_p(test['p_value'])})" if test else "-"
         distance = row.get("weight_distance_to_meta")
-        lines.append(_row(name, [row.get(d) for d in [*domains, "average"]],
+        lines.append(_row(name, [f"{row[d]:.2f}" if isinstance(row.get(d), (int, float)) else None
+                                 for d in [*domains, "average"]],
                           f"{', '.join(map(str, row['seeds']))} | {versus} | "
                           f"{'-' if distance is None else f'{distance:.2g}'} | {row['what']}"))
     lines.append("")
@@ -251,7 +252,9 @@ def _ablation(path) -> list[str]:
                   "drop = fp32 ONNX minus int8, points)", "", "| weight scales | dev rows | int8 dev accuracy | drop |",
                   "| --- | --- | --- | --- |"]
         for name, row in scales.items():
-            lines.append(_row(name, [row["dev_rows"], (row.get("dev_accuracy") or {}).get("average"), row["drop"]]))
+            accuracy = (row.get("dev_accuracy") or {}).get("average")
+            lines.append(_row(name, [str(row["dev_rows"]), "-" if accuracy is None else f"{accuracy:.3f}",
+                                     "-" if row["drop"] is None else f"{row['drop']:.3f}"]))
         lines.append("")
     return lines
 

@@ -69,7 +69,7 @@ def test_table_averages_seeds_and_pairs_rows(bench_dir):
 
     lines = _ablation(ablation.OUT)
     row = next(line for line in lines if line.startswith("| tinybert |"))
-    assert row.startswith("| tinybert | 70.0 | 80.0 | 75.0 | 1, 42 | -10.00 (p")  # tinybert minus meta
+    assert row.startswith("| tinybert | 70.00 | 80.00 | 75.00 | 1, 42 | -10.00 (p")  # tinybert minus meta
     assert "| - | TinyBERT-KD" in row  # no student weights in these made-up folders
     assert "books 100.0, electronics 100.0, average 100.0" in lines[0]
 
