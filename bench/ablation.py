@@ -80,30 +80,36 @@ def run_teacher(name: str, seed: int) -> bool:
     return True
 
 
+def _accuracy(runs: list[list[int]]) -> float:
+    """Accuracy (%) of 0/1 rows, averaged over runs (seeds)."""
+    return round(100 * sum(sum(run) / len(run) for run in runs) / len(runs), 2)
+
+
+def _with_average(per_domain: dict[str, float]) -> dict[str, float]:
+    return {**per_domain, "average": round(sum(per_domain.values()) / len(per_domain), 2)}
+
+
 def teacher_table() -> dict:
     """Each teacher's test accuracy per domain over its seeds, and paired tests against the meta-teacher."""
-    correct: dict[str, dict[int, list[int]]] = {}
-    strata: list[str] = []
+    correct: dict[str, dict[int, dict[str, list[int]]]] = {}  # teacher -> seed -> domain -> 0/1 per test row
     for name in TEACHERS:
         for seed in (42, 1, 2):
             config = recipe(teacher_sets(name, seed), RECIPE)
             rows = scored_rows(teacher_folder(name, seed), selection(config), "teacher")
             if rows is None or not done(teacher_folder(name, seed), config, "fit,eval", selection(config)):
                 continue
-            correct.setdefault(name, {})[seed] = sum(rows.correct.values(), [])
-            strata = [domain for domain, values in rows.correct.items() for _ in values]
+            correct.setdefault(name, {})[seed] = rows.correct
     results, tests = {}, {}
     for name, runs in correct.items():
-        per_domain = {}
-        for domain in dict.fromkeys(strata):
-            mask = [d == domain for d in strata]
-            per_domain[domain] = round(100 * sum(sum(c for c, m in zip(run, mask) if m) / sum(mask)
-                                                 for run in runs.values()) / len(runs), 2)
-        results[name] = {**per_domain, "average": round(sum(per_domain.values()) / len(per_domain), 2),
+        domains = list(next(iter(runs.values())))
+        results[name] = {**_with_average({d: _accuracy([run[d] for run in runs.values()]) for d in domains}),
                          "seeds": sorted(runs), "what": TEACHERS[name][1], "sets": TEACHERS[name][0]}
         if name != "meta" and "meta" in correct:
-            tests[f"meta vs {name}"] = compare({str(s): c for s, c in correct["meta"].items()},
-                                               {str(s): c for s, c in runs.items()}, strata)
+            def flat(by_seed: dict[int, dict[str, list[int]]]) -> dict[str, list[int]]:
+                return {str(s): sum((run[d] for d in domains), []) for s, run in by_seed.items()}
+
+            strata = [d for d in domains for _ in runs[next(iter(runs))][d]]
+            tests[f"meta vs {name}"] = compare(flat(correct["meta"]), flat(runs), strata)
     return {"results": results, "tests": tests}
 
 
@@ -181,6 +187,7 @@ def weight_distance(system: str, seeds: list[int]) -> float | None:
 def table() -> dict:
     """bench/results/ablation.json from the run folders as they stand (finished students only)."""
     correct: dict[str, dict[str, dict[int, list[int]]]] = {}  # system -> domain -> seed -> 0/1 per test row
+    minutes: dict[str, list[float]] = {}  # system -> distill minutes of each of its students
     rows, teacher_correct = {}, {}
     for system in SYSTEMS:
         for run_dir in sorted((RUNS / system.replace("=", "")).glob("*-s*")):
@@ -197,19 +204,15 @@ def table() -> dict:
             correct.setdefault(system, {}).setdefault(domain, {})[int(seed)] = student.correct[domain]
             teacher_correct[domain] = teacher.correct[domain]
             metrics = read_json_object(run_dir / "metrics" / "distill.json")
-            minutes = correct.setdefault("_minutes", {}).setdefault(system, [])
-            minutes.append(round(float(metrics.get("seconds", 0)) / 60, 1))
-    minutes = correct.pop("_minutes", {})
+            minutes.setdefault(system, []).append(round(float(metrics.get("seconds", 0)) / 60, 1))
     results = {}
     for system, by_domain in correct.items():
         seeds = sorted(set.intersection(*(set(runs) for runs in by_domain.values())))
         domains = [d for d in DOMAINS if d in by_domain]
         if not seeds or len(domains) < len(DOMAINS):
             continue  # a row is reported once every domain has at least one common seed
-        per_domain = {d: round(100 * sum(sum(by_domain[d][s]) / len(by_domain[d][s]) for s in seeds) / len(seeds), 2)
-                      for d in domains}
-        results[system] = {**per_domain, "average": round(sum(per_domain.values()) / len(per_domain), 2),
-                           "seeds": seeds, "what": SYSTEMS[system][1], "sets": SYSTEMS[system][0],
+        per_domain = {d: _accuracy([by_domain[d][s] for s in seeds]) for d in domains}
+        results[system] = {**_with_average(per_domain), "seeds": seeds, "what": SYSTEMS[system][1], "sets": SYSTEMS[system][0],
                            "distill_minutes_mean": round(sum(minutes[system]) / len(minutes[system]), 1),
                            "weight_distance_to_meta": weight_distance(system, seeds)}
     tests = {}
@@ -224,9 +227,9 @@ def table() -> dict:
         b = {str(s): sum((correct[system][d][s] for d in DOMAINS), []) for s in seeds}
         strata = sum(([d] * len(correct[reference][d][seeds[0]]) for d in DOMAINS), [])
         tests[f"{reference} vs {system}"] = compare(a, b, strata)
-    teacher = {d: round(100 * sum(v) / len(v), 2) for d, v in teacher_correct.items()}
+    teacher = {d: _accuracy([v]) for d, v in teacher_correct.items()}
     if len(teacher) == len(DOMAINS):
-        teacher["average"] = round(sum(teacher[d] for d in DOMAINS) / len(DOMAINS), 2)
+        teacher = _with_average(teacher)
     fit = read_json_object(TEACHER / "metrics" / "fit.json")
     out = {
         "setup": {"recipe": shown(RECIPE), "domains": list(DOMAINS),
