@@ -89,9 +89,28 @@ def _with_average(per_domain: dict[str, float]) -> dict[str, float]:
     return {**per_domain, "average": round(sum(per_domain.values()) / len(per_domain), 2)}
 
 
-def teacher_table() -> dict:
-    """Each teacher's test accuracy per domain over its seeds, and paired tests against the meta-teacher."""
+def _bits(correct: list[int]) -> str:
+    return "".join(map(str, correct))
+
+
+def _unbits(bits: str) -> list[int]:
+    return [int(c) for c in bits]
+
+
+def record() -> dict:
+    """The per-row record in the results file as it stands ("rows": every finished run's 0/1 test rows, by
+    system, domain and seed): a run whose folder is gone (another machine, a cleaned disk) still counts."""
+    rows = read_json_object(OUT).get("rows")
+    return rows if isinstance(rows, dict) else {}
+
+
+def teacher_table(kept: dict | None = None) -> dict:
+    """Each teacher's test accuracy per domain over its seeds, and paired tests against the meta-teacher: from
+    the run folders, and from the record (``kept["teachers"]``) for runs whose folders are gone."""
     correct: dict[str, dict[int, dict[str, list[int]]]] = {}  # teacher -> seed -> domain -> 0/1 per test row
+    for name, by_seed in ((kept or {}).get("teachers") or {}).items():
+        for seed, by_domain in by_seed.items():
+            correct.setdefault(name, {})[int(seed)] = {d: _unbits(bits) for d, bits in by_domain.items()}
     for name in TEACHERS:
         for seed in (42, 1, 2):
             config = recipe(teacher_sets(name, seed), RECIPE)
@@ -100,7 +119,8 @@ def teacher_table() -> dict:
                 continue
             correct.setdefault(name, {})[seed] = rows.correct
     results, tests = {}, {}
-    for name, runs in correct.items():
+    for name in (n for n in TEACHERS if n in correct):
+        runs = dict(sorted(correct[name].items()))
         domains = list(next(iter(runs.values())))
         results[name] = {**_with_average({d: _accuracy([run[d] for run in runs.values()]) for d in domains}),
                          "seeds": sorted(runs), "what": TEACHERS[name][1], "sets": TEACHERS[name][0]}
@@ -110,7 +130,9 @@ def teacher_table() -> dict:
 
             strata = [d for d in domains for _ in runs[next(iter(runs))][d]]
             tests[f"meta vs {name}"] = compare(flat(correct["meta"]), flat(runs), strata)
-    return {"results": results, "tests": tests}
+    rows = {name: {str(s): {d: _bits(v) for d, v in run.items()} for s, run in sorted(runs.items())}
+            for name, runs in correct.items()}
+    return {"results": results, "tests": tests, "rows": rows}
 
 
 INT8_SCALES = {"per-channel": "export.per_channel=true", "per-tensor": "export.per_channel=false"}
@@ -184,11 +206,18 @@ def weight_distance(system: str, seeds: list[int]) -> float | None:
     return float(f"{sum(distances) / len(distances):.3g}") if distances else None
 
 
-def table() -> dict:
-    """bench/results/ablation.json from the run folders as they stand (finished students only)."""
-    correct: dict[str, dict[str, dict[int, list[int]]]] = {}  # system -> domain -> seed -> 0/1 per test row
-    minutes: dict[str, list[float]] = {}  # system -> distill minutes of each of its students
-    rows, teacher_correct = {}, {}
+def _finished_students(kept: dict) -> tuple[dict, dict, dict, dict]:
+    """Every finished student's 0/1 test rows (system -> domain -> seed), its distill minutes, each domain's test
+    row ids and the teacher's 0/1 rows on them: the record first, then the run folders (which win)."""
+    correct: dict[str, dict[str, dict[int, list[int]]]] = {}
+    minutes: dict[str, dict[str, dict[int, float]]] = {}
+    where = dict(kept.get("where") or {})
+    teacher = {d: _unbits(bits) for d, bits in (kept.get("teacher") or {}).items()}
+    for system, by_domain in (kept.get("students") or {}).items():
+        for domain, by_seed in by_domain.items():
+            for seed, run in by_seed.items():
+                correct.setdefault(system, {}).setdefault(domain, {})[int(seed)] = _unbits(run["correct"])
+                minutes.setdefault(system, {}).setdefault(domain, {})[int(seed)] = run["minutes"]
     for system in SYSTEMS:
         for run_dir in sorted((RUNS / system.replace("=", "")).glob("*-s*")):
             domain, seed = run_dir.name.rsplit("-s", 1)
@@ -196,25 +225,42 @@ def table() -> dict:
                 continue
             config = recipe(student_sets(system, domain, int(seed)), RECIPE)
             student = scored_rows(run_dir, selection(config), "student")
-            teacher = scored_rows(run_dir, selection(config), "teacher")
-            if student is None or teacher is None or not done(run_dir, config, "fit,distill,eval", selection(config)):
+            scored_teacher = scored_rows(run_dir, selection(config), "teacher")
+            if student is None or scored_teacher is None or not done(run_dir, config, "fit,distill,eval",
+                                                                      selection(config)):
                 continue
-            if rows.setdefault(domain, student.where[domain]) != student.where[domain]:
+            if where.setdefault(domain, student.where[domain]) != student.where[domain]:
                 raise SystemExit(f"{run_dir}: its test rows are not the other runs' rows of {domain}")
             correct.setdefault(system, {}).setdefault(domain, {})[int(seed)] = student.correct[domain]
-            teacher_correct[domain] = teacher.correct[domain]
-            metrics = read_json_object(run_dir / "metrics" / "distill.json")
-            minutes.setdefault(system, []).append(round(float(metrics.get("seconds", 0)) / 60, 1))
+            teacher[domain] = scored_teacher.correct[domain]
+            seconds = float(read_json_object(run_dir / "metrics" / "distill.json").get("seconds", 0))
+            minutes.setdefault(system, {}).setdefault(domain, {})[int(seed)] = round(seconds / 60, 1)
+    return correct, minutes, where, teacher
+
+
+def table() -> dict:
+    """bench/results/ablation.json from the run folders as they stand (finished students only) and the record of
+    runs whose folders are gone (its "rows"); rows of the results file that predate the record and have no
+    run folder are kept as they were, marked "kept"."""
+    previous = read_json_object(OUT)
+    kept = record()
+    correct, minutes, where, teacher_correct = _finished_students(kept)
     results = {}
-    for system, by_domain in correct.items():
+    for system in (s for s in SYSTEMS if s in correct):
+        by_domain = correct[system]
         seeds = sorted(set.intersection(*(set(runs) for runs in by_domain.values())))
         domains = [d for d in DOMAINS if d in by_domain]
         if not seeds or len(domains) < len(DOMAINS):
             continue  # a row is reported once every domain has at least one common seed
         per_domain = {d: _accuracy([by_domain[d][s] for s in seeds]) for d in domains}
-        results[system] = {**_with_average(per_domain), "seeds": seeds, "what": SYSTEMS[system][1], "sets": SYSTEMS[system][0],
-                           "distill_minutes_mean": round(sum(minutes[system]) / len(minutes[system]), 1),
-                           "weight_distance_to_meta": weight_distance(system, seeds)}
+        spent = [minutes[system][d][s] for d in domains for s in seeds]
+        distance = weight_distance(system, seeds)
+        before = (previous.get("results") or {}).get(system) or {}
+        if distance is None and before.get("seeds") == seeds:
+            distance = before.get("weight_distance_to_meta")  # the folders are gone; the seeds are the same
+        results[system] = {**_with_average(per_domain), "seeds": seeds, "what": SYSTEMS[system][1],
+                           "sets": SYSTEMS[system][0], "distill_minutes_mean": round(sum(spent) / len(spent), 1),
+                           "weight_distance_to_meta": distance}
     tests = {}
     for system in results:
         reference = REFERENCES.get(system, REFERENCE)
@@ -227,21 +273,41 @@ def table() -> dict:
         b = {str(s): sum((correct[system][d][s] for d in DOMAINS), []) for s in seeds}
         strata = sum(([d] * len(correct[reference][d][seeds[0]]) for d in DOMAINS), [])
         tests[f"{reference} vs {system}"] = compare(a, b, strata)
+    for system, row in (previous.get("results") or {}).items():
+        if system in SYSTEMS and system not in correct:  # measured before the record existed, folders gone
+            results[system] = {**row, "kept": row.get("kept") or "from the results file: run before the per-row "
+                               "record, its run folders gone; not recomputed"}
+            key = f"{REFERENCES.get(system, REFERENCE)} vs {system}"
+            if key in (previous.get("tests") or {}):
+                tests[key] = previous["tests"][key]
+    results = {s: results[s] for s in SYSTEMS if s in results}
     teacher = {d: _accuracy([v]) for d, v in teacher_correct.items()}
     if len(teacher) == len(DOMAINS):
         teacher = _with_average(teacher)
     fit = read_json_object(TEACHER / "metrics" / "fit.json")
+    setup_before = (previous.get("setup") or {}).get("teacher") or {}
+    teachers = teacher_table(kept)
+    for name, row in ((previous.get("teachers") or {}).get("results") or {}).items():
+        if name in TEACHERS and name not in teachers["results"]:  # as for students: kept, not recomputed
+            teachers["results"][name] = {**row, "kept": row.get("kept") or "from the results file: run before "
+                                         "the per-row record, its run folders gone; not recomputed"}
     out = {
         "setup": {"recipe": shown(RECIPE), "domains": list(DOMAINS),
                   "students": "one per domain (distill.domain), scored on that domain's 200 test rows",
-                  "teacher": {"run": shown(TEACHER), "config": fit.get("config"),
+                  "teacher": {"run": shown(TEACHER), "config": fit.get("config") or setup_before.get("config"),
                               "test_accuracy": teacher},
-                  "cpu": fit.get("cpu"),
+                  "cpu": fit.get("cpu") or (previous.get("setup") or {}).get("cpu"),
                   "minutes": "distill wall-clock on a 2-core machine shared with other work (not a speed figure)"},
         "results": results,
         "tests": tests,
-        "teachers": teacher_table(),
-        "int8_weight_scales": int8_table(),
+        "teachers": {"results": teachers["results"], "tests": teachers["tests"]},
+        "int8_weight_scales": int8_table() or previous.get("int8_weight_scales") or {},
+        "rows": {"where": where, "teacher": {d: _bits(v) for d, v in teacher_correct.items()},
+                 "students": {system: {d: {str(s): {"correct": _bits(v), "minutes": minutes[system][d][s]}
+                                           for s, v in sorted(by_seed.items())}
+                                       for d, by_seed in by_domain.items()}
+                              for system, by_domain in correct.items()},
+                 "teachers": teachers["rows"]},
     }
     atomic_write_json(OUT, out)
     return out

@@ -234,7 +234,8 @@ def _ablation(path) -> list[str]:
         lines.append(_row(name, [f"{row[d]:.2f}" if isinstance(row.get(d), (int, float)) else None
                                  for d in [*domains, "average"]],
                           f"{', '.join(map(str, row['seeds']))} | {versus} | "
-                          f"{'-' if distance is None else f'{distance:.2g}'} | {row['what']}"))
+                          f"{'-' if distance is None else f'{distance:.2g}'} | {row['what']}"
+                          + (" (an earlier run's figures, kept)" if row.get("kept") else "")))
     lines.append("")
     teachers = (data.get("teachers") or {}).get("results") or {}
     if teachers:

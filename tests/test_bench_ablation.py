@@ -111,3 +111,53 @@ def test_weight_distance_to_meta(bench_dir):
     assert ablation.weight_distance("tinybert", [42]) == 0.5  # the embeddings are left out
     assert ablation.weight_distance("meta", [42]) == 0.0
     assert ablation.weight_distance("kd", [42]) is None  # no such students
+
+
+def test_the_record_keeps_runs_whose_folders_are_gone(bench_dir):
+    import shutil
+
+    for seed in (42, 1):
+        student("meta", "books", seed, [1] * 9 + [0])
+        student("meta", "electronics", seed, [1] * 8 + [0] * 2)
+    student("tinybert", "books", 42, [1] * 7 + [0] * 3)
+    student("tinybert", "electronics", 42, [1] * 8 + [0] * 2)
+    fake(ablation.teacher_folder("meta", 42), ablation.teacher_sets("meta", 42), "fit,eval",
+         {"teacher": [1] * 20}, ["books", "dvd"])
+    first = ablation.table()
+    assert first["rows"]["students"]["meta"]["books"]["1"]["correct"] == "1111111110"
+    shutil.rmtree(bench_dir / "runs")  # every run folder gone: the table reads the record alone
+    student("tinybert", "books", 1, [1] * 10)  # a new run beside the record
+    student("tinybert", "electronics", 1, [1] * 10)
+    again = ablation.table()
+    assert again["results"]["meta"] == first["results"]["meta"]
+    assert again["results"]["tinybert"]["seeds"] == [1, 42]
+    assert again["results"]["tinybert"]["books"] == 85.0  # (70 + 100) / 2 over the two seeds
+    assert again["tests"]["meta vs tinybert"]["rows"] == 20
+    assert again["teachers"]["results"]["meta"]["average"] == 100.0
+    assert again["setup"]["teacher"]["test_accuracy"]["books"] == 100.0
+
+
+def test_rows_from_before_the_record_are_kept_and_marked(bench_dir):
+    import json
+
+    old_row = {"books": 76.0, "electronics": 77.5, "average": 76.75, "seeds": [42], "what": "stage 2 only",
+               "sets": [], "distill_minutes_mean": 3.0, "weight_distance_to_meta": 0.001}
+    old_test = {"diff": 8.0, "p_value": 0.0002}
+    ablation.OUT.write_text(json.dumps({"results": {"kd": old_row, "not-a-system": old_row},
+                                        "tests": {"meta vs kd": old_test},
+                                        "teachers": {"results": {"mix": {"average": 80.0, "seeds": [42]}}}}))
+    student("meta", "books", 42, [1] * 10)
+    student("meta", "electronics", 42, [1] * 10)
+    out = ablation.table()
+    assert list(out["results"]) == ["meta", "kd"]  # in SYSTEMS order; unknown names dropped
+    assert out["results"]["kd"]["average"] == 76.75 and "not recomputed" in out["results"]["kd"]["kept"]
+    assert out["tests"]["meta vs kd"] == old_test
+    assert "kept" in out["teachers"]["results"]["mix"]
+    from bench.report import _ablation
+
+    assert any(line.startswith("| kd | 76.00 |") and line.endswith("(an earlier run's figures, kept) |")
+               for line in _ablation(ablation.OUT))
+    student("kd", "books", 1, [1] * 10)  # once the system has runs of its own, the old row gives way
+    student("kd", "electronics", 1, [1] * 10)
+    out = ablation.table()
+    assert out["results"]["kd"]["seeds"] == [1] and "kept" not in out["results"]["kd"]
