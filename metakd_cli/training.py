@@ -221,8 +221,10 @@ class _Phase:
         return self.steps_per_epoch * self.spec.epochs
 
 
-def _fresh_position() -> dict:
-    return {"epoch": 0, "step": 0, "loss_sum": 0.0, "loss_count": 0}
+def _fresh_position(epoch: int = 0) -> dict:
+    # term_sums: the running sum of each named term a loss step returns beside "loss" (stage 1's hidden,
+    # attention, domain), so the history shows what each part of the loss was
+    return {"epoch": epoch, "step": 0, "loss_sum": 0.0, "loss_count": 0, "term_sums": {}}
 
 
 @dataclass
@@ -365,7 +367,8 @@ def _load_checkpoint(phase: _Phase, saved: Path) -> _LoopState:
         if f"cuda{own}" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng[f"cuda{own}"])
         best_state = load_file(str(saved / "best.safetensors")) if (saved / "best.safetensors").is_file() else None
-        position = {k: loop[k] for k in ("epoch", "step", "loss_sum", "loss_count")}
+        position = {**{k: loop[k] for k in ("epoch", "step", "loss_sum", "loss_count")},
+                    "term_sums": dict(loop.get("term_sums") or {})}  # a checkpoint from before term_sums: none
         return _LoopState(position, loop["best_score"], loop["best_epoch"], loop["history"], best_state)
     except (ValueError, KeyError, TypeError, OSError, RuntimeError, SafetensorError, pickle.UnpicklingError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -448,6 +451,10 @@ def _optimisation_step(phase: _Phase, state: _LoopState, indices: list[int], ste
         position["loss_sum"] += float(accelerator.reduce(loss.detach(), reduction="mean"))
     else:
         position["loss_sum"] += float(terms["loss"].detach())
+    for name, value in terms.items():
+        if name != "loss":  # several processes: the mean of each process's batch mean
+            value = accelerator.reduce(value.detach(), reduction="mean") if phase.processes > 1 else value
+            position["term_sums"][name] = position["term_sums"].get(name, 0.0) + float(value)
     position["loss_count"] += 1
 
 
@@ -459,14 +466,17 @@ def _end_epoch(phase: _Phase, state: _LoopState, interrupt: _DeferredInterrupt) 
     evaluate = phase.steps.evaluate
     score = evaluate() if evaluate is not None else float(epoch + 1)  # None: keep the last
     train_loss = state.position["loss_sum"] / max(state.position["loss_count"], 1)
-    state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "dev_score": score})
+    count = max(state.position["loss_count"], 1)
+    terms = {name: total / count for name, total in state.position.get("term_sums", {}).items()}
+    state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "dev_score": score,
+                          **({"train_terms": terms} if terms else {})})
     if phase.progress is not None and hasattr(phase.progress, "epoch_end"):  # a plain line where no bar can show
         phase.progress.epoch_end(epoch + 1, spec.epochs, train_loss, score if evaluate is not None else None,
                                  state.rate())
     if score > state.best_score:
         state.best_score, state.best_epoch = score, epoch + 1
         state.best_state = _state_file(phase.module)
-    state.position = {"epoch": epoch + 1, "step": 0, "loss_sum": 0.0, "loss_count": 0}
+    state.position = _fresh_position(epoch + 1)
     _save_checkpoint(phase, state, _rng_states(phase))
     state.consistent = True
     if interrupt.requested:

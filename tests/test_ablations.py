@@ -121,7 +121,10 @@ def test_attention_weight_zero_takes_no_attention_scores(tiny_model_dir, tmp_pat
     assert result.exit_code == 0, result.output
     assert calls == []
     history = _distill_metrics(without)["stages"]["intermediate"]["history"]
-    assert history and all(epoch.get("attention", 0.0) == 0.0 for epoch in history)
+    assert history and all(epoch["train_terms"]["attention"] == 0.0 for epoch in history)
+    assert all(epoch["train_terms"]["hidden"] > 0 for epoch in history)
+    assert all(epoch["train_terms"]["attention"] > 0  # each stage-1 term's epoch mean is recorded
+               for epoch in _distill_metrics(with_term)["stages"]["intermediate"]["history"])
     a = load_file(str(with_term / "student" / "model.safetensors"))
     b = load_file(str(without / "student" / "model.safetensors"))
     assert any((a[k] != b[k]).any() for k in a)
@@ -152,3 +155,19 @@ def test_set_none_is_the_word_where_the_key_cannot_be_empty():
     apply_overrides(recipe, "fit", {}, ("fit.domain_loss=none", "fit.hold_out=null", "eval.domains=None"))
     assert recipe.fit.domain_loss == "none"  # a domain loss of "none" (the meta-teacher ablation)
     assert recipe.fit.hold_out is None and recipe.eval.domains is None  # keys that may be empty are cleared
+
+
+def test_each_named_loss_term_gets_its_epoch_mean_in_the_history(tiny_model_dir, tmp_path):
+    run_dir, no_domain = tmp_path / "run", tmp_path / "no-domain"
+    assert _run(run_dir, tiny_model_dir, "--steps", "fit,distill").exit_code == 0
+    assert _run(no_domain, tiny_model_dir, "--steps", "fit,distill", "distill.gamma=0").exit_code == 0
+    stage1 = _distill_metrics(run_dir)["stages"]["intermediate"]["history"]
+    assert all(set(epoch["train_terms"]) == {"hidden", "attention", "domain"} for epoch in stage1)
+    assert all(epoch["train_terms"]["domain"] > 0 for epoch in stage1)
+    assert all("domain" not in epoch["train_terms"]
+               for epoch in _distill_metrics(no_domain)["stages"]["intermediate"]["history"])
+    assert all("train_terms" not in epoch  # stage 2 has one term, the loss itself
+               for epoch in _distill_metrics(run_dir)["stages"]["prediction"]["history"])
+    fit = json.loads((run_dir / "metrics" / "fit.json").read_text())
+    history = fit["teachers"][0]["history"]  # the meta-teacher: task cross-entropy and domain confusion
+    assert history and all(set(epoch["train_terms"]) == {"ce", "domain"} for epoch in history)
