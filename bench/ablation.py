@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from bench.common import RESULTS, RUNS as BENCH_RUNS, ROOT, data_missing, done, metakd_run, recipe, scored_rows
 from bench.common import selection, shown, start_from
 from bench.stats import compare
@@ -189,7 +191,6 @@ def weight_distance(system: str, seeds: list[int]) -> float | None:
     """How far ``system``'s students sit from full Meta-KD's of the same domain and seed: the mean |w - w_meta|
     over every weight outside the embeddings (which stage 1 and 2 move least), averaged over domains and seeds;
     None when a pair of students is missing or their shapes differ (another student geometry)."""
-    import numpy as np
     from safetensors.numpy import load_file
 
     distances = []
@@ -206,18 +207,54 @@ def weight_distance(system: str, seeds: list[int]) -> float | None:
     return float(f"{sum(distances) / len(distances):.3g}") if distances else None
 
 
+def run_facts(run_dir: Path) -> dict:
+    """What a finished student's run records beside its test rows: distill minutes; stage 1's first-epoch term
+    means (hidden, attention, domain: metrics/distill.json), where recorded; and the spread of its rows' lambda
+    (metrics/distill_rows.safetensors), for methods that weight rows."""
+    metrics = read_json_object(run_dir / "metrics" / "distill.json")
+    out: dict = {"minutes": round(float(metrics.get("seconds", 0)) / 60, 1)}
+    history = ((metrics.get("stages") or {}).get("intermediate") or {}).get("history") or []
+    if history and history[0].get("train_terms"):
+        out["stage1_terms"] = history[0]["train_terms"]
+    config = metrics.get("config") or {}
+    if config.get("method") == "meta" and config.get("lambda_weights", True):
+        from metakd_cli.run_dir import RunDir
+        from metakd_cli.row_weights import load_row_weights
+
+        weights = load_row_weights(RunDir(run_dir))
+        if weights is not None:
+            lam = np.sort(np.asarray(weights.lam, dtype=np.float64))
+            out["lambda"] = {"min": float(lam[0]), "p5": float(np.quantile(lam, 0.05)),
+                             "median": float(np.median(lam)), "max": float(lam[-1]),
+                             # how near-uniform the weighting is: rows within 10% of the largest weight
+                             "share_within_10pct_of_max": float((lam >= 0.9 * lam[-1]).mean())}
+    return out
+
+
+def _mean_facts(runs: list[dict]) -> dict:
+    """The runs' stage-1 term means and lambda spreads, averaged key by key over the runs that have them."""
+    out = {}
+    for key in ("stage1_terms", "lambda"):
+        present = [run[key] for run in runs if run.get(key)]
+        if present:
+            out[key] = {k: float(f"{np.mean([p[k] for p in present if k in p]):.4g}") for k in present[0]}
+    return out
+
+
 def _finished_students(kept: dict) -> tuple[dict, dict, dict, dict]:
-    """Every finished student's 0/1 test rows (system -> domain -> seed), its distill minutes, each domain's test
-    row ids and the teacher's 0/1 rows on them: the record first, then the run folders (which win)."""
+    """Every finished student's 0/1 test rows (system -> domain -> seed), what its run records beside them
+    (run_facts), each domain's test row ids and the teacher's 0/1 rows on them: the record first, then the run
+    folders (which win)."""
     correct: dict[str, dict[str, dict[int, list[int]]]] = {}
-    minutes: dict[str, dict[str, dict[int, float]]] = {}
+    facts: dict[str, dict[str, dict[int, dict]]] = {}
     where = dict(kept.get("where") or {})
     teacher = {d: _unbits(bits) for d, bits in (kept.get("teacher") or {}).items()}
     for system, by_domain in (kept.get("students") or {}).items():
         for domain, by_seed in by_domain.items():
             for seed, run in by_seed.items():
                 correct.setdefault(system, {}).setdefault(domain, {})[int(seed)] = _unbits(run["correct"])
-                minutes.setdefault(system, {}).setdefault(domain, {})[int(seed)] = run["minutes"]
+                facts.setdefault(system, {}).setdefault(domain, {})[int(seed)] = {
+                    k: v for k, v in run.items() if k != "correct"}
     for system in SYSTEMS:
         for run_dir in sorted((RUNS / system.replace("=", "")).glob("*-s*")):
             domain, seed = run_dir.name.rsplit("-s", 1)
@@ -233,9 +270,8 @@ def _finished_students(kept: dict) -> tuple[dict, dict, dict, dict]:
                 raise SystemExit(f"{run_dir}: its test rows are not the other runs' rows of {domain}")
             correct.setdefault(system, {}).setdefault(domain, {})[int(seed)] = student.correct[domain]
             teacher[domain] = scored_teacher.correct[domain]
-            seconds = float(read_json_object(run_dir / "metrics" / "distill.json").get("seconds", 0))
-            minutes.setdefault(system, {}).setdefault(domain, {})[int(seed)] = round(seconds / 60, 1)
-    return correct, minutes, where, teacher
+            facts.setdefault(system, {}).setdefault(domain, {})[int(seed)] = run_facts(run_dir)
+    return correct, facts, where, teacher
 
 
 def table() -> dict:
@@ -244,7 +280,7 @@ def table() -> dict:
     run folder are kept as they were, marked "kept"."""
     previous = read_json_object(OUT)
     kept = record()
-    correct, minutes, where, teacher_correct = _finished_students(kept)
+    correct, facts, where, teacher_correct = _finished_students(kept)
     results = {}
     for system in (s for s in SYSTEMS if s in correct):
         by_domain = correct[system]
@@ -253,14 +289,15 @@ def table() -> dict:
         if not seeds or len(domains) < len(DOMAINS):
             continue  # a row is reported once every domain has at least one common seed
         per_domain = {d: _accuracy([by_domain[d][s] for s in seeds]) for d in domains}
-        spent = [minutes[system][d][s] for d in domains for s in seeds]
+        runs = [facts[system][d][s] for d in domains for s in seeds]
+        spent = [run["minutes"] for run in runs]
         distance = weight_distance(system, seeds)
         before = (previous.get("results") or {}).get(system) or {}
         if distance is None and before.get("seeds") == seeds:
             distance = before.get("weight_distance_to_meta")  # the folders are gone; the seeds are the same
         results[system] = {**_with_average(per_domain), "seeds": seeds, "what": SYSTEMS[system][1],
                            "sets": SYSTEMS[system][0], "distill_minutes_mean": round(sum(spent) / len(spent), 1),
-                           "weight_distance_to_meta": distance}
+                           "weight_distance_to_meta": distance, **_mean_facts(runs)}
     tests = {}
     for system in results:
         reference = REFERENCES.get(system, REFERENCE)
@@ -303,7 +340,7 @@ def table() -> dict:
         "teachers": {"results": teachers["results"], "tests": teachers["tests"]},
         "int8_weight_scales": int8_table() or previous.get("int8_weight_scales") or {},
         "rows": {"where": where, "teacher": {d: _bits(v) for d, v in teacher_correct.items()},
-                 "students": {system: {d: {str(s): {"correct": _bits(v), "minutes": minutes[system][d][s]}
+                 "students": {system: {d: {str(s): {"correct": _bits(v), **facts[system][d][s]}
                                            for s, v in sorted(by_seed.items())}
                                        for d, by_seed in by_domain.items()}
                               for system, by_domain in correct.items()},

@@ -237,6 +237,19 @@ def _ablation(path) -> list[str]:
                           f"{'-' if distance is None else f'{distance:.2g}'} | {row['what']}"
                           + (" (an earlier run's figures, kept)" if row.get("kept") else "")))
     lines.append("")
+    measured = {name: row for name, row in data["results"].items() if row.get("stage1_terms") or row.get("lambda")}
+    if measured:
+        lines += ["**Inside stage 1** (each system's students: the first stage-1 epoch's mean of each term, before "
+                  "weighting; the loss is lambda x (hidden + attention + gamma x domain), gamma 0.5; and the spread "
+                  "of the rows' lambda)", "",
+                  "| system | hidden | attention | domain | lambda min | lambda median | lambda max "
+                  "| rows with lambda within 10% of the max |", "|" + " --- |" * 8]
+        for name, row in measured.items():
+            terms, lam = row.get("stage1_terms") or {}, row.get("lambda") or {}
+            cells = [terms.get(k) for k in ("hidden", "attention", "domain")] + [
+                lam.get(k) for k in ("min", "median", "max", "share_within_10pct_of_max")]
+            lines.append(_row(name, ["-" if v is None else f"{v:.3g}" for v in cells]))
+        lines.append("")
     teachers = (data.get("teachers") or {}).get("results") or {}
     if teachers:
         cols = [c for c in COLUMNS if c in next(iter(teachers.values()))]

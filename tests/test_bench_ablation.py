@@ -161,3 +161,36 @@ def test_rows_from_before_the_record_are_kept_and_marked(bench_dir):
     student("kd", "electronics", 1, [1] * 10)
     out = ablation.table()
     assert out["results"]["kd"]["seeds"] == [1] and "kept" not in out["results"]["kd"]
+
+
+def test_stage1_terms_and_lambda_spread_are_read_and_kept(bench_dir):
+    import json
+    import shutil
+
+    import numpy as np
+
+    from metakd_cli.row_weights import save_row_weights
+
+    for domain, scale in (("books", 1.0), ("electronics", 3.0)):
+        student("meta", domain, 42, [1] * 10)
+        run_dir = ablation.folder("meta", domain, 42)
+        metrics = run_dir / "metrics" / "distill.json"
+        terms = {"hidden": 0.5 * scale, "attention": 2.0 * scale, "domain": 0.01 * scale}
+        metrics.write_text(json.dumps({"seconds": 600.0, "config": {"method": "meta", "lambda_weights": True},
+                                       "stages": {"intermediate": {"history": [
+                                           {"epoch": 1, "train_terms": terms}, {"epoch": 2, "train_terms": {}}]}}}))
+        lam = np.array([0.3] + [0.8] * 9, dtype=np.float32)  # one row in ten weighted well under the rest
+        save_row_weights(RunDir(run_dir), np.arange(10), np.zeros(10), lam, "meta")
+        student("tinybert", domain, 42, [1] * 10)  # lambda = 1: no spread recorded
+    out = ablation.table()
+    meta = out["results"]["meta"]
+    assert meta["stage1_terms"] == {"hidden": 1.0, "attention": 4.0, "domain": 0.02}  # first epoch, mean of runs
+    assert meta["lambda"]["share_within_10pct_of_max"] == pytest.approx(0.9)
+    assert meta["lambda"]["min"] == pytest.approx(0.3) and meta["lambda"]["max"] == pytest.approx(0.8)
+    assert "lambda" not in out["results"]["tinybert"] and "stage1_terms" not in out["results"]["tinybert"]
+    shutil.rmtree(bench_dir / "runs")
+    assert ablation.table()["results"]["meta"] == meta  # kept in the record
+    from bench.report import _ablation
+
+    lines = _ablation(ablation.OUT)
+    assert "| meta | 1 | 4 | 0.02 | 0.3 | 0.8 | 0.8 | 0.9 |" in lines
