@@ -453,7 +453,8 @@ def _optimisation_step(phase: _Phase, state: _LoopState, indices: list[int], ste
         position["loss_sum"] += float(terms["loss"].detach())
     for name, value in terms.items():
         if name != "loss":  # several processes: the mean of each process's batch mean
-            value = accelerator.reduce(value.detach(), reduction="mean") if phase.processes > 1 else value
+            value = value.detach()
+            value = accelerator.reduce(value, reduction="mean") if phase.processes > 1 else value
             position["term_sums"][name] = position["term_sums"].get(name, 0.0) + float(value)
     position["loss_count"] += 1
 
