@@ -4,6 +4,7 @@ without --trim-vocab.
 
     python -m bench.mpnet run [--systems teacher-meta meta ...]   # the full recipe: many hours on 2 cores
     python -m bench.mpnet speed                                   # speed and sizes on an under-trained pipeline
+    python -m bench.mpnet fit-speed                               # the teacher's training rows/s (3 timed steps)
     python -m bench.mpnet table                                   # bench/results/mpnet.json from the run folders
 
 Every system is recipes/amazon-mpnet.yaml plus the --set overrides in SYSTEMS, run by `metakd run RECIPE --resume
@@ -24,7 +25,11 @@ teacher's PyTorch in one `metakd eval` (the student's folder), then the teacher'
 --trim-vocab size there is of a vocabulary trimmed to that split's training rows (94% of the data; the recipe's
 80% keep a little less); the full run's meta-trim gives the recipe's own.
 
-`table` reads the run folders only: a system's metrics/*.json, and its eval record in metrics/eval.json, once
+`fit-speed` times a few optimiser steps of the MPNet-base teacher on the recipe's rows, batch and length, and
+writes rows/s (and the minutes they make for one epoch's steps) into the results: what the recipe's hours rest on.
+
+`table` reads the run folders (and keeps, marked, the figures of the results file whose folders are gone, measured
+with the same --set): a system's metrics/*.json, and its eval record in metrics/eval.json, once
 `metakd run` would skip its steps with this driver's settings (give it the --set the runs had) and that eval was
 written after them (bench.common.done). Results: bench/results/mpnet.json (--out). Not part of CI.
 """
@@ -32,11 +37,11 @@ written after them (bench.common.done). Results: bench/results/mpnet.json (--out
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.common import DOMAINS, PAPER, RESULTS, ROOT, RUNS as BENCH_RUNS, data_missing, done, metakd_run, recipe
-from bench.common import selection, shown, start_from
+from bench.common import data_path, selection, shown, start_from
 from metakd_cli.pipeline import STEPS
 from metakd_cli.run_dir import atomic_write_json, read_json_object
 
@@ -326,11 +331,15 @@ READERS = {"teacher-meta": read_teacher, "teacher-mix": read_teacher, "meta": re
 
 def table(runs: Path, extra: tuple[str, ...] = (), out: Path = OUT) -> dict:
     """The results JSON from the run folders as they stand: finished systems only, the rest not measured."""
+    previous = read_json_object(out)
+    same_settings = (previous.get("setup") or {}).get("extra_sets") == list(extra)
     results: dict[str, object] = {}
     for system in SYSTEMS:
         metrics = finished_metrics(folder(runs, system), system, extra)
-        results[system] = READERS[system](metrics) if metrics else NOT_MEASURED
-    speed_figures = read_speed(runs / "speed", extra)
+        kept = _kept((previous.get("results") or {}).get(system), same_settings)
+        results[system] = READERS[system](metrics) if metrics else kept or NOT_MEASURED
+    speed_figures = read_speed(runs / "speed", extra) or _kept(previous.get("speed"), same_settings)
+    fit_figures = _kept(previous.get("fit_speed"), same_settings)
     finished = {k: v for k, v in results.items() if isinstance(v, dict)}
     document = {
         "setup": {
@@ -343,10 +352,71 @@ def table(runs: Path, extra: tuple[str, ...] = (), out: Path = OUT) -> dict:
         },
         "results": results,
         "speed": speed_figures or NOT_MEASURED,
+        "fit_speed": fit_figures or NOT_MEASURED,
         "targets": targets(finished, speed_figures),
     }
     atomic_write_json(out, document)
     return document
+
+
+def _kept(figures: object, same_settings: bool) -> dict | None:
+    """Figures the results file holds from runs whose folders are gone (another machine, a cleaned disk), measured
+    with the same settings: kept, and marked so; None when there are none."""
+    if not (same_settings and isinstance(figures, dict)):
+        return None
+    return {**figures, "kept": figures.get("kept") or "from the results file: its run folders are gone"}
+
+
+def fit_speed(out: Path = OUT, steps: int = 3) -> dict:
+    """The MPNet-base teacher's training speed on the recipe's own rows, lengths and batch size: ``steps`` timed
+    optimiser steps (forward, backward, clipping, AdamW) of a sequence classifier on a seeded sample of the
+    training rows, after one untimed step; the one figure behind the recipe's hours, written into the results."""
+    import random
+    import time
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from metakd_cli.cpu import cpu_info
+    from metakd_cli.data import load_dataset
+    from metakd_cli.packaged import mpnet_base
+
+    config = recipe([], RECIPE)
+    dataset = load_dataset(replace(config.data, path=str(data_path(config))))
+    batch, length = config.fit.batch_size, config.fit.max_length
+    rows = random.Random(SEED).sample(dataset.splits["train"], batch * (steps + 1))
+    model_dir = mpnet_base()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    torch.manual_seed(SEED)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=len(dataset.labels))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.fit.lr)
+    model.train()
+    seconds, padded = [], []
+    for step in range(steps + 1):
+        part = rows[step * batch:(step + 1) * batch]
+        inputs = tokenizer([r.text for r in part], truncation=True, max_length=length, padding=True,
+                           return_tensors="pt")
+        labels = torch.tensor([dataset.labels.index(r.label) for r in part])
+        started = time.perf_counter()
+        loss = model(**inputs, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step:  # the first step warms the allocator and kernels up
+            seconds.append(time.perf_counter() - started)
+            padded.append(int(inputs["input_ids"].shape[1]))
+    rows_per_s = batch * steps / sum(seconds)
+    train_rows = len(dataset.splits["train"])
+    figures = {"batch_size": batch, "max_length": length, "padded_lengths": padded, "timed_steps": steps,
+               "step_seconds": [round(x, 1) for x in seconds], "rows_per_s": round(rows_per_s, 2),
+               "train_rows": train_rows, "threads": torch.get_num_threads(),
+               "epoch_minutes_of_optimiser_steps": round(train_rows / rows_per_s / 60, 1),
+               "cpu": cpu_info().to_json()}
+    document = read_json_object(out)
+    document["fit_speed"] = figures
+    atomic_write_json(out, document)
+    return figures
 
 
 def print_table(document: dict) -> None:
@@ -357,7 +427,7 @@ def print_table(document: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=("run", "speed", "table"))
+    parser.add_argument("action", choices=("run", "speed", "fit-speed", "table"))
     parser.add_argument("--systems", nargs="*", default=list(RUN_DEFAULT), choices=list(SYSTEMS))
     parser.add_argument("--runs", type=Path, default=RUNS,
                         help="the run folders' root [$METAKD_BENCH_DIR/runs/mpnet, else bench/runs/mpnet]")
@@ -375,6 +445,9 @@ def main() -> None:
         run_systems(args.runs, args.systems, extra, lambda: print_table(table(args.runs, extra, args.out)))
     elif args.action == "speed":
         speed(args.runs, extra)
+    elif args.action == "fit-speed":
+        print(fit_speed(args.out))
+        return
     print_table(table(args.runs, extra, args.out))
 
 

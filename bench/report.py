@@ -285,6 +285,12 @@ def _mpnet(path) -> list[str]:
     for target in data["targets"]:
         value = "-" if target["value"] is None else f"{target['value']:g}"
         lines.append(f"| {target['target']} | {target['threshold']:g} | {value} | {target['status']} |")
+    fit = data.get("fit_speed") if isinstance(data.get("fit_speed"), dict) else {}
+    if fit.get("rows_per_s"):
+        lines += ["", f"The teacher's training speed (`python -m bench.mpnet fit-speed`: {fit['timed_steps']} optimiser "
+                  f"steps of batch {fit['batch_size']} on training rows padded to {fit['padded_lengths']} tokens, "
+                  f"{fit['threads']} threads): {fit['rows_per_s']:g} rows/s, so one fit epoch's optimiser steps over "
+                  f"{fit['train_rows']:,} rows take about {fit['epoch_minutes_of_optimiser_steps']:g} minutes."]
     return lines + [""]
 
 

@@ -269,3 +269,26 @@ def test_speed_builds_without_eval_then_times_the_two_evals_back_to_back(bench, 
                     {step: {} for step in bench.chain(system, built=True).split(",")}, sets)
     bench.speed(tmp_path, ("fit.max_length=16",))
     assert [call[1:3] for call in calls] == [("meta", "eval"), ("teacher-onnx", "eval")]
+
+
+def test_figures_whose_folders_are_gone_are_kept_and_marked(bench, tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "mpnet.json"
+    _student(bench, runs / "meta", "meta", teacher=90.0, int8=89.4, int8_mb=20.0, throughputs=(3.0, 72.0))
+    first = bench.table(runs, out=out)
+    document = json.loads(out.read_text())
+    document["fit_speed"] = {"rows_per_s": 1.3, "timed_steps": 3, "batch_size": 32, "padded_lengths": [128] * 3,
+                             "threads": 2, "train_rows": 6400, "epoch_minutes_of_optimiser_steps": 82.1}
+    out.write_text(json.dumps(document))
+    import shutil
+
+    shutil.rmtree(runs)
+    again = bench.table(runs, out=out)
+    assert again["results"]["meta"]["test_accuracy"] == first["results"]["meta"]["test_accuracy"]
+    assert "folders are gone" in again["results"]["meta"]["kept"]
+    assert again["fit_speed"]["rows_per_s"] == 1.3 and "kept" in again["fit_speed"]
+    assert _by_target(again)["int8"]["status"] == "pass"  # the targets still read the kept figures
+    from bench.report import _mpnet
+
+    assert any("1.3 rows/s" in line and "about 82.1 minutes" in line for line in _mpnet(out))
+    other = bench.table(runs, extra=("fit.epochs=1",), out=out)  # other settings: nothing of the old file counts
+    assert other["results"]["meta"] == "not measured" and other["fit_speed"] == "not measured"
