@@ -339,7 +339,7 @@ def table(runs: Path, extra: tuple[str, ...] = (), out: Path = OUT) -> dict:
         kept = _kept((previous.get("results") or {}).get(system), same_settings)
         results[system] = READERS[system](metrics) if metrics else kept or NOT_MEASURED
     speed_figures = read_speed(runs / "speed", extra) or _kept(previous.get("speed"), same_settings)
-    fit_figures = _kept(previous.get("fit_speed"), same_settings)
+    fit_figures = previous.get("fit_speed") if isinstance(previous.get("fit_speed"), dict) else None  # fit-speed's
     finished = {k: v for k, v in results.items() if isinstance(v, dict)}
     document = {
         "setup": {
