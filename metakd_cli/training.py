@@ -466,9 +466,9 @@ def _end_epoch(phase: _Phase, state: _LoopState, interrupt: _DeferredInterrupt) 
     phase.model.eval()
     evaluate = phase.steps.evaluate
     score = evaluate() if evaluate is not None else float(epoch + 1)  # None: keep the last
-    train_loss = state.position["loss_sum"] / max(state.position["loss_count"], 1)
     count = max(state.position["loss_count"], 1)
-    terms = {name: total / count for name, total in state.position.get("term_sums", {}).items()}
+    train_loss = state.position["loss_sum"] / count
+    terms = {name: total / count for name, total in state.position["term_sums"].items()}
     state.history.append({"epoch": epoch + 1, "train_loss": train_loss, "dev_score": score,
                           **({"train_terms": terms} if terms else {})})
     if phase.progress is not None and hasattr(phase.progress, "epoch_end"):  # a plain line where no bar can show
