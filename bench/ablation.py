@@ -26,14 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import RESULTS, RUNS as BENCH_RUNS, ROOT, data_missing, done, metakd_run, recipe, scored_rows
-from bench.common import selection, shown, start_from
+from bench.common import RESULTS, RUNS as BENCH_RUNS, ROOT, data_missing, data_path, done, metakd_run, recipe
+from bench.common import relative_where, scored_rows, selection, shown, start_from
 from bench.stats import compare
 from metakd_cli.run_dir import atomic_write_json, read_json_object
 
 RECIPE = ROOT / "bench" / "recipes" / "ablation.yaml"
 RUNS = BENCH_RUNS / "ablation"
 TEACHER = RUNS / "teacher-meta"
+KEPT = "from the results file: run before the per-row record, its run folders gone; not recomputed"
 OUT = RESULTS / "ablation.json"
 DOMAINS = ("books", "electronics")
 REFERENCE = "meta"
@@ -116,7 +117,7 @@ def teacher_table(kept: dict | None = None) -> dict:
     for name in TEACHERS:
         for seed in (42, 1, 2):
             config = recipe(teacher_sets(name, seed), RECIPE)
-            rows = scored_rows(teacher_folder(name, seed), selection(config), "teacher")
+            rows = scored_rows(teacher_folder(name, seed), config, "teacher")
             if rows is None or not done(teacher_folder(name, seed), config, "fit,eval", selection(config)):
                 continue
             correct.setdefault(name, {})[seed] = rows.correct
@@ -247,7 +248,8 @@ def _finished_students(kept: dict) -> tuple[dict, dict, dict, dict]:
     folders (which win)."""
     correct: dict[str, dict[str, dict[int, list[int]]]] = {}
     facts: dict[str, dict[str, dict[int, dict]]] = {}
-    where = dict(kept.get("where") or {})
+    data = data_path(recipe([], RECIPE))  # a record written where the data sat elsewhere (absolute places) compares too
+    where = {d: [relative_where(w, data) for w in places] for d, places in (kept.get("where") or {}).items()}
     teacher = {d: _unbits(bits) for d, bits in (kept.get("teacher") or {}).items()}
     for system, by_domain in (kept.get("students") or {}).items():
         for domain, by_seed in by_domain.items():
@@ -261,8 +263,8 @@ def _finished_students(kept: dict) -> tuple[dict, dict, dict, dict]:
             if domain not in DOMAINS or not seed.isdigit():
                 continue
             config = recipe(student_sets(system, domain, int(seed)), RECIPE)
-            student = scored_rows(run_dir, selection(config), "student")
-            scored_teacher = scored_rows(run_dir, selection(config), "teacher")
+            student = scored_rows(run_dir, config, "student")
+            scored_teacher = scored_rows(run_dir, config, "teacher")
             if student is None or scored_teacher is None or not done(run_dir, config, "fit,distill,eval",
                                                                       selection(config)):
                 continue
@@ -312,8 +314,7 @@ def table() -> dict:
         tests[f"{reference} vs {system}"] = compare(a, b, strata)
     for system, row in (previous.get("results") or {}).items():
         if system in SYSTEMS and system not in correct:  # measured before the record existed, folders gone
-            results[system] = {**row, "kept": row.get("kept") or "from the results file: run before the per-row "
-                               "record, its run folders gone; not recomputed"}
+            results[system] = {**row, "kept": row.get("kept") or KEPT}
             key = f"{REFERENCES.get(system, REFERENCE)} vs {system}"
             if key in (previous.get("tests") or {}):
                 tests[key] = previous["tests"][key]
@@ -326,8 +327,7 @@ def table() -> dict:
     teachers = teacher_table(kept)
     for name, row in ((previous.get("teachers") or {}).get("results") or {}).items():
         if name in TEACHERS and name not in teachers["results"]:  # as for students: kept, not recomputed
-            teachers["results"][name] = {**row, "kept": row.get("kept") or "from the results file: run before "
-                                         "the per-row record, its run folders gone; not recomputed"}
+            teachers["results"][name] = {**row, "kept": row.get("kept") or KEPT}
     out = {
         "setup": {"recipe": shown(RECIPE), "domains": list(DOMAINS),
                   "students": "one per domain (distill.domain), scored on that domain's 200 test rows",

@@ -233,7 +233,7 @@ class Table:
         config = recipe(sets)
         if not done(folder, config, steps, selection(config)):
             return None
-        scored = scored_rows(folder, selection(config), model)
+        scored = scored_rows(folder, config, model)
         if scored is None:
             return None
         data = read_json_object(folder / "manifest.json").get("data") or {}

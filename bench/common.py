@@ -156,15 +156,26 @@ class Scored:
     where: dict[str, list[str]]  # each row's place in the data (file:line): paired rows must be the same rows
 
 
-def scored_rows(run_dir: Path, key: str, model: str) -> Scored | None:
-    """``model``'s rows of eval's selection ``key`` in ``run_dir``'s metrics/predictions.json; None when absent."""
-    entry = read_json_object(Path(run_dir) / "metrics" / "predictions.json").get(key)
+def relative_where(where: str, data: Path) -> str:
+    """A row's place (``file:line``) relative to the data's root, so that records made on one machine compare with
+    runs on another where the data lives elsewhere; a place outside the root is left as it is."""
+    file, sep, line = str(where).rpartition(":")
+    if not sep or not Path(file).is_absolute():
+        return str(where)
+    path = Path(file)
+    return f"{path.relative_to(data).as_posix()}:{line}" if path.is_relative_to(data) else str(where)
+
+
+def scored_rows(run_dir: Path, config: Recipe, model: str) -> Scored | None:
+    """``model``'s rows of ``config``'s eval selection in ``run_dir``'s metrics/predictions.json, each row's place
+    relative to the recipe's data root; None when absent."""
+    entry = read_json_object(Path(run_dir) / "metrics" / "predictions.json").get(selection(config))
     if not isinstance(entry, dict) or model not in (entry.get("models") or {}):
         return None
-    scored = Scored({}, {})
+    scored, data = Scored({}, {}), data_path(config)
     for domain, where, gold, got in zip(entry["domain"], entry["where"], entry["label"], entry["models"][model]):
         scored.correct.setdefault(domain, []).append(int(got == gold))
-        scored.where.setdefault(domain, []).append(where)
+        scored.where.setdefault(domain, []).append(relative_where(where, data))
     return scored
 
 

@@ -165,7 +165,7 @@ def table(plan: Plan) -> dict:
                     (f"{kind}-teacher", plan.teacher(kind, fraction), "fit,eval", "teacher", "fit"),
                     (STUDENT_ROW[name], plan.student(name, fraction), "fit,distill,eval", "student", "distill")):
                 config = recipe(sets)
-                scored = scored_rows(folder, selection(config), model) if done(folder, config, steps,
+                scored = scored_rows(folder, config, model) if done(folder, config, steps,
                                                                                selection(config)) else None
                 if scored is None or label in kept:
                     continue

@@ -16,9 +16,10 @@ LATER = "9999-01-01T00:00:00+00:00"
 
 
 def fake(folder: Path, sets: list[str], steps: str, models: dict[str, list[int]], domains: list[str],
-         written: str = LATER, rows: str = "r") -> None:
+         written: str = LATER, rows: str = "r", absolute: bool = False) -> None:
     """A run folder recording ``steps`` with the ablation recipe's settings and eval's rows: 10 rows per domain,
-    ``models[name]`` the 0/1 correctness of each (all domains' rows in order)."""
+    ``models[name]`` the 0/1 correctness of each (all domains' rows in order); ``absolute``: each row's place is
+    a full path under the recipe's data root, as `metakd eval` writes it."""
     config = recipe(sets, ablation.RECIPE)
     run = RunDir(folder)
     data = {"config": {**asdict(config.data), "path": str(data_path(config))}, "fingerprint": "f", "domains": domains}
@@ -27,7 +28,8 @@ def fake(folder: Path, sets: list[str], steps: str, models: dict[str, list[int]]
         run.write_metrics(step, {"seconds": 600.0})
     key = selection(config)
     run.write_metrics("eval", {"selections": {key: {"written": written}}})
-    where = [f"{d}.xml:{rows}{i}" for d in domains for i in range(10)]
+    root = f"{data_path(config)}/" if absolute else ""
+    where = [f"{root}{d}.xml:{rows}{i}" for d in domains for i in range(10)]
     run.write_metrics("predictions", {key: {
         "where": where, "domain": [d for d in domains for _ in range(10)], "label": ["positive"] * len(where),
         "models": {name: ["positive" if c else "negative" for c in correct] for name, correct in models.items()}}})
@@ -135,6 +137,44 @@ def test_the_record_keeps_runs_whose_folders_are_gone(bench_dir):
     assert again["tests"]["meta vs tinybert"]["rows"] == 20
     assert again["teachers"]["results"]["meta"]["average"] == 100.0
     assert again["setup"]["teacher"]["test_accuracy"]["books"] == 100.0
+
+
+def test_the_record_compares_with_runs_where_the_data_lives_elsewhere(bench_dir, monkeypatch):
+    import shutil
+
+    import bench.common
+
+    for system in ("meta", "tinybert"):
+        for domain in ablation.DOMAINS:
+            student(system, domain, 42, [1] * 9 + [0], absolute=True)
+    first = ablation.table()
+    assert first["rows"]["where"]["books"][0] == "books.xml:r0"  # relative to the data root, not /…/books.xml
+    shutil.rmtree(bench_dir / "runs")
+    elsewhere = bench_dir / "another-checkout"  # another machine: the checkout, and the data beside it, elsewhere
+    elsewhere.mkdir()
+    monkeypatch.setattr(bench.common, "ROOT", elsewhere)
+    monkeypatch.chdir(elsewhere)  # `metakd run` runs in the checkout
+    for domain in ablation.DOMAINS:
+        student("meta", domain, 1, [1] * 10, absolute=True)
+    again = ablation.table()
+    assert again["results"]["meta"]["seeds"] == [1, 42] and again["results"]["meta"]["books"] == 95.0
+    assert again["rows"]["where"] == first["rows"]["where"]
+
+
+def test_a_record_with_full_paths_compares_on_the_machine_that_wrote_it(bench_dir):
+    import json
+    import shutil
+
+    for domain in ablation.DOMAINS:
+        student("meta", domain, 42, [1] * 10, absolute=True)
+    out = ablation.table()
+    root = data_path(recipe([], ablation.RECIPE))
+    out["rows"]["where"] = {d: [f"{root}/{w}" for w in places] for d, places in out["rows"]["where"].items()}
+    ablation.OUT.write_text(json.dumps(out))  # as the record stood before places were made relative
+    shutil.rmtree(bench_dir / "runs")
+    for domain in ablation.DOMAINS:
+        student("meta", domain, 1, [1] * 10, absolute=True)
+    assert ablation.table()["rows"]["where"]["books"][0] == "books.xml:r0"
 
 
 def test_rows_from_before_the_record_are_kept_and_marked(bench_dir):

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.common import data_path, done, recipe, scored_rows, selection, start_from
+from bench.common import data_path, done, recipe, relative_where, scored_rows, selection, start_from
 from metakd_cli.run_dir import LOCK_FILE, RunDir
 
 LATER = "9999-01-01T00:00:00+00:00"  # an eval written after any step finished
@@ -51,11 +51,19 @@ def test_done_needs_the_same_settings_and_an_eval_after_the_steps(tmp_path: Path
 def test_scored_rows_per_domain(tmp_path: Path):
     sets = ["eval.models=teacher", "eval.domains=kitchen"]
     folder = fake_run(tmp_path / "run", sets, "fit,eval", "teacher", [1, 0, 0, 1])
-    scored = scored_rows(folder, selection(recipe(sets)), "teacher")
+    scored = scored_rows(folder, recipe(sets), "teacher")
     assert scored.correct == {"kitchen": [1, 0, 0, 1]}
     assert scored.where["kitchen"][1] == "kitchen.jsonl:1"
-    assert scored_rows(folder, selection(recipe(sets)), "student") is None
-    assert scored_rows(tmp_path / "nothing", "x", "teacher") is None
+    assert scored_rows(folder, recipe(sets), "student") is None
+    assert scored_rows(tmp_path / "nothing", recipe(sets), "teacher") is None
+
+
+def test_a_rows_place_is_relative_to_the_data_root(tmp_path: Path):
+    root = tmp_path / "data"
+    assert relative_where(f"{root}/books/negative.review:12", root) == "books/negative.review:12"
+    assert relative_where(f"{tmp_path}/other/books.tsv:3", root) == f"{tmp_path}/other/books.tsv:3"  # outside
+    assert relative_where("books.tsv:3", root) == "books.tsv:3"  # already relative
+    assert relative_where("C:/data/x.tsv", root) == "C:/data/x.tsv"  # no line: not a place metakd writes
 
 
 def test_start_from_copies_a_run_once_per_version_of_its_steps(tmp_path: Path):
