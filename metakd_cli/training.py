@@ -447,15 +447,16 @@ def _optimisation_step(phase: _Phase, state: _LoopState, indices: list[int], ste
         phase.scheduler.step()
     position["step"] = step + 1
     state.trained_examples += len(indices)  # the global batch's rows
-    if phase.processes > 1:  # the mean of the weighted shares is the whole batch's mean loss
-        position["loss_sum"] += float(accelerator.reduce(loss.detach(), reduction="mean"))
-    else:
-        position["loss_sum"] += float(terms["loss"].detach())
-    for name, value in terms.items():
-        if name != "loss":  # several processes: the mean of each process's batch mean
-            value = value.detach()
-            value = accelerator.reduce(value, reduction="mean") if phase.processes > 1 else value
-            position["term_sums"][name] = position["term_sums"].get(name, 0.0) + float(value)
+    named = [name for name in terms if name != "loss"]
+    # the loss and every named term (each a mean over this process's rows) in one tensor: one all-reduce and
+    # one read per step; several processes: weighted by their shares, the mean is the whole batch's mean
+    values = torch.stack([terms[n].detach().float().reshape(()) for n in ("loss", *named)])
+    if phase.processes > 1:
+        values = accelerator.reduce(values * factor, reduction="mean")
+    loss_value, *term_values = values.tolist()
+    position["loss_sum"] += loss_value
+    for name, value in zip(named, term_values):
+        position["term_sums"][name] = position["term_sums"].get(name, 0.0) + value
     position["loss_count"] += 1
 
 
