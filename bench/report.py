@@ -229,7 +229,7 @@ def _ablation(path) -> list[str]:
              "| what |", "|" + " --- |" * (len(domains) + 6)]
     for name, row in data["results"].items():
         test = next((t for key, t in data["tests"].items() if key.endswith(f" vs {name}")), None)
-        versus = f"{-test['diff']:+.2f} ({_p(test['p_value'])})" if test else "-"
+        versus = f"{0.0 - test['diff']:+.2f} ({_p(test['p_value'])})" if test else "-"
         distance = row.get("weight_distance_to_meta")
         lines.append(_row(name, [f"{row[d]:.2f}" if isinstance(row.get(d), (int, float)) else None
                                  for d in [*domains, "average"]],
@@ -257,7 +257,7 @@ def _ablation(path) -> list[str]:
                   "| teacher | " + " | ".join(cols) + " | seeds | vs meta |", "|" + " --- |" * (len(cols) + 3)]
         for name, row in teachers.items():
             test = data["teachers"]["tests"].get(f"meta vs {name}")
-            versus = f"{-test['diff']:+.2f} ({_p(test['p_value'])})" if test else "-"
+            versus = f"{0.0 - test['diff']:+.2f} ({_p(test['p_value'])})" if test else "-"
             lines.append(_row(name, [row.get(c) for c in cols], f"{', '.join(map(str, row['seeds']))} | {versus}"))
         lines.append("")
     scales = data.get("int8_weight_scales") or {}
