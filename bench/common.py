@@ -160,10 +160,10 @@ def relative_where(where: str, data: Path) -> str:
     """A row's place (``file:line``) relative to the data's root, so that records made on one machine compare with
     runs on another where the data lives elsewhere; a place outside the root is left as it is."""
     file, sep, line = str(where).rpartition(":")
-    if not sep or not Path(file).is_absolute():
-        return str(where)
     path = Path(file)
-    return f"{path.relative_to(data).as_posix()}:{line}" if path.is_relative_to(data) else str(where)
+    if not sep or not path.is_absolute() or not path.is_relative_to(data):
+        return str(where)
+    return f"{path.relative_to(data).as_posix()}:{line}"
 
 
 def scored_rows(run_dir: Path, config: Recipe, model: str) -> Scored | None:

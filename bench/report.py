@@ -212,6 +212,12 @@ def _int8_variants(path) -> list[str]:
     lines.append("")
     return lines
 
+def _versus(test: dict | None) -> str:
+    """A row's difference from the system it is paired with (the test's diff is that system minus this row's),
+    with its p; 0.0 - diff so that no difference reads +0.00, not -0.00."""
+    return f"{0.0 - test['diff']:+.2f} ({_p(test['p_value'])})" if test else "-"
+
+
 def _ablation(path) -> list[str]:
     """bench/results/ablation.json: what each part of Meta-KD buys (issue 25), teachers, int8 weight scales."""
     if not path.is_file():
@@ -229,7 +235,7 @@ def _ablation(path) -> list[str]:
              "| what |", "|" + " --- |" * (len(domains) + 6)]
     for name, row in data["results"].items():
         test = next((t for key, t in data["tests"].items() if key.endswith(f" vs {name}")), None)
-        versus = f"{0.0 - test['diff']:+.2f} ({_p(test['p_value'])})" if test else "-"
+        versus = _versus(test)
         distance = row.get("weight_distance_to_meta")
         lines.append(_row(name, [f"{row[d]:.2f}" if isinstance(row.get(d), (int, float)) else None
                                  for d in [*domains, "average"]],
@@ -257,7 +263,7 @@ def _ablation(path) -> list[str]:
                   "| teacher | " + " | ".join(cols) + " | seeds | vs meta |", "|" + " --- |" * (len(cols) + 3)]
         for name, row in teachers.items():
             test = data["teachers"]["tests"].get(f"meta vs {name}")
-            versus = f"{0.0 - test['diff']:+.2f} ({_p(test['p_value'])})" if test else "-"
+            versus = _versus(test)
             lines.append(_row(name, [row.get(c) for c in cols], f"{', '.join(map(str, row['seeds']))} | {versus}"))
         lines.append("")
     scales = data.get("int8_weight_scales") or {}

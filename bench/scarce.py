@@ -166,7 +166,7 @@ def table(plan: Plan) -> dict:
                     (STUDENT_ROW[name], plan.student(name, fraction), "fit,distill,eval", "student", "distill")):
                 config = recipe(sets)
                 scored = scored_rows(folder, config, model) if done(folder, config, steps,
-                                                                               selection(config)) else None
+                                                                    selection(config)) else None
                 if scored is None or label in kept:
                     continue
                 where = json.dumps(scored.where[d])

@@ -218,6 +218,7 @@ def test_two_processes_train_as_one_and_write_once(no_dropout_model, tmp_path):
     assert metrics["processes"] == 2
     # every dev and test row scored once: the same row counts as in one process
     one = json.loads((tmp_path / "run-one" / "metrics" / "distill.json").read_text())
+    assert metrics["test_accuracy"] == one["test_accuracy"] and metrics["dev_accuracy"] == one["dev_accuracy"]
     # the recorded loss and each named term are the whole batch's means, unequal last batch included
     for step, two_run in (("fit", "run-two"), ("distill", "run-two-distill")):
         histories = [_histories(json.loads((tmp_path / run / "metrics" / f"{step}.json").read_text()))
@@ -228,13 +229,12 @@ def test_two_processes_train_as_one_and_write_once(no_dropout_model, tmp_path):
             assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3, abs=1e-6)
             for name, value in a.get("train_terms", {}).items():
                 assert b["train_terms"][name] == pytest.approx(value, rel=1e-3, abs=1e-6), (step, name)
-    assert metrics["test_accuracy"] == one["test_accuracy"] and metrics["dev_accuracy"] == one["dev_accuracy"]
     print(f"two-process fit + distill test: {seconds:.0f} s")
 
 
 def _histories(metrics: dict) -> list[dict]:
     """Every epoch record of a fit.json (each teacher's ``history``) or distill.json (each stage's), in order."""
-    runs = metrics["teachers"] if "teachers" in metrics and "stages" not in metrics else metrics["stages"].values()
+    runs = metrics["stages"].values() if "stages" in metrics else metrics["teachers"]
     return [epoch for run in runs for epoch in run.get("history") or []]
 
 
