@@ -90,6 +90,12 @@ def interrupted(command: str | None, obj: Context | None) -> str:
         return "interrupted; nothing was changed (files are written whole or not at all)"
     saved = _latest_checkpoint(obj.run_dir / "checkpoints", RESUMABLE[command])
     if saved is None:
+        from metakd_cli.run_dir import SCORES_CHECKPOINT
+
+        scores = obj.run_dir / "checkpoints" / SCORES_CHECKPOINT
+        if "fit-" in RESUMABLE[command] and (scores / "scores.safetensors").is_file():
+            return (f"interrupted before any training state was saved; the transferability scores are saved in "
+                    f"{scores}, and the same command with --resume reuses them: {_command_line(resume=True)}")
         if command == "run":
             return ("interrupted; the steps that had finished are kept (the run folder's manifest records them), "
                     f"and the same command skips them: {_command_line(resume=False)}")

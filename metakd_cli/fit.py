@@ -55,7 +55,7 @@ from metakd_cli.models import (
 )
 from metakd_cli import processes
 from metakd_cli.prototypes import compute_prototypes, encode_representations, pool, transferability
-from metakd_cli.run_dir import RunDir, atomic_dir, folder_name, folder_names
+from metakd_cli.run_dir import SCORES_CHECKPOINT, RunDir, atomic_dir, folder_name, folder_names
 from metakd_cli.training import PhaseSpec, PhaseSteps, clear_checkpoints, run_phase
 
 TEACHER_MODES = ("meta", "mix", "mtl", "single")
@@ -414,14 +414,53 @@ def _fit_single(ctx: _FitContext, rows: _Splits, held_out: list[int], info_commo
     return teachers
 
 
+def _saved_scores(folder: Path, signature: str, rows: int) -> tuple[torch.Tensor, torch.Tensor] | str:
+    """(t, prototypes) from an earlier pass saved in ``folder`` for these settings and rows, or why not."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        if json.loads((folder / "signature.json").read_text(encoding="utf-8")) != {"signature": signature,
+                                                                                  "rows": rows}:
+            return "they were made with other settings"
+        tensors = load_file(str(folder / "scores.safetensors"))
+        t, protos = tensors["t"], tensors["prototypes"]
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        return f"they are damaged ({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})"
+    return (t, protos) if t.shape == (rows,) else "they are damaged (not one score a row)"
+
+
+def _scores(ctx: _FitContext, train: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+    """t and the prototypes: with --resume, those an interrupted fit of these settings and rows saved; else (or
+    when they are missing or do not match) from the untouched pretrained encoder, saved in the checkpoints until
+    the fit finishes (the pass is the long part of a resume for a big teacher)."""
+    folder = ctx.run.checkpoints / SCORES_CHECKPOINT
+    signature = _phase_spec(ctx.cfg, ctx.dataset, "teacher").signature
+    if ctx.resume and folder.is_dir():
+        saved = _saved_scores(folder, signature, len(train))
+        if not isinstance(saved, str):
+            ctx.log(f"transferability scores from the earlier pass saved in {folder}")
+            return saved
+        ctx.log(f"the transferability scores in {folder} are not used: {saved}")
+    ctx.log("transferability scores from the untouched pretrained encoder")
+    t, protos = transferability_scores(ctx.model_path, ctx.cfg, train, ctx.dataset, ctx.tokenizer.pad_token_id or 0)
+    if processes.is_main():
+        from safetensors.torch import save_file
+
+        with atomic_dir(folder) as tmp:
+            save_file({"t": t.contiguous(), "prototypes": protos.contiguous()}, str(tmp / "scores.safetensors"))
+            (tmp / "signature.json").write_text(json.dumps({"signature": signature, "rows": len(train)}),
+                                                encoding="utf-8")
+    return t, protos
+
+
 def _fit_shared(ctx: _FitContext, rows: _Splits, kept: list[int], held_out: list[int],
                 info_common: dict) -> TeacherResult:
     """The one teacher of every domain not held out (meta, mix or mtl), written as teacher/ with each training
     row's t (NaN for the rows it did not train on) and the prototypes."""
     cfg, dataset, train = ctx.cfg, ctx.dataset, rows.train
     if cfg.teacher_mode == "meta":
-        ctx.log("transferability scores from the untouched pretrained encoder")
-        t, protos = transferability_scores(ctx.model_path, cfg, train, dataset, ctx.tokenizer.pad_token_id or 0)
+        t, protos = _scores(ctx, train)
         use_domain_loss = cfg.domain_loss != "none"
     else:
         t, protos = torch.ones(len(train)), torch.zeros(0)

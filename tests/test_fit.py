@@ -17,6 +17,7 @@ from metakd_cli.config import DataConfig, FitConfig
 from metakd_cli.data import encode, load_dataset
 from metakd_cli.errors import UserError
 from metakd_cli.inference import torch_logits
+from metakd_cli import fit as fit_module
 from metakd_cli.fit import fit
 from metakd_cli.models import TeacherInfo, check_model_source, load_head
 from metakd_cli.run_dir import RunDir
@@ -127,7 +128,11 @@ def test_same_seed_same_metrics(tiny_model_dir, toy_data, tmp_path):
     assert _strip_timings(first.metrics) == _strip_timings(second.metrics)
 
 
-def test_interrupted_fit_resumes_to_the_same_metrics(tiny_model_dir, toy_data, tmp_path):
+def _no_second_pass(*_args, **_kwargs):
+    raise AssertionError("the transferability pass ran again")
+
+
+def test_interrupted_fit_resumes_to_the_same_metrics(tiny_model_dir, toy_data, tmp_path, monkeypatch):
     config = tiny_fit_config(tiny_model_dir, epochs=3)
     reference = fit(toy_data, config, RunDir(tmp_path / "ref"), log=_quiet)
     run = RunDir(tmp_path / "run")
@@ -135,11 +140,51 @@ def test_interrupted_fit_resumes_to_the_same_metrics(tiny_model_dir, toy_data, t
         fit(toy_data, config, run, progress=InterruptAfter(13), log=_quiet)  # mid second epoch
     assert not run.teacher.exists()  # nothing half-written where the manifest would point
     assert (run.checkpoints / "fit-teacher" / "loop.json").is_file()
+    assert (run.checkpoints / "fit-scores" / "scores.safetensors").is_file()
+    monkeypatch.setattr(fit_module, "transferability_scores", _no_second_pass)  # resume reads the saved pass
+    lines: list[str] = []
+    resumed = fit(toy_data, config, run, resume=True, log=lines.append)
+    assert _strip_timings(resumed.metrics) == _strip_timings(reference.metrics)  # t_stats included
+    assert not (run.checkpoints / "fit-teacher").exists()
+    assert not (run.checkpoints / "fit-scores").exists()  # the finished fit leaves nothing to resume
+    assert "fit-teacher: resuming from epoch 2, step 1" in lines  # 12 steps an epoch, stopped after 13
+    assert f"transferability scores from the earlier pass saved in {run.checkpoints / 'fit-scores'}" in lines
+
+
+def _killed_after_the_pass(toy_data, config, run: RunDir) -> None:
+    """A fit stopped after its transferability pass and before any training state was saved (a kill, not Ctrl-C)."""
+    with pytest.raises(KeyboardInterrupt):
+        fit(toy_data, config, run, progress=InterruptAfter(1), log=_quiet)
+    shutil.rmtree(run.checkpoints / "fit-teacher")
+
+
+@pytest.mark.parametrize("case", ["other settings", "damaged"])
+def test_saved_scores_that_do_not_match_are_computed_again(tiny_model_dir, toy_data, tmp_path, case):
+    config = tiny_fit_config(tiny_model_dir, epochs=1)
+    run = RunDir(tmp_path / "run")
+    _killed_after_the_pass(toy_data, config, run)
+    saved = run.checkpoints / "fit-scores"
+    if case == "damaged":
+        (saved / "scores.safetensors").write_bytes(b"not a tensor file")
+    else:
+        config = tiny_fit_config(tiny_model_dir, epochs=1, alpha=0.9)
+    reference = fit(toy_data, config, RunDir(tmp_path / "ref"), log=_quiet)
     lines: list[str] = []
     resumed = fit(toy_data, config, run, resume=True, log=lines.append)
     assert _strip_timings(resumed.metrics) == _strip_timings(reference.metrics)
-    assert not (run.checkpoints / "fit-teacher").exists()
-    assert "fit-teacher: resuming from epoch 2, step 1" in lines  # 12 steps an epoch, stopped after 13
+    why = "they were made with other settings" if case == "other settings" else "they are damaged ("
+    assert any(line.startswith(f"the transferability scores in {saved} are not used: {why}") for line in lines), lines
+    assert "transferability scores from the untouched pretrained encoder" in lines
+
+
+def test_a_fit_without_resume_computes_the_scores_again(tiny_model_dir, toy_data, tmp_path):
+    config = tiny_fit_config(tiny_model_dir, epochs=1)
+    run = RunDir(tmp_path / "run")
+    _killed_after_the_pass(toy_data, config, run)
+    lines: list[str] = []
+    fit(toy_data, config, run, log=lines.append)
+    assert "transferability scores from the untouched pretrained encoder" in lines
+    assert not any("earlier pass" in line for line in lines)
 
 
 def test_resume_without_a_checkpoint_says_it_starts_from_scratch(tiny_model_dir, toy_data, tmp_path):
