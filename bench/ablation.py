@@ -107,6 +107,16 @@ def record() -> dict:
     return rows if isinstance(rows, dict) else {}
 
 
+def dev_selection(run_dir: Path) -> dict | None:
+    """The epoch a teacher's fit kept (the best on dev) and its dev score after each epoch, from
+    metrics/fit.json; None without one."""
+    teachers = read_json_object(run_dir / "metrics" / "fit.json").get("teachers")
+    if not (isinstance(teachers, list) and teachers and isinstance(teachers[0], dict)):
+        return None
+    history = teachers[0].get("history") or []
+    return {"epoch": teachers[0].get("best_epoch"), "dev": [h.get("dev_score") for h in history]}
+
+
 def teacher_table(kept: dict | None = None) -> dict:
     """Each teacher's test accuracy per domain over its seeds, and paired tests against the meta-teacher: from
     the run folders, and from the record (``kept["teachers"]``) for runs whose folders are gone."""
@@ -125,8 +135,10 @@ def teacher_table(kept: dict | None = None) -> dict:
     for name in (n for n in TEACHERS if n in correct):
         runs = dict(sorted(correct[name].items()))
         domains = list(next(iter(runs.values())))
+        chosen = {str(seed): found for seed in runs if (found := dev_selection(teacher_folder(name, seed)))}
         results[name] = {**_with_average({d: _accuracy([run[d] for run in runs.values()]) for d in domains}),
-                         "seeds": sorted(runs), "what": TEACHERS[name][1], "sets": TEACHERS[name][0]}
+                         "seeds": sorted(runs), "what": TEACHERS[name][1], "sets": TEACHERS[name][0],
+                         "dev_selection": chosen}
         if name != "meta" and "meta" in correct:
             def flat(by_seed: dict[int, dict[str, list[int]]]) -> dict[str, list[int]]:
                 return {str(s): sum((run[d] for d in domains), []) for s, run in by_seed.items()}
@@ -328,6 +340,10 @@ def table() -> dict:
     for name, row in ((previous.get("teachers") or {}).get("results") or {}).items():
         if name in TEACHERS and name not in teachers["results"]:  # as for students: kept, not recomputed
             teachers["results"][name] = {**row, "kept": row.get("kept") or KEPT}
+        elif name in teachers["results"]:  # a seed whose folder is gone keeps the epoch its fit chose
+            now = teachers["results"][name]
+            now["dev_selection"] = {**{seed: v for seed, v in (row.get("dev_selection") or {}).items()
+                                       if int(seed) in now["seeds"]}, **now["dev_selection"]}
     out = {
         "setup": {"recipe": shown(RECIPE), "domains": list(DOMAINS),
                   "students": "one per domain (distill.domain), scored on that domain's 200 test rows",

@@ -260,11 +260,13 @@ def _ablation(path) -> list[str]:
     if teachers:
         cols = [c for c in COLUMNS if c in next(iter(teachers.values()))]
         lines += ["**Teachers of the ablation** (test accuracy, every domain; paired against the meta-teacher)", "",
-                  "| teacher | " + " | ".join(cols) + " | seeds | vs meta |", "|" + " --- |" * (len(cols) + 3)]
+                  "| teacher | " + " | ".join(cols) + " | seeds | vs meta | epoch kept (dev after each epoch) |",
+                  "|" + " --- |" * (len(cols) + 4)]
         for name, row in teachers.items():
             test = data["teachers"]["tests"].get(f"meta vs {name}")
             versus = _versus(test)
-            lines.append(_row(name, [row.get(c) for c in cols], f"{', '.join(map(str, row['seeds']))} | {versus}"))
+            lines.append(_row(name, [row.get(c) for c in cols], f"{', '.join(map(str, row['seeds']))} | {versus} | "
+                                                                 f"{_dev_selection(row.get('dev_selection') or {})}"))
         lines.append("")
     scales = data.get("int8_weight_scales") or {}
     if scales:
@@ -277,6 +279,13 @@ def _ablation(path) -> list[str]:
                                      "-" if row["drop"] is None else f"{row['drop']:.3f}"]))
         lines.append("")
     return lines
+
+
+def _dev_selection(by_seed: dict) -> str:
+    """'s42: 1 (89.50, 89.38)': per seed, the epoch a fit kept and its dev accuracy after each epoch."""
+    cells = [f"s{seed}: {chosen.get('epoch')} ({', '.join('-' if v is None else f'{v:.2f}' for v in chosen['dev'])})"
+             for seed, chosen in by_seed.items()]
+    return "; ".join(cells) or "-"
 
 
 def _mpnet(path) -> list[str]:

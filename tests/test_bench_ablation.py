@@ -88,6 +88,7 @@ def test_teachers_against_the_meta_teacher(bench_dir):
     domains = ["books", "dvd"]
     fake(ablation.teacher_folder("meta", 42), ablation.teacher_sets("meta", 42), "fit,eval",
          {"teacher": [1] * 20}, domains)
+    kept_first(ablation.teacher_folder("meta", 42))
     fake(ablation.teacher_folder("mix", 42), ablation.teacher_sets("mix", 42), "fit,eval",
          {"teacher": [1] * 10 + [0] * 10}, domains)
     fake(ablation.teacher_folder("meta-none", 1), ablation.teacher_sets("meta-none", 42), "fit,eval",
@@ -97,6 +98,24 @@ def test_teachers_against_the_meta_teacher(bench_dir):
     assert out["results"]["mix"]["books"] == 100.0 and out["results"]["mix"]["dvd"] == 0.0
     assert out["results"]["mix"]["average"] == 50.0
     assert out["tests"]["meta vs mix"]["diff"] == pytest.approx(50.0)
+    assert out["results"]["meta"]["dev_selection"] == {"42": FIRST_KEPT}
+    assert out["results"]["mix"]["dev_selection"] == {}  # its fit.json records no epochs
+    from bench.report import _ablation
+
+    setup = {"domains": list(ablation.DOMAINS), "teacher": {}}
+    ablation.atomic_write_json(ablation.OUT, {"setup": setup, "results": {}, "tests": {}, "teachers": out})
+    lines = _ablation(ablation.OUT)
+    assert next(line for line in lines if line.startswith("| meta |")).endswith("| s42: 1 (89.50, 89.38) |")
+    assert next(line for line in lines if line.startswith("| mix |")).endswith("| - |")
+
+
+FIRST_KEPT = {"epoch": 1, "dev": [89.5, 89.375]}
+
+
+def kept_first(run_dir: Path) -> None:
+    """The teacher's metrics/fit.json: two epochs, the first kept by one dev row in 800."""
+    history = [{"epoch": 1, "train_loss": 0.35, "dev_score": 89.5}, {"epoch": 2, "train_loss": 0.28, "dev_score": 89.375}]
+    RunDir(run_dir).write_metrics("fit", {"seconds": 600.0, "teachers": [{"best_epoch": 1, "history": history}]})
 
 
 def test_weight_distance_to_meta(bench_dir):
@@ -125,6 +144,7 @@ def test_the_record_keeps_runs_whose_folders_are_gone(bench_dir):
     student("tinybert", "electronics", 42, [1] * 8 + [0] * 2)
     fake(ablation.teacher_folder("meta", 42), ablation.teacher_sets("meta", 42), "fit,eval",
          {"teacher": [1] * 20}, ["books", "dvd"])
+    kept_first(ablation.teacher_folder("meta", 42))
     first = ablation.table()
     assert first["rows"]["students"]["meta"]["books"]["1"]["correct"] == "1111111110"
     shutil.rmtree(bench_dir / "runs")  # every run folder gone: the table reads the record alone
@@ -136,6 +156,7 @@ def test_the_record_keeps_runs_whose_folders_are_gone(bench_dir):
     assert again["results"]["tinybert"]["books"] == 85.0  # (70 + 100) / 2 over the two seeds
     assert again["tests"]["meta vs tinybert"]["rows"] == 20
     assert again["teachers"]["results"]["meta"]["average"] == 100.0
+    assert again["teachers"]["results"]["meta"]["dev_selection"] == {"42": FIRST_KEPT}  # from the results file
     assert again["setup"]["teacher"]["test_accuracy"]["books"] == 100.0
 
 
