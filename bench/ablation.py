@@ -121,6 +121,7 @@ def teacher_table(kept: dict | None = None) -> dict:
     """Each teacher's test accuracy per domain over its seeds, and paired tests against the meta-teacher: from
     the run folders, and from the record (``kept["teachers"]``) for runs whose folders are gone."""
     correct: dict[str, dict[int, dict[str, list[int]]]] = {}  # teacher -> seed -> domain -> 0/1 per test row
+    chosen: dict[str, dict[str, dict]] = {}  # teacher -> seed -> dev_selection, of the finished folders only
     for name, by_seed in ((kept or {}).get("teachers") or {}).items():
         for seed, by_domain in by_seed.items():
             correct.setdefault(name, {})[int(seed)] = {d: _unbits(bits) for d, bits in by_domain.items()}
@@ -131,14 +132,15 @@ def teacher_table(kept: dict | None = None) -> dict:
             if rows is None or not done(teacher_folder(name, seed), config, "fit,eval", selection(config)):
                 continue
             correct.setdefault(name, {})[seed] = rows.correct
+            if found := dev_selection(teacher_folder(name, seed)):
+                chosen.setdefault(name, {})[str(seed)] = found
     results, tests = {}, {}
     for name in (n for n in TEACHERS if n in correct):
         runs = dict(sorted(correct[name].items()))
         domains = list(next(iter(runs.values())))
-        chosen = {str(seed): found for seed in runs if (found := dev_selection(teacher_folder(name, seed)))}
         results[name] = {**_with_average({d: _accuracy([run[d] for run in runs.values()]) for d in domains}),
                          "seeds": sorted(runs), "what": TEACHERS[name][1], "sets": TEACHERS[name][0],
-                         "dev_selection": chosen}
+                         "dev_selection": chosen.get(name, {})}
         if name != "meta" and "meta" in correct:
             def flat(by_seed: dict[int, dict[str, list[int]]]) -> dict[str, list[int]]:
                 return {str(s): sum((run[d] for d in domains), []) for s, run in by_seed.items()}

@@ -75,25 +75,24 @@ class MetakdGroup(click.Group):
         except UserError as exc:
             console.error(str(exc))
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            console.error(interrupted(ctx.invoked_subcommand, ctx.find_object(Context)))
+        except KeyboardInterrupt as exc:
+            console.error(interrupted(ctx.invoked_subcommand, ctx.find_object(Context),
+                                      getattr(exc, "saved_scores", None)))
             sys.exit(130)
 
 
 RESUMABLE = {"fit": ("fit-",), "distill": ("distill-",), "run": ("fit-", "distill-")}  # their checkpoints
 
 
-def interrupted(command: str | None, obj: Context | None) -> str:
-    """What Ctrl-C left behind: the training checkpoint it saved and the command that continues from it,
+def interrupted(command: str | None, obj: Context | None, scores: Path | None = None) -> str:
+    """What Ctrl-C left behind: the training checkpoint it saved and the command that continues from it, the
+    transferability scores a meta fit saved or reused (``scores``) when no training state was saved yet,
     or that nothing changed (every artifact and metrics file is written whole or not at all)."""
     if command not in RESUMABLE or obj is None:
         return "interrupted; nothing was changed (files are written whole or not at all)"
     saved = _latest_checkpoint(obj.run_dir / "checkpoints", RESUMABLE[command])
     if saved is None:
-        from metakd_cli.run_dir import SCORES_CHECKPOINT
-
-        scores = obj.run_dir / "checkpoints" / SCORES_CHECKPOINT
-        if "fit-" in RESUMABLE[command] and (scores / "scores.safetensors").is_file():
+        if scores is not None:
             return (f"interrupted before any training state was saved; the transferability scores are saved in "
                     f"{scores}, and the same command with --resume reuses them: {_command_line(resume=True)}")
         if command == "run":

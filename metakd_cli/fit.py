@@ -55,13 +55,15 @@ from metakd_cli.models import (
 )
 from metakd_cli import processes
 from metakd_cli.prototypes import compute_prototypes, encode_representations, pool, transferability
-from metakd_cli.run_dir import SCORES_CHECKPOINT, RunDir, atomic_dir, folder_name, folder_names
-from metakd_cli.training import PhaseSpec, PhaseSteps, clear_checkpoints, run_phase
+from metakd_cli.run_dir import RunDir, atomic_dir, folder_name, folder_names
+from metakd_cli.training import PhaseSpec, PhaseSteps, checkpoint_changes, clear_checkpoints, refuse_other_settings
+from metakd_cli.training import run_phase
 
 TEACHER_MODES = ("meta", "mix", "mtl", "single")
 PROTOTYPES = ("class", "domain")
 POOLINGS = ("mean", "cls")
 DOMAIN_LOSSES = ("confusion", "reversal", "none")
+SCORES_CHECKPOINT = "fit-scores"  # checkpoints/<this>: a meta fit's transferability pass, for --resume to reuse
 
 
 @dataclass
@@ -382,7 +384,7 @@ def _fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool, progre
          "train_rows": train_rows},
         data=data_manifest(data_cfg, dataset),
     )
-    for finished in run.checkpoints.glob("fit-*"):  # nothing left to resume
+    for finished in [*run.checkpoints.glob("fit-*"), *run.checkpoints.glob(".fit-*")]:  # nothing left to resume
         clear_checkpoints(run.checkpoints, finished.name)
     return FitResult.from_metrics(run.path, teachers, metrics, seconds)
 
@@ -414,34 +416,40 @@ def _fit_single(ctx: _FitContext, rows: _Splits, held_out: list[int], info_commo
     return teachers
 
 
-def _saved_scores(folder: Path, signature: str, rows: int) -> tuple[torch.Tensor, torch.Tensor] | str:
-    """(t, prototypes) from an earlier pass saved in ``folder`` for these settings and rows, or why not."""
+def _saved_scores(folder: Path, spec: PhaseSpec, rows: int) -> tuple[torch.Tensor, torch.Tensor] | str:
+    """(t, prototypes) from an earlier pass saved in ``folder`` for these settings, data and rows, or why not."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        if json.loads((folder / "signature.json").read_text(encoding="utf-8")) != {"signature": signature,
-                                                                                  "rows": rows}:
-            return "they were made with other settings"
+        saved = json.loads((folder / "signature.json").read_text(encoding="utf-8"))
+        if saved != {"signature": spec.signature, "rows": rows}:
+            changes = checkpoint_changes({"signature": saved.get("signature"), "n_examples": saved.get("rows")},
+                                         spec, None, rows)
+            return f"they were made with other settings or data ({'; '.join(changes) or 'unrecorded'})"
         tensors = load_file(str(folder / "scores.safetensors"))
         t, protos = tensors["t"], tensors["prototypes"]
-    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+    except (OSError, ValueError, KeyError, AttributeError, SafetensorError) as exc:
         return f"they are damaged ({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})"
     return (t, protos) if t.shape == (rows,) else "they are damaged (not one score a row)"
 
 
-def _scores(ctx: _FitContext, train: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
-    """t and the prototypes: with --resume, those an interrupted fit of these settings and rows saved; else (or
-    when they are missing or do not match) from the untouched pretrained encoder, saved in the checkpoints until
-    the fit finishes (the pass is the long part of a resume for a big teacher)."""
+def _scores(ctx: _FitContext, train: Encoded) -> tuple[torch.Tensor, torch.Tensor, Path]:
+    """t, the prototypes and where they are saved: with --resume, those an interrupted fit of these settings and
+    data saved; else (or when they are missing or do not match) from the untouched pretrained encoder, saved in
+    the checkpoints until the fit finishes (for a big teacher the pass is the long part of a resume). A resume
+    that the training checkpoint's settings would refuse is refused before the pass."""
     folder = ctx.run.checkpoints / SCORES_CHECKPOINT
-    signature = _phase_spec(ctx.cfg, ctx.dataset, "teacher").signature
-    if ctx.resume and folder.is_dir():
-        saved = _saved_scores(folder, signature, len(train))
-        if not isinstance(saved, str):
-            ctx.log(f"transferability scores from the earlier pass saved in {folder}")
-            return saved
-        ctx.log(f"the transferability scores in {folder} are not used: {saved}")
+    spec = _phase_spec(ctx.cfg, ctx.dataset, "teacher")
+    if ctx.resume:
+        refuse_other_settings(ctx.run.checkpoints, spec)
+        found = next((f for f in (folder, folder.parent / f".{folder.name}.old") if f.is_dir()), None)
+        saved = _saved_scores(found, spec, len(train)) if found else None
+        if isinstance(saved, tuple):
+            ctx.log(f"transferability scores from the earlier pass saved in {found}")
+            return (*saved, found)
+        if saved is not None:
+            ctx.log(f"the transferability scores in {found} are not used: {saved}")
     ctx.log("transferability scores from the untouched pretrained encoder")
     t, protos = transferability_scores(ctx.model_path, ctx.cfg, train, ctx.dataset, ctx.tokenizer.pad_token_id or 0)
     if processes.is_main():
@@ -449,9 +457,9 @@ def _scores(ctx: _FitContext, train: Encoded) -> tuple[torch.Tensor, torch.Tenso
 
         with atomic_dir(folder) as tmp:
             save_file({"t": t.contiguous(), "prototypes": protos.contiguous()}, str(tmp / "scores.safetensors"))
-            (tmp / "signature.json").write_text(json.dumps({"signature": signature, "rows": len(train)}),
+            (tmp / "signature.json").write_text(json.dumps({"signature": spec.signature, "rows": len(train)}),
                                                 encoding="utf-8")
-    return t, protos
+    return t, protos, folder
 
 
 def _fit_shared(ctx: _FitContext, rows: _Splits, kept: list[int], held_out: list[int],
@@ -460,13 +468,17 @@ def _fit_shared(ctx: _FitContext, rows: _Splits, kept: list[int], held_out: list
     row's t (NaN for the rows it did not train on) and the prototypes."""
     cfg, dataset, train = ctx.cfg, ctx.dataset, rows.train
     if cfg.teacher_mode == "meta":
-        t, protos = _scores(ctx, train)
+        t, protos, saved = _scores(ctx, train)
         use_domain_loss = cfg.domain_loss != "none"
     else:
-        t, protos = torch.ones(len(train)), torch.zeros(0)
+        t, protos, saved = torch.ones(len(train)), torch.zeros(0), None
         use_domain_loss = False
-    parts, result = _train_one(ctx, "teacher", rows, t, use_domain_loss, mtl=cfg.teacher_mode == "mtl",
-                               held_out=held_out)
+    try:
+        parts, result = _train_one(ctx, "teacher", rows, t, use_domain_loss, mtl=cfg.teacher_mode == "mtl",
+                                   held_out=held_out)
+    except KeyboardInterrupt as exc:
+        exc.saved_scores = saved  # Ctrl-C's message names them when no training state was saved yet
+        raise
     if cfg.teacher_mode == "meta":
         result.t_stats = t_statistics(t, train, dataset.domains)
     info = TeacherInfo(

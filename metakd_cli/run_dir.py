@@ -33,8 +33,6 @@ from pathlib import Path
 from metakd_cli import __version__
 from metakd_cli.errors import UserError
 
-SCORES_CHECKPOINT = "fit-scores"  # checkpoints/<this>: a meta fit's transferability pass, for --resume to reuse
-
 MANIFEST_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK_FILE = ".metakd.lock"

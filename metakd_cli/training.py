@@ -336,6 +336,27 @@ def _start_state(phase: _Phase, resume: bool) -> _LoopState:
     return _LoopState()
 
 
+def _other_settings(saved: Path, loop: dict, spec: PhaseSpec, total_steps, n_examples) -> UserError:
+    changes = checkpoint_changes(loop, spec, total_steps, n_examples)
+    what = "; ".join(changes) if changes else "it does not record which, so they cannot be compared"
+    return UserError(f"{saved}: the checkpoint was made with other settings (checkpoint -> now: {what}); "
+                     "resume with the checkpoint's settings, or run without --resume to start over")
+
+
+def refuse_other_settings(checkpoint_dir: Path, spec: PhaseSpec) -> None:
+    """Refuse now, before the work that precedes a phase (a fit's transferability pass), a checkpoint whose
+    settings run_phase's resume would refuse after that work; a damaged one is left for run_phase to report."""
+    saved = checkpoint_dir / spec.name
+    if not (saved / "loop.json").is_file():
+        saved = saved.parent / f".{saved.name}.old"  # killed between the two renames of a save
+    try:
+        loop = json.loads((saved / "loop.json").read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(loop, dict) and loop.get("signature", "") != spec.signature:
+        raise _other_settings(saved, loop, spec, loop.get("total_steps"), loop.get("n_examples"))
+
+
 def _load_checkpoint(phase: _Phase, saved: Path) -> _LoopState:
     """Module, optimizer, scheduler and this process's random streams as ``saved`` holds them, and the loop's
     state; a checkpoint of other settings, or a damaged one, is a UserError."""
@@ -350,12 +371,7 @@ def _load_checkpoint(phase: _Phase, saved: Path) -> _LoopState:
         if (loop.get("total_steps"), loop.get("n_examples"), loop.get("signature", "")) != (
             phase.total_steps, phase.n_examples, spec.signature
         ):
-            changes = checkpoint_changes(loop, spec, phase.total_steps, phase.n_examples)
-            what = "; ".join(changes) if changes else "it does not record which, so they cannot be compared"
-            raise UserError(
-                f"{saved}: the checkpoint was made with other settings (checkpoint -> now: {what}); "
-                "resume with the checkpoint's settings, or run without --resume to start over"
-            )
+            raise _other_settings(saved, loop, spec, phase.total_steps, phase.n_examples)
         phase.module.load_state_dict(load_file(str(saved / "model.safetensors")))
         states = torch.load(saved / "optim.pt", weights_only=True)  # our own checkpoint, tensors only
         phase.optimizer.load_state_dict(states["optimizer"])

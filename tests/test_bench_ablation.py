@@ -157,6 +157,9 @@ def test_the_record_keeps_runs_whose_folders_are_gone(bench_dir):
     assert again["tests"]["meta vs tinybert"]["rows"] == 20
     assert again["teachers"]["results"]["meta"]["average"] == 100.0
     assert again["teachers"]["results"]["meta"]["dev_selection"] == {"42": FIRST_KEPT}  # from the results file
+    refit = ablation.teacher_folder("meta", 42)  # a refit under way: its fit.json written, its eval not yet
+    RunDir(refit).write_metrics("fit", {"teachers": [{"best_epoch": 2, "history": [{"dev_score": 1.0}] * 2}]})
+    assert ablation.table()["teachers"]["results"]["meta"]["dev_selection"] == {"42": FIRST_KEPT}
     assert again["setup"]["teacher"]["test_accuracy"]["books"] == 100.0
 
 

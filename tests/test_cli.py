@@ -248,7 +248,8 @@ def test_ctrl_c_says_what_was_saved_and_the_command_that_resumes(tiny_model_dir,
                        f"(stopped in epoch 2 after 2 steps); continue with: {shlex.join([*argv, '--resume'])}")
 
 
-def test_ctrl_c_after_the_transferability_pass_says_resume_reuses_it(tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["meta", "mix"])
+def test_ctrl_c_after_the_transferability_pass_says_resume_reuses_it(tiny_model_dir, tmp_path, monkeypatch, mode):
     from metakd_cli import fit
 
     def interrupted(*args, **kwargs):  # Ctrl-C before the first training step could be saved
@@ -257,11 +258,15 @@ def test_ctrl_c_after_the_transferability_pass_says_resume_reuses_it(tiny_model_
     data = write_toy_dataset(tmp_path, "jsonl")
     run_dir = tmp_path / "run"
     argv = ["metakd", "--run-dir", str(run_dir), "fit", str(data), "--teacher", str(tiny_model_dir),
-            "--max-length", "16"]
+            "--max-length", "16", "--teacher-mode", mode]
     monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.setattr(fit, "run_phase", interrupted)
     result = CliRunner().invoke(cli, argv[1:])
     assert result.exit_code == 130, result.output
+    if mode == "mix":  # no pass, nothing saved
+        assert result.stderr.splitlines()[-1] == ("error: interrupted before any training state was saved; nothing "
+                                                  "was changed, so run the same command again to start over")
+        return
     assert result.stderr.splitlines()[-1] == (
         f"error: interrupted before any training state was saved; the transferability scores are saved in "
         f"{run_dir / 'checkpoints' / 'fit-scores'}, and the same command with --resume reuses them: "

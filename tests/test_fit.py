@@ -158,33 +158,72 @@ def _killed_after_the_pass(toy_data, config, run: RunDir) -> None:
     shutil.rmtree(run.checkpoints / "fit-teacher")
 
 
-@pytest.mark.parametrize("case", ["other settings", "damaged"])
+@pytest.mark.parametrize("case", ["other settings", "damaged", "not one score a row"])
 def test_saved_scores_that_do_not_match_are_computed_again(tiny_model_dir, toy_data, tmp_path, case):
+    from safetensors.torch import save_file
+
     config = tiny_fit_config(tiny_model_dir, epochs=1)
     run = RunDir(tmp_path / "run")
     _killed_after_the_pass(toy_data, config, run)
     saved = run.checkpoints / "fit-scores"
+    why = {"other settings": "they were made with other settings or data (alpha 0.5 -> 0.9)",
+           "damaged": "they are damaged (", "not one score a row": "they are damaged (not one score a row)"}[case]
     if case == "damaged":
         (saved / "scores.safetensors").write_bytes(b"not a tensor file")
+    elif case == "not one score a row":
+        save_file({"t": torch.zeros(3), "prototypes": torch.zeros(2, 2)}, str(saved / "scores.safetensors"))
     else:
         config = tiny_fit_config(tiny_model_dir, epochs=1, alpha=0.9)
     reference = fit(toy_data, config, RunDir(tmp_path / "ref"), log=_quiet)
     lines: list[str] = []
     resumed = fit(toy_data, config, run, resume=True, log=lines.append)
     assert _strip_timings(resumed.metrics) == _strip_timings(reference.metrics)
-    why = "they were made with other settings" if case == "other settings" else "they are damaged ("
     assert any(line.startswith(f"the transferability scores in {saved} are not used: {why}") for line in lines), lines
     assert "transferability scores from the untouched pretrained encoder" in lines
 
 
-def test_a_fit_without_resume_computes_the_scores_again(tiny_model_dir, toy_data, tmp_path):
+def test_a_resume_its_checkpoint_would_refuse_is_refused_before_the_pass(tiny_model_dir, toy_data, tmp_path,
+                                                                          monkeypatch):
+    run = RunDir(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        fit(toy_data, tiny_fit_config(tiny_model_dir, epochs=3), run, progress=InterruptAfter(13), log=_quiet)
+    monkeypatch.setattr(fit_module, "transferability_scores", _no_second_pass)
+    with pytest.raises(UserError, match=r"made with other settings \(checkpoint -> now: epochs 3 -> 4\)"):
+        fit(toy_data, tiny_fit_config(tiny_model_dir, epochs=4), run, resume=True, log=_quiet)
+    assert (run.checkpoints / "fit-scores" / "scores.safetensors").is_file()  # kept for the right settings
+
+
+def test_scores_left_beside_an_unfinished_rename_are_reused_then_cleared(tiny_model_dir, toy_data, tmp_path,
+                                                                        monkeypatch):
     config = tiny_fit_config(tiny_model_dir, epochs=1)
     run = RunDir(tmp_path / "run")
     _killed_after_the_pass(toy_data, config, run)
+    old = run.checkpoints / ".fit-scores.old"
+    (run.checkpoints / "fit-scores").rename(old)  # killed between the two renames of a save
+    monkeypatch.setattr(fit_module, "transferability_scores", _no_second_pass)
     lines: list[str] = []
-    fit(toy_data, config, run, log=lines.append)
-    assert "transferability scores from the untouched pretrained encoder" in lines
+    fit(toy_data, config, run, resume=True, log=lines.append)
+    assert f"transferability scores from the earlier pass saved in {old}" in lines
+    assert list(run.checkpoints.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["meta without --resume", "mix with --resume"])
+def test_a_fit_that_does_not_reuse_the_scores_computes_its_own_and_clears_them(tiny_model_dir, toy_data, tmp_path,
+                                                                                how):
+    config = tiny_fit_config(tiny_model_dir, epochs=1)
+    run = RunDir(tmp_path / "run")
+    _killed_after_the_pass(toy_data, config, run)
+    assert (run.checkpoints / "fit-scores").is_dir()
+    lines: list[str] = []
+    if how == "mix with --resume":
+        fit(toy_data, tiny_fit_config(tiny_model_dir, epochs=1, teacher_mode="mix"), run, resume=True,
+            log=lines.append)
+        assert not any("transferability" in line for line in lines)
+    else:
+        fit(toy_data, config, run, log=lines.append)
+        assert "transferability scores from the untouched pretrained encoder" in lines
     assert not any("earlier pass" in line for line in lines)
+    assert not (run.checkpoints / "fit-scores").exists()
 
 
 def test_resume_without_a_checkpoint_says_it_starts_from_scratch(tiny_model_dir, toy_data, tmp_path):
