@@ -55,7 +55,7 @@ from metakd_cli.models import (
 )
 from metakd_cli import processes
 from metakd_cli.prototypes import compute_prototypes, encode_representations, pool, transferability
-from metakd_cli.run_dir import RunDir, atomic_dir, folder_name, folder_names
+from metakd_cli.run_dir import RunDir, atomic_dir, folder_name, folder_names, saved_or_old
 from metakd_cli.training import PhaseSpec, PhaseSteps, checkpoint_changes, clear_checkpoints, refuse_other_settings
 from metakd_cli.training import run_phase
 
@@ -443,7 +443,7 @@ def _scores(ctx: _FitContext, train: Encoded) -> tuple[torch.Tensor, torch.Tenso
     spec = _phase_spec(ctx.cfg, ctx.dataset, "teacher")
     if ctx.resume:
         refuse_other_settings(ctx.run.checkpoints, spec)
-        found = next((f for f in (folder, folder.parent / f".{folder.name}.old") if f.is_dir()), None)
+        found = saved_or_old(folder)  # a folder without signature.json is reported as damaged
         saved = _saved_scores(found, spec, len(train)) if found else None
         if isinstance(saved, tuple):
             ctx.log(f"transferability scores from the earlier pass saved in {found}")

@@ -151,13 +151,26 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = final.parent / f".{final.name}.old"
+    old = _old(final)
     if old.exists():
         shutil.rmtree(old)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _old(final: Path) -> Path:
+    return final.parent / f".{final.name}.old"
+
+
+def saved_or_old(final: Path, marker: str | None = None) -> Path | None:
+    """``final``, else the ``.NAME.old`` sibling that a kill between atomic_dir's two renames leaves, whichever
+    first holds the file ``marker`` (with None: whichever is a folder); None when neither does."""
+    for folder in (final, _old(final)):
+        if (folder / marker).is_file() if marker else folder.is_dir():
+            return folder
+    return None
 
 
 @dataclass

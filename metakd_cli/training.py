@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from metakd_cli.errors import UserError
-from metakd_cli.run_dir import atomic_dir
+from metakd_cli.run_dir import atomic_dir, saved_or_old
 
 
 @dataclass
@@ -319,10 +319,8 @@ def _prepare(spec: PhaseSpec, module: nn.Module, steps: PhaseSteps) -> tuple:
 
 def _start_state(phase: _Phase, resume: bool) -> _LoopState:
     """A fresh start, or with ``resume`` the state of the phase's checkpoint when there is one."""
-    saved = phase.checkpoint
-    if not (saved / "loop.json").is_file():
-        saved = saved.parent / f".{saved.name}.old"  # killed between the two renames of a save
-    if resume and (saved / "loop.json").is_file():
+    saved = saved_or_old(phase.checkpoint, "loop.json")
+    if resume and saved:
         state = _load_checkpoint(phase, saved)
         position = state.position
         state.resumed_from = {"epoch": position["epoch"], "step": position["step"]}
@@ -346,9 +344,9 @@ def _other_settings(saved: Path, loop: dict, spec: PhaseSpec, total_steps, n_exa
 def refuse_other_settings(checkpoint_dir: Path, spec: PhaseSpec) -> None:
     """Refuse now, before the work that precedes a phase (a fit's transferability pass), a checkpoint whose
     settings run_phase's resume would refuse after that work; a damaged one is left for run_phase to report."""
-    saved = checkpoint_dir / spec.name
-    if not (saved / "loop.json").is_file():
-        saved = saved.parent / f".{saved.name}.old"  # killed between the two renames of a save
+    saved = saved_or_old(checkpoint_dir / spec.name, "loop.json")
+    if saved is None:
+        return
     try:
         loop = json.loads((saved / "loop.json").read_text())
     except (OSError, ValueError):

@@ -13,6 +13,7 @@ import pytest
 from metakd_cli import __version__
 from metakd_cli.errors import UserError
 from metakd_cli.run_dir import MANIFEST_VERSION, Manifest, RunDir, atomic_dir, atomic_write_json, atomic_write_text
+from metakd_cli.run_dir import saved_or_old
 
 
 def names(folder: Path) -> list[str]:
@@ -104,6 +105,19 @@ def test_atomic_dir_recovers_from_a_stale_old_folder(tmp_path):
         (tmp / "config.json").write_text("new")
     assert names(tmp_path) == ["teacher"]
     assert (final / "config.json").read_text() == "new"
+
+
+def test_saved_or_old_prefers_the_folder_then_the_old_sibling_a_kill_left(tmp_path):
+    final, old = tmp_path / "fit-scores", tmp_path / ".fit-scores.old"
+    assert saved_or_old(final) is None and saved_or_old(final, "loop.json") is None
+    old.mkdir()
+    assert saved_or_old(final) == old and saved_or_old(final, "loop.json") is None
+    (old / "loop.json").write_text("{}")
+    assert saved_or_old(final, "loop.json") == old
+    final.mkdir()  # a folder without the marker: the old one still holds the save
+    assert saved_or_old(final) == final and saved_or_old(final, "loop.json") == old
+    (final / "loop.json").write_text("{}")
+    assert saved_or_old(final, "loop.json") == final
 
 
 @pytest.fixture(params=[0o022, 0o027], ids=["umask022", "umask027"])

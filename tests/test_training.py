@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from metakd_cli.errors import UserError
-from metakd_cli.training import PhaseSpec, PhaseSteps, run_phase
+from metakd_cli.training import PhaseSpec, PhaseSteps, refuse_other_settings, run_phase
 
 
 def test_batches_carry_training_progress(tmp_path):
@@ -70,6 +70,17 @@ def test_resume_logs_what_it_resumes_or_that_it_starts_from_scratch(tmp_path):
         f"fit-teacher: no checkpoint to resume in {tmp_path / 'fit-teacher'}, so it starts from scratch"]
     assert _train(tmp_path, resume=True) == ["fit-teacher: finished in its checkpoint, not trained again"]
     assert _train(tmp_path, resume=False) == []
+
+
+def test_resume_and_the_early_refusal_read_a_checkpoint_left_as_old_by_a_kill_between_renames(tmp_path):
+    _train(tmp_path, _signature(0.01))
+    (tmp_path / "fit-teacher").rename(tmp_path / ".fit-teacher.old")
+    assert _train(tmp_path, _signature(0.01), resume=True) == [
+        "fit-teacher: finished in its checkpoint, not trained again"]
+    spec = PhaseSpec(name="fit-teacher", epochs=1, batch_size=4, lr=0.02, seed=0, signature=_signature(0.02))
+    with pytest.raises(UserError, match=r"\.fit-teacher\.old: the checkpoint was made with other settings .*lr 0.01"):
+        refuse_other_settings(tmp_path, spec)
+    refuse_other_settings(tmp_path / "elsewhere", spec)  # nothing saved: nothing to refuse
 
 
 @pytest.mark.parametrize("damaged", ["loop.json", "model.safetensors", "rng.safetensors", "optim.pt"])
