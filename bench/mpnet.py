@@ -343,7 +343,7 @@ def table(runs: Path, extra: tuple[str, ...] = (), out: Path = OUT) -> dict:
     finished = {k: v for k, v in results.items() if isinstance(v, dict)}
     document = {
         "setup": {
-            "recipe": shown(RECIPE), "runs": str(runs), "extra_sets": list(extra), "seed": SEED,
+            "recipe": shown(RECIPE), "runs": shown(runs), "extra_sets": list(extra), "seed": SEED,
             "seeds": "one seed (42): the issue allows one here; no paired tests",
             "systems": {name: {"what": s.what, "sets": list(s.sets), "steps": list(s.steps), "start": s.start}
                         for name, s in SYSTEMS.items()},
