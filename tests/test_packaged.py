@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 from metakd_cli import packaged
 from metakd_cli.errors import UserError
-from metakd_cli.packaged import ASSEMBLED_JSON, MPNET_FOLDER, MPNET_PARTS, Part
+from metakd_cli.packaged import ASSEMBLED_JSON, MPNET_FOLDER, MPNET_PARTS, Part, verify
 
 
 def fake_zip(members: dict[str, bytes]) -> bytes:
@@ -74,6 +75,20 @@ def test_assembled_once_checked_and_without_desktop_ini(installed, tmp_path):
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary left behind
     again: list[str] = []
     assert packaged.mpnet_base(log=again.append) == folder and again == []  # reused, not rebuilt
+
+
+def test_a_killed_builds_leftovers_are_cleared_and_a_live_ones_are_kept(installed, tmp_path):
+    cache = tmp_path / "cache"
+    dead = [cache / f".{MPNET_FOLDER}.tmp-{2**22 + 12345}", cache / f".{MPNET_FOLDER}.old-{2**22 + 12346}"]
+    live = cache / f".{MPNET_FOLDER}.tmp-{os.getppid()}"  # a build still running in another process
+    other = cache / f".{MPNET_FOLDER}.notes-1"
+    for folder in (*dead, live, other):
+        (folder / "model").mkdir(parents=True)
+        (folder / "joined.zip").write_bytes(b"part of a zip")
+    folder = packaged.mpnet_base(log=lambda _line: None)
+    assert verify(folder) is None
+    assert not any(p.exists() for p in dead)
+    assert live.is_dir() and other.is_dir()
 
 
 def test_the_joined_zip_hash_is_recorded(installed):
