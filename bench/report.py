@@ -288,6 +288,46 @@ def _dev_selection(by_seed: dict) -> str:
     return "; ".join(cells) or "-"
 
 
+# bench.mpnet's systems as the accuracy table shows them: (system, label, [(model in eval.json or None for the
+# teacher's fit, what it is)])
+_MPNET_ROWS = [
+    ("teacher-meta", "meta-teacher", [(None, "MPNet-base")]),
+    ("teacher-mix", "mix teacher", [(None, "MPNet-base")]),
+    ("meta", "Meta-KD student", [("student", "minilm4, fp32"), ("int8", "minilm4, static int8")]),
+    ("tinybert", "TinyBERT-KD student", [("student", "minilm4, fp32"), ("int8", "minilm4, static int8")]),
+    ("meta-trim", "Meta-KD student, --trim-vocab", [("int8", "minilm4, static int8")]),
+]
+_PAPER_MODEL = {"teacher-meta": "BERT-base", "teacher-mix": "BERT-base", "meta": "TinyBERT-4, fp32",
+                "tinybert": "TinyBERT-4, fp32"}
+
+
+def _mpnet_accuracy(data: dict) -> list[str]:
+    """Test accuracy of each measured MPNet system, per domain, with the paper's row for it beneath (the paper
+    reports no int8 or trimmed student); nothing when no system is measured yet."""
+    results, paper = data.get("results") or {}, (data.get("setup") or {}).get("paper") or {}
+    rows = []
+    for system, label, models in _MPNET_ROWS:
+        result = results.get(system)
+        if not isinstance(result, dict):
+            continue
+        accuracy = result.get("test_accuracy") or {}
+        for model, what in models:
+            values = accuracy if model is None else accuracy.get(model)
+            if isinstance(values, dict):
+                rows.append((label, f"{what} (metakd)", values))
+        if system in paper:
+            rows.append((label, f"{_PAPER_MODEL[system]} (the paper: {paper[system]['row']})",
+                         paper[system]["test_accuracy"]))
+    if not rows:
+        return []
+    lines = ["", "Test accuracy on Amazon (one seed, 200 test rows a domain), the paper's figures beneath each system:",
+             "", f"| system | model | {' | '.join(COLUMNS)} |", "| --- | --- |" + " --- |" * len(COLUMNS)]
+    for label, what, values in rows:
+        cells = ["-" if values.get(c) is None else f"{values[c]:.2f}" for c in COLUMNS]
+        lines.append(f"| {label} | {what} | {' | '.join(cells)} |")
+    return lines
+
+
 def _mpnet(path) -> list[str]:
     """bench/results/mpnet.json: issue 26's targets, each pass / fail / not measured."""
     if not path.is_file():
@@ -300,6 +340,7 @@ def _mpnet(path) -> list[str]:
     for target in data["targets"]:
         value = "-" if target["value"] is None else f"{target['value']:g}"
         lines.append(f"| {target['target']} | {target['threshold']:g} | {value} | {target['status']} |")
+    lines += _mpnet_accuracy(data)
     fit = data.get("fit_speed") if isinstance(data.get("fit_speed"), dict) else {}
     if fit.get("rows_per_s"):
         lines += ["", f"The teacher's training speed (`python -m bench.mpnet fit-speed`: {fit['timed_steps']} optimiser "

@@ -122,6 +122,9 @@ def test_nothing_finished_is_all_not_measured(bench, tmp_path):
     assert document["speed"] == "not measured"
     assert len(document["targets"]) == 6
     assert all(t["status"] == "not measured" and t["value"] is None for t in document["targets"])
+    from bench.report import _mpnet
+
+    assert not [line for line in _mpnet(out) if "(metakd)" in line or "Test accuracy" in line]
 
 
 def test_finished_folders_give_each_target_its_figure_and_status(bench, tmp_path):
@@ -168,7 +171,19 @@ def test_finished_folders_give_each_target_its_figure_and_status(bench, tmp_path
     assert document["results"]["tinybert"] == "not measured" and document["results"]["teacher-mix"] == "not measured"
     from bench.report import _mpnet
 
-    assert "| int8 student file <= 20 MB | 20 | 19.9 | pass |" in _mpnet(tmp_path / "mpnet.json")
+    report = _mpnet(tmp_path / "mpnet.json")
+    assert "| int8 student file <= 20 MB | 20 | 19.9 | pass |" in report
+    # the accuracy table: measured systems only, each with the paper's row beneath
+    table = [line for line in report if "(metakd)" in line or "(the paper" in line]
+    assert table == [
+        "| meta-teacher | MPNet-base (metakd) | 89.50 | - | 91.50 | - | 90.50 |",
+        "| meta-teacher | BERT-base (the paper: Meta-teacher) | 92.50 | 87.00 | 91.10 | 89.20 | 89.90 |",
+        "| Meta-KD student | minilm4, fp32 (metakd) | 88.20 | - | 90.20 | - | 89.20 |",
+        "| Meta-KD student | minilm4, static int8 (metakd) | 88.00 | - | 90.00 | - | 89.00 |",
+        "| Meta-KD student | TinyBERT-4, fp32 (the paper: Meta-teacher -> Meta-distillation) | 91.50 | 86.50 | 90.10 "
+        "| 89.70 | 89.40 |",
+        "| Meta-KD student, --trim-vocab | minilm4, static int8 (metakd) | 87.90 | - | 89.90 | - | 88.90 |",
+    ]
 
 
 def test_without_a_speed_run_the_full_runs_figures_are_used(bench, tmp_path):
