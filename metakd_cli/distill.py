@@ -86,7 +86,8 @@ from metakd_cli.prototypes import compute_prototypes, pool, transferability
 from metakd_cli.run_dir import RunDir, atomic_dir, domain_paths, folder_name
 from metakd_cli.model_card import write_model_cards
 from metakd_cli.row_weights import save_row_weights
-from metakd_cli.training import PhaseSpec, PhaseSteps, clear_checkpoints, run_phase
+from metakd_cli.training import PhaseSpec, PhaseSteps, SavedPass, clear_checkpoints, refuse_other_settings
+from metakd_cli.training import run_phase
 from metakd_cli.vocab import check_trim_options
 
 METHODS = ("meta", "tinybert", "kd", "mtn")
@@ -483,6 +484,11 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
     ctx = _Context(cfg, run, dataset, resume, progress, log, warn)
     teacher_side = _load_teacher_side(ctx)
     rows = _training_rows(ctx, teacher_side)
+    if resume:  # a stage checkpoint of other settings is refused before the teacher's pass, not after it
+        for stage in ("intermediate", "prediction"):
+            refuse_other_settings(run.checkpoints, PhaseSpec(
+                f"distill-{stage}{_checkpoint_suffix(ctx)}", 0, 1, 0.0, 0,
+                signature=_signature(ctx, teacher_side.info.mode), signature_names=SIGNATURE_NAMES))
     cache = _cache_teacher(ctx, teacher_side, rows)
     student_side = _build_student_side(ctx, teacher_side, rows)
     steps = _LossSteps(cfg, teacher_side.teacher, teacher_side.teacher_head, student_side, cache.lam,
@@ -557,31 +563,67 @@ def _training_rows(ctx: _Context, side: _TeacherSide) -> _TrainingRows:
 def _cache_teacher(ctx: _Context, side: _TeacherSide, rows: _TrainingRows) -> _TeacherCache:
     """Cached once: the teacher's logits on the training rows (and test rows, for the metrics),
     its soft labels, p_t(gold) and lambda."""
-    cfg, train, test, pad_id = ctx.cfg, rows.train, rows.test, side.pad_id
-    teacher, teacher_heads = side.teacher, side.teacher_heads
+    cfg, train = ctx.cfg, rows.train
     cache_started = time.perf_counter()
-    if cfg.method == "mtn":
-        every_train, every_test, teacher_parameters = [], [], 0
-        for folder in side.teacher_dirs:  # one teacher in memory at a time, besides the one kept for `tiny`
-            model, heads = ((teacher, teacher_heads) if folder == side.teacher_dir
-                            else _load_teacher(folder, processes.device()))
-            every_train.append(teacher_logits_of(model, heads, train, pad_id))
-            every_test.append(teacher_logits_of(model, heads, test, pad_id))
-            teacher_parameters += sum(p.numel() for p in model.parameters())
-            del model, heads
-        targets = multi_teacher_targets(torch.stack(every_train), cfg.temperature)
-        probabilities = multi_teacher_targets(torch.stack(every_train))
-        teacher_test = multi_teacher_targets(torch.stack(every_test)).argmax(-1).numpy()
+    logits = _teacher_logits(ctx, side, rows)
+    if cfg.method == "mtn":  # [teachers, rows, labels]
+        targets = multi_teacher_targets(logits["train"], cfg.temperature)
+        probabilities = multi_teacher_targets(logits["train"])
+        teacher_test = multi_teacher_targets(logits["test"]).argmax(-1).numpy()
     else:
-        teacher_logits = teacher_logits_of(teacher, teacher_heads, train, pad_id)
-        targets = soft_targets(teacher_logits, cfg.temperature)
-        probabilities = teacher_logits.softmax(-1)
-        teacher_test = teacher_logits_of(teacher, teacher_heads, test, pad_id).argmax(-1).numpy()
-        teacher_parameters = sum(p.numel() for p in teacher.parameters())
+        targets = soft_targets(logits["train"], cfg.temperature)
+        probabilities = logits["train"].softmax(-1)
+        teacher_test = logits["test"].argmax(-1).numpy()
+    teacher_parameters = int(logits["parameters"].item())
     p_gold = probabilities[torch.arange(len(train)), torch.tensor(train.labels, dtype=torch.long)]
     weighted = cfg.method == "meta" and cfg.lambda_weights
     lam = expertise_weight(rows.t, p_gold) if weighted else torch.ones(len(train))
     return _TeacherCache(targets, teacher_test, lam, teacher_parameters, time.perf_counter() - cache_started)
+
+
+TEACHER_CHECKPOINT = "distill-teacher"  # checkpoints/<this><suffix>: the teacher's logits, for --resume to reuse
+
+
+def _teacher_logits(ctx: _Context, side: _TeacherSide, rows: _TrainingRows) -> dict[str, torch.Tensor]:
+    """The teacher's logits on the training and test rows ([teachers, rows, labels] for mtn) and its parameter
+    count: with --resume, those an interrupted distillation of this teacher and these rows saved; else computed
+    and saved in the checkpoints until the distillation finishes (for a big teacher they are a long pass)."""
+    cfg, train, test, pad_id = ctx.cfg, rows.train, rows.test, side.pad_id
+    fit_id = ctx.run.step_id("fit")
+    made_of = {"teacher fit": fit_id, "teachers": [path.name for path in side.teacher_dirs] if cfg.method == "mtn"
+               else [side.teacher_dir.name], "domain": cfg.domain, "train_fraction": cfg.train_fraction,
+               "max_length": side.max_length, "test rows": len(test)}
+    saved = SavedPass(ctx.run.checkpoints / f"{TEACHER_CHECKPOINT}{_checkpoint_suffix(ctx)}", "logits.safetensors",
+                      json.dumps([made_of, ctx.dataset.fingerprint()], sort_keys=True),
+                      ("teacher and rows", "data fingerprint"), len(train))
+    labels = len(ctx.dataset.labels)
+    lead = (len(side.teacher_dirs),) if cfg.method == "mtn" else ()
+    if ctx.resume and fit_id is not None:
+        found, logits = saved.load({"train": (*lead, len(train), labels), "test": (*lead, len(test), labels),
+                                    "parameters": (1,)})
+        if isinstance(logits, dict):
+            ctx.log(f"the teacher's logits from the earlier pass saved in {found}")
+            return logits
+        if found is not None:
+            ctx.log(f"the teacher's logits in {found} are not used: {logits}")
+    if cfg.method == "mtn":
+        every_train, every_test, parameters = [], [], 0
+        for folder in side.teacher_dirs:  # one teacher in memory at a time, besides the one kept for `tiny`
+            model, heads = ((side.teacher, side.teacher_heads) if folder == side.teacher_dir
+                            else _load_teacher(folder, processes.device()))
+            every_train.append(teacher_logits_of(model, heads, train, pad_id))
+            every_test.append(teacher_logits_of(model, heads, test, pad_id))
+            parameters += sum(p.numel() for p in model.parameters())
+            del model, heads
+        logits = {"train": torch.stack(every_train), "test": torch.stack(every_test)}
+    else:
+        logits = {"train": teacher_logits_of(side.teacher, side.teacher_heads, train, pad_id),
+                  "test": teacher_logits_of(side.teacher, side.teacher_heads, test, pad_id)}
+        parameters = sum(p.numel() for p in side.teacher.parameters())
+    logits["parameters"] = torch.tensor([parameters], dtype=torch.int64)
+    if processes.is_main() and fit_id is not None:
+        saved.save(logits)
+    return logits
 
 
 def _build_student_side(ctx: _Context, side: _TeacherSide, rows: _TrainingRows) -> _StudentSide:
@@ -809,8 +851,9 @@ def _save(ctx: _Context, teacher: _TeacherSide, student: _StudentSide, rows: _Tr
                                 "train_fraction": cfg.train_fraction, "train_rows": metrics["train_rows"],
                                 "fit_id": fit_id})
     write_model_cards(run, ctx.log)  # student/README.md from the metrics so far
-    for finished in run.checkpoints.glob(f"distill-*{_checkpoint_suffix(ctx)}"):
-        clear_checkpoints(run.checkpoints, finished.name)
+    suffix = _checkpoint_suffix(ctx)
+    for finished in [*run.checkpoints.glob(f"distill-*{suffix}"), *run.checkpoints.glob(f".distill-*{suffix}.*")]:
+        clear_checkpoints(run.checkpoints, finished.name)  # and what a kill mid-save left
 
 
 def _save_trimmed(student, tokenizer, dataset: Dataset, cfg: DistillConfig, out: Path, max_length: int) -> dict:

@@ -55,8 +55,8 @@ from metakd_cli.models import (
 )
 from metakd_cli import processes
 from metakd_cli.prototypes import compute_prototypes, encode_representations, pool, transferability
-from metakd_cli.run_dir import RunDir, atomic_dir, folder_name, folder_names, saved_or_old
-from metakd_cli.training import PhaseSpec, PhaseSteps, checkpoint_changes, clear_checkpoints, refuse_other_settings
+from metakd_cli.run_dir import RunDir, atomic_dir, folder_name, folder_names
+from metakd_cli.training import PhaseSpec, PhaseSteps, SavedPass, clear_checkpoints, refuse_other_settings
 from metakd_cli.training import run_phase
 
 TEACHER_MODES = ("meta", "mix", "mtl", "single")
@@ -416,50 +416,27 @@ def _fit_single(ctx: _FitContext, rows: _Splits, held_out: list[int], info_commo
     return teachers
 
 
-def _saved_scores(folder: Path, spec: PhaseSpec, rows: int) -> tuple[torch.Tensor, torch.Tensor] | str:
-    """(t, prototypes) from an earlier pass saved in ``folder`` for these settings, data and rows, or why not."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        saved = json.loads((folder / "signature.json").read_text(encoding="utf-8"))
-        if saved != {"signature": spec.signature, "rows": rows}:
-            changes = checkpoint_changes({"signature": saved.get("signature"), "n_examples": saved.get("rows")},
-                                         spec, None, rows)
-            return f"they were made with other settings or data ({'; '.join(changes) or 'unrecorded'})"
-        tensors = load_file(str(folder / "scores.safetensors"))
-        t, protos = tensors["t"], tensors["prototypes"]
-    except (OSError, ValueError, KeyError, AttributeError, SafetensorError) as exc:
-        return f"they are damaged ({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})"
-    return (t, protos) if t.shape == (rows,) else "they are damaged (not one score a row)"
-
-
 def _scores(ctx: _FitContext, train: Encoded) -> tuple[torch.Tensor, torch.Tensor, Path]:
     """t, the prototypes and where they are saved: with --resume, those an interrupted fit of these settings and
     data saved; else (or when they are missing or do not match) from the untouched pretrained encoder, saved in
     the checkpoints until the fit finishes (for a big teacher the pass is the long part of a resume). A resume
     that the training checkpoint's settings would refuse is refused before the pass."""
-    folder = ctx.run.checkpoints / SCORES_CHECKPOINT
     spec = _phase_spec(ctx.cfg, ctx.dataset, "teacher")
+    saved = SavedPass(ctx.run.checkpoints / SCORES_CHECKPOINT, "scores.safetensors", spec.signature,
+                      spec.signature_names, len(train))
     if ctx.resume:
         refuse_other_settings(ctx.run.checkpoints, spec)
-        found = saved_or_old(folder)  # a folder without signature.json is reported as damaged
-        saved = _saved_scores(found, spec, len(train)) if found else None
-        if isinstance(saved, tuple):
+        found, tensors = saved.load({"t": (len(train),), "prototypes": None})
+        if isinstance(tensors, dict):
             ctx.log(f"transferability scores from the earlier pass saved in {found}")
-            return (*saved, found)
-        if saved is not None:
-            ctx.log(f"the transferability scores in {found} are not used: {saved}")
+            return tensors["t"], tensors["prototypes"], found
+        if found is not None:
+            ctx.log(f"the transferability scores in {found} are not used: {tensors}")
     ctx.log("transferability scores from the untouched pretrained encoder")
     t, protos = transferability_scores(ctx.model_path, ctx.cfg, train, ctx.dataset, ctx.tokenizer.pad_token_id or 0)
     if processes.is_main():
-        from safetensors.torch import save_file
-
-        with atomic_dir(folder) as tmp:
-            save_file({"t": t.contiguous(), "prototypes": protos.contiguous()}, str(tmp / "scores.safetensors"))
-            (tmp / "signature.json").write_text(json.dumps({"signature": spec.signature, "rows": len(train)}),
-                                                encoding="utf-8")
-    return t, protos, folder
+        saved.save({"t": t, "prototypes": protos})
+    return t, protos, saved.folder
 
 
 def _fit_shared(ctx: _FitContext, rows: _Splits, kept: list[int], held_out: list[int],

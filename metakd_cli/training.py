@@ -501,3 +501,56 @@ def _end_epoch(phase: _Phase, state: _LoopState, interrupt: _DeferredInterrupt) 
 
 def clear_checkpoints(checkpoint_dir: Path, name: str) -> None:
     shutil.rmtree(checkpoint_dir / name, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- a long pass before a phase, saved
+
+_PASS_RECORD = "signature.json"
+
+
+@dataclass(frozen=True)
+class SavedPass:
+    """The tensors of a long pass that precedes training (a meta fit's transferability scores, a distillation's
+    teacher logits: for a big teacher, the long part of a resume), saved in the checkpoint folder ``folder``
+    with what they were made from (``signature``, a JSON list whose parts ``names`` names, and the row count),
+    so that --resume reuses them only for the same settings, data and rows."""
+
+    folder: Path
+    file: str  # the safetensors file in the folder
+    signature: str
+    names: tuple[str, ...]
+    rows: int
+
+    def save(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Write the folder whole or not at all (atomic_dir)."""
+        from safetensors.torch import save_file
+
+        with atomic_dir(self.folder) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / self.file))
+            (tmp / _PASS_RECORD).write_text(json.dumps({"signature": self.signature, "rows": self.rows}),
+                                            encoding="utf-8")
+
+    def load(self, shapes: dict[str, tuple[int, ...] | None]) -> tuple[Path | None, dict[str, torch.Tensor] | str]:
+        """(where, tensors) when the folder, or the .NAME.old a kill between renames left, holds a pass of these
+        settings, data and rows whose tensors have ``shapes`` (None: any shape); (where, why not) when one is
+        there but cannot be used; (None, "") when there is none. A folder without its record is damaged."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        found = saved_or_old(self.folder)
+        if found is None:
+            return None, ""
+        try:
+            saved = json.loads((found / _PASS_RECORD).read_text(encoding="utf-8"))
+            if saved != {"signature": self.signature, "rows": self.rows}:
+                spec = PhaseSpec(self.folder.name, 0, 1, 0.0, 0, signature=self.signature, signature_names=self.names)
+                changes = checkpoint_changes({"signature": saved.get("signature"), "n_examples": saved.get("rows")},
+                                             spec, None, self.rows)
+                return found, f"they were made with other settings or data ({'; '.join(changes) or 'unrecorded'})"
+            tensors = load_file(str(found / self.file))
+            for key, shape in shapes.items():
+                if shape is not None and tuple(tensors[key].shape) != shape:
+                    return found, f"they are damaged ({key} is {tuple(tensors[key].shape)}, not {shape})"
+        except (OSError, ValueError, KeyError, AttributeError, SafetensorError) as exc:
+            return found, f"they are damaged ({(str(exc).strip().splitlines() or [type(exc).__name__])[0]})"
+        return found, tensors

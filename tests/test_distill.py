@@ -7,11 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from conftest import InterruptAfter, scores_by_hand, write_toy_dataset
 from metakd_cli.cli import cli
 from metakd_cli.config import DataConfig, DistillConfig, FitConfig
+from metakd_cli import distill as distill_module
 from metakd_cli.distill import distill
 from metakd_cli.errors import UserError
 from metakd_cli.fit import fit
@@ -214,20 +216,83 @@ def test_same_seed_same_metrics(run, meta_run, tmp_path):
     assert _without_timings(first) == _without_timings(second)
 
 
-def test_interrupted_distill_resumes_to_the_same_metrics(run, meta_run, tmp_path):
+def _no_teacher_pass(*_args, **_kwargs):
+    raise AssertionError("the teacher's logits were computed again")
+
+
+def test_interrupted_distill_resumes_to_the_same_metrics(run, meta_run, tmp_path, monkeypatch):
     config = small(intermediate_epochs=2)
     reference = distill(config, run, log=_quiet, warn=_quiet).metrics
+    assert list(run.checkpoints.iterdir()) == []  # a finished distillation leaves nothing to resume
     other = RunDir(tmp_path / "interrupted")
     shutil.copytree(meta_run, other.path)
     with pytest.raises(KeyboardInterrupt):
         distill(config, other, progress=InterruptAfter(6), log=_quiet, warn=_quiet)  # mid stage 1
     assert not other.student.exists()
+    saved = other.checkpoints / "distill-teacher"
+    assert (saved / "logits.safetensors").is_file()
+    monkeypatch.setattr(distill_module, "teacher_logits_of", _no_teacher_pass)  # resume reads the saved pass
     lines: list[str] = []
     resumed = distill(config, other, resume=True, log=lines.append, warn=_quiet).metrics
-    assert _without_timings(resumed) == _without_timings(reference)
+    assert _without_timings(resumed) == _without_timings(reference)  # teacher accuracy and lambda included
+    assert f"the teacher's logits from the earlier pass saved in {saved}" in lines
     # stage 1 continues; stage 2 had not begun, so it says so instead of starting over silently
     assert any(line.startswith("distill-intermediate: resuming from epoch ") for line in lines), lines
     assert any(line.startswith("distill-prediction: no checkpoint to resume") for line in lines), lines
+    assert list(other.checkpoints.iterdir()) == []
+
+
+def _killed_after_the_teacher_pass(meta_run, path: Path, config: DistillConfig) -> RunDir:
+    """A distillation stopped after the teacher's pass, before any stage state was saved (a kill, not Ctrl-C)."""
+    run = RunDir(path)
+    shutil.copytree(meta_run, run.path)
+    with pytest.raises(KeyboardInterrupt):
+        distill(config, run, progress=InterruptAfter(1), log=_quiet, warn=_quiet)
+    shutil.rmtree(run.checkpoints / "distill-intermediate")
+    return run
+
+
+@pytest.mark.parametrize("case", ["other rows", "damaged", "wrong shape", "left as .old"])
+def test_saved_teacher_logits_are_used_only_for_the_same_teacher_and_rows(meta_run, tmp_path, case):
+    from safetensors.torch import save_file
+
+    config = small()
+    run = _killed_after_the_teacher_pass(meta_run, tmp_path / "run", config)
+    saved = run.checkpoints / "distill-teacher"
+    found, why = saved, {"other rows": "they were made with other settings or data (max_length 16 -> 12)",
+                         "damaged": "they are damaged (", "wrong shape": "they are damaged (train is (2, 2), not (",
+                         "left as .old": None}[case]
+    if case == "other rows":
+        config = small(max_length=12)
+    elif case == "damaged":
+        (saved / "logits.safetensors").write_bytes(b"not a tensor file")
+    elif case == "wrong shape":
+        save_file({"train": torch.zeros(2, 2), "test": torch.zeros(2, 2), "parameters": torch.zeros(1)},
+                  str(saved / "logits.safetensors"))
+    else:
+        found = run.checkpoints / ".distill-teacher.old"
+        saved.rename(found)  # killed between the two renames of a save
+    reference = distill(config, RunDir(shutil.copytree(meta_run, tmp_path / "ref")), log=_quiet, warn=_quiet)
+    lines: list[str] = []
+    resumed = distill(config, run, resume=True, log=lines.append, warn=_quiet)
+    assert _without_timings(resumed.metrics) == _without_timings(reference.metrics)
+    if why is None:
+        assert f"the teacher's logits from the earlier pass saved in {found}" in lines
+    else:
+        assert any(line.startswith(f"the teacher's logits in {found} are not used: {why}") for line in lines), lines
+    assert list(run.checkpoints.iterdir()) == []
+
+
+def test_a_resume_a_stage_checkpoint_would_refuse_is_refused_before_the_teachers_pass(meta_run, tmp_path,
+                                                                                      monkeypatch):
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(meta_run, run.path)
+    with pytest.raises(KeyboardInterrupt):
+        distill(small(intermediate_epochs=2), run, progress=InterruptAfter(6), log=_quiet, warn=_quiet)
+    shutil.rmtree(run.checkpoints / "distill-teacher")  # so that a pass would run, and fail this test
+    monkeypatch.setattr(distill_module, "teacher_logits_of", _no_teacher_pass)
+    with pytest.raises(UserError, match=r"made with other settings \(checkpoint -> now: intermediate_epochs 2 -> 3"):
+        distill(small(intermediate_epochs=3), run, resume=True, log=_quiet, warn=_quiet)
 
 
 def test_distill_without_a_fit_is_a_clear_error(tmp_path):

@@ -158,7 +158,7 @@ def _killed_after_the_pass(toy_data, config, run: RunDir) -> None:
     shutil.rmtree(run.checkpoints / "fit-teacher")
 
 
-@pytest.mark.parametrize("case", ["other settings", "damaged", "not one score a row"])
+@pytest.mark.parametrize("case", ["other settings", "damaged", "no record", "not one score a row"])
 def test_saved_scores_that_do_not_match_are_computed_again(tiny_model_dir, toy_data, tmp_path, case):
     from safetensors.torch import save_file
 
@@ -167,9 +167,12 @@ def test_saved_scores_that_do_not_match_are_computed_again(tiny_model_dir, toy_d
     _killed_after_the_pass(toy_data, config, run)
     saved = run.checkpoints / "fit-scores"
     why = {"other settings": "they were made with other settings or data (alpha 0.5 -> 0.9)",
-           "damaged": "they are damaged (", "not one score a row": "they are damaged (not one score a row)"}[case]
+           "damaged": "they are damaged (", "no record": "they are damaged (",
+           "not one score a row": "they are damaged (t is (3,), not ("}[case]
     if case == "damaged":
         (saved / "scores.safetensors").write_bytes(b"not a tensor file")
+    elif case == "no record":
+        (saved / "signature.json").unlink()
     elif case == "not one score a row":
         save_file({"t": torch.zeros(3), "prototypes": torch.zeros(2, 2)}, str(saved / "scores.safetensors"))
     else:
