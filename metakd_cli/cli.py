@@ -77,24 +77,26 @@ class MetakdGroup(click.Group):
             sys.exit(exc.exit_code)
         except KeyboardInterrupt as exc:
             console.error(interrupted(ctx.invoked_subcommand, ctx.find_object(Context),
-                                      getattr(exc, "saved_scores", None)))
+                                      getattr(exc, "saved_pass", None)))
             sys.exit(130)
 
 
 RESUMABLE = {"fit": ("fit-",), "distill": ("distill-",), "run": ("fit-", "distill-")}  # their checkpoints
 
 
-def interrupted(command: str | None, obj: Context | None, scores: Path | None = None) -> str:
+def interrupted(command: str | None, obj: Context | None, saved_pass: tuple[str, Path] | None = None) -> str:
     """What Ctrl-C left behind: the training checkpoint it saved and the command that continues from it, the
-    transferability scores a meta fit saved or reused (``scores``) when no training state was saved yet,
-    or that nothing changed (every artifact and metrics file is written whole or not at all)."""
+    long pass a command saved or reused before training (``saved_pass``: what, where; a meta fit's
+    transferability scores, a distillation's teacher logits) when no training state was saved yet, or that
+    nothing changed (every artifact and metrics file is written whole or not at all)."""
     if command not in RESUMABLE or obj is None:
         return "interrupted; nothing was changed (files are written whole or not at all)"
     saved = _latest_checkpoint(obj.run_dir / "checkpoints", RESUMABLE[command])
     if saved is None:
-        if scores is not None:
-            return (f"interrupted before any training state was saved; the transferability scores are saved in "
-                    f"{scores}, and the same command with --resume reuses them: {_command_line(resume=True)}")
+        if saved_pass is not None:
+            what, where = saved_pass
+            return (f"interrupted before any training state was saved; {what} are saved in {where}, and the same "
+                    f"command with --resume reuses them: {_command_line(resume=True)}")
         if command == "run":
             return ("interrupted; the steps that had finished are kept (the run folder's manifest records them), "
                     f"and the same command skips them: {_command_line(resume=False)}")

@@ -458,6 +458,7 @@ class _TeacherCache:
     lam: torch.Tensor  # [N] lambda(x)
     teacher_parameters: int  # mtn: all teachers together
     seconds: float
+    saved: Path | None  # where the logits are saved for --resume (checkpoints), None when they are not
 
 
 @dataclass
@@ -483,21 +484,27 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
     _, dataset = run.reload_dataset()
     ctx = _Context(cfg, run, dataset, resume, progress, log, warn)
     teacher_side = _load_teacher_side(ctx)
-    rows = _training_rows(ctx, teacher_side)
-    if resume:  # a stage checkpoint of other settings is refused before the teacher's pass, not after it
-        for stage in ("intermediate", "prediction"):
+    with_stage_1 = cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs > 0
+    if resume:  # a checkpoint of other settings is refused before the teacher's passes, not after them
+        for stage in (["intermediate"] if with_stage_1 else []) + ["prediction"]:
             refuse_other_settings(run.checkpoints, PhaseSpec(
                 f"distill-{stage}{_checkpoint_suffix(ctx)}", 0, 1, 0.0, 0,
                 signature=_signature(ctx, teacher_side.info.mode), signature_names=SIGNATURE_NAMES))
+    rows = _training_rows(ctx, teacher_side)
     cache = _cache_teacher(ctx, teacher_side, rows)
     student_side = _build_student_side(ctx, teacher_side, rows)
     steps = _LossSteps(cfg, teacher_side.teacher, teacher_side.teacher_head, student_side, cache.lam,
                        cache.targets)
     intermediate_lr, lr = learning_rates(cfg)
     stages = {}
-    if cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs > 0:
-        stages["intermediate"] = _run_intermediate(ctx, teacher_side.info.mode, steps, intermediate_lr)
-    stages["prediction"] = _run_prediction(ctx, teacher_side.info.mode, steps, lr)
+    try:
+        if with_stage_1:
+            stages["intermediate"] = _run_intermediate(ctx, teacher_side.info.mode, steps, intermediate_lr)
+        stages["prediction"] = _run_prediction(ctx, teacher_side.info.mode, steps, lr)
+    except KeyboardInterrupt as exc:
+        if cache.saved is not None:  # Ctrl-C's message names them when no training state was saved yet
+            exc.saved_pass = ("the teacher's logits", cache.saved)
+        raise
     lrs = {"intermediate": intermediate_lr, "prediction": lr}
     metrics = _collect_metrics(ctx, teacher_side, student_side, cache, lrs, stages, started)
     if not processes.is_main():  # the main process writes the run folder
@@ -565,7 +572,7 @@ def _cache_teacher(ctx: _Context, side: _TeacherSide, rows: _TrainingRows) -> _T
     its soft labels, p_t(gold) and lambda."""
     cfg, train = ctx.cfg, rows.train
     cache_started = time.perf_counter()
-    logits = _teacher_logits(ctx, side, rows)
+    logits, saved = _teacher_logits(ctx, side, rows)
     if cfg.method == "mtn":  # [teachers, rows, labels]
         targets = multi_teacher_targets(logits["train"], cfg.temperature)
         probabilities = multi_teacher_targets(logits["train"])
@@ -578,21 +585,30 @@ def _cache_teacher(ctx: _Context, side: _TeacherSide, rows: _TrainingRows) -> _T
     p_gold = probabilities[torch.arange(len(train)), torch.tensor(train.labels, dtype=torch.long)]
     weighted = cfg.method == "meta" and cfg.lambda_weights
     lam = expertise_weight(rows.t, p_gold) if weighted else torch.ones(len(train))
-    return _TeacherCache(targets, teacher_test, lam, teacher_parameters, time.perf_counter() - cache_started)
+    return _TeacherCache(targets, teacher_test, lam, teacher_parameters, time.perf_counter() - cache_started, saved)
 
 
 TEACHER_CHECKPOINT = "distill-teacher"  # checkpoints/<this><suffix>: the teacher's logits, for --resume to reuse
 
 
-def _teacher_logits(ctx: _Context, side: _TeacherSide, rows: _TrainingRows) -> dict[str, torch.Tensor]:
+def _weights_stamp(folders: list[Path]) -> list[list]:
+    """Each teacher folder's weight files as name, size and modification time: a teacher rewritten in place (a
+    refit killed before its manifest entry) differs here even where the manifest's fit id does not."""
+    return [[f"{folder.name}/{f.name}", f.stat().st_size, f.stat().st_mtime_ns]
+            for folder in folders for f in sorted(folder.glob("*.safetensors"))]
+
+
+def _teacher_logits(ctx: _Context, side: _TeacherSide,
+                    rows: _TrainingRows) -> tuple[dict[str, torch.Tensor], Path | None]:
     """The teacher's logits on the training and test rows ([teachers, rows, labels] for mtn) and its parameter
-    count: with --resume, those an interrupted distillation of this teacher and these rows saved; else computed
-    and saved in the checkpoints until the distillation finishes (for a big teacher they are a long pass)."""
+    count, and where they are saved: with --resume, those an interrupted distillation of this teacher and these
+    rows saved; else computed and saved in the checkpoints until the distillation finishes (for a big teacher
+    they are a long pass)."""
     cfg, train, test, pad_id = ctx.cfg, rows.train, rows.test, side.pad_id
     fit_id = ctx.run.step_id("fit")
-    made_of = {"teacher fit": fit_id, "teachers": [path.name for path in side.teacher_dirs] if cfg.method == "mtn"
-               else [side.teacher_dir.name], "domain": cfg.domain, "train_fraction": cfg.train_fraction,
-               "max_length": side.max_length, "test rows": len(test)}
+    teachers = side.teacher_dirs if cfg.method == "mtn" else [side.teacher_dir]
+    made_of = {"teacher fit": fit_id, "teacher weights": _weights_stamp(teachers), "domain": cfg.domain,
+               "train_fraction": cfg.train_fraction, "max_length": side.max_length, "test rows": len(test)}
     saved = SavedPass(ctx.run.checkpoints / f"{TEACHER_CHECKPOINT}{_checkpoint_suffix(ctx)}", "logits.safetensors",
                       json.dumps([made_of, ctx.dataset.fingerprint()], sort_keys=True),
                       ("teacher and rows", "data fingerprint"), len(train))
@@ -603,7 +619,7 @@ def _teacher_logits(ctx: _Context, side: _TeacherSide, rows: _TrainingRows) -> d
                                     "parameters": (1,)})
         if isinstance(logits, dict):
             ctx.log(f"the teacher's logits from the earlier pass saved in {found}")
-            return logits
+            return logits, found
         if found is not None:
             ctx.log(f"the teacher's logits in {found} are not used: {logits}")
     if cfg.method == "mtn":
@@ -621,9 +637,11 @@ def _teacher_logits(ctx: _Context, side: _TeacherSide, rows: _TrainingRows) -> d
                   "test": teacher_logits_of(side.teacher, side.teacher_heads, test, pad_id)}
         parameters = sum(p.numel() for p in side.teacher.parameters())
     logits["parameters"] = torch.tensor([parameters], dtype=torch.int64)
-    if processes.is_main() and fit_id is not None:
+    if fit_id is None:
+        return logits, None
+    if processes.is_main():
         saved.save(logits)
-    return logits
+    return logits, saved.folder
 
 
 def _build_student_side(ctx: _Context, side: _TeacherSide, rows: _TrainingRows) -> _StudentSide:
@@ -851,9 +869,11 @@ def _save(ctx: _Context, teacher: _TeacherSide, student: _StudentSide, rows: _Tr
                                 "train_fraction": cfg.train_fraction, "train_rows": metrics["train_rows"],
                                 "fit_id": fit_id})
     write_model_cards(run, ctx.log)  # student/README.md from the metrics so far
-    suffix = _checkpoint_suffix(ctx)
-    for finished in [*run.checkpoints.glob(f"distill-*{suffix}"), *run.checkpoints.glob(f".distill-*{suffix}.*")]:
-        clear_checkpoints(run.checkpoints, finished.name)  # and what a kill mid-save left
+    for name in (f"distill-{part}{_checkpoint_suffix(ctx)}" for part in ("intermediate", "prediction", "teacher")):
+        # this distillation's own (another --domain's stay resumable), and what a kill mid-save left
+        for finished in [run.checkpoints / name, *run.checkpoints.glob(f".{name}.old"),
+                         *run.checkpoints.glob(f".{name}.*.tmp")]:
+            clear_checkpoints(run.checkpoints, finished.name)
 
 
 def _save_trimmed(student, tokenizer, dataset: Dataset, cfg: DistillConfig, out: Path, max_length: int) -> dict:

@@ -454,7 +454,8 @@ def _fit_shared(ctx: _FitContext, rows: _Splits, kept: list[int], held_out: list
         parts, result = _train_one(ctx, "teacher", rows, t, use_domain_loss, mtl=cfg.teacher_mode == "mtl",
                                    held_out=held_out)
     except KeyboardInterrupt as exc:
-        exc.saved_scores = saved  # Ctrl-C's message names them when no training state was saved yet
+        if saved is not None:  # Ctrl-C's message names them when no training state was saved yet
+            exc.saved_pass = ("the transferability scores", saved)
         raise
     if cfg.teacher_mode == "meta":
         result.t_stats = t_statistics(t, train, dataset.domains)

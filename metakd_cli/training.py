@@ -548,6 +548,9 @@ class SavedPass:
                                              spec, None, self.rows)
                 return found, f"they were made with other settings or data ({'; '.join(changes) or 'unrecorded'})"
             tensors = load_file(str(found / self.file))
+            missing = [key for key in shapes if key not in tensors]
+            if missing:
+                return found, f"they are damaged (no {', '.join(missing)})"
             for key, shape in shapes.items():
                 if shape is not None and tuple(tensors[key].shape) != shape:
                     return found, f"they are damaged ({key} is {tuple(tensors[key].shape)}, not {shape})"

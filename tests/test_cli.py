@@ -273,6 +273,29 @@ def test_ctrl_c_after_the_transferability_pass_says_resume_reuses_it(tiny_model_
         f"{shlex.join([*argv, '--resume'])}")
 
 
+def test_ctrl_c_after_the_teachers_pass_in_distill_says_resume_reuses_it(tiny_model_dir, tmp_path, monkeypatch):
+    from metakd_cli import distill
+
+    data = write_toy_dataset(tmp_path, "jsonl")
+    run_dir = tmp_path / "run"
+    fitted = CliRunner().invoke(cli, ["--quiet", "--run-dir", str(run_dir), "fit", str(data), "--teacher",
+                                      str(tiny_model_dir), "--max-length", "16", "--epochs", "1"])
+    assert fitted.exit_code == 0, fitted.output
+
+    def interrupted(*args, **kwargs):  # Ctrl-C before the first training step could be saved
+        raise KeyboardInterrupt
+
+    argv = ["metakd", "--run-dir", str(run_dir), "distill", "--epochs", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(distill, "run_phase", interrupted)
+    result = CliRunner().invoke(cli, argv[1:])
+    assert result.exit_code == 130, result.output
+    assert result.stderr.splitlines()[-1] == (
+        f"error: interrupted before any training state was saved; the teacher's logits are saved in "
+        f"{run_dir / 'checkpoints' / 'distill-teacher'}, and the same command with --resume reuses them: "
+        f"{shlex.join([*argv, '--resume'])}")
+
+
 def test_ctrl_c_in_a_command_without_resume_says_nothing_changed(tmp_path, monkeypatch):
     from metakd_cli import evaluate
 

@@ -283,6 +283,40 @@ def test_saved_teacher_logits_are_used_only_for_the_same_teacher_and_rows(meta_r
     assert list(run.checkpoints.iterdir()) == []
 
 
+def test_a_logit_only_resume_is_not_refused_over_a_stage_1_checkpoint_it_does_not_read(meta_run, tmp_path):
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(meta_run, run.path)
+    with pytest.raises(KeyboardInterrupt):
+        distill(small(intermediate_epochs=2), run, progress=InterruptAfter(6), log=_quiet, warn=_quiet)
+    reference = distill(small(method="kd"), RunDir(shutil.copytree(meta_run, tmp_path / "ref")), log=_quiet,
+                        warn=_quiet)
+    resumed = distill(small(method="kd"), run, resume=True, log=_quiet, warn=_quiet)
+    assert _without_timings(resumed.metrics) == _without_timings(reference.metrics)
+    assert list(run.checkpoints.iterdir()) == []
+
+
+def test_another_domains_checkpoints_stay_resumable(meta_run, tmp_path):
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(meta_run, run.path)
+    with pytest.raises(KeyboardInterrupt):
+        distill(small(domain="books", intermediate_epochs=2), run, progress=InterruptAfter(2), log=_quiet,
+                warn=_quiet)
+    books = sorted(p.name for p in run.checkpoints.iterdir())
+    assert books == ["distill-intermediate-books", "distill-teacher-books"]
+    distill(small(), run, log=_quiet, warn=_quiet)  # every domain: clears its own checkpoints only
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == books
+
+
+def test_a_teacher_rewritten_in_place_is_not_read_from_saved_logits(meta_run, tmp_path):
+    run = _killed_after_the_teacher_pass(meta_run, tmp_path / "run", small())
+    weights = run.teacher / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # as a refit killed before its manifest entry would leave it
+    lines: list[str] = []
+    distill(small(), run, resume=True, log=lines.append, warn=_quiet)
+    assert any(line.startswith(f"the teacher's logits in {run.checkpoints / 'distill-teacher'} are not used: they "
+                               "were made with other settings or data (teacher weights ") for line in lines), lines
+
+
 def test_a_resume_a_stage_checkpoint_would_refuse_is_refused_before_the_teachers_pass(meta_run, tmp_path,
                                                                                       monkeypatch):
     run = RunDir(tmp_path / "run")

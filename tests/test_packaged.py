@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import zipfile
 from pathlib import Path
 
@@ -78,17 +79,18 @@ def test_assembled_once_checked_and_without_desktop_ini(installed, tmp_path):
 
 
 def test_a_killed_builds_leftovers_are_cleared_and_a_live_ones_are_kept(installed, tmp_path):
-    cache = tmp_path / "cache"
-    dead = [cache / f".{MPNET_FOLDER}.tmp-{2**22 + 12345}", cache / f".{MPNET_FOLDER}.old-{2**22 + 12346}"]
-    live = cache / f".{MPNET_FOLDER}.tmp-{os.getppid()}"  # a build still running in another process
+    cache, host = tmp_path / "cache", socket.gethostname()
+    dead = [cache / f".{MPNET_FOLDER}.tmp-{host}-{2**22 + 12345}", cache / f".{MPNET_FOLDER}.old-{host}-{2**22 + 1}"]
+    live = cache / f".{MPNET_FOLDER}.tmp-{host}-{os.getppid()}"  # a build still running in another process
+    elsewhere = cache / f".{MPNET_FOLDER}.tmp-{host}x-{2**22 + 12345}"  # another host's: its PIDs mean nothing here
     other = cache / f".{MPNET_FOLDER}.notes-1"
-    for folder in (*dead, live, other):
+    for folder in (*dead, live, elsewhere, other):
         (folder / "model").mkdir(parents=True)
         (folder / "joined.zip").write_bytes(b"part of a zip")
     folder = packaged.mpnet_base(log=lambda _line: None)
     assert verify(folder) is None
     assert not any(p.exists() for p in dead)
-    assert live.is_dir() and other.is_dir()
+    assert live.is_dir() and elsewhere.is_dir() and other.is_dir()
 
 
 def test_the_joined_zip_hash_is_recorded(installed):
