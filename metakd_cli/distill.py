@@ -484,23 +484,21 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
     _, dataset = run.reload_dataset()
     ctx = _Context(cfg, run, dataset, resume, progress, log, warn)
     teacher_side = _load_teacher_side(ctx)
-    with_stage_1 = cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs > 0
+    intermediate_lr, lr = learning_rates(cfg)
+    specs = _stage_specs(ctx, teacher_side.info.mode, intermediate_lr, lr)
     if resume:  # a checkpoint of other settings is refused before the teacher's passes, not after them
-        for stage in (["intermediate"] if with_stage_1 else []) + ["prediction"]:
-            refuse_other_settings(run.checkpoints, PhaseSpec(
-                f"distill-{stage}{_checkpoint_suffix(ctx)}", 0, 1, 0.0, 0,
-                signature=_signature(ctx, teacher_side.info.mode), signature_names=SIGNATURE_NAMES))
+        for spec in specs.values():
+            refuse_other_settings(run.checkpoints, spec)
     rows = _training_rows(ctx, teacher_side)
     cache = _cache_teacher(ctx, teacher_side, rows)
     student_side = _build_student_side(ctx, teacher_side, rows)
     steps = _LossSteps(cfg, teacher_side.teacher, teacher_side.teacher_head, student_side, cache.lam,
                        cache.targets)
-    intermediate_lr, lr = learning_rates(cfg)
     stages = {}
     try:
-        if with_stage_1:
-            stages["intermediate"] = _run_intermediate(ctx, teacher_side.info.mode, steps, intermediate_lr)
-        stages["prediction"] = _run_prediction(ctx, teacher_side.info.mode, steps, lr)
+        if "intermediate" in specs:
+            stages["intermediate"] = _run_intermediate(ctx, specs["intermediate"], steps)
+        stages["prediction"] = _run_prediction(ctx, specs["prediction"], steps)
     except KeyboardInterrupt as exc:
         if cache.saved is not None:  # Ctrl-C's message names them when no training state was saved yet
             exc.saved_pass = ("the teacher's logits", cache.saved)
@@ -594,8 +592,8 @@ TEACHER_CHECKPOINT = "distill-teacher"  # checkpoints/<this><suffix>: the teache
 def _weights_stamp(folders: list[Path]) -> list[list]:
     """Each teacher folder's weight files as name, size and modification time: a teacher rewritten in place (a
     refit killed before its manifest entry) differs here even where the manifest's fit id does not."""
-    return [[f"{folder.name}/{f.name}", f.stat().st_size, f.stat().st_mtime_ns]
-            for folder in folders for f in sorted(folder.glob("*.safetensors"))]
+    files = [(f"{folder.name}/{f.name}", f.stat()) for folder in folders for f in sorted(folder.glob("*.safetensors"))]
+    return [[name, stat.st_size, stat.st_mtime_ns] for name, stat in files]
 
 
 def _teacher_logits(ctx: _Context, side: _TeacherSide,
@@ -778,27 +776,34 @@ def _checkpoint_suffix(ctx: _Context) -> str:
     return f"-{folder_name(ctx.cfg.domain, ctx.dataset.domains)}" if ctx.cfg.domain else ""
 
 
-def _run_intermediate(ctx: _Context, teacher_mode: str, steps: _LossSteps, lr: float) -> dict:
+def _stage_specs(ctx: _Context, teacher_mode: str, intermediate_lr: float, lr: float) -> dict[str, PhaseSpec]:
+    """The stages this distillation runs: stage 1 ("intermediate") unless the method is logit-only or has no
+    stage-1 epochs, then stage 2 ("prediction")."""
+    cfg, suffix, signature = ctx.cfg, _checkpoint_suffix(ctx), _signature(ctx, teacher_mode)
+    specs = {}
+    if cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs > 0:
+        specs["intermediate"] = PhaseSpec(
+            f"distill-intermediate{suffix}", cfg.intermediate_epochs, cfg.batch_size, intermediate_lr, cfg.seed,
+            constant_lr=True, max_grad_norm=1.0, weight_decay=0.0, signature=signature,
+            signature_names=SIGNATURE_NAMES, mixed_precision=cfg.mixed_precision)
+    specs["prediction"] = PhaseSpec(f"distill-prediction{suffix}", cfg.epochs, cfg.batch_size, lr, cfg.seed,
+                                    weight_decay=0.01, signature=signature, signature_names=SIGNATURE_NAMES,
+                                    mixed_precision=cfg.mixed_precision)
+    return specs
+
+
+def _run_intermediate(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> dict:
     """Stage 1: the student's hidden states, attention scores (and, for meta, domain features) to the teacher's."""
-    cfg, run = ctx.cfg, ctx.run
-    spec = PhaseSpec(f"distill-intermediate{_checkpoint_suffix(ctx)}", cfg.intermediate_epochs, cfg.batch_size, lr,
-                     cfg.seed, constant_lr=True, max_grad_norm=1.0, weight_decay=0.0,
-                     signature=_signature(ctx, teacher_mode), signature_names=SIGNATURE_NAMES,
-                     mixed_precision=cfg.mixed_precision)
     phase_steps = PhaseSteps(len(steps.side.train), steps.make_batch, steps.intermediate_step)
-    phase = run_phase(spec, steps.side.parts, phase_steps, run.checkpoints, ctx.resume, ctx.progress, ctx.log)
+    phase = run_phase(spec, steps.side.parts, phase_steps, ctx.run.checkpoints, ctx.resume, ctx.progress, ctx.log)
     return {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second, "history": phase.history}
 
 
-def _run_prediction(ctx: _Context, teacher_mode: str, steps: _LossSteps, lr: float) -> dict:
+def _run_prediction(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> dict:
     """Stage 2: the student's logits to the teacher's soft labels, selected on dev accuracy."""
-    cfg, run = ctx.cfg, ctx.run
-    spec = PhaseSpec(f"distill-prediction{_checkpoint_suffix(ctx)}", cfg.epochs, cfg.batch_size, lr, cfg.seed,
-                     weight_decay=0.01, signature=_signature(ctx, teacher_mode), signature_names=SIGNATURE_NAMES,
-                     mixed_precision=cfg.mixed_precision)
     phase_steps = PhaseSteps(len(steps.side.train), steps.make_batch, steps.prediction_step, steps.dev_accuracy)
-    phase = run_phase(spec, nn.ModuleDict({"student": steps.side.student}), phase_steps, run.checkpoints, ctx.resume,
-                      ctx.progress, ctx.log)
+    phase = run_phase(spec, nn.ModuleDict({"student": steps.side.student}), phase_steps, ctx.run.checkpoints,
+                      ctx.resume, ctx.progress, ctx.log)
     return {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second,
             "history": phase.history, "best_epoch": phase.best_epoch}
 

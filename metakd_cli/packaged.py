@@ -153,7 +153,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError, OverflowError):
+    except (OSError, OverflowError):  # PermissionError among them
         return True  # someone else's process, or unknown: left alone
     return True
 

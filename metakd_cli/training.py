@@ -149,16 +149,17 @@ def _short(value: object) -> str:
     return json.dumps(value)
 
 
-def checkpoint_changes(loop: dict, spec: PhaseSpec, total_steps: int, n_examples: int) -> list[str]:
+def checkpoint_changes(loop: dict, signature: str, names: tuple[str, ...], total_steps: int | None,
+                       n_examples: int) -> list[str]:
     """What differs between a checkpoint's ``loop.json`` and this run, as "name old -> new" strings.
 
     Settings come from the two signatures (a config dict's keys by name, other parts by
-    ``spec.signature_names``); example and step counts are added when they differ. An empty list:
+    ``names``); example and step counts are added when they differ. An empty list:
     the checkpoint does not record its settings in a form that can be compared.
     """
     changes = []
     try:
-        old, new = json.loads(loop.get("signature") or "null"), json.loads(spec.signature or "null")
+        old, new = json.loads(loop.get("signature") or "null"), json.loads(signature or "null")
     except json.JSONDecodeError:
         old = new = None
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
@@ -171,7 +172,7 @@ def checkpoint_changes(loop: dict, spec: PhaseSpec, total_steps: int, n_examples
                     if before != after:
                         changes.append(f"{key} {_short(before)} -> {_short(after)}")
             else:
-                name = spec.signature_names[i] if i < len(spec.signature_names) else f"part {i + 1}"
+                name = names[i] if i < len(names) else f"part {i + 1}"
                 changes.append(f"{name} {_short(old_part)} -> {_short(new_part)}")
     if loop.get("n_examples") != n_examples:
         changes.append(f"training examples {loop.get('n_examples')} -> {n_examples}")
@@ -335,7 +336,7 @@ def _start_state(phase: _Phase, resume: bool) -> _LoopState:
 
 
 def _other_settings(saved: Path, loop: dict, spec: PhaseSpec, total_steps, n_examples) -> UserError:
-    changes = checkpoint_changes(loop, spec, total_steps, n_examples)
+    changes = checkpoint_changes(loop, spec.signature, spec.signature_names, total_steps, n_examples)
     what = "; ".join(changes) if changes else "it does not record which, so they cannot be compared"
     return UserError(f"{saved}: the checkpoint was made with other settings (checkpoint -> now: {what}); "
                      "resume with the checkpoint's settings, or run without --resume to start over")
@@ -543,9 +544,8 @@ class SavedPass:
         try:
             saved = json.loads((found / _PASS_RECORD).read_text(encoding="utf-8"))
             if saved != {"signature": self.signature, "rows": self.rows}:
-                spec = PhaseSpec(self.folder.name, 0, 1, 0.0, 0, signature=self.signature, signature_names=self.names)
                 changes = checkpoint_changes({"signature": saved.get("signature"), "n_examples": saved.get("rows")},
-                                             spec, None, self.rows)
+                                             self.signature, self.names, None, self.rows)
                 return found, f"they were made with other settings or data ({'; '.join(changes) or 'unrecorded'})"
             tensors = load_file(str(found / self.file))
             missing = [key for key in shapes if key not in tensors]
