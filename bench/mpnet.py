@@ -1,6 +1,6 @@
-"""Issue 26's bench on Amazon: the 110M MPNet-base meta-teacher, its ~19M minilm4 student by Meta-KD and by
-TinyBERT-KD, the int8 student's speed against the teacher's PyTorch and ONNX fp32, and its file size with and
-without --trim-vocab.
+"""Issue 26's bench on Amazon: the 110M MPNet-base meta-teacher, its ~19M minilm4 student by Meta-KD, by
+TinyBERT-KD and by logit-only KD (a control: what stage 1 across tokenizers adds), the int8 student's speed against
+the teacher's PyTorch and ONNX fp32, and its file size with and without --trim-vocab.
 
     python -m bench.mpnet run [--systems teacher-meta meta ...]   # the full recipe: many hours on 2 cores
     python -m bench.mpnet speed                                   # speed and sizes on an under-trained pipeline
@@ -65,6 +65,8 @@ SYSTEMS: dict[str, System] = {
                    "minilm4 by Meta-KD from the meta-teacher, exported as static int8"),
     "tinybert": System(("distill.method=tinybert",), ("distill", "export", "eval"), "teacher-meta",
                        "minilm4 by TinyBERT-KD (lambda = 1, no domain-feature term), static int8"),
+    "kd": System(("distill.method=kd",), ("distill", "export", "eval"), "teacher-meta",
+                 "minilm4 by logit-only KD (stage 2 alone, no stage 1 across tokenizers): what stage 1 adds"),
     "meta-trim": System(("export.trim_vocab=true", "eval.models=int8"), ("export", "eval"), "meta",
                         "the Meta-KD student exported with --trim-vocab (the training texts' word pieces only)"),
     "teacher-onnx": System(("export.model=teacher", "export.int8=false", "eval.models=teacher,onnx"),
@@ -73,7 +75,7 @@ SYSTEMS: dict[str, System] = {
     "teacher-mix": System(("fit.teacher_mode=mix",), ("fit",), None,
                           "the MPNet-base mix teacher: plain fine-tuning on all domains"),
 }
-RUN_DEFAULT = ("teacher-meta", "meta", "tinybert", "meta-trim", "teacher-onnx")  # teacher-mix when the CPU allows
+RUN_DEFAULT = ("teacher-meta", "meta", "tinybert", "kd", "meta-trim", "teacher-onnx")  # teacher-mix when the CPU allows
 SPEED_SYSTEMS = ("teacher-meta", "meta", "meta-trim", "teacher-onnx")
 # the under-trained pipeline of `speed`: the recipe's models, lengths and export, little training. 80 test rows a
 # domain (320) cover eval's 8 timed batches of 32 and its 64 rows at batch 1; the dev rows are what the fit, export
@@ -326,7 +328,7 @@ def read_teacher_onnx(metrics: dict[str, dict]) -> dict:
 
 
 READERS = {"teacher-meta": read_teacher, "teacher-mix": read_teacher, "meta": read_student, "tinybert": read_student,
-           "meta-trim": read_trimmed_student, "teacher-onnx": read_teacher_onnx}
+           "kd": read_student, "meta-trim": read_trimmed_student, "teacher-onnx": read_teacher_onnx}
 
 
 def table(runs: Path, extra: tuple[str, ...] = (), out: Path = OUT) -> dict:

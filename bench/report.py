@@ -295,6 +295,7 @@ _MPNET_ROWS = [
     ("teacher-mix", "mix teacher", [(None, "MPNet-base")]),
     ("meta", "Meta-KD student", [("student", "minilm4, fp32"), ("int8", "minilm4, static int8")]),
     ("tinybert", "TinyBERT-KD student", [("student", "minilm4, fp32"), ("int8", "minilm4, static int8")]),
+    ("kd", "logit-only KD student", [("student", "minilm4, fp32"), ("int8", "minilm4, static int8")]),
     ("meta-trim", "Meta-KD student, --trim-vocab", [("int8", "minilm4, static int8")]),
 ]
 _PAPER_MODEL = {"teacher-meta": "BERT-base", "teacher-mix": "BERT-base", "meta": "TinyBERT-4, fp32",

@@ -132,6 +132,7 @@ def test_finished_folders_give_each_target_its_figure_and_status(bench, tmp_path
     write_steps(bench, runs / "teacher-meta", "teacher-meta",
                 {"fit": {"test_accuracy": _accuracy(90.5), "dev_accuracy": _accuracy(91.0), "seconds": 36000}})
     _student(bench, runs / "meta", "meta", teacher=90.5, int8=89.0, int8_mb=19.9, throughputs=(3.0, 60.0))
+    _student(bench, runs / "kd", "kd", teacher=90.5, int8=87.0, int8_mb=19.9, throughputs=(3.0, 60.0))
     write_steps(bench, runs / "meta-trim", "meta-trim", {
         "fit": {}, "distill": {},
         "export": {"size_mb": {"model_quantized.onnx": 9.4}, "trim": {"vocab_before": 30522, "vocab_after": 11000,
@@ -167,6 +168,7 @@ def test_finished_folders_give_each_target_its_figure_and_status(bench, tmp_path
     assert figures["size_mb"]["int8_student_trimmed"] == 9.9 and figures["size_mb"]["teacher_onnx_fp32"] == 438.1
     assert figures["batch_size"] == bench.recipe(bench.sets_of("meta", bench.SPEED_SETS), bench.RECIPE).eval.batch_size
     assert document["results"]["meta"]["test_accuracy"]["int8"]["average"] == 89.0
+    assert document["results"]["kd"]["test_accuracy"]["int8"]["average"] == 87.0  # a control: no target reads it
     assert document["results"]["meta-trim"]["vocab_after"] == 11000
     assert document["results"]["tinybert"] == "not measured" and document["results"]["teacher-mix"] == "not measured"
     from bench.report import _mpnet
@@ -182,6 +184,8 @@ def test_finished_folders_give_each_target_its_figure_and_status(bench, tmp_path
         "| Meta-KD student | minilm4, static int8 (metakd) | 88.00 | - | 90.00 | - | 89.00 |",
         "| Meta-KD student | TinyBERT-4, fp32 (the paper: Meta-teacher -> Meta-distillation) | 91.50 | 86.50 | 90.10 "
         "| 89.70 | 89.40 |",
+        "| logit-only KD student | minilm4, fp32 (metakd) | 86.20 | - | 88.20 | - | 87.20 |",  # the paper has no row
+        "| logit-only KD student | minilm4, static int8 (metakd) | 86.00 | - | 88.00 | - | 87.00 |",
         "| Meta-KD student, --trim-vocab | minilm4, static int8 (metakd) | 87.90 | - | 89.90 | - | 88.90 |",
     ]
 
