@@ -181,10 +181,22 @@ def _speed_of(model: dict) -> dict:
             "size_mb": _round(model.get("size_mb"), 1), "timed_rows": model.get("timed_rows")}
 
 
+def _hours(step: dict, parts: object) -> float | None:
+    """A step's ``seconds`` in hours when they are its whole time: each training part (fit's teachers, distill's
+    stages) records ``resumed_from`` (a metakd that counts a resumed run's earlier training time) and none was
+    resumed from a checkpoint that did not record its time. Otherwise None: the seconds may be a last run's alone."""
+    parts = list(parts.values() if isinstance(parts, dict) else parts or [])
+    whole = bool(parts) and all(isinstance(p, dict) and "resumed_from" in p for p in parts)
+    if not whole or any(isinstance(p["resumed_from"], dict) and p["resumed_from"].get("earlier_seconds") is None
+                        for p in parts):
+        return None
+    return _round(float(step.get("seconds") or 0) / 3600, 1)
+
+
 def read_teacher(metrics: dict[str, dict]) -> dict:
     fit = metrics["fit"]
     return {"test_accuracy": _accuracy(fit.get("test_accuracy")), "dev_accuracy": _accuracy(fit.get("dev_accuracy")),
-            "fit_hours": _round(float(fit.get("seconds") or 0) / 3600, 1), "cpu": fit.get("cpu")}
+            "fit_hours": _hours(fit, fit.get("teachers")), "cpu": fit.get("cpu")}
 
 
 def read_student(metrics: dict[str, dict]) -> dict:
@@ -197,7 +209,7 @@ def read_student(metrics: dict[str, dict]) -> dict:
                        "mode": check.get("mode")},
         "alignment": distill.get("alignment"),
         "parameters": distill.get("parameters"),
-        "distill_hours": _round(float(distill.get("seconds") or 0) / 3600, 1),
+        "distill_hours": _hours(distill, distill.get("stages")),
         "size_mb": _sizes(export),
         "speed": {name: _speed_of(model) for name, model in models.items()},
     }

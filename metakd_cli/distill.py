@@ -87,7 +87,7 @@ from metakd_cli.run_dir import RunDir, atomic_dir, domain_paths, folder_name
 from metakd_cli.model_card import write_model_cards
 from metakd_cli.row_weights import save_row_weights
 from metakd_cli.training import PhaseSpec, PhaseSteps, SavedPass, clear_checkpoints, refuse_other_settings
-from metakd_cli.training import run_phase
+from metakd_cli.training import earlier_seconds, run_phase
 from metakd_cli.vocab import check_trim_options
 
 METHODS = ("meta", "tinybert", "kd", "mtn")
@@ -508,8 +508,13 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
     if not processes.is_main():  # the main process writes the run folder
         return DistillResult.from_metrics(run.path, metrics, time.perf_counter() - started)
     _save(ctx, teacher_side, student_side, rows, cache.lam, metrics, fit_id)
-    metrics["seconds"] = time.perf_counter() - started
+    metrics["seconds"] = _step_seconds(started, stages)
     return DistillResult.from_metrics(run.path, metrics, metrics["seconds"])
+
+
+def _step_seconds(started: float, stages: dict) -> float:
+    """The step's time: this run's, and the training time of the interrupted runs its stages resumed."""
+    return time.perf_counter() - started + earlier_seconds([stage.get("resumed_from") for stage in stages.values()])
 
 
 def _load_teacher_side(ctx: _Context) -> _TeacherSide:
@@ -796,7 +801,8 @@ def _run_intermediate(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> dict
     """Stage 1: the student's hidden states, attention scores (and, for meta, domain features) to the teacher's."""
     phase_steps = PhaseSteps(len(steps.side.train), steps.make_batch, steps.intermediate_step)
     phase = run_phase(spec, steps.side.parts, phase_steps, ctx.run.checkpoints, ctx.resume, ctx.progress, ctx.log)
-    return {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second, "history": phase.history}
+    return {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second, "history": phase.history,
+            "resumed_from": phase.resumed_from}
 
 
 def _run_prediction(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> dict:
@@ -805,7 +811,7 @@ def _run_prediction(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> dict:
     phase = run_phase(spec, nn.ModuleDict({"student": steps.side.student}), phase_steps, ctx.run.checkpoints,
                       ctx.resume, ctx.progress, ctx.log)
     return {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second,
-            "history": phase.history, "best_epoch": phase.best_epoch}
+            "history": phase.history, "best_epoch": phase.best_epoch, "resumed_from": phase.resumed_from}
 
 
 def _collect_metrics(ctx: _Context, teacher: _TeacherSide, student: _StudentSide, cache: _TeacherCache,
@@ -839,7 +845,7 @@ def _collect_metrics(ctx: _Context, teacher: _TeacherSide, student: _StudentSide
         "cpu": cpu_info().to_json(),
         "parameters": {"student": sum(p.numel() for p in student.student.parameters()),
                        "teacher": cache.teacher_parameters},  # mtn: all teachers together
-        "seconds": time.perf_counter() - started,
+        "seconds": _step_seconds(started, stages),
         "config": asdict(cfg),
         "command": " ".join(__import__("sys").argv),
         "processes": processes.world_size(),

@@ -57,7 +57,7 @@ from metakd_cli import processes
 from metakd_cli.prototypes import compute_prototypes, encode_representations, pool, transferability
 from metakd_cli.run_dir import RunDir, atomic_dir, folder_name, folder_names
 from metakd_cli.training import PhaseSpec, PhaseSteps, SavedPass, clear_checkpoints, refuse_other_settings
-from metakd_cli.training import run_phase
+from metakd_cli.training import earlier_seconds, run_phase
 
 TEACHER_MODES = ("meta", "mix", "mtl", "single")
 PROTOTYPES = ("class", "domain")
@@ -76,6 +76,7 @@ class TeacherResult:
     train_seconds: float
     examples_per_second: float
     t_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    resumed_from: dict | None = None  # PhaseResult's: where a resumed fit took training up, its earlier seconds
 
 
 @dataclass
@@ -280,6 +281,7 @@ def _train_one(
         history=phase.history,
         train_seconds=phase.seconds,
         examples_per_second=phase.examples_per_second,
+        resumed_from=phase.resumed_from,
     )
     return parts, result
 
@@ -369,7 +371,8 @@ def _fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool, progre
     for message in chance_warnings(teachers, dev, dataset.domains, len(dataset.labels), held_out,
                                    cfg.teacher_mode == "single"):
         warn(message)
-    seconds = time.perf_counter() - started
+    # the step's time: this run's, and the training time of the interrupted runs that it resumed
+    seconds = time.perf_counter() - started + earlier_seconds([t.resumed_from for t in teachers])
     train_rows = {name: train.domains.count(d) for d, name in enumerate(dataset.domains)}
     metrics = _metrics(cfg, dataset, teachers, seconds)
     metrics.update(held_out=cfg.hold_out, train_fraction=cfg.train_fraction, fraction_domains=cfg.fraction_domains,

@@ -63,6 +63,11 @@ class PhaseSteps:
 
 @dataclass
 class PhaseResult:
+    """``seconds``: the phase's training time, the interrupted runs' that it resumed included (as their checkpoint
+    recorded it); ``examples_per_second``: this run's rate; ``resumed_from``: None, or where this run took the phase
+    up (epoch, step) and the training seconds its checkpoint had recorded (None from a checkpoint that did not,
+    when ``seconds`` is this run's alone)."""
+
     best_score: float
     best_epoch: int
     history: list[dict] = field(default_factory=list)
@@ -239,6 +244,7 @@ class _LoopState:
     history: list[dict] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] | None = None
     resumed_from: dict | None = None
+    earlier_seconds: float | None = 0.0  # the training time of the runs this one resumed (None: not recorded)
     started: float = 0.0
     trained_examples: int = 0
     consistent: bool = True  # False while a step or an epoch end is half done: no checkpoint then
@@ -287,7 +293,8 @@ def run_phase(
         module.load_state_dict(state.best_state)
     module.eval()
     return PhaseResult(best_score=state.best_score, best_epoch=state.best_epoch, history=state.history,
-                       seconds=seconds, examples_per_second=state.trained_examples / max(seconds, 1e-9),
+                       seconds=(state.earlier_seconds or 0.0) + seconds,
+                       examples_per_second=state.trained_examples / max(seconds, 1e-9),
                        resumed_from=state.resumed_from)
 
 
@@ -324,7 +331,8 @@ def _start_state(phase: _Phase, resume: bool) -> _LoopState:
     if resume and saved:
         state = _load_checkpoint(phase, saved)
         position = state.position
-        state.resumed_from = {"epoch": position["epoch"], "step": position["step"]}
+        state.resumed_from = {"epoch": position["epoch"], "step": position["step"],
+                              "earlier_seconds": state.earlier_seconds}
         if position["epoch"] >= phase.spec.epochs:
             phase.log(f"{phase.spec.name}: finished in its checkpoint, not trained again")
         else:
@@ -384,7 +392,10 @@ def _load_checkpoint(phase: _Phase, saved: Path) -> _LoopState:
         best_state = load_file(str(saved / "best.safetensors")) if (saved / "best.safetensors").is_file() else None
         position = {**{k: loop[k] for k in ("epoch", "step", "loss_sum", "loss_count")},
                     "term_sums": dict(loop.get("term_sums") or {})}  # a checkpoint from before term_sums: none
-        return _LoopState(position, loop["best_score"], loop["best_epoch"], loop["history"], best_state)
+        earlier = loop.get("seconds")  # a checkpoint from before the loop recorded its time: not known
+        earlier = float(earlier) if isinstance(earlier, (int, float)) and earlier >= 0 else None
+        return _LoopState(position, loop["best_score"], loop["best_epoch"], loop["history"], best_state,
+                          earlier_seconds=earlier)
     except (ValueError, KeyError, TypeError, OSError, RuntimeError, SafetensorError, pickle.UnpicklingError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"{saved}: the checkpoint is damaged or truncated ({reason}); run without --resume "
@@ -403,6 +414,19 @@ def _rng_states(phase: _Phase) -> dict[str, torch.Tensor]:
 
     every = gather_object([own])
     return {**every[0], **{f"{k}_rank{r}": v for r, states in enumerate(every) if r for k, v in states.items()}}
+
+
+def earlier_seconds(resumed: list[dict | None]) -> float:
+    """The training seconds that the phases' resumed checkpoints recorded (``resumed_from`` of each; none: 0): what
+    a step adds to its own wall time so that a resumed step's time counts its interrupted runs' training."""
+    return sum(float((r or {}).get("earlier_seconds") or 0.0) for r in resumed)
+
+
+def _seconds_so_far(state: _LoopState) -> float | None:
+    """The phase's training time up to now, earlier runs included; None when an earlier run's was not recorded."""
+    if state.earlier_seconds is None:
+        return None
+    return state.earlier_seconds + time.perf_counter() - state.started
 
 
 def _save_checkpoint(phase: _Phase, state: _LoopState, rng: dict[str, torch.Tensor]) -> None:
@@ -424,6 +448,7 @@ def _save_checkpoint(phase: _Phase, state: _LoopState, rng: dict[str, torch.Tens
             "total_steps": phase.total_steps,
             "n_examples": phase.n_examples,
             "signature": phase.spec.signature,
+            "seconds": _seconds_so_far(state),
         }
         (tmp / "loop.json").write_text(json.dumps(loop, indent=2))
 

@@ -234,6 +234,19 @@ def test_a_setting_added_later_reads_as_its_default(bench, tmp_path):
     assert bench.finished_metrics(run, "meta") is not None
 
 
+def test_a_steps_hours_only_when_its_seconds_are_its_whole_time(bench):
+    fit = {"seconds": 7200}
+    assert bench._hours(fit, [{"resumed_from": None}]) == 2.0  # never resumed
+    assert bench._hours(fit, [{"resumed_from": {"epoch": 1, "step": 3, "earlier_seconds": 5000.0}}]) == 2.0
+    # resumed from a checkpoint that did not record its time, or written before metakd recorded resumption at
+    # all: the seconds may be the last run's alone
+    assert bench._hours(fit, [{"resumed_from": {"epoch": 1, "step": 3, "earlier_seconds": None}}]) is None
+    assert bench._hours(fit, [{"train_seconds": 7000}]) is None
+    assert bench._hours({"seconds": 3600}, {"intermediate": {"resumed_from": None},
+                                            "prediction": {"resumed_from": None}}) == 1.0
+    assert bench._hours(fit, None) is None
+
+
 def test_target_boundaries(bench):
     assert bench._target("at least", 25.0, 25.0, True, "x")["status"] == "pass"
     assert bench._target("at least", 24.9, 25.0, True, "x")["status"] == "fail"

@@ -71,7 +71,7 @@ def _without_timings(metrics: dict) -> dict:
     for key in ("seconds", "teacher_cache_seconds", "command"):
         clean.pop(key)
     for stage in clean["stages"].values():
-        stage.pop("seconds"), stage.pop("examples_per_second")
+        stage.pop("seconds"), stage.pop("examples_per_second"), stage.pop("resumed_from")
     return clean
 
 
@@ -236,6 +236,12 @@ def test_interrupted_distill_resumes_to_the_same_metrics(run, meta_run, tmp_path
     resumed = distill(config, other, resume=True, log=lines.append, warn=_quiet).metrics
     assert _without_timings(resumed) == _without_timings(reference)  # teacher accuracy and lambda included
     assert f"the teacher's logits from the earlier pass saved in {saved}" in lines
+    # stage 1 was taken up with the interrupted run's training time, which the step's time counts; stage 2 began here
+    taken_up, stages = resumed["stages"]["intermediate"]["resumed_from"], resumed["stages"]
+    assert taken_up["earlier_seconds"] > 0 and stages["prediction"]["resumed_from"] is None
+    assert reference["stages"]["intermediate"]["resumed_from"] is None
+    assert stages["intermediate"]["seconds"] > taken_up["earlier_seconds"]
+    assert resumed["seconds"] > taken_up["earlier_seconds"] + stages["prediction"]["seconds"]
     # stage 1 continues; stage 2 had not begun, so it says so instead of starting over silently
     assert any(line.startswith("distill-intermediate: resuming from epoch ") for line in lines), lines
     assert any(line.startswith("distill-prediction: no checkpoint to resume") for line in lines), lines

@@ -44,7 +44,7 @@ def _strip_timings(metrics: dict) -> dict:
     for key in ("seconds", "train_examples_per_second", "command"):
         clean.pop(key, None)
     for teacher in clean["teachers"]:
-        teacher.pop("train_seconds"), teacher.pop("examples_per_second")
+        teacher.pop("train_seconds"), teacher.pop("examples_per_second"), teacher.pop("resumed_from")
     return clean
 
 
@@ -145,6 +145,13 @@ def test_interrupted_fit_resumes_to_the_same_metrics(tiny_model_dir, toy_data, t
     lines: list[str] = []
     resumed = fit(toy_data, config, run, resume=True, log=lines.append)
     assert _strip_timings(resumed.metrics) == _strip_timings(reference.metrics)  # t_stats included
+    assert reference.metrics["teachers"][0]["resumed_from"] is None
+    taken_up = resumed.metrics["teachers"][0]["resumed_from"]
+    assert (taken_up["epoch"], taken_up["step"]) == (1, 1)  # 0-based: the second epoch's second step
+    # the interrupted run's training time counts: in the teacher's train_seconds and in the step's seconds
+    assert taken_up["earlier_seconds"] > 0
+    assert resumed.metrics["teachers"][0]["train_seconds"] > taken_up["earlier_seconds"]
+    assert resumed.metrics["seconds"] > taken_up["earlier_seconds"]
     assert not (run.checkpoints / "fit-teacher").exists()
     assert not (run.checkpoints / "fit-scores").exists()  # the finished fit leaves nothing to resume
     assert "fit-teacher: resuming from epoch 2, step 1" in lines  # 12 steps an epoch, stopped after 13

@@ -1,4 +1,5 @@
-"""run_phase: the share of the phase done (DANN's schedule reads it), and what --resume says and refuses."""
+"""run_phase: the share of the phase done (DANN's schedule reads it), what --resume says and refuses, and the
+training time a resumed phase counts."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import InterruptAfter
 from metakd_cli.errors import UserError
-from metakd_cli.training import PhaseSpec, PhaseSteps, refuse_other_settings, run_phase
+from metakd_cli.training import PhaseSpec, PhaseSteps, earlier_seconds, refuse_other_settings, run_phase
 
 
 def test_batches_carry_training_progress(tmp_path):
@@ -91,3 +93,44 @@ def test_resume_from_a_damaged_checkpoint_is_one_line(tmp_path, damaged):
         handle.truncate(path.stat().st_size // 2)
     with pytest.raises(UserError, match=r"the checkpoint is damaged or truncated .*run without --resume"):
         _train(tmp_path, resume=True)
+
+
+def _timed_phase(tmp_path, resume: bool, progress=None):
+    model = nn.Linear(2, 1)
+
+    def loss_step(batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"loss": model(batch["x"]).pow(2).mean()}
+
+    def make_batch(indices: list[int]) -> dict:
+        return {"x": torch.ones(len(indices), 2), "index": torch.tensor(indices)}
+
+    spec = PhaseSpec(name="p", epochs=2, batch_size=4, lr=0.01, seed=0)
+    return run_phase(spec, model, PhaseSteps(10, make_batch, loss_step), tmp_path, resume=resume, progress=progress)
+
+
+def test_a_resumed_phase_counts_the_interrupted_runs_training_time(tmp_path):
+    fresh = _timed_phase(tmp_path / "fresh", resume=False)
+    assert fresh.resumed_from is None and fresh.seconds > 0
+    with pytest.raises(KeyboardInterrupt):
+        _timed_phase(tmp_path, resume=False, progress=InterruptAfter(4))  # 3 steps an epoch: in the second
+    loop = tmp_path / "p" / "loop.json"
+    recorded = json.loads(loop.read_text())["seconds"]
+    assert recorded > 0
+    result = _timed_phase(tmp_path, resume=True)
+    assert result.resumed_from == {"epoch": 1, "step": 1, "earlier_seconds": recorded}
+    assert result.seconds > recorded  # the earlier run's and this one's
+    assert earlier_seconds([None, result.resumed_from, {"earlier_seconds": None}]) == recorded
+
+
+def test_a_checkpoint_that_did_not_record_its_time_says_so(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        _timed_phase(tmp_path, resume=False, progress=InterruptAfter(4))
+    loop = tmp_path / "p" / "loop.json"
+    saved = json.loads(loop.read_text())
+    del saved["seconds"]  # written before the loop recorded its time
+    loop.write_text(json.dumps(saved))
+    with pytest.raises(KeyboardInterrupt):  # interrupted again: the time stays not known, not a part of it
+        _timed_phase(tmp_path, resume=True, progress=InterruptAfter(1))
+    assert json.loads(loop.read_text())["seconds"] is None
+    result = _timed_phase(tmp_path, resume=True)
+    assert result.resumed_from["earlier_seconds"] is None and result.seconds > 0  # this run's alone
