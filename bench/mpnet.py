@@ -41,7 +41,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.common import DOMAINS, PAPER, RESULTS, ROOT, RUNS as BENCH_RUNS, data_missing, done, metakd_run, recipe
-from bench.common import data_path, selection, shown, start_from
+from bench.common import data_path, scored_rows, selection, shown, start_from
+from bench.stats import compare
 from metakd_cli.pipeline import STEPS
 from metakd_cli.run_dir import atomic_write_json, read_json_object
 
@@ -92,6 +93,8 @@ PAPER_ROWS = {"teacher-meta": "teacher-meta", "teacher-mix": "teacher-mix", "met
 # the issue's targets: the paper's meta-teacher and fp32 Meta-KD student, 1 point, 25x, 20 MB
 TARGETS = {"teacher": 89.9, "int8": 89.4, "int8_gap": 1.0, "speedup": 25.0, "int8_mb": 20.0}
 NOT_MEASURED = "not measured"
+# the students compared with the Meta-KD student on the same test rows, each as shipped (static int8)
+COMPARED = ("tinybert", "kd")
 
 
 # --------------------------------------------------------------------------- run folders
@@ -339,6 +342,29 @@ def read_teacher_onnx(metrics: dict[str, dict]) -> dict:
             "size_mb": _sizes(metrics["export"])}
 
 
+def paired_tests(runs: Path, extra: tuple[str, ...] = ()) -> dict[str, dict]:
+    """"meta vs S" for each finished student S of COMPARED: the two int8 students' correctness on the same test
+    rows (bench.stats.compare: a paired bootstrap stratified by domain, and exact McNemar), A minus B in points.
+    One seed: what they test is the difference on these rows, not over seeds."""
+    scored = {}
+    for system in ("meta", *COMPARED):
+        if finished_metrics(folder(runs, system), system, extra) is not None:
+            rows = scored_rows(folder(runs, system), recipe(sets_of(system, extra), RECIPE), "int8")
+            if rows is not None:
+                scored[system] = rows
+    if "meta" not in scored:
+        return {}
+    reference, tests = scored["meta"], {}
+    domains = list(reference.correct)
+    strata = [domain for domain in domains for _ in reference.correct[domain]]
+    for system in (s for s in COMPARED if s in scored):
+        if scored[system].where != reference.where:
+            raise SystemExit(f"{shown(folder(runs, system))}: its test rows are not those of the meta student")
+        a, b = ({str(SEED): sum((rows.correct[d] for d in domains), [])} for rows in (reference, scored[system]))
+        tests[f"meta vs {system}"] = {**compare(a, b, strata), "model": "int8"}
+    return tests
+
+
 READERS = {"teacher-meta": read_teacher, "teacher-mix": read_teacher, "meta": read_student, "tinybert": read_student,
            "kd": read_student, "meta-trim": read_trimmed_student, "teacher-onnx": read_teacher_onnx}
 
@@ -354,17 +380,23 @@ def table(runs: Path, extra: tuple[str, ...] = (), out: Path = OUT) -> dict:
         results[system] = READERS[system](metrics) if metrics else kept or NOT_MEASURED
     speed_figures = read_speed(runs / "speed", extra) or _kept(previous.get("speed"), same_settings)
     fit_figures = previous.get("fit_speed") if isinstance(previous.get("fit_speed"), dict) else None  # fit-speed's
+    tests = paired_tests(runs, extra)
+    for name, test in ((previous.get("tests") or {}) if same_settings else {}).items():
+        if name not in tests and isinstance(test, dict):  # the folders are gone: kept, marked
+            tests[name] = {**test, "kept": test.get("kept") or "from the results file: its run folders are gone"}
     finished = {k: v for k, v in results.items() if isinstance(v, dict)}
     document = {
         "setup": {
             "recipe": shown(RECIPE), "runs": shown(runs), "extra_sets": list(extra), "seed": SEED,
-            "seeds": "one seed (42): the issue allows one here; no paired tests",
+            "seeds": "one seed (42): the issue allows one here; the paired tests compare two students on the same "
+                     "test rows, not over seeds",
             "systems": {name: {"what": s.what, "sets": list(s.sets), "steps": list(s.steps), "start": s.start}
                         for name, s in SYSTEMS.items()},
             "paper": {system: {"row": PAPER[row][0], "test_accuracy": dict(zip([*DOMAINS, "average"], PAPER[row][1]))}
                       for system, row in PAPER_ROWS.items()},
         },
         "results": results,
+        "tests": tests,
         "speed": speed_figures or NOT_MEASURED,
         "fit_speed": fit_figures or NOT_MEASURED,
         "targets": targets(finished, speed_figures),

@@ -329,6 +329,24 @@ def _mpnet_accuracy(data: dict) -> list[str]:
     return lines
 
 
+def _mpnet_tests(data: dict) -> list[str]:
+    """The paired tests of the MPNet students (bench.mpnet.paired_tests), one row each; nothing without any."""
+    tests = {k: v for k, v in (data.get("tests") or {}).items() if isinstance(v, dict)}
+    if not tests:
+        return []
+    lines = ["", "The students as shipped (static int8) on the same test rows, one seed (paired bootstrap stratified "
+             "by domain, 10,000 resamples; exact McNemar on the rows only one gets right):", "",
+             "| comparison | rows | difference (points) | 95% CI | bootstrap | only A right | only B right | McNemar |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, test in tests.items():
+        mcnemar = next(iter(test["mcnemar_exact_per_seed"].values()), {})
+        low, high = test["ci95"]
+        lines.append(f"| {name} | {test['rows']} | {test['diff'] + 0.0:+.2f} | {low:+.2f} to {high:+.2f} | "
+                     f"{_p(test['p_value'])} | {mcnemar.get('a_only', '-')} | {mcnemar.get('b_only', '-')} | "
+                     f"{_p(mcnemar['p_value']) if 'p_value' in mcnemar else '-'} |")
+    return lines
+
+
 def _mpnet(path) -> list[str]:
     """bench/results/mpnet.json: issue 26's targets, each pass / fail / not measured."""
     if not path.is_file():
@@ -341,7 +359,7 @@ def _mpnet(path) -> list[str]:
     for target in data["targets"]:
         value = "-" if target["value"] is None else f"{target['value']:g}"
         lines.append(f"| {target['target']} | {target['threshold']:g} | {value} | {target['status']} |")
-    lines += _mpnet_accuracy(data)
+    lines += _mpnet_accuracy(data) + _mpnet_tests(data)
     fit = data.get("fit_speed") if isinstance(data.get("fit_speed"), dict) else {}
     if fit.get("rows_per_s"):
         lines += ["", f"The teacher's training speed (`python -m bench.mpnet fit-speed`: {fit['timed_steps']} optimiser "

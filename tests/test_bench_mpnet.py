@@ -234,6 +234,43 @@ def test_a_setting_added_later_reads_as_its_default(bench, tmp_path):
     assert bench.finished_metrics(run, "meta") is not None
 
 
+def _predictions(bench, run_dir: Path, system: str, right: dict[str, list[int]], rows: str = "r") -> None:
+    """metrics/predictions.json of ``system``'s eval selection: int8 right (1) or wrong (0) on each row."""
+    config = recipe(bench.sets_of(system), bench.RECIPE)
+    domains = [d for d, bits in right.items() for _ in bits]
+    where = [f"{data_path(config)}/{d}/{rows}.review:{i}" for d, bits in right.items() for i in range(len(bits))]
+    gold = ["positive"] * len(domains)
+    got = ["positive" if bit else "negative" for bits in right.values() for bit in bits]
+    entry = {"split": "test", "domain": domains, "where": where, "label": gold, "models": {"int8": got}}
+    (run_dir / "metrics" / "predictions.json").write_text(json.dumps({selection(config): entry}))
+
+
+def test_the_students_are_compared_on_the_same_test_rows(bench, tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "mpnet.json"
+    for system in ("meta", "tinybert", "kd"):
+        _student(bench, runs / system, system, teacher=90.0, int8=80.0, int8_mb=19.0, throughputs=(3.0, 90.0))
+    _predictions(bench, runs / "meta", "meta", {"books": [1] * 8 + [0] * 2, "electronics": [1] * 6 + [0] * 4})
+    _predictions(bench, runs / "tinybert", "tinybert", {"books": [1] * 6 + [0] * 4, "electronics": [1] * 6 + [0] * 4})
+    tests = bench.table(runs, out=out)["tests"]
+    assert list(tests) == ["meta vs tinybert"]  # kd recorded no rows: not compared
+    test = tests["meta vs tinybert"]
+    assert (test["diff"], test["rows"], test["model"]) == (10.0, 20, "int8")  # (80 + 60) / 2 - (60 + 60) / 2
+    assert test["mcnemar_exact_per_seed"]["42"] == {"a_only": 2, "b_only": 0, "p_value": 0.5}
+    from bench.report import _mpnet
+
+    row = next(line for line in _mpnet(out) if line.startswith("| meta vs tinybert |"))
+    assert row.startswith("| meta vs tinybert | 20 | +10.00 | ") and row.endswith(" | 2 | 0 | p = 0.500 |")
+
+    _predictions(bench, runs / "kd", "kd", {"books": [1] * 10, "electronics": [1] * 10}, rows="other")
+    with pytest.raises(SystemExit, match="its test rows are not those of the meta student"):
+        bench.table(runs, out=out)
+    import shutil
+
+    shutil.rmtree(runs)  # the folders gone: the recorded tests are kept, marked
+    kept = bench.table(runs, out=out)["tests"]["meta vs tinybert"]
+    assert kept["diff"] == 10.0 and "folders are gone" in kept["kept"]
+
+
 def test_a_steps_hours_only_when_its_seconds_are_its_whole_time(bench):
     fit = {"seconds": 7200}
     assert bench._hours(fit, [{"resumed_from": None}]) == 2.0  # never resumed
