@@ -12,8 +12,8 @@ Every system is recipes/amazon-mpnet.yaml plus the --set overrides in SYSTEMS, r
 system that starts from another's work (a student from the teacher, the trimmed export from the student) starts as
 a copy of that folder (bench.common.start_from: weights hard-linked; copied again once that folder's steps are
 redone), so `metakd run` finds the earlier steps done and skips them. One seed (42): the issue allows one here.
-`run` goes on from where it stopped and skips finished systems; after each it rewrites the table. teacher-mix is
-left out unless named (--systems).
+`run` goes on from where it stopped and skips finished systems; after each it rewrites the table. OPTIONAL systems
+(teacher-mix, kd-lr) are left out unless named (--systems).
 
 `speed` builds the same systems under <runs>/speed with SPEED_SETS: the whole data (2% dev and 4% test rows, so
 that each 110M forward over them is short), 1% of the training rows, 1 fit epoch, 1 + 1 distill epochs. Training
@@ -68,6 +68,8 @@ SYSTEMS: dict[str, System] = {
                        "minilm4 by TinyBERT-KD (lambda = 1, no domain-feature term), static int8"),
     "kd": System(("distill.method=kd",), ("distill", "export", "eval"), "teacher-meta",
                  "minilm4 by logit-only KD (stage 2 alone, no stage 1 across tokenizers): what stage 1 adds"),
+    "kd-lr": System(("distill.method=kd", "distill.lr=1e-4"), ("distill", "export", "eval"), "teacher-meta",
+                    "logit-only KD at a stage-2 rate of 1e-4 (the default 3e-5): whether the student is under-trained"),
     "meta-trim": System(("export.trim_vocab=true", "eval.models=int8"), ("export", "eval"), "meta",
                         "the Meta-KD student exported with --trim-vocab (the training texts' word pieces only)"),
     "teacher-onnx": System(("export.model=teacher", "export.int8=false", "eval.models=teacher,onnx"),
@@ -76,7 +78,8 @@ SYSTEMS: dict[str, System] = {
     "teacher-mix": System(("fit.teacher_mode=mix",), ("fit",), None,
                           "the MPNet-base mix teacher: plain fine-tuning on all domains"),
 }
-RUN_DEFAULT = ("teacher-meta", "meta", "tinybert", "kd", "meta-trim", "teacher-onnx")  # teacher-mix when the CPU allows
+RUN_DEFAULT = ("teacher-meta", "meta", "tinybert", "kd", "meta-trim", "teacher-onnx")
+OPTIONAL = ("teacher-mix", "kd-lr")  # run when named (--systems): the mix teacher when the CPU allows, a diagnosis
 SPEED_SYSTEMS = ("teacher-meta", "meta", "meta-trim", "teacher-onnx")
 # the under-trained pipeline of `speed`: the recipe's models, lengths and export, little training. 80 test rows a
 # domain (320) cover eval's 8 timed batches of 32 and its 64 rows at batch 1; the dev rows are what the fit, export
@@ -94,7 +97,7 @@ PAPER_ROWS = {"teacher-meta": "teacher-meta", "teacher-mix": "teacher-mix", "met
 TARGETS = {"teacher": 89.9, "int8": 89.4, "int8_gap": 1.0, "speedup": 25.0, "int8_mb": 20.0}
 NOT_MEASURED = "not measured"
 # the students compared with the Meta-KD student on the same test rows, each as shipped (static int8)
-COMPARED = ("tinybert", "kd")
+COMPARED = ("tinybert", "kd", "kd-lr")
 
 
 # --------------------------------------------------------------------------- run folders
@@ -366,7 +369,7 @@ def paired_tests(runs: Path, extra: tuple[str, ...] = ()) -> dict[str, dict]:
 
 
 READERS = {"teacher-meta": read_teacher, "teacher-mix": read_teacher, "meta": read_student, "tinybert": read_student,
-           "kd": read_student, "meta-trim": read_trimmed_student, "teacher-onnx": read_teacher_onnx}
+           "kd": read_student, "kd-lr": read_student, "meta-trim": read_trimmed_student, "teacher-onnx": read_teacher_onnx}
 
 
 def table(runs: Path, extra: tuple[str, ...] = (), out: Path = OUT) -> dict:

@@ -60,7 +60,8 @@ def test_every_system_and_the_speed_settings_are_valid_overrides(bench, monkeypa
             _check(recipe)
     for name, system in bench.SYSTEMS.items():  # a system changes only the steps it runs, never those it copies
         assert all(item.split(".")[0] in system.steps for item in system.sets), name
-    assert set(bench.RUN_DEFAULT) | {"teacher-mix"} == set(bench.SYSTEMS)
+    assert set(bench.RUN_DEFAULT) | set(bench.OPTIONAL) == set(bench.SYSTEMS)
+    assert not set(bench.RUN_DEFAULT) & set(bench.OPTIONAL)
     assert set(bench.SPEED_SYSTEMS) <= set(bench.RUN_DEFAULT)
 
 
