@@ -13,7 +13,7 @@ system that starts from another's work (a student from the teacher, the trimmed 
 a copy of that folder (bench.common.start_from: weights hard-linked; copied again once that folder's steps are
 redone), so `metakd run` finds the earlier steps done and skips them. One seed (42): the issue allows one here.
 `run` goes on from where it stopped and skips finished systems; after each it rewrites the table. OPTIONAL systems
-(teacher-mix, kd-lr) are left out unless named (--systems).
+(teacher-mix, kd-lr, meta-lr) are left out unless named (--systems).
 
 `speed` builds the same systems under <runs>/speed with SPEED_SETS: the whole data (2% dev and 4% test rows, so
 that each 110M forward over them is short), 1% of the training rows, 1 fit epoch, 1 + 1 distill epochs. Training
@@ -70,6 +70,8 @@ SYSTEMS: dict[str, System] = {
                  "minilm4 by logit-only KD (stage 2 alone, no stage 1 across tokenizers): what stage 1 adds"),
     "kd-lr": System(("distill.method=kd", "distill.lr=1e-4"), ("distill", "export", "eval"), "teacher-meta",
                     "logit-only KD at a stage-2 rate of 1e-4 (the default 3e-5): whether the student is under-trained"),
+    "meta-lr": System(("distill.lr=1e-4",), ("distill", "export", "eval"), "teacher-meta",
+                      "Meta-KD at kd-lr's stage-2 rate of 1e-4: the method once the student is trained longer"),
     "meta-trim": System(("export.trim_vocab=true", "eval.models=int8"), ("export", "eval"), "meta",
                         "the Meta-KD student exported with --trim-vocab (the training texts' word pieces only)"),
     "teacher-onnx": System(("export.model=teacher", "export.int8=false", "eval.models=teacher,onnx"),
@@ -79,7 +81,8 @@ SYSTEMS: dict[str, System] = {
                           "the MPNet-base mix teacher: plain fine-tuning on all domains"),
 }
 RUN_DEFAULT = ("teacher-meta", "meta", "tinybert", "kd", "meta-trim", "teacher-onnx")
-OPTIONAL = ("teacher-mix", "kd-lr")  # run when named (--systems): the mix teacher when the CPU allows, a diagnosis
+OPTIONAL = ("teacher-mix", "kd-lr", "meta-lr")  # run when named (--systems): the mix teacher when the CPU allows,
+# and the stage-2 rate's diagnosis
 SPEED_SYSTEMS = ("teacher-meta", "meta", "meta-trim", "teacher-onnx")
 # the under-trained pipeline of `speed`: the recipe's models, lengths and export, little training. 80 test rows a
 # domain (320) cover eval's 8 timed batches of 32 and its 64 rows at batch 1; the dev rows are what the fit, export
@@ -96,8 +99,9 @@ PAPER_ROWS = {"teacher-meta": "teacher-meta", "teacher-mix": "teacher-mix", "met
 # the issue's targets: the paper's meta-teacher and fp32 Meta-KD student, 1 point, 25x, 20 MB
 TARGETS = {"teacher": 89.9, "int8": 89.4, "int8_gap": 1.0, "speedup": 25.0, "int8_mb": 20.0}
 NOT_MEASURED = "not measured"
-# the students compared with the Meta-KD student on the same test rows, each as shipped (static int8)
-COMPARED = ("tinybert", "kd", "kd-lr")
+# the students compared on the same test rows, each as shipped (static int8): (A, B) gives "A vs B", A minus B. The
+# method at the recipe's stage-2 rate, the rate itself, and the method at the higher rate
+PAIRS = (("meta", "tinybert"), ("meta", "kd"), ("kd-lr", "kd"), ("meta-lr", "meta"), ("meta-lr", "kd-lr"))
 
 
 # --------------------------------------------------------------------------- run folders
@@ -346,30 +350,30 @@ def read_teacher_onnx(metrics: dict[str, dict]) -> dict:
 
 
 def paired_tests(runs: Path, extra: tuple[str, ...] = ()) -> dict[str, dict]:
-    """"meta vs S" for each finished student S of COMPARED: the two int8 students' correctness on the same test
-    rows (bench.stats.compare: a paired bootstrap stratified by domain, and exact McNemar), A minus B in points.
-    One seed: what they test is the difference on these rows, not over seeds."""
+    """"A vs B" for each of PAIRS whose two students are finished: their int8 correctness on the same test rows
+    (bench.stats.compare: a paired bootstrap stratified by domain, and exact McNemar), A minus B in points. One
+    seed: what they test is the difference on these rows, not over seeds."""
     scored = {}
-    for system in ("meta", *COMPARED):
+    for system in dict.fromkeys(name for pair in PAIRS for name in pair):
         if finished_metrics(folder(runs, system), system, extra) is not None:
             rows = scored_rows(folder(runs, system), recipe(sets_of(system, extra), RECIPE), "int8")
             if rows is not None:
                 scored[system] = rows
-    if "meta" not in scored:
-        return {}
-    reference, tests = scored["meta"], {}
-    domains = list(reference.correct)
-    strata = [domain for domain in domains for _ in reference.correct[domain]]
-    for system in (s for s in COMPARED if s in scored):
-        if scored[system].where != reference.where:
-            raise SystemExit(f"{shown(folder(runs, system))}: its test rows are not those of the meta student")
-        a, b = ({str(SEED): sum((rows.correct[d] for d in domains), [])} for rows in (reference, scored[system]))
-        tests[f"meta vs {system}"] = {**compare(a, b, strata), "model": "int8"}
+    tests = {}
+    for first, second in ((a, b) for a, b in PAIRS if a in scored and b in scored):
+        one, other = scored[first], scored[second]
+        if one.where != other.where:
+            raise SystemExit(f"{shown(folder(runs, second))}: its test rows are not those of {first}")
+        domains = list(one.correct)
+        strata = [domain for domain in domains for _ in one.correct[domain]]
+        a, b = ({str(SEED): sum((rows.correct[d] for d in domains), [])} for rows in (one, other))
+        tests[f"{first} vs {second}"] = {**compare(a, b, strata), "model": "int8"}
     return tests
 
 
 READERS = {"teacher-meta": read_teacher, "teacher-mix": read_teacher, "meta": read_student, "tinybert": read_student,
-           "kd": read_student, "kd-lr": read_student, "meta-trim": read_trimmed_student, "teacher-onnx": read_teacher_onnx}
+           "kd": read_student, "kd-lr": read_student, "meta-lr": read_student,
+           "meta-trim": read_trimmed_student, "teacher-onnx": read_teacher_onnx}
 
 
 def table(runs: Path, extra: tuple[str, ...] = (), out: Path = OUT) -> dict:

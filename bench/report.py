@@ -298,6 +298,7 @@ _MPNET_ROWS = [
     ("kd", "logit-only KD student", [("student", "minilm4, fp32"), ("int8", "minilm4, static int8")]),
     ("kd-lr", "logit-only KD student, stage-2 lr 1e-4", [("student", "minilm4, fp32"),
                                                           ("int8", "minilm4, static int8")]),
+    ("meta-lr", "Meta-KD student, stage-2 lr 1e-4", [("student", "minilm4, fp32"), ("int8", "minilm4, static int8")]),
     ("meta-trim", "Meta-KD student, --trim-vocab", [("int8", "minilm4, static int8")]),
 ]
 _PAPER_MODEL = {"teacher-meta": "BERT-base", "teacher-mix": "BERT-base", "meta": "TinyBERT-4, fp32",

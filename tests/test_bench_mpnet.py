@@ -253,7 +253,7 @@ def test_the_students_are_compared_on_the_same_test_rows(bench, tmp_path):
     _predictions(bench, runs / "meta", "meta", {"books": [1] * 8 + [0] * 2, "electronics": [1] * 6 + [0] * 4})
     _predictions(bench, runs / "tinybert", "tinybert", {"books": [1] * 6 + [0] * 4, "electronics": [1] * 6 + [0] * 4})
     tests = bench.table(runs, out=out)["tests"]
-    assert list(tests) == ["meta vs tinybert"]  # kd recorded no rows: not compared
+    assert list(tests) == ["meta vs tinybert"]  # kd recorded no rows, kd-lr and meta-lr are not run: not compared
     test = tests["meta vs tinybert"]
     assert (test["diff"], test["rows"], test["model"]) == (10.0, 20, "int8")  # (80 + 60) / 2 - (60 + 60) / 2
     assert test["mcnemar_exact_per_seed"]["42"] == {"a_only": 2, "b_only": 0, "p_value": 0.5}
@@ -262,8 +262,14 @@ def test_the_students_are_compared_on_the_same_test_rows(bench, tmp_path):
     row = next(line for line in _mpnet(out) if line.startswith("| meta vs tinybert |"))
     assert row.startswith("| meta vs tinybert | 20 | +10.00 | ") and row.endswith(" | 2 | 0 | p = 0.500 |")
 
+    _student(bench, runs / "kd-lr", "kd-lr", teacher=90.0, int8=80.0, int8_mb=19.0, throughputs=(3.0, 90.0))
+    _predictions(bench, runs / "kd-lr", "kd-lr", {"books": [1] * 10, "electronics": [1] * 10})
+    _predictions(bench, runs / "kd", "kd", {"books": [1] * 10, "electronics": [1] * 9 + [0]})
+    tests = bench.table(runs, out=out)["tests"]
+    assert list(tests) == ["meta vs tinybert", "meta vs kd", "kd-lr vs kd"]  # meta-lr is not run
+    assert (tests["meta vs kd"]["diff"], tests["kd-lr vs kd"]["diff"]) == (-25.0, 5.0)  # A minus B
     _predictions(bench, runs / "kd", "kd", {"books": [1] * 10, "electronics": [1] * 10}, rows="other")
-    with pytest.raises(SystemExit, match="its test rows are not those of the meta student"):
+    with pytest.raises(SystemExit, match="kd: its test rows are not those of meta"):
         bench.table(runs, out=out)
     import shutil
 
