@@ -349,13 +349,13 @@ def read_teacher_onnx(metrics: dict[str, dict]) -> dict:
             "size_mb": _sizes(metrics["export"])}
 
 
-def paired_tests(runs: Path, extra: tuple[str, ...] = ()) -> dict[str, dict]:
-    """"A vs B" for each of PAIRS whose two students are finished: their int8 correctness on the same test rows
-    (bench.stats.compare: a paired bootstrap stratified by domain, and exact McNemar), A minus B in points. One
-    seed: what they test is the difference on these rows, not over seeds."""
+def paired_tests(runs: Path, finished: set[str], extra: tuple[str, ...] = ()) -> dict[str, dict]:
+    """"A vs B" for each of PAIRS whose two students are ``finished`` (as table() found them): their int8 correctness
+    on the same test rows (bench.stats.compare: a paired bootstrap stratified by domain, and exact McNemar), A minus B
+    in points. One seed: what they test is the difference on these rows, not over seeds."""
     scored = {}
     for system in dict.fromkeys(name for pair in PAIRS for name in pair):
-        if finished_metrics(folder(runs, system), system, extra) is not None:
+        if system in finished:
             rows = scored_rows(folder(runs, system), recipe(sets_of(system, extra), RECIPE), "int8")
             if rows is not None:
                 scored[system] = rows
@@ -381,13 +381,16 @@ def table(runs: Path, extra: tuple[str, ...] = (), out: Path = OUT) -> dict:
     previous = read_json_object(out)
     same_settings = (previous.get("setup") or {}).get("extra_sets") == list(extra)
     results: dict[str, object] = {}
+    measured = set()  # the systems whose folders are finished with these settings
     for system in SYSTEMS:
         metrics = finished_metrics(folder(runs, system), system, extra)
+        if metrics:
+            measured.add(system)
         kept = _kept((previous.get("results") or {}).get(system), same_settings)
         results[system] = READERS[system](metrics) if metrics else kept or NOT_MEASURED
     speed_figures = read_speed(runs / "speed", extra) or _kept(previous.get("speed"), same_settings)
     fit_figures = previous.get("fit_speed") if isinstance(previous.get("fit_speed"), dict) else None  # fit-speed's
-    tests = paired_tests(runs, extra)
+    tests = paired_tests(runs, measured, extra)
     for name, test in ((previous.get("tests") or {}) if same_settings else {}).items():
         if name not in tests and isinstance(test, dict):  # the folders are gone: kept, marked
             tests[name] = {**test, "kept": test.get("kept") or "from the results file: its run folders are gone"}
