@@ -43,6 +43,11 @@ class PhaseSpec:
     signature: str = ""  # JSON of what the caller trains (config, data): a checkpoint of other settings is refused
     signature_names: tuple[str, ...] = ()  # names of the parts of a JSON-list signature, for that refusal
     mixed_precision: str | None = None  # no | bf16 | fp16; None: the launcher's setting, else no
+    # training length by dev (needs PhaseSteps.evaluate): score dev every `eval_every` optimisation steps inside an
+    # epoch too (0: at epoch ends only; None: about ten times an epoch), and stop after `patience` scorings in a row
+    # without a gain (0: run every epoch); `epochs` is then the ceiling
+    eval_every: int | None = 0
+    patience: int = 0
 
 
 @dataclass
@@ -74,6 +79,9 @@ class PhaseResult:
     seconds: float = 0.0
     examples_per_second: float = 0.0
     resumed_from: dict | None = None
+    dev_curve: list[dict] = field(default_factory=list)  # every dev scoring: {"step", "epoch", "dev_score"}
+    best_step: int = -1  # the optimisation step (counted over the phase) whose state was kept
+    stopped_early: bool = False  # stopped by patience before the epoch ceiling
 
 
 class _LossStep(nn.Module):
@@ -226,6 +234,15 @@ class _Phase:
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.spec.epochs
 
+    @property
+    def eval_every(self) -> int:
+        """Steps between dev scorings inside an epoch; 0: at epoch ends only (also when nothing scores dev)."""
+        if self.steps.evaluate is None:
+            return 0
+        if self.spec.eval_every is None:
+            return max(1, self.steps_per_epoch // 10)
+        return self.spec.eval_every
+
 
 def _fresh_position(epoch: int = 0) -> dict:
     # term_sums: the running sum of each named term a loss step returns beside "loss" (stage 1's hidden,
@@ -248,6 +265,10 @@ class _LoopState:
     started: float = 0.0
     trained_examples: int = 0
     consistent: bool = True  # False while a step or an epoch end is half done: no checkpoint then
+    dev_curve: list[dict] = field(default_factory=list)
+    best_step: int = -1
+    since_best: int = 0  # dev scorings in a row without a gain
+    stopped: bool = False  # patience ran out
 
     def rate(self) -> float:
         return self.trained_examples / max(time.perf_counter() - self.started, 1e-9)
@@ -277,7 +298,7 @@ def run_phase(
                        completed=state.position["epoch"] * phase.steps_per_epoch + state.position["step"])
     try:
         with _DeferredInterrupt() as interrupt:
-            while state.position["epoch"] < spec.epochs:
+            while state.position["epoch"] < spec.epochs and not state.stopped:
                 _train_epoch(phase, state, interrupt)
                 _end_epoch(phase, state, interrupt)
     except KeyboardInterrupt:
@@ -295,7 +316,8 @@ def run_phase(
     return PhaseResult(best_score=state.best_score, best_epoch=state.best_epoch, history=state.history,
                        seconds=(state.earlier_seconds or 0.0) + seconds,
                        examples_per_second=state.trained_examples / max(seconds, 1e-9),
-                       resumed_from=state.resumed_from)
+                       resumed_from=state.resumed_from, dev_curve=state.dev_curve, best_step=state.best_step,
+                       stopped_early=state.stopped)
 
 
 def _prepare(spec: PhaseSpec, module: nn.Module, steps: PhaseSteps) -> tuple:
@@ -333,7 +355,7 @@ def _start_state(phase: _Phase, resume: bool) -> _LoopState:
         position = state.position
         state.resumed_from = {"epoch": position["epoch"], "step": position["step"],
                               "earlier_seconds": state.earlier_seconds}
-        if position["epoch"] >= phase.spec.epochs:
+        if position["epoch"] >= phase.spec.epochs or state.stopped:
             phase.log(f"{phase.spec.name}: finished in its checkpoint, not trained again")
         else:
             phase.log(f"{phase.spec.name}: resuming from epoch {position['epoch'] + 1}, step {position['step']}")
@@ -395,7 +417,9 @@ def _load_checkpoint(phase: _Phase, saved: Path) -> _LoopState:
         earlier = loop.get("seconds")  # a checkpoint from before the loop recorded its time: not known
         earlier = float(earlier) if isinstance(earlier, (int, float)) and earlier >= 0 else None
         return _LoopState(position, loop["best_score"], loop["best_epoch"], loop["history"], best_state,
-                          earlier_seconds=earlier)
+                          earlier_seconds=earlier, dev_curve=list(loop.get("dev_curve") or []),
+                          best_step=int(loop.get("best_step", -1)), since_best=int(loop.get("since_best", 0)),
+                          stopped=bool(loop.get("stopped", False)))
     except (ValueError, KeyError, TypeError, OSError, RuntimeError, SafetensorError, pickle.UnpicklingError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"{saved}: the checkpoint is damaged or truncated ({reason}); run without --resume "
@@ -445,6 +469,10 @@ def _save_checkpoint(phase: _Phase, state: _LoopState, rng: dict[str, torch.Tens
             "best_score": state.best_score,
             "best_epoch": state.best_epoch,
             "history": state.history,
+            "dev_curve": state.dev_curve,
+            "best_step": state.best_step,
+            "since_best": state.since_best,
+            "stopped": state.stopped,
             "total_steps": phase.total_steps,
             "n_examples": phase.n_examples,
             "signature": phase.spec.signature,
@@ -461,12 +489,34 @@ def _train_epoch(phase: _Phase, state: _LoopState, interrupt: _DeferredInterrupt
     for step in range(state.position["step"], phase.steps_per_epoch):
         state.consistent = False
         _optimisation_step(phase, state, order[step * spec.batch_size : (step + 1) * spec.batch_size], step)
+        if phase.eval_every and (step + 1) % phase.eval_every == 0 and step + 1 < phase.steps_per_epoch:
+            _score_dev(phase, state)  # before a Ctrl-C is honoured: a resumed run does not score this step again
+            phase.model.train()
         state.consistent = True
         if interrupt.requested:
             raise KeyboardInterrupt
         if phase.progress is not None:
             mean_loss = state.position["loss_sum"] / state.position["loss_count"]
             phase.progress.advance(1, f"epoch {epoch + 1}/{spec.epochs} loss {mean_loss:.4f} {state.rate():.1f} ex/s")
+        if state.stopped:
+            return
+
+
+def _score_dev(phase: _Phase, state: _LoopState) -> float:
+    """Score dev now, record it on the dev curve, keep the state when it is the best so far, and count the
+    scorings without a gain (patience). Call it between optimisation steps."""
+    phase.model.eval()
+    score = phase.steps.evaluate()
+    step = state.position["epoch"] * phase.steps_per_epoch + state.position["step"]
+    state.dev_curve.append({"step": step, "epoch": round(step / phase.steps_per_epoch, 3), "dev_score": score})
+    if score > state.best_score:
+        state.best_score, state.best_epoch, state.best_step = score, state.position["epoch"] + 1, step
+        state.best_state = _state_file(phase.module)
+        state.since_best = 0
+    else:
+        state.since_best += 1
+        state.stopped = phase.spec.patience > 0 and state.since_best >= phase.spec.patience
+    return score
 
 
 def _optimisation_step(phase: _Phase, state: _LoopState, indices: list[int], step: int) -> None:
@@ -501,12 +551,21 @@ def _optimisation_step(phase: _Phase, state: _LoopState, indices: list[int], ste
 
 
 def _end_epoch(phase: _Phase, state: _LoopState, interrupt: _DeferredInterrupt) -> None:
-    """Score the epoch on dev (or count it), keep the best state, and checkpoint the next epoch's start."""
+    """Score the epoch on dev (or count it), keep the best state, and checkpoint the next epoch's start; an epoch
+    that patience stopped part-way is not scored again (its last scoring stands)."""
     spec, epoch = phase.spec, state.position["epoch"]
     state.consistent = False
     phase.model.eval()
     evaluate = phase.steps.evaluate
-    score = evaluate() if evaluate is not None else float(epoch + 1)  # None: keep the last
+    if evaluate is None:  # keep the last state
+        score = float(epoch + 1)
+        state.best_score, state.best_epoch = score, epoch + 1
+        state.best_step = (epoch + 1) * phase.steps_per_epoch
+        state.best_state = _state_file(phase.module)
+    elif state.stopped:
+        score = state.dev_curve[-1]["dev_score"]
+    else:
+        score = _score_dev(phase, state)
     count = max(state.position["loss_count"], 1)
     train_loss = state.position["loss_sum"] / count
     terms = {name: total / count for name, total in state.position["term_sums"].items()}
@@ -515,9 +574,6 @@ def _end_epoch(phase: _Phase, state: _LoopState, interrupt: _DeferredInterrupt) 
     if phase.progress is not None and hasattr(phase.progress, "epoch_end"):  # a plain line where no bar can show
         phase.progress.epoch_end(epoch + 1, spec.epochs, train_loss, score if evaluate is not None else None,
                                  state.rate())
-    if score > state.best_score:
-        state.best_score, state.best_epoch = score, epoch + 1
-        state.best_state = _state_file(phase.module)
     state.position = _fresh_position(epoch + 1)
     _save_checkpoint(phase, state, _rng_states(phase))
     state.consistent = True

@@ -134,3 +134,77 @@ def test_a_checkpoint_that_did_not_record_its_time_says_so(tmp_path):
     assert json.loads(loop.read_text())["seconds"] is None
     result = _timed_phase(tmp_path, resume=True)
     assert result.resumed_from["earlier_seconds"] is None and result.seconds > 0  # this run's alone
+
+
+def _scored_phase(tmp_path, scores: list[float] | None, epochs: int = 3, eval_every: int | None = 1,
+                  patience: int = 0, resume: bool = False, progress=None):
+    """A phase of 10 rows in batches of 2 (5 steps an epoch) whose dev score is taken from ``scores`` in turn
+    (None: a score that is a function of the weights, the same on a resumed run)."""
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    given = iter(scores or [])
+
+    def loss_step(batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {"loss": (model(batch["x"]) - 1).pow(2).mean()}
+
+    def make_batch(indices: list[int]) -> dict:
+        return {"x": torch.arange(len(indices) * 2, dtype=torch.float).reshape(-1, 2) / 10,
+                "index": torch.tensor(indices)}
+
+    def evaluate() -> float:
+        if scores is None:
+            with torch.no_grad():
+                return -float((model(torch.ones(1, 2)) - 1).abs())
+        return next(given)
+
+    spec = PhaseSpec(name="p", epochs=epochs, batch_size=2, lr=0.05, seed=0, eval_every=eval_every,
+                     patience=patience)
+    result = run_phase(spec, model, PhaseSteps(10, make_batch, loss_step, evaluate), tmp_path, resume=resume,
+                       progress=progress)
+    return result, model
+
+
+def test_dev_is_scored_inside_epochs_and_the_best_scoring_step_is_kept(tmp_path):
+    # every 2 steps of 5, and at each epoch's end: steps 2, 4, 5 | 7, 9, 10
+    scores = [1.0, 2.0, 1.5, 5.0, 3.0, 4.0]
+    result, _ = _scored_phase(tmp_path, scores, epochs=2, eval_every=2)
+    assert [point["step"] for point in result.dev_curve] == [2, 4, 5, 7, 9, 10]
+    assert [point["dev_score"] for point in result.dev_curve] == scores
+    assert result.dev_curve[3]["epoch"] == 1.4
+    assert (result.best_score, result.best_step, result.best_epoch) == (5.0, 7, 2)
+    assert [epoch["dev_score"] for epoch in result.history] == [1.5, 4.0]  # each epoch's end
+    assert not result.stopped_early
+
+
+def test_the_kept_state_is_the_one_of_the_best_scoring(tmp_path):
+    # the score is a function of the weights: the kept model must score the best score again
+    result, model = _scored_phase(tmp_path, None, epochs=2, eval_every=1)
+    assert -float((model(torch.ones(1, 2)) - 1).abs().detach()) == pytest.approx(result.best_score)
+    assert result.best_score == max(point["dev_score"] for point in result.dev_curve)
+
+
+def test_patience_stops_the_phase_and_epochs_is_the_ceiling(tmp_path):
+    # scored every step: the best at step 2, then three scorings without a gain stop it at step 5
+    result, _ = _scored_phase(tmp_path / "a", [1.0, 2.0, 2.0, 1.0, 0.5] + [9.0] * 20, epochs=3, patience=3)
+    assert result.stopped_early and [p["step"] for p in result.dev_curve] == [1, 2, 3, 4, 5]
+    assert (result.best_step, len(result.history)) == (2, 1)
+    # without patience every epoch runs (the ceiling): 15 scorings
+    result, _ = _scored_phase(tmp_path / "b", [1.0, 2.0, 2.0, 1.0, 0.5] + [0.0] * 10, epochs=3, patience=0)
+    assert not result.stopped_early and len(result.dev_curve) == 15 and result.best_step == 2
+
+
+def test_a_phase_interrupted_between_dev_scorings_resumes_exactly(tmp_path):
+    whole, whole_model = _scored_phase(tmp_path / "whole", None, epochs=2, eval_every=2, patience=4)
+    with pytest.raises(KeyboardInterrupt):
+        _scored_phase(tmp_path / "cut", None, epochs=2, eval_every=2, patience=4, progress=InterruptAfter(4))
+    resumed, resumed_model = _scored_phase(tmp_path / "cut", None, epochs=2, eval_every=2, patience=4, resume=True)
+    assert resumed.dev_curve == whole.dev_curve
+    assert (resumed.best_step, resumed.stopped_early) == (whole.best_step, whole.stopped_early)
+    assert torch.equal(resumed_model.weight, whole_model.weight)
+
+
+def test_a_phase_stopped_by_patience_is_finished_in_its_checkpoint(tmp_path):
+    first, _ = _scored_phase(tmp_path, [1.0, 0.5, 0.5] + [9.0] * 20, epochs=3, patience=2)
+    assert first.stopped_early and len(first.dev_curve) == 3
+    again, _ = _scored_phase(tmp_path, [9.0] * 20, epochs=3, patience=2, resume=True)
+    assert again.dev_curve == first.dev_curve and again.stopped_early  # nothing trained or scored again
