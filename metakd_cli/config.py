@@ -66,15 +66,25 @@ class DistillConfig:
 
     student: str = "tiny"  # tiny | minilm4 | tinybert4 | a model folder or hub id
     student_init: str | None = None  # for tinybert4: a folder, hub id, or "random"
-    method: str = "meta"  # meta | tinybert | kd | mtn
+    method: str = "meta"  # meta | tinybert | kd | mtn | none (no teacher: the student on gold labels alone)
+    # which teacher (tiny) or MiniLM-L6 (minilm4) layers a cut student keeps, 1-based; None: the default cut
+    # (metakd_cli.models.default_cut)
+    student_layers: list[int] | None = None
     domain: str | None = None
     teacher_domain: str | None = None  # single-mode teachers: whose teacher to distil (default: domain's)
     train_fraction: float = 1.0  # seeded, label-stratified fraction of the training rows distilled on
     intermediate_epochs: int = 3
-    epochs: int = 3
+    # stage 2's length: exactly `epochs` when given; None: chosen on dev, scored every `eval_every` steps (None:
+    # about ten times an epoch; 0: at epoch ends), stopping after `patience` scorings without a gain, at most
+    # `max_epochs` epochs. The state that scored best on dev is kept either way
+    epochs: int | None = None
+    max_epochs: int = 10
+    patience: int = 10
+    eval_every: int | None = None
     temperature: float = 1.0
+    gold_weight: float = 0.0  # stage 2's gold-label cross-entropy weight beside the (T^2-scaled) soft term
     batch_size: int = 32
-    lr: float | None = None  # stage 2; None: 3e-5, or 3e-4 for a student from random weights
+    lr: float | None = None  # stage 2; None: by the student (metakd_cli.distill.learning_rates)
     intermediate_lr: float | None = None  # stage 1, constant; None: 5e-5, or 5e-4 from random weights
     gamma: float = 0.5
     # ablations of stage 1: lambda_weights false gives every row weight 1 (meta keeps its domain-feature term);

@@ -8,7 +8,11 @@ Stage 1 (intermediate), per example x with weight lambda(x):
     (the attention term's weight, 1 by default; 0 drops it), distill.gamma 0 (no domain-feature term).
     A: pre-softmax attention scores QK^T / sqrt(d) + mask (metakd_cli.attention), as TinyBERT.
 Stage 2 (prediction): soft cross-entropy to the teacher's soft labels softmax(z_t / T).
-``kd`` runs stage 2 only. The teacher is frozen, in eval mode; its logits, p_t(gold) and
+Stage 2's loss is T^2 * soft CE + gold_weight * CE(gold) (metakd_cli.losses.prediction_loss); its length is chosen
+on dev (scored ~10 times an epoch, patience, an epoch ceiling) unless --epochs fixes it.
+``kd`` runs stage 2 only. ``none`` is the no-teacher baseline: the same student, stage 2 on the gold labels alone,
+and a `tiny` cut from the teacher's untouched pretrained encoder (what a user without a teacher would start from),
+so that what the teacher buys is measured. The teacher is frozen, in eval mode; its logits, p_t(gold) and
 lambda are computed once per run. An mtl teacher's logits for a row come from the head of
 the row's own domain. A student with its own tokenizer whose word pieces align with the
 teacher's (an MPNet teacher, a BERT-vocabulary student) reads its own tokens; stage 1 compares
@@ -60,7 +64,7 @@ from metakd_cli.losses import (
     expertise_weight,
     hidden_mse,
     multi_teacher_targets,
-    soft_target_cross_entropy,
+    prediction_loss,
     soft_targets,
 )
 from metakd_cli.models import (
@@ -90,8 +94,8 @@ from metakd_cli.training import PhaseSpec, PhaseSteps, SavedPass, clear_checkpoi
 from metakd_cli.training import earlier_seconds, run_phase
 from metakd_cli.vocab import check_trim_options
 
-METHODS = ("meta", "tinybert", "kd", "mtn")
-LOGIT_ONLY = ("kd", "mtn")  # methods without the intermediate stage
+METHODS = ("meta", "tinybert", "kd", "mtn", "none")
+LOGIT_ONLY = ("kd", "mtn", "none")  # methods without the intermediate stage
 PRESETS = ("tiny", "tinybert4", "minilm4")
 STUDENT_JSON = "metakd_student.json"
 TINYBERT4 = dict(num_hidden_layers=4, hidden_size=312, num_attention_heads=12, intermediate_size=1200)
@@ -103,8 +107,10 @@ class DistillStage:
 
     seconds: float
     examples_per_second: float
-    epochs: int  # epochs trained
+    epochs: int  # epochs trained (begun: patience can stop one part-way)
     best_epoch: int | None  # prediction: the epoch dev accuracy chose; None for intermediate (its last state is kept)
+    best_step: int | None = None  # prediction: the optimisation step whose state was kept
+    stopped_early: bool = False  # prediction: patience stopped it before max_epochs
 
 
 @dataclass
@@ -131,7 +137,8 @@ class DistillResult:
         """The result of the distillation whose metrics/distill.json is ``metrics``."""
         m = metrics
         stages = {name: DistillStage(stage["seconds"], stage["examples_per_second"], len(stage["history"]),
-                                     stage.get("best_epoch"))
+                                     stage.get("best_epoch"), stage.get("best_step"),
+                                     bool(stage.get("stopped_early")))
                   for name, stage in m["stages"].items()}
         return cls(run_dir=run_dir, metrics=m, seconds=seconds, method=m["method"], student=m["student"],
                    teacher_mode=m["teacher_mode"], held_out=m["held_out"], dev_accuracy=m["dev_accuracy"],
@@ -141,16 +148,37 @@ class DistillResult:
                    stages=stages)
 
 
-PRETRAINED_LRS = (5e-5, 3e-5)  # (stage 1, stage 2): DESIGN.md's defaults for a pretrained student
-RANDOM_INIT_LRS = (5e-4, 3e-4)  # ten times those: at 3e-5 a student from random weights stayed at chance
+# Default learning rates (stage 1, stage 2) by how the student starts; README "Learning rates" shows the table.
+# A pretrained student of 4 layers or fewer (every preset) trains stage 2 at 1e-4: at the official 3e-5 the minilm4
+# student under the MPNet teacher scored 79.25 on Amazon's test rows and at 1e-4 84.25 (+5.0, p < 0.001, chosen on
+# dev; bench/results/mpnet.json), and the BERT miniatures' grid reaches 3e-4. A deeper student keeps BERT-base's 3e-5.
+SMALL_STUDENT_LRS = (5e-5, 1e-4)
+DEEP_STUDENT_LRS = (5e-5, 3e-5)
+RANDOM_INIT_LRS = (5e-4, 3e-4)  # at 3e-5 a student from random weights stayed at chance
+SMALL_STUDENT_LAYERS = 4
 
 
-def learning_rates(cfg: DistillConfig) -> tuple[float, float]:
-    """(stage 1, stage 2) learning rates: the ones given, else the defaults for how the student starts."""
+def learning_rates(cfg: DistillConfig, student_layers: int = SMALL_STUDENT_LAYERS) -> tuple[float, float]:
+    """(stage 1, stage 2) learning rates: the ones given, else the defaults for how the student starts and how
+    deep it is (``student_layers``)."""
     random_init = cfg.student == "tinybert4" and cfg.student_init == "random"
-    stage1, stage2 = RANDOM_INIT_LRS if random_init else PRETRAINED_LRS
+    if random_init:
+        stage1, stage2 = RANDOM_INIT_LRS
+    else:
+        stage1, stage2 = SMALL_STUDENT_LRS if student_layers <= SMALL_STUDENT_LAYERS else DEEP_STUDENT_LRS
     return (cfg.intermediate_lr if cfg.intermediate_lr is not None else stage1,
             cfg.lr if cfg.lr is not None else stage2)
+
+
+def student_depth(cfg: DistillConfig) -> int:
+    """How many layers the student will have, read before it is built (the learning rates depend on it): 4 for
+    the presets, else the model's own config (a folder or hub id)."""
+    if cfg.student in PRESETS:
+        return len(cfg.student_layers) if cfg.student_layers else SMALL_STUDENT_LAYERS
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(resolve_model(cfg.student), trust_remote_code=cfg.trust_remote_code)
+    return int(getattr(config, "num_hidden_layers", SMALL_STUDENT_LAYERS + 1))
 
 
 def validate(cfg: DistillConfig) -> None:
@@ -158,9 +186,25 @@ def validate(cfg: DistillConfig) -> None:
     for flag, value in (("--lr", cfg.lr), ("--intermediate-lr", cfg.intermediate_lr)):
         if value is not None and value <= 0:
             raise UserError(f"{flag} must be positive, got {value}")
-    for name in ("epochs", "batch_size"):
+    for name in ("batch_size", "max_epochs"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.epochs is not None and cfg.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {cfg.epochs} (leave it out to choose the length on dev)")
+    for name in ("patience", "eval_every"):
+        value = getattr(cfg, name)
+        if value is not None and value < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+    if cfg.gold_weight < 0:
+        raise UserError(f"--gold-weight must be 0 or more, got {cfg.gold_weight}")
+    if cfg.student_layers is not None:
+        if cfg.student not in ("tiny", "minilm4"):
+            raise UserError(f"--student-layers picks the layers of a cut student (tiny, minilm4); --student "
+                            f"{cfg.student} is not cut")
+        if not cfg.student_layers or any(n < 1 for n in cfg.student_layers) or \
+                sorted(set(cfg.student_layers)) != cfg.student_layers:
+            raise UserError(f"--student-layers {','.join(map(str, cfg.student_layers))}: give increasing layer "
+                            "numbers from 1 (e.g. 1,3,5,6), each once")
     if cfg.intermediate_epochs < 0:
         raise UserError(f"--intermediate-epochs must be 0 or more, got {cfg.intermediate_epochs}")
     if cfg.temperature <= 0:
@@ -180,27 +224,37 @@ def validate(cfg: DistillConfig) -> None:
 
 
 def build_student(cfg: DistillConfig, teacher, teacher_tokenizer, labels: list[str],
-                  warn) -> tuple[nn.Module, str, "tuple[object, TokenMap] | None"]:
+                  warn, base_model: str | None = None) -> "_BuiltStudent":
     """The student, a one-line description of how it was initialised, and, for a student whose tokenizer differs
-    from the teacher's but whose word pieces align, (its tokenizer, how its ids map to the teacher's)."""
+    from the teacher's but whose word pieces align, (its tokenizer, how its ids map to the teacher's).
+    ``base_model``: what the teacher was fine-tuned from (a `tiny` of --method none is cut from it)."""
     student_name = cfg.student
     if cfg.student == "tiny" and is_bigger_than_minilm(teacher.config):
         student_name = minilm4_or_cut(cfg, teacher, teacher_tokenizer, warn)
     if student_name == "minilm4":
-        student, folder = minilm4_student(labels)
+        student, folder, kept = minilm4_student(labels, cfg.student_layers)
         student_tokenizer = load_tokenizer(folder)
-        how = ("minilm4: the packaged all-MiniLM-L6-v2's embeddings and layers [2, 3, 5, 6] (4 x 384) with a new head"
+        how = (f"minilm4: the packaged all-MiniLM-L6-v2's embeddings and layers {kept} (4 x 384) with a new head"
                + (f" (tiny with a {teacher.config.num_hidden_layers} x {teacher.config.hidden_size} teacher, bigger "
                   "than MiniLM-L6)" if cfg.student == "tiny" else ""))
         if student_tokenizer.get_vocab() == teacher_tokenizer.get_vocab():
-            return student, how, None
-        return student, how, (student_tokenizer, token_map(student_tokenizer, teacher_tokenizer, MINILM))
+            return _BuiltStudent(student, how)
+        return _BuiltStudent(student, how, (student_tokenizer, token_map(student_tokenizer, teacher_tokenizer, MINILM)))
     if cfg.student == "tiny":
-        student, kept = cut_layers(teacher, 4)
+        if cfg.method == "none":  # no teacher: cut from the untouched pretrained encoder, with a new head
+            base = resolve_model(base_model or teacher.name_or_path)
+            student, kept = cut_layers(load_classifier(base, labels, "eager", cfg.trust_remote_code), 4,
+                                       cfg.student_layers)
+            how = f"tiny: the pretrained {base}'s embeddings and layers {kept} with a new head (no teacher)"
+            from_teacher = None
+        else:
+            student, kept = cut_layers(teacher, 4, cfg.student_layers)
+            how = f"tiny: the teacher's embeddings, layers {kept} and classifier"
+            from_teacher = kept
         if len(kept) == teacher.config.num_hidden_layers:
             warn(f"tiny: the teacher has only {len(kept)} layers, so the student keeps all of them and is no "
                  "smaller than its teacher; use a deeper teacher, or --student tinybert4 for a smaller one")
-        return student, f"tiny: the teacher's embeddings, layers {kept} and classifier", None
+        return _BuiltStudent(student, how, teacher_layers=from_teacher)
     if cfg.student == "tinybert4":
         if cfg.student_init is None:
             raise UserError(
@@ -225,7 +279,7 @@ def build_student(cfg: DistillConfig, teacher, teacher_tokenizer, labels: list[s
                 **TINYBERT4,
             )
             torch.manual_seed(cfg.seed)
-            return BertForSequenceClassification(config), "tinybert4 (4L-312) from random weights", None
+            return _BuiltStudent(BertForSequenceClassification(config), "tinybert4 (4L-312) from random weights")
         name = resolve_model(cfg.student_init)
     else:
         name = resolve_model(cfg.student)
@@ -234,7 +288,18 @@ def build_student(cfg: DistillConfig, teacher, teacher_tokenizer, labels: list[s
     if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():  # refused unless the word pieces align
         cross = (student_tokenizer, token_map(student_tokenizer, teacher_tokenizer, name))
     student = load_classifier(name, labels, "eager", cfg.trust_remote_code)
-    return student, f"{cfg.student} from {name}", cross
+    return _BuiltStudent(student, f"{cfg.student} from {name}", cross)
+
+
+@dataclass
+class _BuiltStudent:
+    """What build_student made: the model, how (one line), its own tokenizer and token map when they differ from
+    the teacher's, and, for a cut of this teacher, the teacher layers it kept (stage 1 maps each to its source)."""
+
+    model: nn.Module
+    how: str
+    own_tokens: "tuple[object, TokenMap] | None" = None
+    teacher_layers: list[int] | None = None
 
 
 def minilm4_or_cut(cfg: DistillConfig, teacher, teacher_tokenizer, warn) -> str:
@@ -484,7 +549,7 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
     _, dataset = run.reload_dataset()
     ctx = _Context(cfg, run, dataset, resume, progress, log, warn)
     teacher_side = _load_teacher_side(ctx)
-    intermediate_lr, lr = learning_rates(cfg)
+    intermediate_lr, lr = learning_rates(cfg, student_depth(cfg))
     specs = _stage_specs(ctx, teacher_side.info.mode, intermediate_lr, lr)
     if resume:  # a checkpoint of other settings is refused before the teacher's passes, not after them
         for spec in specs.values():
@@ -653,7 +718,8 @@ def _build_student_side(ctx: _Context, side: _TeacherSide, rows: _TrainingRows) 
     cfg, dataset, log, teacher = ctx.cfg, ctx.dataset, ctx.log, side.teacher
     tokenizer, pad_id, max_length = side.tokenizer, side.pad_id, side.max_length
     train, dev, test = rows.train, rows.dev, rows.test
-    student, how, student_tokens = build_student(cfg, teacher, tokenizer, dataset.labels, ctx.warn)
+    built = build_student(cfg, teacher, tokenizer, dataset.labels, ctx.warn, side.info.base_model)
+    student, how, student_tokens = built.model, built.how, built.own_tokens
     cross = None
     if student_tokens is not None:  # the student reads its own tokens (and ships its tokenizer); see alignment.py
         tokenizer, tokens = student_tokens
@@ -673,7 +739,9 @@ def _build_student_side(ctx: _Context, side: _TeacherSide, rows: _TrainingRows) 
         + (f" of domain {cfg.domain}" if cfg.domain else ""))
     for p in student.parameters():  # a `tiny` student is cut from the frozen teacher
         p.requires_grad_(True)
-    mapping = layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers)
+    # a cut of this teacher: each student layer to the teacher layer it was cut from; else the uniform map
+    mapping = ([0, *built.teacher_layers] if built.teacher_layers is not None
+               else layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers))
     if cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs > 0:
         check_attention_heads(student, teacher)  # attention scores are compared head by head
     torch.manual_seed(cfg.seed)
@@ -751,10 +819,11 @@ class _LossSteps:
         return terms
 
     def prediction_step(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        cfg, parts, targets = self.cfg, self.side.parts, self.targets
+        cfg, parts = self.cfg, self.side.parts
         inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
         logits = parts["student"](**inputs).logits
-        loss = soft_target_cross_entropy(logits, batch_rows(targets, batch["index"]), cfg.temperature).mean()
+        targets = None if cfg.method == "none" else batch_rows(self.targets, batch["index"])
+        loss = prediction_loss(logits, targets, batch["labels"], cfg.temperature, cfg.gold_weight).mean()
         return {"loss": loss}
 
     def dev_accuracy(self) -> float:
@@ -791,9 +860,11 @@ def _stage_specs(ctx: _Context, teacher_mode: str, intermediate_lr: float, lr: f
             f"distill-intermediate{suffix}", cfg.intermediate_epochs, cfg.batch_size, intermediate_lr, cfg.seed,
             constant_lr=True, max_grad_norm=1.0, weight_decay=0.0, signature=signature,
             signature_names=SIGNATURE_NAMES, mixed_precision=cfg.mixed_precision)
-    specs["prediction"] = PhaseSpec(f"distill-prediction{suffix}", cfg.epochs, cfg.batch_size, lr, cfg.seed,
-                                    weight_decay=0.01, signature=signature, signature_names=SIGNATURE_NAMES,
-                                    mixed_precision=cfg.mixed_precision)
+    # --epochs N: exactly N (the best-scoring state still kept); else up to max_epochs, stopped by patience
+    specs["prediction"] = PhaseSpec(f"distill-prediction{suffix}", cfg.epochs or cfg.max_epochs, cfg.batch_size, lr,
+                                    cfg.seed, weight_decay=0.01, signature=signature, signature_names=SIGNATURE_NAMES,
+                                    mixed_precision=cfg.mixed_precision, eval_every=cfg.eval_every,
+                                    patience=0 if cfg.epochs else cfg.patience)
     return specs
 
 
@@ -811,7 +882,8 @@ def _run_prediction(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> dict:
     phase = run_phase(spec, nn.ModuleDict({"student": steps.side.student}), phase_steps, ctx.run.checkpoints,
                       ctx.resume, ctx.progress, ctx.log)
     return {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second,
-            "history": phase.history, "best_epoch": phase.best_epoch, "resumed_from": phase.resumed_from}
+            "history": phase.history, "best_epoch": phase.best_epoch, "resumed_from": phase.resumed_from,
+            "dev_curve": phase.dev_curve, "best_step": phase.best_step, "stopped_early": phase.stopped_early}
 
 
 def _collect_metrics(ctx: _Context, teacher: _TeacherSide, student: _StudentSide, cache: _TeacherCache,

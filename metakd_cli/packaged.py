@@ -269,11 +269,12 @@ def is_bigger_than_minilm(config) -> bool:
     return config.num_hidden_layers > layers or config.hidden_size > hidden
 
 
-def minilm4_student(labels: list[str]):
-    """The packaged MiniLM-L6's embeddings and layers 2, 3, 5, 6 with a new head: (model, its folder)."""
+def minilm4_student(labels: list[str], keep: list[int] | None = None):
+    """The packaged MiniLM-L6's embeddings and 4 of its layers (``keep``, 1-based; None: models.default_cut) with a
+    new head: (model, its folder, the kept layers)."""
     from metakd_cli.models import cut_layers, load_classifier, resolve_model
 
     folder = resolve_model(MINILM)
     full = load_classifier(folder, labels, "eager")
-    student, _ = cut_layers(full, 4)
-    return student, folder
+    student, kept = cut_layers(full, 4, keep)
+    return student, folder, kept

@@ -17,7 +17,7 @@ from metakd_cli import distill as distill_module
 from metakd_cli.distill import distill
 from metakd_cli.errors import UserError
 from metakd_cli.fit import fit
-from metakd_cli.models import layer_map
+from metakd_cli.models import default_cut, layer_map
 from metakd_cli.run_dir import RunDir
 
 
@@ -115,12 +115,100 @@ def test_tiny_student_starts_from_the_teachers_mapped_layers(run):
     from metakd_cli.models import cut_layers
 
     teacher = AutoModelForSequenceClassification.from_pretrained(run.teacher)
-    student, kept = cut_layers(teacher, 4)
-    assert kept == [2, 3, 5, 6]
-    for j, i in enumerate(kept):
-        assert torch.equal(student.bert.encoder.layer[j].output.dense.weight,
-                           teacher.bert.encoder.layer[i - 1].output.dense.weight)
-    assert torch.equal(student.classifier.weight, teacher.classifier.weight)
+    for given, expected in ((None, [1, 3, 5, 6]), ([2, 3, 5, 6], [2, 3, 5, 6]), ([1, 2], [1, 2])):
+        student, kept = cut_layers(teacher, 4, given)
+        assert kept == expected and student.config.num_hidden_layers == len(expected)
+        for j, i in enumerate(kept):
+            assert torch.equal(student.bert.encoder.layer[j].output.dense.weight,
+                               teacher.bert.encoder.layer[i - 1].output.dense.weight)
+        assert torch.equal(student.classifier.weight, teacher.classifier.weight)
+    with pytest.raises(UserError, match="has 6 layers"):
+        cut_layers(teacher, 4, [3, 5, 6, 7])
+
+
+def test_the_default_cut_keeps_layer_1_of_6_and_is_uniform_elsewhere():
+    from metakd_cli.models import default_cut
+
+    assert default_cut(4, 6) == [1, 3, 5, 6]
+    assert default_cut(4, 12) == [3, 6, 9, 12]
+    assert default_cut(4, 4) == [1, 2, 3, 4] and default_cut(4, 2) == [1, 2]
+
+
+def test_student_layers_picks_the_cut_and_stage_1_maps_each_layer_to_its_source(run, monkeypatch):
+    import metakd_cli.distill as distill_module
+
+    seen = {}
+    original = distill_module._LossSteps.intermediate_step
+
+    def spy(self, batch, generator):
+        seen["mapping"] = self.side.mapping
+        return original(self, batch, generator)
+
+    monkeypatch.setattr(distill_module._LossSteps, "intermediate_step", spy)
+    result = distill(small(student_layers=[2, 4, 5, 6]), run, log=_quiet, warn=_quiet)
+    assert "layers [2, 4, 5, 6]" in result.student and seen["mapping"] == [0, 2, 4, 5, 6]
+    assert json.loads((run.student / "metakd_student.json").read_text())["student"] == result.student
+
+
+@pytest.mark.parametrize("layers, message", [([3, 2], "increasing"), ([0, 1], "increasing"), ([1, 1], "each once")])
+def test_student_layers_must_be_increasing_layer_numbers(layers, message):
+    from metakd_cli.distill import validate
+
+    with pytest.raises(UserError, match=message):
+        validate(small(student_layers=layers))
+    with pytest.raises(UserError, match="tinybert4 is not cut"):
+        validate(small(student="tinybert4", student_init="random", student_layers=[1, 2]))
+
+
+def test_stage_2_length_is_chosen_on_dev_and_recorded(run):
+    # no --epochs: dev scored every 2 steps, at most 3 epochs, stopped after 2 scorings without a gain
+    result = distill(small(epochs=None, max_epochs=3, patience=2, eval_every=2, method="kd"), run, log=_quiet,
+                     warn=_quiet)
+    stage = result.metrics["stages"]["prediction"]
+    curve = stage["dev_curve"]
+    assert curve and all(p["step"] > 0 for p in curve)
+    best = max(p["dev_score"] for p in curve)
+    assert stage["best_step"] == next(p["step"] for p in curve if p["dev_score"] == best)
+    scorings_after_best = len([p for p in curve if p["step"] > stage["best_step"]])
+    assert stage["stopped_early"] == (scorings_after_best >= 2)
+    if not stage["stopped_early"]:
+        assert len(stage["history"]) == 3  # ran to the ceiling
+    assert result.dev_accuracy["average"] == pytest.approx(best)
+    # --epochs 1: exactly one epoch, no patience
+    exact = distill(small(epochs=1, patience=1, eval_every=1, method="kd"), run, log=_quiet, warn=_quiet)
+    assert len(exact.metrics["stages"]["prediction"]["history"]) == 1
+
+
+def test_the_no_teacher_baseline_learns_gold_labels_from_the_pretrained_cut(run, six_layer_model, monkeypatch):
+    import torch
+    from transformers import AutoModel
+
+    import metakd_cli.distill as distill_module
+
+    seen = {}
+    original = distill_module.prediction_loss
+
+    def spy(logits, targets, labels, temperature=1.0, gold_weight=0.0):
+        seen.setdefault("targets", targets)
+        return original(logits, targets, labels, temperature, gold_weight)
+
+    monkeypatch.setattr(distill_module, "prediction_loss", spy)
+    built = distill_module.build_student(small(method="none"), *_teacher_and_tokenizer(run), ["neg", "pos"], _quiet,
+                                         str(six_layer_model))
+    pretrained = AutoModel.from_pretrained(six_layer_model)
+    for j, i in enumerate([1, 3, 5, 6]):  # the untouched encoder's layers, not the fine-tuned teacher's
+        assert torch.equal(built.model.bert.encoder.layer[j].output.dense.weight,
+                           pretrained.encoder.layer[i - 1].output.dense.weight)
+    assert built.teacher_layers is None and "no teacher" in built.how
+    result = distill(small(method="none"), run, log=_quiet, warn=_quiet)
+    assert seen["targets"] is None  # the gold term alone
+    assert "intermediate" not in result.metrics["stages"] and result.method == "none"
+
+
+def _teacher_and_tokenizer(run):
+    from metakd_cli.models import load_classifier, load_tokenizer
+
+    return load_classifier(str(run.teacher), None, "eager"), load_tokenizer(str(run.teacher))
 
 
 def test_tinybert4_random_warns_and_has_the_papers_geometry(run):
@@ -138,8 +226,9 @@ def test_tinybert4_random_warns_and_has_the_papers_geometry(run):
 def test_learning_rate_defaults_follow_the_students_start(run):
     from metakd_cli.distill import learning_rates
 
-    assert learning_rates(DistillConfig()) == (5e-5, 3e-5)
-    assert learning_rates(DistillConfig(student="tinybert4", student_init="some/checkpoint")) == (5e-5, 3e-5)
+    assert learning_rates(DistillConfig()) == (5e-5, 1e-4)  # 4 layers or fewer: stage 2 at 1e-4
+    assert learning_rates(DistillConfig(), student_layers=6) == (5e-5, 3e-5)  # deeper: BERT-base's 3e-5
+    assert learning_rates(DistillConfig(student="tinybert4", student_init="some/checkpoint")) == (5e-5, 1e-4)
     assert learning_rates(DistillConfig(student="tinybert4", student_init="random")) == (5e-4, 3e-4)
     assert learning_rates(DistillConfig(student="tinybert4", student_init="random", lr=1e-5)) == (5e-4, 1e-5)
     result = distill(small(student="tinybert4", student_init="random", lr=None, intermediate_lr=None, method="kd"),
@@ -410,7 +499,7 @@ def test_the_intermediate_stage_compares_pre_softmax_scores(run, monkeypatch):
         hidden = teacher(**inputs, output_hidden_states=True).hidden_states
     mask = batch["attention_mask"]
     # (the toy rows are all one length; padded keys are checked in test_attention.py)
-    mapping = layer_map(4, 6)
+    mapping = [0, *default_cut(4, 6)]  # tiny: each student layer against the teacher layer it was cut from
     assert len(teacher_scores) == len(student_scores) == 4
     for scores, student, m in zip(teacher_scores, student_scores, mapping[1:]):
         expected = scores_by_hand(teacher, hidden[m - 1], m - 1, mask)  # hidden[i]: layer i's input (0-based)

@@ -162,3 +162,24 @@ def test_negative_t_is_clamped_at_zero_before_it_weights_a_loss():
     lam = expertise_weight(torch.tensor([-0.8, 0.0]), p)
     assert lam[0].item() == pytest.approx(lam[1].item())
     assert lam[0].item() == pytest.approx(1 / (math.exp(0.49) + 1))
+
+
+def test_prediction_loss_hand_computed_with_temperature_squared_and_gold_term():
+    import math
+
+    from metakd_cli.losses import prediction_loss
+
+    student = torch.tensor([[2.0, 0.0]])
+    targets = torch.tensor([[0.25, 0.75]])
+    labels = torch.tensor([0])
+    # T = 2: 4 * -(0.25 log softmax([1, 0])_0 + 0.75 log softmax([1, 0])_1); gold: -log softmax([2, 0])_0
+    log_p = [1 - math.log(math.e + 1), -math.log(math.e + 1)]
+    soft = -4 * (0.25 * log_p[0] + 0.75 * log_p[1])
+    gold = math.log(math.exp(2) + 1) - 2
+    assert prediction_loss(student, targets, labels, 2.0).item() == pytest.approx(soft, rel=1e-6)
+    assert prediction_loss(student, targets, labels, 2.0, 0.5).item() == pytest.approx(soft + 0.5 * gold, rel=1e-6)
+    # no teacher: the gold cross-entropy alone, whatever the temperature
+    assert prediction_loss(student, None, labels, 2.0).item() == pytest.approx(gold, rel=1e-6)
+    # T = 1, no gold term: the official stage 2 (soft cross-entropy)
+    official = -(targets * torch.log_softmax(student, -1)).sum().item()
+    assert prediction_loss(student, targets, labels).item() == pytest.approx(official, rel=1e-6)

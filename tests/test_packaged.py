@@ -207,14 +207,15 @@ def test_minilm4_is_four_layers_of_the_packaged_minilm_with_a_new_head():
 
     from metakd_cli.models import resolve_model
 
-    student, folder = packaged.minilm4_student(["negative", "positive"])
+    student, folder, kept = packaged.minilm4_student(["negative", "positive"])
+    assert kept == [1, 3, 5, 6]  # the default cut of 6 (models.DEFAULT_CUTS)
     config = student.config
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (4, 384, 12)
     assert config.num_labels == 2 and len(student.bert.encoder.layer) == 4
     parameters = sum(p.numel() for p in student.parameters())
     assert 18.5e6 < parameters < 19.6e6, parameters  # ~19.2M whatever the teacher
     minilm = AutoModelForSequenceClassification.from_pretrained(resolve_model("all-MiniLM-L6-v2"), num_labels=2)
-    for j, i in enumerate([2, 3, 5, 6]):  # the layer map's 4 of 6
+    for j, i in enumerate(kept):
         assert torch.equal(student.bert.encoder.layer[j].output.dense.weight,
                            minilm.bert.encoder.layer[i - 1].output.dense.weight)
     assert torch.equal(student.bert.embeddings.word_embeddings.weight, minilm.bert.embeddings.word_embeddings.weight)

@@ -11,20 +11,32 @@ import click
 @click.option("--student-init", default=None, help="For tinybert4: a general-distilled folder or hub id, or `random`.")
 @click.option("--method", default=None,
               help="meta (default) | tinybert (lambda = 1, no domain term) | kd (logits only) | "
-                   "mtn (logits only, averaged over all single-domain teachers).")
+                   "mtn (logits only, averaged over all single-domain teachers) | "
+                   "none (no teacher: the same student on the gold labels alone, the baseline).")
+@click.option("--student-layers", default=None, metavar="1,3,5,6",
+              help="Which layers a cut student (tiny, minilm4) keeps, 1-based [1,3,5,6 of 6; else evenly spaced].")
 @click.option("--domain", default=None, help="Distil for one domain only (the paper's setting); default all domains.")
 @click.option("--teacher-domain", default=None, metavar="DOMAIN",
               help="Single-mode teachers: distil from this domain's teacher [--domain's].")
 @click.option("--train-fraction", type=float, default=None,
               help="Distil on a seeded, label-stratified fraction of the training rows (data-scarce setting) [1].")
 @click.option("--intermediate-epochs", type=int, default=None, help="Stage 1 (layer-wise) epochs [3].")
-@click.option("--epochs", type=int, default=None, help="Stage 2 (soft labels) epochs [3].")
-@click.option("--temperature", type=float, default=None, help="Soft-label temperature [1].")
+@click.option("--epochs", type=int, default=None,
+              help="Stage 2 (soft labels) epochs, exactly [chosen on dev: see --max-epochs, --patience].")
+@click.option("--max-epochs", type=int, default=None, help="Stage 2's ceiling when --epochs is not given [10].")
+@click.option("--patience", type=int, default=None,
+              help="Stop stage 2 after N dev scorings without a gain (0: never) [10].")
+@click.option("--eval-every", type=int, default=None,
+              help="Score dev every N steps of stage 2 (0: at epoch ends) [about ten times an epoch].")
+@click.option("--temperature", type=float, default=None, help="Soft-label temperature; the soft term is scaled by T^2 [1].")
+@click.option("--gold-weight", type=float, default=None,
+              help="Weight of a gold-label cross-entropy beside the soft labels in stage 2 [0].")
 @click.option("--batch-size", type=int, default=None,
               help="Global batch size; under accelerate launch / torchrun each of N processes takes batch/N rows "
                    "(a multiple of N) [32].")
 @click.option("--lr", type=float, default=None,
-              help="Stage 2 learning rate [3e-5; 3e-4 for --student-init random].")
+              help="Stage 2 learning rate [1e-4 for a student of 4 layers or fewer, 3e-5 deeper; "
+                   "3e-4 for --student-init random].")
 @click.option("--intermediate-lr", type=float, default=None,
               help="Stage 1 learning rate, constant [5e-5; 5e-4 for --student-init random].")
 @click.option("--gamma", type=float, default=None, help="Weight of the domain-feature term (meta) [0.5].")
