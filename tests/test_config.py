@@ -210,8 +210,8 @@ def test_none_for_optional_fields():
 
 
 def test_none_for_a_required_field():
-    with pytest.raises(UserError, match=r"--set distill.epochs: key 'epochs': a value is required"):
-        apply_overrides(Recipe(), "distill", {}, ("distill.epochs=None",))
+    with pytest.raises(UserError, match=r"--set distill.max_epochs: key 'max_epochs': a value is required"):
+        apply_overrides(Recipe(), "distill", {}, ("distill.max_epochs=None",))
 
 
 def test_set_coerces_strings():
