@@ -141,9 +141,10 @@ class EvalConfig:
     models: list[str] = field(default_factory=lambda: ["all"])  # all | teacher | student | onnx | int8
     domains: list[str] | None = None  # None: every domain
     split: str = "test"
-    latency_rows: int = 64  # rows timed one by one (batch 1)
-    throughput_batches: int = 8  # batches of `batch_size` timed for throughput
+    latency_rows: int = 64  # rows timed one by one (batch 1), split over the rounds
+    throughput_batches: int = 8  # batches of `batch_size` timed for throughput, split over the rounds
     batch_size: int = 32
+    rounds: int = 8  # interleaved timing rounds (every model in turn); figures are medians over them
     bucketing: bool = True  # length-sorted, dynamically padded batches (else input order, padded to max_length)
 
 

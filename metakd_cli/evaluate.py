@@ -4,7 +4,9 @@
 ``evaluate_run`` is `metakd eval`: accuracy and
 macro-F1 per domain, agreement with the teacher, latency at batch 1, throughput at batch 32
 and size on disk of each model in the run folder (teacher/, student/, onnx/model.onnx,
-onnx/model_quantized.onnx).
+onnx/model_quantized.onnx). The models are timed together in interleaved rounds (``metakd_cli.timing``):
+each figure is a median over rounds with its fastest and slowest round, and the speed-ups over the teacher
+come from the medians of the same rounds.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from metakd_cli.inference import (
     weights_size_mb,
 )
 from metakd_cli.run_dir import domain_paths, folder_name, read_json_object
+from metakd_cli.timing import Spread, Steadiness, measured_steadiness, per_round, time_rounds, why_unsteady
 
 
 def accuracy(predictions: np.ndarray, labels: Sequence[int]) -> float:
@@ -97,9 +100,14 @@ class ModelReport:
     accuracy: dict[str, float]  # per domain, plus "average" over domains
     macro_f1: dict[str, float]
     agreement: dict[str, float] | None  # % rows where it predicts what the teacher predicts; None: no teacher
-    latency_ms: float  # mean per row at batch 1
-    throughput: float  # rows/s at batch `batch_size`
-    timed_rows: dict[str, int]
+    latency_ms: float  # ms per row at batch 1: the median over the timing rounds
+    throughput: float  # rows/s at batch `batch_size`: the median over the timing rounds
+    timed_rows: dict[str, int]  # rows timed at each batch size, all rounds together
+    latency_ms_spread: list[float] = field(default_factory=list)  # [fastest, slowest] round's ms per row
+    throughput_spread: list[float] = field(default_factory=list)  # [lowest, highest] round's rows/s
+    # from the medians of the same rounds: {"batch_1": teacher's ms / this ms, "batch_N": this rows/s / teacher's};
+    # None when the teacher was not timed with it
+    speedup_vs_teacher: dict[str, float] | None = None
 
 
 @dataclass
@@ -114,6 +122,7 @@ class EvalResult:
     warnings: list[str] = field(default_factory=list)
     bucketing: bool = True  # length-sorted, dynamically padded batches (else input order, padded to max_length)
     held_out: str | None = None  # the domain the teacher never saw (fit --hold-out)
+    timing: Steadiness | None = None  # the timing rounds: how many, the load average, and why unsteady (if so)
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -190,30 +199,75 @@ def load_forward(artifact: Artifact, folder: Path | None = None) -> Callable[[di
     return torch_forward(load_classifier(str(path)))
 
 
-def _time_forward(
-    forward, encoded: Encoded, pad_id: int, cfg: EvalConfig, bucketing: bool = True, pad_to: int | None = None
-) -> tuple[float, float, dict[str, int]]:
-    """(mean ms per row at batch 1, rows/s at batch ``cfg.batch_size``, rows timed).
+@dataclass
+class Timed:
+    """One model as eval times it: its forward on its own encoded rows."""
 
-    Without ``bucketing`` every row, at batch 1 too, is padded to ``pad_to`` positions.
-    """
-    n1 = min(len(encoded), cfg.latency_rows)
-    nb = min(len(encoded), cfg.throughput_batches * cfg.batch_size)
-    if n1 == 0:
-        return float("nan"), float("nan"), {"batch_1": 0, f"batch_{cfg.batch_size}": 0}
-    length = None if bucketing else pad_to
-    forward(make_batch(encoded, [0], pad_id, length))  # warm-up: first-call allocations and kernel selection
-    started = time.perf_counter()
-    for i in range(n1):
-        forward(make_batch(encoded, [i], pad_id, length))
-    latency = (time.perf_counter() - started) / n1 * 1000.0
-    subset = encoded.subset(range(nb))
-    warm = subset.subset(range(min(nb, cfg.batch_size)))
-    batched_logits(warm, pad_id, cfg.batch_size, forward, bucketing, pad_to)  # warm-up
-    started = time.perf_counter()
-    batched_logits(subset, pad_id, cfg.batch_size, forward, bucketing, pad_to)
-    throughput = nb / (time.perf_counter() - started)
-    return latency, throughput, {"batch_1": n1, f"batch_{cfg.batch_size}": nb}
+    forward: Callable[[dict], np.ndarray]
+    encoded: Encoded
+    pad_id: int
+    max_length: int
+
+
+@dataclass
+class Speed:
+    """One model's speed over the rounds: ms per row at batch 1 and rows/s at batch ``batch_size``."""
+
+    latency_ms: Spread
+    throughput: Spread
+    timed_rows: dict[str, int]  # all rounds together
+
+
+def _spaced(n: int, k: int) -> list[int]:
+    """``k`` row indices spread evenly over ``n`` rows (all of them when k >= n)."""
+    k = min(n, k)
+    return [i * n // k for i in range(k)]
+
+
+def _round_calls(model: Timed, cfg: EvalConfig) -> tuple[Callable[[], None], Callable[[], None], int, int]:
+    """One round's work for a model: (its batch-1 call, its batched call, rows of each). The same rows every round,
+    so that rounds differ only by what else the machine does; without ``cfg.bucketing`` every row, at batch 1 too,
+    is padded to the model's max_length."""
+    encoded, pad_id = model.encoded, model.pad_id
+    length = None if cfg.bucketing else model.max_length
+    single = _spaced(len(encoded), per_round(cfg.latency_rows, cfg.rounds))
+    batched = encoded.subset(_spaced(len(encoded), per_round(cfg.throughput_batches, cfg.rounds) * cfg.batch_size))
+
+    def batch_1() -> None:
+        for i in single:
+            model.forward(make_batch(encoded, [i], pad_id, length))
+
+    def batch_n() -> None:
+        batched_logits(batched, pad_id, cfg.batch_size, model.forward, cfg.bucketing, model.max_length)
+
+    return batch_1, batch_n, len(single), len(batched)
+
+
+def time_models(models: dict[str, Timed], cfg: EvalConfig,
+                clock: Callable[[], float] = time.perf_counter) -> tuple[dict[str, Speed], Steadiness]:
+    """Every model's speed from ``cfg.rounds`` interleaved rounds (each round: every model's batch-1 rows, then its
+    batches, model after model), and how steady the rounds were."""
+    big = f"batch_{cfg.batch_size}"
+    calls: dict[tuple[str, str], Callable[[], None]] = {}
+    rows: dict[tuple[str, str], int] = {}
+    for name, model in models.items():
+        calls[name, "batch_1"], calls[name, big], rows[name, "batch_1"], rows[name, big] = _round_calls(model, cfg)
+    seconds = time_rounds(calls, cfg.rounds, clock=clock)
+    speeds = {name: Speed(
+        latency_ms=Spread.of([s / rows[name, "batch_1"] * 1000.0 for s in seconds[name, "batch_1"]]),
+        throughput=Spread.of([rows[name, big] / max(s, 1e-12) for s in seconds[name, big]]),
+        timed_rows={batch: rows[name, batch] * cfg.rounds for batch in ("batch_1", big)},
+    ) for name in models}
+    labelled = {f"{name} at {batch.replace('_', ' ')}": s for (name, batch), s in seconds.items()}
+    return speeds, measured_steadiness(labelled)
+
+
+def _speedup(speed: Speed, teacher: Speed | None, big: str) -> dict[str, float] | None:
+    """How many times faster than the teacher, from the medians of the same rounds."""
+    if teacher is None:
+        return None
+    return {"batch_1": teacher.latency_ms.median / speed.latency_ms.median,
+            big: speed.throughput.median / teacher.throughput.median}
 
 
 def model_logits(
@@ -276,6 +330,9 @@ def validate(cfg: EvalConfig) -> None:
     for name in ("latency_rows", "throughput_batches", "batch_size"):
         if getattr(cfg, name) < 1:
             raise UserError(f"eval.{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.rounds < 1:
+        raise UserError(f"--rounds (eval.rounds) must be at least 1, got {cfg.rounds}: the number of timing "
+                        "rounds, whose median is reported")
 
 
 def evaluate_run(
@@ -300,13 +357,18 @@ def _evaluate_run(cfg: EvalConfig, run, log: Callable[[str], None]) -> EvalResul
     log(f"eval on {len(rows.examples):,} {cfg.split} rows of {', '.join(rows.domains)}: {', '.join(names)}")
     _teacher_reference(rows, cfg, available.get("teacher"), names, log)
     names = [n for n in names if n != "teacher" or rows.teacher_logits is not None]
-    reports = []
-    predicted: dict[str, list] = {}  # each model's label for each row, for metrics/predictions.json
+    scored: dict[str, _Scored] = {}
     for name in names:
         log(f"{name}: {available[name].path}")
-        report, predicted[name] = _score_model(available[name], rows, cfg)
-        reports.append(report)
-    result = _eval_result(cfg, run, rows, names, reports)
+        scored[name] = _score_model(available[name], rows, cfg)
+    log(f"timing {', '.join(names)} in {cfg.rounds} interleaved rounds")
+    speeds, steadiness = time_models({name: s.timed for name, s in scored.items()}, cfg)
+    if steadiness.unsteady:
+        log(f"speed figures unsteady: {why_unsteady(steadiness.why)}. The medians of {cfg.rounds} rounds are shown; "
+            "ratios between models hold better than absolute times. Rerun on a quieter machine or with more --rounds")
+    reports = [_model_report(s, speeds[name], speeds.get("teacher"), cfg) for name, s in scored.items()]
+    result = _eval_result(cfg, run, rows, names, reports, steadiness)
+    predicted = {name: s.labelled for name, s in scored.items()}  # each model's label per row: predictions.json
     _write_records(cfg, run, result, rows, predicted, log)
     return result
 
@@ -381,8 +443,20 @@ def _teacher_reference(rows: _Rows, cfg: EvalConfig, teacher: Artifact | None, n
         rows.teacher_predictions[covered] = rows.teacher_logits[0].argmax(-1)
 
 
-def _score_model(artifact: Artifact, rows: _Rows, cfg: EvalConfig) -> tuple[ModelReport, list]:
-    """One model's report on ``rows``, and its label for each row (None where it scored none)."""
+@dataclass
+class _Scored:
+    """A model's scores on the rows, its label for each row (None where it scored none), and what timing needs."""
+
+    artifact: Artifact
+    accuracy: dict[str, float]
+    macro_f1: dict[str, float]
+    agreement: dict[str, float] | None
+    labelled: list
+    timed: Timed
+
+
+def _score_model(artifact: Artifact, rows: _Rows, cfg: EvalConfig) -> _Scored:
+    """One model's scores on ``rows``, and its label for each row (None where it scored none)."""
     name, dataset, covered = artifact.name, rows.dataset, rows.covered
     partial = name == "teacher" and bool(rows.uncovered)  # scored on the covered rows only
     if name == "teacher":
@@ -410,17 +484,25 @@ def _score_model(artifact: Artifact, rows: _Rows, cfg: EvalConfig) -> tuple[Mode
         agreement["all"] = float((predictions[covered] == teacher_predictions[covered]).mean() * 100.0)
     elif name == "teacher":  # the reference agrees with itself
         agreement = {k: 100.0 for k in [*accuracy_by, "all"]}
-    latency, throughput, timed = _time_forward(forward, encoded, pad_id, cfg, cfg.bucketing, artifact.max_length)
-    report = ModelReport(
-        name=name, path=str(artifact.path), size_mb=artifact.size_mb, accuracy=accuracy_by, macro_f1=f1_by,
-        agreement=agreement, latency_ms=latency, throughput=throughput, timed_rows=timed,
+    return _Scored(artifact, accuracy_by, f1_by, agreement, labelled,
+                   Timed(forward, encoded, pad_id, artifact.max_length))
+
+
+def _model_report(scored: _Scored, speed: Speed, teacher: Speed | None, cfg: EvalConfig) -> ModelReport:
+    artifact = scored.artifact
+    return ModelReport(
+        name=artifact.name, path=str(artifact.path), size_mb=artifact.size_mb, accuracy=scored.accuracy,
+        macro_f1=scored.macro_f1, agreement=scored.agreement, latency_ms=speed.latency_ms.median,
+        throughput=speed.throughput.median, timed_rows=speed.timed_rows, latency_ms_spread=speed.latency_ms.range(),
+        throughput_spread=speed.throughput.range(),
+        speedup_vs_teacher=_speedup(speed, teacher, f"batch_{cfg.batch_size}"),
     )
-    return report, labelled
 
 
-def _eval_result(cfg: EvalConfig, run, rows: _Rows, names: list[str], reports: list[ModelReport]) -> EvalResult:
-    """The reports with what they were measured on: the split's rows, threads, CPU (and a warning when the int8
-    file was made for another CPU)."""
+def _eval_result(cfg: EvalConfig, run, rows: _Rows, names: list[str], reports: list[ModelReport],
+                 timing: Steadiness) -> EvalResult:
+    """The reports with what they were measured on: the split's rows, threads, CPU, the timing rounds (and a warning
+    when the int8 file was made for another CPU)."""
     import torch
 
     threads = {"torch": torch.get_num_threads(), "onnxruntime": "default (one per physical core)",
@@ -433,7 +515,7 @@ def _eval_result(cfg: EvalConfig, run, rows: _Rows, names: list[str], reports: l
             warnings.append(mismatch)
     return EvalResult(split=cfg.split, domains=rows.domains, rows=len(rows.examples), threads=threads,
                       models=reports, metrics_path=run.metrics / "eval.json", cpu=cpu.to_json(), warnings=warnings,
-                      bucketing=cfg.bucketing, held_out=run.load().steps["fit"].get("held_out"))
+                      bucketing=cfg.bucketing, held_out=run.load().steps["fit"].get("held_out"), timing=timing)
 
 
 def _write_records(cfg: EvalConfig, run, result: EvalResult, rows: _Rows, predicted: dict[str, list],

@@ -47,6 +47,15 @@ def test_eval_domain_json_has_every_model(exported_run):
         assert model["agreement"]["all"] >= 0
     by_name = {m["name"]: m for m in out["models"]}
     assert by_name["teacher"]["agreement"]["all"] == 100.0
+    assert out["timing"]["rounds"] == 8 and isinstance(out["timing"]["unsteady"], bool)
+    for model in out["models"]:  # the medians with their fastest and slowest round; ratios from the same medians
+        low, high = model["latency_ms_spread"]
+        assert low <= model["latency_ms"] <= high
+        low, high = model["throughput_spread"]
+        assert low <= model["throughput"] <= high
+        speedup = model["speedup_vs_teacher"]
+        assert speedup["batch_32"] == pytest.approx(model["throughput"] / by_name["teacher"]["throughput"])
+        assert speedup["batch_1"] == pytest.approx(by_name["teacher"]["latency_ms"] / model["latency_ms"])
     # the fp32 ONNX file is the student: same predictions, so the same accuracy and agreement
     assert by_name["onnx"]["accuracy"] == by_name["student"]["accuracy"]
     assert by_name["onnx"]["agreement"] == by_name["student"]["agreement"]
@@ -75,6 +84,88 @@ def test_eval_selected_models_and_missing_ones(tiny_run):
         == ["teacher", "student"]
     result = invoke("--run-dir", str(tiny_run), "eval", "--model", "int8")
     assert result.exit_code == 2 and "metakd export --int8" in result.stderr
+
+
+class _BurstyClock:
+    """A fake clock that fake models advance by their cost; a forward that starts inside ``burst`` (a burst of other
+    work on the machine) costs six times as much."""
+
+    def __init__(self, burst: tuple[float, float]) -> None:
+        self.now, self.burst = 0.0, burst
+
+    def __call__(self) -> float:
+        return self.now
+
+    def forward(self, cost_per_row: float):
+        def forward(batch: dict) -> np.ndarray:
+            rows = len(batch["input_ids"])
+            slow = 6.0 if self.burst[0] <= self.now < self.burst[1] else 1.0
+            self.now += cost_per_row * rows * slow
+            return np.zeros((rows, 2), dtype=np.float32)
+
+        return forward
+
+
+def _bursty_speeds(rounds: int, monkeypatch):
+    """teacher 3 s a row, student 1 s a row; 4 rows at batch 1 and one batch of 4 per model and round, so one round
+    is 24 + 8 s: after the warm-up round (0-32 s) and the teacher's first timed turn (32-56 s), a burst hits the
+    student's first timed turn."""
+    from metakd_cli import timing
+    from metakd_cli.evaluate import EvalConfig, Timed, time_models
+
+    monkeypatch.setattr(timing, "load_average", lambda: 0.0)
+    clock = _BurstyClock(burst=(56.0, 100.0))
+    encoded = Encoded([[2, 5, 3]] * 4, None, [0, 1, 0, 1], [0, 0, 1, 1])
+    models = {name: Timed(clock.forward(cost), encoded, 0, 8) for name, cost in (("teacher", 3.0), ("student", 1.0))}
+    cfg = EvalConfig(latency_rows=4 * rounds, throughput_batches=rounds, batch_size=4, rounds=rounds)
+    return time_models(models, cfg, clock=clock)
+
+
+def test_timing_in_rounds_ranks_the_models_right_where_one_pass_does_not(monkeypatch):
+    speeds, steadiness = _bursty_speeds(1, monkeypatch)
+    assert speeds["student"].latency_ms.median > speeds["teacher"].latency_ms.median  # backwards
+    assert speeds["student"].throughput.median < speeds["teacher"].throughput.median
+    speeds, steadiness = _bursty_speeds(5, monkeypatch)
+    student, teacher = speeds["student"], speeds["teacher"]
+    assert student.latency_ms.median == 1000.0 and teacher.latency_ms.median == 3000.0  # ms per row
+    assert student.throughput.median == 1.0 and teacher.throughput.median == pytest.approx(1 / 3)  # rows/s
+    assert student.latency_ms.range() == [1000.0, 6000.0] and teacher.latency_ms.range() == [3000.0, 3000.0]
+    assert student.timed_rows == {"batch_1": 20, "batch_4": 20}
+    # the burst's round is the widest spread: unsteady, and it says which
+    assert steadiness.unsteady and steadiness.rounds == 5
+    assert steadiness.why[0] == "student at batch 1: slowest round 6.0x the fastest"
+
+
+def test_unsteady_rounds_are_logged_in_one_line_and_recorded(exported_run, tmp_path, monkeypatch):
+    from metakd_cli import timing
+    from metakd_cli.evaluate import EvalConfig, evaluate_run
+    from metakd_cli.run_dir import RunDir
+
+    run = RunDir(copy_run(exported_run, tmp_path / "run"))
+    monkeypatch.setattr(timing, "load_average", lambda: 99.0)  # far above any machine's CPUs
+    lines: list[str] = []
+    result = evaluate_run(EvalConfig(models=["student", "int8"], latency_rows=2, throughput_batches=1, rounds=3),
+                          run, lines.append)
+    unsteady = [line for line in lines if line.startswith("speed figures unsteady")]
+    assert len(unsteady) == 1 and "load average 99.0" in unsteady[0] and "--rounds" in unsteady[0]
+    timing_record = json.loads((run.metrics / "eval.json").read_text())["timing"]
+    assert timing_record["unsteady"] and timing_record["load_average"] == 99.0 and timing_record["rounds"] == 3
+    assert result.models[0].speedup_vs_teacher is None  # the teacher was not timed with them: no ratio
+    table = invoke("--run-dir", str(run.path), "eval", "--model", "int8", "--rounds", "2")
+    assert table.exit_code == 0 and "UNSTEADY" in table.stdout and "medians of 2 interleaved rounds" in table.stdout
+
+
+@pytest.mark.parametrize("args", [("--rounds", "0"), ("--set", "eval.rounds=-3")])
+def test_rounds_below_one_are_a_user_error(tiny_run, args):
+    result = invoke("--run-dir", str(tiny_run), "eval", *args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert "--rounds (eval.rounds) must be at least 1" in line
+
+
+def test_rounds_that_are_not_a_number_are_refused(tiny_run):
+    result = invoke("--run-dir", str(tiny_run), "eval", "--rounds", "many")
+    assert result.exit_code == 2 and "'many' is not a valid integer" in result.stderr
 
 
 def test_unknown_domain_lists_the_known_ones(tiny_run):
