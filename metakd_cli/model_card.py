@@ -13,11 +13,13 @@ for models made before it ran; a folder the manifest marks stale keeps its card 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from metakd_cli import __version__
 from metakd_cli.run_dir import atomic_write_text, read_json_object
+from metakd_cli.timing import why_unsteady, with_spread
 
 CARD = "README.md"
 MODELS = ("teacher", "student", "onnx", "int8")
@@ -33,6 +35,21 @@ KNOWN_BASES = {
     "google-bert/bert-base-uncased": ("google-bert/bert-base-uncased", "apache-2.0", "en"),
     "huawei-noah/TinyBERT_General_4L_312D": ("huawei-noah/TinyBERT_General_4L_312D", None, "en"),
 }
+
+
+@dataclass
+class MeasuredSpeed:
+    """One model's speed as the eval record that describes it has it: medians over the timing rounds with the
+    fastest and slowest round (empty from an eval before rounds), the throughput over the teacher's timed in the
+    same rounds, and why those rounds were unsteady (empty: steady)."""
+
+    latency_ms: float  # batch 1
+    throughput: float  # rows/s at eval's batch size (32)
+    latency_spread: list[float] = field(default_factory=list)
+    throughput_spread: list[float] = field(default_factory=list)
+    speedup: float | None = None  # None: the teacher was not timed in the same rounds
+    rounds: int | None = None
+    unsteady: list[str] = field(default_factory=list)
 
 
 def _time(value: object) -> float | None:
@@ -90,7 +107,8 @@ class RunFigures:
                     continue  # scored before this model was (re)made: its figures describe another model
                 rank = (len(model.get("accuracy") or {}), written)
                 if name not in out or rank >= out[name][0]:
-                    out[name] = (rank, {**model, "cpu": entry.get("cpu") or {}, "threads": entry.get("threads")})
+                    out[name] = (rank, {**model, "cpu": entry.get("cpu") or {}, "threads": entry.get("threads"),
+                                        "timing": entry.get("timing") or {}})
         return {name: model for name, (_, model) in out.items()}
 
     def accuracy(self, model: str) -> tuple[dict[str, float], str] | None:
@@ -128,12 +146,16 @@ class RunFigures:
         path = self.run.onnx / ("model.onnx" if model == "onnx" else "model_quantized.onnx")
         return size_mb(path, path.with_name(path.name + "_data")) if path.is_file() else None
 
-    def speed(self, model: str) -> tuple[float, float] | None:
-        """(ms per row at batch 1, rows/s at batch 32) measured by eval."""
+    def speed(self, model: str) -> MeasuredSpeed | None:
+        """Latency at batch 1 and rows/s at batch 32 as eval measured them, with their spread over the rounds."""
         entry = self.eval.get(model)
         if not entry or entry.get("latency_ms") is None:
             return None
-        return entry["latency_ms"], entry["throughput"]
+        timing = entry.get("timing") or {}
+        speedup = next((v for k, v in (entry.get("speedup_vs_teacher") or {}).items() if k != "batch_1"), None)
+        return MeasuredSpeed(entry["latency_ms"], entry["throughput"], entry.get("latency_ms_spread") or [],
+                             entry.get("throughput_spread") or [], speedup, timing.get("rounds"),
+                             list(timing.get("why") or []) if timing.get("unsteady") else [])
 
     def cpu(self) -> str | None:
         for entry in self.eval.values():
@@ -276,14 +298,30 @@ def _results(figures: RunFigures) -> list[str]:
     cpu = figures.cpu()
     lines += ["", "Size and speed" + (f", measured by `metakd eval` on {cpu}:" if cpu else ":"), "",
               "| model | size MB | ms per row (batch 1) | rows/s (batch 32) |", "|---|---|---|---|"]
-    for model in present:
+    speeds = {model: figures.speed(model) for model in present}
+    for model, speed in speeds.items():
         size = figures.size_mb(model)
-        speed = figures.speed(model)
         lines.append(f"| {model} | {f'{size:.1f}' if size is not None else NOT_MEASURED} | "
-                     + (f"{speed[0]:.2f} | {speed[1]:.1f} |" if speed else f"{NOT_MEASURED} | {NOT_MEASURED} |"))
+                     + (f"{with_spread(speed.latency_ms, speed.latency_spread)} | "
+                        f"{with_spread(speed.throughput, speed.throughput_spread, 1)} |"
+                        if speed else f"{NOT_MEASURED} | {NOT_MEASURED} |"))
     if not cpu:
         lines.append("\nSpeed is not measured yet: `metakd eval` measures it on the CPU it runs on.")
-    return [*lines, ""]
+    return [*lines, *_speed_notes({m: s for m, s in speeds.items() if s}), ""]
+
+
+def _speed_notes(speeds: dict[str, MeasuredSpeed]) -> list[str]:
+    """How the speeds were timed, the speed-ups over the teacher from the same rounds, and whether the rounds
+    were unsteady."""
+    rounds = sorted({s.rounds for s in speeds.values() if s.rounds})
+    notes = [f"Medians of {' or '.join(map(str, rounds))} interleaved timing rounds (every model in turn), the "
+             "fastest and slowest round in brackets."] if rounds else []
+    faster = [f"{m} {s.speedup:.1f}x" for m, s in speeds.items() if s.speedup is not None and m != "teacher"]
+    if faster:
+        notes.append(f"Throughput over the teacher's, from the same rounds: {', '.join(faster)}.")
+    for why in dict.fromkeys(why_unsteady(s.unsteady) for s in speeds.values() if s.unsteady):
+        notes.append(f"**Unsteady** when measured ({why}): the ratios hold better than the absolute times.")
+    return ["", " ".join(notes)] if notes else []
 
 
 def _usage(onnx: bool, has_int8: bool) -> list[str]:

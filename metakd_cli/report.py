@@ -18,6 +18,7 @@ import numpy as np
 
 from metakd_cli import __version__
 from metakd_cli.errors import UserError
+from metakd_cli.model_card import MeasuredSpeed
 
 REPORT_FILE = "report.html"
 EXTREMES = 10  # rows shown per domain at each end of t
@@ -39,8 +40,9 @@ class ModelFigures:
     agreement: float | None  # % of rows where it predicts what the teacher predicts
     confusion: dict[str, list[list[int]]]  # per domain: [gold][predicted] counts
     size_mb: float | None
-    latency_ms: float | None = None  # batch 1, from metakd eval
-    throughput: float | None = None  # rows/s at batch 32, from metakd eval
+    latency_ms: float | None = None  # batch 1, from metakd eval (the median over its timing rounds)
+    throughput: float | None = None  # rows/s at batch 32, from metakd eval (the median over its timing rounds)
+    speed: MeasuredSpeed | None = None  # the same with their spread, the speed-up over the teacher, steadiness
 
 
 @dataclass
@@ -193,7 +195,8 @@ def build_report(run, split: str = "test", log: Callable[[str], None] = lambda _
         data.models.append(ModelFigures(
             name=name, accuracy=accuracy, agreement=agreement, confusion=confusion,
             size_mb=figures.size_mb(name) if figures.size_mb(name) is not None else artifact.size_mb,
-            latency_ms=speed[0] if speed else None, throughput=speed[1] if speed else None))
+            latency_ms=speed.latency_ms if speed else None, throughput=speed.throughput if speed else None,
+            speed=speed))
     if not data.models:
         raise UserError(f"{run.path}: no teacher/, student/ or onnx/ to report on; run `metakd fit` first")
     _transferability(run, dataset, data, stale_artifacts(manifest))

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from html import escape
 
-from metakd_cli.report import ReportData, ScoredRow
+from metakd_cli.report import ModelFigures, ReportData, ScoredRow
+from metakd_cli.timing import why_unsteady, with_spread
 
 COLORS = {"teacher": "#4c78a8", "student": "#f58518", "onnx": "#54a24b", "int8": "#b279a2"}
 DOMAIN_COLORS = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6",
@@ -170,6 +171,27 @@ def _rows_table(rows: list[ScoredRow], caption: str) -> str:
     return f"<h3>{_e(caption)}</h3><table>{head}{body}</table>"
 
 
+def speed_table(models: list[ModelFigures]) -> str:
+    """Each measured speed as the median over eval's timing rounds with the fastest and slowest round, the speed-up
+    over the teacher from the same rounds, and a note when those rounds were unsteady."""
+    timed = [m for m in models if m.speed is not None]
+    if not timed:
+        return ""
+    rounds = sorted({m.speed.rounds for m in timed if m.speed.rounds})
+    rows = "".join(
+        f"<tr><th>{_e(m.name)}</th><td>{with_spread(m.speed.latency_ms, m.speed.latency_spread)}</td>"
+        f"<td>{with_spread(m.speed.throughput, m.speed.throughput_spread, 1)}</td>"
+        f"<td>{'-' if m.speed.speedup is None else f'{m.speed.speedup:.2f}x'}</td></tr>" for m in timed)
+    notes = "".join(f'<p class="note">Unsteady when measured ({_e(why)}): the ratios hold better than the absolute '
+                    "times.</p>" for why in dict.fromkeys(why_unsteady(m.speed.unsteady) for m in timed
+                                                          if m.speed.unsteady))
+    how = (f"Medians of {' or '.join(map(str, rounds))} interleaved rounds (every model in turn), the fastest and "
+           "slowest round in brackets; the speed-up over the teacher's throughput comes from the same rounds."
+           if rounds else "Timed once per model (an eval from before timing rounds).")
+    return (f'<p class="meta">{how}</p><table><tr><th>model</th><th>ms per row, batch 1</th><th>rows/s, batch 32</th>'
+            f"<th>throughput vs teacher</th></tr>{rows}</table>{notes}")
+
+
 def render_html(data: ReportData) -> str:
     models = data.models
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -197,7 +219,7 @@ def render_html(data: ReportData) -> str:
                  + hbars([(m.name, m.size_mb) for m in models], "MB", "size on disk (MB)")
                  + hbars([(m.name, m.latency_ms) for m in models], "ms", "latency per row, batch 1 (ms)")
                  + hbars([(m.name, m.throughput) for m in models], "rows/s", "throughput, batch 32 (rows/s)")
-                 + "</div>")
+                 + "</div>" + speed_table(models))
 
     parts.append("<h2 id=\"t\">Transferability t per domain</h2>")
     if data.t_by_domain:

@@ -189,6 +189,61 @@ def test_a_card_never_invents_figures_it_has_not_got(full_run, tmp_path):
     assert f"{distilled['test_accuracy']['books']:.1f}" in results
 
 
+def _edit_eval_records(run: RunDir, edit) -> None:
+    """Apply ``edit`` to every record of eval.json (its top level and each selection) and write it back."""
+    path = run.metrics / "eval.json"
+    record = json.loads(path.read_text())
+    for entry in (record, *record["selections"].values()):
+        edit(entry)
+    path.write_text(json.dumps(record))
+
+
+def test_cards_and_report_show_spreads_speedups_and_unsteady_rounds(full_run, tmp_path):
+    from metakd_cli.model_card import card_text
+    from metakd_cli.report import build_report
+    from metakd_cli.report_html import speed_table
+    from metakd_cli.timing import with_spread
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(full_run, run.path)
+    unsteady = {"rounds": 8, "load_average": 5.0, "cpus": 2, "why": ["load average 5.0 on 2 CPUs"], "unsteady": True}
+    _edit_eval_records(run, lambda entry: entry.update(timing=unsteady))
+    evaluated = {m["name"]: m for m in json.loads((run.metrics / "eval.json").read_text())["models"]}
+    student = evaluated["student"]
+    card = card_text(run, onnx=False)
+    assert with_spread(student["latency_ms"], student["latency_ms_spread"]) in card
+    assert with_spread(student["throughput"], student["throughput_spread"], 1) in card
+    assert "Medians of 8 interleaved timing rounds" in card
+    assert f"student {student['speedup_vs_teacher']['batch_32']:.1f}x" in card  # from the same rounds' medians
+    assert "**Unsteady** when measured (load average 5.0 on 2 CPUs)" in card
+    table = speed_table(build_report(run).models)
+    assert with_spread(student["latency_ms"], student["latency_ms_spread"]) in table
+    assert f"{student['speedup_vs_teacher']['batch_32']:.2f}x" in table
+    assert "Unsteady when measured (load average 5.0 on 2 CPUs)" in table
+
+
+def test_an_eval_from_before_timing_rounds_still_reads(full_run, tmp_path):
+    from metakd_cli.model_card import card_text
+    from metakd_cli.report import build_report
+    from metakd_cli.report_html import speed_table
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(full_run, run.path)
+
+    def older(entry: dict) -> None:
+        entry.pop("timing")
+        for model in entry["models"]:
+            for key in ("latency_ms_spread", "throughput_spread", "speedup_vs_teacher"):
+                model.pop(key)
+
+    _edit_eval_records(run, older)
+    student = {m["name"]: m for m in json.loads((run.metrics / "eval.json").read_text())["models"]}["student"]
+    card = card_text(run, onnx=False)
+    assert f"| {student['latency_ms']:.2f} | {student['throughput']:.1f} |" in card
+    assert "interleaved" not in card and "Unsteady" not in card
+    assert "Timed once per model" in speed_table(build_report(run).models)
+
+
 def test_an_eval_older_than_the_student_is_not_used(full_run, tmp_path):
     import os
 
@@ -278,7 +333,9 @@ def test_a_remade_students_card_and_report_drop_the_old_students_eval(full_run, 
     latest = {m["name"]: m for m in json.loads((run.metrics / "eval.json").read_text())["models"]}
     figures = RunFigures(run)
     assert figures.eval["student"]["accuracy"] == latest["student"]["accuracy"]
-    assert figures.speed("student") == (latest["student"]["latency_ms"], latest["student"]["throughput"])
+    speed = figures.speed("student")
+    assert (speed.latency_ms, speed.throughput) == (latest["student"]["latency_ms"], latest["student"]["throughput"])
+    assert speed.latency_spread == latest["student"]["latency_ms_spread"] and speed.rounds == 8
     assert set(figures.eval["teacher"]["accuracy"]) == {"books", "electronics", "kitchen", "average"}
 
 
