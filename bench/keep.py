@@ -1,0 +1,287 @@
+"""A student that keeps its teacher: each lever of the student's training measured on Amazon, the no-teacher
+student, and the peers a user would pick instead (TF-IDF + logistic regression, model2vec), on the same test rows.
+
+    python -m bench.keep run [--systems kd-cut none ...]   # the students (and the teacher they start from)
+    python -m bench.keep peers                             # TF-IDF + LR and model2vec + LR on the same split
+    python -m bench.keep table                             # bench/results/keep.json from the run folders
+
+The MiniLM default path: recipes/amazon-cpu.yaml's meta-teacher (all-MiniLM-L6-v2, 6 x 384) and its `tiny` student
+(4 of the teacher's own layers), shipped as static int8. Every system is that recipe plus the --set overrides in
+SYSTEMS, run by `metakd run RECIPE --resume --steps ...` in its own folder under --runs (default bench/runs/keep),
+a copy of the teacher's folder (bench.suite). Each lever is compared with the system before it on the same test
+rows (a paired bootstrap stratified by domain, and exact McNemar; one seed, 42):
+
+    kd-before   logit-only KD as stage 2 ran before this release: 3 epochs at 3e-5, the uniform cut [2, 3, 5, 6]
+    kd-length   + stage 2's length chosen on dev (~10 scorings an epoch, patience 10, at most 10 epochs) at 1e-4
+    kd-cut      + the cut [1, 3, 5, 6] (layer 1 kept): the new defaults, logit-only
+    kd-loss     + the official code's T = 2 and a gold-label term (weight 0.5)
+    meta        Meta-KD: the recipe's 1 epoch of stage 1, then stage 2 by the new defaults
+    none        no teacher: the same student cut from the untouched pretrained MiniLM-L6, gold labels alone
+
+The best distilled student is the one with the best dev accuracy (test is only reported); it is tested against the
+no-teacher student and against TF-IDF + LR. `peers` needs scikit-learn and model2vec (`pip install -e '.[peers]'`).
+The MPNet path's students need the fitted MPNet teacher (bench.mpnet's teacher-meta folder, ~3.5 h to fit): its
+target reads "not measured" until `run --systems` names the mpnet systems with that folder in place. Not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import RESULTS, ROOT, RUNS as BENCH_RUNS, Scored, data_missing, data_path, recipe, relative_where
+from bench.common import shown
+from bench.mpnet import read_student, read_teacher
+from bench.suite import NOT_MEASURED, Suite, System, paired_test, target
+from metakd_cli.run_dir import atomic_write_json, read_json_object
+
+RECIPE = ROOT / "recipes" / "amazon-cpu.yaml"
+RUNS = BENCH_RUNS / "keep"
+OUT = RESULTS / "keep.json"
+SEED = 42
+STUDENT = ("distill", "export", "eval")
+BY_DEV = "distill.epochs=none"  # the recipe fixes 2 epochs: the new rule chooses the length on dev
+SYSTEMS: dict[str, System] = {
+    "teacher": System((), ("fit",), None, "the MiniLM-L6 meta-teacher (the recipe's fit: 2 epochs at 5e-5)"),
+    "kd-before": System(("distill.method=kd", "distill.epochs=3", "distill.lr=3e-5", "distill.student_layers=2,3,5,6"),
+                        STUDENT, "teacher", "logit-only KD as stage 2 ran before: 3 epochs at 3e-5, cut [2, 3, 5, 6]"),
+    "kd-length": System(("distill.method=kd", BY_DEV, "distill.student_layers=2,3,5,6"), STUDENT, "teacher",
+                        "+ stage 2's length chosen on dev at the new default rate 1e-4"),
+    "kd-cut": System(("distill.method=kd", BY_DEV), STUDENT, "teacher", "+ the default cut [1, 3, 5, 6]"),
+    "kd-loss": System(("distill.method=kd", BY_DEV, "distill.temperature=2", "distill.gold_weight=0.5"), STUDENT,
+                      "teacher", "+ T = 2 (the official code's) and a gold-label cross-entropy (weight 0.5)"),
+    "meta": System((BY_DEV,), STUDENT, "teacher", "Meta-KD: 1 epoch of stage 1 (the recipe's), stage 2 by the new rules"),
+    "none": System(("distill.method=none", BY_DEV), STUDENT, "teacher",
+                   "no teacher: the pretrained MiniLM-L6's cut [1, 3, 5, 6], gold labels alone, the same length rule"),
+}
+SUITE = Suite(RECIPE, RUNS, SYSTEMS)
+DEFAULT_ORDER = ("kd-cut", "none", "kd-before", "kd-length", "meta", "kd-loss")  # the most telling first
+DISTILLED = ("kd-before", "kd-length", "kd-cut", "kd-loss", "meta")
+# each lever against the system before it (A minus B)
+PAIRS = (("kd-length", "kd-before"), ("kd-cut", "kd-length"), ("kd-loss", "kd-cut"), ("meta", "kd-cut"),
+         ("kd-cut", "none"))
+PEERS = ("tfidf-lr", "model2vec-lr")
+TARGETS = {"int8": 87.0, "gap": 0.5, "over_none": 1.0, "over_tfidf": 3.0, "mpnet_int8": 88.0, "p": 0.05}
+
+
+# --------------------------------------------------------------------------- peers
+
+
+def _split(dataset, name: str, data: Path) -> tuple[list[str], list[int], list[str], list[str]]:
+    """(texts, label ids, domains, places relative to the data root) of one split, in the data's order."""
+    rows = dataset.splits[name]
+    texts = [ex.text if not ex.text_pair else f"{ex.text} {ex.text_pair}" for ex in rows]
+    return (texts, [dataset.labels.index(ex.label) for ex in rows], [ex.domain for ex in rows],
+            [relative_where(ex.where, data) for ex in rows])
+
+
+def _choose_c(train_x, train_y, dev_x, dev_y) -> tuple[object, float, dict[str, float]]:
+    """Logistic regression with C chosen on dev: (the classifier, its C, dev accuracy per C)."""
+    from sklearn.linear_model import LogisticRegression
+
+    scores, fitted = {}, {}
+    for c in (0.3, 1.0, 3.0, 10.0, 30.0, 100.0):
+        model = LogisticRegression(C=c, max_iter=2000).fit(train_x, train_y)
+        scores[str(c)] = float((model.predict(dev_x) == dev_y).mean() * 100)
+        fitted[c] = model
+    best = max(fitted, key=lambda c: scores[str(c)])
+    return fitted[best], best, scores
+
+
+def _rows_per_second(predict, texts: list[str], rounds: int = 5) -> float:
+    """Test rows a second through ``predict`` (texts -> labels): the median of ``rounds`` passes."""
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        predict(texts)
+        times.append(time.perf_counter() - started)
+    return round(len(texts) / statistics.median(times), 1)
+
+
+def _peer_record(name: str, what: str, predict, size_bytes: int, chosen: dict, test: tuple) -> dict:
+    texts, gold, domains, where = test
+    import numpy as np
+
+    predicted = np.asarray(predict(texts))
+    correct = (predicted == np.asarray(gold)).astype(int).tolist()
+    by_domain = {d: float(np.mean([c for c, dd in zip(correct, domains) if dd == d]) * 100) for d in dict.fromkeys(domains)}
+    by_domain["average"] = float(np.mean(list(by_domain.values())))
+    return {"system": name, "what": what, "test_accuracy": {k: round(v, 2) for k, v in by_domain.items()},
+            "size_mb": round(size_bytes / 1e6, 1), "rows_per_s": _rows_per_second(predict, texts), "chosen_on_dev": chosen,
+            "rows": {"where": where, "domain": domains, "correct": correct}}
+
+
+def peers(out_dir: Path) -> None:
+    """TF-IDF (1-2 grams) + LR, and model2vec distilled from the packaged MiniLM-L6 + LR, trained on the recipe's
+    training rows with C chosen on dev; their test rows written to ``out_dir`` for the table's paired tests."""
+    import pickle
+
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from metakd_cli.data import load_dataset
+
+    config = recipe([], RECIPE)
+    dataset = load_dataset(config.data)
+    data = data_path(config)
+    train, dev, test = (_split(dataset, name, data) for name in ("train", "dev", "test"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    train_x = vectorizer.fit_transform(train[0])
+    model, c, scores = _choose_c(train_x, np.asarray(train[1]), vectorizer.transform(dev[0]), np.asarray(dev[1]))
+    size = len(pickle.dumps((vectorizer, model)))  # our own objects, measured, never loaded back
+    record = _peer_record("tfidf-lr", "TF-IDF (1-2 grams, min_df 2, sublinear tf) + logistic regression",
+                          lambda texts: model.predict(vectorizer.transform(texts)), size,
+                          {"C": c, "dev_accuracy": scores}, test)
+    atomic_write_json(out_dir / "tfidf-lr.json", record)
+    print(f"tfidf-lr: test {record['test_accuracy']['average']:.2f}, {record['size_mb']} MB, {record['rows_per_s']} rows/s")
+
+    from model2vec.distill import distill
+
+    from metakd_cli.models import resolve_model
+    from metakd_cli.packaged import MINILM
+
+    static = distill(model_name=resolve_model(MINILM), pca_dims=256)
+    embed = static.encode
+    model, c, scores = _choose_c(embed(train[0]), np.asarray(train[1]), embed(dev[0]), np.asarray(dev[1]))
+    with tempfile.TemporaryDirectory() as tmp:
+        static.save_pretrained(tmp)
+        size = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file()) + model.coef_.nbytes
+    record = _peer_record("model2vec-lr", "model2vec (0.7, pca 256) distilled from the packaged MiniLM-L6 + logistic "
+                          "regression", lambda texts: model.predict(embed(texts)), size,
+                          {"C": c, "dev_accuracy": scores}, test)
+    atomic_write_json(out_dir / "model2vec-lr.json", record)
+    print(f"model2vec-lr: test {record['test_accuracy']['average']:.2f}, {record['size_mb']} MB, "
+          f"{record['rows_per_s']} rows/s")
+
+
+def _peer_scored(record: dict, order: Scored) -> Scored:
+    """A peer's rows in the order of a student's (``order``), so that the two pair row by row."""
+    correct = dict(zip(record["rows"]["where"], record["rows"]["correct"]))
+    missing = [w for rows in order.where.values() for w in rows if w not in correct]
+    if missing:
+        raise SystemExit(f"{record['system']}: {len(missing)} of the students' test rows are not its rows "
+                         f"(first: {missing[0]}); run `python -m bench.keep peers` again")
+    return Scored({d: [correct[w] for w in rows] for d, rows in order.where.items()}, order.where)
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def read_distilled(metrics: dict[str, dict]) -> dict:
+    """bench.mpnet's student figures, with the length stage 2 ran: its dev curve's kept step, epochs begun,
+    and whether patience stopped it."""
+    row = read_student(metrics)
+    distill = metrics["distill"]
+    stage = (distill.get("stages") or {}).get("prediction") or {}
+    row["dev_accuracy"] = distill.get("dev_accuracy", {}).get("average")
+    row["student"] = distill.get("student")
+    row["learning_rates"] = distill.get("learning_rates")
+    row["stage_2"] = {"epochs": len(stage.get("history") or []), "best_step": stage.get("best_step"),
+                      "stopped_early": stage.get("stopped_early"), "dev_curve": stage.get("dev_curve")}
+    return row
+
+
+def _significant(what: str, test: dict | None, threshold: float) -> dict:
+    """A "better by at least ``threshold`` with p < 0.05" target from a paired test; not measured without one."""
+    if test is None:
+        return target(what, None, threshold, True, "")
+    row = target(what, test["diff"], threshold, True, test["name"])
+    if row["status"] == "pass" and test["p_value"] >= TARGETS["p"]:
+        row["status"] = "fail"
+    row["p_value"] = test["p_value"]
+    return row
+
+
+def table(runs: Path = RUNS, out: Path = OUT) -> dict:
+    suite = Suite(RECIPE, runs, SYSTEMS)
+    results: dict[str, object] = {}
+    for system in SYSTEMS:
+        metrics = suite.finished_metrics(system)
+        reader = read_teacher if system == "teacher" else read_distilled
+        results[system] = reader(metrics) if metrics else NOT_MEASURED
+    peer_records = {name: read_json_object(runs / "peers" / f"{name}.json") for name in PEERS}
+    for name, record in peer_records.items():
+        results[name] = {k: v for k, v in record.items() if k != "rows"} if record else NOT_MEASURED
+    scored = {s: suite.scored(s, "int8") for s in SYSTEMS if s != "teacher" and isinstance(results[s], dict)}
+    scored = {s: rows for s, rows in scored.items() if rows is not None}
+    if scored:
+        order = next(iter(scored.values()))
+        scored |= {name: _peer_scored(record, order) for name, record in peer_records.items() if record}
+    finished = [s for s in DISTILLED if s in scored]
+    best = max(finished, key=lambda s: results[s]["dev_accuracy"], default=None)  # chosen on dev
+    pairs = [*PAIRS, *((best, other) for other in ("none", "tfidf-lr", "model2vec-lr") if best and best != other)]
+    tests = {}
+    for first, second in dict.fromkeys(pairs):
+        if first in scored and second in scored:
+            name = f"{first} vs {second}"
+            tests[name] = {"name": name, **paired_test(scored[first], scored[second], SEED, second), "model": "int8"}
+    document = {
+        "setup": {"recipe": shown(RECIPE), "runs": shown(runs), "seed": SEED, "path": "MiniLM-L6 default path",
+                  "systems": {n: {"what": s.what, "sets": list(s.sets), "start": s.start} for n, s in SYSTEMS.items()},
+                  "best_distilled": best, "best_chosen_by": "dev accuracy of the fp32 student (distill.json)"},
+        "results": results,
+        "tests": tests,
+        "targets": targets(results, tests, best),
+    }
+    atomic_write_json(out, document)
+    return document
+
+
+def targets(results: dict, tests: dict, best: str | None) -> list[dict]:
+    student = results.get(best) if best else None
+    int8 = ((student or {}).get("test_accuracy") or {}).get("int8", {}).get("average") if student else None
+    gap = (student or {}).get("teacher_minus_int8")
+    return [
+        target("MPNet-path int8 student test accuracy", None, TARGETS["mpnet_int8"], True, ""),
+        target("MiniLM-path int8 student test accuracy (the best on dev)", int8, TARGETS["int8"], True,
+               f"{best} (eval.json)"),
+        target("MiniLM-path int8 student within 0.5 of its teacher (teacher - int8)", gap, TARGETS["gap"], False,
+               f"{best} (eval.json)"),
+        _significant("best distilled int8 above the no-teacher int8 student (points, p < 0.05)",
+                     tests.get(f"{best} vs none"), TARGETS["over_none"]),
+        _significant("best distilled int8 above TF-IDF + LR (points, p < 0.05)", tests.get(f"{best} vs tfidf-lr"),
+                     TARGETS["over_tfidf"]),
+    ]
+
+
+def print_table(document: dict) -> None:
+    for name, row in document["results"].items():
+        if not isinstance(row, dict):
+            print(f"{name:14} {row}")
+            continue
+        accuracy = row.get("test_accuracy") or {}
+        int8 = (accuracy.get("int8") or {}).get("average") if "int8" in accuracy else accuracy.get("average")
+        print(f"{name:14} test {int8}  dev {row.get('dev_accuracy')}")
+    for name, test in document["tests"].items():
+        print(f"{name:28} {test['diff']:+.2f} (95% CI {test['ci95'][0]:+.2f}..{test['ci95'][1]:+.2f}, p {test['p_value']})")
+    for row in document["targets"]:
+        print(f"{row['status']:13} {row['target']}: {row['value']} (threshold {row['threshold']})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("run", "peers", "table"))
+    parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(DEFAULT_ORDER))
+    parser.add_argument("--runs", type=Path, default=RUNS)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    missing = data_missing(recipe([], RECIPE))
+    if missing:
+        print(missing)
+        return
+    suite = Suite(RECIPE, args.runs, SYSTEMS)
+    if args.command == "run":
+        suite.run(args.systems, after=lambda: print_table(table(args.runs, args.out)))
+    elif args.command == "peers":
+        peers(args.runs / "peers")
+    print_table(table(args.runs, args.out))
+
+
+if __name__ == "__main__":
+    main()

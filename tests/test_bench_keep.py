@@ -1,0 +1,112 @@
+"""The "keep" bench (bench/keep.py): its systems are valid overrides of the recipe; the table reads finished
+folders only, chooses the best distilled student on dev (never test), pairs students and peers on the same test
+rows, and says where each target lands (a difference without p < 0.05 fails)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from bench import keep
+from bench.common import data_path, recipe, selection
+from bench.suite import Suite
+from metakd_cli import distill, evaluate, export, fit, pipeline
+from metakd_cli.config import apply_overrides, load_recipe
+from metakd_cli.run_dir import RunDir, atomic_write_json
+
+LATER = "9999-01-01T00:00:00+00:00"
+WHERE = [f"books/positive.review:{i}" for i in range(40)] + [f"kitchen/negative.review:{i}" for i in range(40)]
+DOMAINS = ["books"] * 40 + ["kitchen"] * 40
+
+
+def test_every_system_is_a_valid_override_of_the_recipe(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name, system in keep.SYSTEMS.items():
+        config = load_recipe(keep.RECIPE)
+        apply_overrides(config, "fit", {}, tuple(system.sets))
+        fit.validate(config.fit)
+        distill.validate(config.distill)
+        pipeline._check_student(config)
+        export.validate(config.export)
+        evaluate.validate(config.eval)
+        assert all(item.split(".")[0] in system.steps for item in system.sets), name
+    by_dev = recipe(list(keep.SYSTEMS["kd-cut"].sets), keep.RECIPE).distill
+    assert by_dev.epochs is None and by_dev.student_layers is None  # the new defaults: length by dev, default cut
+    assert set(keep.DEFAULT_ORDER) | {"teacher"} == set(keep.SYSTEMS)
+
+
+def _write(runs: Path, system: str, dev: float, correct: list[int], teacher: float = 88.0) -> None:
+    """``system``'s folder as `metakd run` leaves it, with its int8 student right on the rows ``correct`` marks."""
+    config = recipe(keep.SUITE.sets_of(system), keep.RECIPE)
+    run = RunDir(runs / system)
+    data = {"config": {**asdict(config.data), "path": str(data_path(config))}}
+    int8 = sum(correct) / len(correct) * 100
+    bodies = {"fit": {}, "distill": {"dev_accuracy": {"average": dev}, "stages": {"prediction": {"history": [{}]}}},
+              "export": {"size_mb": {"model_quantized.onnx": 17.0}}}
+    for step, body in bodies.items():
+        run.record_step(step, {"config": asdict(getattr(config, step))}, data if step == "fit" else None)
+        run.write_metrics(step, body)
+    models = [{"name": "teacher", "accuracy": {"average": teacher}}, {"name": "int8", "accuracy": {"average": int8}}]
+    record = {"config": asdict(config.eval), "models": models, "written": LATER}
+    run.write_metrics("eval", {**record, "selections": {selection(config): record}})
+    gold = [1] * len(WHERE)
+    atomic_write_json(run.metrics / "predictions.json", {selection(config): {
+        "split": "test", "domain": DOMAINS, "where": [f"{data_path(config)}/{w}" for w in WHERE], "label": gold,
+        "models": {"int8": [1 if c else 0 for c in correct]}}})
+
+
+def test_nothing_finished_is_not_measured(tmp_path):
+    document = keep.table(tmp_path / "runs", tmp_path / "keep.json")
+    assert set(document["results"].values()) == {"not measured"}
+    assert document["tests"] == {} and document["setup"]["best_distilled"] is None
+    assert all(t["status"] == "not measured" for t in document["targets"])
+
+
+def test_the_best_is_chosen_on_dev_and_paired_with_the_no_teacher_student_and_tfidf(tmp_path):
+    runs = tmp_path / "runs"
+    # kd-cut: best on dev, 78 of 80 right; kd-before: better on test (80 of 80) but worse on dev; none: 60 of 80
+    _write(runs, "kd-cut", dev=88.0, correct=[1] * 78 + [0] * 2, teacher=99.0)
+    _write(runs, "kd-before", dev=85.0, correct=[1] * 80)
+    _write(runs, "none", dev=86.0, correct=[1] * 30 + [0] * 10 + [1] * 30 + [0] * 10)
+    peer = {"system": "tfidf-lr", "test_accuracy": {"average": 78.75},
+            "rows": {"where": list(reversed(WHERE)), "domain": list(reversed(DOMAINS)),
+                     "correct": list(reversed([1] * 39 + [0] + [1] * 24 + [0] * 16))}}
+    atomic_write_json(runs / "peers" / "tfidf-lr.json", peer)
+    document = keep.table(runs, tmp_path / "keep.json")
+    assert document["setup"]["best_distilled"] == "kd-cut"
+    tests = document["tests"]
+    assert tests["kd-cut vs none"]["diff"] == pytest.approx(97.5 - 75.0)
+    assert tests["kd-cut vs tfidf-lr"]["diff"] == pytest.approx(97.5 - 78.75)  # paired by place, not by order
+    assert "kd-length vs kd-before" not in tests  # kd-length is not finished
+    targets = {t["target"].split(" (")[0]: t for t in document["targets"]}
+    assert targets["MiniLM-path int8 student test accuracy"]["value"] == 97.5
+    assert targets["MiniLM-path int8 student test accuracy"]["status"] == "pass"
+    assert targets["MiniLM-path int8 student within 0.5 of its teacher"]["status"] == "fail"  # 99.0 - 97.5
+    assert targets["best distilled int8 above the no-teacher int8 student"]["status"] == "pass"
+    assert targets["MPNet-path int8 student test accuracy"]["status"] == "not measured"
+    assert document["results"]["tfidf-lr"]["test_accuracy"]["average"] == 78.75
+    assert "rows" not in document["results"]["tfidf-lr"]
+
+
+def test_a_gain_without_significance_fails_its_target():
+    row = keep._significant("x", {"name": "a vs b", "diff": 2.0, "p_value": 0.2}, 1.0)
+    assert row["status"] == "fail" and row["value"] == 2.0
+    assert keep._significant("x", {"name": "a vs b", "diff": 2.0, "p_value": 0.01}, 1.0)["status"] == "pass"
+    assert keep._significant("x", {"name": "a vs b", "diff": 0.5, "p_value": 0.01}, 1.0)["status"] == "fail"
+    assert keep._significant("x", None, 1.0)["status"] == "not measured"
+
+
+def test_a_peer_without_the_students_rows_is_refused():
+    order = keep.Scored({"books": [1]}, {"books": ["books/positive.review:1"]})
+    with pytest.raises(SystemExit, match="run `python -m bench.keep peers` again"):
+        keep._peer_scored({"system": "tfidf-lr", "rows": {"where": ["elsewhere:1"], "correct": [1]}}, order)
+
+
+def test_the_suite_runs_each_system_after_the_one_it_starts_from(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("bench.suite.metakd_run", lambda run_dir, sets, steps, path: calls.append((run_dir.name, steps)))
+    monkeypatch.setattr("bench.suite.start_from", lambda source, run_dir: None)
+    Suite(keep.RECIPE, tmp_path, keep.SYSTEMS).run(["none", "kd-cut"])
+    assert calls == [("teacher", "fit"), ("none", "fit,distill,export,eval"), ("kd-cut", "fit,distill,export,eval")]
