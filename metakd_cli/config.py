@@ -48,9 +48,14 @@ class FitConfig:
     alpha: float = 0.5
     zeta: float = 0.5
     gamma: float = 0.5
-    epochs: int = 3
+    # the length: exactly `epochs` when given; None: chosen on dev, scored every `eval_every` steps (None: about
+    # ten times an epoch; 0: at epoch ends), stopping after `patience` scorings without a gain, at most `max_epochs`
+    epochs: int | None = None
+    max_epochs: int = 3
+    patience: int = 10
+    eval_every: int | None = None
     batch_size: int = 32
-    lr: float = 2e-5
+    lr: float | None = None  # None: by the teacher's width (metakd_cli.fit.teacher_lr)
     warmup: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0

@@ -374,3 +374,31 @@ def test_a_teacher_at_or_below_chance_on_dev_is_warned_about():
     assert [m.split(" scores")[0] for m in chance_warnings(single, dev, domains, 2, [], single=True)] == \
         ["the books teacher"]
     assert chance_warnings([teacher("teacher", books=0.0)], dev, domains, 1, []) == []  # one label: warned before
+
+
+def test_the_learning_rate_defaults_by_the_teachers_width(tiny_model_dir, tmp_path):
+    from transformers import AutoConfig
+
+    from metakd_cli.fit import teacher_lr
+
+    assert teacher_lr(FitConfig(), str(tiny_model_dir)) == 5e-5  # hidden 32: narrow, like MiniLM-L6's 384
+    wide = tmp_path / "wide"
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config.hidden_size = 768
+    config.save_pretrained(wide)
+    assert teacher_lr(FitConfig(), str(wide)) == 2e-5  # BERT-base's width
+    assert teacher_lr(FitConfig(lr=1e-3), str(wide)) == 1e-3
+
+
+def test_a_fit_without_epochs_chooses_its_length_on_dev(tiny_model_dir, toy_data, tmp_path):
+    config = tiny_fit_config(tiny_model_dir, epochs=None, max_epochs=3, patience=2, eval_every=1, lr=None)
+    result = fit(toy_data, config, RunDir(tmp_path / "run"), log=_quiet, warn=_quiet)
+    teacher = result.metrics["teachers"][0]
+    curve = teacher["dev_curve"]
+    assert [p["step"] for p in curve] == list(range(1, len(curve) + 1))  # scored after every step
+    best = max(p["dev_score"] for p in curve)
+    assert teacher["best_step"] == next(p["step"] for p in curve if p["dev_score"] == best)
+    after_best = len(curve) - teacher["best_step"]
+    assert teacher["stopped_early"] == (after_best >= 2)
+    assert teacher["learning_rate"] == 5e-5
+    assert result.dev_accuracy["average"] == pytest.approx(best)

@@ -25,11 +25,16 @@ from metakd_cli.commands.options import data_options, pop_data_flags
 @click.option("--alpha", type=float, default=None, help="Weight of cos(h, own prototype) in t [0.5].")
 @click.option("--zeta", type=float, default=None, help="Weight of cos(h, other domains' prototypes) in t [0.5].")
 @click.option("--gamma", type=float, default=None, help="Weight of the domain loss [0.5].")
-@click.option("--epochs", type=int, default=None, help="Training epochs [3].")
+@click.option("--epochs", type=int, default=None, help="Training epochs, exactly [chosen on dev: --max-epochs, --patience].")
+@click.option("--max-epochs", type=int, default=None, help="The ceiling when --epochs is not given [3].")
+@click.option("--patience", type=int, default=None, help="Stop after N dev scorings without a gain (0: never) [10].")
+@click.option("--eval-every", type=int, default=None,
+              help="Score dev every N optimisation steps (0: at epoch ends) [about ten times an epoch].")
 @click.option("--batch-size", type=int, default=None,
               help="Global batch size; under accelerate launch / torchrun each of N processes takes batch/N rows "
                    "(a multiple of N) [32].")
-@click.option("--lr", type=float, default=None, help="Peak learning rate, linear warm-up and decay [2e-5].")
+@click.option("--lr", type=float, default=None,
+              help="Peak learning rate, linear warm-up and decay [5e-5 for a teacher 512 wide or less, else 2e-5].")
 @click.option("--max-length", type=int, default=None, help="Tokens per example [128].")
 @click.option("--seed", type=int, default=None, help="Training seed [42].")
 @click.option("--trust-remote-code", is_flag=True, default=None, help="Allow model code from the hub (off by default).")
