@@ -35,13 +35,13 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from bench.common import RESULTS
-from bench.timing import available_cpus, fixed_inputs, fixed_shape_speed, pin_threads, pinned_session
+from bench.timing import FixedShape, fixed_inputs, fixed_shape_rounds, pin_threads, pinned_session
+from metakd_cli.timing import Steadiness, available_cpus
 
 OUT = RESULTS / "int8_static.json"
 FORMATS = ("qdq", "qoperator")
@@ -136,19 +136,18 @@ def _score(paths: dict[str, Path], built: dict, dev, dataset, pad_id: int, max_d
     return results
 
 
-def _time(paths: dict[str, Path], inputs, args: argparse.Namespace, results: dict[str, dict]) -> None:
-    """Throughput at batch 32 and batch-1 latency of every variant, in interleaved rounds (medians), into results."""
+def _time(paths: dict[str, Path], inputs, args: argparse.Namespace, results: dict[str, dict]) -> Steadiness:
+    """Throughput at batch 32 and batch-1 latency of every variant, in interleaved rounds (medians and spreads),
+    into results; how steady the rounds were."""
     from metakd_cli.inference import onnx_forward
 
-    forwards = {name: onnx_forward(pinned_session(path, args.threads)) for name, path in paths.items()}
-    rounds: dict[str, list[dict]] = {name: [] for name in paths}
-    for r in range(args.rounds):  # interleaved, so that a slow spell of the machine hits every variant
-        for name, forward in forwards.items():
-            _log(f"round {r + 1}/{args.rounds}: timing {name}")
-            rounds[name].append(fixed_shape_speed(forward, inputs, 32, args.repeats, args.batches, 3))
+    models = {name: FixedShape(onnx_forward(pinned_session(path, args.threads)), inputs, args.repeats, args.batches)
+              for name, path in paths.items()}
+    _log(f"timing {len(models)} variants in {args.rounds} interleaved rounds")
+    timed, steadiness = fixed_shape_rounds(models, 32, args.rounds)
     for name in paths:
-        timed = {key: [speed[key] for speed in rounds[name]] for key in ("throughput_b32", "latency_b1_p50_ms")}
-        results[name].update({key: float(np.median(values)) for key, values in timed.items()}, rounds=timed)
+        results[name].update(timed[name])
+    return steadiness
 
 
 def _chosen(results: dict[str, dict]) -> str | None:
@@ -214,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         paths, built = build(onnx_dir, Path(scratch), target, train, pad_id, args.formats.split(","),
                              args.methods.split(","), _log)
         results = _score(paths, built, dev, dataset, pad_id, args.max_drop)
-        _time(paths, inputs, args, results)
+        steadiness = _time(paths, inputs, args, results)
     for name, info in built.items():
         if "error" in info:
             results[name] = info
@@ -222,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"setup": {"run_dir": str(run.path), "cpu": cpu_info().to_json(), "target": target,
                         "target_reason": reason, "threads": threads, "dev_rows": len(dev),
                         "calibration_rows": len(train), "max_drop": args.max_drop, "invariant_at": INVARIANT_AT,
-                        "seq_len_timed": seq_len, "rounds": args.rounds, "batches": args.batches,
-                        "repeats": args.repeats, "command": " ".join(sys.argv),
+                        "seq_len_timed": seq_len, "rounds": args.rounds, "timing": asdict(steadiness),
+                        "batches": args.batches, "repeats": args.repeats, "command": " ".join(sys.argv),
                         "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
               "results": results, "chosen": chosen, "rule": RULE}
     atomic_write_json(args.out, report)

@@ -34,14 +34,16 @@ import argparse
 import json
 import sys
 import tempfile
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from bench.common import RESULTS
-from bench.timing import available_cpus, fixed_inputs, fixed_shape_speed, pin_threads, pinned_session
+from bench.timing import FixedShape, fixed_inputs, fixed_shape_rounds, pin_threads, pinned_session
 from metakd_cli.export import WEIGHT_TYPES, _quiet_tools
+from metakd_cli.timing import available_cpus
 
 OUT = RESULTS / "int8_variants.json"
 
@@ -134,19 +136,15 @@ def main(argv: list[str] | None = None) -> int:
         variants = build(onnx_dir / "model.onnx", Path(scratch), WEIGHT_TYPES[target], config, target)
         reference = None
         forwards = {name: onnx_forward(pinned_session(path, args.threads)) for name, path in variants.items()}
-        rounds: dict[str, list[dict]] = {name: [] for name in variants}
-        for r in range(args.rounds):  # interleaved, so that a slow spell of the machine hits every variant
-            for name, forward in forwards.items():
-                print(f"round {r + 1}/{args.rounds}: timing {name}", file=sys.stderr, flush=True)
-                rounds[name].append(fixed_shape_speed(forward, inputs, 32, args.repeats, args.batches, 3))
+        print(f"timing {len(forwards)} variants in {args.rounds} interleaved rounds", file=sys.stderr, flush=True)
+        timed, steadiness = fixed_shape_rounds(
+            {name: FixedShape(forward, inputs, args.repeats, args.batches) for name, forward in forwards.items()},
+            32, args.rounds)
         for name, path in variants.items():
             predictions = batched_logits(encoded, pad_id, 64, forwards[name]).argmax(-1)
             reference = predictions if reference is None else reference
-            timed = {key: [speed[key] for speed in rounds[name]]
-                     for key in ("throughput_b32", "latency_b32_p50_ms", "latency_b1_p50_ms")}
             results[name] = {
-                **{key: float(np.median(values)) for key, values in timed.items()},
-                "rounds": timed, "size_mb": path.stat().st_size / 2**20,
+                **timed[name], "size_mb": path.stat().st_size / 2**20,
                 "test_accuracy": float((predictions == labels).mean() * 100),
                 "agreement_with_fp32": float((predictions == reference).mean() * 100),
                 "ops": sorted({n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}),
@@ -154,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"setup": {"run_dir": str(run.path), "cpu": cpu_info().to_json(), "threads": threads, "seq_len": args.seq_len,
                         "batch": 32, "int8_format": target, "weight_type": WEIGHT_TYPES[target],
                         "test_rows": len(examples), "batches": args.batches, "repeats": args.repeats,
-                        "rounds": args.rounds,
+                        "rounds": args.rounds, "timing": asdict(steadiness),
                         "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
               "results": results}
     atomic_write_json(args.out, report)

@@ -187,8 +187,16 @@ def _accuracy(values: object) -> dict[str, float] | None:
 
 
 def _speed_of(model: dict) -> dict:
+    """An eval record's speed of one model: medians over its timing rounds, each with its [fastest, slowest] round
+    beside it (None from an eval before rounds)."""
     return {"throughput_rows_per_s": _round(model.get("throughput"), 1), "latency_ms": _round(model.get("latency_ms")),
-            "size_mb": _round(model.get("size_mb"), 1), "timed_rows": model.get("timed_rows")}
+            "size_mb": _round(model.get("size_mb"), 1), "timed_rows": model.get("timed_rows"),
+            "throughput_spread": _spread(model.get("throughput_spread"), 1),
+            "latency_ms_spread": _spread(model.get("latency_ms_spread"))}
+
+
+def _spread(values: object, digits: int = 2) -> list[float] | None:
+    return [_round(v, digits) for v in values] if isinstance(values, list) and len(values) == 2 else None
 
 
 def _hours(step: dict, parts: object) -> float | None:
@@ -265,6 +273,8 @@ def read_speed(runs: Path, extra: tuple[str, ...]) -> dict | None:
         "teacher_pytorch_in_second_eval": _round(_of(second, "teacher", "throughput"), 1),
         "timed_rows": _of(first, "int8", "timed_rows"),
         "evals_written": [student["eval"].get("written"), teacher["eval"].get("written")],
+        # each eval's timing rounds: how many, the load average, and why they were unsteady (if so)
+        "evals_timing": [student["eval"].get("timing"), teacher["eval"].get("timing")],
         "threads": student["eval"].get("threads"),
         "cpu": student["eval"].get("cpu"),
         "size_mb": {

@@ -14,6 +14,7 @@ import json
 import sys
 
 from bench.common import DOMAINS, PAPER, RESULTS, ROOT
+from metakd_cli.timing import why_unsteady, with_spread
 
 README = ROOT / "README.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -28,6 +29,11 @@ def _p(p_value: float) -> str:
 def _row(name: str, values: list[object], extra: str = "") -> str:
     cells = [f"{v:.1f}" if isinstance(v, (int, float)) else "-" if v is None else str(v) for v in values]
     return f"| {name} | " + " | ".join(cells) + (f" | {extra} |" if extra else " |")
+
+
+def _timed(row: dict, key: str, spread: str) -> object:
+    """A speed timed in rounds, with its fastest and slowest round when the results file has them (newer runs)."""
+    return with_spread(row[key], row[spread], 1) if row.get(spread) else row[key]
 
 
 def _accuracy_table(title: str, results: dict, extra_key: str | None = None, extra_name: str = "",
@@ -167,8 +173,13 @@ def _speed(path) -> list[str]:
               "| size MB |", "| --- | --- | --- | --- | --- | --- |"]
     for name, row in data["results"].items():
         predict = (row.get("predict") or {}).get("bucketed_texts_per_s", "-")
-        lines.append(_row(name, [row["latency_b1_p50_ms"], row["latency_b1_p90_ms"], row["throughput_b32"],
-                                 predict, row["size_mb"]]))
+        lines.append(_row(name, [_timed(row, "latency_b1_p50_ms", "latency_b1_spread_ms"), row["latency_b1_p90_ms"],
+                                 _timed(row, "throughput_b32", "throughput_b32_spread"), predict, row["size_mb"]]))
+    timing = data["setup"].get("timing") or {}
+    if timing:
+        lines += ["", f"Medians of {timing['rounds']} interleaved rounds (every model in turn), the fastest and "
+                      "slowest round in brackets" + (f"; **unsteady**: {why_unsteady(timing['why'])}."
+                                                      if timing.get("unsteady") else ".")]
     ceiling = data["ceiling"]
     lines += ["", f"int8 matmul ceiling ({'x'.join(map(str, ceiling['shape']))}): "
                   f"{ceiling['int8_gmacs_per_s']:.0f} G multiply-accumulates/s (fp32 {ceiling['fp32_gmacs_per_s']:.0f}); "
@@ -207,7 +218,8 @@ def _int8_variants(path) -> list[str]:
               "| variant | throughput ex/s (b32) | latency p50 ms (b1) | size MiB | test acc % | agreement % |",
               "| --- | --- | --- | --- | --- | --- |"]
     for name, row in data["results"].items():
-        lines.append(_row(name, [row["throughput_b32"], row["latency_b1_p50_ms"], row["size_mb"],
+        lines.append(_row(name, [_timed(row, "throughput_b32", "throughput_b32_spread"),
+                                 _timed(row, "latency_b1_p50_ms", "latency_b1_spread_ms"), row["size_mb"],
                                  row["test_accuracy"], row["agreement_with_fp32"]]))
     lines.append("")
     return lines

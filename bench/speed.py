@@ -11,7 +11,10 @@ pinned (torch intra-op = ONNX Runtime intra-op = N, inter-op 1) and recorded:
   weights: the cost of the paper's teacher, timing only), student-torch-fp32,
   student-onnx-fp32, student-onnx-int8;
 * fixed shape, same inputs for every model: real test texts tokenised and truncated or padded
-  to exactly --seq-len tokens; latency p50/p90 at batch 1 and throughput at --batch;
+  to exactly --seq-len tokens; latency p50/p90 at batch 1 and throughput at --batch, every model
+  loaded at once and timed in --rounds interleaved rounds (`metakd eval`'s timing,
+  metakd_cli.timing: each round times every model in turn, so a slow spell of the machine lands
+  on every model), each figure a median over rounds with its fastest and slowest round;
 * end to end on the real test texts (`metakd predict`'s pipeline: tokenisation included,
   batched_logits, softmax) with length bucketing (sorted, dynamically padded) and without
   (input order, padded to the model's max_length);
@@ -42,14 +45,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from bench.common import RESULTS
-from bench.timing import available_cpus, fixed_inputs, fixed_shape_speed, pin_threads, pinned_session, time_calls
+from bench.timing import FixedShape, fixed_inputs, fixed_shape_rounds, pin_threads, pinned_session, time_calls
 from metakd_cli.cpu import cpu_info, int8_target, target_mismatch
 from metakd_cli.data import Encoded, encode
 from metakd_cli.errors import UserError
@@ -59,6 +62,7 @@ from metakd_cli.inference import (
     EXPORT_JSON, INT8_FILE, ONNX_FILE, batched_logits, onnx_forward, size_mb, torch_forward, weights_size_mb,
 )
 from metakd_cli.run_dir import RunDir, atomic_write_json
+from metakd_cli.timing import Steadiness, available_cpus, per_round, why_unsteady
 
 MODELS = ("teacher-torch-fp32", "teacher-onnx-fp32", "bert-base-torch-fp32",
           "student-torch-fp32", "student-onnx-fp32", "student-onnx-int8")
@@ -72,9 +76,10 @@ TARGETS = (  # (target, reference model, minimum ratio of the int8 student's thr
 
 
 # Counts for a full run and for --quick (smoke runs: the numbers then mean little); explicit flags win.
-FULL = {"repeats": 100, "batches": 10, "reference_batches": 3, "warmup": 3, "ceiling_repeats": 30,
+FULL = {"rounds": 10, "repeats": 100, "batches": 10, "reference_batches": 3, "warmup": 1, "ceiling_repeats": 30,
         "predict_rows": None}  # None: the whole test split
-QUICK = {"repeats": 3, "batches": 1, "reference_batches": 1, "warmup": 1, "ceiling_repeats": 3, "predict_rows": 64}
+QUICK = {"rounds": 2, "repeats": 3, "batches": 1, "reference_batches": 1, "warmup": 1, "ceiling_repeats": 3,
+         "predict_rows": 64}
 
 
 class Skip(Exception):
@@ -86,10 +91,11 @@ class Settings:
     threads: int
     seq_len: int
     batch: int
-    repeats: int  # batch-1 calls timed per model
-    batches: int  # batches timed per model for throughput
-    warmup: int  # untimed calls before each measurement
-    reference_batches: int  # batches for the slow BERT-base reference
+    rounds: int  # interleaved timing rounds: each times every model in turn
+    repeats: int  # batch-1 calls timed per model, split over the rounds
+    batches: int  # batches timed per model for throughput, split over the rounds
+    warmup: int  # untimed rounds before the timed ones (and untimed predict passes)
+    reference_batches: int  # batches for the slow BERT-base reference, split over the rounds
     ceiling_repeats: int
     predict_rows: int | None  # None: the whole test split
 
@@ -257,35 +263,53 @@ def predict_speed(forward: Callable[[dict], np.ndarray], tokenizer_dir: Path, ex
     return out
 
 
-def measure_model(model: Model, examples: list, dataset, settings: Settings, inputs_cache: dict) -> dict:
-    """Fixed-shape speed, end-to-end predict speed (real models only), size and MACs of one model."""
-    started = time.perf_counter()
-    key = (str(model.tokenizer_dir), model.clip_ids_to)
-    if key not in inputs_cache:
-        inputs_cache[key] = fixed_inputs(model.tokenizer_dir, examples, settings.batch, settings.seq_len,
-                                         model.clip_ids_to)
-    inputs = inputs_cache[key]
-    forward = model.load()
-    reference = model.name == "bert-base-torch-fp32"
-    repeats = min(settings.repeats, 10) if reference else settings.repeats
-    batches = settings.reference_batches if reference else settings.batches
-    warmup = min(settings.warmup, 1) if reference else settings.warmup
-    result = fixed_shape_speed(forward, inputs, settings.batch, repeats, batches, warmup)
-    macs = macs_per_example(model.config(), settings.seq_len)
-    result.update({
-        "size_mb": model.size_mb, "size_note": model.size_note, "macs_per_example": macs,
-        "effective_gmacs_per_s": macs * result[f"throughput_b{settings.batch}"] / 1e9,
-    })
-    if reference:
-        result["note"] = "BertForSequenceClassification(BertConfig()) with random weights: timing only"
-    else:
-        predict_rows = examples if settings.predict_rows is None else examples[: settings.predict_rows]
-        result["predict"] = predict_speed(forward, model.tokenizer_dir, predict_rows, dataset, model.max_length,
-                                          settings.batch, min(settings.warmup, 1))
-    result["seconds"] = time.perf_counter() - started
-    del forward
+def load_models(models: list[Model], examples: list, settings: Settings) -> tuple[dict[str, FixedShape], dict]:
+    """Every model loaded at once with its fixed-shape inputs and its work in each round, and the inputs by
+    tokenizer. The BERT-base reference, some 30x the student's cost, asks for at most 10 batch-1 calls and
+    ``reference_batches`` batches over all rounds; every round makes at least one of each, so more rounds time
+    more of it."""
+    inputs_cache: dict = {}
+    loaded: dict[str, FixedShape] = {}
+    for model in models:
+        key = (str(model.tokenizer_dir), model.clip_ids_to)
+        if key not in inputs_cache:
+            inputs_cache[key] = fixed_inputs(model.tokenizer_dir, examples, settings.batch, settings.seq_len,
+                                             model.clip_ids_to)
+        reference = model.name == "bert-base-torch-fp32"
+        repeats = min(settings.repeats, 10) if reference else settings.repeats
+        batches = settings.reference_batches if reference else settings.batches
+        log(f"loading {model.name}")
+        loaded[model.name] = FixedShape(model.load(), inputs_cache[key], per_round(repeats, settings.rounds),
+                                        per_round(batches, settings.rounds))
+    return loaded, inputs_cache
+
+
+def measure_models(models: list[Model], examples: list, dataset,
+                   settings: Settings) -> tuple[dict[str, dict], Steadiness, dict]:
+    """Fixed-shape speed of every model in interleaved rounds, then each one's end-to-end predict speed (real
+    models only), size and MACs; how steady the rounds were; the inputs by tokenizer."""
+    loaded, inputs_cache = load_models(models, examples, settings)
+    log(f"timing {', '.join(loaded)} in {settings.rounds} interleaved rounds")
+    timed, steadiness = fixed_shape_rounds(loaded, settings.batch, settings.rounds, settings.warmup)
+    results = {}
+    for model in models:
+        result = timed[model.name]
+        macs = macs_per_example(model.config(), settings.seq_len)
+        result.update({
+            "size_mb": model.size_mb, "size_note": model.size_note, "macs_per_example": macs,
+            "effective_gmacs_per_s": macs * result[f"throughput_b{settings.batch}"] / 1e9,
+        })
+        if model.name == "bert-base-torch-fp32":
+            result["note"] = "BertForSequenceClassification(BertConfig()) with random weights: timing only"
+        else:
+            log(f"timing {model.name}'s predict pipeline")
+            predict_rows = examples if settings.predict_rows is None else examples[: settings.predict_rows]
+            result["predict"] = predict_speed(loaded[model.name].forward, model.tokenizer_dir, predict_rows, dataset,
+                                              model.max_length, settings.batch, min(settings.warmup, 1))
+        results[model.name] = result
+    del loaded
     gc.collect()
-    return result
+    return results, steadiness, inputs_cache
 
 
 def matmul_ceiling(m: int, k: int, n: int, target: str, threads: int, repeats: int, scratch: Path) -> dict:
@@ -375,6 +399,10 @@ def print_report(report: dict) -> None:
         print(f"{'met    ' if target['met'] else 'NOT met'}  {target['target']}: {value}")
     for warning in setup.get("warnings", []):
         print(f"warning: {warning}")
+    timing = setup.get("timing") or {}
+    if timing.get("unsteady"):
+        print(f"unsteady: {why_unsteady(timing['why'])} (medians of {timing['rounds']} rounds; ratios hold better "
+              "than absolute times)")
 
 
 # --------------------------------------------------------------------------- main
@@ -387,12 +415,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="torch and ONNX Runtime intra-op threads (default: every CPU this process may use).")
     parser.add_argument("--seq-len", type=int, default=128, help="Tokens per row of the fixed-shape inputs.")
     parser.add_argument("--batch", type=int, default=32, help="Batch size for throughput and predict.")
-    parser.add_argument("--repeats", type=int, help="Batch-1 calls timed per model (at most 10 for BERT-base).")
-    parser.add_argument("--batches", type=int, help="Batches timed per model for throughput.")
+    parser.add_argument("--rounds", type=int,
+                        help="Interleaved timing rounds, every model in turn; the figures are medians over them.")
+    parser.add_argument("--repeats", type=int,
+                        help="Batch-1 calls timed per model, split over the rounds (at most 10 for BERT-base).")
+    parser.add_argument("--batches", type=int, help="Batches timed per model for throughput, split over the rounds.")
     parser.add_argument("--reference-batches", type=int, help="Batches timed for the (slow) BERT-base reference.")
     parser.add_argument("--reference-layers", type=int, default=12,
                         help="Layers of the BERT-base reference (fewer only for smoke tests; recorded).")
-    parser.add_argument("--warmup", type=int, help="Untimed calls before each measurement.")
+    parser.add_argument("--warmup", type=int, help="Untimed rounds before the timed ones.")
     parser.add_argument("--predict-rows", type=int, help="Test rows for predict (default: all; 64 with --quick).")
     parser.add_argument("--ceiling-shape", default="4096,384,1536", help="M,K,N of the ceiling MatMul.")
     parser.add_argument("--ceiling-repeats", type=int, help="Timed calls of each ceiling MatMul.")
@@ -405,8 +436,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    for name in ("threads", "seq_len", "batch", "repeats", "batches", "reference_batches", "reference_layers",
-                 "ceiling_repeats", "predict_rows"):
+    for name in ("threads", "seq_len", "batch", "rounds", "repeats", "batches", "reference_batches",
+                 "reference_layers", "ceiling_repeats", "predict_rows"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     try:
@@ -422,7 +453,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def benchmark(args: argparse.Namespace) -> dict:
     """Every measurement, in one process; returns the speed.json object (``Skip`` when it cannot run)."""
 
-    settings = Settings(threads=args.threads, seq_len=args.seq_len, batch=args.batch, repeats=args.repeats,
+    settings = Settings(threads=args.threads, seq_len=args.seq_len, batch=args.batch, rounds=args.rounds,
+                        repeats=args.repeats,
                         batches=args.batches, warmup=args.warmup, reference_batches=args.reference_batches,
                         ceiling_repeats=args.ceiling_repeats, predict_rows=args.predict_rows)
     run = RunDir(args.run_dir)
@@ -445,10 +477,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         too_long = [f"{name} ({p})" for name, p in positions.items() if p is not None and p < settings.seq_len]
         if too_long:
             raise Skip(f"--seq-len {settings.seq_len} exceeds the position embeddings of {', '.join(too_long)}")
-        results, inputs_cache = {}, {}
-        for model in models:
-            log(f"timing {model.name}")
-            results[model.name] = measure_model(model, examples, dataset, settings, inputs_cache)
+        results, steadiness, inputs_cache = measure_models(models, examples, dataset, settings)
         log(f"timing the {m}x{k} @ {k}x{n} MatMul ceiling ({target} int8 format)")
         ceiling = matmul_ceiling(m, k, n, target, settings.threads, settings.ceiling_repeats, Path(scratch))
     ceiling["student_int8_gmacs_per_s"] = results["student-onnx-int8"]["effective_gmacs_per_s"]
@@ -464,7 +493,8 @@ def benchmark(args: argparse.Namespace) -> dict:
     mismatch = target_mismatch(exported_target(run), cpu)
     setup = {
         "run_dir": str(run.path), "cpu": cpu.to_json(), "threads": threads, "seq_len": settings.seq_len,
-        "batch": settings.batch, "repeats": settings.repeats, "batches": settings.batches,
+        "batch": settings.batch, "rounds": settings.rounds, "timing": asdict(steadiness),
+        "repeats": settings.repeats, "batches": settings.batches,
         "reference_batches": settings.reference_batches, "reference_layers": args.reference_layers,
         "warmup": settings.warmup, "quick": args.quick, "int8_format": target,
         "inputs": {"source": "test split", "rows": settings.batch, "padding": f"truncated/padded to {settings.seq_len}",

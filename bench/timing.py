@@ -1,19 +1,17 @@
-"""How the speed benchmarks time a model (bench/speed.py, int8_variants.py, int8_static.py): threads pinned in one
-process, ONNX Runtime sessions with that many threads, fixed-shape inputs from real texts, latency and throughput."""
+"""How the speed benchmarks time models (bench/speed.py, int8_variants.py, int8_static.py): threads pinned in one
+process, ONNX Runtime sessions with that many threads, fixed-shape inputs from real texts, latency and throughput
+timed in interleaved rounds by `metakd eval`'s own timing (``metakd_cli.timing``)."""
 
 from __future__ import annotations
 
 import itertools
-import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-
-def available_cpus() -> set[int]:
-    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+from metakd_cli.timing import Spread, Steadiness, available_cpus, measured_steadiness, time_rounds
 
 
 def pin_threads(threads: int) -> dict:
@@ -63,28 +61,64 @@ def rows(batch: dict, start: int, count: int) -> dict:
 
 
 def time_calls(call: Callable[[], object], n: int, warmup: int) -> np.ndarray:
-    """Seconds of each of ``n`` calls, after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        call()
-    seconds = np.empty(n)
-    for i in range(n):
-        started = time.perf_counter()
-        call()
-        seconds[i] = time.perf_counter() - started
-    return seconds
+    """Seconds of each of ``n`` calls, after ``warmup`` untimed ones (rounds of one call)."""
+    return np.asarray(time_rounds({"call": call}, n, warmup)["call"])
 
 
-def fixed_shape_speed(forward: Callable[[dict], np.ndarray], inputs: dict, batch: int, repeats: int,
-                      batches: int, warmup: int) -> dict:
-    """Latency p50/p90 at batch 1 (cycling through the rows) and throughput at ``batch``."""
-    pool = inputs["input_ids"].shape[0]
+@dataclass
+class FixedShape:
+    """One model's work in each timing round: ``repeats`` batch-1 calls (cycling through the rows of ``inputs``)
+    and ``batches`` calls on its first ``batch`` rows."""
+
+    forward: Callable[[dict], object]
+    inputs: dict
+    repeats: int
+    batches: int
+
+
+def _round_calls(model: FixedShape, batch: int) -> tuple[Callable[[], None], Callable[[], None]]:
+    pool = model.inputs["input_ids"].shape[0]
     index = itertools.count()
-    single = time_calls(lambda: forward(rows(inputs, next(index) % pool, 1)), repeats, warmup)
-    full = time_calls(lambda: forward(rows(inputs, 0, batch)), batches, max(1, min(warmup, 2)))
+
+    def single() -> None:
+        for _ in range(model.repeats):
+            model.forward(rows(model.inputs, next(index) % pool, 1))
+
+    def full() -> None:
+        for _ in range(model.batches):
+            model.forward(rows(model.inputs, 0, batch))
+
+    return single, full
+
+
+def fixed_shape_rounds(models: Mapping[str, FixedShape], batch: int, rounds: int,
+                       warmup: int = 1) -> tuple[dict[str, dict], Steadiness]:
+    """Every model's latency at batch 1 and throughput at ``batch``, timed in ``rounds`` interleaved rounds (each
+    round: every model's work in turn) after ``warmup`` untimed ones, and how steady the rounds were. Each figure
+    is over rounds: its median (p50), the batch-1 latency's p90, and the [fastest, slowest] round beside it
+    (``_spread``); ``rounds`` holds each round's figures."""
+    calls: dict[tuple[str, str], Callable[[], None]] = {}
+    for name, model in models.items():
+        calls[name, "batch 1"], calls[name, f"batch {batch}"] = _round_calls(model, batch)
+    seconds = time_rounds(calls, rounds, warmup)
+    figures = {name: _figures(seconds[name, "batch 1"], seconds[name, f"batch {batch}"], model, batch)
+               for name, model in models.items()}
+    return figures, measured_steadiness({f"{name} at {what}": s for (name, what), s in seconds.items()})
+
+
+def _figures(single: list[float], full: list[float], model: FixedShape, batch: int) -> dict:
+    """The speed.json figures of one model from its seconds in each round."""
+    latency = [s / model.repeats * 1000.0 for s in single]  # ms per batch-1 call, each round
+    batch_ms = [s / model.batches * 1000.0 for s in full]
+    rate = [batch * model.batches / s for s in full]
+    per_round = {"latency_b1_p50_ms": latency, f"throughput_b{batch}": rate, f"latency_b{batch}_p50_ms": batch_ms}
     return {
-        "latency_b1_p50_ms": float(np.percentile(single, 50) * 1000.0),
-        "latency_b1_p90_ms": float(np.percentile(single, 90) * 1000.0),
-        f"throughput_b{batch}": float(batch * batches / full.sum()),
-        f"latency_b{batch}_p50_ms": float(np.percentile(full, 50) * 1000.0),
-        "timed_calls": {"batch_1": repeats, f"batch_{batch}": batches},
+        "latency_b1_p50_ms": Spread.of(latency).median,
+        "latency_b1_p90_ms": float(np.percentile(latency, 90)),
+        "latency_b1_spread_ms": Spread.of(latency).range(),
+        f"throughput_b{batch}": Spread.of(rate).median,
+        f"throughput_b{batch}_spread": Spread.of(rate).range(),
+        f"latency_b{batch}_p50_ms": Spread.of(batch_ms).median,
+        "timed_calls": {"batch_1": model.repeats * len(single), f"batch_{batch}": model.batches * len(full)},
+        "rounds": per_round,
     }

@@ -22,6 +22,7 @@ def test_every_variant_is_built_timed_and_scored(exported_run: Path, tmp_path: P
     for name, row in results.items():
         assert row["throughput_b32"] > 0 and row["size_mb"] > 0, name
         assert len(row["rounds"]["latency_b1_p50_ms"]) == 2, name
+        assert row["throughput_b32_spread"][0] <= row["throughput_b32"] <= row["throughput_b32_spread"][1], name
         assert 0 <= row["test_accuracy"] <= 100 and 0 <= row["agreement_with_fp32"] <= 100, name
     assert "MatMulInteger" in results["int8-matmul"]["ops"] or "DynamicQuantizeMatMul" in results["int8-matmul"]["ops"]
     assert "Attention" in results["fp32-fused"]["ops"]  # the fusion happened on the tiny BERT too

@@ -191,6 +191,14 @@ def test_finished_folders_give_each_target_its_figure_and_status(bench, tmp_path
     ]
 
 
+def test_a_models_speed_keeps_its_spread_over_eval_rounds_beside_the_median(bench):
+    timed = {**_model("int8", 89.0, 120.0), "throughput_spread": [100.04, 130.06], "latency_ms_spread": [7.123, 9.456]}
+    speed = bench._speed_of(timed)
+    assert speed["throughput_rows_per_s"] == 120.0 and speed["throughput_spread"] == [100.0, 130.1]
+    assert speed["latency_ms_spread"] == [7.12, 9.46]
+    assert bench._speed_of(_model("int8", 89.0, 120.0))["throughput_spread"] is None  # an eval before rounds
+
+
 def test_without_a_speed_run_the_full_runs_figures_are_used(bench, tmp_path):
     runs = tmp_path / "runs"
     _student(bench, runs / "meta", "meta", teacher=90.0, int8=89.4, int8_mb=20.0, throughputs=(3.0, 72.0))

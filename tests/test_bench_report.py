@@ -60,6 +60,29 @@ def test_speed_targets_say_met_or_not(tmp_path, monkeypatch):
     assert "320, 40% of it" in text
 
 
+def test_speed_timed_in_rounds_shows_each_figure_with_its_spread_and_unsteadiness(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    row = {"latency_b1_p50_ms": 5.0, "latency_b1_p90_ms": 6.0, "latency_b1_spread_ms": [4.5, 9.0],
+           "throughput_b32": 300.0, "throughput_b32_spread": [150.0, 310.0], "size_mb": 20.0}
+    timing = {"rounds": 10, "load_average": 3.5, "cpus": 2, "why": ["load average 3.5 on 2 CPUs"], "unsteady": True}
+    _write(tmp_path, "speed.json", {
+        "setup": {"cpu": {"model": "Test CPU", "flags": ["avx2"]}, "threads": 2, "timing": timing},
+        "results": {"student-onnx-int8": row},
+        "ceiling": {"shape": [4096, 384, 1536], "int8_gmacs_per_s": 800.0, "fp32_gmacs_per_s": 200.0,
+                    "student_int8_gmacs_per_s": 320.0, "student_int8_share_of_int8_ceiling": 0.4}, "targets": []})
+    _write(tmp_path, "int8_variants.json", {"setup": {"int8_format": "avx2"}, "results": {"int8-shipped": {
+        **row, "test_accuracy": 85.0, "agreement_with_fp32": 99.0}}})
+    text = report.build()
+    assert "| student-onnx-int8 | 5.0 (4.5–9.0) | 6.0 | 300.0 (150.0–310.0) | - | 20.0 |" in text
+    assert "Medians of 10 interleaved rounds" in text and "**unsteady**: load average 3.5 on 2 CPUs" in text
+    assert "| int8-shipped | 300.0 (150.0–310.0) | 5.0 (4.5–9.0) | 20.0 | 85.0 | 99.0 |" in text
+
+
+def test_the_committed_results_still_render():
+    text = report.build()  # bench/results/*.json as committed, timed before rounds existed
+    assert "**Speed**" in text and "Ways to build the int8 student" in text
+
+
 def test_recipe_run_line_gives_minutes_steps_and_verdict(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "RESULTS", tmp_path)
     run = {"setup": {"cpu": {"model": "Test CPU", "cores": 2}}, "started": "2026-11-26T03:58:42+00:00",

@@ -40,9 +40,13 @@ def test_quick_run_writes_every_model(exported_run: Path, tmp_path: Path, capsys
         for key in ("latency_b1_p50_ms", "latency_b1_p90_ms", "throughput_b32", "size_mb", "macs_per_example"):
             assert row[key] > 0, (name, key)
         assert ("predict" in row) == (name != "bert-base-torch-fp32")
+        low, high = row["throughput_b32_spread"]  # the median over the interleaved rounds, their spread beside it
+        assert low <= row["throughput_b32"] <= high and len(row["rounds"]["throughput_b32"]) == 2
+        assert row["latency_b1_spread_ms"][0] <= row["latency_b1_p50_ms"] <= row["latency_b1_spread_ms"][1]
     predict = report["results"]["student-onnx-int8"]["predict"]
     assert predict["bucketed_texts_per_s"] > 0 and predict["padded_texts_per_s"] > 0
     setup = report["setup"]
+    assert setup["rounds"] == 2 and setup["timing"]["rounds"] == 2 and isinstance(setup["timing"]["unsteady"], bool)
     assert setup["threads"]["torch_intra_op"] == setup["threads"]["onnxruntime_intra_op"] == 1
     assert setup["cpu"]["model"] and setup["inputs"]["identical_token_ids_for_all_models"]
     assert setup["seq_len"] == 32 and setup["reference_layers"] == 1
