@@ -30,8 +30,8 @@ def eval_(obj, models: tuple[str, ...], domains: tuple[str, ...], split: str | N
     at batch 32 and size on disk; also written to metrics/eval.json (the latest record at its top
     level, and under "selections" the latest of every selection of models, domains and split).
     The models are timed together in interleaved rounds: speeds are medians over the rounds with
-    the fastest and slowest round in brackets, speed-ups over the teacher come from the same
-    rounds, and a line on stderr says when the rounds were unsteady (a busy machine).
+    the fastest and slowest round beneath, speed-ups over the teacher come from the same rounds,
+    and a line on stderr says when the rounds were unsteady (a busy machine).
       metakd eval --domain kitchen
       metakd eval --model student --model int8 --split dev --json
       metakd eval --rounds 16
