@@ -541,6 +541,7 @@ class _StudentSide:
     parts: nn.ModuleDict  # student, head (and projection)
     projection: nn.Linear | None
     mapping: list[int]  # student layer -> teacher layer
+    head_from_teacher: bool = False  # the classifier was cut from the teacher: dev accuracy means something at once
 
 
 def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn) -> DistillResult:
@@ -562,7 +563,7 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
     stages = {}
     try:
         if "intermediate" in specs:
-            stages["intermediate"] = _run_intermediate(ctx, specs["intermediate"], steps)
+            stages["intermediate"] = _run_intermediate_checked(ctx, specs["intermediate"], steps)
         stages["prediction"] = _run_prediction(ctx, specs["prediction"], steps)
     except KeyboardInterrupt as exc:
         if cache.saved is not None:  # Ctrl-C's message names them when no training state was saved yet
@@ -754,7 +755,8 @@ def _build_student_side(ctx: _Context, side: _TeacherSide, rows: _TrainingRows) 
     parts = nn.ModuleDict({"student": student, "head": student_head})
     if projection is not None:
         parts["projection"] = projection
-    return _StudentSide(student, how, tokenizer, train, dev, test, pad_id, cross, parts, projection, mapping)
+    return _StudentSide(student, how, tokenizer, train, dev, test, pad_id, cross, parts, projection, mapping,
+                        head_from_teacher=built.teacher_layers is not None)
 
 
 @dataclass
@@ -874,6 +876,31 @@ def _run_intermediate(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> dict
     phase = run_phase(spec, steps.side.parts, phase_steps, ctx.run.checkpoints, ctx.resume, ctx.progress, ctx.log)
     return {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second, "history": phase.history,
             "resumed_from": phase.resumed_from}
+
+
+def _run_intermediate_checked(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> dict:
+    """Stage 1, then stage 2's start: the better on dev of stage 1's result and the student as it began (stage 1
+    must do no harm). Only a student whose classifier came with it from the teacher (a `tiny` cut) can be scored
+    before stage 2 trains a head; another starts stage 2 from stage 1's result, unchecked, as the record says."""
+    student = steps.side.student
+    if not steps.side.head_from_teacher:
+        stage = _run_intermediate(ctx, spec, steps)
+        stage["start_check"] = {"checked": False, "why": "the student's head is new: dev accuracy before stage 2 "
+                                "says nothing", "stage_2_starts_from": "stage 1"}
+        return stage
+    student.eval()
+    initial_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    initial_dev = steps.dev_accuracy()
+    stage = _run_intermediate(ctx, spec, steps)
+    after_dev = steps.dev_accuracy()
+    start = "stage 1" if after_dev >= initial_dev else "the initial student"
+    if after_dev < initial_dev:
+        student.load_state_dict(initial_state)
+        ctx.log(f"stage 1 lowered dev accuracy ({initial_dev:.2f} -> {after_dev:.2f}): stage 2 starts from the "
+                "student as it began")
+    stage["start_check"] = {"checked": True, "initial_dev": initial_dev, "after_stage_1_dev": after_dev,
+                            "stage_2_starts_from": start}
+    return stage
 
 
 def _run_prediction(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> dict:

@@ -118,7 +118,7 @@ def test_unknown_key(tmp_path):
         ("fit:\n  trust_remote_code: maybe\n", "trust_remote_code", "expected bool, got 'maybe'"),
         ("distill:\n  student: [tiny]\n", "student", "expected str, got ['tiny']"),
         ("distill:\n  max_length: long\n", "max_length", "expected int, got 'long'"),
-        ("fit:\n  epochs: null\n", "epochs", "a value is required"),
+        ("fit:\n  max_epochs: null\n", "max_epochs", "a value is required"),
     ],
 )
 def test_wrong_type(tmp_path, text, key, expected):

@@ -621,3 +621,65 @@ def test_hub_reachable_is_a_quick_connection_to_the_endpoint(monkeypatch):
     started = time.perf_counter()
     assert not hub_reachable(timeout=1.0)
     assert time.perf_counter() - started < 2.5
+
+
+def _spy_on_stage_starts(monkeypatch, dev_scores: list[float]) -> tuple[dict, list[dict]]:
+    """The student's state when stage 1 begins and when stage 2 begins; the first dev scorings return
+    ``dev_scores`` (then the real ones)."""
+    import metakd_cli.distill as distill_module
+
+    real_stage_1, real_stage_2 = distill_module._run_intermediate, distill_module._run_prediction
+    real_dev = distill_module._LossSteps.dev_accuracy
+    initial, starts, scripted = {}, [], list(dev_scores)
+
+    def stage_1(ctx, spec, steps):
+        initial.update({k: v.clone() for k, v in steps.side.student.state_dict().items()})
+        return real_stage_1(ctx, spec, steps)
+
+    def stage_2(ctx, spec, steps):
+        starts.append({k: v.clone() for k, v in steps.side.student.state_dict().items()})
+        return real_stage_2(ctx, spec, steps)
+
+    monkeypatch.setattr(distill_module, "_run_intermediate", stage_1)
+    monkeypatch.setattr(distill_module, "_run_prediction", stage_2)
+    monkeypatch.setattr(distill_module._LossSteps, "dev_accuracy",
+                        lambda self: scripted.pop(0) if scripted else real_dev(self))
+    return initial, starts
+
+
+def test_stage_2_starts_from_the_initial_student_when_stage_1_lowers_dev(run, monkeypatch):
+    import torch
+
+    initial, starts = _spy_on_stage_starts(monkeypatch, [80.0, 60.0])  # before stage 1, after it
+    lines = []
+    result = distill(small(), run, log=lines.append, warn=_quiet)
+    check = result.metrics["stages"]["intermediate"]["start_check"]
+    assert check == {"checked": True, "initial_dev": 80.0, "after_stage_1_dev": 60.0,
+                     "stage_2_starts_from": "the initial student"}
+    assert any("stage 2 starts from the student as it began" in line for line in lines)
+    assert all(torch.equal(starts[0][key], value) for key, value in initial.items())
+
+
+def test_stage_2_starts_from_stage_1_when_it_does_no_harm(run, monkeypatch):
+    import torch
+
+    initial, starts = _spy_on_stage_starts(monkeypatch, [60.0, 60.0])
+    result = distill(small(), run, log=_quiet, warn=_quiet)
+    assert result.metrics["stages"]["intermediate"]["start_check"]["stage_2_starts_from"] == "stage 1"
+    assert not all(torch.equal(starts[0][key], value) for key, value in initial.items())  # stage 1 moved it
+
+
+def test_a_student_with_a_new_head_starts_stage_2_from_stage_1_unchecked(run, monkeypatch):
+    import metakd_cli.distill as distill_module
+
+    real = distill_module.build_student
+
+    def new_head(*args, **kwargs):  # as a minilm4 or hub student: not cut from this teacher
+        built = real(*args, **kwargs)
+        built.teacher_layers = None
+        return built
+
+    monkeypatch.setattr(distill_module, "build_student", new_head)
+    result = distill(small(), run, log=_quiet, warn=_quiet)
+    check = result.metrics["stages"]["intermediate"]["start_check"]
+    assert not check["checked"] and check["stage_2_starts_from"] == "stage 1"
