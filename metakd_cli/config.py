@@ -95,7 +95,9 @@ class DistillConfig:
     # ablations of stage 1: lambda_weights false gives every row weight 1 (meta keeps its domain-feature term);
     # attention_weight scales the attention-score term (0: hidden states, and domain features, only)
     lambda_weights: bool = True
-    attention_weight: float = 1.0
+    # None: 1, or 0 across position-encoding types (a relative-position teacher such as MPNet and an absolute-position
+    # student: the teacher's scores carry a position bias the student cannot reproduce)
+    attention_weight: float | None = None
     max_length: int | None = None  # default: the teacher's
     seed: int = 42
     trust_remote_code: bool = False

@@ -683,3 +683,16 @@ def test_a_student_with_a_new_head_starts_stage_2_from_stage_1_unchecked(run, mo
     result = distill(small(), run, log=_quiet, warn=_quiet)
     check = result.metrics["stages"]["intermediate"]["start_check"]
     assert not check["checked"] and check["stage_2_starts_from"] == "stage 1"
+
+
+def test_the_attention_term_is_left_out_across_position_encoding_types():
+    from transformers import BertConfig, MPNetConfig
+
+    from metakd_cli.distill import attention_weight_for, relative_positions
+
+    bert, mpnet = BertConfig(), MPNetConfig()
+    assert not relative_positions(bert) and relative_positions(mpnet)
+    assert relative_positions(BertConfig(position_embedding_type="relative_key"))
+    assert attention_weight_for(small(), mpnet, bert) == 0.0  # MPNet teacher, BERT student (minilm4)
+    assert attention_weight_for(small(), bert, bert) == 1.0
+    assert attention_weight_for(small(attention_weight=0.5), mpnet, bert) == 0.5  # given: kept as given
