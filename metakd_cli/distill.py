@@ -63,6 +63,7 @@ from metakd_cli.losses import (
     example_weighted,
     expertise_weight,
     hidden_mse,
+    least_squares_projection,
     multi_teacher_targets,
     prediction_loss,
     soft_targets,
@@ -905,13 +906,78 @@ def _run_intermediate(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> dict
             "resumed_from": phase.resumed_from}
 
 
+PROJECTION_ROWS = 256  # training rows the projection is fitted on before stage 1 (a seeded sample)
+
+
+def warm_projection(steps: _LossSteps, seed: int, rows: int = PROJECTION_ROWS) -> dict:
+    """Fit the student-to-teacher projection by least squares on the mapped hidden states of a seeded sample of
+    training rows, before stage 1 moves the student: a random projection would make the student's layers fit it.
+    Returns the sample's hidden-state MSE before and after (metrics' ``projection_warmup``)."""
+    side, teacher, projection = steps.side, steps.teacher, steps.side.projection
+    order = torch.randperm(len(side.train), generator=torch.Generator().manual_seed(seed)).tolist()[:rows]
+    width = side.student.config.hidden_size
+    gram = torch.zeros(width + 1, width + 1, dtype=torch.float64)
+    cross = torch.zeros(width + 1, teacher.config.hidden_size, dtype=torch.float64)
+    pairs = []
+    side.student.eval()
+    device = next(side.student.parameters()).device
+    teacher.to(device)  # as the loss step does: the frozen teacher follows the student's batches
+    with torch.no_grad():
+        for start in range(0, len(order), 32):
+            batch = {k: v.to(device) for k, v in steps.make_batch(order[start:start + 32]).items()}
+            student_states, teacher_states, mask = _mapped_states(steps, batch)
+            student_states, teacher_states = [h.cpu() for h in student_states], [h.cpu() for h in teacher_states]
+            mask = mask.cpu()
+            pairs.append((student_states, teacher_states, mask))
+            for hs, ht in zip(student_states, teacher_states):
+                x = torch.cat([hs[mask], torch.ones(int(mask.sum()), 1)], 1).double()
+                gram += x.T @ x
+                cross += x.T @ ht[mask].double()
+        projection_device = projection.weight.device
+        projection.cpu()
+        before = _pairs_mse(pairs, projection)
+        weight, bias = least_squares_projection(gram, cross)
+        projection.weight.copy_(weight.to(projection.weight.dtype))
+        projection.bias.copy_(bias.to(projection.bias.dtype))
+        after = _pairs_mse(pairs, projection)
+        projection.to(projection_device)
+    return {"rows": len(order), "mse_before": before, "mse_after": after}
+
+
+def _mapped_states(steps: _LossSteps, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """The student's hidden states and the teacher's at the mapped layers (its positions of the student's tokens
+    for a student with its own tokenizer), and the mask of the real tokens of rows that align: [B, L, H] lists."""
+    cross, mapping = steps.side.cross, steps.side.mapping
+    inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
+    t_inputs = teacher_inputs(batch) if cross is not None else inputs
+    student_states = list(steps.side.student(**inputs, output_hidden_states=True).hidden_states)
+    teacher_all = steps.teacher(**t_inputs, output_hidden_states=True).hidden_states
+    teacher_states = [teacher_all[m] for m in mapping]
+    mask = batch["attention_mask"].bool()
+    if cross is not None:
+        teacher_states = [gather_hidden(h, batch["teacher_positions"]) for h in teacher_states]
+        mask = mask & batch["aligned"].bool().unsqueeze(1)
+    return student_states, teacher_states, mask
+
+
+def _pairs_mse(pairs: list, projection: nn.Module) -> float:
+    errors = [((projection(hs[mask]) - ht[mask]) ** 2).mean() for s, t, mask in pairs for hs, ht in zip(s, t)]
+    return float(torch.stack(errors).mean())
+
+
 def _run_intermediate_checked(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> dict:
     """Stage 1, then stage 2's start: the better on dev of stage 1's result and the student as it began (stage 1
     must do no harm). Only a student whose classifier came with it from the teacher (a `tiny` cut) can be scored
     before stage 2 trains a head; another starts stage 2 from stage 1's result, unchecked, as the record says."""
     student = steps.side.student
+    warmup = None
+    if steps.side.projection is not None:
+        warmup = warm_projection(steps, ctx.cfg.seed)
+        ctx.log(f"stage 1's projection fitted by least squares on {warmup['rows']} training rows: hidden-state MSE "
+                f"{warmup['mse_before']:.4f} -> {warmup['mse_after']:.4f}")
     if not steps.side.head_from_teacher:
         stage = _run_intermediate(ctx, spec, steps)
+        stage["projection_warmup"] = warmup
         stage["start_check"] = {"checked": False, "why": "the student's head is new: dev accuracy before stage 2 "
                                 "says nothing", "stage_2_starts_from": "stage 1"}
         return stage
@@ -927,6 +993,7 @@ def _run_intermediate_checked(ctx: _Context, spec: PhaseSpec, steps: _LossSteps)
                 "student as it began")
     stage["start_check"] = {"checked": True, "initial_dev": initial_dev, "after_stage_1_dev": after_dev,
                             "stage_2_starts_from": start}
+    stage["projection_warmup"] = warmup
     return stage
 
 

@@ -196,3 +196,15 @@ def prediction_loss(student_logits: torch.Tensor, targets: torch.Tensor | None, 
     if gold_weight > 0:
         loss = loss + gold_weight * F.cross_entropy(student_logits, labels, reduction="none")
     return loss
+
+
+def least_squares_projection(gram: torch.Tensor, cross: torch.Tensor, ridge: float = 1e-3) -> tuple[torch.Tensor,
+                                                                                                     torch.Tensor]:
+    """The Linear(S -> T) that best maps student states x to teacher states y in squared error, from the sums
+    gram = sum [x, 1]^T [x, 1] ([S+1, S+1]) and cross = sum [x, 1]^T y ([S+1, T]) over tokens:
+    solve (gram + ridge * I_S) [W^T; b] = cross, a small ridge on W (not b) for stability -> (W [T, S], b [T])."""
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype)
+    eye[-1, -1] = 0.0  # no ridge on the bias
+    scale = gram.diagonal()[:-1].mean().clamp(min=1e-12)
+    solution = torch.linalg.solve(gram + ridge * scale * eye, cross)
+    return solution[:-1].T.contiguous(), solution[-1].contiguous()

@@ -696,3 +696,16 @@ def test_the_attention_term_is_left_out_across_position_encoding_types():
     assert attention_weight_for(small(), mpnet, bert) == 0.0  # MPNet teacher, BERT student (minilm4)
     assert attention_weight_for(small(), bert, bert) == 1.0
     assert attention_weight_for(small(attention_weight=0.5), mpnet, bert) == 0.5  # given: kept as given
+
+
+def test_a_projection_across_widths_is_fitted_before_stage_1(run):
+    # tinybert4 (312 wide) under the tiny teacher (32 wide): a projection; its 12 heads are not the teacher's 4, so
+    # the attention-score term is off and stage 1 compares hidden states (and the domain features) through it
+    lines = []
+    result = distill(small(student="tinybert4", student_init="random", attention_weight=0.0), run, log=lines.append,
+                     warn=_quiet)
+    warmup = result.metrics["stages"]["intermediate"]["projection_warmup"]
+    assert warmup["rows"] > 0 and warmup["mse_after"] < warmup["mse_before"]
+    assert any("projection fitted by least squares" in line for line in lines)
+    same_width = distill(small(), run, log=_quiet, warn=_quiet)  # tiny: the teacher's width, no projection
+    assert same_width.metrics["stages"]["intermediate"]["projection_warmup"] is None

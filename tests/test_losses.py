@@ -183,3 +183,17 @@ def test_prediction_loss_hand_computed_with_temperature_squared_and_gold_term():
     # T = 1, no gold term: the official stage 2 (soft cross-entropy)
     official = -(targets * torch.log_softmax(student, -1)).sum().item()
     assert prediction_loss(student, targets, labels).item() == pytest.approx(official, rel=1e-6)
+
+
+def test_least_squares_projection_recovers_a_linear_map():
+    from metakd_cli.losses import least_squares_projection
+
+    torch.manual_seed(0)
+    x = torch.randn(500, 6, dtype=torch.float64)
+    weight, bias = torch.randn(9, 6, dtype=torch.float64), torch.randn(9, dtype=torch.float64)
+    y = x @ weight.T + bias
+    ones = torch.cat([x, torch.ones(500, 1, dtype=torch.float64)], 1)
+    found_w, found_b = least_squares_projection(ones.T @ ones, ones.T @ y, ridge=0.0)
+    assert torch.allclose(found_w, weight, atol=1e-8) and torch.allclose(found_b, bias, atol=1e-8)
+    shrunk, _ = least_squares_projection(ones.T @ ones, ones.T @ y, ridge=10.0)
+    assert shrunk.norm() < weight.norm()  # the ridge pulls W towards 0, the bias is free
