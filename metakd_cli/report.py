@@ -141,6 +141,21 @@ def _transferability(run, dataset, data: ReportData, stale: dict[str, str]) -> N
         data.least[domain] = [scored(i) for i in reversed(ranked[len(ranked) - count:])]
 
 
+def _method(method: str | None) -> str | None:
+    return "none (no teacher: the student on the gold labels alone)" if method == "none" else method
+
+
+def _length(record: dict) -> str | None:
+    """How long a teacher or stage 2 trained and which state it kept, from its metrics (None before this was
+    recorded): "kept step 350 (epoch 2) of 4 epochs begun, stopped by patience; dev scored 40 times"."""
+    if not record.get("dev_curve") or record.get("best_step") is None:
+        return None
+    epochs = len(record.get("history") or [])
+    stopped = ", stopped by patience" if record.get("stopped_early") else ""
+    return (f"kept step {record['best_step']} (epoch {record.get('best_epoch')}) of {epochs} epochs begun{stopped}; "
+            f"dev scored {len(record['dev_curve'])} times")
+
+
 def build_report(run, split: str = "test", log: Callable[[str], None] = lambda _: None) -> ReportData:
     """Score the run's models on ``split`` and gather t, lambda, sizes and measured speed."""
     from metakd_cli.evaluate import model_logits, run_artifacts, stale_models
@@ -162,7 +177,9 @@ def build_report(run, split: str = "test", log: Callable[[str], None] = lambda _
     data.settings = {k: str(v) for k, v in (
         ("data", manifest.data.get("source") or (manifest.data.get("config") or {}).get("path")),
         ("teacher", fit_cfg.get("teacher")), ("teacher mode", fit_cfg.get("teacher_mode")),
-        ("student", distill_cfg.get("student")), ("method", distill_cfg.get("method"))) if v}
+        ("student", distill_cfg.get("student")), ("method", _method(distill_cfg.get("method"))),
+        ("teacher's length", _length(((figures.fit.get("teachers") or [{}])[0]))),
+        ("student's stage 2", _length((figures.distill.get("stages") or {}).get("prediction") or {}))) if v}
     teacher_predictions = None
     labels = None
     for name in ("teacher", "student", "onnx", "int8"):

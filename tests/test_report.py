@@ -367,3 +367,19 @@ def test_distill_saves_the_rows_before_the_manifest_records_it(full_run, tmp_pat
     distill(DistillConfig(intermediate_epochs=1, epochs=1, batch_size=8, lr=1e-3, intermediate_lr=1e-3, seed=6),
             run, log=_quiet, warn=_quiet)
     assert seen == [True]
+
+
+def test_the_report_says_how_long_teacher_and_student_trained_and_what_they_kept(full_run, tmp_path):
+    from metakd_cli.report import _length, _method, build_report
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(full_run, run.path)
+    data = build_report(run)
+    stage = json.loads((run.metrics / "distill.json").read_text())["stages"]["prediction"]
+    assert data.settings["student's stage 2"] == _length(stage)
+    assert f"kept step {stage['best_step']} (epoch {stage['best_epoch']}) of 2 epochs begun" in _length(stage)
+    assert "teacher's length" in data.settings
+    assert _length({"dev_curve": [{}] * 3, "best_step": 5, "best_epoch": 1, "history": [{}], "stopped_early": True}) \
+        == "kept step 5 (epoch 1) of 1 epochs begun, stopped by patience; dev scored 3 times"
+    assert _length({"history": [{}]}) is None  # a run from before the curve was recorded
+    assert _method("none").startswith("none (no teacher") and _method("meta") == "meta"
