@@ -27,7 +27,6 @@ target reads "not measured" until `run --systems` names the mpnet systems with t
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -220,7 +219,7 @@ def table(runs: Path = RUNS, out: Path = OUT) -> dict:
     for first, second in dict.fromkeys(pairs):
         if first in scored and second in scored:
             name = f"{first} vs {second}"
-            tests[name] = {"name": name, **paired_test(scored[first], scored[second], SEED, second), "model": "int8"}
+            tests[name] = {"name": name, **paired_test(scored[first], scored[second], SEED, first, second), "model": "int8"}
     document = {
         "setup": {"recipe": shown(RECIPE), "runs": shown(runs), "seed": SEED, "path": "MiniLM-L6 default path",
                   "systems": {n: {"what": s.what, "sets": list(s.sets), "start": s.start} for n, s in SYSTEMS.items()},

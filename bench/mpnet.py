@@ -37,27 +37,18 @@ written after them (bench.common.done). Results: bench/results/mpnet.json (--out
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from bench.common import DOMAINS, PAPER, RESULTS, ROOT, RUNS as BENCH_RUNS, data_missing, done, metakd_run, recipe
-from bench.common import data_path, scored_rows, selection, shown, start_from
-from bench.stats import compare
-from metakd_cli.pipeline import STEPS
+from bench.common import DOMAINS, PAPER, RESULTS, ROOT, RUNS as BENCH_RUNS, data_missing, metakd_run, recipe
+from bench.common import data_path, scored_rows, shown
+from bench.suite import NOT_MEASURED, Suite, System, paired_test, target
 from metakd_cli.run_dir import atomic_write_json, read_json_object
 
 RECIPE = ROOT / "recipes" / "amazon-mpnet.yaml"
 RUNS = BENCH_RUNS / "mpnet"
 OUT = RESULTS / "mpnet.json"
 SEED = 42
-
-
-@dataclass(frozen=True)
-class System:
-    sets: tuple[str, ...]  # --set overrides on the recipe
-    steps: tuple[str, ...]  # the steps this system adds to those of the folder it starts from
-    start: str | None  # the system whose finished folder this one starts as a copy of
-    what: str
 
 
 SYSTEMS: dict[str, System] = {
@@ -80,6 +71,7 @@ SYSTEMS: dict[str, System] = {
     "teacher-mix": System(("fit.teacher_mode=mix",), ("fit",), None,
                           "the MPNet-base mix teacher: plain fine-tuning on all domains"),
 }
+SUITE = Suite(RECIPE, RUNS, SYSTEMS)
 RUN_DEFAULT = ("teacher-meta", "meta", "tinybert", "kd", "meta-trim", "teacher-onnx")
 OPTIONAL = ("teacher-mix", "kd-lr", "meta-lr")  # run when named (--systems): the mix teacher when the CPU allows,
 # and the stage-2 rate's diagnosis
@@ -98,53 +90,38 @@ PAPER_ROWS = {"teacher-meta": "teacher-meta", "teacher-mix": "teacher-mix", "met
               "tinybert": "meta->tinybert"}
 # the issue's targets: the paper's meta-teacher and fp32 Meta-KD student, 1 point, 25x, 20 MB
 TARGETS = {"teacher": 89.9, "int8": 89.4, "int8_gap": 1.0, "speedup": 25.0, "int8_mb": 20.0}
-NOT_MEASURED = "not measured"
 # the students compared on the same test rows, each as shipped (static int8): (A, B) gives "A vs B", A minus B. The
 # method at the recipe's stage-2 rate, the rate itself, and the method at the higher rate
 PAIRS = (("meta", "tinybert"), ("meta", "kd"), ("kd-lr", "kd"), ("meta-lr", "meta"), ("meta-lr", "kd-lr"))
 
 
-# --------------------------------------------------------------------------- run folders
+# --------------------------------------------------------------------------- run folders (bench.suite)
+
+
+def _suite(runs: Path) -> Suite:
+    return replace(SUITE, runs=runs)
 
 
 def folder(runs: Path, system: str) -> Path:
-    return runs / system
+    return _suite(runs).folder(system)
 
 
 def sets_of(system: str, extra: tuple[str, ...] = ()) -> list[str]:
     """Every --set a system's run gets: its own, then the mode's (SPEED_SETS) and the command line's."""
-    return [*SYSTEMS[system].sets, *extra]
+    return SUITE.sets_of(system, extra)
 
 
 def chain(system: str, built: bool = False) -> str:
-    """The steps a system's folder holds, in `metakd run` order: its own and those of the folders it was copied
-    from (a student: fit,distill,export,eval); ``built``: those that make models, without eval."""
-    start = SYSTEMS[system].start
-    held = {*SYSTEMS[system].steps, *(chain(start, built=True).split(",") if start else ())}
-    return ",".join(step for step in STEPS if step in held and not (built and step == "eval"))
+    return SUITE.chain(system, built)
 
 
 def build(runs: Path, system: str, extra: tuple[str, ...], steps: str) -> bool:
-    """`metakd run RECIPE --resume --steps STEPS` in the system's folder, a copy of its start's folder first;
-    False when it is done already."""
-    run_dir, sets = folder(runs, system), sets_of(system, extra)
-    config = recipe(sets, RECIPE)
-    if done(run_dir, config, steps, selection(config) if "eval" in steps else None):
-        return False
-    if SYSTEMS[system].start is not None:
-        start_from(folder(runs, SYSTEMS[system].start), run_dir)
-    metakd_run(run_dir, sets, steps, RECIPE)
-    return True
+    return _suite(runs).build(system, extra, steps)
 
 
 def run_systems(runs: Path, systems: list[str], extra: tuple[str, ...], after=lambda: None) -> None:
     """Each system not finished yet, in SYSTEMS order, the systems they start from first; ``after`` each one."""
-    wanted = set(systems)
-    while any(SYSTEMS[s].start and SYSTEMS[s].start not in wanted for s in wanted):
-        wanted |= {SYSTEMS[s].start for s in wanted if SYSTEMS[s].start}
-    for system in (s for s in SYSTEMS if s in wanted):
-        if build(runs, system, extra, chain(system)):
-            after()
+    _suite(runs).run([s for s in SYSTEMS if s in systems], extra, after)
 
 
 def speed(runs: Path, extra: tuple[str, ...]) -> None:
@@ -158,17 +135,7 @@ def speed(runs: Path, extra: tuple[str, ...]) -> None:
 
 def finished_metrics(run_dir: Path, system: str, extra: tuple[str, ...] = (),
                      steps: str | None = None) -> dict[str, dict] | None:
-    """{step: metrics/<step>.json, eval: its record of this system's selection} when the folder is done with
-    this system's settings (``steps``: default its chain) and its eval written after them; None otherwise."""
-    steps = steps or chain(system)
-    config = recipe(sets_of(system, extra), RECIPE)
-    key = selection(config) if "eval" in steps else None
-    if not done(run_dir, config, steps, key):
-        return None
-    metrics = {step: read_json_object(run_dir / "metrics" / f"{step}.json") for step in steps.split(",")}
-    if key is not None:
-        metrics["eval"] = metrics["eval"]["selections"][key]
-    return metrics
+    return SUITE.finished_metrics(system, extra, steps, run_dir)
 
 
 # --------------------------------------------------------------------------- the table
@@ -300,13 +267,7 @@ def _ratio(a: object, b: object) -> float | None:
     return round(a / b, 1) if numbers and b else None
 
 
-def _target(what: str, value: float | None, threshold: float, at_least: bool, source: str) -> dict:
-    if value is None:
-        status = NOT_MEASURED
-    else:
-        status = "pass" if (value >= threshold if at_least else value <= threshold) else "fail"
-    return {"target": what, "threshold": threshold, "value": value, "status": status,
-            "source": source if value is not None else None}
+_target = target
 
 
 def targets(results: dict, speed_figures: dict | None) -> list[dict]:
@@ -369,16 +330,9 @@ def paired_tests(runs: Path, finished: set[str], extra: tuple[str, ...] = ()) ->
             rows = scored_rows(folder(runs, system), recipe(sets_of(system, extra), RECIPE), "int8")
             if rows is not None:
                 scored[system] = rows
-    tests = {}
-    for first, second in ((a, b) for a, b in PAIRS if a in scored and b in scored):
-        one, other = scored[first], scored[second]
-        if one.where != other.where:
-            raise SystemExit(f"{shown(folder(runs, second))}: its test rows are not those of {first}")
-        domains = list(one.correct)
-        strata = [domain for domain in domains for _ in one.correct[domain]]
-        a, b = ({str(SEED): sum((rows.correct[d] for d in domains), [])} for rows in (one, other))
-        tests[f"{first} vs {second}"] = {**compare(a, b, strata), "model": "int8"}
-    return tests
+    return {f"{first} vs {second}": {**paired_test(scored[first], scored[second], SEED, first, shown(folder(runs, second))),
+                                      "model": "int8"}
+            for first, second in PAIRS if first in scored and second in scored}
 
 
 READERS = {"teacher-meta": read_teacher, "teacher-mix": read_teacher, "meta": read_student, "tinybert": read_student,
@@ -486,9 +440,9 @@ def fit_speed(out: Path = OUT, steps: int = 3) -> dict:
 
 
 def print_table(document: dict) -> None:
-    for target in document["targets"]:
-        value = "-" if target["value"] is None else f"{target['value']:g}"
-        print(f"{target['status']:>13}  {value:>8}  {target['target']} ({target['threshold']:g})")
+    for row in document["targets"]:
+        value = "-" if row["value"] is None else f"{row['value']:g}"
+        print(f"{row['status']:>13}  {value:>8}  {row['target']} ({row['threshold']:g})")
 
 
 def main() -> None:

@@ -91,11 +91,12 @@ class Suite:
         return scored_rows(self.folder(system), recipe(self.sets_of(system, extra), self.recipe), model)
 
 
-def paired_test(one: Scored, other: Scored, seed: int, what: str) -> dict:
+def paired_test(one: Scored, other: Scored, seed: int, first: str, second: str) -> dict:
     """A vs B on the same test rows (bench.stats.compare: a paired bootstrap stratified by domain, and exact
-    McNemar), A minus B in points; ``what`` names B's rows for the refusal when the rows differ."""
+    McNemar), A minus B in points; ``first`` names A and ``second`` B (its folder) for the refusal when the rows
+    differ."""
     if one.where != other.where:
-        raise SystemExit(f"{what}: its test rows are not the other system's")
+        raise SystemExit(f"{second}: its test rows are not those of {first}")
     domains = list(one.correct)
     strata = [domain for domain in domains for _ in one.correct[domain]]
     a, b = ({str(seed): sum((rows.correct[d] for d in domains), [])} for rows in (one, other))
