@@ -1,12 +1,12 @@
 """Static int8 against dynamic int8: dev accuracy, speed at batch 32 and 1, and batch invariance.
 
-    metakd --run-dir R export                    # fp32 onnx/model.onnx of R's student
+    metakd --run-dir R export                    # fp32 onnx/onnx/model.onnx of R's student
     python -m bench.int8_static --run-dir R [--threads N] [--rounds 3] [--calibration-rows 256]
 
-Every variant is built here from R/onnx/model.onnx with metakd's own functions (``metakd_cli.export``),
+Every variant is built here from R's fp32 ONNX file with metakd's own functions (``metakd_cli.export``),
 into a temporary folder, and measured in ONE process:
 
-    fp32                       onnx/model.onnx as exported (the reference)
+    fp32                       onnx/onnx/model.onnx as exported (the reference)
     dynamic                    what `metakd export --int8 --int8-mode dynamic` writes (plain attempt,
                                per-channel weights): activation scales computed per batch, padding included
     static-{qdq,qoperator}-{minmax,percentile,entropy}
@@ -24,7 +24,8 @@ The default the numbers point to: among the invariant variants that pass the gat
 then the fastest at batch 32. Choices are made on dev; test is not read.
 
 Writes bench/results/int8_static.json and prints a table. Not part of CI; skips with a reason when the
-run folder has no onnx/model.onnx or its data (the Amazon reviews, for a real run) is absent.
+run folder has no fp32 ONNX file (onnx/onnx/model.onnx, or onnx/model.onnx from an older export) or its data
+(the Amazon reviews, for a real run) is absent.
 """
 
 from __future__ import annotations
@@ -56,10 +57,12 @@ def build(onnx_dir: Path, scratch: Path, target: str, train_encoded, pad_id: int
 
     source = scratch / "source"
     source.mkdir()
-    shutil.copy(onnx_dir / "model.onnx", source / "model.onnx")
+    from metakd_cli.inference import ONNX_FILE, onnx_model_path
+
+    shutil.copy(onnx_model_path(onnx_dir, ONNX_FILE), source / "model.onnx")
     shutil.copy(onnx_dir / "config.json", source / "config.json")
     plain = Int8Attempt("plain", "defaults", per_channel=True)  # what metakd export tries first
-    paths = {"fp32": onnx_dir / "model.onnx"}
+    paths = {"fp32": onnx_model_path(onnx_dir, ONNX_FILE)}
     built: dict[str, dict] = {"fp32": {}}
     started = time.perf_counter()
     paths["dynamic"] = quantize_attempt(source, "model.onnx", target, plain, scratch / "dynamic")
@@ -181,9 +184,11 @@ RULE = ("invariant (max |p diff| <= 1e-6, no label change) and within --max-drop
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    if not (args.run_dir / "onnx" / "model.onnx").is_file():
-        print(f"skipped: {args.run_dir}/onnx/model.onnx not present; run `metakd --run-dir {args.run_dir} export` "
-              "first")
+    from metakd_cli.inference import ONNX_FILE, onnx_model_path
+
+    if not onnx_model_path(args.run_dir / "onnx", ONNX_FILE).is_file():
+        print(f"skipped: {args.run_dir}/onnx/onnx/model.onnx not present; run `metakd --run-dir {args.run_dir} "
+              "export` first")
         return 0
 
     from metakd_cli.cpu import cpu_info

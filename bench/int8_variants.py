@@ -2,8 +2,9 @@
 
     python -m bench.int8_variants --run-dir bench/runs/meta-meta [--threads N] [--rounds 5]
 
-The run folder holds onnx/model.onnx and onnx/model_quantized.onnx (`metakd export --int8`).
-Every variant is built here from onnx/model.onnx into a temporary folder and measured in ONE
+The run folder holds onnx/onnx/model.onnx and onnx/onnx/model_quantized.onnx (`metakd export --int8`; an older
+export: onnx/model.onnx beside onnx/model_quantized.onnx).
+Every variant is built here from the fp32 file into a temporary folder and measured in ONE
 process, threads pinned, on the same fixed-shape inputs (real test texts, seq 128):
 
     fp32               onnx/model.onnx as exported
@@ -48,14 +49,18 @@ from metakd_cli.timing import available_cpus
 OUT = RESULTS / "int8_variants.json"
 
 
-def build(source: Path, scratch: Path, weight_type: str, config, target: str) -> dict[str, Path]:
+def build(onnx_dir: Path, scratch: Path, weight_type: str, config, target: str) -> dict[str, Path]:
+    """{variant: model file}, built from export folder ``onnx_dir``'s fp32 file."""
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    from metakd_cli.inference import INT8_FILE, ONNX_FILE, onnx_model_path
+
     heads, hidden = config.num_attention_heads, config.hidden_size
-    out = {"fp32": source, "int8-shipped": source.parent / "model_quantized.onnx"}
+    source = onnx_model_path(onnx_dir, ONNX_FILE)
+    out = {"fp32": source, "int8-shipped": onnx_model_path(onnx_dir, INT8_FILE)}
     with _quiet_tools():
         path = scratch / "int8-matmul.onnx"
         quantize_dynamic(str(source), str(path), weight_type=getattr(QuantType, weight_type),
@@ -78,21 +83,22 @@ def build(source: Path, scratch: Path, weight_type: str, config, target: str) ->
                              op_types_to_quantize=ops,
                              extra_options={"DefaultTensorType": TensorProto.FLOAT})  # fused ops lack shape info
             out[f"int8-{name}"] = path
-        out["int8-export-fuse"] = export_built(source, scratch / "export-fuse", target, fuse=True)
-        out["int8-per-channel"] = export_built(source, scratch / "per-channel", target, per_channel=True)
+        out["int8-export-fuse"] = export_built(onnx_dir, scratch / "export-fuse", target, fuse=True)
+        out["int8-per-channel"] = export_built(onnx_dir, scratch / "per-channel", target, per_channel=True)
     return out
 
 
-def export_built(source: Path, folder: Path, target: str, per_channel: bool = False, fuse: bool = False) -> Path:
+def export_built(onnx_dir: Path, folder: Path, target: str, per_channel: bool = False, fuse: bool = False) -> Path:
     """What `metakd export --int8` writes with its first, plain attempt (and --per-channel / --fuse), built with
-    its own functions."""
+    its own functions from export folder ``onnx_dir``'s fp32 file."""
     import shutil
 
     from metakd_cli.export import Int8Attempt, fused_graph, quantize_attempt
+    from metakd_cli.inference import ONNX_FILE, onnx_model_path
 
     folder.mkdir(parents=True)
-    shutil.copy(source, folder / "model.onnx")
-    shutil.copy(source.parent / "config.json", folder / "config.json")
+    shutil.copy(onnx_model_path(onnx_dir, ONNX_FILE), folder / "model.onnx")
+    shutil.copy(onnx_dir / "config.json", folder / "config.json")
     source_dir, source_file = fused_graph(folder, lambda message: None) if fuse else (folder, "model.onnx")
     attempt = Int8Attempt("plain", "defaults", per_channel=per_channel)
     return quantize_attempt(source_dir, source_file, target, attempt, folder / "int8")
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     config = AutoConfig.from_pretrained(onnx_dir)
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
-        variants = build(onnx_dir / "model.onnx", Path(scratch), WEIGHT_TYPES[target], config, target)
+        variants = build(onnx_dir, Path(scratch), WEIGHT_TYPES[target], config, target)
         reference = None
         forwards = {name: onnx_forward(pinned_session(path, args.threads)) for name, path in variants.items()}
         print(f"timing {len(forwards)} variants in {args.rounds} interleaved rounds", file=sys.stderr, flush=True)

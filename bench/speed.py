@@ -173,9 +173,9 @@ def find_models(run: RunDir, threads: int, teacher_onnx: Path | None, scratch: P
         reference_model(teacher_dir, reference_layers),
         Model("student-torch-fp32", torch_loader(student.path), student.path, student.max_length, student_config,
               weights_size_mb(student.path), "safetensors weights"),
-        Model("student-onnx-fp32", onnx_loader(run.onnx / ONNX_FILE), run.onnx, found["onnx"].max_length,
+        Model("student-onnx-fp32", onnx_loader(found["onnx"].path), run.onnx, found["onnx"].max_length,
               student_config, found["onnx"].size_mb, ONNX_FILE),
-        Model("student-onnx-int8", onnx_loader(run.onnx / INT8_FILE), run.onnx, found["int8"].max_length,
+        Model("student-onnx-int8", onnx_loader(found["int8"].path), run.onnx, found["int8"].max_length,
               student_config, found["int8"].size_mb, INT8_FILE),
     ]
     return models, notes

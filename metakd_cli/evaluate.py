@@ -3,7 +3,8 @@
 
 ``evaluate_run`` is `metakd eval`: accuracy and
 macro-F1 per domain, agreement with the teacher, latency at batch 1, throughput at batch 32
-and size on disk of each model in the run folder (teacher/, student/, onnx/model.onnx,
+and size on disk of each model in the run folder (teacher/, student/, onnx/onnx/model.onnx,
+onnx/onnx/model_quantized.onnx; in an export from before that layout, onnx/model.onnx and
 onnx/model_quantized.onnx). The models are timed together in interleaved rounds (``metakd_cli.timing``):
 each figure is a median over rounds with its fastest and slowest round, and the speed-ups over the teacher
 come from the medians of the same rounds.
@@ -30,6 +31,7 @@ from metakd_cli.inference import (
     batched_logits,
     make_batch,
     onnx_forward,
+    onnx_model_path,
     onnx_session,
     size_mb,
     torch_forward,
@@ -171,13 +173,14 @@ def run_artifacts(run) -> dict[str, Artifact]:
     exported = read_json_object(run.onnx / EXPORT_JSON)
     onnx_max = int(exported.get("max_length") or student_max)
     for name, file in (("onnx", ONNX_FILE), ("int8", INT8_FILE)):
-        if (run.onnx / file).is_file() and name not in stale:
-            found[name] = Artifact(name, "onnx", run.onnx / file, run.onnx, onnx_max)
+        path = onnx_model_path(run.onnx, file)
+        if path.is_file() and name not in stale:
+            found[name] = Artifact(name, "onnx", path, run.onnx, onnx_max)
     return found
 
 
 def exported_target(run) -> str | None:
-    """The int8 format (--target) onnx/model_quantized.onnx was made for: from the metakd_export.json
+    """The int8 format (--target) the run's int8 ONNX file was made for: from the metakd_export.json
     beside it, else from the manifest's export step."""
     target = read_json_object(run.onnx / EXPORT_JSON).get("target")
     if target is None and run.manifest_path.is_file():

@@ -1,15 +1,21 @@
 """`metakd export`: Optimum ONNX export, int8 quantization (static by default), ORT format, and the checks.
 
-The run's student (or teacher) becomes ``onnx/``, a folder that loads with
-``ORTModelForSequenceClassification.from_pretrained("metakd-run/onnx")`` and no metakd:
+The run's student (or teacher) becomes ``onnx/``, a folder that loads with no metakd, one copy of the
+weights for every runtime: ``ORTModelForSequenceClassification.from_pretrained("metakd-run/onnx")`` (Optimum
+finds the .onnx files in the subfolder), ``pipeline("text-classification", "onnx", {dtype: "q8"})`` in
+transformers.js with ``env.localModelPath = "metakd-run/"`` (its layout), or an onnxruntime session on the file:
 
-    model.onnx                fp32, opset pinned (default 18, the least optimum recommends for BERT)
-    model_quantized.onnx      int8 (--int8) in the format of the target CPU: static by default (activation
+    config.json, tokenizer.json, tokenizer_config.json (model_max_length: the export's max_length), vocab.txt
+    onnx/model.onnx           fp32, opset pinned (default 18, the least optimum recommends for BERT)
+    onnx/model_quantized.onnx int8 (--int8) in the format of the target CPU: static by default (activation
                               ranges calibrated on a seeded sample of training texts, so a text gets one
                               answer whatever its batch), or dynamic (--int8-mode dynamic: scales per batch)
     model.ort                 ONNX Runtime Mobile format (--ort; implied by --target arm64)
     required_operators.config the operators model.ort needs, for a reduced-size ORT Mobile build
-    config.json, tokenizer files, ort_config.json (quantization settings), metakd_export.json
+    ort_config.json (quantization settings), metakd_export.json, README.md (the model card)
+
+The checks run on the files before they move into ``onnx/``; readers find both layouts
+(``metakd_cli.inference.onnx_model_path``), so a run exported before this layout still evaluates and predicts.
 
 With --trim-vocab the exported model is first restricted to the word pieces of the training
 corpus (``metakd_cli.vocab``): the ONNX files, the tokenizer and the PyTorch reference of the
@@ -54,6 +60,7 @@ from metakd_cli.inference import (
     EXPORT_JSON,
     INT8_FILE,
     ONNX_FILE,
+    ONNX_SUBDIR,
     ORT_FILE,
     onnx_logits,
     onnx_session,
@@ -887,6 +894,7 @@ def _export_into(job: _ExportJob, tmp: Path, scratch: Path) -> tuple[dict, list[
     cfg = job.cfg
     model_dir, report = _trimmed_source(job, scratch)
     _to_onnx(job, model_dir if report is None else job.source, model_dir, tmp)
+    _cut_at_max_length(tmp, job.max_length)
     fp32 = _fp32_check(job, tmp, model_dir, report is not None)
     checks: dict = {"logits_check": fp32.logits_check}
     failures = list(fp32.failures)
@@ -914,7 +922,31 @@ def _export_into(job: _ExportJob, tmp: Path, scratch: Path) -> tuple[dict, list[
     checks["size_mb"] = {"pytorch": weights_size_mb(model_dir), **files}
     checks["parameters"] = {"pytorch": int(sum(p.numel() for p in fp32.model.parameters())),
                             "onnx_initializers": _onnx_parameters(tmp / ONNX_FILE)}
+    _nest_onnx_files(tmp)
     return checks, failures
+
+
+def _cut_at_max_length(folder: Path, max_length: int) -> None:
+    """The shipped tokenizer's ``model_max_length`` set to the length the model was trained and checked at, so
+    that a runtime that truncates at it (transformers.js does, and transformers with ``truncation=True``) cuts
+    texts where ``metakd predict`` does."""
+    path = folder / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.get("model_max_length") != max_length:
+        config["model_max_length"] = max_length
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _nest_onnx_files(folder: Path) -> None:
+    """The .onnx files of ``folder`` (and their external data) moved into ``folder/onnx/``, beside which
+    config.json and the tokenizer stay: the layout transformers.js loads as-is and Optimum finds too. Moved, not
+    copied: one copy of the weights serves every runtime."""
+    nested = folder / ONNX_SUBDIR
+    nested.mkdir(exist_ok=True)
+    for path in sorted(folder.glob("*.onnx")) + sorted(folder.glob("*.onnx_data")):
+        os.replace(path, nested / path.name)
 
 
 def _trimmed_source(job: _ExportJob, scratch: Path) -> tuple[Path, TrimReport | None]:

@@ -108,9 +108,21 @@ def softmax(logits) -> np.ndarray:
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model_quantized.onnx"
+# An export folder holds config.json and the tokenizer files at its top and the .onnx files in this subfolder:
+# the layout transformers.js reads (dtype "fp32" -> onnx/model.onnx, "q8" -> onnx/model_quantized.onnx), which
+# Optimum's ORTModel finds too (it searches the folder for *.onnx); model.ort stays at the top.
+ONNX_SUBDIR = "onnx"
 ORT_FILE = "model.ort"
-EXPORT_JSON = "metakd_export.json"  # beside the ONNX files: where they came from, max_length, checks
+EXPORT_JSON = "metakd_export.json"  # beside config.json: where the ONNX files came from, max_length, checks
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def onnx_model_path(folder: Path, name: str) -> Path:
+    """Where export folder ``folder`` holds the ONNX file ``name``: ``folder/onnx/name``, or ``folder/name`` in a
+    folder exported before the transformers.js layout (when only that exists)."""
+    nested = Path(folder) / ONNX_SUBDIR / name
+    flat = Path(folder) / name
+    return flat if flat.is_file() and not nested.is_file() else nested
 
 
 def onnx_session(path: Path):

@@ -143,7 +143,7 @@ class RunFigures:
         folder = {"teacher": self.run.teacher, "student": self.run.student}.get(model)
         if folder is not None:
             return weights_size_mb(folder) if (folder / "config.json").is_file() else None
-        path = self.run.onnx / ("model.onnx" if model == "onnx" else "model_quantized.onnx")
+        path = exported_file(self.run, model)
         return size_mb(path, path.with_name(path.name + "_data")) if path.is_file() else None
 
     def speed(self, model: str) -> MeasuredSpeed | None:
@@ -165,6 +165,13 @@ class RunFigures:
                 return f"{cpu['model']} ({cpu.get('cores', '?')} cores" + (
                     f"; torch threads {threads})" if threads else ")")
         return None
+
+
+def exported_file(run, model: str) -> Path:
+    """The run's ONNX file of ``model`` (onnx: fp32, int8), in either export layout."""
+    from metakd_cli.inference import INT8_FILE, ONNX_FILE, onnx_model_path
+
+    return onnx_model_path(run.onnx, INT8_FILE if model == "int8" else ONNX_FILE)
 
 
 def _pct(value: object) -> str:
@@ -193,9 +200,9 @@ def _metadata(figures: RunFigures, onnx: bool) -> list[str]:
              if name and (name in KNOWN_BASES or _is_hub_id(name))]
     tags = ["text-classification", "distillation", "meta-kd", "metakd"]
     current = "onnx" not in figures.stale  # a stale onnx/ belongs to an earlier student
-    if current and (figures.run.onnx / "model.onnx").is_file():
+    if current and exported_file(figures.run, "onnx").is_file():
         tags.append("onnx")
-    if current and (figures.run.onnx / "model_quantized.onnx").is_file():
+    if current and exported_file(figures.run, "int8").is_file():
         tags.append("int8")
     lines = ["---", f"license: {known[1] if known and known[1] else 'other'}"]
     if known and known[2]:
@@ -275,8 +282,7 @@ def _results(figures: RunFigures) -> list[str]:
     keys = domains + (["average"] if len(domains) > 1 else [])
     present = [m for m in MODELS if not figures.is_stale(m) and (
         figures.accuracy(m) is not None or m in ("teacher", "student")
-        or (m == "onnx" and (figures.run.onnx / "model.onnx").is_file())
-        or (m == "int8" and (figures.run.onnx / "model_quantized.onnx").is_file()))]
+        or (m in ("onnx", "int8") and exported_file(figures.run, m).is_file()))]
     accuracy = {m: figures.accuracy(m) for m in present}
     agreement = {m: figures.agreement(m) for m in present}
     lines = ["## Results", "", "Accuracy (%) on the test split, per domain:", "",
@@ -330,9 +336,12 @@ def _usage(onnx: bool, has_int8: bool) -> list[str]:
                 'classify = pipeline("text-classification", model="PATH/TO/student")',
                 'print(classify("great kettle, boils fast"))', "```", ""]
     file = "model_quantized.onnx" if has_int8 else "model.onnx"
+    dtype = "q8" if has_int8 else "fp32"
     return [
         "## How to use", "",
-        "With Optimum:", "", "```python",
+        "This folder serves every runtime from one copy of the weights: `config.json` and the tokenizer at the "
+        f"top, the ONNX files in `onnx/` (`onnx/{file}`), the layout transformers.js reads.", "",
+        "With Optimum (it finds the file in `onnx/`):", "", "```python",
         "from optimum.onnxruntime import ORTModelForSequenceClassification",
         "from transformers import AutoTokenizer, pipeline", "",
         f'model = ORTModelForSequenceClassification.from_pretrained("PATH/TO/onnx", file_name="{file}")',
@@ -342,7 +351,7 @@ def _usage(onnx: bool, has_int8: bool) -> list[str]:
         "With ONNX Runtime alone (and the tokenizer's files in this folder):", "", "```python",
         "import json, numpy as np, onnxruntime as ort",
         "from tokenizers import Tokenizer", "",
-        f'session = ort.InferenceSession("PATH/TO/onnx/{file}", providers=["CPUExecutionProvider"])',
+        f'session = ort.InferenceSession("PATH/TO/onnx/onnx/{file}", providers=["CPUExecutionProvider"])',
         'tokenizer = Tokenizer.from_file("PATH/TO/onnx/tokenizer.json")',
         'labels = json.load(open("PATH/TO/onnx/config.json"))["id2label"]',
         'encoding = tokenizer.encode("great kettle, boils fast")',
@@ -351,7 +360,28 @@ def _usage(onnx: bool, has_int8: bool) -> list[str]:
         '    feed["token_type_ids"] = np.array([encoding.type_ids])',
         "logits = session.run(None, feed)[0][0]",
         "print(labels[str(int(logits.argmax()))])",
-        "```", ""]
+        "```", "",
+        "With transformers.js in Node (`npm install @huggingface/transformers`; an ES module such as "
+        "`classify.mjs`):", "", "```javascript",
+        'import { env, pipeline } from "@huggingface/transformers";', "",
+        "env.allowRemoteModels = false;  // this folder only, never the Hub",
+        'env.localModelPath = "PATH/TO/";  // the folder that holds this one',
+        f'const classify = await pipeline("text-classification", "onnx", {{ dtype: "{dtype}" }});'
+        "  // this folder's name",
+        'console.log(await classify("great kettle, boils fast", { top_k: null }));',
+        "```", "",
+        "In the browser, with this folder served at `/models/my-classifier/`:", "", "```html",
+        '<script type="module">',
+        '  import { env, pipeline } from "https://cdn.jsdelivr.net/npm/@huggingface/transformers@4";',
+        "  env.allowRemoteModels = false;",
+        '  env.localModelPath = "/models/";',
+        f'  const classify = await pipeline("text-classification", "my-classifier", {{ dtype: "{dtype}" }});',
+        '  console.log(await classify("great kettle, boils fast", { top_k: null }));',
+        "</script>",
+        "```", "",
+        '`dtype: "q8"` reads `onnx/model_quantized.onnx`, `"fp32"` `onnx/model.onnx`. transformers.js cuts a text '
+        "longer than the tokenizer's `model_max_length` without its closing `[SEP]`, so only such texts can get a "
+        "slightly different answer than in Python.", ""]
 
 
 def _limits(figures: RunFigures) -> list[str]:
@@ -383,7 +413,7 @@ def _limits(figures: RunFigures) -> list[str]:
 def card_text(run, onnx: bool) -> str:
     """The Markdown card of the run's student/ (``onnx`` False) or onnx/ folder."""
     figures = RunFigures(run)
-    has_int8 = (run.onnx / "model_quantized.onnx").is_file()
+    has_int8 = exported_file(run, "int8").is_file()
     parts = [*_metadata(figures, onnx), *_describe(figures, onnx), *_results(figures), *_usage(onnx, has_int8),
              *_limits(figures),
              f"Written by metakd {__version__} from `metrics/*.json` and `manifest.json` of the run folder; "

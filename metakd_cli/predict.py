@@ -190,7 +190,7 @@ def predict(cfg: PredictConfig, run, log: Callable[[str], None] = lambda _: None
         mismatch = target_mismatch(exported_target(run), cpu_info())
         if mismatch:
             warnings.append(mismatch)
-        if cfg.batch_size > 1 and len(texts) > 1 and dynamic_int8(artifact.path.parent):
+        if cfg.batch_size > 1 and len(texts) > 1 and dynamic_int8(artifact.tokenizer_dir):
             warnings.append(f"{artifact.path} is dynamic int8: a text's probability can change with the other texts "
                             "of its batch; --batch-size 1 gives each text the answer it gets alone, or re-export with "
                             "`metakd export --int8` (static int8, the default)")
@@ -198,8 +198,8 @@ def predict(cfg: PredictConfig, run, log: Callable[[str], None] = lambda _: None
 
 
 def dynamic_int8(folder: Path) -> bool:
-    """Whether ``folder``'s model_quantized.onnx was quantized dynamically (its ort_config.json says so; a folder
-    without one is taken as dynamic, what metakd exported before static int8)."""
+    """Whether export folder ``folder``'s int8 file was quantized dynamically (its ort_config.json, beside
+    config.json, says so; a folder without one is taken as dynamic, what metakd exported before static int8)."""
     try:
         quantization = json.loads((folder / "ort_config.json").read_text(encoding="utf-8")).get("quantization") or {}
     except (OSError, ValueError):

@@ -5,7 +5,7 @@ Layout (DESIGN.md "The run folder")::
     manifest.json   data source and fingerprint, split seed, labels, domains, steps
     teacher/        save_pretrained folder (+ metakd extras)
     student/        save_pretrained folder of the student
-    onnx/           ONNX / int8 / ORT files
+    onnx/           config + tokenizer, onnx/model.onnx and onnx/model_quantized.onnx (int8), model.ort
     metrics/        one JSON per step
 
 Every write is atomic: a file goes to a temporary sibling and is renamed; an artifact

@@ -24,7 +24,7 @@ def invoke(*args: str):
 def test_onnx_logits_feed_only_declared_inputs_and_keep_order(exported_run):
     from metakd_cli.inference import onnx_logits, onnx_session
 
-    session = onnx_session(exported_run / "onnx" / "model.onnx")
+    session = onnx_session(exported_run / "onnx" / "onnx" / "model.onnx")
     rows = [[2, 40, 41, 3], [2, 40, 3], [2, 40, 41, 42, 43, 3]]
     with_types = Encoded(rows, [[0] * len(r) for r in rows], [0, 1, 0], [0, 0, 1])
     without_types = Encoded(rows, None, [0, 1, 0], [0, 0, 1])
@@ -239,7 +239,7 @@ def test_bucketed_logits_equal_unbucketed_ones_in_input_order(exported_run):
     assert len(set(lengths)) > 1
 
     student = AutoModelForSequenceClassification.from_pretrained(exported_run / "student")
-    session = onnx_session(exported_run / "onnx" / "model.onnx")
+    session = onnx_session(exported_run / "onnx" / "onnx" / "model.onnx")
     for compute in (lambda **kw: torch_logits(student, encoded, 0, batch_size=8, **kw),
                     lambda **kw: onnx_logits(session, encoded, 0, batch_size=8, **kw)):
         bucketed = compute()

@@ -19,9 +19,14 @@ def invoke(*args: str):
 
 def test_export_writes_onnx_int8_ort_and_configs(exported_run):
     onnx = exported_run / "onnx"
-    for name in ("model.onnx", "model_quantized.onnx", "model.ort", "config.json", "tokenizer.json",
-                 "vocab.txt", "ort_config.json", "metakd_export.json"):
+    for name in ("onnx/model.onnx", "onnx/model_quantized.onnx", "model.ort", "required_operators.config",
+                 "config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "ort_config.json",
+                 "metakd_export.json"):
         assert (onnx / name).is_file(), name
+    # one copy of the weights: the .onnx files live in onnx/ only (transformers.js's layout), model.ort at the top
+    assert sorted(p.relative_to(onnx).as_posix() for p in onnx.rglob("*.onnx")) == [
+        "onnx/model.onnx", "onnx/model_quantized.onnx"]
+    assert json.loads((onnx / "tokenizer_config.json").read_text())["model_max_length"] == 32  # the export's
     left = [p.name for p in exported_run.iterdir() if p.name.startswith(".") and p.name != LOCK_FILE]
     assert not left, f"a temporary folder was left behind: {left}"
     assert (exported_run / LOCK_FILE).read_text() == ""  # the lock stays, with no holder once export is done
@@ -38,7 +43,7 @@ def test_export_writes_onnx_int8_ort_and_configs(exported_run):
     assert metrics["size_mb"]["model_quantized.onnx"] > 0
     import onnx as onnx_lib
 
-    weight_bytes = {name: sum(len(t.raw_data) for t in onnx_lib.load(str(onnx / name)).graph.initializer)
+    weight_bytes = {name: sum(len(t.raw_data) for t in onnx_lib.load(str(onnx / "onnx" / name)).graph.initializer)
                     for name in ("model.onnx", "model_quantized.onnx")}
     assert weight_bytes["model_quantized.onnx"] < weight_bytes["model.onnx"] / 2
     assert metrics["parameters"]["pytorch"] > 0 and metrics["ort_check"]["source"] == "model_quantized.onnx"
@@ -51,7 +56,7 @@ def test_exported_folder_loads_with_plain_optimum(exported_run):
     from transformers import AutoTokenizer
 
     folder = exported_run / "onnx"
-    assert onnx.load(str(folder / "model.onnx")).opset_import[0].version == 18
+    assert onnx.load(str(folder / "onnx" / "model.onnx")).opset_import[0].version == 18
     tokenizer = AutoTokenizer.from_pretrained(folder)
     inputs = tokenizer(["the pan was very good great", "my phone is quite awful broken"], padding=True,
                        return_tensors="np")
@@ -75,9 +80,9 @@ def test_exported_predictions_equal_pytorch_student(exported_run):
     encoded = encode(dataset.test + dataset.dev, dataset, tokenizer, 32)
     student = AutoModelForSequenceClassification.from_pretrained(exported_run / "student")
     expected = torch_logits(student, encoded, 0, batch_size=7)
-    fp32 = onnx_logits(onnx_session(exported_run / "onnx" / "model.onnx"), encoded, 0, batch_size=5)
+    fp32 = onnx_logits(onnx_session(exported_run / "onnx" / "onnx" / "model.onnx"), encoded, 0, batch_size=5)
     assert np.abs(fp32 - expected).max() <= 1e-4
-    for name in ("model_quantized.onnx", "model.ort"):
+    for name in ("onnx/model_quantized.onnx", "model.ort"):
         predicted = onnx_logits(onnx_session(exported_run / "onnx" / name), encoded, 0).argmax(-1)
         assert (predicted == expected.argmax(-1)).all(), name
 
@@ -98,7 +103,7 @@ def test_drop_gate_fails_with_exit_1_and_keeps_the_files(exported_run, tmp_path,
     run = copy_run(exported_run, tmp_path / "run")
     manifest_before = (run / "manifest.json").read_bytes()
     metrics_before = (run / "metrics" / "export.json").read_bytes()
-    onnx_before = (run / "onnx" / "model_quantized.onnx").read_bytes()
+    onnx_before = (run / "onnx" / "onnx" / "model_quantized.onnx").read_bytes()
 
     result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", "--int8", "--max-drop", "0"])
 
@@ -106,16 +111,16 @@ def test_drop_gate_fails_with_exit_1_and_keeps_the_files(exported_run, tmp_path,
     assert "onnx.failed" in result.stderr and "--max-drop 0" in result.stderr
     assert (run / "manifest.json").read_bytes() == manifest_before
     assert (run / "metrics" / "export.json").read_bytes() == metrics_before
-    assert (run / "onnx" / "model_quantized.onnx").read_bytes() == onnx_before
+    assert (run / "onnx" / "onnx" / "model_quantized.onnx").read_bytes() == onnx_before
     failed = run / "onnx.failed"
-    assert (failed / "model.onnx").is_file() and (failed / "model_quantized.onnx").is_file()
+    assert (failed / "onnx" / "model.onnx").is_file() and (failed / "onnx" / "model_quantized.onnx").is_file()
     report = json.loads((failed / "metakd_export.json").read_text())
     assert report["passed"] is False and report["int8_check"]["passed"] is False
     assert not any(p.name.startswith(".onnx") for p in run.iterdir())
 
     # a later passing export replaces onnx/ and drops the stale onnx.failed/
     assert invoke("--run-dir", str(run), "export").exit_code == 0
-    assert not failed.exists() and not (run / "onnx" / "model_quantized.onnx").exists()
+    assert not failed.exists() and not (run / "onnx" / "onnx" / "model_quantized.onnx").exists()
 
 
 def test_export_cli_json_and_fp32_only(tiny_run, tmp_path):
@@ -124,7 +129,8 @@ def test_export_cli_json_and_fp32_only(tiny_run, tmp_path):
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["passed"] and out["opset"] == 17 and out["int8"] is False and out["target"] is None
-    assert sorted(p.name for p in (run / "onnx").glob("model*")) == ["model.onnx"]
+    assert sorted(p.relative_to(run / "onnx").as_posix() for p in (run / "onnx").rglob("model*")) == [
+        "onnx/model.onnx"]
     assert "fp32 ONNX vs PyTorch" in result.stderr
 
 
@@ -149,9 +155,9 @@ def test_fuse_quantizes_a_fused_graph_that_loads_plainly(tiny_run, tmp_path):
     result = invoke("--run-dir", str(run), "export", "--int8", "--fuse", "--max-drop", "100")
     assert result.exit_code == 0, result.output
     assert "fused graph for int8: " in result.stderr and "Attention" in result.stderr
-    folder = run / "onnx"
-    assert sorted(p.name for p in folder.glob("*.onnx")) == ["model.onnx", "model_quantized.onnx"]  # no scratch left
-    assert not (folder / ".fused").exists()
+    assert not (run / "onnx" / ".fused").exists()
+    folder = run / "onnx" / "onnx"
+    assert sorted(p.name for p in (run / "onnx").rglob("*.onnx")) == ["model.onnx", "model_quantized.onnx"]
     ops = {n.op_type for n in onnx.load(str(folder / "model_quantized.onnx")).graph.node}
     assert "QAttention" in ops  # the fused attention, quantized
     assert "Attention" not in {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}  # fp32 as exported
@@ -244,7 +250,7 @@ def test_trim_vocab_exports_the_trimmed_model_and_keeps_covered_predictions(tiny
     # the shipped folder: a tokenizer and an ONNX embedding table of the trimmed size, loadable as usual
     folder = run / "onnx"
     assert len((folder / "vocab.txt").read_text().splitlines()) == trim["vocab_after"]
-    graph = onnx.load(str(folder / "model.onnx")).graph
+    graph = onnx.load(str(folder / "onnx" / "model.onnx")).graph
     (table,) = [t for t in graph.initializer if t.name.endswith("word_embeddings.weight")]
     assert table.dims[0] == trim["vocab_after"]
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -264,7 +270,7 @@ def test_trim_vocab_exports_the_trimmed_model_and_keeps_covered_predictions(tiny
     assert covered
     student = AutoModelForSequenceClassification.from_pretrained(run / "student")
     expected = torch_logits(student, before.subset(covered), 0)
-    trimmed = onnx_logits(onnx_session(folder / "model.onnx"), after.subset(covered), 0)
+    trimmed = onnx_logits(onnx_session(folder / "onnx" / "model.onnx"), after.subset(covered), 0)
     assert np.abs(trimmed - expected).max() <= 1e-4
     assert (trimmed.argmax(-1) == expected.argmax(-1)).all()
 
@@ -330,7 +336,7 @@ def test_int8_fallback_keeps_the_first_remedy_that_passes(tiny_run, tmp_path, mo
     quantization = json.loads((run / "onnx" / "ort_config.json").read_text())["quantization"]
     assert quantization["operators_to_quantize"] == ["MatMul"]
     assert "/classifier/Gemm" in quantization["nodes_to_exclude"]
-    graph = onnx.load(str(run / "onnx" / "model_quantized.onnx")).graph
+    graph = onnx.load(str(run / "onnx" / "onnx" / "model_quantized.onnx")).graph
     names = {t.name for t in graph.initializer}
     assert "bert.embeddings.word_embeddings.weight" in names
     assert not [n for n in graph.node if n.name.startswith("/classifier/") and n.op_type == "MatMulInteger"]
@@ -363,7 +369,7 @@ def test_int8_is_per_channel_by_default_and_per_tensor_on_request(tiny_run, tmp_
         check = json.loads((run / "metrics" / "export.json").read_text())["int8_check"]
         assert check["attempt"] == "plain" and check["per_channel"] is per_channel
         assert json.loads((run / "onnx" / "ort_config.json").read_text())["quantization"]["per_channel"] is per_channel
-        found = _weight_zero_points(run / "onnx" / "model_quantized.onnx")
+        found = _weight_zero_points(run / "onnx" / "onnx" / "model_quantized.onnx")
         assert found
         for columns, shape in found:  # one zero point per output column, or one per matrix
             assert shape == ((columns,) if per_channel else ())
@@ -393,7 +399,7 @@ def test_int8_fallback_fails_with_every_attempt_listed(tiny_run, tmp_path, int8_
     assert all(not a["passed"] and a["size_mb"] > 0 and "drop" in a for a in report["int8_attempts"])
     assert report["int8_attempts"][-1]["weights"] == "QInt8"  # avx2's default is QUInt8
     assert report["passed"] is False and not (run / "onnx").exists() and not (run / "metrics" / "export.json").exists()
-    assert (failed / "model_quantized.onnx").is_file()
+    assert (failed / "onnx" / "model_quantized.onnx").is_file()
     assert not any(p.name.startswith(".") for p in failed.iterdir())
 
 
@@ -429,7 +435,7 @@ def test_ort_round_trip_and_mobile_checks(exported_run):
     _, dataset = RunDir(exported_run).reload_dataset()
     encoded = encode(dataset.dev, dataset, AutoTokenizer.from_pretrained(exported_run / "onnx"), 32)
     ort = onnx_logits(onnx_session(exported_run / "onnx" / "model.ort"), encoded, 0)
-    int8 = onnx_logits(onnx_session(exported_run / "onnx" / "model_quantized.onnx"), encoded, 0)
+    int8 = onnx_logits(onnx_session(exported_run / "onnx" / "onnx" / "model_quantized.onnx"), encoded, 0)
     assert (ort.argmax(-1) == int8.argmax(-1)).all()
 
 

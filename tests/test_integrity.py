@@ -308,9 +308,9 @@ def truncate(path: Path) -> None:
     ("teacher/model.safetensors", ["eval", "--model", "teacher"], "metakd fit"),
     ("teacher/model.safetensors", ["distill", "--method", "kd", "--epochs", "1"], "metakd fit"),
     ("teacher/metakd_head.safetensors", ["distill", "--method", "kd", "--epochs", "1"], "metakd fit"),
-    ("onnx/model.onnx", ["eval", "--model", "onnx"], "metakd export"),
-    ("onnx/model_quantized.onnx", ["predict", "great kettle"], "metakd export"),  # predict's first choice
-    ("onnx/model_quantized.onnx", ["eval", "--model", "int8"], "metakd export"),
+    ("onnx/onnx/model.onnx", ["eval", "--model", "onnx"], "metakd export"),
+    ("onnx/onnx/model_quantized.onnx", ["predict", "great kettle"], "metakd export"),  # predict's first choice
+    ("onnx/onnx/model_quantized.onnx", ["eval", "--model", "int8"], "metakd export"),
 ])
 def test_a_damaged_file_is_one_line_naming_it_and_nothing_is_replaced(fitted_run, tmp_path, file, command, rerun):
     run = copy_run(fitted_run, tmp_path / "run")

@@ -50,6 +50,30 @@ def test_onnx_and_student_probabilities_match(exported_run):
         assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
 
 
+def test_an_export_from_before_the_onnx_subfolder_still_predicts_and_evaluates(exported_run, tmp_path):
+    """A run exported with the ONNX files at onnx/'s top (before the transformers.js layout) is read as it is."""
+    import shutil
+
+    from metakd_cli.evaluate import run_artifacts
+    from metakd_cli.run_dir import RunDir
+
+    old = tmp_path / "old"
+    shutil.copytree(exported_run, old)
+    for path in (old / "onnx" / "onnx").iterdir():
+        path.rename(old / "onnx" / path.name)
+    (old / "onnx" / "onnx").rmdir()
+    found = run_artifacts(RunDir(old))
+    assert found["int8"].path == old / "onnx" / "model_quantized.onnx"
+    assert found["onnx"].path == old / "onnx" / "model.onnx"
+    for model in ("int8", "onnx"):
+        now, before = (json.loads(invoke("--run-dir", str(run), "predict", "--model", model, "--json", POSITIVE,
+                                         NEGATIVE).stdout) for run in (exported_run, old))
+        assert now == before, model
+    result = invoke("--run-dir", str(old), "eval", "--model", "int8", "--rounds", "1", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["models"][0]["name"] == "int8"
+
+
 def test_reads_stdin_lines(exported_run):
     result = invoke("--run-dir", str(exported_run), "predict", input=f"{POSITIVE}\n\n{NEGATIVE}\n")
     assert result.exit_code == 0, result.output

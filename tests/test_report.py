@@ -168,6 +168,11 @@ def test_cards_carry_hugging_face_metadata_and_eval_figures(full_run):
         assert f"{evaluated[model]['latency_ms']:.2f}" in student
     assert "from_pretrained(\"PATH/TO/onnx\", file_name=\"model_quantized.onnx\")" in onnx
     assert "ort.InferenceSession" in onnx and 'pipeline("text-classification", model="PATH/TO/student")' in student
+    assert 'ort.InferenceSession("PATH/TO/onnx/onnx/model_quantized.onnx"' in onnx  # the file's own path
+    # transformers.js, Node and browser: the folder as-is, the int8 file by its dtype
+    assert onnx.count('pipeline("text-classification", "onnx", { dtype: "q8" })') == 1
+    assert 'pipeline("text-classification", "my-classifier", { dtype: "q8" })' in onnx
+    assert onnx.count("env.allowRemoteModels = false;") == 2
     cpu = json.loads((run.metrics / "eval.json").read_text())["cpu"]["model"]
     assert cpu in student
 

@@ -46,6 +46,11 @@ def export(obj, as_json: bool, recipe: str | None, sets: tuple[str, ...], **flag
     """Export the run's student (or teacher) to onnx/, loadable with plain optimum.onnxruntime.
 
     \b
+    config.json and the tokenizer at the top of onnx/, the .onnx files in onnx/onnx/: the layout
+    transformers.js loads as-is (dtype q8: model_quantized.onnx, fp32: model.onnx), which Optimum
+    and onnxruntime read too, with one copy of the weights.
+
+    \b
     Checks, saved in metrics/export.json: fp32 ONNX logits equal PyTorch's within 1e-4 on dev
     rows; with --trim-vocab, the trimmed model predicts what the untrimmed one does on dev rows
     whose pieces were all kept; with --int8, each of 64 dev rows alone vs in a batch of 32 (static
