@@ -243,6 +243,7 @@ def _train_one(
         parts["heads"] = DomainClassifiers.from_layer(output_layer, len(dataset.domains))
         output_layer.requires_grad_(False)  # replaced by the domain heads until the mean is written into it
     weights = t.float()
+    train_domains = torch.tensor(train.domains, dtype=torch.long)
     select_dev = dev.subset([i for i, d in enumerate(dev.domains) if d not in held_out]) if held_out else dev
 
     def logits_of(encoded: Encoded) -> np.ndarray:  # several processes: each its share, gathered in row order
@@ -264,9 +265,10 @@ def _train_one(
             z = parts["head"].features(pooled, batch["domains"])
             scale = dann_scale(float(batch["progress"]))  # used by reversal only
             domain_logits = parts["head"].logits(pooled, z, cfg.domain_loss, scale)
-            targets = (
-                confusion_targets(batch["domains"], generator) if cfg.domain_loss == "confusion" else batch["domains"]
-            )
+            targets = batch["domains"]
+            if cfg.domain_loss == "confusion":  # the whole global batch's shuffle, this process's rows of it
+                targets = confusion_targets(batch_rows(train_domains, batch["global_index"]), generator,
+                                            batch["global_position"])
         return teacher_loss(out.logits, batch["labels"], domain_logits, targets, t_batch, cfg.gamma)
 
     def dev_accuracy() -> float:

@@ -36,9 +36,17 @@ def dann_scale(progress: float, steepness: float = 10.0) -> float:
     return 2.0 / (1.0 + math.exp(-steepness * progress)) - 1.0
 
 
-def confusion_targets(domains: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The batch's domain labels randomly permuted: the official domain-confusion target."""
-    return domains[torch.randperm(domains.shape[0], generator=generator).to(domains.device)]
+def confusion_targets(
+    domains: torch.Tensor, generator: torch.Generator | None = None, positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The batch's domain labels randomly permuted: the official domain-confusion target.
+
+    domains: [B] the domain labels of the WHOLE batch; positions: [b] the rows of it to return (a process's share
+    under several processes, which all draw the same permutation of the same batch), None: all -> [b]. Permuting
+    each share alone would give a row another target than the one-process batch gives it.
+    """
+    permuted = domains[torch.randperm(domains.shape[0], generator=generator).to(domains.device)]
+    return permuted if positions is None else permuted[positions.to(domains.device)]
 
 
 def teacher_loss(

@@ -56,8 +56,10 @@ class PhaseSteps:
 
     ``make_batch(indices)`` builds the batch of those training rows; ``loss_step(batch, generator)`` returns
     named loss terms with ``loss`` to optimise (the batch also carries ``progress``, the share of the phase's
-    steps done before this one, 0 to <1); ``evaluate()`` returns the dev score used for selection (higher is
-    better), None: keep the last epoch's state.
+    steps done before this one, 0 to <1, and, for a term that belongs to the whole batch rather than to each row,
+    ``global_index``, the global batch's rows in order [B], and ``global_position``, where this process's rows
+    sit in it [b]: under several processes a process holds a share of the batch only); ``evaluate()`` returns the
+    dev score used for selection (higher is better), None: keep the last epoch's state.
     """
 
     n_examples: int
@@ -523,9 +525,11 @@ def _optimisation_step(phase: _Phase, state: _LoopState, indices: list[int], ste
     """One global batch: this process's share through the loss step, backward, clipping, optimizer and
     schedule; the position moves on by one step."""
     accelerator, position = phase.accelerator, state.position
-    own, factor = shard(indices, phase.rank, phase.processes)
-    batch = {k: v.to(accelerator.device) for k, v in phase.steps.make_batch(own).items()}
+    positions, factor = shard(list(range(len(indices))), phase.rank, phase.processes)
+    batch = {k: v.to(accelerator.device) for k, v in phase.steps.make_batch([indices[p] for p in positions]).items()}
     batch["progress"] = torch.tensor((position["epoch"] * phase.steps_per_epoch + step) / phase.total_steps)
+    batch["global_index"] = torch.tensor(indices, dtype=torch.long, device=accelerator.device)
+    batch["global_position"] = torch.tensor(positions, dtype=torch.long, device=accelerator.device)
     terms = phase.model(batch, phase.generator)  # through accelerate's wrapper: DDP all-reduces the gradients
     loss = terms["loss"] if phase.processes == 1 else terms["loss"] * factor
     phase.optimizer.zero_grad(set_to_none=True)

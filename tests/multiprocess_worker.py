@@ -2,8 +2,10 @@
 
     python -m torch.distributed.run --nproc_per_node 2 tests/multiprocess_worker.py OUT -- [metakd args]
 
-After every training phase (training.run_phase) the module's state, as the phase leaves it, goes to
-OUT/<phase>-rank<rank>.safetensors, so a test can check that every process ends with the same weights;
+After every training phase (training.run_phase) the module's state, as the phase leaves it (its best state on
+dev), goes to OUT/<phase>-rank<rank>.safetensors, and the state after its last step to
+OUT/<phase>-last-rank<rank>.safetensors, so a test can check that every process ends with the same weights (the
+last state is the one every step moved: a best state kept after the first step hides what later steps did);
 each save of a run folder's manifest adds the saving process's rank to OUT/manifest-saves.txt.
 """
 
@@ -31,6 +33,15 @@ def main() -> None:
         return result
 
     training.run_phase = recorded
+    end_epoch = training._end_epoch
+
+    def recorded_end(phase, state, *rest):  # after each epoch, before run_phase loads the best state
+        module = phase.module
+        last = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+        save_file(last, str(out / f"{phase.spec.name}-last-rank{os.environ.get('RANK', '0')}.safetensors"))
+        return end_epoch(phase, state, *rest)
+
+    training._end_epoch = recorded_end
     from metakd_cli.run_dir import RunDir
 
     save = RunDir.save

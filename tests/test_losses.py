@@ -44,6 +44,20 @@ def test_confusion_target_is_a_permutation_of_the_batch_domains():
     assert len(outcomes) > 1  # really shuffled
 
 
+def test_confusion_targets_of_shares_are_the_whole_batchs_rows():
+    """Two processes, each with every other row of the batch and the same generator, get the rows of the one
+    shuffle the whole batch gets in one process (each shuffling its own share would not)."""
+    from metakd_cli.training import shard
+
+    domains = torch.tensor([0, 1, 2, 3, 0, 1, 2])  # 7 rows: shares of 4 and 3
+    whole = confusion_targets(domains, torch.Generator().manual_seed(5))
+    for rank in (0, 1):
+        positions, _ = shard(list(range(len(domains))), rank, 2)
+        share = confusion_targets(domains, torch.Generator().manual_seed(5), torch.tensor(positions))
+        assert share.tolist() == whole[positions].tolist()
+    assert confusion_targets(domains, torch.Generator().manual_seed(5), torch.arange(7)).tolist() == whole.tolist()
+
+
 def test_teacher_loss_value_and_t_weighting():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     labels = torch.tensor([0, 0])

@@ -3,10 +3,11 @@
 The launch test starts `torchrun --nproc_per_node 2` (gloo, two CPU processes) on a tiny BERT
 without dropout and checks that every process ends each phase with the same weights, that they
 match a one-process run with the same global batch and seed within float tolerance, and that
-one manifest is written, once. Dropout is off because its masks are drawn per process over that
-process's rows, so with dropout a two-process run is a different (equally valid) random draw
-than a one-process run; the meta-teacher's confusion loss shuffles domain labels within each
-process's share for the same reason, so that comparison uses --teacher-mode mix.
+one manifest is written, once: a mix and a meta fit (t-weighted loss, confusion domain loss, whose
+shuffle is the global batch's), and `distill --method meta` of the meta teacher (lambda-weighted
+stage 1 with the domain-feature term, then stage 2). Dropout is off because its masks are drawn per
+process over that process's rows, so with dropout a two-process run is a different (equally valid)
+random draw than a one-process run.
 """
 
 from __future__ import annotations
@@ -176,9 +177,8 @@ def no_dropout_model(tiny_model_dir, tmp_path_factory) -> Path:
     return folder
 
 
-FIT = ["--teacher-mode", "mix", "--epochs", "2", "--batch-size", "8", "--max-length", "16", "--lr", "1e-3",
-       "--seed", "3"]
-DISTILL = ["--intermediate-epochs", "2", "--epochs", "2", "--batch-size", "8", "--lr", "1e-3",
+FIT = ["--epochs", "2", "--batch-size", "8", "--max-length", "16", "--lr", "1e-3", "--seed", "3"]
+DISTILL = ["--method", "meta", "--intermediate-epochs", "2", "--epochs", "2", "--batch-size", "8", "--lr", "1e-3",
            "--intermediate-lr", "1e-3", "--seed", "4"]
 TOLERANCE = 1e-4  # float noise: each process pads its share to its own longest row, and sums differ in order
 
@@ -187,49 +187,57 @@ TOLERANCE = 1e-4  # float noise: each process pads its share to its own longest 
 def test_two_processes_train_as_one_and_write_once(no_dropout_model, tmp_path):
     # 39 training rows: each epoch ends with a batch of 7, which two processes share 4 + 3 (weighted)
     data = write_jsonl(tmp_path / "toy.jsonl", toy_rows(per_label=9)[:-3])
-    fit = ["fit", str(data), "--teacher", str(no_dropout_model), *FIT]
     started = time.perf_counter()
-    _launch(1, tmp_path / "one", tmp_path / "run-one", *fit)
-    _launch(2, tmp_path / "two", tmp_path / "run-two", *fit)
-    # distil the same teacher (the one-process run's) with one and with two processes
+    for mode in ("mix", "meta"):  # OUT folders one-MODE / two-MODE, run folders run-one-MODE / run-two-MODE
+        fit = ["fit", str(data), "--teacher", str(no_dropout_model), "--teacher-mode", mode, *FIT]
+        for processes, name in ((1, "one"), (2, "two")):
+            _launch(processes, tmp_path / f"{name}-{mode}", tmp_path / f"run-{name}-{mode}", *fit)
+    # distil the same meta teacher (the one-process run's) with one and with two processes
     import shutil
 
-    shutil.copytree(tmp_path / "run-one", tmp_path / "run-two-distill")
-    _launch(1, tmp_path / "one", tmp_path / "run-one", "distill", *DISTILL)
-    _launch(2, tmp_path / "two", tmp_path / "run-two-distill", "distill", *DISTILL)
+    shutil.copytree(tmp_path / "run-one-meta", tmp_path / "run-two-distill")
+    _launch(1, tmp_path / "one-meta", tmp_path / "run-one-meta", "distill", *DISTILL)
+    _launch(2, tmp_path / "two-meta", tmp_path / "run-two-distill", "distill", *DISTILL)
     seconds = time.perf_counter() - started
 
-    for phase in ("fit-teacher", "distill-intermediate", "distill-prediction"):
-        rank0, rank1 = (_weights(tmp_path / "two" / f"{phase}-rank{r}.safetensors") for r in (0, 1))
-        assert _max_difference(rank0, rank1) == 0.0, f"{phase}: the two processes ended with different weights"
-        one = _weights(tmp_path / "one" / f"{phase}-rank0.safetensors")
-        assert _max_difference(one, rank0) < TOLERANCE, phase
+    # each phase's kept (best on dev) and last state: the last is what every step moved (a state kept after the
+    # first step hides the rest: Adam's first step is the gradient's sign, alike for nearly alike gradients)
+    for mode, phase in (("mix", "fit-teacher"), ("meta", "fit-teacher"), ("meta", "distill-intermediate"),
+                        ("meta", "distill-prediction"), ("mix", "fit-teacher-last"), ("meta", "fit-teacher-last"),
+                        ("meta", "distill-intermediate-last"), ("meta", "distill-prediction-last")):
+        rank0, rank1 = (_weights(tmp_path / f"two-{mode}" / f"{phase}-rank{r}.safetensors") for r in (0, 1))
+        assert _max_difference(rank0, rank1) == 0.0, f"{mode} {phase}: the two processes ended with different weights"
+        one = _weights(tmp_path / f"one-{mode}" / f"{phase}-rank0.safetensors")
+        assert _max_difference(one, rank0) < TOLERANCE, (mode, phase, _max_difference(one, rank0))
 
-    for run in ("run-two", "run-two-distill"):  # nothing half-written, no checkpoint left behind
+    for run in ("run-two-mix", "run-two-meta", "run-two-distill"):  # nothing half-written, no checkpoint left
         assert list((tmp_path / run).glob(".*.tmp")) == [] and list((tmp_path / run / "checkpoints").glob("*")) == []
     # the manifest is saved once per command, by the main process (the worker logs each save's rank)
-    assert (tmp_path / "two" / "manifest-saves.txt").read_text().split() == ["0", "0"]  # fit, then distill
-    manifest = json.loads((tmp_path / "run-two" / "manifest.json").read_text())
+    assert (tmp_path / "two-mix" / "manifest-saves.txt").read_text().split() == ["0"]
+    assert (tmp_path / "two-meta" / "manifest-saves.txt").read_text().split() == ["0", "0"]  # fit, then distill
+    manifest = json.loads((tmp_path / "run-two-meta" / "manifest.json").read_text())
     assert list(manifest["steps"]) == ["fit"]  # written once, by the main process
-    assert json.loads((tmp_path / "run-two" / "metrics" / "fit.json").read_text())["processes"] == 2
+    assert json.loads((tmp_path / "run-two-meta" / "metrics" / "fit.json").read_text())["processes"] == 2
     distilled = json.loads((tmp_path / "run-two-distill" / "manifest.json").read_text())
     assert list(distilled["steps"]) == ["fit", "distill"]
     metrics = json.loads((tmp_path / "run-two-distill" / "metrics" / "distill.json").read_text())
     assert metrics["processes"] == 2
     # every dev and test row scored once: the same row counts as in one process
-    one = json.loads((tmp_path / "run-one" / "metrics" / "distill.json").read_text())
+    one = json.loads((tmp_path / "run-one-meta" / "metrics" / "distill.json").read_text())
     assert metrics["test_accuracy"] == one["test_accuracy"] and metrics["dev_accuracy"] == one["dev_accuracy"]
+    assert metrics["method"] == "meta" and "domain" in metrics["stages"]["intermediate"]["history"][0]["train_terms"]
     # the recorded loss and each named term are the whole batch's means, unequal last batch included
-    for step, two_run in (("fit", "run-two"), ("distill", "run-two-distill")):
+    for step, one_run, two_run in (("fit", "run-one-mix", "run-two-mix"), ("fit", "run-one-meta", "run-two-meta"),
+                                   ("distill", "run-one-meta", "run-two-distill")):
         histories = [_histories(json.loads((tmp_path / run / "metrics" / f"{step}.json").read_text()))
-                     for run in ("run-one", two_run)]
+                     for run in (one_run, two_run)]
         assert histories[0] and len(histories[0]) == len(histories[1])
         for a, b in zip(*histories):
             assert set(a.get("train_terms", {})) == set(b.get("train_terms", {}))
             assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3, abs=1e-6)
             for name, value in a.get("train_terms", {}).items():
                 assert b["train_terms"][name] == pytest.approx(value, rel=1e-3, abs=1e-6), (step, name)
-    print(f"two-process fit + distill test: {seconds:.0f} s")
+    print(f"two-process fit (mix, meta) + distill test: {seconds:.0f} s")
 
 
 def _histories(metrics: dict) -> list[dict]:

@@ -30,6 +30,25 @@ def test_batches_carry_training_progress(tmp_path):
     assert seen == pytest.approx([step / 6 for step in range(6)])  # 3 steps an epoch, 2 epochs: 0 .. 5/6
 
 
+def test_batches_carry_the_global_batch_and_this_process_rows_in_it(tmp_path):
+    """One process: the global batch is the batch, every position its own (a whole-batch term sees it all)."""
+    seen: list[tuple[list[int], list[int], list[int]]] = []
+    model = nn.Linear(2, 1)
+
+    def loss_step(batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        seen.append((batch["index"].tolist(), batch["global_index"].tolist(), batch["global_position"].tolist()))
+        return {"loss": model(batch["x"]).pow(2).mean()}
+
+    def make_batch(indices: list[int]) -> dict:
+        return {"x": torch.ones(len(indices), 2), "index": torch.tensor(indices)}
+
+    spec = PhaseSpec(name="p", epochs=1, batch_size=4, lr=0.01, seed=0)
+    run_phase(spec, model, PhaseSteps(10, make_batch, loss_step), tmp_path, resume=False)
+    assert [len(index) for index, _, _ in seen] == [4, 4, 2]
+    for index, global_index, positions in seen:
+        assert global_index == index and positions == list(range(len(index)))
+
+
 def _train(tmp_path, signature: str = "", resume: bool = False, n_examples: int = 10) -> list[str]:
     model = nn.Linear(2, 1)
 
