@@ -88,6 +88,9 @@ class DistillConfig:
     eval_every: int | None = None
     temperature: float = 1.0
     gold_weight: float = 0.0  # stage 2's gold-label cross-entropy weight beside the (T^2-scaled) soft term
+    # derived rows per training row that the teacher labels for stage 2 (metakd_cli.augment: windows of long texts,
+    # masking, deletion, swap, span sampling, same-domain word replacement); 0: none
+    augment: int = 0
     batch_size: int = 32
     lr: float | None = None  # stage 2; None: by the student (metakd_cli.distill.learning_rates)
     intermediate_lr: float | None = None  # stage 1, constant; None: 5e-5, or 5e-4 from random weights

@@ -198,6 +198,11 @@ def validate(cfg: DistillConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
     if cfg.gold_weight < 0:
         raise UserError(f"--gold-weight must be 0 or more, got {cfg.gold_weight}")
+    if cfg.augment < 0:
+        raise UserError(f"--augment must be 0 or more, got {cfg.augment}")
+    if cfg.augment and cfg.method in ("none", "mtn"):
+        raise UserError(f"--augment adds rows one teacher labels; --method {cfg.method} "
+                        + ("learns from gold labels only" if cfg.method == "none" else "has several teachers"))
     if cfg.student_layers is not None:
         if cfg.student not in ("tiny", "minilm4"):
             raise UserError(f"--student-layers picks the layers of a cut student (tiny, minilm4); --student "
@@ -560,8 +565,9 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
     rows = _training_rows(ctx, teacher_side)
     cache = _cache_teacher(ctx, teacher_side, rows)
     student_side = _build_student_side(ctx, teacher_side, rows)
+    transfer = _transfer_set(ctx, teacher_side, student_side, rows) if cfg.augment else None
     steps = _LossSteps(cfg, teacher_side.teacher, teacher_side.teacher_head, student_side, cache.lam,
-                       cache.targets)
+                       cache.targets, transfer)
     stages = {}
     try:
         if "intermediate" in specs:
@@ -573,6 +579,7 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
         raise
     lrs = {"intermediate": intermediate_lr, "prediction": lr}
     metrics = _collect_metrics(ctx, teacher_side, student_side, cache, lrs, stages, started)
+    metrics["transfer"] = transfer.summary() if transfer is not None else None
     if not processes.is_main():  # the main process writes the run folder
         return DistillResult.from_metrics(run.path, metrics, time.perf_counter() - started)
     _save(ctx, teacher_side, student_side, rows, cache.lam, metrics, fit_id)
@@ -657,6 +664,89 @@ def _cache_teacher(ctx: _Context, side: _TeacherSide, rows: _TrainingRows) -> _T
     weighted = cfg.method == "meta" and cfg.lambda_weights
     lam = expertise_weight(rows.t, p_gold) if weighted else torch.ones(len(train))
     return _TeacherCache(targets, teacher_test, lam, teacher_parameters, time.perf_counter() - cache_started, saved)
+
+
+TRANSFER_CHECKPOINT = "transfer-teacher"  # checkpoints/<this>-<hash>: the teacher's logits on derived rows, kept
+TRANSFER_CHUNK = 256  # derived rows labelled between two progress updates
+
+
+@dataclass
+class _TransferSet:
+    """The rows only the teacher labels (--augment): in the student's tokens, the teacher's soft labels on them,
+    and what they are (kinds, domains, where the logits are kept)."""
+
+    student_rows: Encoded
+    targets: torch.Tensor  # [M, C] at the temperature
+    kinds: list[str]
+    domains: list[str]
+    saved: Path
+    reused: bool
+    seconds: float
+
+    def summary(self) -> dict:
+        """metrics/distill.json's ``transfer``: its size and source."""
+        from collections import Counter
+
+        return {"augment_rows": len(self.kinds), "by_kind": dict(Counter(self.kinds)),
+                "by_domain": dict(Counter(self.domains)), "labelled_by": "teacher (soft labels; no gold term)",
+                "logits": str(self.saved), "reused": self.reused, "teacher_seconds": self.seconds}
+
+
+def _transfer_set(ctx: _Context, side: _TeacherSide, student: _StudentSide, rows: _TrainingRows) -> _TransferSet:
+    """--augment K: K derived rows per training row (metakd_cli.augment), labelled by the teacher once. The logits
+    are kept in checkpoints/transfer-teacher-<hash> (not cleared when the distillation ends) with what they were
+    made from (teacher, rows, K, seed, length), so --resume and later distillations from the same teacher reuse
+    them."""
+    import hashlib
+
+    from metakd_cli.augment import derive, render_mask
+
+    cfg, dataset = ctx.cfg, ctx.dataset
+    started = time.perf_counter()
+    sources = [dataset.train[i] for i in rows.keep]
+    derived = derive(sources, cfg.augment, cfg.seed, side.tokenizer, side.max_length)
+    examples = [d.example for d in derived]
+    teacher_rows = encode([render_mask(ex, side.tokenizer.mask_token or "[MASK]") for ex in examples], dataset,
+                          side.tokenizer, side.max_length)
+    made_of = {"teacher fit": ctx.run.step_id("fit"), "teacher weights": _weights_stamp([side.teacher_dir]),
+               "augment": cfg.augment, "seed": cfg.seed, "max_length": side.max_length, "rows": rows.keep}
+    signature = json.dumps([made_of, dataset.fingerprint()], sort_keys=True)
+    key = hashlib.sha256(signature.encode()).hexdigest()[:12]
+    saved = SavedPass(ctx.run.checkpoints / f"{TRANSFER_CHECKPOINT}-{key}", "logits.safetensors", signature,
+                      ("teacher and rows", "data fingerprint"), len(examples))
+    found, logits = saved.load({"logits": (len(examples), len(dataset.labels))})
+    reused = isinstance(logits, dict)
+    if reused:
+        ctx.log(f"the teacher's labels of the {len(examples):,} derived rows from {found}")
+        logits = logits["logits"]
+    else:
+        logits = _label_in_chunks(ctx, side, teacher_rows)
+        if processes.is_main():
+            saved.save({"logits": logits})
+    student_rows = teacher_rows
+    if student.cross is not None:  # the student reads its own tokens (stage 2 needs no alignment)
+        student_rows = encode([render_mask(ex, student.tokenizer.mask_token or "[MASK]") for ex in examples], dataset,
+                              student.tokenizer, side.max_length)
+    ctx.log(f"transfer set: {len(examples):,} derived rows ({cfg.augment} per training row), labelled by the teacher")
+    return _TransferSet(student_rows, soft_targets(logits, cfg.temperature), [d.kind for d in derived],
+                        [ex.domain for ex in examples], saved.folder, reused, time.perf_counter() - started)
+
+
+def _label_in_chunks(ctx: _Context, side: _TeacherSide, encoded: Encoded) -> torch.Tensor:
+    """The teacher's logits on ``encoded`` [M, C], a chunk at a time with a progress bar (a long pass for a big
+    teacher)."""
+    progress, total = ctx.progress, len(encoded)
+    if progress is not None:
+        progress.start("teacher labels derived rows", total)
+    parts = []
+    for start in range(0, total, TRANSFER_CHUNK):
+        part = encoded.subset(range(start, min(start + TRANSFER_CHUNK, total)))
+        parts.append(teacher_logits_of(side.teacher, side.teacher_heads, part, side.pad_id))
+        if progress is not None:
+            progress.advance(len(part))
+    if progress is not None:
+        progress.stop()
+    return torch.cat(parts) if parts else torch.zeros(0, 0)
 
 
 TEACHER_CHECKPOINT = "distill-teacher"  # checkpoints/<this><suffix>: the teacher's logits, for --resume to reuse
@@ -796,6 +886,30 @@ class _LossSteps:
     side: _StudentSide
     lam: torch.Tensor
     targets: torch.Tensor
+    transfer: "_TransferSet | None" = None
+
+    def __post_init__(self) -> None:
+        """Stage 2's rows, once: the training rows, then the transfer set's; and their soft labels."""
+        train, transfer = self.side.train, self.transfer
+        self.prediction_encoded, self.prediction_targets = train, self.targets
+        if transfer is not None:
+            extra = transfer.student_rows
+            self.prediction_encoded = Encoded(
+                train.input_ids + extra.input_ids,
+                None if train.token_type_ids is None else train.token_type_ids + (extra.token_type_ids or []),
+                train.labels + extra.labels, train.domains + extra.domains)
+            self.prediction_targets = torch.cat([self.targets, transfer.targets])
+
+    @property
+    def prediction_rows(self) -> int:
+        return len(self.prediction_encoded)
+
+    def make_prediction_batch(self, indices: list[int]) -> dict:
+        """A stage-2 batch over the training rows and the transfer set (indices past the training rows), in the
+        student's tokens, with which rows have a gold label (``labelled``)."""
+        batch = collate(self.prediction_encoded, indices, self.side.pad_id)
+        batch["labelled"] = (batch["index"] < len(self.side.train)).float()
+        return batch
 
     def make_batch(self, indices: list[int]) -> dict:
         train, pad_id, cross = self.side.train, self.side.pad_id, self.side.cross
@@ -852,8 +966,9 @@ class _LossSteps:
         cfg, parts = self.cfg, self.side.parts
         inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
         logits = parts["student"](**inputs).logits
-        targets = None if cfg.method == "none" else batch_rows(self.targets, batch["index"])
-        loss = prediction_loss(logits, targets, batch["labels"], cfg.temperature, cfg.gold_weight).mean()
+        targets = None if cfg.method == "none" else batch_rows(self.prediction_targets, batch["index"])
+        loss = prediction_loss(logits, targets, batch["labels"], cfg.temperature, cfg.gold_weight,
+                               batch.get("labelled")).mean()
         return {"loss": loss}
 
     def dev_accuracy(self) -> float:
@@ -999,7 +1114,8 @@ def _run_intermediate_checked(ctx: _Context, spec: PhaseSpec, steps: _LossSteps)
 
 def _run_prediction(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> dict:
     """Stage 2: the student's logits to the teacher's soft labels, selected on dev accuracy."""
-    phase_steps = PhaseSteps(len(steps.side.train), steps.make_batch, steps.prediction_step, steps.dev_accuracy)
+    phase_steps = PhaseSteps(steps.prediction_rows, steps.make_prediction_batch, steps.prediction_step,
+                             steps.dev_accuracy)
     phase = run_phase(spec, nn.ModuleDict({"student": steps.side.student}), phase_steps, ctx.run.checkpoints,
                       ctx.resume, ctx.progress, ctx.log)
     return {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second,

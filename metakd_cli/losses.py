@@ -189,7 +189,8 @@ def multi_teacher_targets(teacher_logits: torch.Tensor, temperature: float = 1.0
 
 
 def prediction_loss(student_logits: torch.Tensor, targets: torch.Tensor | None, labels: torch.Tensor,
-                    temperature: float = 1.0, gold_weight: float = 0.0) -> torch.Tensor:
+                    temperature: float = 1.0, gold_weight: float = 0.0,
+                    labelled: torch.Tensor | None = None) -> torch.Tensor:
     """Stage 2 per example, [B, C] logits -> [B] (Hinton et al. 2015):
 
         T^2 * CE(q, softmax(z_s / T)) + gold_weight * CE(y, softmax(z_s))
@@ -197,12 +198,14 @@ def prediction_loss(student_logits: torch.Tensor, targets: torch.Tensor | None, 
     q: the teacher's soft labels at temperature T ([B, C]; None: no teacher, the gold term alone, as the no-teacher
     baseline trains). T^2 keeps the soft term's gradient at the scale T = 1 gives it, so a temperature and a gold
     weight can be chosen independently; at T = 1 and gold_weight 0 this is the official code's stage 2.
+    ``labelled`` ([B], 1 or 0): which rows have a gold label (the transfer set's rows have none); None: all.
     """
     if targets is None:
         return F.cross_entropy(student_logits, labels, reduction="none")
     loss = temperature**2 * soft_target_cross_entropy(student_logits, targets, temperature)
     if gold_weight > 0:
-        loss = loss + gold_weight * F.cross_entropy(student_logits, labels, reduction="none")
+        gold = F.cross_entropy(student_logits, labels, reduction="none")
+        loss = loss + gold_weight * (gold if labelled is None else gold * labelled.to(gold.dtype))
     return loss
 
 

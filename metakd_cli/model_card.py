@@ -274,6 +274,11 @@ def _describe(figures: RunFigures, onnx: bool) -> list[str]:
     rows = figures.distill.get("train_rows") or {}
     if rows:
         lines.append("- **Training rows:** " + ", ".join(f"`{d}` {n:,}" for d, n in rows.items()))
+    transfer = figures.distill.get("transfer")
+    if transfer:
+        kinds = ", ".join(f"{kind} {n:,}" for kind, n in sorted(transfer["by_kind"].items()))
+        lines.append(f"- **Transfer set:** {transfer['augment_rows']:,} rows derived from the training rows "
+                     f"(`--augment {distill_cfg.get('augment')}`: {kinds}), learnt from the teacher's soft labels only")
     return [*lines, ""]
 
 

@@ -29,6 +29,9 @@ import click
 @click.option("--eval-every", type=int, default=None,
               help="Score dev every N steps of stage 2 (0: at epoch ends) [about ten times an epoch].")
 @click.option("--temperature", type=float, default=None, help="Soft-label temperature; the soft term is scaled by T^2 [1].")
+@click.option("--augment", type=int, default=None, metavar="K",
+              help="K rows derived from each training row (windows of long texts, masking, deletion, swap, spans, "
+                   "same-domain words) that the teacher labels for stage 2 [0].")
 @click.option("--gold-weight", type=float, default=None,
               help="Weight of a gold-label cross-entropy beside the soft labels in stage 2 [0].")
 @click.option("--batch-size", type=int, default=None,

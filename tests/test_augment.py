@@ -1,0 +1,152 @@
+"""--augment's derived rows (metakd_cli.augment): seeded, K per row keeping the row's domain, the windows of a long
+text first, a mask each tokenizer renders in its own token, replacement words from the same domain only; and a
+distillation that labels them with the teacher once, learns them without a gold term and reuses the labels."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from metakd_cli.augment import EDITS, MASK, derive, render_mask, tail_offsets
+from metakd_cli.data import Example
+from metakd_cli.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def _rows() -> list[Example]:
+    return [Example("good solid pan heats evenly " * 3, None, "pos", "kitchen", "k.jsonl:1"),
+            Example("a dull slow book with flat characters", None, "neg", "books", "b.jsonl:1"),
+            Example("fine", None, "pos", "books", "b.jsonl:2")]
+
+
+def test_k_rows_per_row_seeded_keeping_domain_and_label(tokenizer):
+    rows = _rows()
+    derived = derive(rows, 4, seed=3, tokenizer=tokenizer, max_length=64)
+    assert len(derived) == 4 * len(rows)
+    assert derive(rows, 4, seed=3, tokenizer=tokenizer, max_length=64) == derived  # the same seed, the same rows
+    assert derive(rows, 4, seed=4, tokenizer=tokenizer, max_length=64) != derived
+    for d in derived:
+        source = rows[d.source]
+        assert (d.example.domain, d.example.label) == (source.domain, source.label)
+        assert d.kind in EDITS and d.example.where.startswith(source.where + "+" + d.kind)
+
+
+def test_a_long_texts_windows_come_first_and_start_past_the_max_length(tokenizer):
+    text = " ".join(f"word{i}" for i in range(60))
+    offsets = tail_offsets(tokenizer, text, 16, limit=10)
+    assert offsets and offsets == sorted(offsets)
+    # what comes before the first window is exactly what a 16-token encoding keeps (14 pieces and 2 specials)
+    assert len(tokenizer(text[:offsets[0]], add_special_tokens=False)["input_ids"]) == 14
+    derived = derive([Example(text, None, "pos", "books", "b:1")], 3, 0, tokenizer, 16)
+    assert [d.kind for d in derived][:min(3, len(offsets))] == ["window"] * min(3, len(offsets))
+    assert derived[0].example.text == text[offsets[0]:].strip()
+
+
+def test_replacement_words_come_from_the_rows_own_domain(tokenizer):
+    rows = [Example("alpha beta gamma delta epsilon zeta eta theta", None, "pos", "a", "a:1"),
+            Example("one two three four five six seven eight", None, "neg", "b", "b:1")]
+    derived = derive(rows, 30, 1, tokenizer, 64)
+    words = {d.example.domain: set() for d in derived}
+    for d in derived:
+        if d.kind == "replace":
+            words[d.example.domain] |= set(d.example.text.split())
+    assert words["a"] and words["a"] <= set(rows[0].text.split())
+    assert words["b"] and words["b"] <= set(rows[1].text.split())
+
+
+def test_the_mask_is_each_tokenizers_own_token():
+    row = Example(f"great {MASK} pan", f"{MASK} b", "pos", "k", "k:1")
+    assert render_mask(row, "[MASK]").text == "great [MASK] pan"
+    assert render_mask(row, "<mask>").text_pair == "<mask> b"
+    plain = Example("no mask", None, "pos", "k", "k:1")
+    assert render_mask(plain, "[MASK]") is plain
+
+
+# --------------------------------------------------------------------------- in a distillation
+
+
+@pytest.fixture
+def run(tmp_path, tiny_model_dir):
+    from conftest import write_toy_dataset
+    from metakd_cli.config import DataConfig, FitConfig
+    from metakd_cli.fit import fit
+    from metakd_cli.run_dir import RunDir
+
+    data = DataConfig(path=str(write_toy_dataset(tmp_path / "data")))
+    run = RunDir(tmp_path / "run")
+    fit(data, FitConfig(teacher=str(tiny_model_dir), epochs=1, batch_size=8, lr=1e-3, max_length=16, seed=7), run,
+        log=lambda _: None)
+    return run
+
+
+def _small(**overrides):
+    from metakd_cli.config import DistillConfig
+
+    values = dict(method="kd", epochs=1, batch_size=8, lr=1e-3, seed=5, augment=2)
+    values.update(overrides)
+    return DistillConfig(**values)
+
+
+def test_a_distillation_learns_the_derived_rows_from_the_teacher_once(run, monkeypatch):
+    import metakd_cli.distill as distill_module
+
+    labelled_batches = []
+    real = distill_module.prediction_loss
+
+    def spy(logits, targets, labels, temperature, gold_weight, labelled):
+        labelled_batches.append(labelled)
+        return real(logits, targets, labels, temperature, gold_weight, labelled)
+
+    monkeypatch.setattr(distill_module, "prediction_loss", spy)
+    lines = []
+    result = distill_module.distill(_small(gold_weight=1.0), run, log=lines.append, warn=lambda _: None)
+    transfer = result.metrics["transfer"]
+    train_rows = sum(result.metrics["train_rows"].values())
+    assert transfer["augment_rows"] == 2 * train_rows and not transfer["reused"]
+    assert sum(transfer["by_domain"].values()) == 2 * train_rows
+    seen = sum(len(b) for b in labelled_batches)
+    assert seen == 3 * train_rows  # one epoch over the training rows and the derived ones
+    assert sum(float(b.sum()) for b in labelled_batches) == train_rows  # the gold term on labelled rows only
+    kept = list(run.checkpoints.glob("transfer-teacher-*"))
+    assert len(kept) == 1  # kept after the distillation, for the next one
+    again = distill_module.distill(_small(method="tinybert", intermediate_epochs=1), run, log=lines.append,
+                                   warn=lambda _: None)
+    assert again.metrics["transfer"]["reused"]  # the same teacher, rows, K and seed: labelled once
+    assert any("the teacher's labels of the" in line for line in lines)
+    other_k = distill_module.distill(_small(augment=1), run, log=lambda _: None, warn=lambda _: None)
+    assert not other_k.metrics["transfer"]["reused"] and other_k.metrics["transfer"]["augment_rows"] == train_rows
+
+
+def test_without_augment_nothing_changes(run):
+    from metakd_cli.distill import distill
+
+    result = distill(_small(augment=0), run, log=lambda _: None, warn=lambda _: None)
+    assert result.metrics["transfer"] is None and not list(run.checkpoints.glob("transfer-teacher-*"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(augment=-1), "--augment must be 0 or more"),
+    (dict(method="none"), "learns from gold labels only"),
+    (dict(method="mtn"), "has several teachers"),
+])
+def test_augment_is_refused_where_no_single_teacher_labels(overrides, message):
+    from metakd_cli.distill import validate
+
+    with pytest.raises(UserError, match=message):
+        validate(_small(**overrides))
+
+
+def test_the_model_card_says_what_the_student_was_trained_on(run):
+    from metakd_cli.distill import distill
+
+    distill(_small(), run, log=lambda _: None, warn=lambda _: None)
+    card = (run.student / "README.md").read_text()
+    line = next(line for line in card.splitlines() if line.startswith("- **Transfer set:**"))
+    assert "`--augment 2`" in line and "soft labels only" in line
