@@ -53,7 +53,8 @@ def test_fit_and_distill_results_hold_the_metrics_json_values(tiny_model_dir, tm
     assert set(result.stages) == {"intermediate", "prediction"}
     for name, stage in written["stages"].items():
         assert result.stages[name] == DistillStage(stage["seconds"], stage["examples_per_second"],
-                                                   len(stage["history"]), stage.get("best_epoch"))
+                                                   len(stage["history"]), stage.get("best_epoch"),
+                                                   stage.get("best_step"), bool(stage.get("stopped_early")))
     assert result.stages["intermediate"].best_epoch is None and result.stages["prediction"].best_epoch == 1
     assert result.seconds == result.metrics["seconds"] >= written["seconds"]
 
