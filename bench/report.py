@@ -56,7 +56,7 @@ def build() -> str:
     sections = (_teachers(RESULTS / "teachers.json"), _students(RESULTS / "students.json"),
                 _amazon(RESULTS / "amazon.json"), _scarce(RESULTS / "scarce.json"), _speed(RESULTS / "speed.json"),
                 _amazon_cpu(RESULTS / "amazon_cpu.json"), _int8_variants(RESULTS / "int8_variants.json"),
-                _ablation(RESULTS / "ablation.json"), _mpnet(RESULTS / "mpnet.json"))
+                _ablation(RESULTS / "ablation.json"), _mpnet(RESULTS / "mpnet.json"), _keep(RESULTS / "keep.json"))
     for section in sections:
         lines += section
     lines += _accuracy_table("The paper (BERT-base teacher, TinyBERT-4 student; for comparison)",
@@ -382,6 +382,50 @@ def _mpnet(path) -> list[str]:
                   f"{fit['threads']} threads): {fit['rows_per_s']:g} rows/s, so one fit epoch's optimiser steps over "
                   f"{fit['train_rows']:,} rows take about {fit['epoch_minutes_of_optimiser_steps']:g} minutes."]
     return lines + [""]
+
+
+def _keep(path) -> list[str]:
+    """bench/results/keep.json: each lever of the student's training, the no-teacher student and the peers, with
+    the targets and the paired tests."""
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    best = data["setup"].get("best_distilled")
+    lines = [f"**A student that keeps its teacher** ({data['setup']['path']}; one seed; `python -m bench.keep`; the "
+             f"best distilled student chosen on dev: {best or 'none finished'}): the issue's targets", "",
+             "| target | threshold | value | status |", "| --- | --- | --- | --- |"]
+    for target in data["targets"]:
+        value = "-" if target["value"] is None else f"{target['value']:g}"
+        p_value = f" (p {_p(target['p_value'])})" if target.get("p_value") is not None else ""
+        lines.append(f"| {target['target']} | {target['threshold']:g} | {value}{p_value} | {target['status']} |")
+    lines += ["", "| system | what | int8 test (avg) | fp32 test | dev | stage 2 | size (MB) | rows/s |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    systems = data["setup"]["systems"]
+    for name, row in data["results"].items():
+        what = (systems.get(name) or {}).get("what") or (row.get("what") if isinstance(row, dict) else "") or ""
+        if not isinstance(row, dict):
+            lines.append(f"| {name} | {what} | {row} | | | | | |")
+            continue
+        accuracy = row.get("test_accuracy") or {}
+        if "int8" in accuracy or "student" in accuracy:  # a metakd model: its eval's figures
+            int8, fp32 = ((accuracy.get(m) or {}).get("average") for m in ("int8", "student"))
+            stage = row.get("stage_2") or {}
+            length = (f"{stage['epochs']} epochs, kept step {stage['best_step']}"
+                      + (", stopped" if stage.get("stopped_early") else "")) if stage.get("epochs") else "-"
+            size = (row.get("size_mb") or {}).get("model_quantized.onnx")
+            speed = ((row.get("speed") or {}).get("int8") or {}).get("throughput_rows_per_s")
+        else:  # the teacher, or a peer
+            int8, fp32 = None, accuracy.get("average")
+            length, size, speed = "-", row.get("size_mb"), row.get("rows_per_s")
+        dev = row.get("dev_accuracy")
+        dev = dev.get("average") if isinstance(dev, dict) else dev
+        cells = [_cell(int8), _cell(fp32), _cell(dev), length, _cell(size, 1), _cell(speed, 0)]
+        lines.append(f"| {name} | {what} | {' | '.join(cells)} |")
+    return lines + _mpnet_tests(data) + [""]
+
+
+def _cell(value: object, digits: int = 2) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"{value:.{digits}f}"
 
 
 def main() -> None:

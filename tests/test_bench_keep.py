@@ -110,3 +110,22 @@ def test_the_suite_runs_each_system_after_the_one_it_starts_from(tmp_path, monke
     monkeypatch.setattr("bench.suite.start_from", lambda source, run_dir: None)
     Suite(keep.RECIPE, tmp_path, keep.SYSTEMS).run(["none", "kd-cut"])
     assert calls == [("teacher", "fit"), ("none", "fit,distill,export,eval"), ("kd-cut", "fit,distill,export,eval")]
+
+
+def test_the_report_shows_targets_systems_peers_and_tests(tmp_path):
+    from bench.report import _keep
+
+    runs = tmp_path / "runs"
+    _write(runs, "kd-cut", dev=88.0, correct=[1] * 78 + [0] * 2)
+    _write(runs, "none", dev=86.0, correct=[1] * 60 + [0] * 20)
+    peer = {"system": "tfidf-lr", "what": "TF-IDF", "test_accuracy": {"average": 84.62}, "size_mb": 3.1,
+            "rows_per_s": 6298.4, "rows": {"where": WHERE, "domain": DOMAINS, "correct": [1] * 70 + [0] * 10}}
+    atomic_write_json(runs / "peers" / "tfidf-lr.json", peer)
+    out = tmp_path / "keep.json"
+    keep.table(runs, out)
+    lines = _keep(out)
+    text = "\n".join(lines)
+    assert "the best distilled student chosen on dev: kd-cut" in text
+    assert next(line for line in lines if line.startswith("| kd-cut |")).split(" | ")[2] == "97.50"
+    assert "| tfidf-lr | TF-IDF | - | 84.62 |" in text and "| 3.1 | 6298 |" in text
+    assert "| kd-cut vs none |" in text and "| kd-before | " in text and "not measured" in text
