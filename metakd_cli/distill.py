@@ -1048,6 +1048,8 @@ def warm_projection(steps: _LossSteps, seed: int, rows: int = PROJECTION_ROWS) -
                 x = torch.cat([hs[mask], torch.ones(int(mask.sum()), 1)], 1).double()
                 gram += x.T @ x
                 cross += x.T @ ht[mask].double()
+        if gram[-1, -1] == 0:  # no aligned token in the sample: nothing to fit on
+            return {"rows": len(order), "mse_before": None, "mse_after": None, "skipped": "no aligned token"}
         projection_device = projection.weight.device
         projection.cpu()
         before = _pairs_mse(pairs, projection)
@@ -1088,8 +1090,11 @@ def _run_intermediate_checked(ctx: _Context, spec: PhaseSpec, steps: _LossSteps)
     warmup = None
     if steps.side.projection is not None:
         warmup = warm_projection(steps, ctx.cfg.seed)
-        ctx.log(f"stage 1's projection fitted by least squares on {warmup['rows']} training rows: hidden-state MSE "
-                f"{warmup['mse_before']:.4f} -> {warmup['mse_after']:.4f}")
+        if warmup["mse_after"] is None:
+            ctx.log(f"stage 1's projection is not fitted first: {warmup['skipped']} in {warmup['rows']} training rows")
+        else:
+            ctx.log(f"stage 1's projection fitted by least squares on {warmup['rows']} training rows: hidden-state "
+                    f"MSE {warmup['mse_before']:.4f} -> {warmup['mse_after']:.4f}")
     if not steps.side.head_from_teacher:
         stage = _run_intermediate(ctx, spec, steps)
         stage["projection_warmup"] = warmup

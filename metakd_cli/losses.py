@@ -217,5 +217,6 @@ def least_squares_projection(gram: torch.Tensor, cross: torch.Tensor, ridge: flo
     eye = torch.eye(gram.shape[0], dtype=gram.dtype)
     eye[-1, -1] = 0.0  # no ridge on the bias
     scale = gram.diagonal()[:-1].mean().clamp(min=1e-12)
-    solution = torch.linalg.solve(gram + ridge * scale * eye, cross)
+    # least squares rather than solve: few tokens (or constant features) leave the system singular
+    solution = torch.linalg.lstsq(gram + ridge * scale * eye, cross, driver="gelsd").solution
     return solution[:-1].T.contiguous(), solution[-1].contiguous()
