@@ -91,6 +91,9 @@ class DistillConfig:
     # derived rows per training row that the teacher labels for stage 2 (metakd_cli.augment: windows of long texts,
     # masking, deletion, swap, span sampling, same-domain word replacement); 0: none
     augment: int = 0
+    # the user's unlabelled in-domain texts the teacher labels for stage 2 (metakd_cli.transfer): tables with a
+    # domain column, or folders with one file per domain
+    transfer: list[str] | None = None
     batch_size: int = 32
     lr: float | None = None  # stage 2; None: by the student (metakd_cli.distill.learning_rates)
     intermediate_lr: float | None = None  # stage 1, constant; None: 5e-5, or 5e-4 from random weights

@@ -43,7 +43,7 @@ import json
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -200,8 +200,9 @@ def validate(cfg: DistillConfig) -> None:
         raise UserError(f"--gold-weight must be 0 or more, got {cfg.gold_weight}")
     if cfg.augment < 0:
         raise UserError(f"--augment must be 0 or more, got {cfg.augment}")
-    if cfg.augment and cfg.method in ("none", "mtn"):
-        raise UserError(f"--augment adds rows one teacher labels; --method {cfg.method} "
+    if (cfg.augment or cfg.transfer) and cfg.method in ("none", "mtn"):
+        flag = "--augment" if cfg.augment else "--transfer"
+        raise UserError(f"{flag} adds rows one teacher labels; --method {cfg.method} "
                         + ("learns from gold labels only" if cfg.method == "none" else "has several teachers"))
     if cfg.student_layers is not None:
         if cfg.student not in ("tiny", "minilm4"):
@@ -556,6 +557,7 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
     fit_id = run.step_id("fit")  # the teacher this student is built from: read now, recorded at the end
     _, dataset = run.reload_dataset()
     ctx = _Context(cfg, run, dataset, resume, progress, log, warn)
+    user_texts = _read_transfer(ctx) if cfg.transfer else None  # a bad row is refused before any teacher pass
     teacher_side = _load_teacher_side(ctx)
     intermediate_lr, lr = learning_rates(cfg, student_depth(cfg))
     specs = _stage_specs(ctx, teacher_side.info.mode, intermediate_lr, lr)
@@ -565,7 +567,8 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
     rows = _training_rows(ctx, teacher_side)
     cache = _cache_teacher(ctx, teacher_side, rows)
     student_side = _build_student_side(ctx, teacher_side, rows)
-    transfer = _transfer_set(ctx, teacher_side, student_side, rows) if cfg.augment else None
+    transfer = (_transfer_set(ctx, teacher_side, student_side, rows, user_texts) if cfg.augment or cfg.transfer
+                else None)
     steps = _LossSteps(cfg, teacher_side.teacher, teacher_side.teacher_head, student_side, cache.lam,
                        cache.targets, transfer)
     stages = {}
@@ -677,22 +680,26 @@ class _TransferSet:
 
     student_rows: Encoded
     targets: torch.Tensor  # [M, C] at the temperature
-    kinds: list[str]
+    kinds: list[str]  # each row's: an augment kind, or "transfer" for the user's texts
     domains: list[str]
     saved: Path
     reused: bool
     seconds: float
+    read: dict | None = None  # --transfer: what was read and what was left out (metakd_cli.transfer.TransferRead)
 
     def summary(self) -> dict:
         """metrics/distill.json's ``transfer``: its size and source."""
         from collections import Counter
 
-        return {"augment_rows": len(self.kinds), "by_kind": dict(Counter(self.kinds)),
-                "by_domain": dict(Counter(self.domains)), "labelled_by": "teacher (soft labels; no gold term)",
+        derived = [k for k in self.kinds if k != "transfer"]
+        return {"rows": len(self.kinds), "augment_rows": len(derived), "transfer_rows": len(self.kinds) - len(derived),
+                "by_kind": dict(Counter(self.kinds)), "by_domain": dict(Counter(self.domains)),
+                "transfer": self.read, "labelled_by": "teacher (soft labels; no gold term)",
                 "logits": str(self.saved), "reused": self.reused, "teacher_seconds": self.seconds}
 
 
-def _transfer_set(ctx: _Context, side: _TeacherSide, student: _StudentSide, rows: _TrainingRows) -> _TransferSet:
+def _transfer_set(ctx: _Context, side: _TeacherSide, student: _StudentSide, rows: _TrainingRows,
+                  read=None) -> _TransferSet:
     """--augment K: K derived rows per training row (metakd_cli.augment), labelled by the teacher once. The logits
     are kept in checkpoints/transfer-teacher-<hash> (not cleared when the distillation ends) with what they were
     made from (teacher, rows, K, seed, length), so --resume and later distillations from the same teacher reuse
@@ -704,12 +711,16 @@ def _transfer_set(ctx: _Context, side: _TeacherSide, student: _StudentSide, rows
     cfg, dataset = ctx.cfg, ctx.dataset
     started = time.perf_counter()
     sources = [dataset.train[i] for i in rows.keep]
-    derived = derive(sources, cfg.augment, cfg.seed, side.tokenizer, side.max_length)
-    examples = [d.example for d in derived]
+    derived = derive(sources, cfg.augment, cfg.seed, side.tokenizer, side.max_length) if cfg.augment else []
+    user_rows = [replace(row, label=dataset.labels[0]) for row in read.rows] if read else []  # no gold: a stand-in
+    examples = [d.example for d in derived] + user_rows
+    kinds = [d.kind for d in derived] + ["transfer"] * len(user_rows)
     teacher_rows = encode([render_mask(ex, side.tokenizer.mask_token or "[MASK]") for ex in examples], dataset,
                           side.tokenizer, side.max_length)
     made_of = {"teacher fit": ctx.run.step_id("fit"), "teacher weights": _weights_stamp([side.teacher_dir]),
-               "augment": cfg.augment, "seed": cfg.seed, "max_length": side.max_length, "rows": rows.keep}
+               "augment": cfg.augment, "seed": cfg.seed, "max_length": side.max_length, "rows": rows.keep,
+               "transfer": hashlib.sha256(json.dumps([[e.text, e.text_pair, e.domain] for e in user_rows])
+                                          .encode()).hexdigest()}
     signature = json.dumps([made_of, dataset.fingerprint()], sort_keys=True)
     key = hashlib.sha256(signature.encode()).hexdigest()[:12]
     saved = SavedPass(ctx.run.checkpoints / f"{TRANSFER_CHECKPOINT}-{key}", "logits.safetensors", signature,
@@ -727,9 +738,27 @@ def _transfer_set(ctx: _Context, side: _TeacherSide, student: _StudentSide, rows
     if student.cross is not None:  # the student reads its own tokens (stage 2 needs no alignment)
         student_rows = encode([render_mask(ex, student.tokenizer.mask_token or "[MASK]") for ex in examples], dataset,
                               student.tokenizer, side.max_length)
-    ctx.log(f"transfer set: {len(examples):,} derived rows ({cfg.augment} per training row), labelled by the teacher")
-    return _TransferSet(student_rows, soft_targets(logits, cfg.temperature), [d.kind for d in derived],
-                        [ex.domain for ex in examples], saved.folder, reused, time.perf_counter() - started)
+    ctx.log(f"transfer set: {len(derived):,} derived rows ({cfg.augment} per training row) and {len(user_rows):,} of "
+            "your texts, labelled by the teacher")
+    return _TransferSet(student_rows, soft_targets(logits, cfg.temperature), kinds, [ex.domain for ex in examples],
+                        saved.folder, reused, time.perf_counter() - started, read.summary() if read else None)
+
+
+def _read_transfer(ctx: _Context):
+    """--transfer's rows (metakd_cli.transfer), checked against the run's domains and texts; one line says what
+    was read and what was left out."""
+    from metakd_cli.transfer import read_transfer
+
+    dataset, data = ctx.dataset, ctx.run.load().data.get("config") or {}
+    seen = {split: {ex.text for ex in dataset.splits[split]} for split in ("train", "dev", "test")}
+    read = read_transfer(ctx.cfg.transfer, dataset.domains, seen, ctx.cfg.domain,
+                         data.get("text_column", "text"), data.get("text_pair_column", "text_pair"),
+                         data.get("domain_column", "domain"))
+    left = "; ".join(f"{n:,} {why}" for why, n in read.left_out.items())
+    ctx.log(f"--transfer: {len(read.rows):,} texts kept" + (f"; left out: {left}" if left else ""))
+    if not read.rows:
+        raise UserError(f"--transfer {', '.join(ctx.cfg.transfer)}: no text left to learn from ({left or 'none read'})")
+    return read
 
 
 def _label_in_chunks(ctx: _Context, side: _TeacherSide, encoded: Encoded) -> torch.Tensor:

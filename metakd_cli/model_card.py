@@ -276,9 +276,12 @@ def _describe(figures: RunFigures, onnx: bool) -> list[str]:
         lines.append("- **Training rows:** " + ", ".join(f"`{d}` {n:,}" for d, n in rows.items()))
     transfer = figures.distill.get("transfer")
     if transfer:
-        kinds = ", ".join(f"{kind} {n:,}" for kind, n in sorted(transfer["by_kind"].items()))
-        lines.append(f"- **Transfer set:** {transfer['augment_rows']:,} rows derived from the training rows "
-                     f"(`--augment {distill_cfg.get('augment')}`: {kinds}), learnt from the teacher's soft labels only")
+        kinds = ", ".join(f"{kind} {n:,}" for kind, n in sorted(transfer["by_kind"].items()) if kind != "transfer")
+        parts = ([f"{transfer['augment_rows']:,} rows derived from the training rows (`--augment "
+                  f"{distill_cfg.get('augment')}`: {kinds})"] if transfer.get("augment_rows") else [])
+        parts += ([f"{transfer['transfer_rows']:,} unlabelled texts (`--transfer`)"] if transfer.get("transfer_rows")
+                  else [])
+        lines.append(f"- **Transfer set:** {' and '.join(parts)}, learnt from the teacher's soft labels only")
     return [*lines, ""]
 
 

@@ -32,6 +32,9 @@ import click
 @click.option("--augment", type=int, default=None, metavar="K",
               help="K rows derived from each training row (windows of long texts, masking, deletion, swap, spans, "
                    "same-domain words) that the teacher labels for stage 2 [0].")
+@click.option("--transfer", multiple=True, metavar="PATH",
+              help="Unlabelled texts the teacher labels for stage 2 (repeatable): a table with a domain column, or a "
+                   "folder with one file per domain; a row equal to a dev or test text is dropped.")
 @click.option("--gold-weight", type=float, default=None,
               help="Weight of a gold-label cross-entropy beside the soft labels in stage 2 [0].")
 @click.option("--batch-size", type=int, default=None,
@@ -62,6 +65,7 @@ def distill(obj, recipe: str | None, sets: tuple[str, ...], resume: bool, **kwar
     from metakd_cli.run_dir import RunDir
 
     config = load_recipe(recipe)
+    kwargs["transfer"] = list(kwargs["transfer"]) or None  # click's repeatable option: a tuple, empty when not given
     apply_overrides(config, "distill", kwargs, sets)
     console.log(f"distill config: {summary(config.distill)} (all of it goes to manifest.json)")
 
