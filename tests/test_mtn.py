@@ -59,19 +59,19 @@ def test_multi_teacher_targets_by_hand():
 
 def test_the_students_target_is_the_mean_of_every_teachers_softmax(run, monkeypatch):
     batches, losses = [], []
-    collate, loss = distill_module.collate, distill_module.soft_target_cross_entropy
+    collate, loss = distill_module.collate, distill_module.prediction_loss
 
     def spy_collate(encoded, indices, pad_id):
         batch = collate(encoded, indices, pad_id)
         batches.append(batch["index"].clone())
         return batch
 
-    def spy_loss(student_logits, targets, temperature=1.0):
-        losses.append((targets.detach().clone(), temperature))
-        return loss(student_logits, targets, temperature)
+    def spy_loss(student_logits, targets, *rest):
+        losses.append((targets.detach().clone(), rest[1]))  # rest: labels, temperature, gold weight, labelled
+        return loss(student_logits, targets, *rest)
 
     monkeypatch.setattr(distill_module, "collate", spy_collate)
-    monkeypatch.setattr(distill_module, "soft_target_cross_entropy", spy_loss)
+    monkeypatch.setattr(distill_module, "prediction_loss", spy_loss)
     config = DistillConfig(method="mtn", domain="kitchen", epochs=1, batch_size=8, lr=1e-3, temperature=2.0, seed=5)
     result = distill(config, run, log=_quiet, warn=_quiet)
 
