@@ -289,3 +289,17 @@ def scores_by_hand(model, hidden_states, layer: int, mask):
     k = (hidden_states @ attention.key.weight.T + attention.key.bias).view(batch, length, heads, size)
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(size)
     return scores + (1.0 - mask[:, None, None, :].float()) * torch.finfo(scores.dtype).min
+
+
+@pytest.fixture
+def fitted_toy_run(tmp_path, tiny_model_dir):
+    """A run folder whose meta-teacher (the tiny BERT, 1 epoch) is fitted on the toy rows: distill's starting point."""
+    from metakd_cli.config import DataConfig, FitConfig
+    from metakd_cli.fit import fit
+    from metakd_cli.run_dir import RunDir
+
+    data = DataConfig(path=str(write_toy_dataset(tmp_path / "data")))
+    run = RunDir(tmp_path / "run")
+    fit(data, FitConfig(teacher=str(tiny_model_dir), epochs=1, batch_size=8, lr=1e-3, max_length=16, seed=7), run,
+        log=lambda _: None)
+    return run

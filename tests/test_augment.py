@@ -73,17 +73,8 @@ def test_the_mask_is_each_tokenizers_own_token():
 
 
 @pytest.fixture
-def run(tmp_path, tiny_model_dir):
-    from conftest import write_toy_dataset
-    from metakd_cli.config import DataConfig, FitConfig
-    from metakd_cli.fit import fit
-    from metakd_cli.run_dir import RunDir
-
-    data = DataConfig(path=str(write_toy_dataset(tmp_path / "data")))
-    run = RunDir(tmp_path / "run")
-    fit(data, FitConfig(teacher=str(tiny_model_dir), epochs=1, batch_size=8, lr=1e-3, max_length=16, seed=7), run,
-        log=lambda _: None)
-    return run
+def run(fitted_toy_run):
+    return fitted_toy_run
 
 
 def _small(**overrides):

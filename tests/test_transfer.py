@@ -66,17 +66,8 @@ def test_an_unknown_domain_is_one_line_naming_it(tmp_path):
 
 
 @pytest.fixture
-def run(tmp_path, tiny_model_dir):
-    from conftest import write_toy_dataset
-    from metakd_cli.config import DataConfig, FitConfig
-    from metakd_cli.fit import fit
-    from metakd_cli.run_dir import RunDir
-
-    data = DataConfig(path=str(write_toy_dataset(tmp_path / "data")))
-    run = RunDir(tmp_path / "run")
-    fit(data, FitConfig(teacher=str(tiny_model_dir), epochs=1, batch_size=8, lr=1e-3, max_length=16, seed=7), run,
-        log=lambda _: None)
-    return run
+def run(fitted_toy_run):
+    return fitted_toy_run
 
 
 def test_a_distillation_learns_the_users_texts_from_the_teacher(run, tmp_path, monkeypatch):
