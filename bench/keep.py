@@ -125,8 +125,9 @@ def peers(out_dir: Path) -> None:
     from metakd_cli.data import load_dataset
 
     config = recipe([], RECIPE)
-    dataset = load_dataset(config.data)
     data = data_path(config)
+    config.data.path = str(data)  # as `metakd run` reads it: rows placed by absolute path, made relative below
+    dataset = load_dataset(config.data)
     train, dev, test = (_split(dataset, name, data) for name in ("train", "dev", "test"))
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -207,6 +208,8 @@ def table(runs: Path = RUNS, out: Path = OUT) -> dict:
     peer_records = {name: read_json_object(runs / "peers" / f"{name}.json") for name in PEERS}
     for name, record in peer_records.items():
         results[name] = {k: v for k, v in record.items() if k != "rows"} if record else NOT_MEASURED
+        if record:  # the dev accuracy of the C dev chose
+            results[name]["dev_accuracy"] = max(record["chosen_on_dev"]["dev_accuracy"].values())
     scored = {s: suite.scored(s, "int8") for s in SYSTEMS if s != "teacher" and isinstance(results[s], dict)}
     scored = {s: rows for s, rows in scored.items() if rows is not None}
     if scored:

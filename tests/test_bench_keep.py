@@ -70,7 +70,7 @@ def test_the_best_is_chosen_on_dev_and_paired_with_the_no_teacher_student_and_tf
     _write(runs, "kd-cut", dev=88.0, correct=[1] * 78 + [0] * 2, teacher=99.0)
     _write(runs, "kd-before", dev=85.0, correct=[1] * 80)
     _write(runs, "none", dev=86.0, correct=[1] * 30 + [0] * 10 + [1] * 30 + [0] * 10)
-    peer = {"system": "tfidf-lr", "test_accuracy": {"average": 78.75},
+    peer = {"system": "tfidf-lr", "test_accuracy": {"average": 78.75}, "chosen_on_dev": {"dev_accuracy": {"1.0": 80.0}},
             "rows": {"where": list(reversed(WHERE)), "domain": list(reversed(DOMAINS)),
                      "correct": list(reversed([1] * 39 + [0] + [1] * 24 + [0] * 16))}}
     atomic_write_json(runs / "peers" / "tfidf-lr.json", peer)
@@ -119,6 +119,7 @@ def test_the_report_shows_targets_systems_peers_and_tests(tmp_path):
     _write(runs, "kd-cut", dev=88.0, correct=[1] * 78 + [0] * 2)
     _write(runs, "none", dev=86.0, correct=[1] * 60 + [0] * 20)
     peer = {"system": "tfidf-lr", "what": "TF-IDF", "test_accuracy": {"average": 84.62}, "size_mb": 3.1,
+            "chosen_on_dev": {"C": 1.0, "dev_accuracy": {"1.0": 85.9, "3.0": 85.0}},
             "rows_per_s": 6298.4, "rows": {"where": WHERE, "domain": DOMAINS, "correct": [1] * 70 + [0] * 10}}
     atomic_write_json(runs / "peers" / "tfidf-lr.json", peer)
     out = tmp_path / "keep.json"
@@ -127,5 +128,5 @@ def test_the_report_shows_targets_systems_peers_and_tests(tmp_path):
     text = "\n".join(lines)
     assert "the best distilled student chosen on dev: kd-cut" in text
     assert next(line for line in lines if line.startswith("| kd-cut |")).split(" | ")[2] == "97.50"
-    assert "| tfidf-lr | TF-IDF | - | 84.62 |" in text and "| 3.1 | 6298 |" in text
+    assert "| tfidf-lr | TF-IDF | - | 84.62 | 85.90 |" in text and "| 3.1 | 6298 |" in text
     assert "| kd-cut vs none |" in text and "| kd-before | " in text and "not measured" in text
