@@ -396,7 +396,7 @@ def _keep(path) -> list[str]:
              "| target | threshold | value | status |", "| --- | --- | --- | --- |"]
     for target in data["targets"]:
         value = "-" if target["value"] is None else f"{target['value']:g}"
-        p_value = f" (p {_p(target['p_value'])})" if target.get("p_value") is not None else ""
+        p_value = f" ({_p(target['p_value'])})" if target.get("p_value") is not None else ""
         lines.append(f"| {target['target']} | {target['threshold']:g} | {value}{p_value} | {target['status']} |")
     lines += ["", "| system | what | int8 test (avg) | fp32 test | dev | stage 2 | size (MB) | rows/s |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -421,6 +421,9 @@ def _keep(path) -> list[str]:
         dev = dev.get("average") if isinstance(dev, dict) else dev
         cells = [_cell(int8), _cell(fp32), _cell(dev), length, _cell(size, 1), _cell(speed, 0)]
         lines.append(f"| {name} | {what} | {' | '.join(cells)} |")
+    lines += ["", "rows/s: each system's own eval (int8 at batch 32; a peer's own predict), taken at different times on a "
+              "shared 2-core machine: a size-and-order-of-magnitude figure, not a speed comparison (bench.speed times "
+              "models side by side)."]
     return lines + _mpnet_tests(data) + [""]
 
 
