@@ -35,7 +35,7 @@ from pathlib import Path
 from bench.common import RESULTS, ROOT, RUNS as BENCH_RUNS, Scored, data_missing, data_path, recipe, relative_where
 from bench.common import shown
 from bench.mpnet import read_student, read_teacher
-from bench.suite import NOT_MEASURED, Suite, System, paired_test, target
+from bench.suite import NOT_MEASURED, Suite, System, kept, paired_test, target
 from metakd_cli.run_dir import atomic_write_json, read_json_object
 
 RECIPE = ROOT / "recipes" / "amazon-cpu.yaml"
@@ -200,14 +200,17 @@ def _significant(what: str, test: dict | None, threshold: float) -> dict:
 
 def table(runs: Path = RUNS, out: Path = OUT) -> dict:
     suite = Suite(RECIPE, runs, SYSTEMS)
+    previous = read_json_object(out)
+    before = previous.get("results") or {}
     results: dict[str, object] = {}
     for system in SYSTEMS:
         metrics = suite.finished_metrics(system)
         reader = read_teacher if system == "teacher" else read_distilled
-        results[system] = reader(metrics) if metrics else NOT_MEASURED
+        results[system] = reader(metrics) if metrics else kept(before.get(system)) or NOT_MEASURED
     peer_records = {name: read_json_object(runs / "peers" / f"{name}.json") for name in PEERS}
     for name, record in peer_records.items():
-        results[name] = {k: v for k, v in record.items() if k != "rows"} if record else NOT_MEASURED
+        results[name] = {k: v for k, v in record.items() if k != "rows"} if record else kept(before.get(name))
+        results[name] = results[name] or NOT_MEASURED
         if record:  # the dev accuracy of the C dev chose
             results[name]["dev_accuracy"] = max(record["chosen_on_dev"]["dev_accuracy"].values())
     scored = {s: suite.scored(s, "int8") for s in SYSTEMS if s != "teacher" and isinstance(results[s], dict)}
@@ -215,7 +218,7 @@ def table(runs: Path = RUNS, out: Path = OUT) -> dict:
     if scored:
         order = next(iter(scored.values()))
         scored |= {name: _peer_scored(record, order) for name, record in peer_records.items() if record}
-    finished = [s for s in DISTILLED if s in scored]
+    finished = [s for s in DISTILLED if isinstance(results[s], dict)]  # measured now, or kept
     best = max(finished, key=lambda s: results[s]["dev_accuracy"], default=None)  # chosen on dev
     pairs = [*PAIRS, *((best, other) for other in ("none", "tfidf-lr", "model2vec-lr") if best and best != other)]
     tests = {}
@@ -223,6 +226,9 @@ def table(runs: Path = RUNS, out: Path = OUT) -> dict:
         if first in scored and second in scored:
             name = f"{first} vs {second}"
             tests[name] = {"name": name, **paired_test(scored[first], scored[second], SEED, first, second), "model": "int8"}
+    for name, test in (previous.get("tests") or {}).items():
+        if name not in tests and isinstance(test, dict):  # the folders are gone: kept, marked
+            tests[name] = kept(test)
     document = {
         "setup": {"recipe": shown(RECIPE), "runs": shown(runs), "seed": SEED, "path": "MiniLM-L6 default path",
                   "systems": {n: {"what": s.what, "sets": list(s.sets), "start": s.start} for n, s in SYSTEMS.items()},

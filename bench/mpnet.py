@@ -42,7 +42,7 @@ from pathlib import Path
 
 from bench.common import DOMAINS, PAPER, RESULTS, ROOT, RUNS as BENCH_RUNS, data_missing, metakd_run, recipe
 from bench.common import data_path, scored_rows, shown
-from bench.suite import NOT_MEASURED, Suite, System, paired_test, target
+from bench.suite import NOT_MEASURED, Suite, System, kept as _kept, paired_test, target
 from metakd_cli.run_dir import atomic_write_json, read_json_object
 
 RECIPE = ROOT / "recipes" / "amazon-mpnet.yaml"
@@ -357,7 +357,7 @@ def table(runs: Path, extra: tuple[str, ...] = (), out: Path = OUT) -> dict:
     tests = paired_tests(runs, measured, extra)
     for name, test in ((previous.get("tests") or {}) if same_settings else {}).items():
         if name not in tests and isinstance(test, dict):  # the folders are gone: kept, marked
-            tests[name] = {**test, "kept": test.get("kept") or "from the results file: its run folders are gone"}
+            tests[name] = _kept(test, True)
     finished = {k: v for k, v in results.items() if isinstance(v, dict)}
     document = {
         "setup": {
@@ -377,14 +377,6 @@ def table(runs: Path, extra: tuple[str, ...] = (), out: Path = OUT) -> dict:
     }
     atomic_write_json(out, document)
     return document
-
-
-def _kept(figures: object, same_settings: bool) -> dict | None:
-    """Figures the results file holds from runs whose folders are gone (another machine, a cleaned disk), measured
-    with the same settings: kept, and marked so; None when there are none."""
-    if not (same_settings and isinstance(figures, dict)):
-        return None
-    return {**figures, "kept": figures.get("kept") or "from the results file: its run folders are gone"}
 
 
 def fit_speed(out: Path = OUT, steps: int = 3) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import Scored, done, metakd_run, recipe, scored_rows, selection, shown, start_from
+from bench.common import Scored, done, metakd_run, recipe, scored_rows, selection, start_from
 from bench.stats import compare
 from metakd_cli.pipeline import STEPS
 from metakd_cli.run_dir import read_json_object
@@ -114,5 +114,9 @@ def target(what: str, value: float | None, threshold: float, at_least: bool, sou
             "source": source if value is not None else None}
 
 
-def shown_folder(suite: Suite, system: str) -> str:
-    return shown(suite.folder(system))
+def kept(figures: object, same_settings: bool = True) -> dict | None:
+    """Figures the results file holds from runs whose folders are gone (another machine, a cleaned disk), measured
+    with the same settings: kept, and marked so; None when there are none."""
+    if not (same_settings and isinstance(figures, dict)):
+        return None
+    return {**figures, "kept": figures.get("kept") or "from the results file: its run folders are gone"}

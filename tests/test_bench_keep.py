@@ -130,3 +130,19 @@ def test_the_report_shows_targets_systems_peers_and_tests(tmp_path):
     assert next(line for line in lines if line.startswith("| kd-cut |")).split(" | ")[2] == "97.50"
     assert "| tfidf-lr | TF-IDF | - | 84.62 | 85.90 |" in text and "| 3.1 | 6298 |" in text
     assert "| kd-cut vs none |" in text and "| kd-before | " in text and "not measured" in text
+
+
+def test_figures_whose_folders_are_gone_are_kept_and_marked(tmp_path):
+    import shutil
+
+    runs, out = tmp_path / "runs", tmp_path / "keep.json"
+    _write(runs, "kd-cut", dev=88.0, correct=[1] * 78 + [0] * 2)
+    _write(runs, "none", dev=86.0, correct=[1] * 60 + [0] * 20)
+    first = keep.table(runs, out)
+    shutil.rmtree(runs)  # a new checkout: the run folders are gone, the results file is not
+    again = keep.table(runs, out)
+    assert again["results"]["kd-cut"]["kept"].startswith("from the results file")
+    assert again["setup"]["best_distilled"] == "kd-cut"
+    assert again["tests"]["kd-cut vs none"]["diff"] == first["tests"]["kd-cut vs none"]["diff"]
+    assert again["tests"]["kd-cut vs none"]["kept"]
+    assert [t["value"] for t in again["targets"]] == [t["value"] for t in first["targets"]]
