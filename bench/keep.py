@@ -187,6 +187,19 @@ def read_distilled(metrics: dict[str, dict]) -> dict:
     return row
 
 
+def read_distilled_only(metrics: dict[str, dict]) -> dict:
+    """A system distilled but not shipped (its int8 export failed the accuracy gate, or was not run): the fp32
+    student's figures from distill.json, marked; it has no int8 rows to pair."""
+    distill = metrics["distill"]
+    stage = (distill.get("stages") or {}).get("prediction") or {}
+    return {"test_accuracy": {"student": {k: round(v, 2) for k, v in distill["test_accuracy"].items()}},
+            "dev_accuracy": distill.get("dev_accuracy", {}).get("average"), "student": distill.get("student"),
+            "stage_2": {"epochs": len(stage.get("history") or []), "best_step": stage.get("best_step"),
+                        "stopped_early": stage.get("stopped_early"), "dev_curve": stage.get("dev_curve")},
+            "start_check": ((distill.get("stages") or {}).get("intermediate") or {}).get("start_check"),
+            "not_shipped": "distilled, but no int8 export: its export failed the int8 accuracy gate or did not run"}
+
+
 def _significant(what: str, test: dict | None, threshold: float) -> dict:
     """A "better by at least ``threshold`` with p < 0.05" target from a paired test; not measured without one."""
     if test is None:
@@ -206,7 +219,9 @@ def table(runs: Path = RUNS, out: Path = OUT) -> dict:
     for system in SYSTEMS:
         metrics = suite.finished_metrics(system)
         reader = read_teacher if system == "teacher" else read_distilled
-        results[system] = reader(metrics) if metrics else kept(before.get(system)) or NOT_MEASURED
+        distilled = None if metrics or system == "teacher" else suite.finished_metrics(system, steps="fit,distill")
+        results[system] = (reader(metrics) if metrics else read_distilled_only(distilled) if distilled
+                           else kept(before.get(system)) or NOT_MEASURED)
     peer_records = {name: read_json_object(runs / "peers" / f"{name}.json") for name in PEERS}
     for name, record in peer_records.items():
         results[name] = {k: v for k, v in record.items() if k != "rows"} if record else kept(before.get(name))
@@ -218,7 +233,8 @@ def table(runs: Path = RUNS, out: Path = OUT) -> dict:
     if scored:
         order = next(iter(scored.values()))
         scored |= {name: _peer_scored(record, order) for name, record in peer_records.items() if record}
-    finished = [s for s in DISTILLED if isinstance(results[s], dict)]  # measured now, or kept
+    # measured now, or kept; a student with no int8 export cannot be the one shipped
+    finished = [s for s in DISTILLED if isinstance(results[s], dict) and "not_shipped" not in results[s]]
     best = max(finished, key=lambda s: results[s]["dev_accuracy"], default=None)  # chosen on dev
     pairs = [*PAIRS, *((best, other) for other in ("none", "tfidf-lr", "model2vec-lr") if best and best != other)]
     tests = {}

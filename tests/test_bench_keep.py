@@ -146,3 +146,20 @@ def test_figures_whose_folders_are_gone_are_kept_and_marked(tmp_path):
     assert again["tests"]["kd-cut vs none"]["diff"] == first["tests"]["kd-cut vs none"]["diff"]
     assert again["tests"]["kd-cut vs none"]["kept"]
     assert [t["value"] for t in again["targets"]] == [t["value"] for t in first["targets"]]
+
+
+def test_a_student_whose_export_failed_shows_its_fp32_figures_and_is_not_the_best(tmp_path):
+    runs = tmp_path / "runs"
+    _write(runs, "kd-cut", dev=88.0, correct=[1] * 78 + [0] * 2)
+    config = recipe(keep.SUITE.sets_of("meta"), keep.RECIPE)
+    run = RunDir(runs / "meta")
+    data = {"config": {**asdict(config.data), "path": str(data_path(config))}}
+    run.record_step("fit", {"config": asdict(config.fit)}, data)
+    run.write_metrics("fit", {})
+    run.record_step("distill", {"config": asdict(config.distill)})
+    run.write_metrics("distill", {"dev_accuracy": {"average": 90.0}, "test_accuracy": {"average": 84.5},
+                                  "stages": {"prediction": {"history": [{}], "best_step": 7}}})
+    document = keep.table(runs, tmp_path / "keep.json")
+    meta = document["results"]["meta"]
+    assert meta["test_accuracy"] == {"student": {"average": 84.5}} and "not_shipped" in meta
+    assert document["setup"]["best_distilled"] == "kd-cut"  # better on dev, but it has no int8 to ship
