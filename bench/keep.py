@@ -174,30 +174,29 @@ def _peer_scored(record: dict, order: Scored) -> Scored:
 
 
 def read_distilled(metrics: dict[str, dict]) -> dict:
-    """bench.mpnet's student figures, with the length stage 2 ran: its dev curve's kept step, epochs begun,
-    and whether patience stopped it."""
-    row = read_student(metrics)
-    distill = metrics["distill"]
-    stage = (distill.get("stages") or {}).get("prediction") or {}
-    row["dev_accuracy"] = distill.get("dev_accuracy", {}).get("average")
-    row["student"] = distill.get("student")
-    row["learning_rates"] = distill.get("learning_rates")
-    row["stage_2"] = {"epochs": len(stage.get("history") or []), "best_step": stage.get("best_step"),
-                      "stopped_early": stage.get("stopped_early"), "dev_curve": stage.get("dev_curve")}
-    return row
+    """bench.mpnet's student figures, with how distillation went (``_distilled``)."""
+    return {**read_student(metrics), **_distilled(metrics["distill"])}
 
 
 def read_distilled_only(metrics: dict[str, dict]) -> dict:
     """A system distilled but not shipped (its int8 export failed the accuracy gate, or was not run): the fp32
     student's figures from distill.json, marked; it has no int8 rows to pair."""
     distill = metrics["distill"]
-    stage = (distill.get("stages") or {}).get("prediction") or {}
     return {"test_accuracy": {"student": {k: round(v, 2) for k, v in distill["test_accuracy"].items()}},
-            "dev_accuracy": distill.get("dev_accuracy", {}).get("average"), "student": distill.get("student"),
+            **_distilled(distill),
+            "not_shipped": "distilled, but no int8 export: its export failed the int8 accuracy gate or did not run"}
+
+
+def _distilled(distill: dict) -> dict:
+    """From distill.json: dev accuracy, the student, the rates, the length stage 2 ran (epochs begun, kept step,
+    stopped by patience, the dev curve) and stage 1's start check."""
+    stages = distill.get("stages") or {}
+    stage = stages.get("prediction") or {}
+    return {"dev_accuracy": distill.get("dev_accuracy", {}).get("average"), "student": distill.get("student"),
+            "learning_rates": distill.get("learning_rates"),
             "stage_2": {"epochs": len(stage.get("history") or []), "best_step": stage.get("best_step"),
                         "stopped_early": stage.get("stopped_early"), "dev_curve": stage.get("dev_curve")},
-            "start_check": ((distill.get("stages") or {}).get("intermediate") or {}).get("start_check"),
-            "not_shipped": "distilled, but no int8 export: its export failed the int8 accuracy gate or did not run"}
+            "start_check": (stages.get("intermediate") or {}).get("start_check")}
 
 
 def _significant(what: str, test: dict | None, threshold: float) -> dict:
