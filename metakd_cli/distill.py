@@ -92,7 +92,7 @@ from metakd_cli.run_dir import RunDir, atomic_dir, domain_paths, folder_name
 from metakd_cli.model_card import write_model_cards
 from metakd_cli.row_weights import save_row_weights
 from metakd_cli.training import PhaseSpec, PhaseSteps, SavedPass, clear_checkpoints, refuse_other_settings
-from metakd_cli.training import earlier_seconds, run_phase
+from metakd_cli.training import by_dev, check_length, earlier_seconds, run_phase
 from metakd_cli.vocab import check_trim_options
 
 METHODS = ("meta", "tinybert", "kd", "mtn", "none")
@@ -187,15 +187,9 @@ def validate(cfg: DistillConfig) -> None:
     for flag, value in (("--lr", cfg.lr), ("--intermediate-lr", cfg.intermediate_lr)):
         if value is not None and value <= 0:
             raise UserError(f"{flag} must be positive, got {value}")
-    for name in ("batch_size", "max_epochs"):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.epochs is not None and cfg.epochs < 1:
-        raise UserError(f"--epochs must be at least 1, got {cfg.epochs} (leave it out to choose the length on dev)")
-    for name in ("patience", "eval_every"):
-        value = getattr(cfg, name)
-        if value is not None and value < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    check_length(cfg.epochs, cfg.max_epochs, cfg.patience, cfg.eval_every)
     if cfg.gold_weight < 0:
         raise UserError(f"--gold-weight must be 0 or more, got {cfg.gold_weight}")
     if cfg.augment < 0:
@@ -1034,11 +1028,10 @@ def _stage_specs(ctx: _Context, teacher_mode: str, intermediate_lr: float, lr: f
             f"distill-intermediate{suffix}", cfg.intermediate_epochs, cfg.batch_size, intermediate_lr, cfg.seed,
             constant_lr=True, max_grad_norm=1.0, weight_decay=0.0, signature=signature,
             signature_names=SIGNATURE_NAMES, mixed_precision=cfg.mixed_precision)
-    # --epochs N: exactly N (the best-scoring state still kept); else up to max_epochs, stopped by patience
-    specs["prediction"] = PhaseSpec(f"distill-prediction{suffix}", cfg.epochs or cfg.max_epochs, cfg.batch_size, lr,
-                                    cfg.seed, weight_decay=0.01, signature=signature, signature_names=SIGNATURE_NAMES,
-                                    mixed_precision=cfg.mixed_precision, eval_every=cfg.eval_every,
-                                    patience=0 if cfg.epochs else cfg.patience)
+    specs["prediction"] = PhaseSpec(f"distill-prediction{suffix}", batch_size=cfg.batch_size, lr=lr, seed=cfg.seed,
+                                    weight_decay=0.01, signature=signature, signature_names=SIGNATURE_NAMES,
+                                    mixed_precision=cfg.mixed_precision,
+                                    **by_dev(cfg.epochs, cfg.max_epochs, cfg.patience, cfg.eval_every))
     return specs
 
 

@@ -57,7 +57,7 @@ from metakd_cli import processes
 from metakd_cli.prototypes import compute_prototypes, encode_representations, pool, transferability
 from metakd_cli.run_dir import RunDir, atomic_dir, folder_name, folder_names
 from metakd_cli.training import PhaseSpec, PhaseSteps, SavedPass, clear_checkpoints, refuse_other_settings
-from metakd_cli.training import earlier_seconds, run_phase
+from metakd_cli.training import by_dev, check_length, earlier_seconds, run_phase
 
 TEACHER_MODES = ("meta", "mix", "mtl", "single")
 PROTOTYPES = ("class", "domain")
@@ -129,14 +129,10 @@ def validate(cfg: FitConfig) -> None:
     choice(cfg.prototypes, PROTOTYPES, "--prototypes")
     choice(cfg.pooling, POOLINGS, "--pooling")
     choice(cfg.domain_loss, DOMAIN_LOSSES, "--domain-loss")
-    for name in ("batch_size", "max_length", "max_epochs"):
+    for name in ("batch_size", "max_length"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.epochs is not None and cfg.epochs < 1:
-        raise UserError(f"--epochs must be at least 1, got {cfg.epochs} (leave it out to choose the length on dev)")
-    for name in ("patience", "eval_every"):
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(cfg, name)}")
+    check_length(cfg.epochs, cfg.max_epochs, cfg.patience, cfg.eval_every)
     if cfg.lr is not None and cfg.lr <= 0:
         raise UserError(f"--lr must be positive, got {cfg.lr}")
     processes.check_settings(cfg.batch_size, cfg.mixed_precision)
@@ -323,9 +319,7 @@ def _phase_spec(cfg: FitConfig, dataset: Dataset, name: str, lr: float) -> Phase
     else up to max_epochs and stopped by patience on dev."""
     return PhaseSpec(
         name=f"fit-{name if name == 'teacher' else folder_name(name, dataset.domains)}",  # a domain's, escaped
-        epochs=cfg.epochs or cfg.max_epochs,
-        eval_every=cfg.eval_every,
-        patience=0 if cfg.epochs else cfg.patience,
+        **by_dev(cfg.epochs, cfg.max_epochs, cfg.patience, cfg.eval_every),
         batch_size=cfg.batch_size,
         lr=lr,
         seed=cfg.seed,

@@ -50,6 +50,24 @@ class PhaseSpec:
     patience: int = 0
 
 
+def check_length(epochs: int | None, max_epochs: int, patience: int, eval_every: int | None) -> None:
+    """The length settings of fit and of distill's stage 2 (--epochs, --max-epochs, --patience, --eval-every),
+    refused in one line when out of range."""
+    if epochs is not None and epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {epochs} (leave it out to choose the length on dev)")
+    if max_epochs < 1:
+        raise UserError(f"--max-epochs must be at least 1, got {max_epochs}")
+    for flag, value in (("--patience", patience), ("--eval-every", eval_every)):
+        if value is not None and value < 0:
+            raise UserError(f"{flag} must be 0 or more, got {value}")
+
+
+def by_dev(epochs: int | None, max_epochs: int, patience: int, eval_every: int | None) -> dict:
+    """PhaseSpec's length fields for the rule fit and stage 2 share: --epochs N trains exactly N (the best-scoring
+    state still kept); without it, up to max_epochs, stopped by patience."""
+    return {"epochs": epochs or max_epochs, "patience": 0 if epochs else patience, "eval_every": eval_every}
+
+
 @dataclass
 class PhaseSteps:
     """What a phase trains on: its rows, how a batch of them is built, the loss step and the dev score.
