@@ -27,9 +27,7 @@ target reads "not measured" until `run --systems` names the mpnet systems with t
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from bench.common import RESULTS, ROOT, RUNS as BENCH_RUNS, Scored, data_missing, data_path, recipe, relative_where
@@ -92,13 +90,12 @@ def _choose_c(train_x, train_y, dev_x, dev_y) -> tuple[object, float, dict[str, 
 
 
 def _rows_per_second(predict, texts: list[str], rounds: int = 5) -> float:
-    """Test rows a second through ``predict`` (texts -> labels): the median of ``rounds`` passes."""
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        predict(texts)
-        times.append(time.perf_counter() - started)
-    return round(len(texts) / statistics.median(times), 1)
+    """Test rows a second through ``predict`` (texts -> labels): the median of ``rounds`` timed passes after one
+    untimed pass (metakd_cli.timing, as eval times its models)."""
+    from metakd_cli.timing import Spread, time_rounds
+
+    seconds = time_rounds({"predict": lambda: predict(texts)}, rounds)["predict"]
+    return round(len(texts) / Spread.of(seconds).median, 1)
 
 
 def _peer_record(name: str, what: str, predict, size_bytes: int, chosen: dict, test: tuple) -> dict:
