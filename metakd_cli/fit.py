@@ -299,8 +299,8 @@ def _train_one(
 
 
 # Default teacher learning rates by the encoder's width (README "Learning rates"): MiniLM-L6 (384) fine-tunes best
-# hotter than BERT-base (every MiniLM recipe here uses 5e-5; issue 37 reports 2e-5 costing 1.5 points on an unseen four-domain set, not re-measured here);
-# BERT-base and MPNet-base (768) keep the paper's 2e-5.
+# hotter than BERT-base (every MiniLM recipe here uses 5e-5; issue 37 reports 2e-5 costing 1.5 points on an unseen
+# four-domain set, not re-measured here); BERT-base and MPNet-base (768) keep the paper's 2e-5.
 NARROW_TEACHER_LR, WIDE_TEACHER_LR, NARROW_WIDTH = 5e-5, 2e-5, 512
 
 
