@@ -744,7 +744,10 @@ def _read_transfer(ctx: _Context):
     from metakd_cli.transfer import read_transfer
 
     dataset, data = ctx.dataset, ctx.run.load().data.get("config") or {}
-    seen = {split: {ex.text for ex in dataset.splits[split]} for split in ("train", "dev", "test")}
+    seen = {split: {ex.text for ex in dataset.splits[split]} for split in ("dev", "test")}
+    # with --train-fraction, the training rows left out are text this student never sees: not a repeat
+    kept = fraction_indices(dataset.train, ctx.cfg.train_fraction, dataset.split_seed)
+    seen["train"] = {dataset.train[i].text for i in kept}
     read = read_transfer(ctx.cfg.transfer, dataset.domains, seen, ctx.cfg.domain,
                          data.get("text_column", "text"), data.get("text_pair_column", "text_pair"),
                          data.get("domain_column", "domain"))

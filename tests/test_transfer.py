@@ -125,3 +125,25 @@ def test_a_bad_transfer_row_is_refused_before_any_teacher_pass(run, tmp_path, mo
     with pytest.raises(UserError, match="domain 'nowhere'"):
         distill_module.distill(DistillConfig(method="kd", transfer=[str(bad)]), run, log=lambda _: None,
                                warn=lambda _: None)
+
+
+def test_training_texts_a_fraction_leaves_out_are_the_users_unlabelled_text(run, tmp_path):
+    """--train-fraction keeps some labels; the training texts it leaves out may come back through --transfer (the
+    realistic case: labels for a few rows, the rest as unlabelled text), while a kept training row's text is a
+    repeat."""
+    import metakd_cli.distill as distill_module
+    from metakd_cli.config import DistillConfig
+    from metakd_cli.data import fraction_indices
+
+    _, dataset = run.reload_dataset()
+    kept = set(fraction_indices(dataset.train, 0.5, dataset.split_seed))
+    inside = [ex for i, ex in enumerate(dataset.train) if i in kept]
+    outside = [ex for i, ex in enumerate(dataset.train) if i not in kept]
+    assert inside and outside
+    path = _jsonl(tmp_path / "u.jsonl", [{"text": ex.text, "domain": ex.domain} for ex in outside + inside[:1]])
+    lines = []
+    result = distill_module.distill(DistillConfig(method="kd", epochs=1, batch_size=8, train_fraction=0.5,
+                                                  transfer=[str(path)]), run, log=lines.append, warn=lambda _: None)
+    transfer = result.metrics["transfer"]
+    assert transfer["transfer_rows"] == len({ex.text for ex in outside})
+    assert transfer["transfer"]["left_out"].get("the same text as a training row") == 1
