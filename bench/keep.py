@@ -196,7 +196,34 @@ def _distilled(distill: dict) -> dict:
             "start_check": (stages.get("intermediate") or {}).get("start_check")}
 
 
-def _significant(what: str, test: dict | None, threshold: float) -> dict:
+def system_results(suite: Suite, before: dict) -> dict[str, object]:
+    """Each system's row: a teacher's (a system with no start) or a student's figures from its finished folder, a
+    student distilled but not shipped, the row the results file kept (its folder gone), or not measured."""
+    results: dict[str, object] = {}
+    for system, declared in suite.systems.items():
+        metrics, teacher = suite.finished_metrics(system), declared.start is None
+        reader = read_teacher if teacher else read_distilled
+        distilled = None if metrics or teacher else suite.finished_metrics(system, steps="fit,distill")
+        results[system] = (reader(metrics) if metrics else read_distilled_only(distilled) if distilled
+                           else kept(before.get(system)) or NOT_MEASURED)
+    return results
+
+
+def paired_tests(scored: dict[str, Scored], pairs, previous: dict) -> dict[str, dict]:
+    """"A vs B" (A minus B) for each pair whose int8 test rows are both in ``scored``; a test of the results file
+    whose folders are gone is kept, marked."""
+    tests = {}
+    for first, second in dict.fromkeys(pairs):
+        if first in scored and second in scored:
+            name = f"{first} vs {second}"
+            tests[name] = {"name": name, **paired_test(scored[first], scored[second], SEED, first, second), "model": "int8"}
+    for name, test in previous.items():
+        if name not in tests and isinstance(test, dict):  # the folders are gone: kept, marked
+            tests[name] = kept(test)
+    return tests
+
+
+def significant(what: str, test: dict | None, threshold: float) -> dict:
     """A "better by at least ``threshold`` with p < 0.05" target from a paired test; not measured without one."""
     if test is None:
         return target(what, None, threshold, True, "")
@@ -211,13 +238,7 @@ def table(runs: Path = RUNS, out: Path = OUT) -> dict:
     suite = Suite(RECIPE, runs, SYSTEMS)
     previous = read_json_object(out)
     before = previous.get("results") or {}
-    results: dict[str, object] = {}
-    for system in SYSTEMS:
-        metrics = suite.finished_metrics(system)
-        reader = read_teacher if system == "teacher" else read_distilled
-        distilled = None if metrics or system == "teacher" else suite.finished_metrics(system, steps="fit,distill")
-        results[system] = (reader(metrics) if metrics else read_distilled_only(distilled) if distilled
-                           else kept(before.get(system)) or NOT_MEASURED)
+    results: dict[str, object] = system_results(suite, before)
     peer_records = {name: read_json_object(runs / "peers" / f"{name}.json") for name in PEERS}
     for name, record in peer_records.items():
         results[name] = {k: v for k, v in record.items() if k != "rows"} if record else kept(before.get(name))
@@ -233,14 +254,7 @@ def table(runs: Path = RUNS, out: Path = OUT) -> dict:
     finished = [s for s in DISTILLED if isinstance(results[s], dict) and "not_shipped" not in results[s]]
     best = max(finished, key=lambda s: results[s]["dev_accuracy"], default=None)  # chosen on dev
     pairs = [*PAIRS, *((best, other) for other in ("none", "tfidf-lr", "model2vec-lr") if best and best != other)]
-    tests = {}
-    for first, second in dict.fromkeys(pairs):
-        if first in scored and second in scored:
-            name = f"{first} vs {second}"
-            tests[name] = {"name": name, **paired_test(scored[first], scored[second], SEED, first, second), "model": "int8"}
-    for name, test in (previous.get("tests") or {}).items():
-        if name not in tests and isinstance(test, dict):  # the folders are gone: kept, marked
-            tests[name] = kept(test)
+    tests = paired_tests(scored, pairs, previous.get("tests") or {})
     document = {
         "setup": {"recipe": shown(RECIPE), "runs": shown(runs), "seed": SEED, "path": "MiniLM-L6 default path",
                   "systems": {n: {"what": s.what, "sets": list(s.sets), "start": s.start} for n, s in SYSTEMS.items()},
@@ -263,9 +277,9 @@ def targets(results: dict, tests: dict, best: str | None) -> list[dict]:
                f"{best} (eval.json)"),
         target("MiniLM-path int8 student within 0.5 of its teacher (teacher - int8)", gap, TARGETS["gap"], False,
                f"{best} (eval.json)"),
-        _significant("best distilled int8 above the no-teacher int8 student (points, p < 0.05)",
+        significant("best distilled int8 above the no-teacher int8 student (points, p < 0.05)",
                      tests.get(f"{best} vs none"), TARGETS["over_none"]),
-        _significant("best distilled int8 above TF-IDF + LR (points, p < 0.05)", tests.get(f"{best} vs tfidf-lr"),
+        significant("best distilled int8 above TF-IDF + LR (points, p < 0.05)", tests.get(f"{best} vs tfidf-lr"),
                      TARGETS["over_tfidf"]),
     ]
 

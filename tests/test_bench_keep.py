@@ -91,11 +91,11 @@ def test_the_best_is_chosen_on_dev_and_paired_with_the_no_teacher_student_and_tf
 
 
 def test_a_gain_without_significance_fails_its_target():
-    row = keep._significant("x", {"name": "a vs b", "diff": 2.0, "p_value": 0.2}, 1.0)
+    row = keep.significant("x", {"name": "a vs b", "diff": 2.0, "p_value": 0.2}, 1.0)
     assert row["status"] == "fail" and row["value"] == 2.0
-    assert keep._significant("x", {"name": "a vs b", "diff": 2.0, "p_value": 0.01}, 1.0)["status"] == "pass"
-    assert keep._significant("x", {"name": "a vs b", "diff": 0.5, "p_value": 0.01}, 1.0)["status"] == "fail"
-    assert keep._significant("x", None, 1.0)["status"] == "not measured"
+    assert keep.significant("x", {"name": "a vs b", "diff": 2.0, "p_value": 0.01}, 1.0)["status"] == "pass"
+    assert keep.significant("x", {"name": "a vs b", "diff": 0.5, "p_value": 0.01}, 1.0)["status"] == "fail"
+    assert keep.significant("x", None, 1.0)["status"] == "not measured"
 
 
 def test_a_peer_without_the_students_rows_is_refused():

@@ -1,0 +1,156 @@
+"""A transfer set the teacher labels: the student's stage 2 over derived rows (--augment K) and over the user's
+unlabelled texts (--transfer), on Amazon, each against the student without them on the same test rows.
+
+    python -m bench.transfer run [--systems s20 s20-transfer ...]   # the students (and the teachers they start from)
+    python -m bench.transfer table                                  # bench/results/transfer.json from the folders
+
+The MiniLM default path: recipes/amazon-cpu.yaml's meta-teacher and its `tiny` student, logit-only KD with stage 2's
+length chosen on dev (bench.keep's kd-cut), shipped as static int8. Logit-only: stage 1 reads the training rows
+only, so the transfer set is stage 2's question. Every system runs in its own folder under --runs (default
+bench/runs/transfer), a copy of the teacher's (bench.suite); the all-labels teacher and kd-cut student are taken
+as copies of bench.keep's folders when those are finished with the same settings.
+
+    aug0           the student on the training rows alone (bench.keep's kd-cut)
+    aug4, aug10    + K derived rows per training row (windows of long texts, masking, deletion, swap, spans,
+                   same-domain words), labelled by the teacher
+    teacher20      the meta-teacher fitted on 20% of the training rows (seeded, label-stratified per domain), its
+                   length chosen on dev: the user who labelled a fifth of their texts
+    s20            its student on those 20% alone
+    s20-transfer   + the other 80% of the training texts, labels dropped, given to --transfer
+    s20-aug4       + 4 derived rows per labelled row (no unlabelled text)
+
+Paired tests (a paired bootstrap stratified by domain, and exact McNemar; one seed, 42) on the int8 test rows. The
+MPNet path needs the fitted MPNet teacher (bench.mpnet's teacher-meta); its targets read "not measured" until then.
+Not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.common import RESULTS, ROOT, RUNS as BENCH_RUNS, data_missing, data_path, recipe, shown, start_from
+from bench.keep import BY_DEV, SEED, STUDENT, paired_tests, print_table, significant, system_results
+from bench.keep import SUITE as KEEP
+from bench.suite import Suite, System, target
+from metakd_cli.run_dir import atomic_write_json, read_json_object
+
+RECIPE = ROOT / "recipes" / "amazon-cpu.yaml"
+RUNS = BENCH_RUNS / "transfer"
+OUT = RESULTS / "transfer.json"
+LABELLED = 0.2  # the realistic case's fraction of training rows that keep their labels
+UNLABELLED = "unlabelled-80.jsonl"  # the rest, written under --runs by `run`
+KD = ("distill.method=kd", BY_DEV)
+FEW = (f"distill.train_fraction={LABELLED:g}",)
+
+
+def systems(runs: Path) -> dict[str, System]:
+    unlabelled = shown(runs / UNLABELLED)
+    return {
+        "teacher": System((), ("fit",), None, "the MiniLM-L6 meta-teacher on every training row (bench.keep's)"),
+        "aug0": System(KD, STUDENT, "teacher", "logit-only KD on the training rows alone (bench.keep's kd-cut)"),
+        "aug4": System((*KD, "distill.augment=4"), STUDENT, "teacher", "+ 4 derived rows per training row"),
+        "aug10": System((*KD, "distill.augment=10"), STUDENT, "teacher", "+ 10 derived rows per training row"),
+        "teacher20": System((f"fit.train_fraction={LABELLED:g}", "fit.epochs=none", "fit.max_epochs=10"), ("fit",),
+                            None, "the meta-teacher on 20% of the training rows, its length chosen on dev "
+                            "(at most 10 epochs)"),
+        "s20": System((*KD, *FEW), STUDENT, "teacher20", "its student on the 20% labelled rows alone"),
+        "s20-transfer": System((*KD, *FEW, f"distill.transfer={unlabelled}"), STUDENT, "teacher20",
+                               "+ the other 80% of the training texts as unlabelled --transfer text"),
+        "s20-aug4": System((*KD, *FEW, "distill.augment=4"), STUDENT, "teacher20",
+                           "+ 4 derived rows per labelled row (no unlabelled text)"),
+    }
+
+
+DEFAULT_ORDER = ("s20", "s20-transfer", "aug4", "s20-aug4")  # the issue's realistic case first
+BORROWED = {"teacher": "teacher", "aug0": "kd-cut"}  # system: bench.keep's system with the same settings
+PAIRS = (("s20-transfer", "s20"), ("s20-aug4", "s20"), ("s20-transfer", "s20-aug4"), ("aug0", "s20"),
+         ("aug0", "s20-transfer"), ("aug4", "aug0"), ("aug10", "aug0"), ("aug10", "aug4"))
+TARGETS = {"mpnet_int8": 89.4, "mpnet_gap": 1.0, "over_few": 2.0, "p": 0.05}
+
+
+def write_unlabelled(runs: Path) -> Path:
+    """The training texts outside the seeded 20% (the rows `--train-fraction 0.2` leaves out), labels dropped, as
+    a JSON-lines table with a domain column: what a user with a fifth of their texts labelled hands --transfer."""
+    import json
+
+    from metakd_cli.data import fraction_indices, load_dataset
+
+    config = recipe([], RECIPE)
+    config.data.path = str(data_path(config))
+    dataset = load_dataset(config.data)
+    kept = set(fraction_indices(dataset.train, LABELLED, dataset.split_seed))
+    rows = [{"text": ex.text, "domain": ex.domain} for i, ex in enumerate(dataset.train) if i not in kept]
+    path = runs / UNLABELLED
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    partial.replace(path)
+    return path
+
+
+def borrow(suite: Suite) -> None:
+    """The all-labels teacher and student as copies of bench.keep's folders when those are finished with the same
+    settings (they are the same systems), so that neither is trained twice."""
+    keep = Suite(KEEP.recipe, KEEP.runs, KEEP.systems)
+    for system, theirs in BORROWED.items():
+        assert keep.sets_of(theirs) == suite.sets_of(system), system
+        if suite.finished_metrics(system) is None and keep.finished_metrics(theirs) is not None:
+            start_from(keep.folder(theirs), suite.folder(system))
+
+
+def table(runs: Path = RUNS, out: Path = OUT) -> dict:
+    suite = Suite(RECIPE, runs, systems(runs))
+    previous = read_json_object(out)
+    results = system_results(suite, previous.get("results") or {})
+    scored = {s: suite.scored(s, "int8") for s, row in results.items()
+              if suite.systems[s].start is not None and isinstance(row, dict) and "not_shipped" not in row}
+    scored = {s: rows for s, rows in scored.items() if rows is not None}
+    tests = paired_tests(scored, PAIRS, previous.get("tests") or {})
+    document = {
+        "setup": {"recipe": shown(RECIPE), "runs": shown(runs), "seed": SEED, "path": "MiniLM-L6 default path",
+                  "labelled_fraction": LABELLED,
+                  "systems": {n: {"what": s.what, "sets": list(s.sets), "start": s.start}
+                              for n, s in suite.systems.items()}},
+        "results": results,
+        "tests": tests,
+        "targets": targets(tests),
+    }
+    atomic_write_json(out, document)
+    return document
+
+
+def targets(tests: dict) -> list[dict]:
+    return [
+        target("MPNet-path int8 student test accuracy", None, TARGETS["mpnet_int8"], True, ""),
+        target("MPNet-path int8 student within 1.0 of its teacher (teacher - int8)", None, TARGETS["mpnet_gap"], False,
+               ""),
+        significant("at 20% labels, the transfer student above the 20%-labels student (int8 points, p < 0.05)",
+                    tests.get("s20-transfer vs s20"), TARGETS["over_few"]),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("run", "table"))
+    parser.add_argument("--systems", nargs="+", default=list(DEFAULT_ORDER))
+    parser.add_argument("--runs", type=Path, default=RUNS)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    missing = data_missing(recipe([], RECIPE))
+    if missing:
+        print(missing)
+        return
+    suite = Suite(RECIPE, args.runs, systems(args.runs))
+    unknown = sorted(set(args.systems) - set(suite.systems))
+    if unknown:
+        parser.error(f"unknown systems: {', '.join(unknown)} (known: {', '.join(suite.systems)})")
+    if args.command == "run":
+        write_unlabelled(args.runs)
+        borrow(suite)
+        suite.run(args.systems, after=lambda: print_table(table(args.runs, args.out)))
+    print_table(table(args.runs, args.out))
+
+
+if __name__ == "__main__":
+    main()
