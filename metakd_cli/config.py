@@ -88,6 +88,10 @@ class DistillConfig:
     eval_every: int | None = None
     temperature: float = 1.0
     gold_weight: float = 0.0  # stage 2's gold-label cross-entropy weight beside the (T^2-scaled) soft term
+    # epochs of head warm-up before stage 2 (metakd_cli.head_warmup): the pooler and classifier trained alone on the
+    # frozen body's [CLS] states, the best epoch on dev kept; None: 10 for a head that did not come from the
+    # teacher (minilm4, the no-teacher cut), 0 for one that did; 0: none
+    head_warmup: int | None = None
     # derived rows per training row that the teacher labels for stage 2 (metakd_cli.augment: windows of long texts,
     # masking, deletion, swap, span sampling, same-domain word replacement); 0: none
     augment: int = 0

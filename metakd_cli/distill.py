@@ -98,6 +98,7 @@ from metakd_cli.vocab import check_trim_options
 METHODS = ("meta", "tinybert", "kd", "mtn", "none")
 LOGIT_ONLY = ("kd", "mtn", "none")  # methods without the intermediate stage
 PRESETS = ("tiny", "tinybert4", "minilm4")
+HEAD_WARMUP_EPOCHS = 10  # a new head's warm-up when --head-warmup is not given (metakd_cli.head_warmup)
 STUDENT_JSON = "metakd_student.json"
 TINYBERT4 = dict(num_hidden_layers=4, hidden_size=312, num_attention_heads=12, intermediate_size=1200)
 
@@ -194,6 +195,8 @@ def validate(cfg: DistillConfig) -> None:
         raise UserError(f"--gold-weight must be 0 or more, got {cfg.gold_weight}")
     if cfg.augment < 0:
         raise UserError(f"--augment must be 0 or more, got {cfg.augment}")
+    if cfg.head_warmup is not None and cfg.head_warmup < 0:
+        raise UserError(f"--head-warmup must be 0 or more, got {cfg.head_warmup}")
     if (cfg.augment or cfg.transfer) and cfg.method in ("none", "mtn"):
         flag = "--augment" if cfg.augment else "--transfer"
         raise UserError(f"{flag} adds rows one teacher labels; --method {cfg.method} "
@@ -569,7 +572,9 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
     try:
         if "intermediate" in specs:
             stages["intermediate"] = _run_intermediate_checked(ctx, specs["intermediate"], steps)
+        head_warmup = _warm_head(ctx, steps)
         stages["prediction"] = _run_prediction(ctx, specs["prediction"], steps)
+        stages["prediction"]["head_warmup"] = head_warmup
     except KeyboardInterrupt as exc:
         if cache.saved is not None:  # Ctrl-C's message names them when no training state was saved yet
             exc.saved_pass = ("the teacher's logits", cache.saved)
@@ -1140,6 +1145,35 @@ def _run_intermediate_checked(ctx: _Context, spec: PhaseSpec, steps: _LossSteps)
                             "stage_2_starts_from": start}
     stage["projection_warmup"] = warmup
     return stage
+
+
+def _warm_head(ctx: _Context, steps: _LossSteps) -> dict | None:
+    """Before stage 2, a head that did not come from the teacher is trained alone on the frozen body's [CLS]
+    states with stage 2's loss (metakd_cli.head_warmup; --head-warmup epochs); None when it is not."""
+    from metakd_cli.head_warmup import cls_states, head_parts, warm_head
+
+    cfg, side = ctx.cfg, steps.side
+    epochs = cfg.head_warmup if cfg.head_warmup is not None else 0 if side.head_from_teacher else HEAD_WARMUP_EPOCHS
+    if not epochs:
+        return None
+    if head_parts(side.student) is None:
+        ctx.log("head warm-up left out: the student's head is not a BERT-style pooler and classifier")
+        return {"skipped": "not a BERT-style pooler and classifier"}
+    rows = steps.prediction_encoded
+    labels = torch.tensor(rows.labels)
+    labelled = (torch.arange(len(rows)) < len(side.train)).float()
+
+    def loss_of(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        targets = None if cfg.method == "none" else steps.prediction_targets[index].to(logits.device)
+        return prediction_loss(logits, targets, labels[index].to(logits.device), cfg.temperature, cfg.gold_weight,
+                               labelled[index].to(logits.device))
+
+    record = warm_head(side.student, cls_states(side.student, rows, side.pad_id), loss_of,
+                       cls_states(side.student, side.dev, side.pad_id), torch.tensor(side.dev.labels), epochs,
+                       cfg.seed)
+    ctx.log(f"head warm-up on the frozen body ({record['rows']:,} rows, {epochs} epochs at {record['lr']:g}): dev "
+            f"{record['dev_before']:.2f} -> {record['dev_after']:.2f} (epoch {record['best_epoch']} kept)")
+    return record
 
 
 def _run_prediction(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> dict:

@@ -37,6 +37,9 @@ import click
                    "folder with one file per domain; a row equal to a dev or test text is dropped.")
 @click.option("--gold-weight", type=float, default=None,
               help="Weight of a gold-label cross-entropy beside the soft labels in stage 2 [0].")
+@click.option("--head-warmup", type=int, default=None, metavar="EPOCHS",
+              help="Train a new head alone on the frozen body's [CLS] states for N epochs before stage 2, the best "
+                   "on dev kept (0: off) [10 for a head not cut from the teacher, else 0].")
 @click.option("--batch-size", type=int, default=None,
               help="Global batch size; under accelerate launch / torchrun each of N processes takes batch/N rows "
                    "(a multiple of N) [32].")
