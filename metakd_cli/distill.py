@@ -693,6 +693,8 @@ class _TransferSet:
         derived = [k for k in self.kinds if k != "transfer"]
         return {"rows": len(self.kinds), "augment_rows": len(derived), "transfer_rows": len(self.kinds) - len(derived),
                 "by_kind": dict(Counter(self.kinds)), "by_domain": dict(Counter(self.domains)),
+                "by_domain_kind": {d: dict(Counter(k for k, dd in zip(self.kinds, self.domains) if dd == d))
+                                   for d in dict.fromkeys(self.domains)},
                 "transfer": self.read, "labelled_by": "teacher (soft labels; no gold term)",
                 "logits": str(self.saved), "reused": self.reused, "teacher_seconds": self.seconds}
 

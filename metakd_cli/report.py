@@ -60,6 +60,8 @@ class ReportData:
     most: dict[str, list[ScoredRow]] = field(default_factory=dict)
     least: dict[str, list[ScoredRow]] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=dict)  # what was run, for the page's header
+    # the student's training rows per domain: {"labelled": n, "transfer": n, an augment kind: n, ...}
+    learnt_from: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     version: str = __version__
 
@@ -180,6 +182,7 @@ def build_report(run, split: str = "test", log: Callable[[str], None] = lambda _
         ("student", distill_cfg.get("student")), ("method", _method(distill_cfg.get("method"))),
         ("teacher's length", _length(((figures.fit.get("teachers") or [{}])[0]))),
         ("student's stage 2", _length((figures.distill.get("stages") or {}).get("prediction") or {}))) if v}
+    data.learnt_from = learnt_from(figures.distill)
     teacher_predictions = None
     labels = None
     for name in ("teacher", "student", "onnx", "int8"):
@@ -218,6 +221,15 @@ def build_report(run, split: str = "test", log: Callable[[str], None] = lambda _
         raise UserError(f"{run.path}: no teacher/, student/ or onnx/ to report on; run `metakd fit` first")
     _transferability(run, dataset, data, stale_artifacts(manifest))
     return data
+
+
+def learnt_from(distill: dict) -> dict[str, dict[str, int]]:
+    """From metrics/distill.json: per domain, the labelled training rows and the rows only the teacher labelled
+    (--transfer's, and --augment's by kind); empty before a distillation."""
+    labelled = distill.get("train_rows") or {}
+    extra = (distill.get("transfer") or {}).get("by_domain_kind") or {}
+    return {domain: {"labelled": int(labelled.get(domain, 0)), **extra.get(domain, {})}
+            for domain in dict.fromkeys([*labelled, *extra])}
 
 
 def write_report(run, output: Path | None = None, split: str = "test",

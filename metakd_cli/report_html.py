@@ -192,6 +192,19 @@ def speed_table(models: list[ModelFigures]) -> str:
             f"<th>throughput vs teacher</th></tr>{rows}</table>{notes}")
 
 
+def learnt_table(learnt: dict[str, dict[str, int]]) -> str:
+    """Rows per domain: labelled (gold and the teacher's soft labels) and those only the teacher labelled, by kind."""
+    kinds = list(dict.fromkeys(k for counts in learnt.values() for k in counts))
+    names = {"labelled": "labelled rows", "transfer": "your texts (--transfer)"}
+    head = "".join(f"<th>{_e(names.get(k, f'derived: {k}'))}</th>" for k in kinds)
+    rows = "".join(f"<tr><th>{_e(domain)}</th>" + "".join(f"<td>{counts.get(k, 0):,}</td>" for k in kinds) + "</tr>"
+                   for domain, counts in learnt.items())
+    total = "".join(f"<td>{sum(c.get(k, 0) for c in learnt.values()):,}</td>" for k in kinds)
+    return (f"<table><tr><th>domain</th>{head}</tr>{rows}<tr><th>total</th>{total}</tr></table>"
+            '<p class="meta">Stage 2 learnt the teacher\'s soft labels on every row, the gold label only on the '
+            "labelled ones; stage 1 reads the labelled rows.</p>")
+
+
 def render_html(data: ReportData) -> str:
     models = data.models
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -212,6 +225,9 @@ def render_html(data: ReportData) -> str:
         table.append(f"<tr><th>{_e(m.name)}</th>" + "".join(f"<td>{_fmt(m.accuracy.get(k))}</td>" for k in keys)
                      + f"<td>{'-' if m.name == 'teacher' else _fmt(m.agreement)}</td></tr>")
     parts.append("".join(table) + "</table>")
+
+    if data.learnt_from:
+        parts.append("<h2 id=\"rows-learnt\">What the student learnt from</h2>" + learnt_table(data.learnt_from))
 
     speed = (f"Latency and throughput measured by <code>metakd eval</code> on {_e(data.speed_source)}."
              if data.speed_source else "Latency and throughput: not measured; run <code>metakd eval</code>.")

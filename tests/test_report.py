@@ -67,6 +67,7 @@ def test_report_page_has_every_part_and_fetches_nothing(full_run, tmp_path):
     for model in MODELS:
         assert f"<title>{model} books:" in page, model
     assert "Size and speed" in page and "measured by <code>metakd eval</code> on" in page
+    assert "What the student learnt from" in page and "<th>labelled rows</th>" in page
     for domain in ("books", "electronics", "kitchen"):
         assert f'aria-label="t — {domain}"' in page and f'aria-label="lambda — {domain}"' in page
         assert f"<h3>{domain}</h3>" in page
@@ -388,3 +389,18 @@ def test_the_report_says_how_long_teacher_and_student_trained_and_what_they_kept
         == "kept step 5 (epoch 1) of 1 epochs begun, stopped by patience; dev scored 3 times"
     assert _length({"history": [{}]}) is None  # a run from before the curve was recorded
     assert _method("none").startswith("none (no teacher") and _method("meta") == "meta"
+
+
+def test_the_report_says_what_the_student_learnt_from():
+    from metakd_cli.report import learnt_from
+    from metakd_cli.report_html import learnt_table
+
+    distill = {"train_rows": {"books": 8, "kitchen": 6},
+               "transfer": {"by_domain_kind": {"books": {"mask": 3, "transfer": 2}}}}
+    learnt = learnt_from(distill)
+    assert learnt == {"books": {"labelled": 8, "mask": 3, "transfer": 2}, "kitchen": {"labelled": 6}}
+    html = learnt_table(learnt)
+    assert "<th>derived: mask</th>" in html and "<th>your texts (--transfer)</th>" in html
+    assert "<tr><th>kitchen</th><td>6</td><td>0</td><td>0</td></tr>" in html
+    assert "<tr><th>total</th><td>14</td><td>3</td><td>2</td></tr>" in html
+    assert learnt_from({}) == {}

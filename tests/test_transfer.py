@@ -88,6 +88,7 @@ def test_a_distillation_learns_the_users_texts_from_the_teacher(run, tmp_path, m
                                     run, log=lines.append, warn=lambda _: None)
     transfer = result.metrics["transfer"]
     assert (transfer["transfer_rows"], transfer["augment_rows"]) == (10, 0)
+    assert transfer["by_domain_kind"] == {domain: {"transfer": 10}}
     assert transfer["transfer"]["left_out"] == {"the same text as a dev or test row (dropped: no leakage)": 1}
     train_rows = sum(result.metrics["train_rows"].values())
     assert sum(len(b) for b in labelled) == train_rows + 10
@@ -147,3 +148,24 @@ def test_training_texts_a_fraction_leaves_out_are_the_users_unlabelled_text(run,
     transfer = result.metrics["transfer"]
     assert transfer["transfer_rows"] == len({ex.text for ex in outside})
     assert transfer["transfer"]["left_out"].get("the same text as a training row") == 1
+
+
+def test_metakd_data_shows_what_transfer_would_add(tmp_path):
+    from conftest import write_toy_dataset
+    from metakd_cli.cli import cli
+
+    data = write_toy_dataset(tmp_path / "data")
+    first = json.loads(data.read_text().splitlines()[0])
+    path = _jsonl(tmp_path / "u.jsonl", [{"text": "an unlabelled kitchen text", "domain": "kitchen"},
+                                         {"text": "another", "domain": "kitchen"},
+                                         {"text": first["text"], "domain": first["domain"]}])
+    result = CliRunner().invoke(cli, ["data", str(data), "--transfer", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["transfer"]["by_domain"] == {"kitchen": 2} and sum(summary["transfer"]["left_out"].values()) == 1
+    table = CliRunner().invoke(cli, ["data", str(data), "--transfer", str(path)], terminal_width=200)
+    assert table.exit_code == 0 and "transfer" in table.stdout and "--transfer left out 1" in table.stdout
+    bad = _jsonl(tmp_path / "b.jsonl", [{"text": "x", "domain": "garden"}])
+    result = CliRunner().invoke(cli, ["data", str(data), "--transfer", str(bad)])
+    assert result.exit_code == 2 and "domain 'garden' is not one of the run's" in result.output
+    assert "Traceback" not in result.output
