@@ -78,7 +78,11 @@ class DistillConfig:
     domain: str | None = None
     teacher_domain: str | None = None  # single-mode teachers: whose teacher to distil (default: domain's)
     train_fraction: float = 1.0  # seeded, label-stratified fraction of the training rows distilled on
-    intermediate_epochs: int = 3
+    # stage 1's length: exactly `intermediate_epochs` when given (0: no stage 1); None: chosen on dev (a student
+    # whose head came from the teacher is scored by dev accuracy, with stage 2's patience and eval_every), at most
+    # `intermediate_max_epochs`; a new head says nothing on dev before stage 2, so that student runs the ceiling
+    intermediate_epochs: int | None = None
+    intermediate_max_epochs: int = 3
     # stage 2's length: exactly `epochs` when given; None: chosen on dev, scored every `eval_every` steps (None:
     # about ten times an epoch; 0: at epoch ends), stopping after `patience` scorings without a gain, at most
     # `max_epochs` epochs. The state that scored best on dev is kept either way

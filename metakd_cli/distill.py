@@ -209,8 +209,10 @@ def validate(cfg: DistillConfig) -> None:
                 sorted(set(cfg.student_layers)) != cfg.student_layers:
             raise UserError(f"--student-layers {','.join(map(str, cfg.student_layers))}: give increasing layer "
                             "numbers from 1 (e.g. 1,3,5,6), each once")
-    if cfg.intermediate_epochs < 0:
+    if cfg.intermediate_epochs is not None and cfg.intermediate_epochs < 0:
         raise UserError(f"--intermediate-epochs must be 0 or more, got {cfg.intermediate_epochs}")
+    if cfg.intermediate_max_epochs < 1:
+        raise UserError(f"--intermediate-max-epochs must be at least 1, got {cfg.intermediate_max_epochs}")
     if cfg.temperature <= 0:
         raise UserError(f"--temperature must be positive, got {cfg.temperature}")
     for flag, value in (("--gamma", cfg.gamma), ("--attention-weight", cfg.attention_weight)):
@@ -312,7 +314,7 @@ def minilm4_or_cut(cfg: DistillConfig, teacher, teacher_tokenizer, warn) -> str:
     head by head), the teacher has MiniLM's 12 heads; else the teacher's own 4-layer cut, said loudly."""
     size = teacher.config.num_hidden_layers, teacher.config.hidden_size
     heads = teacher.config.num_attention_heads
-    if cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs > 0 and heads != MINILM_HEADS:
+    if cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs != 0 and heads != MINILM_HEADS:
         # minilm4 would be refused by check_attention_heads, where the cut keeps the teacher's own heads
         warn(f"tiny: the teacher ({size[0]} x {size[1]}) is bigger than MiniLM-L6, but it has {heads} attention "
              f"heads and the ~19M minilm4 student {MINILM_HEADS}, which --method {cfg.method} compares head by head; "
@@ -869,7 +871,7 @@ def _build_student_side(ctx: _Context, side: _TeacherSide, rows: _TrainingRows) 
     mapping = ([0, *built.teacher_layers] if built.teacher_layers is not None
                else layer_map(student.config.num_hidden_layers, teacher.config.num_hidden_layers))
     attention_weight = attention_weight_for(cfg, teacher.config, student.config)
-    if cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs > 0:
+    if cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs != 0:
         if cfg.attention_weight is None and attention_weight == 0:
             log(f"stage 1 leaves the attention-score term out: the teacher ({teacher.config.model_type}) adds a "
                 f"relative position bias to its scores that the student ({student.config.model_type}) cannot "
@@ -1033,11 +1035,12 @@ def _stage_specs(ctx: _Context, teacher_mode: str, intermediate_lr: float, lr: f
     stage-1 epochs, then stage 2 ("prediction")."""
     cfg, suffix, signature = ctx.cfg, _checkpoint_suffix(ctx), _signature(ctx, teacher_mode)
     specs = {}
-    if cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs > 0:
+    if cfg.method not in LOGIT_ONLY and cfg.intermediate_epochs != 0:
         specs["intermediate"] = PhaseSpec(
-            f"distill-intermediate{suffix}", cfg.intermediate_epochs, cfg.batch_size, intermediate_lr, cfg.seed,
+            f"distill-intermediate{suffix}", batch_size=cfg.batch_size, lr=intermediate_lr, seed=cfg.seed,
             constant_lr=True, max_grad_norm=1.0, weight_decay=0.0, signature=signature,
-            signature_names=SIGNATURE_NAMES, mixed_precision=cfg.mixed_precision)
+            signature_names=SIGNATURE_NAMES, mixed_precision=cfg.mixed_precision,
+            **by_dev(cfg.intermediate_epochs, cfg.intermediate_max_epochs, cfg.patience, cfg.eval_every))
     specs["prediction"] = PhaseSpec(f"distill-prediction{suffix}", batch_size=cfg.batch_size, lr=lr, seed=cfg.seed,
                                     weight_decay=0.01, signature=signature, signature_names=SIGNATURE_NAMES,
                                     mixed_precision=cfg.mixed_precision,
@@ -1046,11 +1049,15 @@ def _stage_specs(ctx: _Context, teacher_mode: str, intermediate_lr: float, lr: f
 
 
 def _run_intermediate(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> dict:
-    """Stage 1: the student's hidden states, attention scores (and, for meta, domain features) to the teacher's."""
-    phase_steps = PhaseSteps(len(steps.side.train), steps.make_batch, steps.intermediate_step)
+    """Stage 1: the student's hidden states, attention scores (and, for meta, domain features) to the teacher's.
+    A student whose head came from the teacher is scored on dev accuracy as it goes (the best state kept, patience
+    applies); a new head cannot be, so that student keeps its last state."""
+    scored = steps.dev_accuracy if steps.side.head_from_teacher else None
+    phase_steps = PhaseSteps(len(steps.side.train), steps.make_batch, steps.intermediate_step, scored)
     phase = run_phase(spec, steps.side.parts, phase_steps, ctx.run.checkpoints, ctx.resume, ctx.progress, ctx.log)
     return {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second, "history": phase.history,
-            "resumed_from": phase.resumed_from}
+            "resumed_from": phase.resumed_from, "scored_on_dev": scored is not None, "dev_curve": phase.dev_curve,
+            "best_step": phase.best_step, "stopped_early": phase.stopped_early}
 
 
 PROJECTION_ROWS = 256  # training rows the projection is fitted on before stage 1 (a seeded sample)
@@ -1137,7 +1144,8 @@ def _run_intermediate_checked(ctx: _Context, spec: PhaseSpec, steps: _LossSteps)
     initial_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
     initial_dev = steps.dev_accuracy()
     stage = _run_intermediate(ctx, spec, steps)
-    after_dev = steps.dev_accuracy()
+    curve = stage["dev_curve"] or []  # stage 1 was scored on dev: its kept state's score
+    after_dev = max(point["dev_score"] for point in curve) if curve else steps.dev_accuracy()
     start = "stage 1" if after_dev >= initial_dev else "the initial student"
     if after_dev < initial_dev:
         student.load_state_dict(initial_state)

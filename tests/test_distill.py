@@ -642,15 +642,16 @@ def _spy_on_stage_starts(monkeypatch, dev_scores: list[float]) -> tuple[dict, li
 
     monkeypatch.setattr(distill_module, "_run_intermediate", stage_1)
     monkeypatch.setattr(distill_module, "_run_prediction", stage_2)
+    # the first score is the student's before stage 1, the last every later one (stage 1's scorings, and stage 2's)
     monkeypatch.setattr(distill_module._LossSteps, "dev_accuracy",
-                        lambda self: scripted.pop(0) if scripted else real_dev(self))
+                        lambda self: scripted.pop(0) if len(scripted) > 1 else scripted[0])
     return initial, starts
 
 
 def test_stage_2_starts_from_the_initial_student_when_stage_1_lowers_dev(run, monkeypatch):
     import torch
 
-    initial, starts = _spy_on_stage_starts(monkeypatch, [80.0, 60.0])  # before stage 1, after it
+    initial, starts = _spy_on_stage_starts(monkeypatch, [80.0, 60.0])  # before stage 1, in and after it
     lines = []
     result = distill(small(), run, log=lines.append, warn=_quiet)
     check = result.metrics["stages"]["intermediate"]["start_check"]
@@ -709,3 +710,37 @@ def test_a_projection_across_widths_is_fitted_before_stage_1(run):
     assert any("projection fitted by least squares" in line for line in lines)
     same_width = distill(small(), run, log=_quiet, warn=_quiet)  # tiny: the teacher's width, no projection
     assert same_width.metrics["stages"]["intermediate"]["projection_warmup"] is None
+
+
+def test_stage_1_is_chosen_on_dev_when_the_head_is_the_teachers(run):
+    result = distill(small(intermediate_epochs=None, intermediate_max_epochs=2, epochs=1), run, log=_quiet,
+                     warn=_quiet)
+    stage = result.metrics["stages"]["intermediate"]
+    assert stage["scored_on_dev"] and stage["dev_curve"] and 1 <= len(stage["history"]) <= 2
+    best = max(point["dev_score"] for point in stage["dev_curve"])
+    assert stage["start_check"]["after_stage_1_dev"] == best  # the kept state's score, not one more pass
+
+
+def test_stage_1_stops_by_patience_and_intermediate_epochs_is_exact(run, monkeypatch):
+    _spy_on_stage_starts(monkeypatch, [80.0, 60.0])  # dev never gains after stage 1's first scoring
+    config = small(intermediate_epochs=None, intermediate_max_epochs=3, epochs=1, patience=2, eval_every=1)
+    stage = distill(config, run, log=_quiet, warn=_quiet).metrics["stages"]["intermediate"]
+    assert stage["stopped_early"] and len(stage["dev_curve"]) == 3 and len(stage["history"]) == 1
+    exact = distill(small(intermediate_epochs=2, epochs=1, patience=2, eval_every=1), run, log=_quiet, warn=_quiet)
+    stage = exact.metrics["stages"]["intermediate"]
+    assert not stage["stopped_early"] and len(stage["history"]) == 2  # --intermediate-epochs N: exactly N
+
+
+def test_stage_1_of_a_new_head_runs_its_ceiling_unscored(run, monkeypatch):
+    real = distill_module.build_student
+
+    def new_head(*args, **kwargs):
+        built = real(*args, **kwargs)
+        built.teacher_layers = None
+        return built
+
+    monkeypatch.setattr(distill_module, "build_student", new_head)
+    result = distill(small(intermediate_epochs=None, intermediate_max_epochs=2, epochs=1, head_warmup=0), run,
+                     log=_quiet, warn=_quiet)
+    stage = result.metrics["stages"]["intermediate"]
+    assert not stage["scored_on_dev"] and stage["dev_curve"] == [] and len(stage["history"]) == 2

@@ -20,7 +20,11 @@ import click
               help="Single-mode teachers: distil from this domain's teacher [--domain's].")
 @click.option("--train-fraction", type=float, default=None,
               help="Distil on a seeded, label-stratified fraction of the training rows (data-scarce setting) [1].")
-@click.option("--intermediate-epochs", type=int, default=None, help="Stage 1 (layer-wise) epochs [3].")
+@click.option("--intermediate-epochs", type=int, default=None,
+              help="Stage 1 (layer-wise) epochs, exactly (0: none) [chosen on dev: see --intermediate-max-epochs].")
+@click.option("--intermediate-max-epochs", type=int, default=None,
+              help="Stage 1's ceiling when --intermediate-epochs is not given; a student with the teacher's head is "
+                   "scored on dev and stopped by --patience [3].")
 @click.option("--epochs", type=int, default=None,
               help="Stage 2 (soft labels) epochs, exactly [chosen on dev: see --max-epochs, --patience].")
 @click.option("--max-epochs", type=int, default=None, help="Stage 2's ceiling when --epochs is not given [10].")
