@@ -43,7 +43,7 @@ import numpy as np
 
 from bench.common import RESULTS
 from bench.timing import FixedShape, fixed_inputs, fixed_shape_rounds, pin_threads, pinned_session
-from metakd_cli.export import WEIGHT_TYPES, _quiet_tools
+from metakd_cli.export import WEIGHT_TYPES, quiet_tools
 from metakd_cli.timing import available_cpus
 
 OUT = RESULTS / "int8_variants.json"
@@ -61,7 +61,7 @@ def build(onnx_dir: Path, scratch: Path, weight_type: str, config, target: str) 
     heads, hidden = config.num_attention_heads, config.hidden_size
     source = onnx_model_path(onnx_dir, ONNX_FILE)
     out = {"fp32": source, "int8-shipped": onnx_model_path(onnx_dir, INT8_FILE)}
-    with _quiet_tools():
+    with quiet_tools():
         path = scratch / "int8-matmul.onnx"
         quantize_dynamic(str(source), str(path), weight_type=getattr(QuantType, weight_type),
                          op_types_to_quantize=["MatMul"])

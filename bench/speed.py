@@ -57,7 +57,7 @@ from metakd_cli.cpu import cpu_info, int8_target, target_mismatch
 from metakd_cli.data import Encoded, encode
 from metakd_cli.errors import UserError
 from metakd_cli.evaluate import exported_target, onnx_files, run_artifacts
-from metakd_cli.export import WEIGHT_TYPES, _quiet_tools, _versions
+from metakd_cli.export import WEIGHT_TYPES, quiet_tools, _versions
 from metakd_cli.inference import (
     EXPORT_JSON, INT8_FILE, ONNX_FILE, batched_logits, onnx_forward, size_mb, torch_forward, weights_size_mb,
 )
@@ -186,7 +186,7 @@ def export_teacher_onnx(teacher_dir: Path, out: Path) -> Path:
     from optimum.exporters.onnx import main_export
 
     log(f"exporting the teacher {teacher_dir} to ONNX (opset 18) for the teacher-onnx-fp32 row")
-    with _quiet_tools():
+    with quiet_tools():
         try:
             main_export(str(teacher_dir), out, task="text-classification", opset=18, do_validation=False,
                         local_files_only=True)
@@ -334,7 +334,7 @@ def matmul_ceiling(m: int, k: int, n: int, target: str, threads: int, repeats: i
     fp32_path, int8_path, integer_path = (scratch / f"matmul-{s}.onnx" for s in ("fp32", "int8", "integer"))
     onnx.save(graph("MatMul", TensorProto.FLOAT, b, TensorProto.FLOAT), str(fp32_path))
     weight_type = WEIGHT_TYPES.get(target, "QInt8")
-    with _quiet_tools():
+    with quiet_tools():
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=getattr(QuantType, weight_type))
     b_int8 = rng.integers(-128, 128, (k, n), dtype=np.int8)
     onnx.save(graph("MatMulInteger", TensorProto.UINT8, b_int8, TensorProto.INT32), str(integer_path))

@@ -3,6 +3,7 @@ unlabelled texts (--transfer), on Amazon, each against the student without them 
 
     python -m bench.transfer run [--systems s20 s20-transfer ...]   # the students (and the teachers they start from)
     python -m bench.transfer table                                  # bench/results/transfer.json from the folders
+    python -m bench.transfer label-speed                            # the teachers' labelling rows/s, PyTorch vs ONNX
 
 The MiniLM default path: recipes/amazon-cpu.yaml's meta-teacher and its `tiny` student, logit-only KD with stage 2's
 length chosen on dev (bench.keep's kd-cut), shipped as static int8. Logit-only: stage 1 reads the training rows
@@ -27,12 +28,13 @@ Not part of CI.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from bench.common import RESULTS, ROOT, RUNS as BENCH_RUNS, data_missing, data_path, recipe, shown, start_from
 from bench.keep import BY_DEV, SEED, STUDENT, paired_tests, print_table, significant, system_results
 from bench.keep import SUITE as KEEP
-from bench.suite import Suite, System, target
+from bench.suite import NOT_MEASURED, Suite, System, target
 from metakd_cli.run_dir import atomic_write_json, read_json_object
 
 RECIPE = ROOT / "recipes" / "amazon-cpu.yaml"
@@ -99,7 +101,51 @@ def borrow(suite: Suite) -> None:
             start_from(keep.folder(theirs), suite.folder(system))
 
 
-def table(runs: Path = RUNS, out: Path = OUT) -> dict:
+SPEED_ROWS, SPEED_ROUNDS = 512, 3
+TEACHERS = {"MiniLM-L6 (bench.keep's teacher)": KEEP.folder("teacher") / "teacher",
+            "MPNet-base (bench.mpnet's teacher-meta)": BENCH_RUNS / "mpnet" / "teacher-meta" / "teacher"}
+
+
+def label_speed(runs: Path, rows: int = SPEED_ROWS, rounds: int = SPEED_ROUNDS) -> dict:
+    """Rows a second at which each fitted teacher labels the first ``rows`` unlabelled texts, by PyTorch and by its
+    fp32 ONNX export (metakd_cli.onnx_teacher), timed in interleaved rounds after an untimed one (medians); the
+    export's own seconds beside. Stop other work first: this is a timing."""
+    import json
+
+    from metakd_cli.data import Encoded
+    from metakd_cli.inference import torch_logits
+    from metakd_cli.models import load_classifier, load_tokenizer
+    from metakd_cli.onnx_teacher import OnnxTeacher
+    from metakd_cli.timing import Spread, time_rounds
+
+    texts = [json.loads(line)["text"] for line in (runs / UNLABELLED).read_text(encoding="utf-8").splitlines()[:rows]]
+    figures = {}
+    for name, folder in TEACHERS.items():
+        if not (folder / "config.json").is_file():
+            figures[name] = "not measured: no fitted teacher in " + shown(folder)
+            continue
+        tokenizer = load_tokenizer(str(folder))
+        ids = tokenizer(texts, truncation=True, max_length=128)
+        encoded = Encoded(ids["input_ids"], ids.get("token_type_ids"), [0] * len(texts), [0] * len(texts))
+        pad_id, model = tokenizer.pad_token_id or 0, load_classifier(str(folder), None, "eager")
+        started = time.perf_counter()
+        onnx = OnnxTeacher(folder, runs / "scratch")
+        export_seconds = time.perf_counter() - started
+        try:
+            seconds = time_rounds({"torch": lambda: torch_logits(model, encoded, pad_id),
+                                   "onnx": lambda: onnx.logits(encoded, pad_id)}, rounds)
+        finally:
+            onnx.close()
+        speed = {how: round(len(texts) / Spread.of(values).median, 1) for how, values in seconds.items()}
+        figures[name] = {"rows": len(texts), "rounds": rounds, "rows_per_s": speed,
+                         "onnx_over_torch": round(speed["onnx"] / speed["torch"], 2),
+                         "export_seconds": round(export_seconds, 1)}
+        print(f"{name}: torch {speed['torch']} rows/s, onnx {speed['onnx']} rows/s "
+              f"({figures[name]['onnx_over_torch']}x), export {export_seconds:.0f} s")
+    return figures
+
+
+def table(runs: Path = RUNS, out: Path = OUT, speed: dict | None = None) -> dict:
     suite = Suite(RECIPE, runs, systems(runs))
     previous = read_json_object(out)
     results = system_results(suite, previous.get("results") or {})
@@ -115,6 +161,7 @@ def table(runs: Path = RUNS, out: Path = OUT) -> dict:
         "results": results,
         "tests": tests,
         "targets": targets(tests),
+        "label_speed": speed or previous.get("label_speed") or NOT_MEASURED,
     }
     atomic_write_json(out, document)
     return document
@@ -132,7 +179,7 @@ def targets(tests: dict) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("run", "table"))
+    parser.add_argument("command", choices=("run", "table", "label-speed"))
     parser.add_argument("--systems", nargs="+", default=list(DEFAULT_ORDER))
     parser.add_argument("--runs", type=Path, default=RUNS)
     parser.add_argument("--out", type=Path, default=OUT)
@@ -149,7 +196,11 @@ def main() -> None:
         write_unlabelled(args.runs)
         borrow(suite)
         suite.run(args.systems, after=lambda: print_table(table(args.runs, args.out)))
-    print_table(table(args.runs, args.out))
+    speed = None
+    if args.command == "label-speed":
+        write_unlabelled(args.runs)
+        speed = label_speed(args.runs)
+    print_table(table(args.runs, args.out, speed))
 
 
 if __name__ == "__main__":

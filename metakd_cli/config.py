@@ -102,6 +102,9 @@ class DistillConfig:
     # the user's unlabelled in-domain texts the teacher labels for stage 2 (metakd_cli.transfer): tables with a
     # domain column, or folders with one file per domain
     transfer: list[str] | None = None
+    # what labels the transfer set: auto (the teacher's fp32 ONNX export on a CPU for 2,048 rows or more, checked
+    # against PyTorch on the first rows; metakd_cli.onnx_teacher), torch, or onnx
+    label_with: str = "auto"
     batch_size: int = 32
     lr: float | None = None  # stage 2; None: by the student (metakd_cli.distill.learning_rates)
     intermediate_lr: float | None = None  # stage 1, constant; None: 5e-5, or 5e-4 from random weights

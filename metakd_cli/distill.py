@@ -68,6 +68,7 @@ from metakd_cli.losses import (
     prediction_loss,
     soft_targets,
 )
+from metakd_cli.onnx_teacher import LABEL_WITH
 from metakd_cli.models import (
     DomainClassifiers,
     DomainHead,
@@ -185,6 +186,7 @@ def student_depth(cfg: DistillConfig) -> int:
 
 def validate(cfg: DistillConfig) -> None:
     choice(cfg.method, METHODS, "--method")
+    choice(cfg.label_with, LABEL_WITH, "--label-with")
     for flag, value in (("--lr", cfg.lr), ("--intermediate-lr", cfg.intermediate_lr)):
         if value is not None and value <= 0:
             raise UserError(f"{flag} must be positive, got {value}")
@@ -687,6 +689,7 @@ class _TransferSet:
     reused: bool
     seconds: float
     read: dict | None = None  # --transfer: what was read and what was left out (metakd_cli.transfer.TransferRead)
+    labelled_with: dict | None = None  # torch or onnx, rows/s, the ONNX check; None: the labels were reused
 
     def summary(self) -> dict:
         """metrics/distill.json's ``transfer``: its size and source."""
@@ -698,7 +701,8 @@ class _TransferSet:
                 "by_domain_kind": {d: dict(Counter(k for k, dd in zip(self.kinds, self.domains) if dd == d))
                                    for d in dict.fromkeys(self.domains)},
                 "transfer": self.read, "labelled_by": "teacher (soft labels; no gold term)",
-                "logits": str(self.saved), "reused": self.reused, "teacher_seconds": self.seconds}
+                "logits": str(self.saved), "reused": self.reused, "teacher_seconds": self.seconds,
+                "labelled_with": self.labelled_with}
 
 
 def _transfer_set(ctx: _Context, side: _TeacherSide, student: _StudentSide, rows: _TrainingRows,
@@ -729,12 +733,12 @@ def _transfer_set(ctx: _Context, side: _TeacherSide, student: _StudentSide, rows
     saved = SavedPass(ctx.run.checkpoints / f"{TRANSFER_CHECKPOINT}-{key}", "logits.safetensors", signature,
                       ("teacher and rows", "data fingerprint"), len(examples))
     found, logits = saved.load({"logits": (len(examples), len(dataset.labels))})
-    reused = isinstance(logits, dict)
+    reused, labelled_with = isinstance(logits, dict), None
     if reused:
         ctx.log(f"the teacher's labels of the {len(examples):,} derived rows from {found}")
         logits = logits["logits"]
     else:
-        logits = _label_in_chunks(ctx, side, teacher_rows)
+        logits, labelled_with = _label_in_chunks(ctx, side, teacher_rows)
         if processes.is_main():
             saved.save({"logits": logits})
     student_rows = teacher_rows
@@ -744,7 +748,8 @@ def _transfer_set(ctx: _Context, side: _TeacherSide, student: _StudentSide, rows
     ctx.log(f"transfer set: {len(derived):,} derived rows ({cfg.augment} per training row) and {len(user_rows):,} of "
             "your texts, labelled by the teacher")
     return _TransferSet(student_rows, soft_targets(logits, cfg.temperature), kinds, [ex.domain for ex in examples],
-                        saved.folder, reused, time.perf_counter() - started, read.summary() if read else None)
+                        saved.folder, reused, time.perf_counter() - started, read.summary() if read else None,
+                        labelled_with)
 
 
 def _read_transfer(ctx: _Context):
@@ -767,21 +772,58 @@ def _read_transfer(ctx: _Context):
     return read
 
 
-def _label_in_chunks(ctx: _Context, side: _TeacherSide, encoded: Encoded) -> torch.Tensor:
+def _label_in_chunks(ctx: _Context, side: _TeacherSide, encoded: Encoded) -> tuple[torch.Tensor, dict]:
     """The teacher's logits on ``encoded`` [M, C], a chunk at a time with a progress bar (a long pass for a big
-    teacher)."""
-    progress, total = ctx.progress, len(encoded)
+    teacher), and how they were made: by the teacher's fp32 ONNX export where metakd_cli.onnx_teacher says so
+    (checked against PyTorch on the first rows; PyTorch when the export fails or differs), else by PyTorch."""
+    from metakd_cli import onnx_teacher
+
+    progress, total, started = ctx.progress, len(encoded), time.perf_counter()
+    on_cpu = processes.device().type == "cpu" and processes.world_size() == 1
+    onnx, how = None, {"with": "torch"}
+    if onnx_teacher.wanted(ctx.cfg.label_with, total, side.teacher_heads is None and len(side.teacher_dirs) == 1,
+                           on_cpu):
+        onnx, how = _onnx_teacher(ctx, side, encoded)
     if progress is not None:
         progress.start("teacher labels derived rows", total)
     parts = []
-    for start in range(0, total, TRANSFER_CHUNK):
-        part = encoded.subset(range(start, min(start + TRANSFER_CHUNK, total)))
-        parts.append(teacher_logits_of(side.teacher, side.teacher_heads, part, side.pad_id))
+    try:
+        for start in range(0, total, TRANSFER_CHUNK):
+            part = encoded.subset(range(start, min(start + TRANSFER_CHUNK, total)))
+            parts.append(torch.from_numpy(onnx.logits(part, side.pad_id)) if onnx is not None
+                         else teacher_logits_of(side.teacher, side.teacher_heads, part, side.pad_id))
+            if progress is not None:
+                progress.advance(len(part))
+    finally:
+        if onnx is not None:
+            onnx.close()
         if progress is not None:
-            progress.advance(len(part))
-    if progress is not None:
-        progress.stop()
-    return torch.cat(parts) if parts else torch.zeros(0, 0)
+            progress.stop()
+    how["rows_per_s"] = round(total / max(time.perf_counter() - started, 1e-9), 1)
+    return (torch.cat(parts) if parts else torch.zeros(0, 0)), how
+
+
+def _onnx_teacher(ctx: _Context, side: _TeacherSide, encoded: Encoded):
+    """(the teacher's ONNX export, how) when it exports and its logits on the first rows are PyTorch's within
+    onnx_teacher.ATOL; (None, how) with the reason otherwise, said in the log."""
+    from metakd_cli import onnx_teacher
+
+    check = encoded.subset(range(min(onnx_teacher.CHECK_ROWS, len(encoded))))
+    try:
+        onnx = onnx_teacher.OnnxTeacher(side.teacher_dir, ctx.run.checkpoints)
+    except Exception as exc:  # noqa: BLE001 - optimum's refusals (architecture, opset) share no base class
+        why = f"the teacher's ONNX export failed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ctx.log(f"labelling with PyTorch: {why}")
+        return None, {"with": "torch", "why": why}
+    diff = float(np.abs(onnx.logits(check, side.pad_id)
+                        - teacher_logits_of(side.teacher, None, check, side.pad_id).numpy()).max())
+    record = {"rows": len(check), "max_abs_diff": diff, "atol": onnx_teacher.ATOL}
+    if diff > onnx_teacher.ATOL:
+        onnx.close()
+        ctx.log(f"labelling with PyTorch: the teacher's ONNX logits differ by {diff:.2e} on the first rows")
+        return None, {"with": "torch", "why": "ONNX logits differ", "check": record}
+    ctx.log(f"labelling with the teacher's fp32 ONNX export (max |diff| {diff:.1e} vs PyTorch on {len(check)} rows)")
+    return onnx, {"with": "onnx", "check": record}
 
 
 TEACHER_CHECKPOINT = "distill-teacher"  # checkpoints/<this><suffix>: the teacher's logits, for --resume to reuse

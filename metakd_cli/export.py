@@ -284,7 +284,7 @@ def _check_rows(n_rows: int, domains: list[int], limit: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def _quiet_tools():
+def quiet_tools():
     """Silence the exporters' tracer warnings and the ORT converter's prints (stdout is for results)."""
     from metakd_cli.models import transformers_errors_only
 
@@ -398,7 +398,7 @@ def calibrate(path: Path, feeds: list[dict[str, np.ndarray]], method: str, stati
                "entropy": CalibrationMethod.Entropy}
     scratch.mkdir(parents=True, exist_ok=True)
     try:
-        with _quiet_tools():
+        with quiet_tools():
             calibrator = create_calibrator(path, list(STATIC_OPERATORS),
                                            augmented_model_path=str(scratch / "augmented.onnx"),
                                            calibrate_method=methods[method])
@@ -508,7 +508,7 @@ def fused_graph(tmp: Path, log: Callable[[str], None]) -> tuple[Path, str]:
     from optimum.onnxruntime import ORTOptimizer
     from optimum.onnxruntime.configuration import OptimizationConfig
 
-    with _quiet_tools():
+    with quiet_tools():
         optimizer = ORTOptimizer.from_pretrained(tmp, file_names=[ONNX_FILE])
         optimizer.optimize(OptimizationConfig(optimization_level=2), tmp / FUSED_DIR, file_suffix="optimized")
     config = tmp / "config.json"  # ORTQuantizer reads the model's config beside the graph
@@ -536,7 +536,7 @@ def quantize_attempt(source_dir: Path, source_file: str, target: str, attempt: I
     if classifier is None:
         classifier = classifier_nodes(source_dir / source_file)
     config = _quantization_config(target, attempt, classifier, calibration.format if calibration else None)
-    with _quiet_tools():
+    with quiet_tools():
         quantizer = ORTQuantizer.from_pretrained(source_dir, file_name=source_file)
         quantizer.quantize(save_dir=folder, quantization_config=config,
                            calibration_tensors_range=calibration.ranges if calibration else None)
@@ -634,7 +634,7 @@ def mobile_usability(path: Path) -> dict:
     logger.handlers = [_Collect()]
     logger.setLevel(logging.INFO)
     try:
-        with _quiet_tools():
+        with quiet_tools():
             try_eps = bool(usability_checker.analyze_model(Path(path), skip_optimize=False, logger=logger))
     except Exception as exc:  # the checker is advisory: record why it could not run, never fail the export
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
@@ -700,7 +700,7 @@ def _trim_metrics(
 
     tokenizer = AutoTokenizer.from_pretrained(original_dir)
     original_dev = encode(dev_examples, dataset, tokenizer, max_length)
-    with _quiet_tools():
+    with quiet_tools():
         original = AutoModelForSequenceClassification.from_pretrained(original_dir, use_safetensors=True)
     original_predictions = torch_logits(original, original_dev, tokenizer.pad_token_id or 0).argmax(-1)
     new_id = {old: new for new, old in enumerate(report.kept_ids)}
@@ -959,7 +959,7 @@ def _trimmed_source(job: _ExportJob, scratch: Path) -> tuple[Path, TrimReport | 
     log(f"trimming the vocabulary of {source} to the pieces of {len(texts):,} training texts"
         + (f" plus the first {cfg.keep_top:,} others by vocabulary rank" if cfg.keep_top else ""))
     model_dir = scratch / "trimmed"
-    with _quiet_tools():
+    with quiet_tools():
         report = trim_vocabulary(source, model_dir, texts, cfg.keep_top)
     log(f"vocabulary {report.vocab_before:,} -> {report.vocab_after:,} pieces; parameters "
         f"{report.parameters_before:,} -> {report.parameters_after:,}")
@@ -971,7 +971,7 @@ def _to_onnx(job: _ExportJob, shown: Path, model_dir: Path, tmp: Path) -> None:
     from optimum.exporters.onnx import main_export
 
     job.log(f"exporting {shown} to ONNX (opset {job.cfg.opset})")
-    with _quiet_tools():
+    with quiet_tools():
         try:
             main_export(str(model_dir), tmp, task="text-classification", opset=job.cfg.opset,
                         do_validation=False, local_files_only=True)
@@ -988,7 +988,7 @@ def _fp32_check(job: _ExportJob, tmp: Path, model_dir: Path, trimmed: bool) -> _
     cfg, dataset = job.cfg, job.dataset
     tokenizer = AutoTokenizer.from_pretrained(tmp)  # the shipped tokenizer, as a user would load it
     pad_id = tokenizer.pad_token_id or 0
-    with _quiet_tools():
+    with quiet_tools():
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
 
     dev = encode(job.dev_examples, dataset, tokenizer, job.max_length)
@@ -1085,7 +1085,7 @@ def _ort_step(job: _ExportJob, tmp: Path, source_predictions: np.ndarray, fp32: 
     """model.ort from the int8 model (else the fp32 one), checked against it: ({ort_check, mobile}, failures)."""
     ort_source = tmp / (INT8_FILE if job.cfg.int8 else ONNX_FILE)
     job.log(f"converting {ort_source.name} to ORT format for ONNX Runtime Mobile")
-    with _quiet_tools():
+    with quiet_tools():
         ort_path = _convert_to_ort(ort_source, tmp, job.target)
     mobile, failures = _mobile_check(ort_source, ort_path, source_predictions, fp32.dev, fp32.pad_id)
     usability = mobile["mobile"]["usability"]

@@ -141,3 +141,58 @@ def test_the_model_card_says_what_the_student_was_trained_on(run):
     card = (run.student / "README.md").read_text()
     line = next(line for line in card.splitlines() if line.startswith("- **Transfer set:**"))
     assert "`--augment 2`" in line and "soft labels only" in line
+
+
+# --------------------------------------------------------------------------- labelled by the teacher's ONNX export
+
+
+def test_onnx_is_wanted_on_a_cpu_for_many_rows_or_when_asked():
+    from metakd_cli.onnx_teacher import ONNX_MIN_ROWS, wanted
+
+    assert wanted("auto", ONNX_MIN_ROWS, True, True) and not wanted("auto", ONNX_MIN_ROWS - 1, True, True)
+    assert not wanted("auto", ONNX_MIN_ROWS, True, False)  # a GPU labels with PyTorch
+    assert wanted("onnx", 10, True, False) and not wanted("torch", 10**6, True, True)
+    assert not wanted("onnx", 10**6, False, True)  # an mtl teacher or several: not one classifier
+
+
+def _labels_of(run, folder_glob="transfer-teacher-*"):
+    from safetensors.torch import load_file
+
+    (folder,) = list(run.checkpoints.glob(folder_glob))
+    return load_file(str(folder / "logits.safetensors"))["logits"]
+
+
+def test_the_onnx_export_labels_as_pytorch_does(fitted_toy_run, tmp_path):
+    import shutil
+
+    from metakd_cli.distill import distill
+    from metakd_cli.run_dir import RunDir
+
+    runs = {}
+    for how in ("torch", "onnx"):
+        copy = RunDir(tmp_path / how)
+        shutil.copytree(fitted_toy_run.path, copy.path)
+        result = distill(_small(label_with=how), copy, log=lambda _: None, warn=lambda _: None)
+        assert result.metrics["transfer"]["labelled_with"]["with"] == how
+        runs[how] = copy
+    check = result.metrics["transfer"]["labelled_with"]["check"]
+    assert check["max_abs_diff"] <= check["atol"] == 1e-3
+    import torch
+
+    assert torch.allclose(_labels_of(runs["onnx"]), _labels_of(runs["torch"]), atol=1e-4)
+    assert not [p for p in runs["onnx"].checkpoints.iterdir() if p.name.startswith("onnx-teacher-")]  # removed
+
+
+def test_a_teacher_onnx_cannot_export_is_labelled_by_pytorch(run, monkeypatch):
+    import metakd_cli.onnx_teacher as onnx_teacher
+    from metakd_cli.distill import distill
+
+    def refuse(*_args):
+        raise ValueError("Unsupported architecture for the ONNX export\nmore")
+
+    monkeypatch.setattr(onnx_teacher, "OnnxTeacher", refuse)
+    lines = []
+    result = distill(_small(label_with="onnx"), run, log=lines.append, warn=lambda _: None)
+    how = result.metrics["transfer"]["labelled_with"]
+    assert how["with"] == "torch" and "Unsupported architecture" in how["why"]
+    assert any(line.startswith("labelling with PyTorch: the teacher's ONNX export failed") for line in lines)

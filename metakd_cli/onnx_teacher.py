@@ -1,0 +1,56 @@
+"""The teacher as fp32 ONNX, for labelling many rows on a CPU (a transfer set, --augment's rows).
+
+ONNX Runtime runs a BERT-style encoder about twice as fast as PyTorch on these CPUs (DESIGN.md's CPU facts:
+MiniLM-L6 119 vs 59 rows/s; `python -m bench.transfer label-speed` measures the teacher at hand), so a long
+labelling pass exports the teacher once with Optimum, checks its logits against PyTorch's on the first rows, and
+labels with it. A teacher Optimum cannot export, or whose ONNX logits differ, is labelled by PyTorch instead.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from metakd_cli.config import DEFAULT_OPSET
+
+LABEL_WITH = ("auto", "torch", "onnx")
+ONNX_MIN_ROWS = 2048  # auto: fewer rows do not repay the export (seconds for MiniLM-L6, about a minute for MPNet)
+CHECK_ROWS = 64  # the first rows, labelled both ways
+ATOL = 1e-3  # logits; the export's own check of a shipped model is stricter (1e-4) on a few dev rows
+
+
+def wanted(label_with: str, rows: int, one_plain_teacher: bool, on_cpu: bool) -> bool:
+    """Whether to label with ONNX: asked for (`onnx`), or `auto` with enough rows on a CPU; never for a teacher
+    with one head per domain (mtl) or several teachers, which are not one exportable classifier."""
+    if not one_plain_teacher or label_with == "torch":
+        return False
+    return label_with == "onnx" or (on_cpu and rows >= ONNX_MIN_ROWS)
+
+
+class OnnxTeacher:
+    """An fp32 ONNX export of a teacher folder in a temporary folder under ``scratch`` (removed by ``close``)."""
+
+    def __init__(self, teacher_dir: Path, scratch: Path):
+        from optimum.exporters.onnx import main_export
+
+        from metakd_cli.export import quiet_tools
+        from metakd_cli.inference import onnx_session
+
+        scratch.mkdir(parents=True, exist_ok=True)
+        self._tmp = tempfile.TemporaryDirectory(prefix="onnx-teacher-", dir=scratch)
+        folder = Path(self._tmp.name)
+        with quiet_tools():
+            main_export(str(teacher_dir), folder, task="text-classification", opset=DEFAULT_OPSET,
+                        do_validation=False, local_files_only=True)
+        self.session = onnx_session(folder / "model.onnx")
+
+    def logits(self, encoded, pad_id: int) -> np.ndarray:
+        from metakd_cli.inference import onnx_logits
+
+        return onnx_logits(self.session, encoded, pad_id)
+
+    def close(self) -> None:
+        self.session = None
+        self._tmp.cleanup()
