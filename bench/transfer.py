@@ -6,8 +6,8 @@ unlabelled texts (--transfer), on Amazon, each against the student without them 
     python -m bench.transfer label-speed                            # the teachers' labelling rows/s, PyTorch vs ONNX
 
 The MiniLM default path: recipes/amazon-cpu.yaml's meta-teacher and its `tiny` student, logit-only KD with stage 2's
-length chosen on dev (bench.keep's kd-cut), shipped as static int8. Logit-only: stage 1 reads the training rows
-only, so the transfer set is stage 2's question. Every system runs in its own folder under --runs (default
+length chosen on dev (bench.keep's kd-cut), shipped as static int8; two Meta-KD systems ask whether stage 1 should
+read the transfer set too. Every system runs in its own folder under --runs (default
 bench/runs/transfer), a copy of the teacher's (bench.suite); the all-labels teacher and kd-cut student are taken
 as copies of bench.keep's folders when those are finished with the same settings.
 
@@ -19,6 +19,8 @@ as copies of bench.keep's folders when those are finished with the same settings
     s20            its student on those 20% alone
     s20-transfer   + the other 80% of the training texts, labels dropped, given to --transfer
     s20-aug4       + 4 derived rows per labelled row (no unlabelled text)
+    s20-meta-transfer     Meta-KD (stage 1 over the labelled rows, 1 epoch) with the 80% in stage 2
+    s20-meta-transfer-s1  the same with stage 1 over the transfer set too (--transfer-stage1): which dev prefers
 
 Paired tests (a paired bootstrap stratified by domain, and exact McNemar; one seed, 42) on the int8 test rows. The
 MPNet path needs the fitted MPNet teacher (bench.mpnet's teacher-meta); its targets read "not measured" until then.
@@ -61,12 +63,17 @@ def systems(runs: Path) -> dict[str, System]:
                                "+ the other 80% of the training texts as unlabelled --transfer text"),
         "s20-aug4": System((*KD, *FEW, "distill.augment=4"), STUDENT, "teacher20",
                            "+ 4 derived rows per labelled row (no unlabelled text)"),
+        "s20-meta-transfer": System((BY_DEV, *FEW, f"distill.transfer={unlabelled}"), STUDENT, "teacher20",
+                                    "Meta-KD (the recipe's 1 epoch of stage 1, over the labelled rows) + the 80% as "
+                                    "--transfer text in stage 2"),
+        "s20-meta-transfer-s1": System((BY_DEV, *FEW, f"distill.transfer={unlabelled}", "distill.transfer_stage1=true"),
+                                       STUDENT, "teacher20", "the same with stage 1 over the transfer set too"),
     }
 
 
 DEFAULT_ORDER = ("s20", "s20-transfer", "aug4", "s20-aug4")  # the issue's realistic case first
 BORROWED = {"teacher": "teacher", "aug0": "kd-cut"}  # system: bench.keep's system with the same settings
-PAIRS = (("s20-transfer", "s20"), ("s20-aug4", "s20"), ("s20-transfer", "s20-aug4"), ("aug0", "s20"),
+PAIRS = (("s20-meta-transfer-s1", "s20-meta-transfer"), ("s20-meta-transfer", "s20-transfer"), ("s20-transfer", "s20"), ("s20-aug4", "s20"), ("s20-transfer", "s20-aug4"), ("aug0", "s20"),
          ("aug0", "s20-transfer"), ("aug4", "aug0"), ("aug10", "aug0"), ("aug10", "aug4"))
 TARGETS = {"mpnet_int8": 89.4, "mpnet_gap": 1.0, "over_few": 2.0, "p": 0.05}
 

@@ -105,6 +105,7 @@ class DistillConfig:
     # what labels the transfer set: auto (the teacher's fp32 ONNX export on a CPU for 2,048 rows or more, checked
     # against PyTorch on the first rows; metakd_cli.onnx_teacher), torch, or onnx
     label_with: str = "auto"
+    transfer_stage1: bool = False  # stage 1 over the transfer set too (default: the labelled training rows only)
     batch_size: int = 32
     lr: float | None = None  # stage 2; None: by the student (metakd_cli.distill.learning_rates)
     intermediate_lr: float | None = None  # stage 1, constant; None: 5e-5, or 5e-4 from random weights

@@ -197,6 +197,11 @@ def validate(cfg: DistillConfig) -> None:
         raise UserError(f"--gold-weight must be 0 or more, got {cfg.gold_weight}")
     if cfg.augment < 0:
         raise UserError(f"--augment must be 0 or more, got {cfg.augment}")
+    if cfg.transfer_stage1 and not (cfg.augment or cfg.transfer):
+        raise UserError("--transfer-stage1 runs stage 1 over the transfer set: give --augment K or --transfer PATH")
+    if cfg.transfer_stage1 and (cfg.method in LOGIT_ONLY or cfg.intermediate_epochs == 0):
+        raise UserError(f"--transfer-stage1: --method {cfg.method}"
+                        + (" has no stage 1" if cfg.method in LOGIT_ONLY else " with --intermediate-epochs 0 runs no stage 1"))
     if cfg.head_warmup is not None and cfg.head_warmup < 0:
         raise UserError(f"--head-warmup must be 0 or more, got {cfg.head_warmup}")
     if (cfg.augment or cfg.transfer) and cfg.method in ("none", "mtn"):
@@ -570,8 +575,10 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
     student_side = _build_student_side(ctx, teacher_side, rows)
     transfer = (_transfer_set(ctx, teacher_side, student_side, rows, user_texts) if cfg.augment or cfg.transfer
                 else None)
+    stage1 = (_stage1_rows(ctx, teacher_side, student_side, rows, cache, transfer)
+              if cfg.transfer_stage1 and "intermediate" in specs else None)
     steps = _LossSteps(cfg, teacher_side.teacher, teacher_side.teacher_head, student_side, cache.lam,
-                       cache.targets, transfer)
+                       cache.targets, transfer, stage1)
     stages = {}
     try:
         if "intermediate" in specs:
@@ -690,6 +697,9 @@ class _TransferSet:
     seconds: float
     read: dict | None = None  # --transfer: what was read and what was left out (metakd_cli.transfer.TransferRead)
     labelled_with: dict | None = None  # torch or onnx, rows/s, the ONNX check; None: the labels were reused
+    teacher_rows: Encoded | None = None  # the rows in the teacher's tokens (stage 1 over them)
+    sources: list[int | None] | None = None  # a derived row's training row (index into the rows distilled on)
+    probabilities: torch.Tensor | None = None  # [M, C] the teacher's, at T = 1 (p for lambda)
 
     def summary(self) -> dict:
         """metrics/distill.json's ``transfer``: its size and source."""
@@ -749,7 +759,54 @@ def _transfer_set(ctx: _Context, side: _TeacherSide, student: _StudentSide, rows
             "your texts, labelled by the teacher")
     return _TransferSet(student_rows, soft_targets(logits, cfg.temperature), kinds, [ex.domain for ex in examples],
                         saved.folder, reused, time.perf_counter() - started, read.summary() if read else None,
-                        labelled_with)
+                        labelled_with, teacher_rows, [d.source for d in derived] + [None] * len(user_rows),
+                        torch.softmax(logits.float(), -1))
+
+
+@dataclass
+class _Stage1Rows:
+    """Stage 1 over the training rows, then the transfer set's (--transfer-stage1): how the student's rows align
+    with the teacher's (a student with its own tokenizer), and lambda per row."""
+
+    cross: CrossTokenizer | None
+    lam: torch.Tensor  # [N + M]
+    summary: dict
+
+
+def concat_encoded(first: Encoded, second: Encoded) -> Encoded:
+    return Encoded(first.input_ids + second.input_ids,
+                   None if first.token_type_ids is None else first.token_type_ids + (second.token_type_ids or []),
+                   first.labels + second.labels, first.domains + second.domains)
+
+
+def _stage1_rows(ctx: _Context, side: _TeacherSide, student: _StudentSide, rows: _TrainingRows,
+                 cache: _TeacherCache, transfer: _TransferSet) -> _Stage1Rows:
+    """lambda of the transfer set's rows, as for training rows: a derived row's t is its source's, a text of yours
+    gets t from the prototypes (from the untouched encoder, as for rows the teacher did not train on); p is the
+    teacher's probability of the label it gives (the row has no gold one)."""
+    cfg = ctx.cfg
+    sources = transfer.sources
+    t = torch.ones(len(sources))
+    derived = [i for i, source in enumerate(sources) if source is not None]
+    yours = [i for i, source in enumerate(sources) if source is None]
+    weighted = cfg.method == "meta" and cfg.lambda_weights
+    if derived:
+        t[derived] = rows.t[[sources[i] for i in derived]].float()
+    prototypes = side.extra.get("prototypes")
+    if yours and weighted and side.info.mode == "meta" and prototypes is not None:
+        ctx.log(f"t for {len(yours):,} of your texts, from the pretrained encoder (stage 1 reads them)")
+        t[yours] = missing_scores(transfer.teacher_rows.subset(yours), ctx.run, prototypes, len(ctx.dataset.labels),
+                                  side.pad_id).float()
+    p = transfer.probabilities.max(-1).values
+    lam = expertise_weight(t, p) if weighted else torch.ones(len(sources))
+    cross = None
+    if student.cross is not None:  # the combined rows aligned as the training rows are
+        base = student.cross
+        cross = CrossTokenizer.build(base.tokenizer, base.tokens, concat_encoded(student.train, transfer.student_rows),
+                                     concat_encoded(base.teacher_train, transfer.teacher_rows), base.teacher_pad_id)
+    summary = {"rows": len(sources), "lambda_mean": float(lam.mean()) if len(lam) else None,
+               "t_mean": float(t.mean()) if len(t) else None}
+    return _Stage1Rows(cross, torch.cat([cache.lam.float(), lam.float()]), summary)
 
 
 def _read_transfer(ctx: _Context):
@@ -964,18 +1021,19 @@ class _LossSteps:
     lam: torch.Tensor
     targets: torch.Tensor
     transfer: "_TransferSet | None" = None
+    stage1: "_Stage1Rows | None" = None  # stage 1 over the training rows and the transfer set (--transfer-stage1)
 
     def __post_init__(self) -> None:
         """Stage 2's rows, once: the training rows, then the transfer set's; and their soft labels."""
         train, transfer = self.side.train, self.transfer
         self.prediction_encoded, self.prediction_targets = train, self.targets
         if transfer is not None:
-            extra = transfer.student_rows
-            self.prediction_encoded = Encoded(
-                train.input_ids + extra.input_ids,
-                None if train.token_type_ids is None else train.token_type_ids + (extra.token_type_ids or []),
-                train.labels + extra.labels, train.domains + extra.domains)
+            self.prediction_encoded = concat_encoded(train, transfer.student_rows)
             self.prediction_targets = torch.cat([self.targets, transfer.targets])
+
+    @property
+    def intermediate_rows(self) -> int:
+        return len(self.stage1.lam) if self.stage1 is not None else len(self.side.train)
 
     @property
     def prediction_rows(self) -> int:
@@ -989,15 +1047,23 @@ class _LossSteps:
         return batch
 
     def make_batch(self, indices: list[int]) -> dict:
-        train, pad_id, cross = self.side.train, self.side.pad_id, self.side.cross
+        """A stage-1 batch: the training rows (then the transfer set's, with --transfer-stage1)."""
+        train, pad_id, cross = self.side.train, self.side.pad_id, self.stage1_cross
+        if self.stage1 is not None:
+            train = self.prediction_encoded
         batch = collate(train, indices, pad_id)
         if cross is not None:  # the teacher's own tokens of these rows, and where they sit in the student's
             batch.update(cross.teacher_batch(indices, batch["input_ids"].shape[1]))
         return batch
 
+    @property
+    def stage1_cross(self) -> CrossTokenizer | None:
+        return self.stage1.cross if self.stage1 is not None else self.side.cross
+
     def intermediate_step(self, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        cfg, teacher, teacher_head, lam = self.cfg, self.teacher, self.teacher_head, self.lam
-        parts, cross, mapping, projection = self.side.parts, self.side.cross, self.side.mapping, self.side.projection
+        cfg, teacher, teacher_head = self.cfg, self.teacher, self.teacher_head
+        lam = self.stage1.lam if self.stage1 is not None else self.lam
+        parts, cross, mapping, projection = self.side.parts, self.stage1_cross, self.side.mapping, self.side.projection
         student_layers = self.side.student.config.num_hidden_layers
         use_gamma = cfg.method == "meta" and cfg.gamma > 0
         inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
@@ -1095,11 +1161,13 @@ def _run_intermediate(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> dict
     A student whose head came from the teacher is scored on dev accuracy as it goes (the best state kept, patience
     applies); a new head cannot be, so that student keeps its last state."""
     scored = steps.dev_accuracy if steps.side.head_from_teacher else None
-    phase_steps = PhaseSteps(len(steps.side.train), steps.make_batch, steps.intermediate_step, scored)
+    phase_steps = PhaseSteps(steps.intermediate_rows, steps.make_batch, steps.intermediate_step, scored)
     phase = run_phase(spec, steps.side.parts, phase_steps, ctx.run.checkpoints, ctx.resume, ctx.progress, ctx.log)
     return {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second, "history": phase.history,
             "resumed_from": phase.resumed_from, "scored_on_dev": scored is not None, "dev_curve": phase.dev_curve,
-            "best_step": phase.best_step, "stopped_early": phase.stopped_early}
+            "best_step": phase.best_step, "stopped_early": phase.stopped_early,
+            "rows": {"train": len(steps.side.train), "transfer": steps.intermediate_rows - len(steps.side.train)},
+            **({"transfer_lambda": steps.stage1.summary} if steps.stage1 is not None else {})}
 
 
 PROJECTION_ROWS = 256  # training rows the projection is fitted on before stage 1 (a seeded sample)

@@ -353,3 +353,29 @@ def test_export_and_eval_take_the_cross_tokenizer_student_unchanged(pair_of_mode
     assert result.exit_code == 0, result.output
     names = [m["name"] for m in json.loads(result.stdout)["models"]]
     assert names[:2] == ["teacher", "student"] and "onnx" in names
+
+
+def test_stage_1_over_the_transfer_set_aligns_its_rows_across_tokenizers(pair_of_models, mpnet_run, tmp_path,
+                                                                           monkeypatch):
+    import metakd_cli.distill as distill_module
+    from metakd_cli.config import DistillConfig
+    from metakd_cli.run_dir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(mpnet_run, run.path)
+    batches = []
+    real = distill_module._LossSteps.intermediate_step
+
+    def spy(self, batch, generator):
+        batches.append(batch)
+        return real(self, batch, generator)
+
+    monkeypatch.setattr(distill_module._LossSteps, "intermediate_step", spy)
+    config = DistillConfig(student=str(pair_of_models[1]), intermediate_epochs=1, epochs=1, batch_size=8, lr=1e-3,
+                           intermediate_lr=1e-3, seed=5, augment=1, transfer_stage1=True)
+    metrics = distill_module.distill(config, run, log=_quiet, warn=_quiet).metrics
+    train_rows = metrics["alignment"]["rows"]
+    assert metrics["stages"]["intermediate"]["rows"] == {"train": train_rows, "transfer": train_rows}
+    derived = [b for b in batches if (b["index"] >= train_rows).any()]
+    assert derived and all("teacher_positions" in b and "teacher_input_ids" in b for b in derived)
+    assert sum(int(b["aligned"].sum()) for b in batches) > train_rows  # derived rows align too

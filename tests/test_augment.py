@@ -196,3 +196,83 @@ def test_a_teacher_onnx_cannot_export_is_labelled_by_pytorch(run, monkeypatch):
     how = result.metrics["transfer"]["labelled_with"]
     assert how["with"] == "torch" and "Unsupported architecture" in how["why"]
     assert any(line.startswith("labelling with PyTorch: the teacher's ONNX export failed") for line in lines)
+
+
+# --------------------------------------------------------------------------- stage 1 over the transfer set
+
+
+def test_stage_1_reads_the_transfer_set_when_asked(run, monkeypatch):
+    import torch
+
+    import metakd_cli.distill as distill_module
+
+    seen = []
+    real = distill_module._LossSteps.intermediate_step
+
+    def spy(self, batch, generator):
+        seen.append(batch["index"].clone())
+        return real(self, batch, generator)
+
+    monkeypatch.setattr(distill_module._LossSteps, "intermediate_step", spy)
+    config = _small(method="meta", intermediate_epochs=1, transfer_stage1=True)
+    result = distill_module.distill(config, run, log=lambda _: None, warn=lambda _: None)
+    train_rows = sum(result.metrics["train_rows"].values())
+    stage = result.metrics["stages"]["intermediate"]
+    assert stage["rows"] == {"train": train_rows, "transfer": 2 * train_rows}
+    assert sorted(torch.cat(seen).tolist()) == list(range(3 * train_rows))  # one epoch over both
+    assert 0.26 < stage["transfer_lambda"]["lambda_mean"] <= 1.0 and stage["transfer_lambda"]["rows"] == 2 * train_rows
+    seen.clear()
+    plain = distill_module.distill(_small(method="meta", intermediate_epochs=1), run, log=lambda _: None,
+                                   warn=lambda _: None)
+    assert plain.metrics["stages"]["intermediate"]["rows"] == {"train": train_rows, "transfer": 0}
+    assert sorted(torch.cat(seen).tolist()) == list(range(train_rows))  # the default: the labelled rows only
+
+
+def test_a_derived_row_takes_its_sources_t_and_a_text_of_yours_gets_t_from_the_prototypes(run, tmp_path,
+                                                                                         monkeypatch):
+    import json
+
+    import torch
+
+    import metakd_cli.distill as distill_module
+
+    captured = {}
+    real = distill_module._stage1_rows
+
+    def spy(ctx, side, student, rows, cache, transfer):
+        out = real(ctx, side, student, rows, cache, transfer)
+        captured.update(rows=rows, transfer=transfer, out=out)
+        return out
+
+    monkeypatch.setattr(distill_module, "_stage1_rows", spy)
+    _, dataset = run.reload_dataset()
+    path = tmp_path / "u.jsonl"
+    path.write_text("".join(json.dumps({"text": f"my own text number {i}", "domain": dataset.domains[0]}) + "\n"
+                            for i in range(4)), encoding="utf-8")
+    lines = []
+    distill_module.distill(_small(method="meta", intermediate_epochs=1, augment=1, transfer=[str(path)],
+                                  transfer_stage1=True), run, log=lines.append, warn=lambda _: None)
+    rows, transfer, out = captured["rows"], captured["transfer"], captured["out"]
+    n = len(rows.train)
+    lam = out.lam[n:]
+    p = transfer.probabilities.max(-1).values
+    from metakd_cli.losses import expertise_weight
+
+    for i, source in enumerate(transfer.sources):
+        if source is not None:  # a derived row: its source's t
+            assert torch.isclose(lam[i], expertise_weight(rows.t[source:source + 1].float(), p[i:i + 1])[0])
+    assert transfer.sources[-4:] == [None] * 4
+    assert any(line.startswith("t for 4 of your texts, from the pretrained encoder") for line in lines)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(augment=0, transfer_stage1=True), "give --augment K or --transfer PATH"),
+    (dict(method="kd", transfer_stage1=True), "--method kd has no stage 1"),
+    (dict(method="meta", intermediate_epochs=0, transfer_stage1=True), "with --intermediate-epochs 0 runs no stage 1"),
+])
+def test_transfer_stage1_needs_a_transfer_set_and_a_stage_1(overrides, message):
+    from metakd_cli.distill import validate
+    from metakd_cli.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        validate(_small(**overrides))

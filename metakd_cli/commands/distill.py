@@ -39,6 +39,9 @@ import click
 @click.option("--transfer", multiple=True, metavar="PATH",
               help="Unlabelled texts the teacher labels for stage 2 (repeatable): a table with a domain column, or a "
                    "folder with one file per domain; a row equal to a dev or test text is dropped.")
+@click.option("--transfer-stage1", is_flag=True, default=None,
+              help="Run stage 1 over the transfer set too (each row's lambda from its t and the teacher's "
+                   "confidence) [stage 1 reads the labelled rows only].")
 @click.option("--label-with", default=None, metavar="auto|torch|onnx",
               help="What labels the transfer set: the teacher's fp32 ONNX export (checked against PyTorch on the "
                    "first rows) or PyTorch [auto: ONNX on a CPU for 2,048 rows or more].")
