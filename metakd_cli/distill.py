@@ -748,7 +748,7 @@ def _transfer_set(ctx: _Context, side: _TeacherSide, student: _StudentSide, rows
         ctx.log(f"the teacher's labels of the {len(examples):,} derived rows from {found}")
         logits = logits["logits"]
     else:
-        logits, labelled_with = _label_in_chunks(ctx, side, teacher_rows)
+        logits, labelled_with = _label_rows(ctx, side, teacher_rows)
         if processes.is_main():
             saved.save({"logits": logits})
     student_rows = teacher_rows
@@ -829,7 +829,8 @@ def _read_transfer(ctx: _Context):
     return read
 
 
-def _label_in_chunks(ctx: _Context, side: _TeacherSide, encoded: Encoded) -> tuple[torch.Tensor, dict]:
+def _label_rows(ctx: _Context, side: _TeacherSide, encoded: Encoded,
+                what: str = "teacher labels derived rows") -> tuple[torch.Tensor, dict]:
     """The teacher's logits on ``encoded`` [M, C], a chunk at a time with a progress bar (a long pass for a big
     teacher), and how they were made: by the teacher's fp32 ONNX export where metakd_cli.onnx_teacher says so
     (checked against PyTorch on the first rows; PyTorch when the export fails or differs), else by PyTorch."""
@@ -842,7 +843,7 @@ def _label_in_chunks(ctx: _Context, side: _TeacherSide, encoded: Encoded) -> tup
                            on_cpu):
         onnx, how = _onnx_teacher(ctx, side, encoded)
     if progress is not None:
-        progress.start("teacher labels derived rows", total)
+        progress.start(what, total)
     parts = []
     try:
         for start in range(0, total, TRANSFER_CHUNK):
@@ -927,9 +928,11 @@ def _teacher_logits(ctx: _Context, side: _TeacherSide,
             parameters += sum(p.numel() for p in model.parameters())
             del model, heads
         logits = {"train": torch.stack(every_train), "test": torch.stack(every_test)}
-    else:
-        logits = {"train": teacher_logits_of(side.teacher, side.teacher_heads, train, pad_id),
-                  "test": teacher_logits_of(side.teacher, side.teacher_heads, test, pad_id)}
+    else:  # one pass over both (one ONNX export when it labels them)
+        both, how = _label_rows(ctx, side, concat_encoded(train, test), "teacher labels the training and test rows")
+        ctx.log(f"the teacher's logits on {len(both):,} training and test rows by {how['with']} "
+                f"({how['rows_per_s']:,.1f} rows/s)")
+        logits = {"train": both[:len(train)], "test": both[len(train):]}
         parameters = sum(p.numel() for p in side.teacher.parameters())
     logits["parameters"] = torch.tensor([parameters], dtype=torch.int64)
     if fit_id is None:

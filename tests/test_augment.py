@@ -276,3 +276,21 @@ def test_transfer_stage1_needs_a_transfer_set_and_a_stage_1(overrides, message):
 
     with pytest.raises(UserError, match=message):
         validate(_small(**overrides))
+
+
+def test_the_training_rows_teacher_pass_uses_the_same_choice(fitted_toy_run, tmp_path):
+    import shutil
+
+    from metakd_cli.distill import distill
+    from metakd_cli.run_dir import RunDir
+
+    metrics, lines = {}, {}
+    for how in ("torch", "onnx"):
+        copy = RunDir(tmp_path / how)
+        shutil.copytree(fitted_toy_run.path, copy.path)
+        lines[how] = []
+        metrics[how] = distill(_small(augment=0, label_with=how), copy, log=lines[how].append,
+                               warn=lambda _: None).metrics
+        assert any(line.startswith("the teacher's logits on ") and f"rows by {how} (" in line for line in lines[how])
+    assert metrics["onnx"]["teacher_test_accuracy"] == metrics["torch"]["teacher_test_accuracy"]
+    assert abs(metrics["onnx"]["lambda"]["mean"] - metrics["torch"]["lambda"]["mean"]) < 1e-4
