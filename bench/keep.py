@@ -34,6 +34,7 @@ from pathlib import Path
 
 from bench.common import RESULTS, ROOT, RUNS as BENCH_RUNS, Scored, data_missing, data_path, recipe, relative_where
 from bench.common import shown
+from bench import mpnet
 from bench.mpnet import read_student, read_teacher
 from bench.suite import NOT_MEASURED, Suite, System, kept, paired_test, target
 from metakd_cli.run_dir import atomic_write_json, read_json_object
@@ -61,6 +62,18 @@ SYSTEMS: dict[str, System] = {
                         "the no-teacher student without the head warm-up: head and body trained together at once"),
 }
 SUITE = Suite(RECIPE, RUNS, SYSTEMS)
+# the MPNet path: bench.mpnet's fitted meta-teacher (its folder under bench/runs/mpnet) and its minilm4 students
+# by the new defaults; `run --mpnet` (fits the teacher first when its folder is not there: ~3.5 h)
+MPNET_SYSTEMS: dict[str, System] = {
+    "teacher-meta": mpnet.SYSTEMS["teacher-meta"],
+    "keep-kd": System(("distill.method=kd", BY_DEV), STUDENT, "teacher-meta",
+                      "minilm4 by logit-only KD with the new defaults: length by dev at 1e-4, cut [1, 3, 5, 6], its new "
+                      "head warmed up first"),
+    "keep-meta": System((BY_DEV,), STUDENT, "teacher-meta",
+                        "Meta-KD: the recipe's 1 epoch of stage 1 (projection fitted first, no attention-score term "
+                        "across position types), then stage 2 as keep-kd"),
+}
+MPNET_SUITE = Suite(mpnet.RECIPE, mpnet.RUNS, MPNET_SYSTEMS)
 DEFAULT_ORDER = ("kd-cut", "none", "none-cold", "kd-before", "kd-length", "meta", "kd-loss")  # the most telling first
 DISTILLED = ("kd-before", "kd-length", "kd-cut", "kd-loss", "meta")
 # each lever against the system before it (A minus B)
@@ -261,24 +274,51 @@ def table(runs: Path = RUNS, out: Path = OUT) -> dict:
     best = max(finished, key=lambda s: results[s]["dev_accuracy"], default=None)  # chosen on dev
     pairs = [*PAIRS, *((best, other) for other in ("none", "tfidf-lr", "model2vec-lr") if best and best != other)]
     tests = paired_tests(scored, pairs, previous.get("tests") or {})
+    mpnet_path = mpnet_results(MPNET_SUITE, previous.get("mpnet") or {})
     document = {
         "setup": {"recipe": shown(RECIPE), "runs": shown(runs), "seed": SEED, "path": "MiniLM-L6 default path",
                   "systems": {n: {"what": s.what, "sets": list(s.sets), "start": s.start} for n, s in SYSTEMS.items()},
                   "best_distilled": best, "best_chosen_by": "dev accuracy of the fp32 student (distill.json)"},
         "results": results,
         "tests": tests,
-        "targets": targets(results, tests, best),
+        "mpnet": mpnet_path,
+        "targets": targets(results, tests, best, mpnet_path),
     }
     atomic_write_json(out, document)
     return document
 
 
-def targets(results: dict, tests: dict, best: str | None) -> list[dict]:
+def mpnet_results(suite: Suite, before: dict, pairs=(("keep-meta", "keep-kd"),)) -> dict:
+    """The MPNet path's systems (``suite``: a teacher-meta and its students under bench/runs/mpnet): their rows,
+    paired tests, and the student best on dev (None before any is finished)."""
+    results = system_results(suite, before.get("results") or {})
+    shipped = [s for s, row in results.items()
+               if suite.systems[s].start is not None and isinstance(row, dict) and "not_shipped" not in row]
+    scored = {s: rows for s in shipped if (rows := suite.scored(s, "int8")) is not None}
+    best = max(shipped, key=lambda s: results[s]["dev_accuracy"], default=None)
+    return {"recipe": shown(suite.recipe), "runs": shown(suite.runs), "best_distilled": best,
+            "systems": {n: {"what": s.what, "sets": list(s.sets), "start": s.start} for n, s in suite.systems.items()},
+            "results": results, "tests": paired_tests(scored, pairs, before.get("tests") or {})}
+
+
+def best_int8(path: dict) -> tuple[float | None, float | None, str]:
+    """(int8 test accuracy, teacher minus int8, where from) of a path's student best on dev."""
+    best = path.get("best_distilled")
+    row = (path.get("results") or {}).get(best) if best else None
+    if not isinstance(row, dict):
+        return None, None, ""
+    return (row["test_accuracy"].get("int8", {}).get("average"), row.get("teacher_minus_int8"),
+            f"{best} (eval.json, {path['runs']})")
+
+
+def targets(results: dict, tests: dict, best: str | None, mpnet_path: dict | None = None) -> list[dict]:
     student = results.get(best) if best else None
     int8 = ((student or {}).get("test_accuracy") or {}).get("int8", {}).get("average") if student else None
     gap = (student or {}).get("teacher_minus_int8")
+    mpnet_int8, _, mpnet_source = best_int8(mpnet_path or {})
     return [
-        target("MPNet-path int8 student test accuracy", None, TARGETS["mpnet_int8"], True, ""),
+        target("MPNet-path int8 student test accuracy (the best on dev)", mpnet_int8, TARGETS["mpnet_int8"], True,
+               mpnet_source),
         target("MiniLM-path int8 student test accuracy (the best on dev)", int8, TARGETS["int8"], True,
                f"{best} (eval.json)"),
         target("MiniLM-path int8 student within 0.5 of its teacher (teacher - int8)", gap, TARGETS["gap"], False,
@@ -308,6 +348,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("run", "peers", "table"))
     parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(DEFAULT_ORDER))
+    parser.add_argument("--mpnet", action="store_true",
+                        help="run the MPNet path's systems (MPNET_SYSTEMS) instead; fits the teacher when missing")
     parser.add_argument("--runs", type=Path, default=RUNS)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
@@ -316,7 +358,10 @@ def main() -> None:
         print(missing)
         return
     suite = Suite(RECIPE, args.runs, SYSTEMS)
-    if args.command == "run":
+    if args.command == "run" and args.mpnet:
+        MPNET_SUITE.run([s for s in MPNET_SYSTEMS if s != "teacher-meta"],
+                        after=lambda: print_table(table(args.runs, args.out)))
+    elif args.command == "run":
         suite.run(args.systems, after=lambda: print_table(table(args.runs, args.out)))
     elif args.command == "peers":
         peers(args.runs / "peers")

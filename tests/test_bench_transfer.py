@@ -58,3 +58,18 @@ def test_nothing_finished_is_not_measured(tmp_path):
     assert set(document["results"].values()) == {"not measured"}
     assert document["tests"] == {} and document["label_speed"] == "not measured"
     assert all(t["status"] == "not measured" for t in document["targets"])
+
+
+def test_the_mpnet_paths_systems_are_valid_overrides_of_its_recipe(monkeypatch):
+    from bench import mpnet
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert set(keep.MPNET_SYSTEMS) < set(transfer.MPNET_SYSTEMS)
+    for name, system in transfer.MPNET_SYSTEMS.items():
+        config = load_recipe(mpnet.RECIPE)
+        apply_overrides(config, "fit", {}, tuple(system.sets))
+        fit.validate(config.fit)
+        distill.validate(config.distill)
+        assert system.start in (None, "teacher-meta"), name  # every student starts from bench.mpnet's teacher
+    assert transfer.MPNET_SUITE.runs == mpnet.RUNS and transfer.MPNET_SUITE.recipe == mpnet.RECIPE
+    assert transfer.MPNET_SYSTEMS["teacher-meta"] == mpnet.SYSTEMS["teacher-meta"]  # the same folder, not a refit
