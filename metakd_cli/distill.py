@@ -795,8 +795,9 @@ def _stage1_rows(ctx: _Context, side: _TeacherSide, student: _StudentSide, rows:
     prototypes = side.extra.get("prototypes")
     if yours and weighted and side.info.mode == "meta" and prototypes is not None:
         ctx.log(f"t for {len(yours):,} of your texts, from the pretrained encoder (stage 1 reads them)")
-        t[yours] = missing_scores(transfer.teacher_rows.subset(yours), ctx.run, prototypes, len(ctx.dataset.labels),
-                                  side.pad_id).float()
+        rows_of_yours = transfer.teacher_rows.subset(yours)  # scored against the class the teacher gives them
+        rows_of_yours = replace(rows_of_yours, labels=transfer.probabilities[yours].argmax(-1).tolist())
+        t[yours] = missing_scores(rows_of_yours, ctx.run, prototypes, len(ctx.dataset.labels), side.pad_id).float()
     p = transfer.probabilities.max(-1).values
     lam = expertise_weight(t, p) if weighted else torch.ones(len(sources))
     cross = None
@@ -837,11 +838,15 @@ def _label_rows(ctx: _Context, side: _TeacherSide, encoded: Encoded,
     from metakd_cli import onnx_teacher
 
     progress, total, started = ctx.progress, len(encoded), time.perf_counter()
-    on_cpu = processes.device().type == "cpu" and processes.world_size() == 1
     onnx, how = None, {"with": "torch"}
-    if onnx_teacher.wanted(ctx.cfg.label_with, total, side.teacher_heads is None and len(side.teacher_dirs) == 1,
-                           on_cpu):
+    one_plain = side.teacher_heads is None and len(side.teacher_dirs) == 1
+    one_process = processes.world_size() == 1  # each process labels its share with PyTorch, as it trains
+    if onnx_teacher.wanted(ctx.cfg.label_with, total, one_plain, processes.device().type == "cpu", one_process):
         onnx, how = _onnx_teacher(ctx, side, encoded)
+    elif ctx.cfg.label_with == "onnx":
+        why = "several processes" if not one_process else "a teacher with one head per domain, or several teachers"
+        ctx.log(f"--label-with onnx: labelling with PyTorch ({why})")
+        how["why"] = why
     if progress is not None:
         progress.start(what, total)
     parts = []
@@ -866,21 +871,25 @@ def _onnx_teacher(ctx: _Context, side: _TeacherSide, encoded: Encoded):
     onnx_teacher.ATOL; (None, how) with the reason otherwise, said in the log."""
     from metakd_cli import onnx_teacher
 
-    check = encoded.subset(range(min(onnx_teacher.CHECK_ROWS, len(encoded))))
+    check = encoded.subset(onnx_teacher.check_rows([len(ids) for ids in encoded.input_ids]))
+    onnx = None
     try:
-        onnx = onnx_teacher.OnnxTeacher(side.teacher_dir, ctx.run.checkpoints)
-    except Exception as exc:  # noqa: BLE001 - optimum's refusals (architecture, opset) share no base class
+        onnx = onnx_teacher.OnnxTeacher(side.teacher_dir)
+        diff = float(np.abs(onnx.logits(check, side.pad_id)
+                            - teacher_logits_of(side.teacher, None, check, side.pad_id).numpy()).max())
+    except Exception as exc:  # noqa: BLE001 - optimum's refusals (architecture, opset) and ORT's share no base
+        if onnx is not None:
+            onnx.close()
         why = f"the teacher's ONNX export failed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
         ctx.log(f"labelling with PyTorch: {why}")
         return None, {"with": "torch", "why": why}
-    diff = float(np.abs(onnx.logits(check, side.pad_id)
-                        - teacher_logits_of(side.teacher, None, check, side.pad_id).numpy()).max())
     record = {"rows": len(check), "max_abs_diff": diff, "atol": onnx_teacher.ATOL}
     if diff > onnx_teacher.ATOL:
         onnx.close()
         ctx.log(f"labelling with PyTorch: the teacher's ONNX logits differ by {diff:.2e} on the first rows")
         return None, {"with": "torch", "why": "ONNX logits differ", "check": record}
-    ctx.log(f"labelling with the teacher's fp32 ONNX export (max |diff| {diff:.1e} vs PyTorch on {len(check)} rows)")
+    ctx.log(f"labelling with the teacher's fp32 ONNX export (max |diff| {diff:.1e} vs PyTorch on {len(check)} rows, "
+            "the first and the longest)")
     return onnx, {"with": "onnx", "check": record}
 
 
@@ -1133,7 +1142,8 @@ SIGNATURE_NAMES = ("settings", "data fingerprint", "teacher mode")
 
 def _signature(ctx: _Context, teacher_mode: str) -> str:
     """What a checkpoint must match to be resumed: the settings, the data and the teacher's mode."""
-    return json.dumps([asdict(ctx.cfg), ctx.dataset.fingerprint(), teacher_mode], sort_keys=True)
+    settings = {k: v for k, v in asdict(ctx.cfg).items() if k != "label_with"}  # how labels are made, not which
+    return json.dumps([settings, ctx.dataset.fingerprint(), teacher_mode], sort_keys=True)
 
 
 def _checkpoint_suffix(ctx: _Context) -> str:

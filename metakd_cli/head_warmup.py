@@ -76,7 +76,7 @@ def warm_head(model: nn.Module, train_states: torch.Tensor, loss_of: Callable[[t
     curve = [dev_accuracy()]
     best_state = {k: v.detach().clone() for k, v in parts.state_dict().items()}
     optimizer = torch.optim.AdamW(parts.parameters(), lr=lr, weight_decay=0.01)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng():  # every device's generator restored afterwards
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         for _ in range(epochs):

@@ -62,6 +62,7 @@ class ReportData:
     settings: dict[str, str] = field(default_factory=dict)  # what was run, for the page's header
     # the student's training rows per domain: {"labelled": n, "transfer": n, an augment kind: n, ...}
     learnt_from: dict[str, dict[str, int]] = field(default_factory=dict)
+    learnt_note: str = ""  # how each kind of row was learnt (report_html's caption of that table)
     notes: list[str] = field(default_factory=list)
     version: str = __version__
 
@@ -182,7 +183,7 @@ def build_report(run, split: str = "test", log: Callable[[str], None] = lambda _
         ("student", distill_cfg.get("student")), ("method", _method(distill_cfg.get("method"))),
         ("teacher's length", _length(((figures.fit.get("teachers") or [{}])[0]))),
         ("student's stage 2", _length((figures.distill.get("stages") or {}).get("prediction") or {}))) if v}
-    data.learnt_from = learnt_from(figures.distill)
+    data.learnt_from, data.learnt_note = learnt_from(figures.distill), learnt_note(figures.distill)
     teacher_predictions = None
     labels = None
     for name in ("teacher", "student", "onnx", "int8"):
@@ -230,6 +231,17 @@ def learnt_from(distill: dict) -> dict[str, dict[str, int]]:
     extra = (distill.get("transfer") or {}).get("by_domain_kind") or {}
     return {domain: {"labelled": int(labelled.get(domain, 0)), **extra.get(domain, {})}
             for domain in dict.fromkeys([*labelled, *extra])}
+
+
+def learnt_note(distill: dict) -> str:
+    """How the student learnt each kind of row, from metrics/distill.json."""
+    if distill.get("method") == "none":
+        return "No teacher (--method none): the gold labels of the labelled rows alone."
+    stage_1 = (distill.get("stages") or {}).get("intermediate")
+    read = ((stage_1 or {}).get("rows") or {}).get("transfer")
+    return ("Stage 2 learnt the teacher's soft labels on every row, the gold label only on the labelled ones"
+            + ("" if stage_1 is None else "; stage 1 read the transfer set too" if read
+               else "; stage 1 read the labelled rows") + ".")
 
 
 def write_report(run, output: Path | None = None, split: str = "test",

@@ -192,7 +192,7 @@ def speed_table(models: list[ModelFigures]) -> str:
             f"<th>throughput vs teacher</th></tr>{rows}</table>{notes}")
 
 
-def learnt_table(learnt: dict[str, dict[str, int]]) -> str:
+def learnt_table(learnt: dict[str, dict[str, int]], note: str = "") -> str:
     """Rows per domain: labelled (gold and the teacher's soft labels) and those only the teacher labelled, by kind."""
     kinds = list(dict.fromkeys(k for counts in learnt.values() for k in counts))
     names = {"labelled": "labelled rows", "transfer": "your texts (--transfer)"}
@@ -201,8 +201,7 @@ def learnt_table(learnt: dict[str, dict[str, int]]) -> str:
                    for domain, counts in learnt.items())
     total = "".join(f"<td>{sum(c.get(k, 0) for c in learnt.values()):,}</td>" for k in kinds)
     return (f"<table><tr><th>domain</th>{head}</tr>{rows}<tr><th>total</th>{total}</tr></table>"
-            '<p class="meta">Stage 2 learnt the teacher\'s soft labels on every row, the gold label only on the '
-            "labelled ones; stage 1 reads the labelled rows.</p>")
+            + (f'<p class="meta">{_e(note)}</p>' if note else ""))
 
 
 def render_html(data: ReportData) -> str:
@@ -227,7 +226,7 @@ def render_html(data: ReportData) -> str:
     parts.append("".join(table) + "</table>")
 
     if data.learnt_from:
-        parts.append("<h2 id=\"rows-learnt\">What the student learnt from</h2>" + learnt_table(data.learnt_from))
+        parts.append("<h2 id=\"rows-learnt\">What the student learnt from</h2>" + learnt_table(data.learnt_from, data.learnt_note))
 
     speed = (f"Latency and throughput measured by <code>metakd eval</code> on {_e(data.speed_source)}."
              if data.speed_source else "Latency and throughput: not measured; run <code>metakd eval</code>.")

@@ -5,6 +5,7 @@ distillation that labels them with the teacher once, learns them without a gold 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -147,7 +148,10 @@ def test_the_model_card_says_what_the_student_was_trained_on(run):
 
 
 def test_onnx_is_wanted_on_a_cpu_for_many_rows_or_when_asked():
-    from metakd_cli.onnx_teacher import ONNX_MIN_ROWS, wanted
+    from metakd_cli.onnx_teacher import ONNX_MIN_ROWS, check_rows, wanted
+
+    assert not wanted("onnx", 10**6, True, True, one_process=False)  # each process labels its share with PyTorch
+    assert check_rows([3, 9, 4, 8, 5, 7], n=4) == [0, 1, 3]  # the first two and the two longest (1 is both)
 
     assert wanted("auto", ONNX_MIN_ROWS, True, True) and not wanted("auto", ONNX_MIN_ROWS - 1, True, True)
     assert not wanted("auto", ONNX_MIN_ROWS, True, False)  # a GPU labels with PyTorch
@@ -169,6 +173,9 @@ def test_the_onnx_export_labels_as_pytorch_does(fitted_toy_run, tmp_path):
     from metakd_cli.run_dir import RunDir
 
     runs = {}
+    import tempfile
+
+    temporary = set(Path(tempfile.gettempdir()).glob("metakd-onnx-teacher-*"))
     for how in ("torch", "onnx"):
         copy = RunDir(tmp_path / how)
         shutil.copytree(fitted_toy_run.path, copy.path)
@@ -180,7 +187,8 @@ def test_the_onnx_export_labels_as_pytorch_does(fitted_toy_run, tmp_path):
     import torch
 
     assert torch.allclose(_labels_of(runs["onnx"]), _labels_of(runs["torch"]), atol=1e-4)
-    assert not [p for p in runs["onnx"].checkpoints.iterdir() if p.name.startswith("onnx-teacher-")]  # removed
+    assert set(Path(tempfile.gettempdir()).glob("metakd-onnx-teacher-*")) == temporary  # the export is removed
+    assert not [p for p in runs["onnx"].checkpoints.iterdir() if "onnx-teacher" in p.name]  # never in the run
 
 
 def test_a_teacher_onnx_cannot_export_is_labelled_by_pytorch(run, monkeypatch):
@@ -241,7 +249,7 @@ def test_a_derived_row_takes_its_sources_t_and_a_text_of_yours_gets_t_from_the_p
 
     def spy(ctx, side, student, rows, cache, transfer):
         out = real(ctx, side, student, rows, cache, transfer)
-        captured.update(rows=rows, transfer=transfer, out=out)
+        captured.update(rows=rows, transfer=transfer, out=out, side=side, run=ctx.run)
         return out
 
     monkeypatch.setattr(distill_module, "_stage1_rows", spy)
@@ -262,6 +270,14 @@ def test_a_derived_row_takes_its_sources_t_and_a_text_of_yours_gets_t_from_the_p
         if source is not None:  # a derived row: its source's t
             assert torch.isclose(lam[i], expertise_weight(rows.t[source:source + 1].float(), p[i:i + 1])[0])
     assert transfer.sources[-4:] == [None] * 4
+    from dataclasses import replace
+
+    yours = list(range(len(transfer.sources) - 4, len(transfer.sources)))
+    theirs = transfer.probabilities[yours].argmax(-1).tolist()  # scored against the class the teacher gives them
+    expected_t = distill_module.missing_scores(replace(transfer.teacher_rows.subset(yours), labels=theirs),
+                                               captured["run"], captured["side"].extra["prototypes"],
+                                               len(dataset.labels), captured["side"].pad_id)
+    assert torch.allclose(lam[yours], expertise_weight(expected_t.float(), p[yours]))
     assert any(line.startswith("t for 4 of your texts, from the pretrained encoder") for line in lines)
 
 

@@ -404,3 +404,9 @@ def test_the_report_says_what_the_student_learnt_from():
     assert "<tr><th>kitchen</th><td>6</td><td>0</td><td>0</td></tr>" in html
     assert "<tr><th>total</th><td>14</td><td>3</td><td>2</td></tr>" in html
     assert learnt_from({}) == {}
+    from metakd_cli.report import learnt_note
+
+    assert learnt_note({"method": "none"}).startswith("No teacher")
+    assert learnt_note({"method": "kd", "stages": {"prediction": {}}}).endswith("the labelled ones.")
+    assert learnt_note({"stages": {"intermediate": {"rows": {"transfer": 0}}}}).endswith("read the labelled rows.")
+    assert learnt_note({"stages": {"intermediate": {"rows": {"transfer": 5}}}}).endswith("the transfer set too.")

@@ -12,7 +12,8 @@ from metakd_cli.commands.options import data_config, data_options, pop_data_flag
 @data_options
 @click.option("--transfer", multiple=True, metavar="PATH",
               help="Also read unlabelled texts as `metakd distill --transfer` would (repeatable): what it keeps per "
-                   "domain and what it leaves out.")
+                   "domain and what it leaves out (a copy of any training text counts as one here; distill "
+                   "--train-fraction keeps the texts of the rows it leaves out).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def data(path: str, transfer: tuple[str, ...], as_json: bool, **kwargs) -> None:
     """Read a domain-tagged dataset and show domains x splits x labels."""
