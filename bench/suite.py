@@ -35,8 +35,10 @@ class Suite:
         return self.runs / system
 
     def sets_of(self, system: str, extra: tuple[str, ...] = ()) -> list[str]:
-        """Every --set a system's run gets: its own, then the caller's (a mode's, the command line's)."""
-        return [*self.systems[system].sets, *extra]
+        """Every --set a system's run gets: those of the systems it starts from (their steps, copied, are finished
+        only with their settings), its own, then the caller's (a mode's, the command line's)."""
+        start = self.systems[system].start
+        return [*(self.sets_of(start) if start is not None else ()), *self.systems[system].sets, *extra]
 
     def chain(self, system: str, built: bool = False) -> str:
         """The steps a system's folder holds, in `metakd run` order: its own and those of the folders it was copied

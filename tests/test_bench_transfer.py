@@ -28,6 +28,10 @@ def test_every_system_is_a_valid_override_of_the_recipe(monkeypatch, tmp_path):
     assert few.distill.train_fraction == 0.2 and few.distill.transfer[0].endswith(transfer.UNLABELLED)
     teacher20 = recipe(list(systems["teacher20"].sets), transfer.RECIPE).fit
     assert teacher20.train_fraction == 0.2 and teacher20.epochs is None
+    suite = transfer.Suite(transfer.RECIPE, tmp_path, systems)
+    for student in ("s20", "s20-transfer", "s20-aug4", "s20-meta-transfer", "s20-meta-transfer-s1"):
+        # its copied fit is teacher20's: finished only with teacher20's fit settings, which it inherits
+        assert recipe(suite.sets_of(student), transfer.RECIPE).fit == teacher20, student
     for ours, theirs in transfer.BORROWED.items():  # the same settings: a finished keep folder is this system
         assert list(systems[ours].sets) == list(keep.SYSTEMS[theirs].sets)
         assert transfer.RECIPE == keep.RECIPE
