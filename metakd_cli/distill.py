@@ -1226,7 +1226,7 @@ def warm_projection(steps: _LossSteps, seed: int, rows: int = PROJECTION_ROWS) -
 def _mapped_states(steps: _LossSteps, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """The student's hidden states and the teacher's at the mapped layers (its positions of the student's tokens
     for a student with its own tokenizer), and the mask of the real tokens of rows that align: [B, L, H] lists."""
-    cross, mapping = steps.side.cross, steps.side.mapping
+    cross, mapping = steps.stage1_cross, steps.side.mapping
     inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
     t_inputs = teacher_inputs(batch) if cross is not None else inputs
     student_states = list(steps.side.student(**inputs, output_hidden_states=True).hidden_states)
