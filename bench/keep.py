@@ -232,16 +232,16 @@ def system_results(suite: Suite, before: dict) -> dict[str, object]:
     return results
 
 
-def paired_tests(scored: dict[str, Scored], pairs, previous: dict) -> dict[str, dict]:
-    """"A vs B" (A minus B) for each pair whose int8 test rows are both in ``scored``; a test of the results file
-    whose folders are gone is kept, marked."""
-    tests = {}
+def paired_tests(scored: dict[str, Scored], pairs, previous: dict, model: str = "int8") -> dict[str, dict]:
+    """"A vs B" (A minus B) for each pair whose ``model`` test rows (int8: "A vs B"; another model: "A vs B
+    (model)") are both in ``scored``; a test of the results file whose folders are gone is kept, marked."""
+    tests, suffix = {}, "" if model == "int8" else f" ({model})"
     for first, second in dict.fromkeys(pairs):
         if first in scored and second in scored:
-            name = f"{first} vs {second}"
-            tests[name] = {"name": name, **paired_test(scored[first], scored[second], SEED, first, second), "model": "int8"}
+            name = f"{first} vs {second}{suffix}"
+            tests[name] = {"name": name, **paired_test(scored[first], scored[second], SEED, first, second), "model": model}
     for name, test in previous.items():
-        if name not in tests and isinstance(test, dict):  # the folders are gone: kept, marked
+        if name not in tests and isinstance(test, dict) and test.get("model", "int8") == model:  # folders gone: kept
             tests[name] = kept(test)
     return tests
 

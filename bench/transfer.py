@@ -55,7 +55,8 @@ FEW = (f"distill.train_fraction={LABELLED:g}", *UNGATED)
 
 
 def systems(runs: Path) -> dict[str, System]:
-    unlabelled = shown(runs / UNLABELLED)
+    # resolved: the same string from a worktree whose bench/runs links here (the folders record it in their settings)
+    unlabelled = str((runs / UNLABELLED).resolve())
     return {
         "teacher": System((), ("fit",), None, "the MiniLM-L6 meta-teacher on every training row (bench.keep's)"),
         "aug0": System(KD, STUDENT, "teacher", "logit-only KD on the training rows alone (bench.keep's kd-cut)"),
@@ -173,6 +174,9 @@ def table(runs: Path = RUNS, out: Path = OUT, speed: dict | None = None) -> dict
               if suite.systems[s].start is not None and isinstance(row, dict) and "not_shipped" not in row}
     scored = {s: rows for s, rows in scored.items() if rows is not None}
     tests = paired_tests(scored, PAIRS, previous.get("tests") or {})
+    # the same pairs as fp32 students: an int8 export's own drop (up to 2 points here) is not the transfer set's
+    fp32 = {s: rows for s in scored if (rows := suite.scored(s, "student")) is not None}
+    tests |= paired_tests(fp32, PAIRS, previous.get("tests") or {}, "student")
     mpnet_path = mpnet_results(MPNET_SUITE, previous.get("mpnet") or {}, MPNET_PAIRS)
     document = {
         "setup": {"recipe": shown(RECIPE), "runs": shown(runs), "seed": SEED, "path": "MiniLM-L6 default path",
