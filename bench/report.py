@@ -56,7 +56,8 @@ def build() -> str:
     sections = (_teachers(RESULTS / "teachers.json"), _students(RESULTS / "students.json"),
                 _amazon(RESULTS / "amazon.json"), _scarce(RESULTS / "scarce.json"), _speed(RESULTS / "speed.json"),
                 _amazon_cpu(RESULTS / "amazon_cpu.json"), _int8_variants(RESULTS / "int8_variants.json"),
-                _ablation(RESULTS / "ablation.json"), _mpnet(RESULTS / "mpnet.json"), _keep(RESULTS / "keep.json"))
+                _ablation(RESULTS / "ablation.json"), _mpnet(RESULTS / "mpnet.json"), _keep(RESULTS / "keep.json"),
+                _transfer(RESULTS / "transfer.json"))
     for section in sections:
         lines += section
     lines += _accuracy_table("The paper (BERT-base teacher, TinyBERT-4 student; for comparison)",
@@ -387,12 +388,23 @@ def _mpnet(path) -> list[str]:
 def _keep(path) -> list[str]:
     """bench/results/keep.json: each lever of the student's training, the no-teacher student and the peers, with
     the targets and the paired tests."""
+    return _suite(path, "A student that keeps its teacher", "bench.keep")
+
+
+def _transfer(path) -> list[str]:
+    """bench/results/transfer.json: the students with and without a transfer set, with the targets and the paired
+    tests (int8, and fp32 as "(student)")."""
+    return _suite(path, "A transfer set the teacher labels", "bench.transfer")
+
+
+def _suite(path, title: str, driver: str) -> list[str]:
+    """A suite's results file (bench.suite): its targets, one row per system, its paired tests."""
     if not path.is_file():
         return []
     data = json.loads(path.read_text())
     best = data["setup"].get("best_distilled")
-    lines = [f"**A student that keeps its teacher** ({data['setup']['path']}; one seed; `python -m bench.keep`; the "
-             f"best distilled student chosen on dev: {best or 'none finished'}): the issue's targets", "",
+    chosen = f"; the best distilled student chosen on dev: {best or 'none finished'}" if "best_distilled" in data["setup"] else ""
+    lines = [f"**{title}** ({data['setup']['path']}; one seed; `python -m {driver}`{chosen}): the issue's targets", "",
              "| target | threshold | value | status |", "| --- | --- | --- | --- |"]
     for target in data["targets"]:
         value = "-" if target["value"] is None else f"{target['value']:g}"

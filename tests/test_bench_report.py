@@ -139,3 +139,16 @@ def test_amazon_table_tests_and_held_out_section(tmp_path, monkeypatch):
     assert "| dvd teacher -> tinybert | 75.0 | 0.5 | 1, 2 | 74.1 to 77.1 |" in text
     assert "| meta-teacher without books -> meta | 77.5 | - | 1 | - |" in text
     assert "- meta-without->meta vs meta-without->tinybert: -1.00 points, p = 0.500" in text
+
+
+def test_the_transfer_suite_has_its_section(tmp_path):
+    from bench import report, transfer
+
+    transfer.table(tmp_path / "runs", tmp_path / "transfer.json")
+    lines = report._transfer(tmp_path / "transfer.json")
+    assert lines[0].startswith("**A transfer set the teacher labels** (MiniLM-L6 default path; one seed; "
+                               "`python -m bench.transfer`)")
+    text = "\n".join(lines)
+    assert "| at 20% labels, the transfer student above the 20%-labels student" in text and "not measured" in text
+    assert "| s20-transfer | + the other 80% of the training texts" in text
+    assert report._transfer(tmp_path / "missing.json") == []
