@@ -241,7 +241,10 @@ def paired_tests(scored: dict[str, Scored], pairs, previous: dict, model: str = 
             name = f"{first} vs {second}{suffix}"
             tests[name] = {"name": name, **paired_test(scored[first], scored[second], SEED, first, second), "model": model}
     for name, test in previous.items():
-        if name not in tests and isinstance(test, dict) and test.get("model", "int8") == model:  # folders gone: kept
+        if name in tests or not isinstance(test, dict) or test.get("model", "int8") != model:
+            continue
+        systems = name.removesuffix(suffix).split(" vs ")
+        if any(system not in scored for system in systems):  # a folder is gone: the file's figure is kept, marked
             tests[name] = kept(test)
     return tests
 
@@ -268,21 +271,18 @@ def table(runs: Path = RUNS, out: Path = OUT) -> dict:
         results[name] = results[name] or NOT_MEASURED
         if record:  # the dev accuracy of the C dev chose
             results[name]["dev_accuracy"] = max(record["chosen_on_dev"]["dev_accuracy"].values())
-    scored = {s: suite.scored(s, "int8") for s in SYSTEMS if s != "teacher" and isinstance(results[s], dict)}
-    scored = {s: rows for s, rows in scored.items() if rows is not None}
+    scored = suite.scored_all([s for s in SYSTEMS if s != "teacher" and isinstance(results[s], dict)])
     if scored:
         order = next(iter(scored.values()))
         scored |= {name: _peer_scored(record, order) for name, record in peer_records.items() if record}
     # measured now, or kept; a student with no int8 export cannot be the one shipped
-    finished = [s for s in DISTILLED if isinstance(results[s], dict) and "not_shipped" not in results[s]]
-    best = max(finished, key=lambda s: results[s]["dev_accuracy"], default=None)  # chosen on dev
+    best = best_on_dev(results, [s for s in suite.shipped(results) if s in DISTILLED])
     pairs = [*PAIRS, *((best, other) for other in ("none", "tfidf-lr", "model2vec-lr") if best and best != other)]
     tests = paired_tests(scored, pairs, previous.get("tests") or {})
     mpnet_path = mpnet_results(MPNET_SUITE, previous.get("mpnet") or {})
     document = {
         "setup": {"recipe": shown(RECIPE), "runs": shown(runs), "seed": SEED, "path": "MiniLM-L6 default path",
-                  "systems": {n: {"what": s.what, "sets": list(s.sets), "start": s.start} for n, s in SYSTEMS.items()},
-                  "best_distilled": best, "best_chosen_by": "dev accuracy of the fp32 student (distill.json)"},
+                  "systems": suite.declared(), "best_distilled": best, "best_chosen_by": "dev accuracy of the fp32 student (distill.json)"},
         "results": results,
         "tests": tests,
         "mpnet": mpnet_path,
@@ -296,13 +296,15 @@ def mpnet_results(suite: Suite, before: dict, pairs=(("keep-meta", "keep-kd"),))
     """The MPNet path's systems (``suite``: a teacher-meta and its students under bench/runs/mpnet): their rows,
     paired tests, and the student best on dev (None before any is finished)."""
     results = system_results(suite, before.get("results") or {})
-    shipped = [s for s, row in results.items()
-               if suite.systems[s].start is not None and isinstance(row, dict) and "not_shipped" not in row]
-    scored = {s: rows for s in shipped if (rows := suite.scored(s, "int8")) is not None}
-    best = max(shipped, key=lambda s: results[s]["dev_accuracy"], default=None)
-    return {"recipe": shown(suite.recipe), "runs": shown(suite.runs), "best_distilled": best,
-            "systems": {n: {"what": s.what, "sets": list(s.sets), "start": s.start} for n, s in suite.systems.items()},
-            "results": results, "tests": paired_tests(scored, pairs, before.get("tests") or {})}
+    shipped = suite.shipped(results)
+    return {"recipe": shown(suite.recipe), "runs": shown(suite.runs), "best_distilled": best_on_dev(results, shipped),
+            "systems": suite.declared(), "results": results,
+            "tests": paired_tests(suite.scored_all(shipped), pairs, before.get("tests") or {})}
+
+
+def best_on_dev(results: dict[str, object], candidates: list[str]) -> str | None:
+    """The candidate whose fp32 student scored best on dev (test is only reported); None when there is none."""
+    return max(candidates, key=lambda s: results[s]["dev_accuracy"], default=None)
 
 
 def best_int8(path: dict) -> tuple[float | None, float | None, str]:
@@ -348,18 +350,28 @@ def print_table(document: dict) -> None:
         print(f"{row['status']:13} {row['target']}: {row['value']} (threshold {row['threshold']})")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("run", "peers", "table"))
-    parser.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=list(DEFAULT_ORDER))
+def suite_arguments(doc: str, commands: tuple[str, ...], systems: list[str], default: tuple[str, ...],
+                    recipe_path: Path, runs: Path, out: Path) -> argparse.Namespace | None:
+    """The command line bench.keep and bench.transfer share (a command, --systems, --mpnet, --runs, --out);
+    None, said, when the data is not here."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=commands)
+    parser.add_argument("--systems", nargs="+", choices=systems, default=list(default))
     parser.add_argument("--mpnet", action="store_true",
                         help="run the MPNet path's systems (MPNET_SYSTEMS) instead; fits the teacher when missing")
-    parser.add_argument("--runs", type=Path, default=RUNS)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--runs", type=Path, default=runs)
+    parser.add_argument("--out", type=Path, default=out)
     args = parser.parse_args()
-    missing = data_missing(recipe([], RECIPE))
+    missing = data_missing(recipe([], recipe_path))
     if missing:
         print(missing)
+        return None
+    return args
+
+
+def main() -> None:
+    args = suite_arguments(__doc__, ("run", "peers", "table"), list(SYSTEMS), DEFAULT_ORDER, RECIPE, RUNS, OUT)
+    if args is None:
         return
     suite = Suite(RECIPE, args.runs, SYSTEMS)
     if args.command == "run" and args.mpnet:

@@ -34,6 +34,20 @@ class Suite:
     def folder(self, system: str) -> Path:
         return self.runs / system
 
+    def declared(self) -> dict[str, dict]:
+        """The systems as the results files record them: what each is, its own --set, the system it starts from."""
+        return {name: {"what": s.what, "sets": list(s.sets), "start": s.start} for name, s in self.systems.items()}
+
+    def shipped(self, results: dict[str, object]) -> list[str]:
+        """The students (systems with a start; not a peer's row) whose row holds a shipped student: measured or
+        kept, with an int8."""
+        return [s for s, row in results.items() if s in self.systems and self.systems[s].start is not None
+                and isinstance(row, dict) and "not_shipped" not in row]
+
+    def scored_all(self, systems: list[str], model: str = "int8") -> dict[str, Scored]:
+        """``model``'s test rows of each of ``systems`` whose folder has them."""
+        return {s: rows for s in systems if (rows := self.scored(s, model)) is not None}
+
     def sets_of(self, system: str, extra: tuple[str, ...] = ()) -> list[str]:
         """Every --set a system's run gets: those of the systems it starts from (their steps, copied, are finished
         only with their settings), its own, then the caller's (a mode's, the command line's)."""

@@ -31,14 +31,13 @@ teacher-meta, ~3.5 h, fitted first when missing); its targets read "not measured
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, ROOT, RUNS as BENCH_RUNS, data_missing, data_path, recipe, shown, start_from
+from bench.common import RESULTS, ROOT, RUNS as BENCH_RUNS, data_path, recipe, shown, start_from
 from bench import mpnet
 from bench.keep import BY_DEV, MPNET_SYSTEMS as KEEP_MPNET, SEED, STUDENT, best_int8, mpnet_results, paired_tests
-from bench.keep import SUITE as KEEP, print_table, significant, system_results
+from bench.keep import SUITE as KEEP, print_table, significant, suite_arguments, system_results
 from bench.suite import NOT_MEASURED, Suite, System, target
 from metakd_cli.run_dir import atomic_write_json, read_json_object
 
@@ -170,19 +169,15 @@ def table(runs: Path = RUNS, out: Path = OUT, speed: dict | None = None) -> dict
     suite = Suite(RECIPE, runs, systems(runs))
     previous = read_json_object(out)
     results = system_results(suite, previous.get("results") or {})
-    scored = {s: suite.scored(s, "int8") for s, row in results.items()
-              if suite.systems[s].start is not None and isinstance(row, dict) and "not_shipped" not in row}
-    scored = {s: rows for s, rows in scored.items() if rows is not None}
+    scored = suite.scored_all(suite.shipped(results))
     tests = paired_tests(scored, PAIRS, previous.get("tests") or {})
     # the same pairs as fp32 students: an int8 export's own drop (up to 2 points here) is not the transfer set's
-    fp32 = {s: rows for s in scored if (rows := suite.scored(s, "student")) is not None}
-    tests |= paired_tests(fp32, PAIRS, previous.get("tests") or {}, "student")
+    tests |= paired_tests(suite.scored_all(list(scored), "student"), PAIRS, previous.get("tests") or {}, "student")
     mpnet_path = mpnet_results(MPNET_SUITE, previous.get("mpnet") or {}, MPNET_PAIRS)
     document = {
         "setup": {"recipe": shown(RECIPE), "runs": shown(runs), "seed": SEED, "path": "MiniLM-L6 default path",
                   "labelled_fraction": LABELLED,
-                  "systems": {n: {"what": s.what, "sets": list(s.sets), "start": s.start}
-                              for n, s in suite.systems.items()}},
+                  "systems": suite.declared()},
         "results": results,
         "tests": tests,
         "mpnet": mpnet_path,
@@ -205,22 +200,11 @@ def targets(tests: dict, mpnet_path: dict | None = None) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("run", "table", "label-speed"))
-    parser.add_argument("--systems", nargs="+", default=list(DEFAULT_ORDER))
-    parser.add_argument("--mpnet", action="store_true",
-                        help="run the MPNet path's systems (MPNET_SYSTEMS) instead; fits the teacher when missing")
-    parser.add_argument("--runs", type=Path, default=RUNS)
-    parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args()
-    missing = data_missing(recipe([], RECIPE))
-    if missing:
-        print(missing)
+    args = suite_arguments(__doc__, ("run", "table", "label-speed"), list(systems(RUNS)), DEFAULT_ORDER, RECIPE,
+                           RUNS, OUT)
+    if args is None:
         return
     suite = Suite(RECIPE, args.runs, systems(args.runs))
-    unknown = sorted(set(args.systems) - set(suite.systems))
-    if unknown:
-        parser.error(f"unknown systems: {', '.join(unknown)} (known: {', '.join(suite.systems)})")
     if args.command == "run" and args.mpnet:
         MPNET_SUITE.run(["keep-kd", "transfer-kd-aug4"], after=lambda: print_table(table(args.runs, args.out)))
     elif args.command == "run":
