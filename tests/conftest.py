@@ -306,3 +306,19 @@ def fitted_toy_run(tmp_path, tiny_model_dir):
     fit(data, FitConfig(teacher=str(tiny_model_dir), epochs=1, batch_size=8, lr=1e-3, max_length=16, seed=7), run,
         log=lambda _: None)
     return run
+
+
+def check_bench_system(recipe_path: Path, name: str, system) -> None:
+    """A bench system (bench.suite.System) is valid on ``recipe_path``: its --set overrides apply and pass every
+    step's checks, and each names a step the system runs."""
+    from metakd_cli import distill, evaluate, export, fit, pipeline
+    from metakd_cli.config import apply_overrides, load_recipe
+
+    config = load_recipe(recipe_path)
+    apply_overrides(config, "fit", {}, tuple(system.sets))
+    fit.validate(config.fit)
+    distill.validate(config.distill)
+    pipeline._check_student(config)
+    export.validate(config.export)
+    evaluate.validate(config.eval)
+    assert all(item.split(".")[0] in system.steps for item in system.sets), name

@@ -12,8 +12,7 @@ import pytest
 from bench import keep
 from bench.common import data_path, recipe, selection
 from bench.suite import Suite
-from metakd_cli import distill, evaluate, export, fit, pipeline
-from metakd_cli.config import apply_overrides, load_recipe
+from conftest import check_bench_system
 from metakd_cli.run_dir import RunDir, atomic_write_json
 
 LATER = "9999-01-01T00:00:00+00:00"
@@ -24,14 +23,7 @@ DOMAINS = ["books"] * 40 + ["kitchen"] * 40
 def test_every_system_is_a_valid_override_of_the_recipe(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for name, system in keep.SYSTEMS.items():
-        config = load_recipe(keep.RECIPE)
-        apply_overrides(config, "fit", {}, tuple(system.sets))
-        fit.validate(config.fit)
-        distill.validate(config.distill)
-        pipeline._check_student(config)
-        export.validate(config.export)
-        evaluate.validate(config.eval)
-        assert all(item.split(".")[0] in system.steps for item in system.sets), name
+        check_bench_system(keep.RECIPE, name, system)
     by_dev = recipe(list(keep.SYSTEMS["kd-cut"].sets), keep.RECIPE).distill
     assert by_dev.epochs is None and by_dev.student_layers is None  # the new defaults: length by dev, default cut
     assert set(keep.DEFAULT_ORDER) | {"teacher"} == set(keep.SYSTEMS)

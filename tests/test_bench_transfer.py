@@ -8,22 +8,14 @@ import json
 
 from bench import keep, transfer
 from bench.common import recipe
-from metakd_cli import distill, evaluate, export, fit, pipeline
-from metakd_cli.config import apply_overrides, load_recipe
+from conftest import check_bench_system
 
 
 def test_every_system_is_a_valid_override_of_the_recipe(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     systems = transfer.systems(tmp_path)
     for name, system in systems.items():
-        config = load_recipe(transfer.RECIPE)
-        apply_overrides(config, "fit", {}, tuple(system.sets))
-        fit.validate(config.fit)
-        distill.validate(config.distill)
-        pipeline._check_student(config)
-        export.validate(config.export)
-        evaluate.validate(config.eval)
-        assert all(item.split(".")[0] in system.steps for item in system.sets), name
+        check_bench_system(transfer.RECIPE, name, system)
     few = recipe(list(systems["s20-transfer"].sets), transfer.RECIPE)
     assert few.distill.train_fraction == 0.2 and few.distill.transfer[0].endswith(transfer.UNLABELLED)
     teacher20 = recipe(list(systems["teacher20"].sets), transfer.RECIPE).fit
@@ -70,10 +62,7 @@ def test_the_mpnet_paths_systems_are_valid_overrides_of_its_recipe(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert set(keep.MPNET_SYSTEMS) < set(transfer.MPNET_SYSTEMS)
     for name, system in transfer.MPNET_SYSTEMS.items():
-        config = load_recipe(mpnet.RECIPE)
-        apply_overrides(config, "fit", {}, tuple(system.sets))
-        fit.validate(config.fit)
-        distill.validate(config.distill)
+        check_bench_system(mpnet.RECIPE, name, system)
         assert system.start in (None, "teacher-meta"), name  # every student starts from bench.mpnet's teacher
     assert transfer.MPNET_SUITE.runs == mpnet.RUNS and transfer.MPNET_SUITE.recipe == mpnet.RECIPE
     assert transfer.MPNET_SYSTEMS["teacher-meta"] == mpnet.SYSTEMS["teacher-meta"]  # the same folder, not a refit
