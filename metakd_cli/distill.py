@@ -813,13 +813,11 @@ def _stage1_rows(ctx: _Context, side: _TeacherSide, student: _StudentSide, rows:
 def _read_transfer(ctx: _Context):
     """--transfer's rows (metakd_cli.transfer), checked against the run's domains and texts; one line says what
     was read and what was left out."""
-    from metakd_cli.transfer import read_transfer
+    from metakd_cli.transfer import read_transfer, seen_texts
 
     dataset, data = ctx.dataset, ctx.run.load().data.get("config") or {}
-    seen = {split: {ex.text for ex in dataset.splits[split]} for split in ("dev", "test")}
     # with --train-fraction, the training rows left out are text this student never sees: not a repeat
-    kept = fraction_indices(dataset.train, ctx.cfg.train_fraction, dataset.split_seed)
-    seen["train"] = {dataset.train[i].text for i in kept}
+    seen = seen_texts(dataset, fraction_indices(dataset.train, ctx.cfg.train_fraction, dataset.split_seed))
     read = read_transfer(ctx.cfg.transfer, dataset.domains, seen, ctx.cfg.domain,
                          data.get("text_column", "text"), data.get("text_pair_column", "text_pair"),
                          data.get("domain_column", "domain"))
@@ -1055,8 +1053,12 @@ class _LossSteps:
         """A stage-2 batch over the training rows and the transfer set (indices past the training rows), in the
         student's tokens, with which rows have a gold label (``labelled``)."""
         batch = collate(self.prediction_encoded, indices, self.side.pad_id)
-        batch["labelled"] = (batch["index"] < len(self.side.train)).float()
+        batch["labelled"] = self.labelled(batch["index"])
         return batch
+
+    def labelled(self, index: torch.Tensor) -> torch.Tensor:
+        """1 for stage-2 rows with a gold label (the training rows, which come first), 0 for the transfer set's."""
+        return (index < len(self.side.train)).float()
 
     def make_batch(self, indices: list[int]) -> dict:
         """A stage-1 batch: the training rows (then the transfer set's, with --transfer-stage1)."""
@@ -1294,12 +1296,11 @@ def _warm_head(ctx: _Context, steps: _LossSteps) -> dict | None:
         return {"skipped": "not a BERT-style pooler and classifier"}
     rows = steps.prediction_encoded
     labels = torch.tensor(rows.labels)
-    labelled = (torch.arange(len(rows)) < len(side.train)).float()
 
     def loss_of(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         targets = None if cfg.method == "none" else steps.prediction_targets[index].to(logits.device)
         return prediction_loss(logits, targets, labels[index].to(logits.device), cfg.temperature, cfg.gold_weight,
-                               labelled[index].to(logits.device))
+                               steps.labelled(index).to(logits.device))
 
     record = warm_head(side.student, cls_states(side.student, rows, side.pad_id), loss_of,
                        cls_states(side.student, side.dev, side.pad_id), torch.tensor(side.dev.labels), epochs,

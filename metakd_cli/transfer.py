@@ -34,6 +34,14 @@ class TransferRead:
                 "by_domain": dict(Counter(row.domain for row in self.rows))}
 
 
+def seen_texts(dataset, train_rows: Sequence[int] | None = None) -> dict[str, set[str]]:
+    """The texts a transfer row may not repeat: dev and test (dropped: no leakage), and the training rows learnt
+    from (``train_rows``, indices into the train split; None: all of them)."""
+    train = dataset.train if train_rows is None else [dataset.train[i] for i in train_rows]
+    return {"train": {ex.text for ex in train}, **{split: {ex.text for ex in dataset.splits[split]}
+                                                      for split in ("dev", "test")}}
+
+
 def read_transfer(paths: Sequence[str], domains: Sequence[str], seen: dict[str, set[str]], only: str | None = None,
                   text_column: str = "text", pair_column: str = "text_pair",
                   domain_column: str = "domain") -> TransferRead:

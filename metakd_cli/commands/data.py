@@ -25,11 +25,10 @@ def data(path: str, transfer: tuple[str, ...], as_json: bool, **kwargs) -> None:
     summary = dataset.summary()
     read = None
     if transfer:
-        from metakd_cli.transfer import read_transfer
+        from metakd_cli.transfer import read_transfer, seen_texts
 
-        seen = {split: {ex.text for ex in dataset.splits[split]} for split in ("train", "dev", "test")}
-        read = read_transfer(transfer, dataset.domains, seen, None, config.text_column, config.text_pair_column,
-                             config.domain_column)
+        read = read_transfer(transfer, dataset.domains, seen_texts(dataset), None, config.text_column,
+                             config.text_pair_column, config.domain_column)
         summary["transfer"] = read.summary()
     if len(dataset.labels) == 1:
         console.warn(f"every row has the same label ('{dataset.labels[0]}'): a classifier has nothing to tell apart "
@@ -45,7 +44,7 @@ def data(path: str, transfer: tuple[str, ...], as_json: bool, **kwargs) -> None:
     if read is not None:  # the unlabelled texts --transfer would add, per domain
         columns.append("transfer")
         for row in rows:
-            row.append(read.summary()["by_domain"].get(row[0], 0))
+            row.append(summary["transfer"]["by_domain"].get(row[0], 0))
     totals = ["total"] + [sum(r[i] for r in rows) for i in range(1, len(columns))]
     split = "given splits" if dataset.given_splits else f"seeded split (seed {dataset.split_seed})"
     if dataset.layout == "mnli":
