@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from metakd_cli import __version__
-from metakd_cli.errors import UserError
+from metakd_cli.core.errors import UserError
 
 COMMANDS = {
     "data": ("metakd_cli.commands.data", "data"),
@@ -68,7 +68,7 @@ class MetakdGroup(click.Group):
         return command
 
     def invoke(self, ctx: click.Context):
-        from metakd_cli import console
+        from metakd_cli.commands import console
 
         try:
             return super().invoke(ctx)
@@ -160,8 +160,8 @@ def cli(ctx: click.Context, run_dir: Path, quiet: bool) -> None:
       metakd export --int8           ONNX + int8 for CPU and mobile
       metakd eval --domain kitchen   per-domain accuracy: teacher vs student vs int8
     """
-    from metakd_cli import console
-    from metakd_cli.processes import check_command, is_main
+    from metakd_cli.commands import console
+    from metakd_cli.core.processes import check_command, is_main
 
     check_command(ctx.invoked_subcommand)  # under a multi-process launch: only fit and distill
     console.settings.quiet = quiet or not is_main()  # several processes: the main one speaks for all

@@ -2,7 +2,7 @@
 
 * ``write_toy_dataset(tmp_path, fmt)`` (also the ``toy_dataset`` fixture) writes 3 domains x
   2 labels x 20 rows of short synthetic sentences whose sentiment words ("good great" vs
-  "bad awful") make the task learnable, in any layout ``metakd_cli.data`` reads.
+  "bad awful") make the task learnable, in any layout ``metakd_cli.data.dataset`` reads.
 * ``tiny_model_dir`` is a ``save_pretrained`` folder with a random 4-layer, 32-wide BERT and
   a word-level tokenizer covering the toy rows and ``examples/reviews``: it loads offline
   with ``AutoModel`` / ``AutoTokenizer`` in well under a second.
@@ -280,7 +280,7 @@ class InterruptAfter:
 
 def scores_by_hand(model, hidden_states, layer: int, mask):
     """Q K^T / sqrt(d) + (1 - mask) * min from a BERT layer's own query/key weights: [B, heads, L, L]
-    (what metakd_cli.attention must capture as the layer's pre-softmax scores)."""
+    (what metakd_cli.models.attention must capture as the layer's pre-softmax scores)."""
     import math
 
     import torch
@@ -297,9 +297,9 @@ def scores_by_hand(model, hidden_states, layer: int, mask):
 @pytest.fixture
 def fitted_toy_run(tmp_path, tiny_model_dir):
     """A run folder whose meta-teacher (the tiny BERT, 1 epoch) is fitted on the toy rows: distill's starting point."""
-    from metakd_cli.config import DataConfig, FitConfig
-    from metakd_cli.fit import fit
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.core.config import DataConfig, FitConfig
+    from metakd_cli.steps.fit import fit
+    from metakd_cli.core.run_dir import RunDir
 
     data = DataConfig(path=str(write_toy_dataset(tmp_path / "data")))
     run = RunDir(tmp_path / "run")
@@ -311,8 +311,8 @@ def fitted_toy_run(tmp_path, tiny_model_dir):
 def check_bench_system(recipe_path: Path, name: str, system) -> None:
     """A bench system (bench.suite.System) is valid on ``recipe_path``: its --set overrides apply and pass every
     step's checks, and each names a step the system runs."""
-    from metakd_cli import distill, evaluate, export, fit, pipeline
-    from metakd_cli.config import apply_overrides, load_recipe
+    from metakd_cli.steps import distill, evaluate, export, fit, pipeline
+    from metakd_cli.core.config import apply_overrides, load_recipe
 
     config = load_recipe(recipe_path)
     apply_overrides(config, "fit", {}, tuple(system.sets))

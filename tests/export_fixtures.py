@@ -96,11 +96,11 @@ def train_tiny_classifier(folder: Path, rows: list[dict], seed: int, steps: int)
 
 def build_tiny_run(folder: Path, teacher_mode: str = "mix") -> Path:
     """A complete run folder (see the module docstring); returns ``folder``."""
-    from metakd_cli.config import DataConfig
-    from metakd_cli.data import load_dataset
-    from metakd_cli.fit import data_manifest
-    from metakd_cli.models import TeacherInfo
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.core.config import DataConfig
+    from metakd_cli.data.dataset import load_dataset
+    from metakd_cli.steps.fit import data_manifest
+    from metakd_cli.models.heads import TeacherInfo
+    from metakd_cli.core.run_dir import RunDir
 
     rows = toy_rows()
     data_path = folder / "data" / "toy.jsonl"
@@ -159,8 +159,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, one_torch_thread) -> Path
 @pytest.fixture(scope="module")
 def exported_run(tmp_path_factory: pytest.TempPathFactory, one_torch_thread) -> Path:
     """A run folder after `metakd export --int8 --ort` (library call). Copy it before changing it."""
-    from metakd_cli.export import ExportConfig, export
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.core.config import ExportConfig
+    from metakd_cli.steps.export import export
+    from metakd_cli.core.run_dir import RunDir
 
     folder = build_tiny_run(tmp_path_factory.mktemp("exported"))
     result = export(ExportConfig(int8=True, ort=True), RunDir(folder))

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 def main() -> None:
     out, args = Path(sys.argv[1]), sys.argv[3:]
     out.mkdir(parents=True, exist_ok=True)
-    import metakd_cli.training as training
+    import metakd_cli.training.loop as training
     from safetensors.torch import save_file
 
     phase = training.run_phase
@@ -42,7 +42,7 @@ def main() -> None:
         return end_epoch(phase, state, *rest)
 
     training._end_epoch = recorded_end
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.core.run_dir import RunDir
 
     save = RunDir.save
 
@@ -52,7 +52,7 @@ def main() -> None:
         return save(self, manifest)
 
     RunDir.save = logged_save
-    for name in ("metakd_cli.fit", "metakd_cli.distill"):  # they imported run_phase by name
+    for name in ("metakd_cli.steps.fit", "metakd_cli.steps.distill"):  # they imported run_phase by name
         __import__(name)
         sys.modules[name].run_phase = recorded
     from metakd_cli.cli import cli

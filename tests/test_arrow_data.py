@@ -1,4 +1,4 @@
-"""Parquet files and `datasets` folders / hub ids (metakd_cli/arrow_data.py), on files the tests write."""
+"""Parquet files and `datasets` folders / hub ids (metakd_cli/data/arrow.py), on files the tests write."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from conftest import toy_rows, toy_split, write_toy_dataset
 from metakd_cli.cli import cli
-from metakd_cli.config import DataConfig
-from metakd_cli.data import load_dataset
-from metakd_cli.errors import UserError
+from metakd_cli.core.config import DataConfig
+from metakd_cli.core.errors import UserError
+from metakd_cli.data.dataset import load_dataset
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -263,7 +263,7 @@ def test_offline_a_hub_id_loads_from_the_datasets_cache(tmp_path, monkeypatch, v
     fitted = load("someone/reviews")  # fit, online
     monkeypatch.setattr("huggingface_hub.HfApi.dataset_info", no_network)
     monkeypatch.setenv(variable, "1")
-    reloaded = load("someone/reviews")  # distill, eval, report: RunDir.reload_dataset, offline
+    reloaded = load("someone/reviews")  # distill, eval, report: reload_dataset, offline
     assert reloaded.fingerprint() == fitted.fingerprint() and reloaded.layout == "hub-splits"
     assert error("someone/other") == ("someone/other: no such file or folder, nor a Hugging Face dataset id that "
                                       f"loads (the hub is off ({variable}=1) and the datasets cache does not hold it); "

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import scores_by_hand
-from metakd_cli.attention import attention_scores, check_attention_heads, self_attention_modules
-from metakd_cli.errors import UserError
+from metakd_cli.models.attention import attention_scores, check_attention_heads, self_attention_modules
+from metakd_cli.core.errors import UserError
 
 
 def tiny_bert(hidden: int = 32, heads: int = 4, layers: int = 2, seed: int = 0):

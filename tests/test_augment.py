@@ -1,4 +1,4 @@
-"""--augment's derived rows (metakd_cli.augment): seeded, K per row keeping the row's domain, the windows of a long
+"""--augment's derived rows (metakd_cli.data.augment): seeded, K per row keeping the row's domain, the windows of a long
 text first, a mask each tokenizer renders in its own token, replacement words from the same domain only; and a
 distillation that labels them with the teacher once, learns them without a gold term and reuses the labels."""
 
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from metakd_cli.augment import EDITS, MASK, derive, render_mask, tail_offsets
-from metakd_cli.data import Example
-from metakd_cli.errors import UserError
+from metakd_cli.data.dataset import reload_dataset
+from metakd_cli.data.augment import EDITS, MASK, derive, render_mask, tail_offsets
+from metakd_cli.data.rows import Example
+from metakd_cli.core.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def run(fitted_toy_run):
 
 
 def _small(**overrides):
-    from metakd_cli.config import DistillConfig
+    from metakd_cli.core.config import DistillConfig
 
     values = dict(method="kd", epochs=1, batch_size=8, lr=1e-3, seed=5, augment=2)
     values.update(overrides)
@@ -87,7 +88,7 @@ def _small(**overrides):
 
 
 def test_a_distillation_learns_the_derived_rows_from_the_teacher_once(run, monkeypatch):
-    import metakd_cli.distill as distill_module
+    import metakd_cli.steps.distill as distill_module
 
     labelled_batches = []
     real = distill_module.prediction_loss
@@ -117,7 +118,7 @@ def test_a_distillation_learns_the_derived_rows_from_the_teacher_once(run, monke
 
 
 def test_without_augment_nothing_changes(run):
-    from metakd_cli.distill import distill
+    from metakd_cli.steps.distill import distill
 
     result = distill(_small(augment=0), run, log=lambda _: None, warn=lambda _: None)
     assert result.metrics["transfer"] is None and not list(run.checkpoints.glob("transfer-teacher-*"))
@@ -129,14 +130,14 @@ def test_without_augment_nothing_changes(run):
     (dict(method="mtn"), "has several teachers"),
 ])
 def test_augment_is_refused_where_no_single_teacher_labels(overrides, message):
-    from metakd_cli.distill import validate
+    from metakd_cli.steps.distill import validate
 
     with pytest.raises(UserError, match=message):
         validate(_small(**overrides))
 
 
 def test_the_model_card_says_what_the_student_was_trained_on(run):
-    from metakd_cli.distill import distill
+    from metakd_cli.steps.distill import distill
 
     distill(_small(), run, log=lambda _: None, warn=lambda _: None)
     card = (run.student / "README.md").read_text()
@@ -148,7 +149,7 @@ def test_the_model_card_says_what_the_student_was_trained_on(run):
 
 
 def test_onnx_is_wanted_on_a_cpu_for_many_rows_or_when_asked():
-    from metakd_cli.onnx_teacher import ONNX_MIN_ROWS, check_rows, wanted
+    from metakd_cli.ship.onnx_teacher import ONNX_MIN_ROWS, check_rows, wanted
 
     assert not wanted("onnx", 10**6, True, True, one_process=False)  # each process labels its share with PyTorch
     assert check_rows([3, 9, 4, 8, 5, 7], n=4) == [0, 1, 3]  # the first two and the two longest (1 is both)
@@ -169,8 +170,8 @@ def _labels_of(run, folder_glob="transfer-teacher-*"):
 def test_the_onnx_export_labels_as_pytorch_does(fitted_toy_run, tmp_path):
     import shutil
 
-    from metakd_cli.distill import distill
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.steps.distill import distill
+    from metakd_cli.core.run_dir import RunDir
 
     runs = {}
     import tempfile
@@ -192,8 +193,8 @@ def test_the_onnx_export_labels_as_pytorch_does(fitted_toy_run, tmp_path):
 
 
 def test_a_teacher_onnx_cannot_export_is_labelled_by_pytorch(run, monkeypatch):
-    import metakd_cli.onnx_teacher as onnx_teacher
-    from metakd_cli.distill import distill
+    import metakd_cli.ship.onnx_teacher as onnx_teacher
+    from metakd_cli.steps.distill import distill
 
     def refuse(*_args):
         raise ValueError("Unsupported architecture for the ONNX export\nmore")
@@ -212,7 +213,7 @@ def test_a_teacher_onnx_cannot_export_is_labelled_by_pytorch(run, monkeypatch):
 def test_stage_1_reads_the_transfer_set_when_asked(run, monkeypatch):
     import torch
 
-    import metakd_cli.distill as distill_module
+    import metakd_cli.steps.distill as distill_module
 
     seen = []
     real = distill_module._LossSteps.intermediate_step
@@ -242,7 +243,7 @@ def test_a_derived_row_takes_its_sources_t_and_a_text_of_yours_gets_t_from_the_p
 
     import torch
 
-    import metakd_cli.distill as distill_module
+    import metakd_cli.steps.distill as distill_module
 
     captured = {}
     real = distill_module._stage1_rows
@@ -253,7 +254,7 @@ def test_a_derived_row_takes_its_sources_t_and_a_text_of_yours_gets_t_from_the_p
         return out
 
     monkeypatch.setattr(distill_module, "_stage1_rows", spy)
-    _, dataset = run.reload_dataset()
+    _, dataset = reload_dataset(run)
     path = tmp_path / "u.jsonl"
     path.write_text("".join(json.dumps({"text": f"my own text number {i}", "domain": dataset.domains[0]}) + "\n"
                             for i in range(4)), encoding="utf-8")
@@ -264,7 +265,7 @@ def test_a_derived_row_takes_its_sources_t_and_a_text_of_yours_gets_t_from_the_p
     n = len(rows.train)
     lam = out.lam[n:]
     p = transfer.probabilities.max(-1).values
-    from metakd_cli.losses import expertise_weight
+    from metakd_cli.training.losses import expertise_weight
 
     for i, source in enumerate(transfer.sources):
         if source is not None:  # a derived row: its source's t
@@ -287,8 +288,8 @@ def test_a_derived_row_takes_its_sources_t_and_a_text_of_yours_gets_t_from_the_p
     (dict(method="meta", intermediate_epochs=0, transfer_stage1=True), "with --intermediate-epochs 0 runs no stage 1"),
 ])
 def test_transfer_stage1_needs_a_transfer_set_and_a_stage_1(overrides, message):
-    from metakd_cli.distill import validate
-    from metakd_cli.errors import UserError
+    from metakd_cli.steps.distill import validate
+    from metakd_cli.core.errors import UserError
 
     with pytest.raises(UserError, match=message):
         validate(_small(**overrides))
@@ -297,8 +298,8 @@ def test_transfer_stage1_needs_a_transfer_set_and_a_stage_1(overrides, message):
 def test_the_training_rows_teacher_pass_uses_the_same_choice(fitted_toy_run, tmp_path):
     import shutil
 
-    from metakd_cli.distill import distill
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.steps.distill import distill
+    from metakd_cli.core.run_dir import RunDir
 
     metrics, lines = {}, {}
     for how in ("torch", "onnx"):

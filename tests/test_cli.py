@@ -141,7 +141,7 @@ def test_user_text_with_square_brackets_prints_literally(tmp_path, monkeypatch):
 
 
 def test_log_and_warning_lines_print_markup_literally(capsys):
-    from metakd_cli import console
+    from metakd_cli.commands import console
 
     console.log("teacher [bold]x[/bold] [/x]")
     console.warn("label [pos] [/y]")
@@ -181,7 +181,7 @@ def test_config_is_logged_as_the_keys_that_differ_from_the_defaults(tmp_path):
 
 def test_training_progress_without_a_terminal_logs_one_plain_line_per_epoch(capsys):
     # redirected to a file, rich bars were cut off mid-line
-    from metakd_cli import console
+    from metakd_cli.commands import console
 
     progress = console.TrainingProgress()
     progress.start("fit-teacher", total=4)
@@ -204,7 +204,7 @@ def test_training_calls_the_progress_once_per_epoch(tmp_path):
     import torch
     from torch import nn
 
-    from metakd_cli.training import PhaseSpec, PhaseSteps, run_phase
+    from metakd_cli.training.loop import PhaseSpec, PhaseSteps, run_phase
 
     class Recorder:
         def __init__(self):
@@ -232,7 +232,7 @@ def test_training_calls_the_progress_once_per_epoch(tmp_path):
 
 def test_ctrl_c_says_what_was_saved_and_the_command_that_resumes(tiny_model_dir, tmp_path, monkeypatch):
     from conftest import InterruptAfter
-    from metakd_cli import console
+    from metakd_cli.commands import console
 
     data = write_toy_dataset(tmp_path, "jsonl")
     run_dir = tmp_path / "run"
@@ -250,7 +250,7 @@ def test_ctrl_c_says_what_was_saved_and_the_command_that_resumes(tiny_model_dir,
 
 @pytest.mark.parametrize("mode", ["meta", "mix"])
 def test_ctrl_c_after_the_transferability_pass_says_resume_reuses_it(tiny_model_dir, tmp_path, monkeypatch, mode):
-    from metakd_cli import fit
+    from metakd_cli.steps import fit
 
     def interrupted(*args, **kwargs):  # Ctrl-C before the first training step could be saved
         raise KeyboardInterrupt
@@ -274,7 +274,7 @@ def test_ctrl_c_after_the_transferability_pass_says_resume_reuses_it(tiny_model_
 
 
 def test_ctrl_c_after_the_teachers_pass_in_distill_says_resume_reuses_it(tiny_model_dir, tmp_path, monkeypatch):
-    from metakd_cli import distill
+    from metakd_cli.steps import distill
 
     data = write_toy_dataset(tmp_path, "jsonl")
     run_dir = tmp_path / "run"
@@ -297,7 +297,7 @@ def test_ctrl_c_after_the_teachers_pass_in_distill_says_resume_reuses_it(tiny_mo
 
 
 def test_ctrl_c_in_a_command_without_resume_says_nothing_changed(tmp_path, monkeypatch):
-    from metakd_cli import evaluate
+    from metakd_cli.steps import evaluate
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -332,7 +332,7 @@ def test_run_takes_resume_and_ctrl_c_names_the_checkpoint(tmp_path, monkeypatch)
         (checkpoint / "loop.json").write_text(json.dumps({"epoch": 1, "step": 0}))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("metakd_cli.pipeline.run_pipeline", interrupted_pipeline)
+    monkeypatch.setattr("metakd_cli.steps.pipeline.run_pipeline", interrupted_pipeline)
     argv = ["metakd", "--run-dir", str(tmp_path / "run"), "run", "quickstart"]
     monkeypatch.setattr(sys, "argv", argv)
     result = CliRunner().invoke(cli, ["--quiet", *argv[1:]])

@@ -1,4 +1,4 @@
-"""metakd_cli.config: recipes, overrides and their precedence, type checks."""
+"""metakd_cli.core.config: recipes, overrides and their precedence, type checks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
-from metakd_cli.config import (
+from metakd_cli.core.config import (
     DataConfig,
     DistillConfig,
     FitConfig,
@@ -17,7 +17,7 @@ from metakd_cli.config import (
     choice,
     load_recipe,
 )
-from metakd_cli.errors import UserError
+from metakd_cli.core.errors import UserError
 
 
 def recipe_file(tmp_path: Path, text: str, name: str = "recipe.yaml") -> Path:
@@ -243,7 +243,7 @@ def test_a_yaml_syntax_error_gives_file_line_and_column(tmp_path):
 
 
 def test_summary_names_only_what_differs_from_the_defaults():
-    from metakd_cli.config import summary
+    from metakd_cli.core.config import summary
 
     assert summary(FitConfig()) == "all defaults"
     assert summary(Recipe()) == "all defaults"

@@ -1,6 +1,6 @@
 """CPU model, int8-relevant flags, the int8 format they call for, and mismatch warnings."""
 
-from metakd_cli.cpu import cpu_info, int8_target, target_mismatch
+from metakd_cli.core.cpu import cpu_info, int8_target, target_mismatch
 
 VNNI = "model name\t: AMD EPYC 9B14\nflags\t\t: fpu sse avx2 fma avx512f avx512_vnni\n"
 AVX2 = "model name\t: Intel(R) Xeon(R) CPU E5-2690 v4\nflags\t\t: fpu sse avx2 fma\n"

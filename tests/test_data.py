@@ -1,4 +1,4 @@
-"""metakd_cli.data: every layout loads, splits are seeded and stratified, bad input is a UserError
+"""metakd_cli.data.dataset: every layout loads, splits are seeded and stratified, bad input is a UserError
 naming the file, line and field; `metakd data` turns it into one line and exit code 2."""
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from conftest import (
     write_toy_dataset,
 )
 from metakd_cli.cli import cli
-from metakd_cli.config import DataConfig
-from metakd_cli.data import SPLITS, Dataset, collate, encode, load_dataset
-from metakd_cli.errors import UserError
+from metakd_cli.core.config import DataConfig
+from metakd_cli.data.rows import SPLITS, Dataset
+from metakd_cli.data.encode import collate, encode
+from metakd_cli.data.dataset import load_dataset
+from metakd_cli.core.errors import UserError
 
 DOMAINS = ["books", "electronics", "kitchen"]
 LABELS = ["negative", "positive"]
@@ -262,7 +264,7 @@ def test_split_is_identical_across_loads(tmp_path):
 def test_split_does_not_depend_on_hash_randomisation(tmp_path):
     path = write_toy_dataset(tmp_path, "jsonl")
     code = (
-        "import sys; from metakd_cli.config import DataConfig; from metakd_cli.data import load_dataset; "
+        "import sys; from metakd_cli.core.config import DataConfig; from metakd_cli.data.dataset import load_dataset; "
         "print(load_dataset(DataConfig(path=sys.argv[1])).fingerprint())"
     )
     prints = {
@@ -793,7 +795,7 @@ def test_domains_filter_keeps_the_named_domains_before_splitting(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
 def test_huge_line_is_a_user_error_naming_the_line(tmp_path, suffix):
-    from metakd_cli.data import MAX_FIELD_CHARS
+    from metakd_cli.data.rows import MAX_FIELD_CHARS
 
     huge = "word " * (MAX_FIELD_CHARS // 5 + 10)
     path = tmp_path / f"data{suffix}"
@@ -810,7 +812,7 @@ def test_batch_rows_lands_on_the_batchs_device():
     """Per-row tensors (t, lambda, soft labels) stay on the CPU; a batch's rows of them follow the batch."""
     import torch
 
-    from metakd_cli.data import batch_rows
+    from metakd_cli.data.encode import batch_rows
 
     values = torch.tensor([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])
     index = torch.tensor([2, 0])

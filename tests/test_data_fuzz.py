@@ -11,9 +11,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metakd_cli.config import DataConfig
-from metakd_cli.data import load_dataset
-from metakd_cli.errors import UserError
+from metakd_cli.core.config import DataConfig
+from metakd_cli.data.dataset import load_dataset
+from metakd_cli.core.errors import UserError
 
 SUFFIXES = [".jsonl", ".csv", ".tsv"]
 cells = st.one_of(st.text(max_size=12), st.integers(-3, 3), st.none(), st.booleans(), st.floats(allow_nan=True))

@@ -12,13 +12,13 @@ from click.testing import CliRunner
 
 from conftest import InterruptAfter, scores_by_hand, write_toy_dataset
 from metakd_cli.cli import cli
-from metakd_cli.config import DataConfig, DistillConfig, FitConfig
-from metakd_cli import distill as distill_module
-from metakd_cli.distill import distill
-from metakd_cli.errors import UserError
-from metakd_cli.fit import fit
-from metakd_cli.models import default_cut, layer_map
-from metakd_cli.run_dir import RunDir
+from metakd_cli.core.config import DataConfig, DistillConfig, FitConfig
+from metakd_cli.steps import distill as distill_module
+from metakd_cli.steps.distill import distill
+from metakd_cli.core.errors import UserError
+from metakd_cli.steps.fit import fit
+from metakd_cli.models.students import default_cut, layer_map
+from metakd_cli.core.run_dir import RunDir
 
 
 def _quiet(*_args, **_kwargs) -> None:
@@ -112,7 +112,7 @@ def test_tiny_student_starts_from_the_teachers_mapped_layers(run):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from metakd_cli.models import cut_layers
+    from metakd_cli.models.students import cut_layers
 
     teacher = AutoModelForSequenceClassification.from_pretrained(run.teacher)
     for given, expected in ((None, [1, 3, 5, 6]), ([2, 3, 5, 6], [2, 3, 5, 6]), ([1, 2], [1, 2])):
@@ -127,7 +127,7 @@ def test_tiny_student_starts_from_the_teachers_mapped_layers(run):
 
 
 def test_the_default_cut_keeps_layer_1_of_6_and_is_uniform_elsewhere():
-    from metakd_cli.models import default_cut
+    from metakd_cli.models.students import default_cut
 
     assert default_cut(4, 6) == [1, 3, 5, 6]
     assert default_cut(4, 12) == [3, 6, 9, 12]
@@ -135,7 +135,7 @@ def test_the_default_cut_keeps_layer_1_of_6_and_is_uniform_elsewhere():
 
 
 def test_student_layers_picks_the_cut_and_stage_1_maps_each_layer_to_its_source(run, monkeypatch):
-    import metakd_cli.distill as distill_module
+    import metakd_cli.steps.distill as distill_module
 
     seen = {}
     original = distill_module._LossSteps.intermediate_step
@@ -152,7 +152,7 @@ def test_student_layers_picks_the_cut_and_stage_1_maps_each_layer_to_its_source(
 
 @pytest.mark.parametrize("layers, message", [([3, 2], "increasing"), ([0, 1], "increasing"), ([1, 1], "each once")])
 def test_student_layers_must_be_increasing_layer_numbers(layers, message):
-    from metakd_cli.distill import validate
+    from metakd_cli.steps.distill import validate
 
     with pytest.raises(UserError, match=message):
         validate(small(student_layers=layers))
@@ -183,7 +183,7 @@ def test_the_no_teacher_baseline_learns_gold_labels_from_the_pretrained_cut(run,
     import torch
     from transformers import AutoModel
 
-    import metakd_cli.distill as distill_module
+    import metakd_cli.steps.distill as distill_module
 
     seen = {}
     original = distill_module.prediction_loss
@@ -206,7 +206,7 @@ def test_the_no_teacher_baseline_learns_gold_labels_from_the_pretrained_cut(run,
 
 
 def _teacher_and_tokenizer(run):
-    from metakd_cli.models import load_classifier, load_tokenizer
+    from metakd_cli.models.loading import load_classifier, load_tokenizer
 
     return load_classifier(str(run.teacher), None, "eager"), load_tokenizer(str(run.teacher))
 
@@ -224,7 +224,7 @@ def test_tinybert4_random_warns_and_has_the_papers_geometry(run):
 
 
 def test_learning_rate_defaults_follow_the_students_start(run):
-    from metakd_cli.distill import learning_rates
+    from metakd_cli.steps.distill import learning_rates
 
     assert learning_rates(DistillConfig()) == (5e-5, 1e-4)  # 4 layers or fewer: stage 2 at 1e-4
     assert learning_rates(DistillConfig(), student_layers=6) == (5e-5, 3e-5)  # deeper: BERT-base's 3e-5
@@ -448,14 +448,31 @@ def test_trim_vocab_saves_a_smaller_student_that_loads_plainly(run):
     tokenizer = AutoTokenizer.from_pretrained(run.student)
     model = AutoModelForSequenceClassification.from_pretrained(run.student)
     assert model.config.vocab_size == len(tokenizer) == trim["vocab_after"]
-    # the toy texts are all covered: trimming changes no prediction
-    assert trim["test_accuracy_trimmed"] == result.metrics["test_accuracy"]
+    # export's check: every dev row whose pieces were all kept is predicted as before trimming
+    assert trim["passed"] is True and trim["covered_rows"] > 0 and trim["covered_agreement"] == 100.0
+    assert trim["dev_accuracy"]["trimmed"] == trim["dev_accuracy"]["untrimmed"]  # the toy texts are all covered
+
+
+def test_a_trimmed_student_that_fails_export_s_check_is_said(run, monkeypatch):
+    import metakd_cli.steps.distill as distill_module
+
+    real = distill_module.trim_check
+
+    def failing(*args, **kwargs):
+        metrics, untrimmed, _ = real(*args, **kwargs)
+        return {**metrics, "passed": False}, untrimmed, ["the trimmed model predicts differently on 1 of 2 dev rows"]
+
+    monkeypatch.setattr(distill_module, "trim_check", failing)
+    warned = []
+    result = distill(small(method="kd", epochs=1, trim_vocab=True), run, log=_quiet, warn=warned.append)
+    assert result.metrics["trim"]["passed"] is False
+    assert any(w.startswith("--trim-vocab: the trimmed model predicts differently") for w in warned)
 
 
 def test_keep_top_needs_trim_vocab_as_on_export():
-    from metakd_cli.config import DistillConfig
-    from metakd_cli.distill import validate
-    from metakd_cli.errors import UserError
+    from metakd_cli.core.config import DistillConfig
+    from metakd_cli.steps.distill import validate
+    from metakd_cli.core.errors import UserError
 
     with pytest.raises(UserError, match="--keep-top only applies with --trim-vocab"):
         validate(DistillConfig(keep_top=100))  # it was ignored without a word
@@ -466,7 +483,7 @@ def test_keep_top_needs_trim_vocab_as_on_export():
 
 def _spy_on_attention(monkeypatch) -> tuple[list[dict], list[tuple]]:
     """Record every training batch distill builds and every attention_mse call (with the batch it saw)."""
-    import metakd_cli.distill as distill_module
+    import metakd_cli.steps.distill as distill_module
 
     batches, calls = [], []
     real_collate, real_mse = distill_module.collate, distill_module.attention_mse
@@ -548,8 +565,8 @@ def test_tiny_with_a_big_teacher_without_12_heads_stays_a_cut_for_attention_dist
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from metakd_cli.distill import minilm4_or_cut
-    from metakd_cli.models import resolve_model
+    from metakd_cli.models.students import minilm4_or_cut
+    from metakd_cli.models.loading import resolve_model
 
     minilm_tokenizer = AutoTokenizer.from_pretrained(resolve_model("all-MiniLM-L6-v2"))
     teacher = tmp_path / "teacher"  # 12 x 32 with 8 heads, on MiniLM's word pieces: minilm4 would align
@@ -581,7 +598,7 @@ def test_tiny_with_a_big_teacher_without_12_heads_stays_a_cut_for_attention_dist
 
 def test_an_unknown_student_name_fails_at_once_with_the_presets(tmp_path, monkeypatch):
     # `--student tinny` retried the hub for 65 s and printed 24 lines of MaxRetryError
-    from metakd_cli import models
+    from metakd_cli.models import loading as models
 
     args = ["--quiet", "--run-dir", str(tmp_path / "none"), "distill", "--student", "tinny"]
     result = CliRunner().invoke(cli, args)  # the tests run with HF_HUB_OFFLINE=1
@@ -607,7 +624,7 @@ def test_hub_reachable_is_a_quick_connection_to_the_endpoint(monkeypatch):
     import socket
     import time
 
-    from metakd_cli.models import hub_reachable
+    from metakd_cli.models.loading import hub_reachable
 
     monkeypatch.delenv("HTTPS_PROXY", raising=False)
     monkeypatch.delenv("https_proxy", raising=False)
@@ -626,7 +643,7 @@ def test_hub_reachable_is_a_quick_connection_to_the_endpoint(monkeypatch):
 def _spy_on_stage_starts(monkeypatch, dev_scores: list[float]) -> tuple[dict, list[dict]]:
     """The student's state when stage 1 begins and when stage 2 begins; the first dev scorings return
     ``dev_scores`` (then the real ones)."""
-    import metakd_cli.distill as distill_module
+    import metakd_cli.steps.distill as distill_module
 
     real_stage_1, real_stage_2 = distill_module._run_intermediate, distill_module._run_prediction
     real_dev = distill_module._LossSteps.dev_accuracy
@@ -671,7 +688,7 @@ def test_stage_2_starts_from_stage_1_when_it_does_no_harm(run, monkeypatch):
 
 
 def test_a_student_with_a_new_head_starts_stage_2_from_stage_1_unchecked(run, monkeypatch):
-    import metakd_cli.distill as distill_module
+    import metakd_cli.steps.distill as distill_module
 
     real = distill_module.build_student
 
@@ -689,7 +706,7 @@ def test_a_student_with_a_new_head_starts_stage_2_from_stage_1_unchecked(run, mo
 def test_the_attention_term_is_left_out_across_position_encoding_types():
     from transformers import BertConfig, MPNetConfig
 
-    from metakd_cli.distill import attention_weight_for, relative_positions
+    from metakd_cli.steps.distill import attention_weight_for, relative_positions
 
     bert, mpnet = BertConfig(), MPNetConfig()
     assert not relative_positions(bert) and relative_positions(mpnet)

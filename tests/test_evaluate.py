@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from export_fixtures import build_tiny_run, copy_run, exported_run, one_torch_thread, tiny_run  # noqa: F401
+from metakd_cli.data.dataset import reload_dataset
 from metakd_cli.cli import cli
-from metakd_cli.data import Encoded
+from metakd_cli.data.encode import Encoded
 
 EXPECTED_MODELS = ["teacher", "student", "onnx", "int8"]
 
@@ -22,7 +23,7 @@ def invoke(*args: str):
 
 
 def test_onnx_logits_feed_only_declared_inputs_and_keep_order(exported_run):
-    from metakd_cli.inference import onnx_logits, onnx_session
+    from metakd_cli.models.inference import onnx_logits, onnx_session
 
     session = onnx_session(exported_run / "onnx" / "onnx" / "model.onnx")
     rows = [[2, 40, 41, 3], [2, 40, 3], [2, 40, 41, 42, 43, 3]]
@@ -110,8 +111,9 @@ def _bursty_speeds(rounds: int, monkeypatch):
     """teacher 3 s a row, student 1 s a row; 4 rows at batch 1 and one batch of 4 per model and round, so one round
     is 24 + 8 s: after the warm-up round (0-32 s) and the teacher's first timed turn (32-56 s), a burst hits the
     student's first timed turn."""
-    from metakd_cli import timing
-    from metakd_cli.evaluate import EvalConfig, Timed, time_models
+    from metakd_cli.core import timing
+    from metakd_cli.core.config import EvalConfig
+    from metakd_cli.steps.evaluate import Timed, time_models
 
     monkeypatch.setattr(timing, "load_average", lambda: 0.0)
     clock = _BurstyClock(burst=(56.0, 100.0))
@@ -137,9 +139,10 @@ def test_timing_in_rounds_ranks_the_models_right_where_one_pass_does_not(monkeyp
 
 
 def test_unsteady_rounds_are_logged_in_one_line_and_recorded(exported_run, tmp_path, monkeypatch):
-    from metakd_cli import timing
-    from metakd_cli.evaluate import EvalConfig, evaluate_run
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.core import timing
+    from metakd_cli.core.config import EvalConfig
+    from metakd_cli.steps.evaluate import evaluate_run
+    from metakd_cli.core.run_dir import RunDir
 
     run = RunDir(copy_run(exported_run, tmp_path / "run"))
     monkeypatch.setattr(timing, "load_average", lambda: 99.0)  # far above any machine's CPUs
@@ -188,16 +191,18 @@ def single_teacher_run(tmp_path_factory, one_torch_thread):
 def test_single_mode_teacher_scores_each_domain_with_its_own_teacher(single_teacher_run):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from metakd_cli.data import encode
-    from metakd_cli.evaluate import EvalConfig, accuracy, evaluate_run
-    from metakd_cli.inference import torch_logits
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.data.encode import encode
+    from metakd_cli.core.config import EvalConfig
+    from metakd_cli.data.metrics import accuracy
+    from metakd_cli.steps.evaluate import evaluate_run
+    from metakd_cli.models.inference import torch_logits
+    from metakd_cli.core.run_dir import RunDir
 
     run = RunDir(single_teacher_run)
     result = evaluate_run(EvalConfig(models=["teacher"], domains=["books", "kitchen"]), run)
     (teacher,) = result.models
     assert teacher.size_mb > 0 and set(teacher.accuracy) == {"books", "kitchen", "average"}
-    _, dataset = run.reload_dataset()
+    _, dataset = reload_dataset(run)
     for domain in ("books", "kitchen"):
         folder = single_teacher_run / "teacher" / domain
         examples = dataset.select("test", [domain])
@@ -224,11 +229,11 @@ def test_bucketed_logits_equal_unbucketed_ones_in_input_order(exported_run):
     max_length, row for row, for PyTorch and ONNX alike."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from metakd_cli.data import encode
-    from metakd_cli.inference import batched_logits, onnx_logits, onnx_session, torch_logits
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.data.encode import encode
+    from metakd_cli.models.inference import batched_logits, onnx_logits, onnx_session, torch_logits
+    from metakd_cli.core.run_dir import RunDir
 
-    _, dataset = RunDir(exported_run).reload_dataset()
+    _, dataset = reload_dataset(RunDir(exported_run))
     tokenizer = AutoTokenizer.from_pretrained(exported_run / "onnx")
     encoded = encode(dataset.test + dataset.dev, dataset, tokenizer, 32)
     # mix short and long rows so that sorting really reorders them
@@ -284,8 +289,8 @@ def test_eval_without_bucketing_scores_the_same(exported_run):
 
 def test_int8_target_missing_on_this_cpu_warns_and_is_recorded(exported_run, tmp_path, monkeypatch):
     """An int8 model made for avx512_vnni, evaluated on a (pretend) AVX2-only CPU."""
-    from metakd_cli import evaluate
-    from metakd_cli.cpu import CpuInfo
+    from metakd_cli.steps import evaluate
+    from metakd_cli.core.cpu import CpuInfo
 
     run = copy_run(exported_run, tmp_path / "run")
     beside = run / "onnx" / "metakd_export.json"
@@ -311,7 +316,7 @@ def test_int8_target_missing_on_this_cpu_warns_and_is_recorded(exported_run, tmp
 
 
 def test_export_metrics_record_the_cpu(exported_run):
-    from metakd_cli.cpu import cpu_info
+    from metakd_cli.core.cpu import cpu_info
 
     metrics = json.loads((exported_run / "metrics" / "export.json").read_text())
     assert metrics["cpu"] == cpu_info().to_json() and metrics["cpu"]["model"]
@@ -346,7 +351,7 @@ def test_eval_json_keeps_the_record_of_every_selection(exported_run, tmp_path):
 
 
 def test_eval_json_from_before_selections_keeps_its_record():
-    from metakd_cli.evaluate import with_selections
+    from metakd_cli.steps.evaluate import with_selections
 
     old = {"step": "eval", "split": "test", "domains": ["books", "kitchen"], "models": [{"name": "teacher"}],
            "bucketing": True, "config": {"models": ["all"], "domains": None, "split": "test"}}
@@ -358,7 +363,7 @@ def test_eval_json_from_before_selections_keeps_its_record():
 
 
 def test_eval_json_that_is_not_an_object_is_replaced():
-    from metakd_cli.evaluate import with_selections
+    from metakd_cli.steps.evaluate import with_selections
 
     new = {"step": "eval", "split": "test", "domains": ["kitchen"], "models": [{"name": "teacher"}],
            "bucketing": True, "config": {"models": ["all"], "domains": None, "split": "test"}}
@@ -379,7 +384,7 @@ def test_eval_run_over_an_eval_json_that_is_a_list(tiny_run, tmp_path):
 
 
 def test_selection_key_of_a_model_name_it_does_not_know():
-    from metakd_cli.evaluate import selection_key
+    from metakd_cli.steps.evaluate import selection_key
 
     record = {"split": "test", "domains": ["books"], "bucketing": True,
               "config": {"models": ["student", "fp16", "teacher"], "domains": None}}
@@ -391,7 +396,7 @@ def test_records_from_before_written_keep_the_files_time_through_a_rewrite(tmp_p
     """eval.json's records without ``written`` get the file's time before eval rewrites it (and refreshes it)."""
     import os
 
-    from metakd_cli.evaluate import previous_eval, with_selections
+    from metakd_cli.steps.evaluate import previous_eval, with_selections
 
     old = {"step": "eval", "split": "test", "domains": ["books"], "models": [{"name": "student"}],
            "bucketing": True, "config": {"models": ["all"], "domains": None, "split": "test"}}

@@ -9,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from export_fixtures import copy_run, exported_run, one_torch_thread, tiny_run  # noqa: F401
+from metakd_cli.data.dataset import reload_dataset
 from metakd_cli.cli import cli
-from metakd_cli.run_dir import LOCK_FILE
+from metakd_cli.core.run_dir import LOCK_FILE
 
 
 def invoke(*args: str):
@@ -71,11 +72,11 @@ def test_exported_predictions_equal_pytorch_student(exported_run):
     """Every test row: the ONNX fp32 logits equal the PyTorch student's, so do int8 and ORT predictions."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from metakd_cli.data import encode
-    from metakd_cli.inference import onnx_logits, onnx_session, torch_logits
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.data.encode import encode
+    from metakd_cli.models.inference import onnx_logits, onnx_session, torch_logits
+    from metakd_cli.core.run_dir import RunDir
 
-    _, dataset = RunDir(exported_run).reload_dataset()
+    _, dataset = reload_dataset(RunDir(exported_run))
     tokenizer = AutoTokenizer.from_pretrained(exported_run / "student")
     encoded = encode(dataset.test + dataset.dev, dataset, tokenizer, 32)
     student = AutoModelForSequenceClassification.from_pretrained(exported_run / "student")
@@ -96,7 +97,7 @@ def int8_always_wrong(monkeypatch):
     def wrong(attempt, path, dev, pad_id) -> np.ndarray:
         return (np.asarray(dev.labels) + 1) % 2
 
-    monkeypatch.setattr("metakd_cli.export.int8_dev_predictions", wrong)
+    monkeypatch.setattr("metakd_cli.steps.export.int8_dev_predictions", wrong)
 
 
 def test_drop_gate_fails_with_exit_1_and_keeps_the_files(exported_run, tmp_path, int8_always_wrong):
@@ -196,7 +197,7 @@ def test_arm64_target_implies_ort(tiny_run, tmp_path):
     ],
 )
 def test_detect_target(cpuinfo, machine, target):
-    from metakd_cli.export import detect_target
+    from metakd_cli.steps.export import detect_target
 
     found, reason = detect_target(cpuinfo, machine)
     assert found == target and reason
@@ -227,9 +228,9 @@ def test_trim_vocab_exports_the_trimmed_model_and_keeps_covered_predictions(tiny
     from optimum.onnxruntime import ORTModelForSequenceClassification
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from metakd_cli.data import encode
-    from metakd_cli.inference import onnx_logits, onnx_session, torch_logits
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.data.encode import encode
+    from metakd_cli.models.inference import onnx_logits, onnx_session, torch_logits
+    from metakd_cli.core.run_dir import RunDir
 
     run = copy_run(tiny_run, tmp_path / "run")
     result = invoke("--run-dir", str(run), "export", "--trim-vocab", "--keep-top", "2", "--json")
@@ -260,7 +261,7 @@ def test_trim_vocab_exports_the_trimmed_model_and_keeps_covered_predictions(tiny
     assert [model.config.id2label[i] for i in model(**inputs).logits.argmax(-1).tolist()] == ["positive", "negative"]
 
     # every test row whose pieces were all kept: the trimmed ONNX model gives the untrimmed student's logits
-    _, dataset = RunDir(run).reload_dataset()
+    _, dataset = reload_dataset(RunDir(run))
     original_tokenizer = AutoTokenizer.from_pretrained(run / "student")
     rows = dataset.test + dataset.dev
     before = encode(rows, dataset, original_tokenizer, 32)
@@ -295,7 +296,7 @@ def test_a_negative_max_drop_is_a_user_error(tiny_run, tmp_path, value):
 
 
 def test_recipes_can_set_trim_vocab_and_keep_top(tmp_path):
-    from metakd_cli.config import load_recipe
+    from metakd_cli.core.config import load_recipe
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("export:\n  trim_vocab: true\n  keep_top: 5000\n", encoding="utf-8")
@@ -310,9 +311,10 @@ def test_int8_fallback_keeps_the_first_remedy_that_passes(tiny_run, tmp_path, mo
     """Plain int8 is made to miss the gate (its predictions are flipped); the first remedy passes."""
     import onnx
 
-    from metakd_cli import export as export_module
-    from metakd_cli.export import ExportConfig, export
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.steps import export as export_module
+    from metakd_cli.core.config import ExportConfig
+    from metakd_cli.steps.export import export
+    from metakd_cli.core.run_dir import RunDir
 
     real = export_module.int8_dev_predictions
 
@@ -404,7 +406,8 @@ def test_int8_fallback_fails_with_every_attempt_listed(tiny_run, tmp_path, int8_
 
 
 def test_int8_attempts_are_in_the_fixed_order():
-    from metakd_cli.export import INT8_REMEDIES, int8_attempts
+    from metakd_cli.ship.int8 import INT8_REMEDIES
+    from metakd_cli.ship.int8 import int8_attempts
 
     assert [a.name for a in int8_attempts("avx512_vnni", False)] == ["plain", *INT8_REMEDIES]
     with_per_channel = int8_attempts("arm64", True)
@@ -419,9 +422,9 @@ def test_int8_attempts_are_in_the_fixed_order():
 def test_ort_round_trip_and_mobile_checks(exported_run):
     from transformers import AutoTokenizer
 
-    from metakd_cli.data import encode
-    from metakd_cli.inference import onnx_logits, onnx_session
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.data.encode import encode
+    from metakd_cli.models.inference import onnx_logits, onnx_session
+    from metakd_cli.core.run_dir import RunDir
 
     metrics = json.loads((exported_run / "metrics" / "export.json").read_text())
     check = metrics["ort_check"]
@@ -432,7 +435,7 @@ def test_ort_round_trip_and_mobile_checks(exported_run):
     operators = (exported_run / "onnx" / "required_operators.config").read_text()
     assert mobile["operators_config"] == "required_operators.config" and "QLinearMatMul" in operators  # static int8
 
-    _, dataset = RunDir(exported_run).reload_dataset()
+    _, dataset = reload_dataset(RunDir(exported_run))
     encoded = encode(dataset.dev, dataset, AutoTokenizer.from_pretrained(exported_run / "onnx"), 32)
     ort = onnx_logits(onnx_session(exported_run / "onnx" / "model.ort"), encoded, 0)
     int8 = onnx_logits(onnx_session(exported_run / "onnx" / "onnx" / "model_quantized.onnx"), encoded, 0)
@@ -444,9 +447,9 @@ def test_ort_file_that_predicts_other_labels_fails_the_export(tiny_run, tmp_path
     import onnx
     from onnx import helper
 
-    from metakd_cli import export as export_module
+    from metakd_cli.steps import export as export_module
 
-    real = export_module._convert_to_ort
+    real = export_module.convert_to_ort
 
     def convert_negated(source, folder, target):
         model = onnx.load(str(source))
@@ -461,7 +464,7 @@ def test_ort_file_that_predicts_other_labels_fails_the_export(tiny_run, tmp_path
         finally:
             negated.unlink()
 
-    monkeypatch.setattr(export_module, "_convert_to_ort", convert_negated)
+    monkeypatch.setattr(export_module, "convert_to_ort", convert_negated)
     run = copy_run(tiny_run, tmp_path / "run")
     result = CliRunner().invoke(cli, ["--run-dir", str(run), "export", "--ort"])
     assert result.exit_code == 1, result.output

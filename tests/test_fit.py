@@ -13,14 +13,16 @@ from click.testing import CliRunner
 
 from conftest import InterruptAfter, toy_rows, write_jsonl, write_toy_dataset
 from metakd_cli.cli import cli
-from metakd_cli.config import DataConfig, FitConfig
-from metakd_cli.data import encode, load_dataset
-from metakd_cli.errors import UserError
-from metakd_cli.inference import torch_logits
-from metakd_cli import fit as fit_module
-from metakd_cli.fit import fit
-from metakd_cli.models import TeacherInfo, check_model_source, load_head
-from metakd_cli.run_dir import RunDir
+from metakd_cli.core.config import DataConfig, FitConfig
+from metakd_cli.data.encode import encode
+from metakd_cli.data.dataset import load_dataset
+from metakd_cli.core.errors import UserError
+from metakd_cli.models.inference import torch_logits
+from metakd_cli.steps import fit as fit_module
+from metakd_cli.steps.fit import fit
+from metakd_cli.models.heads import TeacherInfo, load_head
+from metakd_cli.models.loading import check_model_source
+from metakd_cli.core.run_dir import RunDir
 
 
 def tiny_fit_config(model: Path, **overrides) -> FitConfig:
@@ -276,7 +278,7 @@ def test_new_head_warning_is_silenced_and_verbosity_restored(tiny_model_dir):
 
     from transformers.utils import logging as transformers_logging
 
-    from metakd_cli.models import load_classifier
+    from metakd_cli.models.loading import load_classifier
 
     records: list[logging.LogRecord] = []
 
@@ -353,8 +355,8 @@ def test_one_label_and_one_domain_warn_without_refusing(tiny_model_dir, tmp_path
 
 
 def test_a_teacher_at_or_below_chance_on_dev_is_warned_about():
-    from metakd_cli.data import Encoded
-    from metakd_cli.fit import TeacherResult, chance_warnings
+    from metakd_cli.data.encode import Encoded
+    from metakd_cli.steps.fit import TeacherResult, chance_warnings
 
     # dev: books 3 of 4 rows label 1 (chance 75%), kitchen 2 of 4 (chance 50%)
     dev = Encoded([[1]] * 8, None, [1, 1, 1, 0, 0, 1, 0, 1], [0, 0, 0, 0, 1, 1, 1, 1])
@@ -379,7 +381,7 @@ def test_a_teacher_at_or_below_chance_on_dev_is_warned_about():
 def test_the_learning_rate_defaults_by_the_teachers_width(tiny_model_dir, tmp_path):
     from transformers import AutoConfig
 
-    from metakd_cli.fit import teacher_lr
+    from metakd_cli.steps.fit import teacher_lr
 
     assert teacher_lr(FitConfig(), str(tiny_model_dir)) == 5e-5  # hidden 32: narrow, like MiniLM-L6's 384
     wide = tmp_path / "wide"

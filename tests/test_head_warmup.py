@@ -1,4 +1,4 @@
-"""Head warm-up (metakd_cli.head_warmup): a new head trained alone on the frozen body's [CLS] states before stage 2,
+"""Head warm-up (metakd_cli.training.head_warmup): a new head trained alone on the frozen body's [CLS] states before stage 2,
 the best epoch on dev kept; on by default only for a head that did not come from the teacher."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import shutil
 import pytest
 import torch
 
-from metakd_cli.config import DistillConfig
-from metakd_cli.distill import distill
-from metakd_cli.head_warmup import cls_states, head_parts, warm_head
-from metakd_cli.run_dir import RunDir
+from metakd_cli.core.config import DistillConfig
+from metakd_cli.steps.distill import distill
+from metakd_cli.training.head_warmup import cls_states, head_parts, warm_head
+from metakd_cli.core.run_dir import RunDir
 
 
 def _quiet(*_args, **_kwargs) -> None:
@@ -87,7 +87,7 @@ def test_a_head_of_another_shape_is_not_warmed_up():
 def test_cls_states_are_the_bodys_first_token(tiny_model_dir):
     from transformers import AutoModelForSequenceClassification
 
-    from metakd_cli.data import Encoded
+    from metakd_cli.data.encode import Encoded
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
     encoded = Encoded([[2, 7, 8, 3], [2, 9, 3]], None, [0, 1], [0, 0])
@@ -126,7 +126,7 @@ def test_a_new_head_is_warmed_up_by_default_and_a_teachers_head_is_not(run):
 
 
 def test_head_warmup_zero_turns_it_off_and_a_negative_count_is_refused(run):
-    from metakd_cli.errors import UserError
+    from metakd_cli.core.errors import UserError
 
     distill(DistillConfig(method="none", epochs=1, batch_size=8, lr=1e-3, seed=5, head_warmup=0), run, log=_quiet,
             warn=_quiet)

@@ -12,17 +12,18 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import metakd_cli.distill as distill_module
-import metakd_cli.fit as fit_module
+import metakd_cli.steps.distill as distill_module
+import metakd_cli.steps.fit as fit_module
 from conftest import toy_rows, write_toy_dataset
 from metakd_cli.cli import cli
-from metakd_cli.config import DataConfig, DistillConfig, FitConfig
-from metakd_cli.data import Example, fraction_indices, load_dataset
-from metakd_cli.distill import distill
-from metakd_cli.errors import UserError
-from metakd_cli.fit import fit
-from metakd_cli.models import TeacherInfo, load_domain_classifiers, load_head
-from metakd_cli.run_dir import RunDir
+from metakd_cli.core.config import DataConfig, DistillConfig, FitConfig
+from metakd_cli.data.rows import Example
+from metakd_cli.data.dataset import fraction_indices, load_dataset
+from metakd_cli.steps.distill import distill
+from metakd_cli.core.errors import UserError
+from metakd_cli.steps.fit import fit
+from metakd_cli.models.heads import TeacherInfo, load_domain_classifiers, load_head
+from metakd_cli.core.run_dir import RunDir
 
 DOMAINS = ["books", "electronics", "kitchen"]
 HELD_OUT = "kitchen"
@@ -138,10 +139,10 @@ def test_distilling_to_the_held_out_domain_computes_its_t(run, monkeypatch):
 
 def test_held_out_t_uses_the_stored_prototypes_and_its_own_centroid(run):
     """missing_scores for kitchen rows == the fit formula with kitchen's centroid from those rows."""
-    from metakd_cli.data import encode
-    from metakd_cli.fit import encode_representations
-    from metakd_cli.models import load_encoder, load_tokenizer
-    from metakd_cli.prototypes import transferability
+    from metakd_cli.data.encode import encode
+    from metakd_cli.training.prototypes import encode_representations
+    from metakd_cli.models.loading import load_encoder, load_tokenizer
+    from metakd_cli.training.prototypes import transferability
 
     info = TeacherInfo.load(run.teacher)
     _, extra = load_head(run.teacher, info.hidden_size, len(info.domains))
@@ -328,8 +329,8 @@ def test_eval_marks_the_held_out_domain(run):
 def test_eval_scores_an_mtl_teacher_with_each_rows_own_head(tiny_model_dir, toy_data, tmp_path):
     import numpy as np
 
-    from metakd_cli.config import EvalConfig
-    from metakd_cli.evaluate import evaluate_run
+    from metakd_cli.core.config import EvalConfig
+    from metakd_cli.steps.evaluate import evaluate_run
 
     fitted = fit(toy_data, tiny_fit(Path(tiny_model_dir), teacher_mode="mtl", epochs=2), RunDir(tmp_path / "r"),
                  log=_quiet)

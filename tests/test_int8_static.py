@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from export_fixtures import copy_run, one_torch_thread, tiny_run  # noqa: F401
 from metakd_cli.cli import cli
-from metakd_cli.errors import UserError
+from metakd_cli.core.errors import UserError
 
 REVIEWS = Path(__file__).resolve().parent.parent / "examples" / "reviews"
 
@@ -31,8 +31,8 @@ def mixed_length_texts(n: int = 32) -> list[str]:
 def alone_vs_batch(run: Path) -> tuple[float, int]:
     """`metakd predict` on each text alone and on all 32 together (one padded batch): the largest
     |probability difference| over texts and labels, and how many texts change label."""
-    from metakd_cli.predict import PredictConfig, predict
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.steps.predict import PredictConfig, predict
+    from metakd_cli.core.run_dir import RunDir
 
     texts = mixed_length_texts()
     together = predict(PredictConfig(texts=texts, model="int8"), RunDir(run)).predictions
@@ -106,8 +106,9 @@ def test_static_int8_folder_loads_with_plain_optimum(int8_runs):
 @pytest.mark.parametrize(("calibration", "static_format"), [("minmax", "qdq"), ("entropy", "qoperator")])
 def test_other_calibrations_and_the_qoperator_graph_are_batch_invariant(tiny_run, tmp_path, calibration,
                                                                        static_format):
-    from metakd_cli.export import ExportConfig, export
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.core.config import ExportConfig
+    from metakd_cli.steps.export import export
+    from metakd_cli.core.run_dir import RunDir
 
     run = copy_run(tiny_run, tmp_path / "run")
     result = export(ExportConfig(int8=True, calibration=calibration, static_format=static_format, max_drop=100),
@@ -132,7 +133,7 @@ def test_int8_mode_flags_are_checked(tiny_run, tmp_path):
 
 
 def test_recipes_can_set_the_int8_mode_and_calibration(tmp_path):
-    from metakd_cli.config import load_recipe
+    from metakd_cli.core.config import load_recipe
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("export:\n  int8_mode: dynamic\n  calibration: entropy\n  calibration_rows: 64\n"
@@ -145,8 +146,8 @@ def test_recipes_can_set_the_int8_mode_and_calibration(tmp_path):
 def test_a_recipe_with_fuse_gets_dynamic_int8_as_the_command_line_does(tmp_path):
     """`export: {int8: true, fuse: true}` was a valid recipe before static int8 became the default: fuse
     implies dynamic there as `--fuse` does on the command line, unless the recipe names a mode."""
-    from metakd_cli.config import load_recipe
-    from metakd_cli.export import validate
+    from metakd_cli.core.config import load_recipe
+    from metakd_cli.steps.export import validate
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("export:\n  int8: true\n  fuse: true\n", encoding="utf-8")
@@ -170,7 +171,7 @@ def test_export_prints_a_signed_change_not_a_negative_drop():
         def print_table(self, title, columns, rows):
             self.tables.append((columns, rows))
 
-    from metakd_cli.export import ExportResult, Int8Check, LogitsCheck
+    from metakd_cli.steps.export import ExportResult, Int8Check, LogitsCheck
 
     result = ExportResult(
         passed=True, folder=Path("onnx"), failures=[], metrics={}, seconds=1.0, model="student", opset=18,

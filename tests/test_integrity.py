@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from conftest import toy_rows, write_jsonl
 from export_fixtures import copy_run, one_torch_thread, tiny_run  # noqa: F401
 from metakd_cli.cli import cli
-from metakd_cli.errors import UserError
-from metakd_cli.run_dir import LOCK_FILE, RunDir, domain_paths, folder_name, folder_names, stale_artifacts
+from metakd_cli.core.errors import UserError
+from metakd_cli.core.run_dir import LOCK_FILE, RunDir, domain_paths, folder_name, folder_names, stale_artifacts
 
 FAST_FIT = ["--epochs", "1", "--batch-size", "16", "--max-length", "16"]
 
@@ -131,7 +131,7 @@ def test_single_teachers_named_by_path_like_domains_stay_inside_the_run(tiny_mod
 
 # --------------------------------------------------------------------------- 2. one writer at a time
 
-HOLD = ("import sys; from metakd_cli.run_dir import RunDir\n"
+HOLD = ("import sys; from metakd_cli.core.run_dir import RunDir\n"
         "with RunDir(sys.argv[1]).lock('distill'):\n"
         "    print('locked', flush=True); sys.stdin.readline()\n")
 
@@ -191,7 +191,7 @@ def test_the_lock_is_reentrant_within_a_process_and_released_after(tiny_run, tmp
 def test_a_lock_file_replaced_while_it_was_taken_is_not_trusted(tmp_path, monkeypatch):
     """Between opening the lock file and locking it, another process may remove it (a failed first command
     removes its new run folder): _take_lock then gives None and the lock is taken again, on the file now there."""
-    import metakd_cli.run_dir as run_dir
+    import metakd_cli.core.run_dir as run_dir
 
     run = RunDir(tmp_path / "run")
     real, calls = run_dir._take_lock, []
@@ -210,7 +210,7 @@ def test_a_lock_file_replaced_while_it_was_taken_is_not_trusted(tmp_path, monkey
 def test_take_lock_refuses_a_file_replaced_after_it_was_opened(tmp_path, monkeypatch):
     import fcntl
 
-    import metakd_cli.run_dir as run_dir
+    import metakd_cli.core.run_dir as run_dir
 
     path = tmp_path / LOCK_FILE
     real_flock = fcntl.flock
@@ -281,8 +281,8 @@ class RefitDuringTraining:
 
 
 def test_distill_records_the_teacher_it_read_at_its_start(fitted_run, tmp_path):
-    from metakd_cli.config import DistillConfig
-    from metakd_cli.distill import distill
+    from metakd_cli.core.config import DistillConfig
+    from metakd_cli.steps.distill import distill
 
     run = RunDir(copy_run(fitted_run, tmp_path / "run"))
     started_from = run.step_id("fit")

@@ -6,17 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metakd_cli.losses import (
+from metakd_cli.training.losses import (
     attention_mse,
     confusion_targets,
     dann_scale,
     domain_feature_mse,
     expertise_weight,
-    grad_reverse,
     hidden_mse,
     soft_cross_entropy,
     teacher_loss,
 )
+from metakd_cli.models.heads import grad_reverse
 
 
 def test_grad_reverse_negates_the_gradient():
@@ -47,7 +47,7 @@ def test_confusion_target_is_a_permutation_of_the_batch_domains():
 def test_confusion_targets_of_shares_are_the_whole_batchs_rows():
     """Two processes, each with every other row of the batch and the same generator, get the rows of the one
     shuffle the whole batch gets in one process (each shuffling its own share would not)."""
-    from metakd_cli.training import shard
+    from metakd_cli.training.loop import shard
 
     domains = torch.tensor([0, 1, 2, 3, 0, 1, 2])  # 7 rows: shares of 4 and 3
     whole = confusion_targets(domains, torch.Generator().manual_seed(5))
@@ -131,7 +131,7 @@ def test_domain_feature_mse_and_soft_cross_entropy():
 
 
 def test_examples_with_different_lambda_get_different_weights():
-    from metakd_cli.losses import example_weighted
+    from metakd_cli.training.losses import example_weighted
 
     per_example = torch.tensor([1.0, 3.0], requires_grad=True)
     lam = torch.tensor([0.3, 1.0])
@@ -181,7 +181,7 @@ def test_negative_t_is_clamped_at_zero_before_it_weights_a_loss():
 def test_prediction_loss_hand_computed_with_temperature_squared_and_gold_term():
     import math
 
-    from metakd_cli.losses import prediction_loss
+    from metakd_cli.training.losses import prediction_loss
 
     student = torch.tensor([[2.0, 0.0]])
     targets = torch.tensor([[0.25, 0.75]])
@@ -200,7 +200,7 @@ def test_prediction_loss_hand_computed_with_temperature_squared_and_gold_term():
 
 
 def test_least_squares_projection_recovers_a_linear_map():
-    from metakd_cli.losses import least_squares_projection
+    from metakd_cli.training.losses import least_squares_projection
 
     torch.manual_seed(0)
     x = torch.randn(500, 6, dtype=torch.float64)

@@ -12,9 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from metakd_cli.cli import cli
-from metakd_cli.config import DataConfig, load_recipe
-from metakd_cli.data import MNLI_NO_LABEL, load_dataset
-from metakd_cli.errors import UserError
+from metakd_cli.core.config import DataConfig, load_recipe
+from metakd_cli.data.rows import MNLI_NO_LABEL
+from metakd_cli.data.dataset import load_dataset
+from metakd_cli.core.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GENRES = ["fiction", "government", "slate", "telephone", "travel"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metakd_cli.models import DomainHead
+from metakd_cli.models.heads import DomainHead
 
 
 def test_domain_head_starts_like_bert():

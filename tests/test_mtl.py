@@ -11,14 +11,15 @@ import pytest
 import torch
 
 from conftest import write_toy_dataset
-from metakd_cli.config import DataConfig, DistillConfig, FitConfig
-from metakd_cli.data import encode, load_dataset
-from metakd_cli.distill import distill
-from metakd_cli.evaluate import per_domain_accuracy
-from metakd_cli.inference import batched_logits, torch_logits
-from metakd_cli.fit import fit
-from metakd_cli.models import (
-    HEAD_FILE,
+from metakd_cli.core.config import DataConfig, DistillConfig, FitConfig
+from metakd_cli.data.encode import encode
+from metakd_cli.data.dataset import load_dataset
+from metakd_cli.steps.distill import distill
+from metakd_cli.data.metrics import per_domain_accuracy
+from metakd_cli.models.inference import batched_logits, torch_logits
+from metakd_cli.steps.fit import fit
+from metakd_cli.models.loading import HEAD_FILE
+from metakd_cli.models.heads import (
     DomainClassifiers,
     TeacherInfo,
     classifier_output_layer,
@@ -26,7 +27,7 @@ from metakd_cli.models import (
     mtl_forward,
     mtl_logits,
 )
-from metakd_cli.run_dir import RunDir
+from metakd_cli.core.run_dir import RunDir
 
 
 def _quiet(*_args, **_kwargs) -> None:
@@ -115,7 +116,7 @@ def _make_heads_disagree(run: RunDir) -> DomainClassifiers:
 
 
 def test_metrics_and_distillation_use_each_rows_own_head(run, monkeypatch):
-    import metakd_cli.distill as distill_module
+    import metakd_cli.steps.distill as distill_module
 
     heads = _make_heads_disagree(run)
     captured = {}

@@ -9,16 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import metakd_cli.distill as distill_module
+import metakd_cli.steps.distill as distill_module
 from conftest import write_toy_dataset
-from metakd_cli.config import DataConfig, DistillConfig, FitConfig
-from metakd_cli.data import encode, load_dataset
-from metakd_cli.distill import distill
-from metakd_cli.errors import UserError
-from metakd_cli.inference import torch_logits
-from metakd_cli.fit import fit
-from metakd_cli.losses import multi_teacher_targets, soft_cross_entropy, soft_target_cross_entropy
-from metakd_cli.run_dir import RunDir
+from metakd_cli.core.config import DataConfig, DistillConfig, FitConfig
+from metakd_cli.data.encode import encode
+from metakd_cli.data.dataset import load_dataset
+from metakd_cli.steps.distill import distill
+from metakd_cli.core.errors import UserError
+from metakd_cli.models.inference import torch_logits
+from metakd_cli.steps.fit import fit
+from metakd_cli.training.losses import multi_teacher_targets, soft_cross_entropy, soft_target_cross_entropy
+from metakd_cli.core.run_dir import RunDir
 
 DOMAINS = ["books", "electronics", "kitchen"]
 
@@ -109,7 +110,7 @@ def test_mtn_teacher_accuracy_is_the_averaged_teachers(run):
         torch.from_numpy(torch_logits(AutoModelForSequenceClassification.from_pretrained(run.teacher / d), test, 0))
         .softmax(-1) for d in DOMAINS
     ]).mean(0)
-    from metakd_cli.evaluate import per_domain_accuracy
+    from metakd_cli.data.metrics import per_domain_accuracy
 
     assert result.metrics["teacher_test_accuracy"] == pytest.approx(
         per_domain_accuracy(mean.argmax(-1).numpy(), test, dataset.domains))

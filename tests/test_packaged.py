@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from metakd_cli import packaged
-from metakd_cli.errors import UserError
-from metakd_cli.packaged import ASSEMBLED_JSON, MPNET_FOLDER, MPNET_PARTS, Part, verify
+from metakd_cli.models import packaged, students
+from metakd_cli.core.errors import UserError
+from metakd_cli.models.packaged import ASSEMBLED_JSON, MPNET_FOLDER, MPNET_PARTS, Part, verify
 
 
 def fake_zip(members: dict[str, bytes]) -> bytes:
@@ -176,7 +176,7 @@ def test_no_parts_installed_is_one_line(monkeypatch):
 
 
 def test_mpnet_base_is_a_known_teacher_name(installed, monkeypatch):
-    from metakd_cli.models import check_model_source, resolve_model
+    from metakd_cli.models.loading import check_model_source, resolve_model
 
     check_model_source("mpnet-base", "--teacher")  # no hub look-up, no error
     assert resolve_model("mpnet-base") == str(packaged.cache_root() / MPNET_FOLDER)
@@ -188,10 +188,10 @@ def test_mpnet_base_is_a_known_teacher_name(installed, monkeypatch):
 def test_tiny_is_minilm4_only_for_a_teacher_bigger_than_minilm():
     from types import SimpleNamespace
 
-    assert packaged.is_bigger_than_minilm(SimpleNamespace(num_hidden_layers=12, hidden_size=768))  # MPNet-base
-    assert packaged.is_bigger_than_minilm(SimpleNamespace(num_hidden_layers=6, hidden_size=768))
-    assert not packaged.is_bigger_than_minilm(SimpleNamespace(num_hidden_layers=6, hidden_size=384))  # MiniLM-L6
-    assert not packaged.is_bigger_than_minilm(SimpleNamespace(num_hidden_layers=6, hidden_size=32))  # the test BERT
+    assert students.is_bigger_than_minilm(SimpleNamespace(num_hidden_layers=12, hidden_size=768))  # MPNet-base
+    assert students.is_bigger_than_minilm(SimpleNamespace(num_hidden_layers=6, hidden_size=768))
+    assert not students.is_bigger_than_minilm(SimpleNamespace(num_hidden_layers=6, hidden_size=384))  # MiniLM-L6
+    assert not students.is_bigger_than_minilm(SimpleNamespace(num_hidden_layers=6, hidden_size=32))  # the test BERT
 
 
 def _minilm_installed() -> bool:
@@ -205,9 +205,9 @@ def test_minilm4_is_four_layers_of_the_packaged_minilm_with_a_new_head():
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from metakd_cli.models import resolve_model
+    from metakd_cli.models.loading import resolve_model
 
-    student, folder, kept = packaged.minilm4_student(["negative", "positive"])
+    student, folder, kept = students.minilm4_student(["negative", "positive"])
     assert kept == [1, 3, 5, 6]  # the default cut of 6 (models.DEFAULT_CUTS)
     config = student.config
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (4, 384, 12)
@@ -236,8 +236,8 @@ def test_the_real_mpnet_base_assembles_loads_and_aligns_with_minilm(tmp_path, mo
     import torch
     from transformers import AutoTokenizer
 
-    from metakd_cli.alignment import align_row, token_map
-    from metakd_cli.models import load_classifier, resolve_model
+    from metakd_cli.data.alignment import align_row, token_map
+    from metakd_cli.models.loading import load_classifier, resolve_model
 
     monkeypatch.setenv("METAKD_CACHE", str(tmp_path))  # assembled from scratch (404 MB of parts, ~10 s)
     packaged._verified.clear()

@@ -101,7 +101,7 @@ def test_edited_data_refits(tiny_model_dir, tmp_path):
     """The same data settings over edited rows: fit runs again (eval would refuse the old fit's data)."""
     import shutil
 
-    from metakd_cli.config import bundled
+    from metakd_cli.core.config import bundled
 
     data = shutil.copytree(bundled("examples", "reviews"), tmp_path / "reviews")
     run_dir = tmp_path / "run"
@@ -117,7 +117,7 @@ def test_edited_data_refits(tiny_model_dir, tmp_path):
 
 
 def test_recipe_terms_name_keys_outside_commands_only():
-    from metakd_cli.pipeline import recipe_terms
+    from metakd_cli.steps.pipeline import recipe_terms
 
     assert recipe_terms("--max-length 9 is above", "distill") == "distill.max_length 9 is above"
     assert recipe_terms("--max-length 9 is above", "fit") == "fit.max_length 9 is above"
@@ -169,7 +169,7 @@ def test_failed_export_checks_exit_1_as_metakd_export_does(tiny_model_dir, tmp_p
     def wrong(attempt, path, dev, pad_id):  # every int8 attempt gets every dev row wrong
         return (np.asarray(dev.labels) + 1) % 2
 
-    monkeypatch.setattr("metakd_cli.export.int8_dev_predictions", wrong)
+    monkeypatch.setattr("metakd_cli.steps.export.int8_dev_predictions", wrong)
     run_dir = tmp_path / "run"
     result = _run(run_dir, tiny_model_dir, "export.int8=true", "export.max_drop=0")
     assert result.exit_code == 1, result.output
@@ -184,7 +184,7 @@ def test_a_hub_student_without_safetensors_fails_before_fitting(tiny_model_dir, 
     monkeypatch.setattr(huggingface_hub, "file_exists", lambda repo, name: asked.append((repo, name)) or False)
     for offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # online, as the file_exists above pretends
         monkeypatch.delenv(offline, raising=False)
-    monkeypatch.setattr("metakd_cli.models.hub_reachable", lambda timeout=2.0: True)
+    monkeypatch.setattr("metakd_cli.models.loading.hub_reachable", lambda timeout=2.0: True)
     run_dir = tmp_path / "run"
     result = _run(run_dir, tiny_model_dir, "distill.student=tinybert4", "distill.student_init=someone/pickled-4l")
     assert result.exit_code == 2, result.output
@@ -195,7 +195,7 @@ def test_a_hub_student_without_safetensors_fails_before_fitting(tiny_model_dir, 
 def test_a_hub_that_cannot_answer_leaves_the_weights_to_distill(monkeypatch):
     import huggingface_hub
 
-    from metakd_cli.models import safe_weights_known_missing
+    from metakd_cli.models.loading import safe_weights_known_missing
 
     def offline(repo, name):
         raise OSError("no network")

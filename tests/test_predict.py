@@ -54,8 +54,8 @@ def test_an_export_from_before_the_onnx_subfolder_still_predicts_and_evaluates(e
     """A run exported with the ONNX files at onnx/'s top (before the transformers.js layout) is read as it is."""
     import shutil
 
-    from metakd_cli.evaluate import run_artifacts
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.steps.evaluate import run_artifacts
+    from metakd_cli.core.run_dir import RunDir
 
     old = tmp_path / "old"
     shutil.copytree(exported_run, old)
@@ -158,8 +158,8 @@ def test_no_bucketing_gives_the_same_predictions_in_input_order(exported_run):
 def test_int8_made_for_a_missing_feature_warns(exported_run, tmp_path, monkeypatch):
     import shutil
 
-    from metakd_cli import predict
-    from metakd_cli.cpu import CpuInfo
+    from metakd_cli.steps import predict
+    from metakd_cli.core.cpu import CpuInfo
 
     run = tmp_path / "run"
     shutil.copytree(exported_run, run)

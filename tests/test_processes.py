@@ -1,4 +1,4 @@
-"""Many processes (metakd_cli/processes.py, training.run_phase): sharding, refusals, and a real two-process launch.
+"""Many processes (metakd_cli/core/processes.py, training.run_phase): sharding, refusals, and a real two-process launch.
 
 The launch test starts `torchrun --nproc_per_node 2` (gloo, two CPU processes) on a tiny BERT
 without dropout and checks that every process ends each phase with the same weights, that they
@@ -25,9 +25,9 @@ import torch
 from click.testing import CliRunner
 
 from conftest import toy_rows, write_jsonl
-from metakd_cli.errors import UserError
-from metakd_cli.processes import check_command, check_settings, gather_rows
-from metakd_cli.training import shard
+from metakd_cli.core.errors import UserError
+from metakd_cli.core.processes import check_command, check_settings, gather_rows
+from metakd_cli.training.loop import shard
 
 WORKER = Path(__file__).resolve().parent / "multiprocess_worker.py"
 
@@ -88,7 +88,7 @@ def test_commands_that_run_in_one_process_are_refused_under_a_launch(monkeypatch
 
 
 def test_one_process_may_change_its_mixed_precision_between_steps():
-    from metakd_cli.processes import accelerator
+    from metakd_cli.core.processes import accelerator
 
     try:  # `metakd run` with a bf16 fit and a full-precision distill: accelerate alone would refuse the change
         assert accelerator("bf16").mixed_precision == "bf16"
@@ -100,7 +100,7 @@ def test_one_process_may_change_its_mixed_precision_between_steps():
 def test_an_unset_mixed_precision_does_not_inherit_the_previous_steps(monkeypatch):
     """`metakd run` with `fit.mixed_precision: bf16` and distill left unset: distill runs in the launcher's
     precision (none without a launcher), not in the bf16 the fit step left in accelerate's shared state."""
-    from metakd_cli.processes import accelerator
+    from metakd_cli.core.processes import accelerator
 
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     try:
@@ -111,8 +111,8 @@ def test_an_unset_mixed_precision_does_not_inherit_the_previous_steps(monkeypatc
 
 
 def test_a_launcher_world_size_that_is_not_a_number_is_one_line(monkeypatch):
-    from metakd_cli.errors import UserError
-    from metakd_cli.processes import world_size
+    from metakd_cli.core.errors import UserError
+    from metakd_cli.core.processes import world_size
 
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(UserError, match="WORLD_SIZE='two' is not a whole number"):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from metakd_cli.prototypes import compute_prototypes, pool, transferability
+from metakd_cli.training.prototypes import compute_prototypes, pool, transferability
 
 
 def test_mean_pool_ignores_padding():

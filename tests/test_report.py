@@ -14,10 +14,10 @@ from click.testing import CliRunner
 
 from conftest import toy_rows, write_jsonl
 from metakd_cli.cli import cli
-from metakd_cli.config import DataConfig, DistillConfig, EvalConfig, ExportConfig, FitConfig
-from metakd_cli.report import ReportData, ModelFigures, ScoredRow
-from metakd_cli.report_html import render_html
-from metakd_cli.run_dir import RunDir
+from metakd_cli.core.config import DataConfig, DistillConfig, EvalConfig, ExportConfig, FitConfig
+from metakd_cli.steps.report import ReportData, ModelFigures, ScoredRow
+from metakd_cli.ship.report_page import render_html
+from metakd_cli.core.run_dir import RunDir
 
 MODELS = ["teacher", "student", "onnx", "int8"]
 NASTY = "<script>alert('x')</script> & \"quoted\""
@@ -32,10 +32,10 @@ def full_run(tiny_model_dir, tmp_path_factory) -> Path:
     """A meta run with every model, one of whose training texts carries HTML."""
     import torch
 
-    from metakd_cli.distill import distill
-    from metakd_cli.evaluate import evaluate_run
-    from metakd_cli.export import export
-    from metakd_cli.fit import fit
+    from metakd_cli.steps.distill import distill
+    from metakd_cli.steps.evaluate import evaluate_run
+    from metakd_cli.steps.export import export
+    from metakd_cli.steps.fit import fit
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("report")
@@ -80,14 +80,14 @@ def test_report_page_has_every_part_and_fetches_nothing(full_run, tmp_path):
 
 
 def _extremes(run: Path) -> list:
-    from metakd_cli.report import build_report
+    from metakd_cli.steps.report import build_report
 
     data = build_report(RunDir(run))
     return [*data.most.values(), *data.least.values()]
 
 
 def test_report_figures_match_eval_and_the_stored_scores(full_run, tmp_path):
-    from metakd_cli.report import build_report
+    from metakd_cli.steps.report import build_report
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(full_run, run.path)
@@ -111,7 +111,7 @@ def test_report_figures_match_eval_and_the_stored_scores(full_run, tmp_path):
 
 
 def test_lambda_file_holds_every_distilled_row(full_run):
-    from metakd_cli.row_weights import load_row_weights
+    from metakd_cli.training.row_weights import load_row_weights
 
     run = RunDir(full_run)
     weights = load_row_weights(run)
@@ -179,7 +179,7 @@ def test_cards_carry_hugging_face_metadata_and_eval_figures(full_run):
 
 
 def test_a_card_never_invents_figures_it_has_not_got(full_run, tmp_path):
-    from metakd_cli.model_card import card_text
+    from metakd_cli.ship.model_card import card_text
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(full_run, run.path)
@@ -205,10 +205,10 @@ def _edit_eval_records(run: RunDir, edit) -> None:
 
 
 def test_cards_and_report_show_spreads_speedups_and_unsteady_rounds(full_run, tmp_path):
-    from metakd_cli.model_card import card_text
-    from metakd_cli.report import build_report
-    from metakd_cli.report_html import speed_table
-    from metakd_cli.timing import with_spread
+    from metakd_cli.ship.model_card import card_text
+    from metakd_cli.steps.report import build_report
+    from metakd_cli.ship.report_page import speed_table
+    from metakd_cli.core.timing import with_spread
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(full_run, run.path)
@@ -229,9 +229,9 @@ def test_cards_and_report_show_spreads_speedups_and_unsteady_rounds(full_run, tm
 
 
 def test_an_eval_from_before_timing_rounds_still_reads(full_run, tmp_path):
-    from metakd_cli.model_card import card_text
-    from metakd_cli.report import build_report
-    from metakd_cli.report_html import speed_table
+    from metakd_cli.ship.model_card import card_text
+    from metakd_cli.steps.report import build_report
+    from metakd_cli.ship.report_page import speed_table
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(full_run, run.path)
@@ -253,7 +253,7 @@ def test_an_eval_from_before_timing_rounds_still_reads(full_run, tmp_path):
 def test_an_eval_older_than_the_student_is_not_used(full_run, tmp_path):
     import os
 
-    from metakd_cli.model_card import RunFigures
+    from metakd_cli.ship.model_card import RunFigures
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(full_run, run.path)
@@ -293,7 +293,7 @@ def test_the_cards_loading_snippets_run(full_run, capsys):
 
 
 def test_a_stale_onnx_folder_keeps_its_card_and_leaves_the_students(full_run, tmp_path):
-    from metakd_cli.model_card import write_model_cards
+    from metakd_cli.ship.model_card import write_model_cards
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(full_run, run.path)
@@ -314,10 +314,10 @@ def test_a_remade_students_card_and_report_drop_the_old_students_eval(full_run, 
     ``written`` time against the step that made the model)."""
     import time
 
-    from metakd_cli.distill import distill
-    from metakd_cli.evaluate import evaluate_run
-    from metakd_cli.model_card import RunFigures
-    from metakd_cli.report import build_report
+    from metakd_cli.steps.distill import distill
+    from metakd_cli.steps.evaluate import evaluate_run
+    from metakd_cli.ship.model_card import RunFigures
+    from metakd_cli.steps.report import build_report
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(full_run, run.path)
@@ -355,8 +355,8 @@ def test_the_rows_file_reads_like_the_other_metrics(full_run):
 
 def test_distill_saves_the_rows_before_the_manifest_records_it(full_run, tmp_path, monkeypatch):
     """A kill between the two leaves the old manifest with the new rows, never the new manifest with old rows."""
-    from metakd_cli.distill import distill
-    from metakd_cli.row_weights import ROWS_FILE
+    from metakd_cli.steps.distill import distill
+    from metakd_cli.training.row_weights import ROWS_FILE
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(full_run, run.path)
@@ -376,7 +376,7 @@ def test_distill_saves_the_rows_before_the_manifest_records_it(full_run, tmp_pat
 
 
 def test_the_report_says_how_long_teacher_and_student_trained_and_what_they_kept(full_run, tmp_path):
-    from metakd_cli.report import _length, _method, build_report
+    from metakd_cli.steps.report import _length, _method, build_report
 
     run = RunDir(tmp_path / "run")
     shutil.copytree(full_run, run.path)
@@ -392,8 +392,8 @@ def test_the_report_says_how_long_teacher_and_student_trained_and_what_they_kept
 
 
 def test_the_report_says_what_the_student_learnt_from():
-    from metakd_cli.report import learnt_from
-    from metakd_cli.report_html import learnt_table
+    from metakd_cli.steps.report import learnt_from
+    from metakd_cli.ship.report_page import learnt_table
 
     distill = {"train_rows": {"books": 8, "kitchen": 6},
                "transfer": {"by_domain_kind": {"books": {"mask": 3, "transfer": 2}}}}
@@ -404,7 +404,7 @@ def test_the_report_says_what_the_student_learnt_from():
     assert "<tr><th>kitchen</th><td>6</td><td>0</td><td>0</td></tr>" in html
     assert "<tr><th>total</th><td>14</td><td>3</td><td>2</td></tr>" in html
     assert learnt_from({}) == {}
-    from metakd_cli.report import learnt_note
+    from metakd_cli.steps.report import learnt_note
 
     assert learnt_note({"method": "none"}).startswith("No teacher")
     assert learnt_note({"method": "kd", "stages": {"prediction": {}}}).endswith("the labelled ones.")

@@ -22,10 +22,10 @@ def _quiet(*_args, **_kwargs) -> None:
 
 
 def test_fit_and_distill_results_hold_the_metrics_json_values(tiny_model_dir, tmp_path):
-    from metakd_cli.config import DataConfig, DistillConfig, FitConfig
-    from metakd_cli.distill import DistillStage, distill
-    from metakd_cli.fit import fit
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.core.config import DataConfig, DistillConfig, FitConfig
+    from metakd_cli.steps.distill import DistillStage, distill
+    from metakd_cli.steps.fit import fit
+    from metakd_cli.core.run_dir import RunDir
 
     run = RunDir(tmp_path / "run")
     data = DataConfig(path=str(write_toy_dataset(tmp_path, "jsonl")))
@@ -60,8 +60,9 @@ def test_fit_and_distill_results_hold_the_metrics_json_values(tiny_model_dir, tm
 
 
 def test_export_result_holds_the_export_json_values(tiny_run, tmp_path):
-    from metakd_cli.export import ExportConfig, Int8Tried, export
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.core.config import ExportConfig
+    from metakd_cli.steps.export import Int8Tried, export
+    from metakd_cli.core.run_dir import RunDir
 
     run = copy_run(tiny_run, tmp_path / "run")
     result = export(ExportConfig(int8=True, int8_mode="dynamic", ort=True, trim_vocab=True), RunDir(run))
@@ -96,7 +97,7 @@ def test_export_result_holds_the_export_json_values(tiny_run, tmp_path):
 
 
 def _distill_result(run_dir: Path, held_out: str | None = None):
-    from metakd_cli.distill import DistillResult, DistillStage
+    from metakd_cli.steps.distill import DistillResult, DistillStage
 
     return DistillResult(
         run_dir=run_dir, metrics={}, seconds=90.0, method="mtn", student="tiny (test)", teacher_mode="single",
@@ -110,9 +111,9 @@ def _distill_result(run_dir: Path, held_out: str | None = None):
 
 def test_distill_command_renders_the_typed_result(tmp_path, monkeypatch):
     """metrics is empty: every figure shown comes from the typed fields."""
-    import metakd_cli.distill
+    import metakd_cli.steps.distill
 
-    monkeypatch.setattr(metakd_cli.distill, "distill", lambda *args, **kwargs: _distill_result(tmp_path, "kitchen"))
+    monkeypatch.setattr(metakd_cli.steps.distill, "distill", lambda *args, **kwargs: _distill_result(tmp_path, "kitchen"))
     shown = CliRunner().invoke(cli, ["--quiet", "--run-dir", str(tmp_path), "distill"], catch_exceptions=False)
     assert shown.exit_code == 0, shown.output
     text = shown.stdout
@@ -123,14 +124,14 @@ def test_distill_command_renders_the_typed_result(tmp_path, monkeypatch):
 
 
 def test_fit_command_renders_the_typed_result(tmp_path, monkeypatch):
-    import metakd_cli.fit
-    from metakd_cli.fit import FitResult
+    import metakd_cli.steps.fit
+    from metakd_cli.steps.fit import FitResult
 
     result = FitResult(run_dir=tmp_path, mode="meta", teachers=[], metrics={}, seconds=30.0,
                        dev_accuracy={"books": 61.0, "kitchen": 62.0, "average": 61.5},
                        test_accuracy={"books": 51.0, "kitchen": 52.0, "average": 51.5},
                        mean_t={"books": 0.25}, held_out="kitchen")
-    monkeypatch.setattr(metakd_cli.fit, "fit", lambda *args, **kwargs: result)
+    monkeypatch.setattr(metakd_cli.steps.fit, "fit", lambda *args, **kwargs: result)
     data = write_toy_dataset(tmp_path, "jsonl")
     shown = CliRunner().invoke(cli, ["--quiet", "--run-dir", str(tmp_path / "run"), "fit", str(data)],
                                catch_exceptions=False)
@@ -142,7 +143,7 @@ def test_fit_command_renders_the_typed_result(tmp_path, monkeypatch):
 
 
 def _export_result(folder: Path, passed: bool = True):
-    from metakd_cli.export import ExportResult, Int8Check, Int8Tried, LogitsCheck, MobileCheck, TrimCheck
+    from metakd_cli.steps.export import ExportResult, Int8Check, Int8Tried, LogitsCheck, MobileCheck, TrimCheck
 
     tried = [Int8Tried("plain", "avx2 defaults", 2.5, 0.5, False), Int8Tried("per_channel", "per-channel", -0.25,
                                                                               0.6, True)]
@@ -164,9 +165,9 @@ def _export_result(folder: Path, passed: bool = True):
 
 
 def test_export_command_renders_the_typed_result(tmp_path, monkeypatch):
-    import metakd_cli.export
+    import metakd_cli.steps.export
 
-    monkeypatch.setattr(metakd_cli.export, "export", lambda *args, **kwargs: _export_result(tmp_path / "onnx"))
+    monkeypatch.setattr(metakd_cli.steps.export, "export", lambda *args, **kwargs: _export_result(tmp_path / "onnx"))
     shown = CliRunner().invoke(cli, ["--quiet", "--run-dir", str(tmp_path), "export", "--int8"],
                                catch_exceptions=False)
     assert shown.exit_code == 0, shown.output
@@ -182,9 +183,9 @@ def test_export_command_renders_the_typed_result(tmp_path, monkeypatch):
 
 
 def test_export_command_exits_1_when_a_check_fails(tmp_path, monkeypatch):
-    import metakd_cli.export
+    import metakd_cli.steps.export
 
-    monkeypatch.setattr(metakd_cli.export, "export",
+    monkeypatch.setattr(metakd_cli.steps.export, "export",
                         lambda *args, **kwargs: _export_result(tmp_path / "onnx.failed", passed=False))
     shown = CliRunner().invoke(cli, ["--run-dir", str(tmp_path), "export", "--int8"])
     assert shown.exit_code == 1
@@ -194,6 +195,6 @@ def test_export_command_exits_1_when_a_check_fails(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["model_logits"])
 def test_evaluate_names_used_by_report_are_public(name):
-    import metakd_cli.evaluate as evaluate
+    import metakd_cli.steps.evaluate as evaluate
 
     assert callable(getattr(evaluate, name)) and not hasattr(evaluate, f"_{name}")

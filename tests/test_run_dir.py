@@ -1,4 +1,4 @@
-"""metakd_cli.run_dir: atomic files and folders, the manifest and its errors."""
+"""metakd_cli.core.run_dir: atomic files and folders, the manifest and its errors."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from metakd_cli import __version__
-from metakd_cli.errors import UserError
-from metakd_cli.run_dir import MANIFEST_VERSION, Manifest, RunDir, atomic_dir, atomic_write_json, atomic_write_text
-from metakd_cli.run_dir import saved_or_old
+from metakd_cli.core.errors import UserError
+from metakd_cli.core.run_dir import MANIFEST_VERSION, Manifest, RunDir, atomic_dir, atomic_write_json, atomic_write_text
+from metakd_cli.core.run_dir import saved_or_old
 
 
 def names(folder: Path) -> list[str]:

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from conftest import write_toy_dataset
 from metakd_cli.cli import cli
-from metakd_cli.config import DistillConfig, FitConfig
+from metakd_cli.core.config import DistillConfig, FitConfig
 
 
 def test_remote_code_is_off_unless_asked():
@@ -77,8 +77,8 @@ def test_a_model_with_only_pickled_weights_is_refused(tiny_model_dir, tmp_path):
 
 
 def test_every_model_loader_refuses_pickled_weights(tiny_model_dir, tmp_path):
-    from metakd_cli.errors import UserError
-    from metakd_cli.models import load_classifier, load_encoder, require_safetensors
+    from metakd_cli.core.errors import UserError
+    from metakd_cli.models.loading import load_classifier, load_encoder, require_safetensors
 
     model = _pickled_model(tiny_model_dir, tmp_path / "pickled")
     for load in (lambda: load_classifier(str(model), ["a", "b"]), lambda: load_classifier(str(model)),

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from export_fixtures import build_tiny_run, copy_run
 from metakd_cli.cli import cli
-from metakd_cli.run_dir import Manifest, RunDir, stale_artifacts
+from metakd_cli.core.run_dir import Manifest, RunDir, stale_artifacts
 
 
 @pytest.fixture(scope="module")

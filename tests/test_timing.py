@@ -1,4 +1,4 @@
-"""metakd_cli/timing.py: interleaved rounds, medians and their spread, and when rounds are unsteady. A fake clock
+"""metakd_cli/core/timing.py: interleaved rounds, medians and their spread, and when rounds are unsteady. A fake clock
 that the fake models advance by their cost: deterministic, no sleeping."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from metakd_cli.timing import Spread, per_round, steadiness, time_rounds, why_unsteady, with_spread
+from metakd_cli.core.timing import Spread, per_round, steadiness, time_rounds, why_unsteady, with_spread
 
 
 class FakeClock:

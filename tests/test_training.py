@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from conftest import InterruptAfter
-from metakd_cli.errors import UserError
-from metakd_cli.training import PhaseSpec, PhaseSteps, earlier_seconds, refuse_other_settings, run_phase
+from metakd_cli.core.errors import UserError
+from metakd_cli.training.loop import PhaseSpec, PhaseSteps, earlier_seconds, refuse_other_settings, run_phase
 
 
 def test_batches_carry_training_progress(tmp_path):

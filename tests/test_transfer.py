@@ -1,4 +1,4 @@
-"""--transfer (metakd_cli.transfer): the user's unlabelled texts from a table with a domain column or a folder
+"""--transfer (metakd_cli.data.transfer): the user's unlabelled texts from a table with a domain column or a folder
 with one file per domain; an unknown domain is one line naming it; rows equal to dev or test texts are dropped and
 what is left out is counted; a distillation learns them from the teacher's soft labels only."""
 
@@ -9,8 +9,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from metakd_cli.errors import UserError
-from metakd_cli.transfer import read_transfer
+from metakd_cli.core.errors import UserError
+from metakd_cli.data.transfer import read_transfer
+from metakd_cli.data.dataset import reload_dataset
 
 SEEN = {"train": {"a training text"}, "dev": {"a dev text"}, "test": {"a test text"}}
 DOMAINS = ["books", "kitchen"]
@@ -71,10 +72,10 @@ def run(fitted_toy_run):
 
 
 def test_a_distillation_learns_the_users_texts_from_the_teacher(run, tmp_path, monkeypatch):
-    import metakd_cli.distill as distill_module
-    from metakd_cli.config import DistillConfig
+    import metakd_cli.steps.distill as distill_module
+    from metakd_cli.core.config import DistillConfig
 
-    _, dataset = run.reload_dataset()
+    _, dataset = reload_dataset(run)
     domain = dataset.domains[0]
     dev_text = dataset.dev[0].text
     path = _jsonl(tmp_path / "u.jsonl", [{"text": f"an unlabelled text number {i}", "domain": domain}
@@ -101,7 +102,7 @@ def test_a_distillation_learns_the_users_texts_from_the_teacher(run, tmp_path, m
 def test_the_command_takes_repeated_transfer_paths(run, tmp_path):
     from metakd_cli.cli import cli
 
-    _, dataset = run.reload_dataset()
+    _, dataset = reload_dataset(run)
     first = _jsonl(tmp_path / "a.jsonl", [{"text": "one more text", "domain": dataset.domains[0]}])
     second = _jsonl(tmp_path / "b.jsonl", [{"text": "and another", "domain": dataset.domains[-1]}])
     result = CliRunner().invoke(cli, ["--run-dir", str(run.path), "distill", "--method", "kd", "--epochs", "1",
@@ -115,8 +116,8 @@ def test_the_command_takes_repeated_transfer_paths(run, tmp_path):
 
 
 def test_a_bad_transfer_row_is_refused_before_any_teacher_pass(run, tmp_path, monkeypatch):
-    import metakd_cli.distill as distill_module
-    from metakd_cli.config import DistillConfig
+    import metakd_cli.steps.distill as distill_module
+    from metakd_cli.core.config import DistillConfig
 
     def no_pass(*_args):
         raise AssertionError("the teacher ran before the transfer rows were checked")
@@ -132,11 +133,11 @@ def test_training_texts_a_fraction_leaves_out_are_the_users_unlabelled_text(run,
     """--train-fraction keeps some labels; the training texts it leaves out may come back through --transfer (the
     realistic case: labels for a few rows, the rest as unlabelled text), while a kept training row's text is a
     repeat."""
-    import metakd_cli.distill as distill_module
-    from metakd_cli.config import DistillConfig
-    from metakd_cli.data import fraction_indices
+    import metakd_cli.steps.distill as distill_module
+    from metakd_cli.core.config import DistillConfig
+    from metakd_cli.data.dataset import fraction_indices
 
-    _, dataset = run.reload_dataset()
+    _, dataset = reload_dataset(run)
     kept = set(fraction_indices(dataset.train, 0.5, dataset.split_seed))
     inside = [ex for i, ex in enumerate(dataset.train) if i in kept]
     outside = [ex for i, ex in enumerate(dataset.train) if i not in kept]

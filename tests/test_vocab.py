@@ -1,4 +1,4 @@
-"""metakd_cli.vocab: trimming a model and its WordPiece tokenizer to the pieces a corpus uses."""
+"""metakd_cli.ship.trim: trimming a model and its WordPiece tokenizer to the pieces a corpus uses."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from export_fixtures import one_torch_thread, tiny_run, toy_rows  # noqa: F401
-from metakd_cli.errors import UserError
-from metakd_cli.vocab import trim_vocabulary, unknown_rate
+from metakd_cli.core.errors import UserError
+from metakd_cli.ship.trim import trim_vocabulary, unknown_rate
 
 
 def _texts(domain: str) -> list[str]:

@@ -17,15 +17,15 @@ from metakd_cli.commands.options import data_config, data_options, pop_data_flag
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def data(path: str, transfer: tuple[str, ...], as_json: bool, **kwargs) -> None:
     """Read a domain-tagged dataset and show domains x splits x labels."""
-    from metakd_cli import console
-    from metakd_cli.data import load_dataset
+    from metakd_cli.commands import console
+    from metakd_cli.data.dataset import load_dataset
 
     config = data_config(path, pop_data_flags(kwargs))
     dataset = load_dataset(config)
     summary = dataset.summary()
     read = None
     if transfer:
-        from metakd_cli.transfer import read_transfer, seen_texts
+        from metakd_cli.data.transfer import read_transfer, seen_texts
 
         read = read_transfer(transfer, dataset.domains, seen_texts(dataset), None, config.text_column,
                              config.text_pair_column, config.domain_column)

@@ -73,19 +73,19 @@ import click
 @click.pass_obj
 def distill(obj, recipe: str | None, sets: tuple[str, ...], resume: bool, **kwargs) -> None:
     """Distil the teacher in the run folder into student/ (a plain transformers classifier)."""
-    from metakd_cli import console
-    from metakd_cli.config import apply_overrides, load_recipe, summary
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.commands import console
+    from metakd_cli.core.config import apply_overrides, load_recipe, summary
+    from metakd_cli.core.run_dir import RunDir
 
     config = load_recipe(recipe)
     kwargs["transfer"] = list(kwargs["transfer"]) or None  # click's repeatable option: a tuple, empty when not given
     apply_overrides(config, "distill", kwargs, sets)
     console.log(f"distill config: {summary(config.distill)} (all of it goes to manifest.json)")
 
-    from metakd_cli.distill import distill as run_distill
+    from metakd_cli.steps.distill import distill as run_distill
 
     result = run_distill(config.distill, RunDir(obj.run_dir), resume, console.TrainingProgress(), console.log, console.warn)
-    from metakd_cli.processes import is_main
+    from metakd_cli.core.processes import is_main
 
     if not is_main():  # several processes: the main one shows the result
         return

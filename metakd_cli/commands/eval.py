@@ -36,10 +36,10 @@ def eval_(obj, models: tuple[str, ...], domains: tuple[str, ...], split: str | N
       metakd eval --model student --model int8 --split dev --json
       metakd eval --rounds 16
     """
-    from metakd_cli import console
-    from metakd_cli.config import apply_overrides, load_recipe
-    from metakd_cli.evaluate import evaluate_run
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.commands import console
+    from metakd_cli.core.config import apply_overrides, load_recipe
+    from metakd_cli.steps.evaluate import evaluate_run
+    from metakd_cli.core.run_dir import RunDir
 
     recipe_config = load_recipe(recipe)
     flags = {"models": list(models) or None, "domains": list(domains) or None, "split": split, "bucketing": bucketing,
@@ -56,7 +56,7 @@ def eval_(obj, models: tuple[str, ...], domains: tuple[str, ...], split: str | N
 
 def render(result, title: str) -> None:
     """The side-by-side table of an EvalResult (also shown at the end of `metakd run`)."""
-    from metakd_cli import console
+    from metakd_cli.commands import console
 
     reports = result.models
     keys = result.domains + (["average"] if len(result.domains) > 1 else [])

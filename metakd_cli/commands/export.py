@@ -64,11 +64,11 @@ def export(obj, as_json: bool, recipe: str | None, sets: tuple[str, ...], **flag
       metakd export --int8 --per-tensor
       metakd export --int8 --int8-mode dynamic
     """
-    from metakd_cli import console
-    from metakd_cli.config import apply_overrides, load_recipe
-    from metakd_cli.errors import UserError
-    from metakd_cli.export import export as run_export
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.commands import console
+    from metakd_cli.core.config import apply_overrides, load_recipe
+    from metakd_cli.core.errors import UserError
+    from metakd_cli.steps.export import export as run_export
+    from metakd_cli.core.run_dir import RunDir
 
     recipe_config = load_recipe(recipe)
     apply_overrides(recipe_config, "export", flags, sets)  # defaults < recipe < flags and --set
@@ -94,7 +94,7 @@ def export(obj, as_json: bool, recipe: str | None, sets: tuple[str, ...], **flag
 
 
 def _render(result, console) -> None:
-    """Tables of a metakd_cli.export.ExportResult: dev accuracy per model, trimming, int8 remedies, sizes."""
+    """Tables of a metakd_cli.steps.export.ExportResult: dev accuracy per model, trimming, int8 remedies, sizes."""
     accuracy, int8, trim = result.dev_accuracy, result.int8, result.trim
     models = list(accuracy)
     domains = [d for d in accuracy["onnx"] if d != "average"] + ["average"]

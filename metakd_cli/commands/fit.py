@@ -47,9 +47,9 @@ from metakd_cli.commands.options import data_options, pop_data_flags
 @click.pass_obj
 def fit(obj, data: str, recipe: str | None, sets: tuple[str, ...], resume: bool, **kwargs) -> None:
     """Train the meta-teacher on every domain of DATA; writes teacher/ and metrics/fit.json."""
-    from metakd_cli import console
-    from metakd_cli.config import apply_overrides, load_recipe, summary
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.commands import console
+    from metakd_cli.core.config import apply_overrides, load_recipe, summary
+    from metakd_cli.core.run_dir import RunDir
 
     config = load_recipe(recipe)
     data_flags = pop_data_flags(kwargs)
@@ -57,11 +57,11 @@ def fit(obj, data: str, recipe: str | None, sets: tuple[str, ...], resume: bool,
     apply_overrides(config, "fit", kwargs, sets)
     console.log(f"fit config: {summary(config.fit)} (all of it goes to manifest.json)")
 
-    from metakd_cli.fit import fit as run_fit
+    from metakd_cli.steps.fit import fit as run_fit
 
     result = run_fit(config.data, config.fit, RunDir(obj.run_dir), resume, console.TrainingProgress(), console.log,
                      console.warn)
-    from metakd_cli.processes import is_main
+    from metakd_cli.core.processes import is_main
 
     if not is_main():  # several processes: the main one shows the result
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from metakd_cli.config import DataConfig
+from metakd_cli.core.config import DataConfig
 
 
 def data_options(func):
@@ -34,7 +34,7 @@ def pop_data_flags(kwargs: dict) -> dict:
 
 
 def data_config(path: str, flags: dict) -> DataConfig:
-    from metakd_cli.config import apply_values
+    from metakd_cli.core.config import apply_values
 
     cfg = DataConfig(path=path)
     apply_values(cfg, {k: v for k, v in flags.items() if v is not None}, "command line")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from metakd_cli.predict import PredictResult
+    from metakd_cli.steps.predict import PredictResult
 
 PREFIX_CHARS = 60
 
@@ -53,10 +53,10 @@ def predict(obj, texts: tuple[str, ...], file: Path | None, text_column: str | N
     """
     import sys
 
-    from metakd_cli import console
-    from metakd_cli.predict import PredictConfig, PredictInputs, read_inputs
-    from metakd_cli.predict import predict as run_predict
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.commands import console
+    from metakd_cli.steps.predict import PredictConfig, PredictInputs, read_inputs
+    from metakd_cli.steps.predict import predict as run_predict
+    from metakd_cli.core.run_dir import RunDir
 
     run = RunDir(obj.run_dir)
     inputs, pairs = read_inputs(PredictInputs(texts, file, text_column, text_pair_column, sys.stdin), run)
@@ -71,7 +71,7 @@ def _render(result: PredictResult, as_json: bool) -> None:
     """One JSON list, or a label<TAB>probability<TAB>text line per prediction (the text cut to PREFIX_CHARS)."""
     import sys
 
-    from metakd_cli import console
+    from metakd_cli.commands import console
 
     if as_json:
         console.print_json([

@@ -15,8 +15,8 @@ def recipes() -> None:
 @recipes.command("ls")
 def list_recipes() -> None:
     """Bundled recipes and what each is for."""
-    from metakd_cli import console
-    from metakd_cli.config import bundled
+    from metakd_cli.commands import console
+    from metakd_cli.core.config import bundled
 
     rows = [[path.stem, purpose(path.read_text(encoding="utf-8"))]
             for path in sorted(bundled("recipes").glob("*.yaml"))]
@@ -39,10 +39,10 @@ def purpose(recipe: str) -> str:
 @click.argument("destination", required=False, type=click.Path(path_type=Path))
 def copy_recipe(name: str, destination: Path | None) -> None:
     """Copy bundled recipe NAME to DESTINATION (default ./NAME.yaml) to edit it."""
-    from metakd_cli import console
-    from metakd_cli.config import find_recipe
-    from metakd_cli.errors import UserError
-    from metakd_cli.run_dir import atomic_write_text
+    from metakd_cli.commands import console
+    from metakd_cli.core.config import find_recipe
+    from metakd_cli.core.errors import UserError
+    from metakd_cli.core.run_dir import atomic_write_text
 
     source = find_recipe(name)
     target = destination or Path(f"{source.stem}.yaml")

@@ -24,9 +24,9 @@ def report(obj, output: Path | None, split: str) -> None:
       metakd report
       metakd report --output /tmp/run.html
     """
-    from metakd_cli import console
-    from metakd_cli.report import write_report
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.commands import console
+    from metakd_cli.steps.report import write_report
+    from metakd_cli.core.run_dir import RunDir
 
     result = write_report(RunDir(obj.run_dir), output, split, console.log)
     click.echo(str(result.path))

@@ -17,9 +17,9 @@ def run(obj, recipe: str, sets: tuple[str, ...], resume: bool, steps: str | None
 
     Steps already finished in the run folder with the same configuration are skipped.
     """
-    from metakd_cli import console
-    from metakd_cli.config import apply_overrides, find_recipe, load_recipe, summary
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.commands import console
+    from metakd_cli.core.config import apply_overrides, find_recipe, load_recipe, summary
+    from metakd_cli.core.run_dir import RunDir
 
     path = find_recipe(recipe)
     config = load_recipe(path)
@@ -27,7 +27,7 @@ def run(obj, recipe: str, sets: tuple[str, ...], resume: bool, steps: str | None
     console.log(f"recipe {path}: {summary(config)} (all of it goes to manifest.json)")
 
     from metakd_cli.commands.eval import render
-    from metakd_cli.pipeline import parse_steps, run_pipeline
+    from metakd_cli.steps.pipeline import parse_steps, run_pipeline
 
     wanted = parse_steps(steps)
 
