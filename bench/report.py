@@ -1,11 +1,13 @@
-"""Write the README's Results section from the JSON files in bench/results/.
+"""Write docs/results.md and the README's results table from the JSON files in bench/results/.
 
     python -m bench.report
 
-Replaces the text between the `<!-- results:start -->` and `<!-- results:end -->` markers of
-README.md with tables built from teachers.json, students.json, amazon.json (with its held-out
-tables), scarce.json, speed.json, amazon_cpu.json and int8_variants.json (whichever exist),
-beside the paper's figures; nothing is typed by hand.
+docs/results.md is written whole: tables built from teachers.json, students.json, amazon.json (with its
+held-out tables), scarce.json, speed.json, amazon_cpu.json, int8_variants.json, int8_static*.json,
+ablation.json, mpnet.json, keep.json and transfer.json (whichever exist), beside the paper's figures.
+In README.md only the text between the `<!-- results:start -->` and `<!-- results:end -->` markers is
+replaced, by one table (teacher, student fp32 and int8, size, speed-up, Meta-KD against TinyBERT-KD) from
+amazon_cpu.json, speed.json and amazon.json. Nothing is typed by hand.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import json
 import sys
 
 from bench.common import DOMAINS, PAPER, RESULTS, ROOT
-from metakd_cli.timing import why_unsteady, with_spread
+from metakd_cli.core.timing import why_unsteady, with_spread
 
 README = ROOT / "README.md"
+RESULTS_DOC = ROOT / "docs" / "results.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 COLUMNS = [*DOMAINS, "average"]
+# Systems the results files name after the work item that made them, shown by what they are.
+SHOWN = {"teacher-meta-confusion-issue25-fixes": "teacher-meta-confusion-refit"}
 
 
 def _p(p_value: float) -> str:
@@ -27,6 +32,7 @@ def _p(p_value: float) -> str:
 
 
 def _row(name: str, values: list[object], extra: str = "") -> str:
+    name = SHOWN.get(name, name)
     cells = [f"{v:.1f}" if isinstance(v, (int, float)) else "-" if v is None else str(v) for v in values]
     return f"| {name} | " + " | ".join(cells) + (f" | {extra} |" if extra else " |")
 
@@ -60,6 +66,9 @@ def build() -> str:
                 _transfer(RESULTS / "transfer.json"))
     for section in sections:
         lines += section
+    lines += _int8_static(RESULTS / "int8_static.json", "the student of a small Amazon run")
+    lines += _int8_static(RESULTS / "int8_static_teacher.json", "the teacher of the same run")
+    lines += _int8_static(RESULTS / "int8_static_speed.json", "a 4-layer Amazon student, on all its dev rows")
     lines += _accuracy_table("The paper (BERT-base teacher, TinyBERT-4 student; for comparison)",
                              {name: dict(zip(COLUMNS, v)) for name, v in PAPER.values()})
     return "\n".join(lines)
@@ -232,13 +241,13 @@ def _versus(test: dict | None) -> str:
 
 
 def _ablation(path) -> list[str]:
-    """bench/results/ablation.json: what each part of Meta-KD buys (issue 25), teachers, int8 weight scales."""
+    """bench/results/ablation.json: what each part of Meta-KD buys, teachers, int8 weight scales."""
     if not path.is_file():
         return []
     data = json.loads(path.read_text())
     domains = data["setup"]["domains"]
     teacher = data["setup"]["teacher"].get("test_accuracy") or {}
-    lines = ["**Ablation** (issue 25): per-domain students (`distill --domain D`, 4 of the teacher's layers, "
+    lines = ["**Ablation**: per-domain students (`distill --domain D`, 4 of the teacher's layers, "
              "2 + 2 epochs unless named), scored on D's 200 test rows, from one meta-teacher (all-MiniLM-L6-v2, "
              "seed 42; its test accuracy on these rows: "
              + ", ".join(f"{d} {teacher[d]:.1f}" for d in [*domains, "average"] if d in teacher)
@@ -364,13 +373,13 @@ def _mpnet_tests(data: dict) -> list[str]:
 
 
 def _mpnet(path) -> list[str]:
-    """bench/results/mpnet.json: issue 26's targets, each pass / fail / not measured."""
+    """bench/results/mpnet.json: the MPNet path's targets, each pass / fail / not measured."""
     if not path.is_file():
         return []
     data = json.loads(path.read_text())
     speed = data.get("speed") if isinstance(data.get("speed"), dict) else {}
     note = f"; speed and sizes {speed['measured_on']}" if speed.get("measured_on") else ""
-    lines = [f"**MPNet-base teacher** (issue 26; one seed; `python -m bench.mpnet`{note}): the issue's targets", "",
+    lines = [f"**MPNet-base teacher** (one seed; `python -m bench.mpnet`{note}): the targets", "",
              "| target | threshold | value | status |", "| --- | --- | --- | --- |"]
     for target in data["targets"]:
         value = "-" if target["value"] is None else f"{target['value']:g}"
@@ -404,7 +413,7 @@ def _suite(path, title: str, driver: str) -> list[str]:
     data = json.loads(path.read_text())
     best = data["setup"].get("best_distilled")
     chosen = f"; the best distilled student chosen on dev: {best or 'none finished'}" if "best_distilled" in data["setup"] else ""
-    lines = [f"**{title}** ({data['setup']['path']}; one seed; `python -m {driver}`{chosen}): the issue's targets", "",
+    lines = [f"**{title}** ({data['setup']['path']}; one seed; `python -m {driver}`{chosen}): the targets", "",
              "| target | threshold | value | status |", "| --- | --- | --- | --- |"]
     for target in data["targets"]:
         value = "-" if target["value"] is None else f"{target['value']:g}"
@@ -443,14 +452,105 @@ def _cell(value: object, digits: int = 2) -> str:
     return "-" if not isinstance(value, (int, float)) else f"{value:.{digits}f}"
 
 
+def _int8_static(path, what: str) -> list[str]:
+    """bench/results/int8_static*.json: static against dynamic int8 on dev rows (accuracy, batch invariance,
+    speed), built from one fp32 ONNX file."""
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    setup = data["setup"]
+    lines = [f"**Static or dynamic int8: {what}** ({setup.get('target', '?')} format, {setup['dev_rows']} dev rows, "
+             f"{setup.get('calibration_rows', '?')} calibration texts, {setup.get('rounds', '?')} interleaved rounds, "
+             f"{str(setup.get('date', '?'))[:10]}; batch invariance: each dev row alone against in batches of "
+             f"{_first_batch(data)}; `python -m bench.int8_static`). Chosen: {data.get('chosen', '-')}, by the rule: "
+             f"{data.get('rule', '-')}.", "",
+             "| variant | dev acc % | change vs fp32 | passes the gate | agreement % | max prob diff in a batch "
+             "| labels changed | size MB | throughput ex/s (b32) | latency p50 ms (b1) |", "|" + " --- |" * 10]
+    for name, row in data["results"].items():
+        invariance = row.get("batch_invariance") or {}
+        diff = invariance.get("max_abs_prob_diff")
+        lines.append(_row(name, [(row.get("dev_accuracy") or {}).get("average"), f"{row['change_vs_fp32']:+.3f}",
+                                 "yes" if row.get("passes_gate") else "no", row.get("agreement_with_fp32"),
+                                 "-" if diff is None else f"{diff:.2g}", str(invariance.get("label_flips", "-")),
+                                 row.get("size_mb"), row.get("throughput_b32"), row.get("latency_b1_p50_ms")]))
+    return lines + [""]
+
+
+def _first_batch(data: dict) -> str:
+    """The batch size the invariance check used (the same for every variant)."""
+    sizes = {(row.get("batch_invariance") or {}).get("batch_size") for row in data["results"].values()} - {None}
+    return ", ".join(map(str, sorted(sizes))) or "?"
+
+
+def summary() -> str:
+    """The README's one table: the `metakd run amazon-cpu` models' test accuracy (amazon_cpu.json), their size
+    and speed at batch 32 (speed.json) and the per-domain Meta-KD students against TinyBERT-KD's (amazon.json);
+    a row whose file is missing reads "not measured"."""
+    run, speed, amazon = (_load(RESULTS / name) for name in ("amazon_cpu.json", "speed.json", "amazon.json"))
+    accuracy = (run or {}).get("accuracy") or {}
+    timed = (speed or {}).get("results") or {}
+    teacher_speed = (timed.get("teacher-torch-fp32") or {}).get("throughput_b32")
+    head = ["| model | test accuracy % | size MB | throughput ex/s (batch 32) | speed-up over the teacher |",
+            "| --- | --- | --- | --- | --- |"]
+    rows = []
+    for label, model, timed_as in (("teacher (all-MiniLM-L6-v2 meta-teacher, PyTorch fp32)", "teacher",
+                                    "teacher-torch-fp32"),
+                                   ("student fp32 (4 layers, ONNX)", "onnx", "student-onnx-fp32"),
+                                   ("student int8 (4 layers, ONNX)", "int8", "student-onnx-int8")):
+        average = (accuracy.get(model) or {}).get("average")
+        row = timed.get(timed_as) or {}
+        ratio = (f"{row['throughput_b32'] / teacher_speed:.1f}x" if teacher_speed and row.get("throughput_b32")
+                 else "-")
+        rows.append(f"| {label} | {_measured(average, 1)} | {_measured(row.get('size_mb'), 1)} | "
+                    f"{_measured(row.get('throughput_b32'), 1)} | {ratio} |")
+    results, test = (amazon or {}).get("results") or {}, ((amazon or {}).get("tests") or {}).get(
+        "meta->meta vs meta->tinybert")
+    meta, tinybert = results.get("meta->meta") or {}, results.get("meta->tinybert") or {}
+    if test and meta.get("average") is not None and tinybert.get("average") is not None:
+        low, high = test["ci95"]
+        seeds = ", ".join(map(str, meta.get("seeds", []))) or "-"
+        versus = (f"{meta['average']:.1f} vs {tinybert['average']:.1f}: {test['diff']:+.2f} points "
+                  f"(95% CI {low:+.2f} to {high:+.2f}), {_p(test['p_value'])}")
+        rows.append(f"| Meta-KD vs TinyBERT-KD students (one per domain, seeds {seeds}) | {versus} | - | - | - |")
+    else:
+        rows.append("| Meta-KD vs TinyBERT-KD students | not measured | - | - | - |")
+    cpu = ((speed or {}).get("setup") or {}).get("cpu") or {}
+    source = (f"Test accuracy on the Amazon reviews, averaged over {', '.join(DOMAINS)}: `metakd run amazon-cpu` "
+              f"(`python -m bench.amazon_cpu`); size and speed: `python -m bench.speed` on {cpu.get('model', '?')} "
+              f"({cpu.get('cores', '?')} cores), every row padded to {((speed or {}).get('setup') or {}).get('seq_len', '?')} "
+              "tokens; the last row: paired bootstrap over the same test rows (`python -m bench.amazon`).")
+    return "\n".join([*head, *rows, "", source])
+
+
+def _load(path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _measured(value: object, digits: int) -> str:
+    return "not measured" if not isinstance(value, (int, float)) else f"{value:.{digits}f}"
+
+
+def document() -> str:
+    """docs/results.md, whole."""
+    return "\n".join([
+        "# Results", "",
+        "<!-- Written by `python -m bench.report` from bench/results/*.json; edit those, not this file. -->", "",
+        "Every figure here is read from the JSON files in `bench/results/`, which the benchmark drivers write; "
+        "[benchmarks.md](benchmarks.md) says how each one runs and how to read its table. Minutes are wall time "
+        "on shared machines, so they are generous.", "",
+        build(), ""])
+
+
 def main() -> None:
     text = README.read_text(encoding="utf-8")
     if START not in text or END not in text:
         sys.exit(f"{README} has no {START} ... {END} markers")
     before, rest = text.split(START, 1)
     _, after = rest.split(END, 1)
-    README.write_text(f"{before}{START}\n{build()}\n{END}{after}", encoding="utf-8")
-    print(f"updated the Results section of {README}")
+    RESULTS_DOC.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_DOC.write_text(document(), encoding="utf-8")
+    README.write_text(f"{before}{START}\n{summary()}\n{END}{after}", encoding="utf-8")
+    print(f"wrote {RESULTS_DOC} and the results table of {README}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""bench/report.py: the README Results section is built from whatever JSON files exist, and only
-between its markers (made-up figures in a temporary folder; nothing here is a measurement)."""
+"""bench/report.py: docs/results.md and the README's one results table are built from whatever JSON files exist,
+the README only between its markers (made-up figures in a temporary folder; nothing here is a measurement)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_speed_timed_in_rounds_shows_each_figure_with_its_spread_and_unsteadines
 
 def test_the_committed_results_still_render():
     text = report.build()  # bench/results/*.json as committed, timed before rounds existed
-    assert "**Speed**" in text and "Ways to build the int8 student" in text
+    assert "**Speed**" in text and "Ways to build the int8 student" in text and "Static or dynamic int8" in text
 
 
 def test_recipe_run_line_gives_minutes_steps_and_verdict(tmp_path, monkeypatch):
@@ -94,15 +94,86 @@ def test_recipe_run_line_gives_minutes_steps_and_verdict(tmp_path, monkeypatch):
             "**not met**. Test accuracy averages: student 85.6, int8 84.8") in text
 
 
-def test_main_rewrites_only_between_markers(tmp_path, monkeypatch):
+def test_main_writes_the_results_page_and_only_the_readme_table(tmp_path, monkeypatch):
     monkeypatch.setattr(report, "RESULTS", tmp_path)
-    readme = tmp_path / "README.md"
+    readme, page = tmp_path / "README.md", tmp_path / "docs" / "results.md"
     readme.write_text(f"intro\n{report.START}\nold table\n{report.END}\noutro\n")
     monkeypatch.setattr(report, "README", readme)
+    monkeypatch.setattr(report, "RESULTS_DOC", page)
     report.main()
     text = readme.read_text()
     assert text.startswith(f"intro\n{report.START}\n") and text.endswith(f"{report.END}\noutro\n")
-    assert "old table" not in text and "BERT-mix" in text
+    assert "old table" not in text and "BERT-mix" not in text  # the paper's table is on the results page only
+    assert "| Meta-KD vs TinyBERT-KD students | not measured | - | - | - |" in text  # no files: nothing made up
+    written = page.read_text()
+    assert written.startswith("# Results\n") and "BERT-mix" in written and report.START not in written
+
+
+def _summary_files(folder: Path) -> None:
+    _write(folder, "amazon_cpu.json", {"accuracy": {"teacher": {"average": 90.0}, "onnx": {"average": 88.0},
+                                                    "int8": {"average": 87.5}}})
+    _write(folder, "speed.json", {"setup": {"cpu": {"model": "Test CPU", "cores": 2}, "seq_len": 64}, "results": {
+        "teacher-torch-fp32": {"throughput_b32": 50.0, "size_mb": 90.0},
+        "student-onnx-fp32": {"throughput_b32": 80.0, "size_mb": 76.0},
+        "student-onnx-int8": {"throughput_b32": 200.0, "size_mb": 19.0}}})
+    _write(folder, "amazon.json", {"results": {"meta->meta": {"average": 85.33, "seeds": [1, 2]},
+                                               "meta->tinybert": {"average": 85.0, "seeds": [1, 2]}},
+                                   "tests": {"meta->meta vs meta->tinybert": {"diff": 0.33, "ci95": [-0.25, 0.9],
+                                                                              "p_value": 0.04}}})
+
+
+def test_the_readme_table_reads_accuracy_size_speed_and_the_paired_test(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    _summary_files(tmp_path)
+    lines = report.summary().splitlines()
+    assert lines[2] == "| teacher (all-MiniLM-L6-v2 meta-teacher, PyTorch fp32) | 90.0 | 90.0 | 50.0 | 1.0x |"
+    assert lines[3] == "| student fp32 (4 layers, ONNX) | 88.0 | 76.0 | 80.0 | 1.6x |"
+    assert lines[4] == "| student int8 (4 layers, ONNX) | 87.5 | 19.0 | 200.0 | 4.0x |"  # speed-up from the same file
+    assert lines[5] == ("| Meta-KD vs TinyBERT-KD students (one per domain, seeds 1, 2) | 85.3 vs 85.0: +0.33 points "
+                        "(95% CI -0.25 to +0.90), p = 0.040 | - | - | - |")
+    assert "on Test CPU (2 cores), every row padded to 64 tokens" in lines[-1]
+    assert sum(line.startswith("| ") for line in lines) == 6  # ONE table: header and five rows
+
+
+def test_the_readme_table_says_not_measured_for_a_missing_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    _summary_files(tmp_path)
+    (tmp_path / "speed.json").unlink()
+    text = report.summary()
+    assert "| student int8 (4 layers, ONNX) | 87.5 | not measured | not measured | - |" in text
+
+
+def test_static_int8_table_gives_gate_invariance_and_speed(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    common = {"agreement_with_fp32": 98.0, "size_mb": 19.9, "throughput_b32": 200.0, "latency_b1_p50_ms": 6.0}
+    _write(tmp_path, "int8_static_speed.json", {
+        "setup": {"target": "avx2", "dev_rows": 800, "calibration_rows": 256, "rounds": 6, "date": "2026-12-02T06:54"},
+        "results": {
+            "dynamic": {**common, "dev_accuracy": {"average": 86.625}, "change_vs_fp32": 0.125, "passes_gate": True,
+                        "batch_invariance": {"batch_size": 32, "max_abs_prob_diff": 0.1426, "label_flips": 14}},
+            "static-qdq-percentile": {**common, "dev_accuracy": {"average": 85.0}, "change_vs_fp32": -1.5,
+                                      "passes_gate": False,
+                                      "batch_invariance": {"batch_size": 32, "max_abs_prob_diff": 0.0,
+                                                           "label_flips": 0}}},
+        "chosen": "dynamic", "rule": "the made-up rule"})
+    text = "\n".join(report._int8_static(tmp_path / "int8_static_speed.json", "a student"))
+    assert text.startswith("**Static or dynamic int8: a student** (avx2 format, 800 dev rows, 256 calibration texts, "
+                           "6 interleaved rounds, 2026-12-02; batch invariance: each dev row alone against in batches "
+                           "of 32; `python -m bench.int8_static`). Chosen: dynamic, by the rule: the made-up rule.")
+    assert "| dynamic | 86.6 | +0.125 | yes | 98.0 | 0.14 | 14 | 19.9 | 200.0 | 6.0 |" in text
+    assert "| static-qdq-percentile | 85.0 | -1.500 | no | 98.0 | 0 | 0 | 19.9 | 200.0 | 6.0 |" in text
+    assert report._int8_static(tmp_path / "missing.json", "a student") == []
+
+
+def test_a_system_named_after_a_work_item_is_shown_by_what_it_is(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    row = {"books": 86.0, "dvd": 86.0, "electronics": 84.0, "kitchen": 88.0, "average": 86.0, "minutes": 98.8}
+    _write(tmp_path, "teachers.json", {
+        "setup": {"teacher": "all-MiniLM-L6-v2", "epochs": 2, "lr": 5e-5, "max_length": 128, "seed": 42},
+        "results": {"teacher-meta-confusion-issue25-fixes": row}})
+    text = report.document()
+    assert "| teacher-meta-confusion-refit | 86.0 | 86.0 | 84.0 | 88.0 | 86.0 | 98.8 |" in text
+    assert "issue" not in text.lower()
 
 
 def test_amazon_table_tests_and_held_out_section(tmp_path, monkeypatch):

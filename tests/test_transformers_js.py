@@ -19,9 +19,9 @@ import pytest
 
 from export_fixtures import copy_run, exported_run, one_torch_thread, tiny_run  # noqa: F401
 
-PACKAGE = "@huggingface/transformers@4"  # the major version the README's snippets are written for
+PACKAGE = "@huggingface/transformers@4"  # the major version the snippets of docs/usage.md are written for
 TOLERANCE = 1e-5
-# what transformers.js users write (README, the model card): the folder that holds onnx/, never the Hub
+# what transformers.js users write (README, docs/usage.md, the model card): the folder that holds onnx/, never the Hub
 PROBE = """
 import { readFileSync } from "node:fs";
 import { env, pipeline } from "@huggingface/transformers";
@@ -74,8 +74,9 @@ def transformers_js() -> Path:
 
 @pytest.fixture(scope="module")
 def trimmed_run(tiny_run, tmp_path_factory) -> Path:
-    from metakd_cli.export import ExportConfig, export
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.core.config import ExportConfig
+    from metakd_cli.steps.export import export
+    from metakd_cli.core.run_dir import RunDir
 
     run = copy_run(tiny_run, tmp_path_factory.mktemp("trimmed") / "run")
     result = export(ExportConfig(int8=True, trim_vocab=True), RunDir(run))
@@ -97,8 +98,8 @@ def _javascript(cache: Path, run: Path, tmp_path: Path) -> dict[str, list[list[d
 @pytest.mark.parametrize("which", ["full", "trimmed"])
 def test_transformers_js_answers_what_metakd_predict_answers(transformers_js, exported_run, trimmed_run, which,
                                                               tmp_path):
-    from metakd_cli.predict import PredictConfig, predict
-    from metakd_cli.run_dir import RunDir
+    from metakd_cli.steps.predict import PredictConfig, predict
+    from metakd_cli.core.run_dir import RunDir
 
     run = exported_run if which == "full" else trimmed_run
     if which == "trimmed":  # the trimmed vocabulary has no piece for "wonderful": both sides read [UNK]
@@ -114,3 +115,10 @@ def test_transformers_js_answers_what_metakd_predict_answers(transformers_js, ex
             assert set(got) == set(prediction.probabilities), where
             for label, probability in prediction.probabilities.items():
                 assert abs(got[label] - probability) <= TOLERANCE, (where, label, got[label], probability)
+
+
+def test_the_documented_snippets_are_the_ones_tested():
+    """docs/usage.md's Node and browser snippets load the major version this test runs, from the run folder only."""
+    usage = (Path(__file__).resolve().parent.parent / "docs" / "usage.md").read_text(encoding="utf-8")
+    assert f"https://cdn.jsdelivr.net/npm/{PACKAGE}" in usage  # the browser snippet
+    assert "env.allowRemoteModels = false;" in usage and 'env.localModelPath = "metakd-run/";' in usage
