@@ -13,6 +13,7 @@ from metakd_cli.core.config import (
     FitConfig,
     Recipe,
     apply_overrides,
+    apply_sets,
     apply_values,
     choice,
     load_recipe,
@@ -170,8 +171,14 @@ def test_set_reaches_any_section(tmp_path):
 
 def test_later_set_wins():
     recipe = Recipe()
-    apply_overrides(recipe, "fit", {}, ("fit.epochs=1", "fit.epochs=2"))
+    apply_sets(recipe, ("fit.epochs=1", "fit.epochs=2"))
     assert recipe.fit.epochs == 2
+
+
+def test_sets_alone_reach_every_section():
+    recipe = Recipe()
+    apply_sets(recipe, ("distill.epochs=5", "export.int8=false", "data.limit_per_domain=7"))
+    assert (recipe.distill.epochs, recipe.export.int8, recipe.data.limit_per_domain) == (5, False, 7)
 
 
 @pytest.mark.parametrize("item", ["fit.lr", "lr=3e-4", "=3", "fit=3"])

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from conftest import toy_rows, write_jsonl
 from metakd_cli.cli import cli
 from metakd_cli.core.config import DataConfig, DistillConfig, EvalConfig, ExportConfig, FitConfig
-from metakd_cli.steps.report import ReportData, ModelFigures, ScoredRow
+from metakd_cli.ship.report_page import ReportData, ModelFigures, ScoredRow
 from metakd_cli.ship.report_page import render_html
 from metakd_cli.core.run_dir import RunDir
 

@@ -18,12 +18,12 @@ def run(obj, recipe: str, sets: tuple[str, ...], resume: bool, steps: str | None
     Steps already finished in the run folder with the same configuration are skipped.
     """
     from metakd_cli.commands import console
-    from metakd_cli.core.config import apply_overrides, find_recipe, load_recipe, summary
+    from metakd_cli.core.config import apply_sets, find_recipe, load_recipe, summary
     from metakd_cli.core.run_dir import RunDir
 
     path = find_recipe(recipe)
     config = load_recipe(path)
-    apply_overrides(config, "fit", {}, sets)
+    apply_sets(config, sets)
     console.log(f"recipe {path}: {summary(config)} (all of it goes to manifest.json)")
 
     from metakd_cli.commands.eval import render

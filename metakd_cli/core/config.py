@@ -314,9 +314,14 @@ def _yaml_where(exc: Exception) -> str:
 
 
 def apply_overrides(recipe: Recipe, section: str, flags: dict, sets: tuple[str, ...] = ()) -> None:
-    """Apply command-line flags (None = not given) then ``--set section.key=value`` items."""
+    """Apply one command's flags to its ``section`` (None = not given), then ``--set section.key=value`` items."""
     given = {k: v for k, v in flags.items() if v is not None}
     apply_values(getattr(recipe, section), given, "command line")
+    apply_sets(recipe, sets)
+
+
+def apply_sets(recipe: Recipe, sets: tuple[str, ...]) -> None:
+    """Apply ``--set section.key=value`` items, in order (a later one wins)."""
     for item in sets:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise UserError(f"--set {item!r}: expected section.key=value, e.g. distill.temperature=2")

@@ -8,13 +8,55 @@ and confusion matrices, each with its numbers printed, so nothing depends on hov
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from html import escape
-from typing import TYPE_CHECKING
 
+from metakd_cli import __version__
 from metakd_cli.core.timing import why_unsteady, with_spread
+from metakd_cli.ship.model_card import MeasuredSpeed
 
-if TYPE_CHECKING:  # the page draws what the report step gathered
-    from metakd_cli.steps.report import ModelFigures, ReportData, ScoredRow
+
+@dataclass
+class ScoredRow:
+    text: str
+    text_pair: str | None
+    label: str
+    t: float
+    lam: float | None
+
+
+@dataclass
+class ModelFigures:
+    name: str
+    accuracy: dict[str, float]  # per domain, plus "average"
+    agreement: float | None  # % of rows where it predicts what the teacher predicts
+    confusion: dict[str, list[list[int]]]  # per domain: [gold][predicted] counts
+    size_mb: float | None
+    latency_ms: float | None = None  # batch 1, from metakd eval (the median over its timing rounds)
+    throughput: float | None = None  # rows/s at batch 32, from metakd eval (the median over its timing rounds)
+    speed: MeasuredSpeed | None = None  # the same with their spread, the speed-up over the teacher, steadiness
+
+
+@dataclass
+class ReportData:
+    run_dir: str
+    split: str
+    rows: int
+    labels: list[str]
+    domains: list[str]
+    models: list[ModelFigures]
+    speed_source: str | None  # the CPU eval measured speed on, or None: not measured
+    t_by_domain: dict[str, list[float]] = field(default_factory=dict)  # finite t of each domain's training rows
+    lam_by_domain: dict[str, list[float]] = field(default_factory=dict)
+    lam_method: str | None = None
+    most: dict[str, list[ScoredRow]] = field(default_factory=dict)
+    least: dict[str, list[ScoredRow]] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)  # what was run, for the page's header
+    # the student's training rows per domain: {"labelled": n, "transfer": n, an augment kind: n, ...}
+    learnt_from: dict[str, dict[str, int]] = field(default_factory=dict)
+    learnt_note: str = ""  # how each kind of row was learnt (report_html's caption of that table)
+    notes: list[str] = field(default_factory=list)
+    version: str = __version__
 
 COLORS = {"teacher": "#4c78a8", "student": "#f58518", "onnx": "#54a24b", "int8": "#b279a2"}
 DOMAIN_COLORS = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6",

@@ -1,4 +1,5 @@
-"""`metakd report`: what a run learned and what it costs, gathered into one object for report_html.py.
+"""`metakd report`: what a run learned and what it costs, gathered into one ReportData for the page
+(metakd_cli/ship/report_page.py).
 
 Per domain: accuracy of each model the run holds (teacher, student, ONNX, int8) and its confusion
 matrix, both computed now from the models on the chosen split (evaluate.py's loading and batching);
@@ -11,61 +12,17 @@ distillation gave each row (metrics/distill_rows.safetensors).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from metakd_cli.data.dataset import reload_dataset
-from metakd_cli import __version__
 from metakd_cli.core.errors import UserError
-from metakd_cli.ship.model_card import MeasuredSpeed
+from metakd_cli.ship.report_page import ModelFigures, ReportData, ScoredRow
 
 REPORT_FILE = "report.html"
 EXTREMES = 10  # rows shown per domain at each end of t
-
-
-@dataclass
-class ScoredRow:
-    text: str
-    text_pair: str | None
-    label: str
-    t: float
-    lam: float | None
-
-
-@dataclass
-class ModelFigures:
-    name: str
-    accuracy: dict[str, float]  # per domain, plus "average"
-    agreement: float | None  # % of rows where it predicts what the teacher predicts
-    confusion: dict[str, list[list[int]]]  # per domain: [gold][predicted] counts
-    size_mb: float | None
-    latency_ms: float | None = None  # batch 1, from metakd eval (the median over its timing rounds)
-    throughput: float | None = None  # rows/s at batch 32, from metakd eval (the median over its timing rounds)
-    speed: MeasuredSpeed | None = None  # the same with their spread, the speed-up over the teacher, steadiness
-
-
-@dataclass
-class ReportData:
-    run_dir: str
-    split: str
-    rows: int
-    labels: list[str]
-    domains: list[str]
-    models: list[ModelFigures]
-    speed_source: str | None  # the CPU eval measured speed on, or None: not measured
-    t_by_domain: dict[str, list[float]] = field(default_factory=dict)  # finite t of each domain's training rows
-    lam_by_domain: dict[str, list[float]] = field(default_factory=dict)
-    lam_method: str | None = None
-    most: dict[str, list[ScoredRow]] = field(default_factory=dict)
-    least: dict[str, list[ScoredRow]] = field(default_factory=dict)
-    settings: dict[str, str] = field(default_factory=dict)  # what was run, for the page's header
-    # the student's training rows per domain: {"labelled": n, "transfer": n, an augment kind: n, ...}
-    learnt_from: dict[str, dict[str, int]] = field(default_factory=dict)
-    learnt_note: str = ""  # how each kind of row was learnt (report_html's caption of that table)
-    notes: list[str] = field(default_factory=list)
-    version: str = __version__
 
 
 @dataclass
