@@ -1,5 +1,5 @@
-"""What the bench drivers share: where runs and results go, the Amazon teachers as recipe overrides, running
-`metakd run` in a run folder, run folders that start as a copy of another, and the rows eval scored there."""
+"""What every bench suite shares: where runs and results go, the paper's figures, running `metakd run` in a run
+folder, run folders that start as a copy of another, and the rows eval scored there."""
 
 from __future__ import annotations
 
@@ -12,25 +12,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from metakd_cli.config import Recipe, apply_overrides, load_recipe, resolve_data_path
-from metakd_cli.run_dir import RunDir, read_json_object
+from metakd_cli.core.config import Recipe, apply_overrides, load_recipe, resolve_data_path
+from metakd_cli.core.run_dir import RunDir, read_json_object
 
 ROOT = Path(__file__).resolve().parent.parent
 # runs/ and results/ live here; METAKD_BENCH_DIR moves both (a smoke run into a temporary folder)
 HOME = Path(os.environ.get("METAKD_BENCH_DIR") or ROOT / "bench")
 RUNS = HOME / "runs"
 RESULTS = HOME / "results"
-AMAZON = ROOT / "bench" / "recipes" / "amazon.yaml"
 DOMAINS = ["books", "dvd", "electronics", "kitchen"]
-TEACHERS = {  # system -> (run folder under RUNS, --set overrides of bench/recipes/amazon.yaml: a meta-teacher)
-    "teacher-single": ("paper-teacher-single", ["fit.teacher_mode=single"]),
-    # a single teacher sees one domain's rows: 4x the epochs make the optimizer steps of an all-domain teacher
-    "teacher-single-matched": ("paper-teacher-single-matched", ["fit.teacher_mode=single", "fit.epochs=8"]),
-    "teacher-mix": ("teacher-mix", ["fit.teacher_mode=mix"]),
-    "teacher-mtl": ("paper-teacher-mtl", ["fit.teacher_mode=mtl"]),
-    "teacher-meta": ("teacher-meta-confusion", []),
-    "teacher-meta-reversal": ("teacher-meta-reversal", ["fit.domain_loss=reversal"]),
-}
 PAPER = {  # system -> the paper's row: DESIGN.md "Reference figures" (the authors' slides, BERT-base teacher,
     # TinyBERT-4 student; books, dvd, electronics, kitchen, average)
     "teacher-single": ("BERT-single", [87.9, 83.8, 89.2, 90.6, 87.9]),
@@ -44,13 +34,9 @@ PAPER = {  # system -> the paper's row: DESIGN.md "Reference figures" (the autho
     "meta->tinybert": ("Meta-teacher -> TinyBERT-KD", [89.9, 84.3, 87.3, 91.6, 88.3]),
     "meta->meta": ("Meta-teacher -> Meta-distillation", [91.5, 86.5, 90.1, 89.7, 89.4]),
 }
-PAPER_HELD_OUT = {  # MNLI, fiction held out, tested on fiction (DESIGN.md Reference figures)
-    "in-domain teacher": 82.2, "meta-teacher without H": 81.6, "in-domain teacher -> tinybert": 78.8,
-    "other domains' teachers -> tinybert": "74.1 to 77.1", "meta-teacher without H -> tinybert": 78.2,
-}
 
 
-def recipe(sets: list[str], path: Path = AMAZON) -> Recipe:
+def recipe(sets: list[str], path: Path) -> Recipe:
     """The recipe as `metakd run PATH --set ...` resolves it."""
     config = load_recipe(path)
     apply_overrides(config, "fit", {}, tuple(sets))
@@ -63,24 +49,18 @@ def data_path(config: Recipe) -> Path:
     return (path if path.is_absolute() else ROOT / path).resolve()
 
 
-def data_missing(config: Recipe) -> str | None:
-    """Why the bench cannot run (its data is not on this machine), or None."""
-    path = data_path(config)
-    return None if path.exists() else f"skipped: {path} not present (the data is not on this machine)"
-
-
 def shown(path: Path) -> str:
     path = Path(path).resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def run_command(run_dir: Path, sets: list[str], steps: str, path: Path = AMAZON) -> str:
+def run_command(run_dir: Path, sets: list[str], steps: str, path: Path) -> str:
     """`metakd run` as the bench runs it in ``run_dir``, for the results files."""
     return shlex.join(["metakd", "--run-dir", shown(run_dir), "run", shown(path), "--resume", "--steps", steps,
                        *[arg for item in sets for arg in ("--set", item)]])
 
 
-def metakd_run(run_dir: Path, sets: list[str], steps: str, path: Path = AMAZON, dry_run: bool = False) -> None:
+def metakd_run(run_dir: Path, sets: list[str], steps: str, path: Path, dry_run: bool = False) -> None:
     """`metakd run PATH --resume --steps STEPS --set ...` in ``run_dir``: it skips the steps recorded with the same
     settings and continues interrupted ones; a second writer of the folder stops with metakd's lock error. Exits
     when metakd fails (its one-line error is above, on stderr)."""
@@ -95,10 +75,10 @@ def metakd_run(run_dir: Path, sets: list[str], steps: str, path: Path = AMAZON, 
 
 
 def done(run_dir: Path, config: Recipe, steps: str, selection: str | None = None) -> bool:
-    """Whether `metakd run` would skip ``steps`` in ``run_dir`` (metakd_cli.pipeline.finished) and, with
+    """Whether `metakd run` would skip ``steps`` in ``run_dir`` (metakd_cli.steps.pipeline.finished) and, with
     ``selection``, eval's rows for it were written after them: then the driver need not start it (eval runs every
     time)."""
-    from metakd_cli.pipeline import finished
+    from metakd_cli.steps.pipeline import finished
 
     run = RunDir(run_dir)
     trained = [step for step in steps.split(",") if step != "eval"]
@@ -114,7 +94,7 @@ def done(run_dir: Path, config: Recipe, steps: str, selection: str | None = None
 
 def selection(config: Recipe) -> str:
     """The key of eval's rows in metrics/predictions.json (``split=test domains=books models=student``)."""
-    from metakd_cli.evaluate import selection_key
+    from metakd_cli.steps.evaluate import selection_key
 
     cfg = config.eval
     return selection_key({"config": asdict(cfg), "split": cfg.split, "domains": cfg.domains, "bucketing": cfg.bucketing})
@@ -177,13 +157,3 @@ def scored_rows(run_dir: Path, config: Recipe, model: str) -> Scored | None:
         scored.correct.setdefault(domain, []).append(int(got == gold))
         scored.where.setdefault(domain, []).append(relative_where(where, data))
     return scored
-
-
-def slug(name: str) -> str:
-    return name.replace("->", "-to-").replace(">", "").replace("/", "-")
-
-
-def cell(value, spread=None) -> str:
-    if not isinstance(value, (int, float)):
-        return "-"
-    return f"{value:.1f}" if spread is None else f"{value:.1f}±{spread:.1f}"

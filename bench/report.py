@@ -22,8 +22,6 @@ README = ROOT / "README.md"
 RESULTS_DOC = ROOT / "docs" / "results.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 COLUMNS = [*DOMAINS, "average"]
-# Systems the results files name after the work item that made them, shown by what they are.
-SHOWN = {"teacher-meta-confusion-issue25-fixes": "teacher-meta-confusion-refit"}
 
 
 def _p(p_value: float) -> str:
@@ -32,7 +30,6 @@ def _p(p_value: float) -> str:
 
 
 def _row(name: str, values: list[object], extra: str = "") -> str:
-    name = SHOWN.get(name, name)
     cells = [f"{v:.1f}" if isinstance(v, (int, float)) else "-" if v is None else str(v) for v in values]
     return f"| {name} | " + " | ".join(cells) + (f" | {extra} |" if extra else " |")
 
@@ -83,7 +80,7 @@ def _teachers(path) -> list[str]:
     setup = data["setup"]
     lines += [f"Test accuracy (%) on the Amazon data (seeded 80/10/10 split, 200 test rows per domain), "
               f"offline teacher {setup['teacher']}, {setup['epochs']} epochs, lr {setup['lr']}, "
-              f"seq {setup['max_length']}, seed {setup['seed']}; `python -m bench.teachers`.", ""]
+              f"seq {setup['max_length']}, seed {setup['seed']}; `python -m bench run teachers`.", ""]
     lines += _accuracy_table("Teachers", data["results"], "minutes", "minutes")
     return lines
 
@@ -95,8 +92,8 @@ def _students(path) -> list[str]:
     data = json.loads(path.read_text())
     setup = data["setup"]
     lines += [f"One all-domain student per system, {setup['intermediate_epochs']} intermediate + "
-              f"{setup['epochs']} prediction epochs, seed {setup['seed']}; `python -m bench.students`. "
-              "One seed: differences of a point or two are within noise (see `bench/amazon.py` for seeds "
+              f"{setup['epochs']} prediction epochs, seed {setup['seed']}; `python -m bench run students`. "
+              "One seed: differences of a point or two are within noise (see `bench/suites/amazon.yaml` for seeds "
               "and paired tests).", ""]
     lines += _accuracy_table("Students (`tiny` = 4 of the teacher's 6 layers)", data["results"],
                              "minutes", "minutes")
@@ -117,7 +114,7 @@ def _amazon(path) -> list[str]:
     lines += [f"Per-domain students (`distill --domain D`, scored on D), {distill['intermediate_epochs']} "
               f"intermediate + {distill['epochs']} prediction epochs, student seeds {seeds} (teachers: "
               f"{setup.get('teacher_fit', 'seed 42')}{overrides}); std = sample standard deviation over seeds of each "
-              "seed's average; `python -m bench.amazon`.", ""]
+              "seed's average; `python -m bench run amazon`.", ""]
     lines += _accuracy_table("The paper's table (mean over seeds)", data["results"], "std", "std", seeds=True,
                              paper=True)
     for name, test in data.get("tests", {}).items():
@@ -154,7 +151,7 @@ def _scarce(path) -> list[str]:
     dev = f"; {setup['dev']}" if setup.get("dev") else ""
     lines += [f"**Data-scarce: {setup['domain']}** (share of its training rows; the meta-teacher keeps every "
               f"row of the other domains; accuracy on {setup['domain']}'s test rows, one seed; "
-              f"{epochs}{rule}{dev}); `python -m bench.scarce`.", "",
+              f"{epochs}{rule}{dev}); `python -m bench run scarce`.", "",
               "| fraction | train rows | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 2)]
     for fraction, row in sorted(rows.items(), key=lambda kv: float(kv[0])):
         lines.append(_row(fraction, [str(row.get("train_rows", "-")), *[row.get(c, "-") for c in columns]]))
@@ -176,7 +173,7 @@ def _speed(path) -> list[str]:
     threads = data["setup"].get("threads", {})
     threads = threads.get("torch_intra_op", "?") if isinstance(threads, dict) else threads
     lines += [f"**Speed** on {cpu.get('model', '?')} ({', '.join(cpu.get('flags', []))}), {threads} threads, "
-              f"seq 128, {str(data['setup'].get('date', '?'))[:10]}; `python -m bench.speed`. Fixed shape: "
+              f"seq 128, {str(data['setup'].get('date', '?'))[:10]}; `python -m bench run speed`. Fixed shape: "
               "every row padded to 128 tokens; predict: real test texts end to end (tokenisation included), "
               "length-bucketed.", "",
               "| model | latency p50 ms (b1) | latency p90 ms (b1) | throughput ex/s (b32) | predict texts/s "
@@ -213,7 +210,7 @@ def _amazon_cpu(path) -> list[str]:
               f"({data['setup']['cpu'].get('cores', '?')} cores), {data['started'][:10]}: "
               f"{data['minutes']:.1f} minutes ({steps}); target under {data['target_minutes']} minutes: "
               f"{'met' if data['met'] else '**not met**'}. Test accuracy averages: {accuracy}; "
-              "`python -m bench.amazon_cpu`.", ""]
+              "`python -m bench run amazon_cpu`.", ""]
     return lines
 
 def _int8_variants(path) -> list[str]:
@@ -224,7 +221,7 @@ def _int8_variants(path) -> list[str]:
     data = json.loads(path.read_text())
     lines += [f"**Ways to build the int8 student** ({data['setup']['int8_format']} format, same fp32 ONNX file, "
               "one process; test accuracy on the 800 test rows, agreement with fp32); "
-              "`python -m bench.int8_variants`.", "",
+              "`python -m bench run int8_variants`.", "",
               "| variant | throughput ex/s (b32) | latency p50 ms (b1) | size MiB | test acc % | agreement % |",
               "| --- | --- | --- | --- | --- | --- |"]
     for name, row in data["results"].items():
@@ -252,7 +249,7 @@ def _ablation(path) -> list[str]:
              "seed 42; its test accuracy on these rows: "
              + ", ".join(f"{d} {teacher[d]:.1f}" for d in [*domains, "average"] if d in teacher)
              + "); difference against full Meta-KD (or the row it is paired with) by a paired bootstrap over "
-             "the same rows and seeds; `python -m bench.ablation`.", "",
+             "the same rows and seeds; `python -m bench run ablation`.", "",
              "| system | " + " | ".join([*domains, "average"]) + " | seeds | vs meta | mean abs weight diff vs meta "
              "| what |", "|" + " --- |" * (len(domains) + 6)]
     for name, row in data["results"].items():
@@ -379,7 +376,7 @@ def _mpnet(path) -> list[str]:
     data = json.loads(path.read_text())
     speed = data.get("speed") if isinstance(data.get("speed"), dict) else {}
     note = f"; speed and sizes {speed['measured_on']}" if speed.get("measured_on") else ""
-    lines = [f"**MPNet-base teacher** (one seed; `python -m bench.mpnet`{note}): the targets", "",
+    lines = [f"**MPNet-base teacher** (one seed; `python -m bench run mpnet`{note}): the targets", "",
              "| target | threshold | value | status |", "| --- | --- | --- | --- |"]
     for target in data["targets"]:
         value = "-" if target["value"] is None else f"{target['value']:g}"
@@ -387,7 +384,7 @@ def _mpnet(path) -> list[str]:
     lines += _mpnet_accuracy(data) + _mpnet_tests(data)
     fit = data.get("fit_speed") if isinstance(data.get("fit_speed"), dict) else {}
     if fit.get("rows_per_s"):
-        lines += ["", f"The teacher's training speed (`python -m bench.mpnet fit-speed`: {fit['timed_steps']} optimiser "
+        lines += ["", f"The teacher's training speed (`python -m bench fit-speed mpnet`: {fit['timed_steps']} optimiser "
                   f"steps of batch {fit['batch_size']} on training rows padded to {fit['padded_lengths']} tokens, "
                   f"{fit['threads']} threads): {fit['rows_per_s']:g} rows/s, so one fit epoch's optimiser steps over "
                   f"{fit['train_rows']:,} rows take about {fit['epoch_minutes_of_optimiser_steps']:g} minutes."]
@@ -397,13 +394,13 @@ def _mpnet(path) -> list[str]:
 def _keep(path) -> list[str]:
     """bench/results/keep.json: each lever of the student's training, the no-teacher student and the peers, with
     the targets and the paired tests."""
-    return _suite(path, "A student that keeps its teacher", "bench.keep")
+    return _suite(path, "A student that keeps its teacher", "bench run keep")
 
 
 def _transfer(path) -> list[str]:
     """bench/results/transfer.json: the students with and without a transfer set, with the targets and the paired
     tests (int8, and fp32 as "(student)")."""
-    return _suite(path, "A transfer set the teacher labels", "bench.transfer")
+    return _suite(path, "A transfer set the teacher labels", "bench run transfer")
 
 
 def _suite(path, title: str, driver: str) -> list[str]:
@@ -443,7 +440,7 @@ def _suite(path, title: str, driver: str) -> list[str]:
         cells = [_cell(int8), _cell(fp32), _cell(dev), length, _cell(size, 1), _cell(speed, 0)]
         lines.append(f"| {name} | {what} | {' | '.join(cells)} |")
     lines += ["", "rows/s: each system's own eval (int8 at batch 32; a peer's own predict), taken at different times on a "
-              "shared 2-core machine: a size-and-order-of-magnitude figure, not a speed comparison (bench.speed times "
+              "shared 2-core machine: a size-and-order-of-magnitude figure, not a speed comparison (`python -m bench run speed` times "
               "models side by side)."]
     return lines + _mpnet_tests(data) + [""]
 
@@ -462,7 +459,7 @@ def _int8_static(path, what: str) -> list[str]:
     lines = [f"**Static or dynamic int8: {what}** ({setup.get('target', '?')} format, {setup['dev_rows']} dev rows, "
              f"{setup.get('calibration_rows', '?')} calibration texts, {setup.get('rounds', '?')} interleaved rounds, "
              f"{str(setup.get('date', '?'))[:10]}; batch invariance: each dev row alone against in batches of "
-             f"{_first_batch(data)}; `python -m bench.int8_static`). Chosen: {data.get('chosen', '-')}, by the rule: "
+             f"{_first_batch(data)}; `python -m bench run int8_static`). Chosen: {data.get('chosen', '-')}, by the rule: "
              f"{data.get('rule', '-')}.", "",
              "| variant | dev acc % | change vs fp32 | passes the gate | agreement % | max prob diff in a batch "
              "| labels changed | size MB | throughput ex/s (b32) | latency p50 ms (b1) |", "|" + " --- |" * 10]
@@ -516,9 +513,9 @@ def summary() -> str:
         rows.append("| Meta-KD vs TinyBERT-KD students | not measured | - | - | - |")
     cpu = ((speed or {}).get("setup") or {}).get("cpu") or {}
     source = (f"Test accuracy on the Amazon reviews, averaged over {', '.join(DOMAINS)}: `metakd run amazon-cpu` "
-              f"(`python -m bench.amazon_cpu`); size and speed: `python -m bench.speed` on {cpu.get('model', '?')} "
+              f"(`python -m bench run amazon_cpu`); size and speed: `python -m bench run speed` on {cpu.get('model', '?')} "
               f"({cpu.get('cores', '?')} cores), every row padded to {((speed or {}).get('setup') or {}).get('seq_len', '?')} "
-              "tokens; the last row: paired bootstrap over the same test rows (`python -m bench.amazon`).")
+              "tokens; the last row: paired bootstrap over the same test rows (`python -m bench run amazon`).")
     return "\n".join([*head, *rows, "", source])
 
 

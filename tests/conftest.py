@@ -308,17 +308,29 @@ def fitted_toy_run(tmp_path, tiny_model_dir):
     return run
 
 
-def check_bench_system(recipe_path: Path, name: str, system) -> None:
-    """A bench system (bench.suite.System) is valid on ``recipe_path``: its --set overrides apply and pass every
-    step's checks, and each names a step the system runs."""
-    from metakd_cli.steps import distill, evaluate, export, fit, pipeline
+def check_bench_system(suite, name: str, binding: dict | None = None) -> None:
+    """A bench system (bench/suites/*.yaml) is valid on its suite's recipe: its --set overrides, with those it
+    inherits from the system it starts from, apply and pass the checks `metakd run` makes before its first step for
+    the steps its folder holds; and it changes no step it copies (its own sets name its own steps, or data and fit
+    for a system that fits)."""
     from metakd_cli.core.config import apply_overrides, load_recipe
+    from metakd_cli.steps import distill, evaluate, export, fit, pipeline
 
-    config = load_recipe(recipe_path)
-    apply_overrides(config, "fit", {}, tuple(system.sets))
+    binding = binding if binding is not None else suite.bindings(name)[0]
+    config = load_recipe(suite.recipe)
+    apply_overrides(config, "fit", {}, tuple(suite.sets_of(name, binding)))
+    steps = suite.chain(name).split(",")
     fit.validate(config.fit)
-    distill.validate(config.distill)
-    pipeline._check_student(config)
-    export.validate(config.export)
-    evaluate.validate(config.eval)
-    assert all(item.split(".")[0] in system.steps for item in system.sets), name
+    if "distill" in steps:
+        distill.validate(config.distill)
+        distill.check_teacher(config.distill, config.fit.teacher_mode, config.fit.hold_out)
+        pipeline._check_student(config)
+    if "export" in steps:
+        export.validate(config.export)
+    if "eval" in steps:
+        evaluate.validate(config.eval)
+        if "export" in steps:
+            pipeline._check_outputs(config)
+    system = suite.systems[name]
+    own = {*system.steps, *(["data"] if "fit" in system.steps else [])}
+    assert all(item.split(".")[0] in own for item in system.sets), name

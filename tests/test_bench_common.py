@@ -7,17 +7,23 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.common import data_path, done, recipe, relative_where, scored_rows, selection, start_from
-from metakd_cli.run_dir import LOCK_FILE, RunDir
+from bench.common import ROOT, data_path, done, recipe as recipe_of, relative_where, scored_rows, selection
+from bench.common import start_from
+from metakd_cli.core.run_dir import LOCK_FILE, RunDir
 
 LATER = "9999-01-01T00:00:00+00:00"  # an eval written after any step finished
+AMAZON = ROOT / "bench" / "recipes" / "amazon.yaml"
+
+
+def recipe(sets: list[str], path: Path = AMAZON):
+    return recipe_of(sets, path)
 
 
 def fake_run(folder: Path, sets: list[str], steps: str, model: str, correct: list[int], domain: str = "kitchen",
-             written: str = LATER) -> Path:
+             written: str = LATER, path: Path = AMAZON) -> Path:
     """A run folder whose manifest records ``steps`` with the recipe's settings, and eval's rows of ``model``
     (``correct``: 1 = the gold label) under the recipe's eval selection."""
-    config = recipe(sets)
+    config = recipe(sets, path)
     run = RunDir(folder)
     data = {"config": {**asdict(config.data), "path": str(data_path(config))}, "fingerprint": "f", "domains": [domain]}
     for step in (s for s in steps.split(",") if s != "eval"):
@@ -90,10 +96,10 @@ def test_a_run_folder_being_written_is_not_copied(tmp_path: Path):
 
     import pytest
 
-    from metakd_cli.errors import UserError
+    from metakd_cli.core.errors import UserError
 
     teacher = fake_run(tmp_path / "teacher", [], "fit,eval", "teacher", [1])
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom metakd_cli.run_dir import RunDir\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom metakd_cli.core.run_dir import RunDir\n"
                                f"with RunDir({str(teacher)!r}).lock('fit'):\n    print('held', flush=True)\n"
                                "    time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:

@@ -1,36 +1,33 @@
-"""Issue 26's bench (bench/mpnet.py) and its recipe: amazon-mpnet loads and passes `metakd run`'s checks offline;
-the reader turns run folders' metrics into results and the issue's targets (pass, fail, not measured), reading
-only folders that `metakd run` would skip with the driver's settings and whose eval came after their steps; the
-driver runs the systems in order, each in a copy of the folder it starts from."""
+"""The mpnet suite (bench/suites/mpnet.yaml, its hooks in bench/mpnet.py) and its recipe: amazon-mpnet loads and
+passes `metakd run`'s checks offline; the table turns run folders' metrics into results and the targets (pass,
+fail, not measured), reading only folders that `metakd run` would skip with the driver's settings and whose eval
+came after their steps; the speed mode builds without eval, then times the two evals back to back."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from bench import mpnet as hooks
+from bench import rows
 from bench.common import data_path, recipe, selection
-from metakd_cli import distill, evaluate, export, fit, pipeline
-from metakd_cli.config import apply_overrides, find_recipe, load_recipe
-from metakd_cli.packaged import MINILM4, MPNET
-from metakd_cli.run_dir import RunDir
+from bench.suite import load, table, target, write
+from metakd_cli.core.config import apply_overrides, find_recipe, load_recipe
+from metakd_cli.core.run_dir import RunDir
+from metakd_cli.models.packaged import MINILM4, MPNET
+from metakd_cli.steps import distill, evaluate, export, fit, pipeline
 
-ROOT = Path(__file__).resolve().parent.parent
 LATER = "9999-01-01T00:00:00+00:00"  # an eval written after any step finished
 
 
-@pytest.fixture(scope="module")
-def bench():
-    """bench/mpnet.py as `bench.mpnet` (bench is a package at the repository root)."""
-    sys.path.insert(0, str(ROOT))
-    try:
-        return importlib.import_module("bench.mpnet")
-    finally:
-        sys.path.remove(str(ROOT))
+@pytest.fixture
+def bench(tmp_path):
+    """The mpnet suite with its runs/ and results/ under a temporary folder."""
+    return load("mpnet", tmp_path)
 
 
 def _check(recipe) -> None:
@@ -53,16 +50,14 @@ def test_the_recipe_loads_and_passes_runs_checks_offline(monkeypatch):
 
 def test_every_system_and_the_speed_settings_are_valid_overrides(bench, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for name in bench.SYSTEMS:
-        for extra in ((), bench.SPEED_SETS):
-            recipe = load_recipe(bench.RECIPE)
-            apply_overrides(recipe, "fit", {}, tuple(bench.sets_of(name, extra)))
+    for name in bench.systems:
+        for extra in ((), hooks.SPEED_SETS):
+            recipe = load_recipe(bench.recipe)
+            apply_overrides(recipe, "fit", {}, tuple(bench.sets_of(name, {}, extra)))
             _check(recipe)
-    for name, system in bench.SYSTEMS.items():  # a system changes only the steps it runs, never those it copies
+    for name, system in bench.systems.items():  # a system changes only the steps it runs, never those it copies
         assert all(item.split(".")[0] in system.steps for item in system.sets), name
-    assert set(bench.RUN_DEFAULT) | set(bench.OPTIONAL) == set(bench.SYSTEMS)
-    assert not set(bench.RUN_DEFAULT) & set(bench.OPTIONAL)
-    assert set(bench.SPEED_SYSTEMS) <= set(bench.RUN_DEFAULT)
+    assert set(hooks.SPEED_SYSTEMS) <= set(bench.spec["default"])
 
 
 # --------------------------------------------------------------------------- fake run folders
@@ -73,7 +68,7 @@ def write_steps(bench, run_dir: Path, system: str, bodies: dict[str, dict], extr
     """``system``'s folder as `metakd run` leaves it: each step of ``bodies`` recorded in the manifest with the
     driver's settings for it (``extra``: the mode's --set) and its body as metrics/<step>.json; an "eval" body is
     eval's record of the system's selection in metrics/eval.json, written at ``written``."""
-    config = recipe(bench.sets_of(system, extra), bench.RECIPE)
+    config = recipe(bench.sets_of(system, {}, extra), bench.recipe)
     run = RunDir(run_dir)
     data = {"config": {**asdict(config.data), "path": str(data_path(config))}}
     for step, body in bodies.items():
@@ -115,10 +110,12 @@ def _by_target(document: dict) -> dict[str, dict]:
             + ("-file" if "file" in t["target"] else ""): t for t in document["targets"]}
 
 
-def test_nothing_finished_is_all_not_measured(bench, tmp_path):
-    out = tmp_path / "mpnet.json"
-    document = bench.table(tmp_path / "runs", out=out)
-    assert json.loads(out.read_text()) == document
+def test_nothing_finished_is_all_not_measured(bench):
+    out = bench.out
+    document = table(bench)
+    assert not write(bench, document) and not out.exists()  # no finished folder: the file is left as it stands
+    out.parent.mkdir(parents=True)
+    out.write_text(json.dumps(document))
     assert set(document["results"].values()) == {"not measured"}
     assert document["speed"] == "not measured"
     assert len(document["targets"]) == 6
@@ -128,8 +125,8 @@ def test_nothing_finished_is_all_not_measured(bench, tmp_path):
     assert not [line for line in _mpnet(out) if "(metakd)" in line or "Test accuracy" in line]
 
 
-def test_finished_folders_give_each_target_its_figure_and_status(bench, tmp_path):
-    runs = tmp_path / "runs"
+def test_finished_folders_give_each_target_its_figure_and_status(bench):
+    runs = bench.runs
     write_steps(bench, runs / "teacher-meta", "teacher-meta",
                 {"fit": {"test_accuracy": _accuracy(90.5), "dev_accuracy": _accuracy(91.0), "seconds": 36000}})
     _student(bench, runs / "meta", "meta", teacher=90.5, int8=89.0, int8_mb=19.9, throughputs=(3.0, 60.0))
@@ -141,16 +138,17 @@ def test_finished_folders_give_each_target_its_figure_and_status(bench, tmp_path
         "eval": {"models": [_model("int8", 88.9, 60.0, 9.4)]}})
     speed = runs / "speed"  # the under-trained pipeline, with the speed settings; meta-trim built, not evaluated
     _student(bench, speed / "meta", "meta", teacher=50.0, int8=50.0, int8_mb=19.9, throughputs=(4.0, 120.0),
-             extra=bench.SPEED_SETS)
+             extra=hooks.SPEED_SETS)
     write_steps(bench, speed / "meta-trim", "meta-trim",
-                {"fit": {}, "distill": {}, "export": {"size_mb": {"model_quantized.onnx": 9.9}}}, bench.SPEED_SETS)
+                {"fit": {}, "distill": {}, "export": {"size_mb": {"model_quantized.onnx": 9.9}}}, hooks.SPEED_SETS)
     write_steps(bench, speed / "teacher-onnx", "teacher-onnx", {
         "fit": {},
         "export": {"size_mb": {"pytorch": 438.0, "model.onnx": 438.1}},
         "eval": {"models": [_model("teacher", 50.0, 4.2, 438.0), _model("onnx", 50.0, 10.0, 438.1)]}},
-        bench.SPEED_SETS)
+        hooks.SPEED_SETS)
 
-    document = bench.table(runs, out=tmp_path / "mpnet.json")
+    document = table(bench)
+    write(bench, document)
     targets = _by_target(document)
     assert targets["MPNet"]["value"] == 90.5 and targets["MPNet"]["status"] == "pass"
     assert targets["int8"]["value"] == 89.0 and targets["int8"]["status"] == "fail"  # below the paper's 89.4
@@ -167,18 +165,18 @@ def test_finished_folders_give_each_target_its_figure_and_status(bench, tmp_path
     assert figures["int8_speedup"] == {"vs_teacher_pytorch": 30.0, "vs_teacher_onnx_fp32": 12.0}
     assert figures["teacher_pytorch_in_second_eval"] == 4.2
     assert figures["size_mb"]["int8_student_trimmed"] == 9.9 and figures["size_mb"]["teacher_onnx_fp32"] == 438.1
-    assert figures["batch_size"] == bench.recipe(bench.sets_of("meta", bench.SPEED_SETS), bench.RECIPE).eval.batch_size
+    assert figures["batch_size"] == recipe(bench.sets_of("meta", {}, hooks.SPEED_SETS), bench.recipe).eval.batch_size
     assert document["results"]["meta"]["test_accuracy"]["int8"]["average"] == 89.0
     assert document["results"]["kd"]["test_accuracy"]["int8"]["average"] == 87.0  # a control: no target reads it
     assert document["results"]["meta-trim"]["vocab_after"] == 11000
     assert document["results"]["tinybert"] == "not measured" and document["results"]["teacher-mix"] == "not measured"
     from bench.report import _mpnet
 
-    report = _mpnet(tmp_path / "mpnet.json")
+    report = _mpnet(bench.out)
     assert "| int8 student file <= 20 MB | 20 | 19.9 | pass |" in report
     # the accuracy table: measured systems only, each with the paper's row beneath
-    table = [line for line in report if "(metakd)" in line or "(the paper" in line]
-    assert table == [
+    shown = [line for line in report if "(metakd)" in line or "(the paper" in line]
+    assert shown == [
         "| meta-teacher | MPNet-base (metakd) | 89.50 | - | 91.50 | - | 90.50 |",
         "| meta-teacher | BERT-base (the paper: Meta-teacher) | 92.50 | 87.00 | 91.10 | 89.20 | 89.90 |",
         "| Meta-KD student | minilm4, fp32 (metakd) | 88.20 | - | 90.20 | - | 89.20 |",
@@ -191,18 +189,17 @@ def test_finished_folders_give_each_target_its_figure_and_status(bench, tmp_path
     ]
 
 
-def test_a_models_speed_keeps_its_spread_over_eval_rounds_beside_the_median(bench):
+def test_a_models_speed_keeps_its_spread_over_eval_rounds_beside_the_median():
     timed = {**_model("int8", 89.0, 120.0), "throughput_spread": [100.04, 130.06], "latency_ms_spread": [7.123, 9.456]}
-    speed = bench._speed_of(timed)
+    speed = rows.speed_of(timed)
     assert speed["throughput_rows_per_s"] == 120.0 and speed["throughput_spread"] == [100.0, 130.1]
     assert speed["latency_ms_spread"] == [7.12, 9.46]
-    assert bench._speed_of(_model("int8", 89.0, 120.0))["throughput_spread"] is None  # an eval before rounds
+    assert rows.speed_of(_model("int8", 89.0, 120.0))["throughput_spread"] is None  # an eval before rounds
 
 
-def test_without_a_speed_run_the_full_runs_figures_are_used(bench, tmp_path):
-    runs = tmp_path / "runs"
-    _student(bench, runs / "meta", "meta", teacher=90.0, int8=89.4, int8_mb=20.0, throughputs=(3.0, 72.0))
-    targets = _by_target(bench.table(runs, out=tmp_path / "mpnet.json"))
+def test_without_a_speed_run_the_full_runs_figures_are_used(bench):
+    _student(bench, bench.runs / "meta", "meta", teacher=90.0, int8=89.4, int8_mb=20.0, throughputs=(3.0, 72.0))
+    targets = _by_target(table(bench))
     assert targets["int8"]["status"] == "pass"  # 89.4 >= 89.4
     assert targets["int8-gap"]["value"] == 0.6 and targets["int8-gap"]["status"] == "pass"
     assert targets["int8-speed"]["value"] == 24.0 and targets["int8-speed"]["status"] == "fail"
@@ -212,27 +209,27 @@ def test_without_a_speed_run_the_full_runs_figures_are_used(bench, tmp_path):
 
 
 def test_a_folder_not_finished_or_with_other_settings_is_not_read(bench, tmp_path):
-    runs = tmp_path / "runs"
+    runs = bench.runs
     stale = _student(bench, runs / "meta", "meta", teacher=90.0, int8=89.5, int8_mb=19.0, throughputs=(3.0, 90.0),
                      written="2000-01-01T00:00:00+00:00")  # eval's record predates the student: stale
-    assert bench.finished_metrics(stale, "meta") is None
-    assert bench.table(runs, out=tmp_path / "mpnet.json")["results"]["meta"] == "not measured"
+    assert bench.finished("meta", run_dir=stale) is None
+    assert table(bench)["results"]["meta"] == "not measured"
     unscored = write_steps(bench, tmp_path / "unscored", "meta", {"fit": {}, "distill": {}, "export": {}})
-    assert bench.finished_metrics(unscored, "meta") is None  # eval never ran
-    assert bench.finished_metrics(unscored, "meta", steps="fit,distill,export") is not None  # but it is built
+    assert bench.finished("meta", run_dir=unscored) is None  # eval never ran
+    assert bench.finished("meta", steps="fit,distill,export", run_dir=unscored) is not None  # but it is built
 
     other = _student(bench, runs / "tinybert", "meta", teacher=90.0, int8=89.5, int8_mb=19.0, throughputs=(3.0, 90.0))
-    assert bench.finished_metrics(other, "tinybert") is None  # distilled by Meta-KD: not the tinybert system
+    assert bench.finished("tinybert", run_dir=other) is None  # distilled by Meta-KD: not the tinybert system
     full = _student(bench, runs / "speed" / "meta", "meta", teacher=90.0, int8=89.5, int8_mb=19.0,
                     throughputs=(3.0, 90.0))
-    assert bench.finished_metrics(full, "meta", bench.SPEED_SETS) is None  # a full run's settings, not speed's
-    assert bench.read_speed(runs / "speed", ()) is None
+    assert bench.finished("meta", {}, hooks.SPEED_SETS, run_dir=full) is None  # a full run's settings, not speed's
+    assert hooks.read_speed(bench, ()) is None
 
     student = _student(bench, tmp_path / "student", "meta", teacher=90.0, int8=89.5, int8_mb=19.0,
-                       throughputs=(3.0, 90.0), extra=bench.SPEED_SETS)
-    assert bench.finished_metrics(student, "meta", bench.SPEED_SETS)["eval"]["models"][3]["name"] == "int8"
+                       throughputs=(3.0, 90.0), extra=hooks.SPEED_SETS)
+    assert bench.finished("meta", {}, hooks.SPEED_SETS, run_dir=student)["eval"]["models"][3]["name"] == "int8"
     # the same student under another fit.epochs: its folder's teacher (copied) is not this run's teacher
-    assert bench.finished_metrics(student, "meta", (*bench.SPEED_SETS, "fit.epochs=2")) is None
+    assert bench.finished("meta", {}, (*hooks.SPEED_SETS, "fit.epochs=2"), run_dir=student) is None
 
 
 def test_a_setting_added_later_reads_as_its_default(bench, tmp_path):
@@ -240,12 +237,12 @@ def test_a_setting_added_later_reads_as_its_default(bench, tmp_path):
     manifest = json.loads((run / "manifest.json").read_text())
     del manifest["steps"]["distill"]["config"]["attention_weight"]  # recorded before the key existed
     (run / "manifest.json").write_text(json.dumps(manifest))
-    assert bench.finished_metrics(run, "meta") is not None
+    assert bench.finished("meta", run_dir=run) is not None
 
 
 def _predictions(bench, run_dir: Path, system: str, right: dict[str, list[int]], rows: str = "r") -> None:
     """metrics/predictions.json of ``system``'s eval selection: int8 right (1) or wrong (0) on each row."""
-    config = recipe(bench.sets_of(system), bench.RECIPE)
+    config = recipe(bench.sets_of(system), bench.recipe)
     domains = [d for d, bits in right.items() for _ in bits]
     where = [f"{data_path(config)}/{d}/{rows}.review:{i}" for d, bits in right.items() for i in range(len(bits))]
     gold = ["positive"] * len(domains)
@@ -254,13 +251,14 @@ def _predictions(bench, run_dir: Path, system: str, right: dict[str, list[int]],
     (run_dir / "metrics" / "predictions.json").write_text(json.dumps({selection(config): entry}))
 
 
-def test_the_students_are_compared_on_the_same_test_rows(bench, tmp_path):
-    runs, out = tmp_path / "runs", tmp_path / "mpnet.json"
+def test_the_students_are_compared_on_the_same_test_rows(bench):
+    runs, out = bench.runs, bench.out
     for system in ("meta", "tinybert", "kd"):
         _student(bench, runs / system, system, teacher=90.0, int8=80.0, int8_mb=19.0, throughputs=(3.0, 90.0))
     _predictions(bench, runs / "meta", "meta", {"books": [1] * 8 + [0] * 2, "electronics": [1] * 6 + [0] * 4})
     _predictions(bench, runs / "tinybert", "tinybert", {"books": [1] * 6 + [0] * 4, "electronics": [1] * 6 + [0] * 4})
-    tests = bench.table(runs, out=out)["tests"]
+    write(bench, document := table(bench))
+    tests = document["tests"]
     assert list(tests) == ["meta vs tinybert"]  # kd recorded no rows, kd-lr and meta-lr are not run: not compared
     test = tests["meta vs tinybert"]
     assert (test["diff"], test["rows"], test["model"]) == (10.0, 20, "int8")  # (80 + 60) / 2 - (60 + 60) / 2
@@ -273,37 +271,35 @@ def test_the_students_are_compared_on_the_same_test_rows(bench, tmp_path):
     _student(bench, runs / "kd-lr", "kd-lr", teacher=90.0, int8=80.0, int8_mb=19.0, throughputs=(3.0, 90.0))
     _predictions(bench, runs / "kd-lr", "kd-lr", {"books": [1] * 10, "electronics": [1] * 10})
     _predictions(bench, runs / "kd", "kd", {"books": [1] * 10, "electronics": [1] * 9 + [0]})
-    tests = bench.table(runs, out=out)["tests"]
+    tests = table(bench)["tests"]
     assert list(tests) == ["meta vs tinybert", "meta vs kd", "kd-lr vs kd"]  # meta-lr is not run
     assert (tests["meta vs kd"]["diff"], tests["kd-lr vs kd"]["diff"]) == (-25.0, 5.0)  # A minus B
     _predictions(bench, runs / "kd", "kd", {"books": [1] * 10, "electronics": [1] * 10}, rows="other")
     with pytest.raises(SystemExit, match="kd: its test rows are not those of meta"):
-        bench.table(runs, out=out)
-    import shutil
-
+        table(bench)
     shutil.rmtree(runs)  # the folders gone: the recorded tests are kept, marked
-    kept = bench.table(runs, out=out)["tests"]["meta vs tinybert"]
+    kept = table(bench)["tests"]["meta vs tinybert"]
     assert kept["diff"] == 10.0 and "folders are gone" in kept["kept"]
 
 
-def test_a_steps_hours_only_when_its_seconds_are_its_whole_time(bench):
+def test_a_steps_hours_only_when_its_seconds_are_its_whole_time():
     fit = {"seconds": 7200}
-    assert bench._hours(fit, [{"resumed_from": None}]) == 2.0  # never resumed
-    assert bench._hours(fit, [{"resumed_from": {"epoch": 1, "step": 3, "earlier_seconds": 5000.0}}]) == 2.0
+    assert rows.hours(fit, [{"resumed_from": None}]) == 2.0  # never resumed
+    assert rows.hours(fit, [{"resumed_from": {"epoch": 1, "step": 3, "earlier_seconds": 5000.0}}]) == 2.0
     # resumed from a checkpoint that did not record its time, or written before metakd recorded resumption at
     # all: the seconds may be the last run's alone
-    assert bench._hours(fit, [{"resumed_from": {"epoch": 1, "step": 3, "earlier_seconds": None}}]) is None
-    assert bench._hours(fit, [{"train_seconds": 7000}]) is None
-    assert bench._hours({"seconds": 3600}, {"intermediate": {"resumed_from": None},
+    assert rows.hours(fit, [{"resumed_from": {"epoch": 1, "step": 3, "earlier_seconds": None}}]) is None
+    assert rows.hours(fit, [{"train_seconds": 7000}]) is None
+    assert rows.hours({"seconds": 3600}, {"intermediate": {"resumed_from": None},
                                             "prediction": {"resumed_from": None}}) == 1.0
-    assert bench._hours(fit, None) is None
+    assert rows.hours(fit, None) is None
 
 
-def test_target_boundaries(bench):
-    assert bench._target("at least", 25.0, 25.0, True, "x")["status"] == "pass"
-    assert bench._target("at least", 24.9, 25.0, True, "x")["status"] == "fail"
-    assert bench._target("at most", 20.1, 20.0, False, "x")["status"] == "fail"
-    assert bench._target("at most", None, 20.0, False, "x") == {
+def test_target_boundaries():
+    assert target("at least", 25.0, 25.0, True, "x")["status"] == "pass"
+    assert target("at least", 24.9, 25.0, True, "x")["status"] == "fail"
+    assert target("at most", 20.1, 20.0, False, "x")["status"] == "fail"
+    assert target("at most", None, 20.0, False, "x") == {
         "target": "at most", "threshold": 20.0, "value": None, "status": "not measured", "source": None}
 
 
@@ -315,12 +311,12 @@ def calls(bench, monkeypatch):
     """What the driver starts: ("copy", source, folder) and ("run", folder, steps, sets), folders by name."""
     out = []
     monkeypatch.setattr("bench.suite.start_from",
-                        lambda source, run_dir: out.append(("copy", source.name, run_dir.name)))
-    def run(run_dir, sets, steps, path):
+                        lambda source, run_dir, dry_run=False: out.append(("copy", source.name, run_dir.name)))
+    def run(run_dir, sets, steps, path, dry_run=False):
         out.append(("run", run_dir.name, steps, tuple(sets)))
 
     monkeypatch.setattr("bench.suite.metakd_run", run)  # the suite builds with it
-    monkeypatch.setattr(bench, "metakd_run", run)  # speed() times with it
+    monkeypatch.setattr(hooks, "metakd_run", run)  # speed() times with it
     return out
 
 
@@ -331,10 +327,9 @@ def test_the_steps_a_folder_holds(bench):
     assert bench.chain("teacher-onnx") == "fit,export,eval"
 
 
-def test_run_goes_from_the_teacher_to_its_students_and_skips_finished_systems(bench, tmp_path, calls):
-    runs = tmp_path / "runs"
-    write_steps(bench, runs / "teacher-meta", "teacher-meta", {"fit": {}})
-    bench.run_systems(runs, ["meta-trim", "teacher-onnx"], ())
+def test_run_goes_from_the_teacher_to_its_students_and_skips_finished_systems(bench, calls):
+    write_steps(bench, bench.runs / "teacher-meta", "teacher-meta", {"fit": {}})
+    bench.run(["meta-trim", "teacher-onnx"])
     assert [call[:3] for call in calls] == [
         ("copy", "teacher-meta", "meta"), ("run", "meta", "fit,distill,export,eval"),
         ("copy", "meta", "meta-trim"), ("run", "meta-trim", "fit,distill,export,eval"),
@@ -342,35 +337,34 @@ def test_run_goes_from_the_teacher_to_its_students_and_skips_finished_systems(be
     assert calls[3][3] == ("export.trim_vocab=true", "eval.models=int8")
 
 
-def test_speed_builds_without_eval_then_times_the_two_evals_back_to_back(bench, tmp_path, calls):
-    bench.speed(tmp_path, ("fit.max_length=16",))
+def test_speed_builds_without_eval_then_times_the_two_evals_back_to_back(bench, calls):
+    hooks.speed(bench, ("fit.max_length=16",))
     runs = [call[1:3] for call in calls if call[0] == "run"]
     assert runs == [("teacher-meta", "fit"), ("meta", "fit,distill,export"), ("meta-trim", "fit,distill,export"),
                     ("teacher-onnx", "fit,export"), ("meta", "eval"), ("teacher-onnx", "eval")]
-    assert all(call[3][-len(bench.SPEED_SETS) - 1:] == (*bench.SPEED_SETS, "fit.max_length=16")
+    assert all(call[3][-len(hooks.SPEED_SETS) - 1:] == (*hooks.SPEED_SETS, "fit.max_length=16")
                for call in calls if call[0] == "run")
 
     calls.clear()  # built: a second `speed` only times again
-    sets = (*bench.SPEED_SETS, "fit.max_length=16")
-    for system in bench.SPEED_SYSTEMS:
-        write_steps(bench, tmp_path / "speed" / system, system,
+    sets = (*hooks.SPEED_SETS, "fit.max_length=16")
+    for system in hooks.SPEED_SYSTEMS:
+        write_steps(bench, bench.runs / "speed" / system, system,
                     {step: {} for step in bench.chain(system, built=True).split(",")}, sets)
-    bench.speed(tmp_path, ("fit.max_length=16",))
+    hooks.speed(bench, ("fit.max_length=16",))
     assert [call[1:3] for call in calls] == [("meta", "eval"), ("teacher-onnx", "eval")]
 
 
-def test_figures_whose_folders_are_gone_are_kept_and_marked(bench, tmp_path):
-    runs, out = tmp_path / "runs", tmp_path / "mpnet.json"
+def test_figures_whose_folders_are_gone_are_kept_and_marked(bench):
+    runs, out = bench.runs, bench.out
     _student(bench, runs / "meta", "meta", teacher=90.0, int8=89.4, int8_mb=20.0, throughputs=(3.0, 72.0))
-    first = bench.table(runs, out=out)
+    write(bench, first := table(bench))
     document = json.loads(out.read_text())
     document["fit_speed"] = {"rows_per_s": 1.3, "timed_steps": 3, "batch_size": 32, "padded_lengths": [128] * 3,
                              "threads": 2, "train_rows": 6400, "epoch_minutes_of_optimiser_steps": 82.1}
     out.write_text(json.dumps(document))
-    import shutil
-
     shutil.rmtree(runs)
-    again = bench.table(runs, out=out)
+    again = table(bench)
+    out.write_text(json.dumps(again))
     assert again["results"]["meta"]["test_accuracy"] == first["results"]["meta"]["test_accuracy"]
     assert "folders are gone" in again["results"]["meta"]["kept"]
     assert again["fit_speed"] == document["fit_speed"]  # fit-speed's own figures: no run folder behind them
@@ -378,5 +372,5 @@ def test_figures_whose_folders_are_gone_are_kept_and_marked(bench, tmp_path):
     from bench.report import _mpnet
 
     assert any("1.3 rows/s" in line and "about 82.1 minutes" in line for line in _mpnet(out))
-    other = bench.table(runs, extra=("fit.epochs=1",), out=out)  # other settings: nothing of the old file counts
+    other = table(bench, ("fit.epochs=1",))  # other settings: nothing of the old file counts
     assert other["results"]["meta"] == "not measured" and other["fit_speed"] == document["fit_speed"]

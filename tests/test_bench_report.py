@@ -27,7 +27,7 @@ def test_scarce_rows_sorted_by_fraction_and_only_present_columns(tmp_path, monke
     }})
     text = report.build()
     assert "**Data-scarce: kitchen**" in text
-    assert "one seed; students 1 + 2 epochs at F = 1; epochs: matched steps); `python -m bench.scarce`" in text
+    assert "one seed; students 1 + 2 epochs at F = 1; epochs: matched steps); `python -m bench run scarce`" in text
     header = "| fraction | train rows | single-teacher | single->tinybert | meta-teacher | meta->meta |"
     assert header in text and "meta->tinybert" not in text
     lines = text.splitlines()
@@ -159,21 +159,10 @@ def test_static_int8_table_gives_gate_invariance_and_speed(tmp_path, monkeypatch
     text = "\n".join(report._int8_static(tmp_path / "int8_static_speed.json", "a student"))
     assert text.startswith("**Static or dynamic int8: a student** (avx2 format, 800 dev rows, 256 calibration texts, "
                            "6 interleaved rounds, 2026-12-02; batch invariance: each dev row alone against in batches "
-                           "of 32; `python -m bench.int8_static`). Chosen: dynamic, by the rule: the made-up rule.")
+                           "of 32; `python -m bench run int8_static`). Chosen: dynamic, by the rule: the made-up rule.")
     assert "| dynamic | 86.6 | +0.125 | yes | 98.0 | 0.14 | 14 | 19.9 | 200.0 | 6.0 |" in text
     assert "| static-qdq-percentile | 85.0 | -1.500 | no | 98.0 | 0 | 0 | 19.9 | 200.0 | 6.0 |" in text
     assert report._int8_static(tmp_path / "missing.json", "a student") == []
-
-
-def test_a_system_named_after_a_work_item_is_shown_by_what_it_is(tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "RESULTS", tmp_path)
-    row = {"books": 86.0, "dvd": 86.0, "electronics": 84.0, "kitchen": 88.0, "average": 86.0, "minutes": 98.8}
-    _write(tmp_path, "teachers.json", {
-        "setup": {"teacher": "all-MiniLM-L6-v2", "epochs": 2, "lr": 5e-5, "max_length": 128, "seed": 42},
-        "results": {"teacher-meta-confusion-issue25-fixes": row}})
-    text = report.document()
-    assert "| teacher-meta-confusion-refit | 86.0 | 86.0 | 84.0 | 88.0 | 86.0 | 98.8 |" in text
-    assert "issue" not in text.lower()
 
 
 def test_amazon_table_tests_and_held_out_section(tmp_path, monkeypatch):
@@ -213,12 +202,14 @@ def test_amazon_table_tests_and_held_out_section(tmp_path, monkeypatch):
 
 
 def test_the_transfer_suite_has_its_section(tmp_path):
-    from bench import report, transfer
+    from bench import report
+    from bench.suite import load, table
+    from metakd_cli.core.run_dir import atomic_write_json
 
-    transfer.table(tmp_path / "runs", tmp_path / "transfer.json")
+    atomic_write_json(tmp_path / "transfer.json", table(load("transfer", tmp_path)))  # no run folder: not measured
     lines = report._transfer(tmp_path / "transfer.json")
     assert lines[0].startswith("**A transfer set the teacher labels** (MiniLM-L6 default path; one seed; "
-                               "`python -m bench.transfer`)")
+                               "`python -m bench run transfer`)")
     text = "\n".join(lines)
     assert "| at 20% labels, the transfer student above the 20%-labels student" in text and "not measured" in text
     assert "| s20-transfer | + the other 80% of the training texts" in text

@@ -1,4 +1,4 @@
-"""The bench drivers end to end on a tiny random teacher and the toy rows, into a temporary folder
+"""The bench driver (python -m bench) end to end on a tiny random teacher and the toy rows, into a temporary folder
 (METAKD_BENCH_DIR): each runs `metakd run` on its recipe and writes a results file with the keys of the
 committed one in bench/results/ (the figures mean nothing and are not checked). About a minute on 2 busy cores, so
 marked slow: python -m pytest -m slow tests/test_bench_smoke.py"""
@@ -25,10 +25,10 @@ TINY = ["fit.epochs=1", "fit.max_length=16", "fit.lr=1e-3", "distill.intermediat
         "eval.latency_rows=2"]
 
 
-def bench(module: str, home: Path, *args: str) -> str:
+def bench(home: Path, *args: str) -> str:
+    """`python -m bench ARGS` with its runs/ and results/ under ``home``."""
     env = {**os.environ, "METAKD_BENCH_DIR": str(home), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", f"bench.{module}", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True)
+    done = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
@@ -47,8 +47,8 @@ def tiny_sets(tiny_model_dir: Path, tmp_path_factory) -> list[str]:
 
 
 def test_amazon_writes_the_committed_files_keys(tiny_sets: list[str], tmp_path: Path):
-    printed = bench("amazon", tmp_path, "--systems", "teacher-meta", "meta->meta", "meta->meta-int8",
-                    "--seeds", "1", "--domains", "books", "--resamples", "50", *tiny_sets)
+    printed = bench(tmp_path, "run", "amazon", "--systems", "teacher-meta", "meta->meta", "meta->meta-int8",
+                    "--seeds", "1", "--domains", "books", *tiny_sets)
     assert "meta->meta" in printed
     made, committed = (json.loads((folder / "amazon.json").read_text()) for folder in (tmp_path / "results", COMMITTED))
     assert set(made) == set(committed)
@@ -64,14 +64,14 @@ def test_amazon_writes_the_committed_files_keys(tiny_sets: list[str], tmp_path: 
     assert set(rows) == set(old_rows) and set(rows["setup"]) == set(old_rows["setup"])
     assert rows["correct"]["meta->meta"]["books"]["1"]["domains"]["books"]
 
-    again = bench("amazon", tmp_path, "--systems", "teacher-meta", "meta->meta", "--seeds", "1", "--domains", "books",
-                  "--resamples", "50", *tiny_sets)
+    again = bench(tmp_path, "run", "amazon", "--systems", "teacher-meta", "meta->meta", "--seeds", "1", "--domains",
+                  "books", *tiny_sets)
     assert " $ metakd" not in again  # every folder done with these settings: nothing started
 
 
 def test_teachers_and_students_write_the_committed_files_keys(tiny_sets: list[str], tmp_path: Path):
-    bench("teachers", tmp_path, "--systems", "teacher-mix", *tiny_sets)
-    bench("students", tmp_path, "--systems", "mix->tinybert", *tiny_sets)
+    bench(tmp_path, "run", "teachers", "--systems", "teacher-mix", *tiny_sets)
+    bench(tmp_path, "run", "students", "--systems", "mix->tinybert", *tiny_sets)
     for name in ("teachers", "students"):
         made, committed = (json.loads((folder / f"{name}.json").read_text()) for folder in (tmp_path / "results",
                                                                                             COMMITTED))

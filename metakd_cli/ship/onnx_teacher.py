@@ -1,7 +1,7 @@
 """The teacher as fp32 ONNX, for labelling many rows on a CPU (a transfer set, --augment's rows).
 
 ONNX Runtime runs a BERT-style encoder about twice as fast as PyTorch on these CPUs (DESIGN.md's CPU facts:
-MiniLM-L6 119 vs 59 rows/s; `python -m bench.transfer label-speed` measures the teacher at hand), so a long
+MiniLM-L6 119 vs 59 rows/s; `python -m bench label-speed transfer` measures the teacher at hand), so a long
 labelling pass exports the teacher once with Optimum, checks its logits against PyTorch's on the first rows, and
 labels with it. A teacher Optimum cannot export, or whose ONNX logits differ, is labelled by PyTorch instead.
 """
