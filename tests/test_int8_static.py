@@ -171,15 +171,22 @@ def test_export_prints_a_signed_change_not_a_negative_drop():
         def print_table(self, title, columns, rows):
             self.tables.append((columns, rows))
 
+    from metakd_cli.core.config import ExportConfig
+    from metakd_cli.core.cpu import CpuInfo
     from metakd_cli.steps.export import ExportResult, Int8Check, LogitsCheck
 
+    int8 = Int8Check(mode="static", target="avx2", target_reason="--target", attempt="plain", remedy=None,
+                     per_channel=True, fused=False, passed=True, rows=4, drop=0.5, max_drop=1.0,
+                     drop_per_domain={"books": -25.0, "average": 0.5}, agreement_with_fp32=75.0, calibration=None,
+                     batch_invariance={}, tried=[])
     result = ExportResult(
-        passed=True, folder=Path("onnx"), failures=[], metrics={}, seconds=1.0, model="student", opset=18,
+        passed=True, folder=Path("onnx"), failures=[], seconds=1.0, config=ExportConfig(int8=True, opset=18),
+        source=Path("student"), domains=["books"], labels=["neg", "pos"], max_length=16,
+        cpu=CpuInfo("test CPU", "x86_64", 2),
+        logits_check=LogitsCheck(rows=4, max_abs_diff=1e-6, atol=1e-4, passed=True, reference="PyTorch model"),
+        trim=None, int8=int8,
         dev_accuracy={"onnx": {"books": 50.0, "average": 50.0}, "int8": {"books": 75.0, "average": 75.0}},
-        logits_check=LogitsCheck(rows=4, max_abs_diff=1e-6, atol=1e-4, passed=True),
-        int8=Int8Check(mode="static", target="avx2", attempt="plain", passed=True, drop=0.5, max_drop=1.0,
-                       drop_per_domain={"books": -25.0, "average": 0.5}, tried=[]),
-        trim=None, mobile=None, size_mb={"model.onnx": 1.0}, parameters=10, onnx_initializers=10,
+        mobile=None, size_mb={"model.onnx": 1.0}, parameters=10, onnx_initializers=10, versions={}, command="",
     )
     console = Console()
     _render(result, console)

@@ -84,7 +84,7 @@ def export(obj, as_json: bool, recipe: str | None, sets: tuple[str, ...], **flag
         raise UserError("--calibration sets static int8's ranges; dynamic int8 has none: drop one of the two")
     result = run_export(config, RunDir(obj.run_dir), console.log)
     if as_json:  # metrics/export.json as written, with where the files went
-        console.print_json({"passed": result.passed, "folder": str(result.folder), **result.metrics})
+        console.print_json({"passed": result.passed, "folder": str(result.folder), **result.to_json()})
     else:
         _render(result, console)
     if not result.passed:
@@ -141,5 +141,5 @@ def _render(result, console) -> None:
     if result.mobile is not None:
         mobile = result.mobile
         title += (f"; model.ort: {mobile.mismatched_labels} labels differ from {mobile.source} on {mobile.rows} dev "
-                  f"rows, opset {mobile.opset}, ORT Mobile: {mobile.usability}")
+                  f"rows, opset {mobile.opset}, ORT Mobile: {mobile.recommendation}")
     console.print_table(title, ["file", "MB"], sizes)

@@ -40,6 +40,7 @@ what the teacher learned from (t = 1 would rate every unseen row as perfectly tr
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -52,7 +53,7 @@ from torch import nn
 
 from metakd_cli.core.config import LOGIT_ONLY, METHODS, DistillConfig, FitConfig, choice
 from metakd_cli.models.students import PRESETS, SMALL_STUDENT_LAYERS, build_student, student_depth
-from metakd_cli.core.cpu import cpu_info
+from metakd_cli.core.cpu import CpuInfo, cpu_info
 from metakd_cli.models.attention import attention_scores, check_attention_heads
 from metakd_cli.data.rows import Dataset
 from metakd_cli.data.encode import Encoded, batch_rows, collate, encode
@@ -91,56 +92,142 @@ from metakd_cli.training.row_weights import save_row_weights
 from metakd_cli.training.loop import PhaseSpec, PhaseSteps, SavedPass, clear_checkpoints, refuse_other_settings
 from metakd_cli.training.loop import by_dev, check_length, earlier_seconds, run_phase
 from metakd_cli.ship.trim import check_trim_options, training_texts, trim_check, trim_vocabulary
+from metakd_cli.steps.export import TrimCheck  # --trim-vocab's check: export's own
 
 HEAD_WARMUP_EPOCHS = 10  # a new head's warm-up when --head-warmup is not given (metakd_cli.training.head_warmup)
 STUDENT_JSON = "metakd_student.json"
 
 
 @dataclass
-class DistillStage:
-    """How one training stage went (metrics/distill.json's ``stages``)."""
+class IntermediateStage:
+    """How stage 1 went (distill.json's ``stages["intermediate"]``)."""
 
-    seconds: float
+    seconds: float  # training time, the interrupted runs' that it resumed included
     examples_per_second: float
-    epochs: int  # epochs trained (begun: patience can stop one part-way)
-    best_epoch: int | None  # prediction: the epoch dev accuracy chose; None for intermediate (its last state is kept)
-    best_step: int | None = None  # prediction: the optimisation step whose state was kept
-    stopped_early: bool = False  # prediction: patience stopped it before max_epochs
+    history: list[dict]  # per epoch: the mean loss terms
+    resumed_from: dict | None  # where a resumed run took the stage up, and its earlier seconds
+    scored_on_dev: bool  # a student whose head came from the teacher is scored on dev as it goes
+    dev_curve: list[dict]  # every dev scoring: step, epoch, dev_score
+    best_step: int  # the optimisation step whose state was kept
+    stopped_early: bool  # patience stopped it before the epoch ceiling
+    rows: dict[str, int]  # "train" and "transfer" rows stage 1 went over
+    transfer_lambda: dict | None = None  # --transfer-stage1: the transfer rows' lambda and t (mean)
+    # which student stage 2 starts from: {"checked": True, "initial_dev", "after_stage_1_dev", "stage_2_starts_from"},
+    # or {"checked": False, "why", "stage_2_starts_from"} for a new head
+    start_check: dict | None = None
+    projection_warmup: dict | None = None  # the projection's least-squares fit: rows, mse_before, mse_after
+
+    @property
+    def epochs(self) -> int:
+        """Epochs trained (begun: patience can stop one part-way)."""
+        return len(self.history)
+
+    def to_json(self) -> dict:
+        record = {
+            "seconds": self.seconds, "examples_per_second": self.examples_per_second, "history": self.history,
+            "resumed_from": self.resumed_from, "scored_on_dev": self.scored_on_dev, "dev_curve": self.dev_curve,
+            "best_step": self.best_step, "stopped_early": self.stopped_early, "rows": self.rows,
+            **({"transfer_lambda": self.transfer_lambda} if self.transfer_lambda is not None else {}),
+        }
+        checks = {"start_check": self.start_check, "projection_warmup": self.projection_warmup}
+        if self.start_check is not None and not self.start_check["checked"]:
+            # an unchecked start (a new head) has always been recorded after the projection's warm-up
+            checks = {"projection_warmup": self.projection_warmup, "start_check": self.start_check}
+        return {**record, **checks}
+
+
+@dataclass
+class PredictionStage:
+    """How stage 2 went (distill.json's ``stages["prediction"]``)."""
+
+    seconds: float  # training time, the interrupted runs' that it resumed included
+    examples_per_second: float
+    history: list[dict]  # per epoch: the mean loss
+    best_epoch: int  # the epoch dev accuracy chose
+    resumed_from: dict | None  # where a resumed run took the stage up, and its earlier seconds
+    dev_curve: list[dict]  # every dev scoring: step, epoch, dev_score
+    best_step: int  # the optimisation step whose state was kept
+    stopped_early: bool  # patience stopped it before the epoch ceiling
+    head_warmup: dict | None = None  # a new head trained alone first (training.head_warmup's record); None when not
+
+    @property
+    def epochs(self) -> int:
+        """Epochs trained (begun: patience can stop one part-way)."""
+        return len(self.history)
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
 class DistillResult:
-    """What `metakd distill` did, typed for the command to show; ``metrics`` is metrics/distill.json itself."""
+    """What `metakd distill` did. ``to_json()`` is metrics/distill.json: this class is the one place that says what
+    the file holds."""
 
     run_dir: Path
-    metrics: dict
-    seconds: float
-    method: str
+    config: DistillConfig
     student: str  # how the student was made
     teacher_mode: str
+    teachers: list[str] | None  # mtn: the domains of the teachers learnt from; else None
     held_out: str | None  # the domain the teacher never saw
+    train_rows: dict[str, int]  # the rows distilled on, per domain
     dev_accuracy: dict[str, float]  # the student's, per domain and "average"
     test_accuracy: dict[str, float]  # the student's
     teacher_test_accuracy: dict[str, float]  # mtn: the teachers' mean
     agreement_with_teacher: float | None  # % of test rows on which student and teacher give the same label
+    lambda_stats: dict[str, float]  # lambda(x) over the training rows: mean, min, max
+    alignment: dict | None  # a student with its own tokenizer: how its pieces align with the teacher's
+    teacher_cache_seconds: float
+    learning_rates: dict[str, float]  # "intermediate" (stage 1) and "prediction" (stage 2), as used
+    stages: dict[str, IntermediateStage | PredictionStage]  # "intermediate" (when it ran), "prediction"
+    cpu: CpuInfo
     student_parameters: int
     teacher_parameters: int  # mtn: every teacher's together
-    stages: dict[str, DistillStage]  # "intermediate" (when it ran), "prediction"
+    seconds: float  # this run's, and the training time of the interrupted runs its stages resumed
+    command: str
+    processes: int
+    transfer: dict | None  # --augment / --transfer: the transfer set's rows, kinds and labelling; else None
+    trim: TrimCheck | None = None  # --trim-vocab: the trimmed student against the untrimmed one
 
-    @classmethod
-    def from_metrics(cls, run_dir: Path, metrics: dict, seconds: float) -> "DistillResult":
-        """The result of the distillation whose metrics/distill.json is ``metrics``."""
-        m = metrics
-        stages = {name: DistillStage(stage["seconds"], stage["examples_per_second"], len(stage["history"]),
-                                     stage.get("best_epoch"), stage.get("best_step"),
-                                     bool(stage.get("stopped_early")))
-                  for name, stage in m["stages"].items()}
-        return cls(run_dir=run_dir, metrics=m, seconds=seconds, method=m["method"], student=m["student"],
-                   teacher_mode=m["teacher_mode"], held_out=m["held_out"], dev_accuracy=m["dev_accuracy"],
-                   test_accuracy=m["test_accuracy"], teacher_test_accuracy=m["teacher_test_accuracy"],
-                   agreement_with_teacher=m["test_agreement_with_teacher"],
-                   student_parameters=m["parameters"]["student"], teacher_parameters=m["parameters"]["teacher"],
-                   stages=stages)
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    @property
+    def metrics(self) -> dict:
+        """metrics/distill.json as a dict: ``to_json()``."""
+        return self.to_json()
+
+    def to_json(self) -> dict:
+        cfg = self.config
+        return {
+            "step": "distill",
+            "method": cfg.method,
+            "student": self.student,
+            "domain": cfg.domain,
+            "teacher_mode": self.teacher_mode,
+            "teachers": self.teachers,
+            "held_out": self.held_out,
+            "train_fraction": cfg.train_fraction,
+            "train_rows": self.train_rows,
+            "dev_accuracy": self.dev_accuracy,
+            "test_accuracy": self.test_accuracy,
+            "teacher_test_accuracy": self.teacher_test_accuracy,
+            "test_agreement_with_teacher": self.agreement_with_teacher,
+            "lambda": self.lambda_stats,
+            **({"alignment": self.alignment} if self.alignment is not None else {}),
+            "teacher_cache_seconds": self.teacher_cache_seconds,
+            "learning_rates": self.learning_rates,
+            "stages": {name: stage.to_json() for name, stage in self.stages.items()},
+            "cpu": self.cpu.to_json(),
+            "parameters": {"student": self.student_parameters, "teacher": self.teacher_parameters},
+            "seconds": self.seconds,
+            "config": asdict(cfg),
+            "command": self.command,
+            "processes": self.processes,
+            "transfer": self.transfer,
+            **({"trim": self.trim.to_json()} if self.trim is not None else {}),
+        }
 
 
 # Default learning rates (stage 1, stage 2) by how the student starts; docs/usage.md "Training length and learning
@@ -456,30 +543,28 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
               if cfg.transfer_stage1 and "intermediate" in specs else None)
     steps = _LossSteps(cfg, teacher_side.teacher, teacher_side.teacher_head, student_side, cache.lam,
                        cache.targets, transfer, stage1)
-    stages = {}
+    stages: dict[str, IntermediateStage | PredictionStage] = {}
     try:
         if "intermediate" in specs:
             stages["intermediate"] = _run_intermediate_checked(ctx, specs["intermediate"], steps)
         head_warmup = _warm_head(ctx, steps)
-        stages["prediction"] = _run_prediction(ctx, specs["prediction"], steps)
-        stages["prediction"]["head_warmup"] = head_warmup
+        stages["prediction"] = replace(_run_prediction(ctx, specs["prediction"], steps), head_warmup=head_warmup)
     except KeyboardInterrupt as exc:
         if cache.saved is not None:  # Ctrl-C's message names them when no training state was saved yet
             exc.saved_pass = ("the teacher's logits", cache.saved)
         raise
     lrs = {"intermediate": intermediate_lr, "prediction": lr}
-    metrics = _collect_metrics(ctx, teacher_side, student_side, cache, lrs, stages, started)
-    metrics["transfer"] = transfer.summary() if transfer is not None else None
+    result = _result(ctx, teacher_side, student_side, cache, lrs, stages, started,
+                     transfer.summary() if transfer is not None else None)
     if not processes.is_main():  # the main process writes the run folder
-        return DistillResult.from_metrics(run.path, metrics, time.perf_counter() - started)
-    _save(ctx, teacher_side, student_side, rows, cache.lam, metrics, fit_id)
-    metrics["seconds"] = _step_seconds(started, stages)
-    return DistillResult.from_metrics(run.path, metrics, metrics["seconds"])
+        return result
+    result = _save(ctx, teacher_side, student_side, rows, cache.lam, result, fit_id)
+    return replace(result, seconds=_step_seconds(started, stages))  # the run's end, after the writing
 
 
-def _step_seconds(started: float, stages: dict) -> float:
+def _step_seconds(started: float, stages: dict[str, IntermediateStage | PredictionStage]) -> float:
     """The step's time: this run's, and the training time of the interrupted runs its stages resumed."""
-    return time.perf_counter() - started + earlier_seconds([stage.get("resumed_from") for stage in stages.values()])
+    return time.perf_counter() - started + earlier_seconds([stage.resumed_from for stage in stages.values()])
 
 
 def _load_teacher_side(ctx: _Context) -> _TeacherSide:
@@ -1048,18 +1133,20 @@ def _stage_specs(ctx: _Context, teacher_mode: str, intermediate_lr: float, lr: f
     return specs
 
 
-def _run_intermediate(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> dict:
+def _run_intermediate(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> IntermediateStage:
     """Stage 1: the student's hidden states, attention scores (and, for meta, domain features) to the teacher's.
     A student whose head came from the teacher is scored on dev accuracy as it goes (the best state kept, patience
     applies); a new head cannot be, so that student keeps its last state."""
     scored = steps.dev_accuracy if steps.side.head_from_teacher else None
     phase_steps = PhaseSteps(steps.intermediate_rows, steps.make_batch, steps.intermediate_step, scored)
     phase = run_phase(spec, steps.side.parts, phase_steps, ctx.run.checkpoints, ctx.resume, ctx.progress, ctx.log)
-    return {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second, "history": phase.history,
-            "resumed_from": phase.resumed_from, "scored_on_dev": scored is not None, "dev_curve": phase.dev_curve,
-            "best_step": phase.best_step, "stopped_early": phase.stopped_early,
-            "rows": {"train": len(steps.side.train), "transfer": steps.intermediate_rows - len(steps.side.train)},
-            **({"transfer_lambda": steps.stage1.summary} if steps.stage1 is not None else {})}
+    return IntermediateStage(
+        seconds=phase.seconds, examples_per_second=phase.examples_per_second, history=phase.history,
+        resumed_from=phase.resumed_from, scored_on_dev=scored is not None, dev_curve=phase.dev_curve,
+        best_step=phase.best_step, stopped_early=phase.stopped_early,
+        rows={"train": len(steps.side.train), "transfer": steps.intermediate_rows - len(steps.side.train)},
+        transfer_lambda=steps.stage1.summary if steps.stage1 is not None else None,
+    )
 
 
 PROJECTION_ROWS = 256  # training rows the projection is fitted on before stage 1 (a seeded sample)
@@ -1123,7 +1210,7 @@ def _pairs_mse(pairs: list, projection: nn.Module) -> float:
     return float(torch.stack(errors).mean())
 
 
-def _run_intermediate_checked(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> dict:
+def _run_intermediate_checked(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> IntermediateStage:
     """Stage 1, then stage 2's start: the better on dev of stage 1's result and the student as it began (stage 1
     must do no harm). Only a student whose classifier came with it from the teacher (a `tiny` cut) can be scored
     before stage 2 trains a head; another starts stage 2 from stage 1's result, unchecked, as the record says."""
@@ -1137,26 +1224,22 @@ def _run_intermediate_checked(ctx: _Context, spec: PhaseSpec, steps: _LossSteps)
             ctx.log(f"stage 1's projection fitted by least squares on {warmup['rows']} training rows: hidden-state "
                     f"MSE {warmup['mse_before']:.4f} -> {warmup['mse_after']:.4f}")
     if not steps.side.head_from_teacher:
-        stage = _run_intermediate(ctx, spec, steps)
-        stage["projection_warmup"] = warmup
-        stage["start_check"] = {"checked": False, "why": "the student's head is new: dev accuracy before stage 2 "
-                                "says nothing", "stage_2_starts_from": "stage 1"}
-        return stage
+        return replace(_run_intermediate(ctx, spec, steps), projection_warmup=warmup, start_check={
+            "checked": False, "why": "the student's head is new: dev accuracy before stage 2 says nothing",
+            "stage_2_starts_from": "stage 1"})
     student.eval()
     initial_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
     initial_dev = steps.dev_accuracy()
     stage = _run_intermediate(ctx, spec, steps)
-    curve = stage["dev_curve"] or []  # stage 1 was scored on dev: its kept state's score
+    curve = stage.dev_curve or []  # stage 1 was scored on dev: its kept state's score
     after_dev = max(point["dev_score"] for point in curve) if curve else steps.dev_accuracy()
     start = "stage 1" if after_dev >= initial_dev else "the initial student"
     if after_dev < initial_dev:
         student.load_state_dict(initial_state)
         ctx.log(f"stage 1 lowered dev accuracy ({initial_dev:.2f} -> {after_dev:.2f}): stage 2 starts from the "
                 "student as it began")
-    stage["start_check"] = {"checked": True, "initial_dev": initial_dev, "after_stage_1_dev": after_dev,
-                            "stage_2_starts_from": start}
-    stage["projection_warmup"] = warmup
-    return stage
+    return replace(stage, projection_warmup=warmup, start_check={
+        "checked": True, "initial_dev": initial_dev, "after_stage_1_dev": after_dev, "stage_2_starts_from": start})
 
 
 def _warm_head(ctx: _Context, steps: _LossSteps) -> dict | None:
@@ -1187,19 +1270,22 @@ def _warm_head(ctx: _Context, steps: _LossSteps) -> dict | None:
     return record
 
 
-def _run_prediction(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> dict:
+def _run_prediction(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> PredictionStage:
     """Stage 2: the student's logits to the teacher's soft labels, selected on dev accuracy."""
     phase_steps = PhaseSteps(steps.prediction_rows, steps.make_prediction_batch, steps.prediction_step,
                              steps.dev_accuracy)
     phase = run_phase(spec, nn.ModuleDict({"student": steps.side.student}), phase_steps, ctx.run.checkpoints,
                       ctx.resume, ctx.progress, ctx.log)
-    return {"seconds": phase.seconds, "examples_per_second": phase.examples_per_second,
-            "history": phase.history, "best_epoch": phase.best_epoch, "resumed_from": phase.resumed_from,
-            "dev_curve": phase.dev_curve, "best_step": phase.best_step, "stopped_early": phase.stopped_early}
+    return PredictionStage(
+        seconds=phase.seconds, examples_per_second=phase.examples_per_second, history=phase.history,
+        best_epoch=phase.best_epoch, resumed_from=phase.resumed_from, dev_curve=phase.dev_curve,
+        best_step=phase.best_step, stopped_early=phase.stopped_early,
+    )
 
 
-def _collect_metrics(ctx: _Context, teacher: _TeacherSide, student: _StudentSide, cache: _TeacherCache,
-                     lrs: dict[str, float], stages: dict, started: float) -> dict:
+def _result(ctx: _Context, teacher: _TeacherSide, student: _StudentSide, cache: _TeacherCache,
+            lrs: dict[str, float], stages: dict[str, IntermediateStage | PredictionStage], started: float,
+            transfer: dict | None) -> DistillResult:
     """Student vs teacher on the same rows, and how the run went."""
     cfg, info, domains = ctx.cfg, teacher.info, ctx.dataset.domains
     train, dev, test, cross = student.train, student.dev, student.test, student.cross
@@ -1207,33 +1293,31 @@ def _collect_metrics(ctx: _Context, teacher: _TeacherSide, student: _StudentSide
     student_dev = _student_predictions(student, dev)
     student_test = _student_predictions(student, test)
     train_rows = {name: train.domains.count(d) for d, name in enumerate(domains) if d in set(train.domains)}
-    return {
-        "step": "distill",
-        "method": cfg.method,
-        "student": student.how,
-        "domain": cfg.domain,
-        "teacher_mode": info.mode,
-        "teachers": [teacher.domain_of[folder] for folder in teacher.teacher_dirs] if cfg.method == "mtn" else None,
-        "held_out": info.held_out,
-        "train_fraction": cfg.train_fraction,
-        "train_rows": train_rows,
-        "dev_accuracy": per_domain_accuracy(student_dev, dev, domains),
-        "test_accuracy": per_domain_accuracy(student_test, test, domains),
-        "teacher_test_accuracy": per_domain_accuracy(teacher_test, test, domains),
-        "test_agreement_with_teacher": float((student_test == teacher_test).mean() * 100) if len(test) else None,
-        "lambda": {"mean": float(lam.mean()), "min": float(lam.min()), "max": float(lam.max())},
-        **({"alignment": cross.summary()} if cross is not None else {}),  # a student with its own tokenizer
-        "teacher_cache_seconds": cache.seconds,
-        "learning_rates": lrs,
-        "stages": stages,
-        "cpu": cpu_info().to_json(),
-        "parameters": {"student": sum(p.numel() for p in student.student.parameters()),
-                       "teacher": cache.teacher_parameters},  # mtn: all teachers together
-        "seconds": _step_seconds(started, stages),
-        "config": asdict(cfg),
-        "command": " ".join(__import__("sys").argv),
-        "processes": processes.world_size(),
-    }
+    return DistillResult(
+        run_dir=ctx.run.path,
+        config=cfg,
+        student=student.how,
+        teacher_mode=info.mode,
+        teachers=[teacher.domain_of[folder] for folder in teacher.teacher_dirs] if cfg.method == "mtn" else None,
+        held_out=info.held_out,
+        train_rows=train_rows,
+        dev_accuracy=per_domain_accuracy(student_dev, dev, domains),
+        test_accuracy=per_domain_accuracy(student_test, test, domains),
+        teacher_test_accuracy=per_domain_accuracy(teacher_test, test, domains),
+        agreement_with_teacher=float((student_test == teacher_test).mean() * 100) if len(test) else None,
+        lambda_stats={"mean": float(lam.mean()), "min": float(lam.min()), "max": float(lam.max())},
+        alignment=cross.summary() if cross is not None else None,
+        teacher_cache_seconds=cache.seconds,
+        learning_rates=lrs,
+        stages=stages,
+        cpu=cpu_info(),
+        student_parameters=sum(p.numel() for p in student.student.parameters()),
+        teacher_parameters=cache.teacher_parameters,
+        seconds=_step_seconds(started, stages),
+        command=" ".join(sys.argv),
+        processes=processes.world_size(),
+        transfer=transfer,
+    )
 
 
 def _student_predictions(student: _StudentSide, encoded: Encoded) -> np.ndarray:
@@ -1243,26 +1327,26 @@ def _student_predictions(student: _StudentSide, encoded: Encoded) -> np.ndarray:
 
 
 def _save(ctx: _Context, teacher: _TeacherSide, student: _StudentSide, rows: _TrainingRows, lam: torch.Tensor,
-          metrics: dict, fit_id: str | None) -> None:
+          result: DistillResult, fit_id: str | None) -> DistillResult:
     """Write student/, the metrics, each row's t and lambda, the manifest's step and the model cards (main
-    process only), then clear the finished checkpoints."""
+    process only), then clear the finished checkpoints; the result with the trimmed student's check, if any."""
     cfg, run, dataset, info, max_length = ctx.cfg, ctx.run, ctx.dataset, teacher.info, teacher.max_length
     with atomic_dir(run.student) as tmp:
         if cfg.trim_vocab:
-            metrics["trim"] = _save_trimmed(student.student, student.tokenizer, dataset, cfg, tmp, max_length,
-                                             ctx.warn)
+            result = replace(result, trim=_save_trimmed(student.student, student.tokenizer, dataset, cfg, tmp,
+                                                        max_length, ctx.warn))
         else:
             student.student.save_pretrained(tmp, safe_serialization=True)
             student.tokenizer.save_pretrained(tmp)
         (tmp / STUDENT_JSON).write_text(json.dumps(
             {"method": cfg.method, "student": student.how, "domain": cfg.domain, "labels": dataset.labels,
              "domains": dataset.domains, "max_length": max_length, "teacher_mode": info.mode}, indent=2) + "\n")
-    run.write_metrics("distill", metrics)
+    run.write_metrics("distill", result.to_json())
     # each row's t and lambda, for `metakd report`; before the manifest records the step, so a kill in between
     # never pairs the new manifest with the previous distillation's rows
     save_row_weights(run, rows.keep, rows.t, lam, cfg.method)
     run.record_step("distill", {"config": asdict(cfg), "student": str(run.student), "held_out": info.held_out,
-                                "train_fraction": cfg.train_fraction, "train_rows": metrics["train_rows"],
+                                "train_fraction": cfg.train_fraction, "train_rows": result.train_rows,
                                 "fit_id": fit_id})
     write_model_cards(run, ctx.log)  # student/README.md from the metrics so far
     for name in (f"distill-{part}{_checkpoint_suffix(ctx)}" for part in ("intermediate", "prediction", "teacher")):
@@ -1270,10 +1354,11 @@ def _save(ctx: _Context, teacher: _TeacherSide, student: _StudentSide, rows: _Tr
         for finished in [run.checkpoints / name, *run.checkpoints.glob(f".{name}.old"),
                          *run.checkpoints.glob(f".{name}.*.tmp")]:
             clear_checkpoints(run.checkpoints, finished.name)
+    return result
 
 
 def _save_trimmed(student, tokenizer, dataset: Dataset, cfg: DistillConfig, out: Path, max_length: int,
-                  warn: Callable[[str], None]) -> dict:
+                  warn: Callable[[str], None]) -> TrimCheck:
     """Save the student with only the word pieces of its training texts (plus --keep-top others), checked as
     `metakd export --trim-vocab` checks it: on every dev row whose pieces were all kept, the trimmed student
     predicts what the untrimmed one does (a failure is said, and recorded in the metrics)."""
@@ -1290,8 +1375,8 @@ def _save_trimmed(student, tokenizer, dataset: Dataset, cfg: DistillConfig, out:
         dev_examples = dataset.select("dev", domains)
         dev = encode(dev_examples, dataset, trimmed_tokenizer, max_length)
         predictions = torch_logits(load(str(out)), dev, trimmed_tokenizer.pad_token_id or 0).argmax(-1)
-        metrics, _, failures = trim_check(report, Path(full), dev_examples, dataset, trimmed_tokenizer, dev,
-                                          predictions, max_length)
+        record, _, failures = trim_check(report, Path(full), dev_examples, dataset, trimmed_tokenizer, dev,
+                                         predictions, max_length)
     for failure in failures:
         warn(f"--trim-vocab: {failure}")
-    return metrics
+    return TrimCheck(**record)

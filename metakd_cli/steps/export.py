@@ -49,7 +49,7 @@ import numpy as np
 
 from metakd_cli.data.dataset import reload_dataset
 from metakd_cli.core.config import DEFAULT_OPSET, ExportConfig, choice
-from metakd_cli.core.cpu import cpu_info, int8_target
+from metakd_cli.core.cpu import CpuInfo, cpu_info, int8_target
 from metakd_cli.data.encode import Encoded
 from metakd_cli.core.errors import UserError
 from metakd_cli.data.metrics import per_domain_accuracy
@@ -94,120 +94,204 @@ FAILED_DIR = "onnx.failed"
 
 @dataclass
 class LogitsCheck:
-    """fp32 ONNX logits against PyTorch's on the check rows."""
+    """fp32 ONNX logits against PyTorch's on the check rows (export.json's ``logits_check``)."""
 
     rows: int
     max_abs_diff: float
     atol: float
     passed: bool
+    reference: str  # "PyTorch model", or "trimmed PyTorch model" with --trim-vocab
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
 class Int8Tried:
-    """One int8 configuration tried: plain, or a remedy."""
+    """One int8 configuration tried, plain or a remedy (an entry of export.json's ``int8_attempts``): the record
+    of ``metakd_cli.ship.int8.Int8Result.to_json``, typed."""
 
     name: str
     description: str
+    per_channel: bool
+    fp32_embeddings_classifier: bool
+    reduce_range: bool
+    weights: str | None
     drop: float  # fp32 minus int8 dev accuracy, points, average over domains
+    drop_per_domain: dict[str, float]
     size_mb: float
     passed: bool
+    agreement_with_fp32: float | None
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
 class Int8Check:
-    """The int8 model kept and how it compares with fp32 on dev."""
+    """The int8 model kept and how it compares with fp32 on dev (export.json's ``target``, ``target_reason``,
+    ``int8_check`` and ``int8_attempts``)."""
 
     mode: str  # static | dynamic
     target: str  # avx2 | avx512_vnni | arm64
+    target_reason: str  # why that target: --target, or what the CPU has
     attempt: str  # the configuration kept: plain or a remedy's name
+    remedy: str | None  # the kept remedy's description; None for plain
+    per_channel: bool  # the kept configuration's weight scales
+    fused: bool  # --fuse
     passed: bool
+    rows: int  # dev rows
     drop: float  # fp32 minus int8 dev accuracy, points, average over domains
     max_drop: float
     drop_per_domain: dict[str, float]
+    agreement_with_fp32: float | None  # % of dev rows on which int8 and fp32 give the same label
+    calibration: dict | None  # static int8's: method, format, rows, seconds, operators (Calibration.to_json)
+    batch_invariance: dict  # rows, batch_size, max_abs_prob_diff, label_flips (ship.int8.batch_invariance)
     tried: list[Int8Tried]
+
+    def to_json(self) -> dict:
+        """export.json's ``int8_check``."""
+        return {
+            "split": "dev", "rows": self.rows, "drop": self.drop, "drop_per_domain": self.drop_per_domain,
+            "max_drop": self.max_drop, "passed": self.passed, "agreement_with_fp32": self.agreement_with_fp32,
+            "per_channel": self.per_channel, "attempt": self.attempt, "fused": self.fused, "remedy": self.remedy,
+            "mode": self.mode, "calibration": self.calibration, "batch_invariance": self.batch_invariance,
+        }
 
 
 @dataclass
 class TrimCheck:
-    """The trimmed vocabulary, and the trimmed model against the untrimmed one on dev."""
+    """The trimmed vocabulary, and the trimmed model against the untrimmed one on dev: the record of
+    ``metakd_cli.ship.trim.trim_check``, typed (export.json's ``trim``, less ``keep_top``; distill.json's ``trim``)."""
 
     vocab_before: int
     vocab_after: int
+    from_corpus: int
+    from_top: int
+    special: int
     parameters_before: int
     parameters_after: int
     size_mb_before: float
     size_mb_after: float
-    from_corpus: int
-    from_top: int
-    special: int
     texts: int
+    unknown_rate: dict[str, dict[str, float]]  # % of [UNK] pieces on dev: domain -> "before" / "after" trimming
+    dev_accuracy: dict[str, dict[str, float]]  # "untrimmed" / "trimmed" -> domain (and average) -> %
     covered_rows: int  # dev rows whose pieces were all kept
-    covered_agreement: float | None  # % of those on which both models agree
-    unknown_rate_after: dict[str, float]  # % of [UNK] pieces on dev, per domain, trimmed
+    rows: int  # dev rows
+    covered_agreement: float | None  # % of the covered rows on which both models agree
     passed: bool
+
+    @property
+    def unknown_rate_after(self) -> dict[str, float]:
+        """% of [UNK] pieces on dev per domain, trimmed."""
+        return {domain: rate["after"] for domain, rate in self.unknown_rate.items()}
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
 class MobileCheck:
-    """model.ort against the ONNX file it came from, and what ORT Mobile makes of it."""
+    """model.ort against the ONNX file it came from, and what ORT Mobile makes of it: the records of
+    ``metakd_cli.ship.mobile.mobile_check``, typed (export.json's ``ort_check`` and ``mobile``)."""
 
     source: str  # the .onnx file converted
     rows: int
     mismatched_labels: int
+    agreement: float | None  # % of dev rows on which both give the same label
+    max_abs_diff: float  # logits
+    passed: bool
     opset: int | None
+    supported_opsets: list[int]  # the lowest and highest ORT Mobile runs
     opset_ok: bool
-    usability: str  # the checker's recommendation, or why it could not run
+    operators_config: str | None  # required_operators.config, when written
+    usability: dict  # the usability checker's answers (nnapi, coreml_*, recommendation), or {"error": why}
+
+    @property
+    def recommendation(self) -> str:
+        """The usability checker's recommendation, or why it could not run."""
+        return self.usability.get("recommendation") or self.usability.get("error")
+
+    def to_json(self) -> dict:
+        """export.json's ``ort_check`` and ``mobile``."""
+        return {
+            "ort_check": {"source": self.source, "rows": self.rows, "mismatched_labels": self.mismatched_labels,
+                          "agreement": self.agreement, "max_abs_diff": self.max_abs_diff, "passed": self.passed},
+            "mobile": {"opset": self.opset, "supported_opsets": self.supported_opsets, "opset_ok": self.opset_ok,
+                       "operators_config": self.operators_config, "usability": self.usability},
+        }
 
 
 @dataclass
 class ExportResult:
-    """What `metakd export` did, typed for the command to show; ``metrics`` is metrics/export.json itself."""
+    """What `metakd export` did. ``to_json()`` is metrics/export.json (and the export's metakd_export.json): this
+    class is the one place that says what the file holds."""
 
     passed: bool
     folder: Path  # onnx/ when the checks pass, onnx.failed/ when they do not
     failures: list[str]
-    metrics: dict
     seconds: float
-    model: str  # student | teacher
-    opset: int
-    dev_accuracy: dict[str, dict[str, float]]  # model (untrimmed, pytorch, onnx, int8) -> domain (and average) -> %
+    config: ExportConfig
+    source: Path  # the model folder exported: the run's student/ or teacher/
+    domains: list[str]  # the domains the model was made for
+    labels: list[str]
+    max_length: int
+    cpu: CpuInfo
     logits_check: LogitsCheck
-    int8: Int8Check | None  # None without --int8
     trim: TrimCheck | None  # None without --trim-vocab
+    int8: Int8Check | None  # None without --int8
+    dev_accuracy: dict[str, dict[str, float]]  # model (untrimmed, pytorch, onnx, int8) -> domain (and average) -> %
     mobile: MobileCheck | None  # None without model.ort
     size_mb: dict[str, float]  # pytorch weights and each file written
     parameters: int  # the PyTorch model's
     onnx_initializers: int
+    versions: dict[str, str]
+    command: str
 
-    @classmethod
-    def from_metrics(cls, folder: Path, metrics: dict) -> "ExportResult":
-        """The result of the export whose export.json is ``metrics`` (written to ``folder``)."""
-        m = metrics
-        int8 = trim = mobile = None
-        if "int8_check" in m:
-            check = m["int8_check"]
-            int8 = Int8Check(check["mode"], m["target"], check["attempt"], check["passed"], check["drop"],
-                             check["max_drop"], check["drop_per_domain"],
-                             [Int8Tried(a["name"], a["description"], a["drop"], a["size_mb"], a["passed"])
-                              for a in m["int8_attempts"]])
-        if "trim" in m:
-            t = m["trim"]
-            trim = TrimCheck(t["vocab_before"], t["vocab_after"], t["parameters_before"], t["parameters_after"],
-                             t["size_mb_before"], t["size_mb_after"], t["from_corpus"], t["from_top"], t["special"],
-                             t["texts"], t["covered_rows"], t["covered_agreement"],
-                             {d: rate["after"] for d, rate in t["unknown_rate"].items()}, t["passed"])
-        if "ort_check" in m:
-            ort, usability = m["ort_check"], m["mobile"]["usability"]
-            mobile = MobileCheck(ort["source"], ort["rows"], ort["mismatched_labels"], m["mobile"]["opset"],
-                                 m["mobile"]["opset_ok"], usability.get("recommendation") or usability.get("error"))
-        logits = m["logits_check"]
-        return cls(
-            passed=m["passed"], folder=folder, failures=m["failures"], metrics=m, seconds=m["seconds"],
-            model=m["model"], opset=m["opset"], dev_accuracy=m["dev_accuracy"],
-            logits_check=LogitsCheck(logits["rows"], logits["max_abs_diff"], logits["atol"], logits["passed"]),
-            int8=int8, trim=trim, mobile=mobile, size_mb=m["size_mb"],
-            parameters=m["parameters"]["pytorch"], onnx_initializers=m["parameters"]["onnx_initializers"],
-        )
+    @property
+    def model(self) -> str:
+        """student | teacher"""
+        return self.config.model
+
+    @property
+    def opset(self) -> int:
+        return self.config.opset
+
+    @property
+    def metrics(self) -> dict:
+        """metrics/export.json as a dict: ``to_json()``."""
+        return self.to_json()
+
+    def to_json(self) -> dict:
+        int8, trim, mobile = self.int8, self.trim, self.mobile
+        return {
+            "step": "export",
+            "model": self.model,
+            "source": str(self.source),
+            "domains": self.domains,
+            "opset": self.opset,
+            "int8": int8 is not None,
+            "target": int8.target if int8 else None,
+            "target_reason": int8.target_reason if int8 else None,
+            "ort": mobile is not None,
+            "trim_vocab": trim is not None,
+            "max_length": self.max_length,
+            "labels": self.labels,
+            "cpu": self.cpu.to_json(),
+            "logits_check": self.logits_check.to_json(),
+            **({"trim": {"keep_top": self.config.keep_top, **trim.to_json()}} if trim else {}),
+            **({"int8_check": int8.to_json(), "int8_attempts": [a.to_json() for a in int8.tried]} if int8 else {}),
+            "dev_accuracy": self.dev_accuracy,
+            **(mobile.to_json() if mobile else {}),
+            "size_mb": self.size_mb,
+            "parameters": {"pytorch": self.parameters, "onnx_initializers": self.onnx_initializers},
+            "passed": self.passed,
+            "failures": self.failures,
+            "versions": self.versions,
+            "config": asdict(self.config),
+            "command": self.command,
+            "seconds": self.seconds,
+        }
 
 
 class _ChecksFailed(Exception):
@@ -372,25 +456,6 @@ class _ExportJob:
     write_ort: bool
     log: Callable[[str], None]
 
-    def header(self) -> dict:
-        """export.json's opening keys: what was exported, how, and on which CPU."""
-        cfg, int8 = self.cfg, self.cfg.int8
-        return {
-            "step": "export",
-            "model": cfg.model,
-            "source": str(self.source),
-            "domains": self.domains,
-            "opset": cfg.opset,
-            "int8": int8,
-            "target": self.target if int8 else None,
-            "target_reason": self.reason if int8 else None,
-            "ort": self.write_ort,
-            "trim_vocab": cfg.trim_vocab,
-            "max_length": self.max_length,
-            "labels": self.dataset.labels,
-            "cpu": cpu_info().to_json(),
-        }
-
 
 def _job(cfg: ExportConfig, run: RunDir, log: Callable[[str], None]) -> _ExportJob:
     """The model to export and its data, and the int8 format for this CPU (or ``--target``)."""
@@ -414,36 +479,39 @@ def _export(cfg: ExportConfig, run: RunDir, log: Callable[[str], None]) -> Expor
     # the step the model comes from, as it is now: recorded as the export's source at the end
     source_id = run.load().steps.get("distill" if cfg.model == "student" else "fit", {}).get("id")
     job = _job(cfg, run, log)
-    metrics = job.header()
+    cpu = cpu_info()
     failed = run.path / FAILED_DIR
     try:
         with atomic_dir(run.onnx) as tmp, tempfile.TemporaryDirectory(prefix=".export-trim-", dir=run.path) as scratch:
-            checks, failures = _export_into(job, tmp, Path(scratch))
-            metrics.update(checks)
-            metrics["passed"] = not failures
-            metrics["failures"] = failures
-            metrics["versions"] = _versions()
-            metrics["config"] = asdict(cfg)
-            metrics["command"] = " ".join(sys.argv)
-            metrics["seconds"] = time.perf_counter() - started
+            checks = _export_into(job, tmp, Path(scratch))
+            result = ExportResult(
+                passed=not checks.failures, folder=failed if checks.failures else run.onnx,
+                failures=checks.failures, seconds=time.perf_counter() - started, config=cfg, source=job.source,
+                domains=job.domains, labels=job.dataset.labels, max_length=job.max_length, cpu=cpu,
+                logits_check=checks.logits_check, trim=checks.trim, int8=checks.int8,
+                dev_accuracy=checks.dev_accuracy, mobile=checks.mobile, size_mb=checks.size_mb,
+                parameters=checks.parameters, onnx_initializers=checks.onnx_initializers, versions=_versions(),
+                command=" ".join(sys.argv),
+            )
+            metrics = result.to_json()
             (tmp / EXPORT_JSON).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-            if failures:
+            if not result.passed:
                 shutil.rmtree(failed, ignore_errors=True)
                 os.replace(tmp, failed)  # kept for inspection; atomic_dir then finds nothing to clean
                 raise _ChecksFailed
     except _ChecksFailed:
-        return ExportResult.from_metrics(failed, metrics)
+        return result
     if failed.exists():  # an older failed attempt no longer describes anything
         shutil.rmtree(failed, ignore_errors=True)
     run.write_metrics("export", metrics)
     run.record_step("export", {
         "config": asdict(cfg), "onnx": str(run.onnx), "model": cfg.model, "opset": cfg.opset,
         "target": metrics["target"], "ort": job.write_ort, "trim_vocab": cfg.trim_vocab,
-        "versions": metrics["versions"], "source_id": source_id,
+        "versions": result.versions, "source_id": source_id,
     })
     from metakd_cli.ship.model_card import write_model_cards  # onnx/README.md (and student/'s) from the metrics
     write_model_cards(run, log)
-    return ExportResult.from_metrics(run.onnx, metrics)
+    return result
 
 
 @dataclass
@@ -458,45 +526,60 @@ class _Fp32:
     torch_dev: np.ndarray  # labels on dev: PyTorch
     fp32_dev: np.ndarray  # labels on dev: fp32 ONNX
     accuracy: dict[str, dict[str, float]]  # {"pytorch": per domain, "onnx": per domain}
-    logits_check: dict
+    logits_check: LogitsCheck
     failures: list[str]
 
 
-def _export_into(job: _ExportJob, tmp: Path, scratch: Path) -> tuple[dict, list[str]]:
-    """Write every file of onnx/ into ``tmp``; (the checks' metrics in export.json's order, the failures)."""
+@dataclass
+class _Checks:
+    """What the files written into onnx/ are, as checked: the parts of ExportResult that ``_export_into`` makes."""
+
+    logits_check: LogitsCheck
+    trim: TrimCheck | None
+    int8: Int8Check | None
+    dev_accuracy: dict[str, dict[str, float]]
+    mobile: MobileCheck | None
+    size_mb: dict[str, float]
+    parameters: int
+    onnx_initializers: int
+    failures: list[str]
+
+
+def _export_into(job: _ExportJob, tmp: Path, scratch: Path) -> _Checks:
+    """Write every file of onnx/ into ``tmp`` and check them."""
     cfg = job.cfg
     model_dir, report = _trimmed_source(job, scratch)
     _to_onnx(job, model_dir if report is None else job.source, model_dir, tmp)
     _cut_at_max_length(tmp, job.max_length)
     fp32 = _fp32_check(job, tmp, model_dir, report is not None)
-    checks: dict = {"logits_check": fp32.logits_check}
     failures = list(fp32.failures)
     accuracy = fp32.accuracy
+    trim = int8 = mobile = None
     if report is not None:
         trim, untrimmed, trim_failures = _trim_check(job, report, fp32)
-        checks["trim"] = trim
         accuracy = {"untrimmed": untrimmed, **accuracy}
         failures.extend(trim_failures)
     files = {ONNX_FILE: size_mb(tmp / ONNX_FILE)}
     source_predictions = fp32.fp32_dev  # what model.ort must predict: the labels of the file it is made from
     if cfg.int8:
-        int8 = _int8_step(job, tmp, fp32)
-        accuracy["int8"] = int8.accuracy
-        checks["int8_check"], checks["int8_attempts"] = int8.check, int8.attempts
-        failures.extend(int8.failures)
+        int8_step = _int8_step(job, tmp, fp32)
+        int8 = int8_step.check
+        accuracy["int8"] = int8_step.accuracy
+        failures.extend(int8_step.failures)
         files[INT8_FILE] = size_mb(tmp / INT8_FILE)
-        source_predictions = int8.predictions
-    checks["dev_accuracy"] = accuracy
+        source_predictions = int8_step.predictions
     if job.write_ort:
         mobile, mobile_failures = _ort_step(job, tmp, source_predictions, fp32)
-        checks.update(mobile)
         failures.extend(mobile_failures)
         files[ORT_FILE] = size_mb(tmp / ORT_FILE)
-    checks["size_mb"] = {"pytorch": weights_size_mb(model_dir), **files}
-    checks["parameters"] = {"pytorch": int(sum(p.numel() for p in fp32.model.parameters())),
-                            "onnx_initializers": _onnx_parameters(tmp / ONNX_FILE)}
+    checks = _Checks(
+        logits_check=fp32.logits_check, trim=trim, int8=int8, dev_accuracy=accuracy, mobile=mobile,
+        size_mb={"pytorch": weights_size_mb(model_dir), **files},
+        parameters=int(sum(p.numel() for p in fp32.model.parameters())),
+        onnx_initializers=_onnx_parameters(tmp / ONNX_FILE), failures=failures,
+    )
     _nest_onnx_files(tmp)
-    return checks, failures
+    return checks
 
 
 def _cut_at_max_length(folder: Path, max_length: int) -> None:
@@ -569,8 +652,8 @@ def _fp32_check(job: _ExportJob, tmp: Path, model_dir: Path, trimmed: bool) -> _
     torch_check = torch_logits(model, check, pad_id)
     fp32 = onnx_session(tmp / ONNX_FILE)
     diff = float(np.abs(onnx_logits(fp32, check, pad_id) - torch_check).max()) if len(check) else 0.0
-    logits_check = {"rows": len(check), "max_abs_diff": diff, "atol": cfg.atol, "passed": diff <= cfg.atol,
-                    "reference": "trimmed PyTorch model" if trimmed else "PyTorch model"}
+    logits_check = LogitsCheck(rows=len(check), max_abs_diff=diff, atol=cfg.atol, passed=diff <= cfg.atol,
+                               reference="trimmed PyTorch model" if trimmed else "PyTorch model")
     job.log(f"fp32 ONNX vs PyTorch on {len(check)} dev rows: max |diff| {diff:.2e} (tolerance {cfg.atol:.0e})")
     failures = []
     if diff > cfg.atol:
@@ -583,23 +666,23 @@ def _fp32_check(job: _ExportJob, tmp: Path, model_dir: Path, trimmed: bool) -> _
     return _Fp32(model, tokenizer, pad_id, dev, check, torch_dev, fp32_dev, accuracy, logits_check, failures)
 
 
-def _trim_check(job: _ExportJob, report: TrimReport, fp32: _Fp32) -> tuple[dict, dict[str, float], list[str]]:
-    """export.json's ``trim`` (trimmed vs untrimmed on dev), the untrimmed model's dev accuracy, the failures."""
-    trim, untrimmed, failures = trim_check(report, job.source, job.dev_examples, job.dataset, fp32.tokenizer,
-                                              fp32.dev, fp32.torch_dev, job.max_length)
-    rates = ", ".join(f"{d} {r['after']:.2f}%" for d, r in trim["unknown_rate"].items())
-    job.log(f"trimmed vs untrimmed: {trim['covered_agreement'] if trim['covered_rows'] else float('nan'):.1f}% "
-            f"agreement on {trim['covered_rows']} of {trim['rows']} dev rows with every piece kept; "
+def _trim_check(job: _ExportJob, report: TrimReport, fp32: _Fp32) -> tuple[TrimCheck, dict[str, float], list[str]]:
+    """Trimmed vs untrimmed on dev, the untrimmed model's dev accuracy, the failures."""
+    record, untrimmed, failures = trim_check(report, job.source, job.dev_examples, job.dataset, fp32.tokenizer,
+                                             fp32.dev, fp32.torch_dev, job.max_length)
+    trim = TrimCheck(**record)
+    rates = ", ".join(f"{d} {after:.2f}%" for d, after in trim.unknown_rate_after.items())
+    job.log(f"trimmed vs untrimmed: {trim.covered_agreement if trim.covered_rows else float('nan'):.1f}% "
+            f"agreement on {trim.covered_rows} of {trim.rows} dev rows with every piece kept; "
             f"[UNK] rate on dev: {rates}")
-    return {"keep_top": job.cfg.keep_top, **trim}, untrimmed, failures
+    return trim, untrimmed, failures
 
 
 @dataclass
 class _Int8Step:
     """The int8 model kept in onnx/ and how it was chosen."""
 
-    check: dict  # export.json's int8_check
-    attempts: list[dict]  # export.json's int8_attempts
+    check: Int8Check
     accuracy: dict[str, float]  # dev, per domain
     predictions: np.ndarray  # dev labels
     failures: list[str]
@@ -620,14 +703,14 @@ def _int8_step(job: _ExportJob, tmp: Path, fp32: _Fp32) -> _Int8Step:
         shutil.rmtree(result.folder, ignore_errors=True)
     shutil.rmtree(tmp / FUSED_DIR, ignore_errors=True)
     invariance = batch_invariance(onnx_session(tmp / INT8_FILE), fp32.check, fp32.pad_id)
-    check = {
-        "split": "dev", "rows": len(fp32.dev), "drop": chosen.drop, "drop_per_domain": chosen.drop_per_domain,
-        "max_drop": cfg.max_drop, "passed": chosen.passed, "agreement_with_fp32": chosen.agreement_with_fp32,
-        "per_channel": chosen.attempt.per_channel, "attempt": chosen.attempt.name, "fused": cfg.fuse,
-        "remedy": chosen.attempt.description if chosen.attempt.name != "plain" else None,
-        "mode": cfg.int8_kind, "calibration": calibration.to_json() if calibration else None,
-        "batch_invariance": invariance,
-    }
+    check = Int8Check(
+        mode=cfg.int8_kind, target=target, target_reason=job.reason, attempt=chosen.attempt.name,
+        remedy=chosen.attempt.description if chosen.attempt.name != "plain" else None,
+        per_channel=chosen.attempt.per_channel, fused=cfg.fuse, passed=chosen.passed, rows=len(fp32.dev),
+        drop=chosen.drop, max_drop=cfg.max_drop, drop_per_domain=chosen.drop_per_domain,
+        agreement_with_fp32=chosen.agreement_with_fp32, calibration=calibration.to_json() if calibration else None,
+        batch_invariance=invariance, tried=[Int8Tried(**result.to_json()) for result in attempts],
+    )
     log(f"int8 {cfg.int8_kind}: each of {invariance['rows']} dev rows alone vs in a batch of "
         f"{invariance['batch_size']}: max |probability diff| {invariance['max_abs_prob_diff']:.1e}, "
         f"{invariance['label_flips']} labels changed")
@@ -638,7 +721,7 @@ def _int8_step(job: _ExportJob, tmp: Path, fp32: _Fp32) -> _Int8Step:
                         f"with every remedy tried (drop per attempt: {tried})")
     elif chosen.attempt.name != "plain":
         log(f"kept int8 {chosen.attempt.name}: {chosen.attempt.description}")
-    return _Int8Step(check, [r.to_json() for r in attempts], chosen.accuracy, chosen.predictions, failures)
+    return _Int8Step(check, chosen.accuracy, chosen.predictions, failures)
 
 
 def _calibration(job: _ExportJob, tmp: Path, fp32: _Fp32) -> Calibration:
@@ -654,15 +737,15 @@ def _calibration(job: _ExportJob, tmp: Path, fp32: _Fp32) -> Calibration:
     return calibrate(tmp / ONNX_FILE, feeds, cfg.calibration, cfg.static_format, tmp / ".calibration")
 
 
-def _ort_step(job: _ExportJob, tmp: Path, source_predictions: np.ndarray, fp32: _Fp32) -> tuple[dict, list[str]]:
-    """model.ort from the int8 model (else the fp32 one), checked against it: ({ort_check, mobile}, failures)."""
+def _ort_step(job: _ExportJob, tmp: Path, source_predictions: np.ndarray,
+             fp32: _Fp32) -> tuple[MobileCheck, list[str]]:
+    """model.ort from the int8 model (else the fp32 one), checked against it; (the check, failures)."""
     ort_source = tmp / (INT8_FILE if job.cfg.int8 else ONNX_FILE)
     job.log(f"converting {ort_source.name} to ORT format for ONNX Runtime Mobile")
     with quiet_tools():
         ort_path = convert_to_ort(ort_source, tmp, job.target)
-    mobile, failures = mobile_check(ort_source, ort_path, source_predictions, fp32.dev, fp32.pad_id)
-    usability = mobile["mobile"]["usability"]
+    records, failures = mobile_check(ort_source, ort_path, source_predictions, fp32.dev, fp32.pad_id)
+    mobile = MobileCheck(**records["ort_check"], **records["mobile"])
     job.log(f"{ORT_FILE} vs {ort_source.name} on {len(fp32.dev)} dev rows: "
-            f"{mobile['ort_check']['mismatched_labels']} labels differ; ORT Mobile usability: "
-            f"{usability.get('recommendation') or usability.get('error')}")
+            f"{mobile.mismatched_labels} labels differ; ORT Mobile usability: {mobile.recommendation}")
     return mobile, failures

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -32,7 +33,7 @@ from torch import nn
 
 from metakd_cli import __version__
 from metakd_cli.core.config import DataConfig, FitConfig, choice
-from metakd_cli.core.cpu import cpu_info
+from metakd_cli.core.cpu import CpuInfo, cpu_info
 from metakd_cli.data.rows import Dataset
 from metakd_cli.data.encode import Encoded, batch_rows, collate, encode
 from metakd_cli.data.dataset import fraction_indices, load_dataset
@@ -89,26 +90,64 @@ class TeacherResult:
 
 @dataclass
 class FitResult:
-    """What `metakd fit` did, typed for the command to show; ``metrics`` is metrics/fit.json itself."""
+    """What `metakd fit` did. ``to_json()`` is metrics/fit.json: this class is the one place that says what the
+    file holds."""
 
     run_dir: Path
-    mode: str
-    teachers: list[TeacherResult]
-    metrics: dict
-    seconds: float
+    config: FitConfig
+    teachers: list[TeacherResult]  # one; single: one per domain not held out
     dev_accuracy: dict[str, float]  # per domain and "average" (single: each domain by its own teacher)
     test_accuracy: dict[str, float]
-    mean_t: dict[str, float]  # mean transferability t of each domain's training rows (meta only)
-    held_out: str | None  # the domain left out of training
+    seconds: float  # this run's, and the training time of the interrupted runs that it resumed
+    train_rows: dict[str, int]  # the rows the teacher learnt from, per domain
+    processes: int
+    cpu: CpuInfo
+    versions: dict[str, str]
+    command: str
 
-    @classmethod
-    def from_metrics(cls, run_dir: Path, teachers: list[TeacherResult], metrics: dict,
-                     seconds: float) -> "FitResult":
-        """The result of the fit whose metrics/fit.json is ``metrics``."""
-        return cls(run_dir=run_dir, mode=metrics["mode"], teachers=teachers, metrics=metrics, seconds=seconds,
-                   dev_accuracy=metrics["dev_accuracy"], test_accuracy=metrics["test_accuracy"],
-                   mean_t={d: stats["mean"] for d, stats in metrics["t"].items() if stats},
-                   held_out=metrics["held_out"])
+    @property
+    def mode(self) -> str:
+        """meta | mix | mtl | single"""
+        return self.config.teacher_mode
+
+    @property
+    def held_out(self) -> str | None:
+        """The domain left out of training."""
+        return self.config.hold_out
+
+    @property
+    def mean_t(self) -> dict[str, float]:
+        """The mean transferability t of each domain's training rows (meta only)."""
+        return {d: stats["mean"] for d, stats in self.teachers[0].t_stats.items() if stats}
+
+    @property
+    def metrics(self) -> dict:
+        """metrics/fit.json as a dict: ``to_json()``."""
+        return self.to_json()
+
+    def to_json(self) -> dict:
+        cfg = self.config
+        return {
+            "step": "fit",
+            "mode": self.mode,
+            "teacher": cfg.teacher,
+            "dev_accuracy": self.dev_accuracy,
+            "test_accuracy": self.test_accuracy,
+            "t": self.teachers[0].t_stats,
+            "teachers": [asdict(t) for t in self.teachers],
+            "seconds": self.seconds,
+            "cpu": self.cpu.to_json(),
+            "train_examples_per_second": float(np.mean([t.examples_per_second for t in self.teachers])),
+            "seed": cfg.seed,
+            "config": asdict(cfg),
+            "versions": self.versions,
+            "command": self.command,
+            "held_out": self.held_out,
+            "train_fraction": cfg.train_fraction,
+            "fraction_domains": cfg.fraction_domains,
+            "train_rows": self.train_rows,
+            "processes": self.processes,
+        }
 
 
 def data_manifest(cfg: DataConfig, dataset: Dataset) -> dict:
@@ -407,12 +446,14 @@ def _fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool, progre
     # the step's time: this run's, and the training time of the interrupted runs that it resumed
     seconds = time.perf_counter() - started + earlier_seconds([t.resumed_from for t in teachers])
     train_rows = {name: train.domains.count(d) for d, name in enumerate(dataset.domains)}
-    metrics = _metrics(cfg, dataset, teachers, seconds)
-    metrics.update(held_out=cfg.hold_out, train_fraction=cfg.train_fraction, fraction_domains=cfg.fraction_domains,
-                   train_rows=train_rows, processes=processes.world_size())
+    dev_accuracy, test_accuracy = _accuracy(cfg, teachers)
+    result = FitResult(run_dir=run.path, config=cfg, teachers=teachers, dev_accuracy=dev_accuracy,
+                       test_accuracy=test_accuracy, seconds=seconds, train_rows=train_rows,
+                       processes=processes.world_size(), cpu=cpu_info(), versions=_versions(),
+                       command=" ".join(sys.argv))
     if not processes.is_main():  # the main process writes the run folder
-        return FitResult.from_metrics(run.path, teachers, metrics, seconds)
-    run.write_metrics("fit", metrics)
+        return result
+    run.write_metrics("fit", result.to_json())
     run.record_step(
         "fit",
         {"config": asdict(cfg), "teacher": str(run.teacher), "model_path": model_path, "versions": _versions(),
@@ -422,7 +463,7 @@ def _fit(data_cfg: DataConfig, cfg: FitConfig, run: RunDir, resume: bool, progre
     )
     for finished in [*run.checkpoints.glob("fit-*"), *run.checkpoints.glob(".fit-*")]:  # nothing left to resume
         clear_checkpoints(run.checkpoints, finished.name)
-    return FitResult.from_metrics(run.path, teachers, metrics, seconds)
+    return result
 
 
 def _fit_single(ctx: _FitContext, rows: _Splits, held_out: list[int], info_common: dict) -> list[TeacherResult]:
@@ -543,27 +584,12 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def _metrics(cfg: FitConfig, dataset: Dataset, teachers: list[TeacherResult], seconds: float) -> dict:
-    if cfg.teacher_mode == "single":
-        dev = {t.name: t.dev[t.name] for t in teachers}
-        test = {t.name: t.test[t.name] for t in teachers}
-        dev["average"] = float(np.mean(list(dev.values())))
-        test["average"] = float(np.mean(list(test.values())))
-    else:
-        dev, test = teachers[0].dev, teachers[0].test
-    return {
-        "step": "fit",
-        "mode": cfg.teacher_mode,
-        "teacher": cfg.teacher,
-        "dev_accuracy": dev,
-        "test_accuracy": test,
-        "t": teachers[0].t_stats,
-        "teachers": [asdict(t) for t in teachers],
-        "seconds": seconds,
-        "cpu": cpu_info().to_json(),
-        "train_examples_per_second": float(np.mean([t.examples_per_second for t in teachers])),
-        "seed": cfg.seed,
-        "config": asdict(cfg),
-        "versions": _versions(),
-        "command": " ".join(__import__("sys").argv),
-    }
+def _accuracy(cfg: FitConfig, teachers: list[TeacherResult]) -> tuple[dict[str, float], dict[str, float]]:
+    """(dev, test) accuracy per domain and "average": the teacher's, or with single teachers each domain's own."""
+    if cfg.teacher_mode != "single":
+        return teachers[0].dev, teachers[0].test
+    dev = {t.name: t.dev[t.name] for t in teachers}
+    test = {t.name: t.test[t.name] for t in teachers}
+    dev["average"] = float(np.mean(list(dev.values())))
+    test["average"] = float(np.mean(list(test.values())))
+    return dev, test
