@@ -44,7 +44,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,7 @@ from metakd_cli.core.cpu import CpuInfo, cpu_info
 from metakd_cli.models.attention import attention_scores, check_attention_heads
 from metakd_cli.data.rows import Dataset
 from metakd_cli.data.encode import Encoded, batch_rows, collate, encode
-from metakd_cli.data.dataset import reload_dataset, fraction_indices
+from metakd_cli.data.dataset import fraction_indices, reload_dataset
 from metakd_cli.core.errors import UserError
 from metakd_cli.data.metrics import per_domain_accuracy
 from metakd_cli.models.inference import MODEL_INPUTS, batched_logits, torch_logits
@@ -94,7 +94,6 @@ from metakd_cli.training.loop import by_dev, check_length, earlier_seconds, run_
 from metakd_cli.ship.trim import check_trim_options, training_texts, trim_check, trim_vocabulary
 from metakd_cli.steps.export import TrimCheck  # --trim-vocab's check: export's own
 
-HEAD_WARMUP_EPOCHS = 10  # a new head's warm-up when --head-warmup is not given (metakd_cli.training.head_warmup)
 STUDENT_JSON = "metakd_student.json"
 
 
@@ -457,6 +456,7 @@ class _Context:
     progress: object
     log: Callable[[str], None]
     warn: Callable[[str], None]
+    in_fraction: list[int] = field(default_factory=list)  # the training rows --train-fraction keeps (all domains)
 
 
 @dataclass
@@ -526,7 +526,8 @@ def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn)
     started = time.perf_counter()
     fit_id = run.step_id("fit")  # the teacher this student is built from: read now, recorded at the end
     _, dataset = reload_dataset(run)
-    ctx = _Context(cfg, run, dataset, resume, progress, log, warn)
+    ctx = _Context(cfg, run, dataset, resume, progress, log, warn,
+                   fraction_indices(dataset.train, cfg.train_fraction, dataset.split_seed))
     user_texts = _read_transfer(ctx) if cfg.transfer else None  # a bad row is refused before any teacher pass
     teacher_side = _load_teacher_side(ctx)
     intermediate_lr, lr = learning_rates(cfg, student_depth(cfg))
@@ -600,7 +601,7 @@ def _training_rows(ctx: _Context, side: _TeacherSide) -> _TrainingRows:
     the one fit stored, else (see the module docstring) one computed here."""
     cfg, dataset, domain_id = ctx.cfg, ctx.dataset, side.domain_id
     full_train = encode(dataset.train, dataset, side.tokenizer, side.max_length)
-    in_fraction = set(fraction_indices(dataset.train, cfg.train_fraction, dataset.split_seed))
+    in_fraction = set(ctx.in_fraction)
     keep = [i for i in full_train.rows_of(domain_id) if i in in_fraction]
     train = full_train.subset(keep)
     dev_all = encode(dataset.dev, dataset, side.tokenizer, side.max_length)
@@ -779,7 +780,7 @@ def _read_transfer(ctx: _Context):
 
     dataset, data = ctx.dataset, ctx.run.load().data.get("config") or {}
     # with --train-fraction, the training rows left out are text this student never sees: not a repeat
-    seen = seen_texts(dataset, fraction_indices(dataset.train, ctx.cfg.train_fraction, dataset.split_seed))
+    seen = seen_texts(dataset, ctx.in_fraction)
     read = read_transfer(ctx.cfg.transfer, dataset.domains, seen, ctx.cfg.domain,
                          data.get("text_column", "text"), data.get("text_pair_column", "text_pair"),
                          data.get("domain_column", "domain"))
@@ -1245,7 +1246,7 @@ def _run_intermediate_checked(ctx: _Context, spec: PhaseSpec, steps: _LossSteps)
 def _warm_head(ctx: _Context, steps: _LossSteps) -> dict | None:
     """Before stage 2, a head that did not come from the teacher is trained alone on the frozen body's [CLS]
     states with stage 2's loss (metakd_cli.training.head_warmup; --head-warmup epochs); None when it is not."""
-    from metakd_cli.training.head_warmup import cls_states, head_parts, warm_head
+    from metakd_cli.training.head_warmup import HEAD_WARMUP_EPOCHS, cls_states, head_parts, warm_head
 
     cfg, side = ctx.cfg, steps.side
     epochs = cfg.head_warmup if cfg.head_warmup is not None else 0 if side.head_from_teacher else HEAD_WARMUP_EPOCHS

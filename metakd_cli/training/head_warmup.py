@@ -22,6 +22,7 @@ from metakd_cli.data.encode import Encoded
 from metakd_cli.models.inference import MODEL_INPUTS, batched_logits
 
 HEAD_LR = 1e-3  # the head alone, on fixed features: a linear probe's rate, not a fine-tuning one
+HEAD_WARMUP_EPOCHS = 10  # a new head's warm-up when --head-warmup is not given
 BATCH = 32
 
 
