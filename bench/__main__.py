@@ -76,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         suite = load(args.suite or parser.error("which suite? (python -m bench list)"))
-        if suite.hook("run"):  # a timing suite: its hook reads its own command line and writes its results
+        if suite.hook("run"):  # a timing suite: bench.timing reads its own command line and writes its results
             if args.command != "run":
                 raise SuiteError(f"{suite.file}: {args.command}: a timing suite has only `run` (--run-dir R)")
-            return suite.hook("run")(suite, [args.command, *(sys.argv[1:] if argv is None else argv)[2:]])
+            from bench.timing import main as timed
+
+            return timed(suite, suite.hook("run"), [args.command, *(sys.argv[1:] if argv is None else argv)[2:]])
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         for key in ("seeds", "domains", "held_out", "fractions"):  # what the suite's runs range over

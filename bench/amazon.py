@@ -20,14 +20,6 @@ PAPER_HELD_OUT = {  # MNLI, fiction held out, tested on fiction (DESIGN.md Refer
     "in-domain teacher": 82.2, "meta-teacher without H": 81.6, "in-domain teacher -> tinybert": 78.8,
     "other domains' teachers -> tinybert": "74.1 to 77.1", "meta-teacher without H -> tinybert": 78.2,
 }
-TESTS = [  # (A, B): A - B
-    ("meta->meta", "meta->tinybert"), ("meta->tinybert", "mix->tinybert"), ("meta->meta", "mtl->tinybert"),
-    ("meta->meta", "single->tinybert"), ("mix->tinybert", "single->tinybert"), ("mtl->tinybert", "single->tinybert"),
-    ("multi->mtn", "single->tinybert"), ("teacher-meta", "teacher-mix"), ("teacher-single-matched", "teacher-single"),
-    ("teacher-meta", "teacher-single-matched"), ("meta->meta", "single-matched->tinybert"),
-    ("meta->meta-int8", "meta->meta"), ("meta->meta-int8-pc", "meta->meta"), ("meta->meta-int8-pc", "meta->meta-int8"),
-    ("meta->meta-all", "meta->meta"),
-]
 
 
 class Table:
@@ -154,9 +146,10 @@ class Table:
             table[system] = row
         return table
 
-    def tests(self, pairs: list[tuple[str, str]] = TESTS, domains: list[str] | None = None) -> dict:
-        """"A vs B" for each pair with runs on ``domains``; two students on the seeds both have."""
-        domains = domains or self.domains
+    def tests(self, pairs: list[tuple[str, str]] | None = None, domains: list[str] | None = None) -> dict:
+        """"A vs B" for each pair (the suite's ``tests``) with runs on ``domains``; two students on the seeds both
+        have."""
+        domains, pairs = domains or self.domains, pairs or self.suite.spec["tests"]
         tests = {f"{a} vs {b}": paired(self.correctness(a, domains), self.correctness(b, domains), domains,
                                        not ({a, b} & self.teachers)) for a, b in pairs}
         return {name: test for name, test in tests.items() if test}

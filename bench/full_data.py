@@ -7,34 +7,30 @@ from bench.common import run_command
 from bench.suite import Suite, row, setup
 
 
-def _command(suite: Suite, system: str, extra: tuple[str, ...]) -> str:
-    return run_command(suite.folder(system), suite.sets_of(system, {}, extra), suite.chain(system), suite.recipe)
+def _table(suite: Suite, extra: tuple[str, ...], before: dict, systems, read) -> dict:
+    """Each of ``systems``' row (``read`` from its metrics, with its command) or the row the results file kept."""
+    def reader(name: str):
+        return lambda metrics: {**read(metrics), "command": run_command(
+            suite.folder(name), suite.sets_of(name, {}, extra), suite.chain(name), suite.recipe)}
+    rows = {name: row(suite, name, reader(name), before.get("results") or {}, extra, missing=None) for name in systems}
+    return {"setup": setup(suite, extra), "results": {name: r for name, r in rows.items() if r}}
 
 
 def teachers(suite: Suite, extra: tuple[str, ...], before: dict, previous: dict) -> dict:
-    def read(name: str):
-        def reader(metrics: dict) -> dict:
-            fit = metrics["fit"]
-            return {**{k: round(v, 2) for k, v in fit["test_accuracy"].items()},
-                    "dev_average": round(fit["dev_accuracy"]["average"], 2), "minutes": round(fit["seconds"] / 60, 1),
-                    "command": _command(suite, name, extra)}
-        return reader
-    rows = {name: row(suite, name, read(name), before.get("results") or {}, extra, missing=None) for name in suite.systems}
-    return {"setup": setup(suite, extra), "results": {name: r for name, r in rows.items() if r}}
+    return _table(suite, extra, before, suite.systems, lambda metrics: {
+        **{k: round(v, 2) for k, v in metrics["fit"]["test_accuracy"].items()},
+        "dev_average": round(metrics["fit"]["dev_accuracy"]["average"], 2),
+        "minutes": round(metrics["fit"]["seconds"] / 60, 1)})
 
 
 def students(suite: Suite, extra: tuple[str, ...], before: dict, previous: dict) -> dict:
-    def read(name: str):
-        def reader(metrics: dict) -> dict:
-            distill, stages = metrics["distill"], metrics["distill"]["stages"]
-            return {**{k: round(v, 2) for k, v in distill["test_accuracy"].items()},
-                    "teacher_average": round(distill["teacher_test_accuracy"]["average"], 2),
-                    "agreement": round(distill["test_agreement_with_teacher"], 2),
-                    "minutes": round(distill["seconds"] / 60, 1),
-                    "stage_minutes": {k: round(v["seconds"] / 60, 1) for k, v in stages.items()},
-                    "stage_examples_per_second": {k: round(v["examples_per_second"], 1) for k, v in stages.items()},
-                    "parameters": distill["parameters"]["student"], "command": _command(suite, name, extra)}
-        return reader
-    rows = {name: row(suite, name, read(name), before.get("results") or {}, extra, missing=None)
-            for name, system in suite.systems.items() if system.start}
-    return {"setup": setup(suite, extra), "results": {name: r for name, r in rows.items() if r}}
+    def read(metrics: dict) -> dict:
+        distill, stages = metrics["distill"], metrics["distill"]["stages"]
+        return {**{k: round(v, 2) for k, v in distill["test_accuracy"].items()},
+                "teacher_average": round(distill["teacher_test_accuracy"]["average"], 2),
+                "agreement": round(distill["test_agreement_with_teacher"], 2),
+                "minutes": round(distill["seconds"] / 60, 1),
+                "stage_minutes": {k: round(v["seconds"] / 60, 1) for k, v in stages.items()},
+                "stage_examples_per_second": {k: round(v["examples_per_second"], 1) for k, v in stages.items()},
+                "parameters": distill["parameters"]["student"]}
+    return _table(suite, extra, before, [name for name, system in suite.systems.items() if system.start], read)

@@ -71,9 +71,9 @@ def read_student(metrics: dict[str, dict]) -> dict:
     }
 
 
-def _distilled(distill: dict) -> dict:
-    """From distill.json: dev accuracy, the student, the rates, the length stage 2 ran (epochs begun, kept step,
-    stopped by patience, the dev curve) and stage 1's start check."""
+def distilled(distill: dict) -> dict:
+    """How distillation went (distill.json): dev accuracy, the student, the rates, the length stage 2 ran (epochs
+    begun, kept step, stopped by patience, the dev curve) and stage 1's start check."""
     stages = distill.get("stages") or {}
     stage = stages.get("prediction") or {}
     return {"dev_accuracy": distill.get("dev_accuracy", {}).get("average"), "student": distill.get("student"),
@@ -83,17 +83,12 @@ def _distilled(distill: dict) -> dict:
             "start_check": (stages.get("intermediate") or {}).get("start_check")}
 
 
-def read_distilled(metrics: dict[str, dict]) -> dict:
-    """A shipped student's figures, with how distillation went."""
-    return {**read_student(metrics), **_distilled(metrics["distill"])}
-
-
 def read_distilled_only(metrics: dict[str, dict]) -> dict:
     """A system distilled but not shipped (its int8 export failed the accuracy gate, or was not run): the fp32
     student's figures from distill.json, marked; it has no int8 rows to pair."""
     distill = metrics["distill"]
     return {"test_accuracy": {"student": {k: round(v, 2) for k, v in distill["test_accuracy"].items()}},
-            **_distilled(distill),
+            **distilled(distill),
             "not_shipped": "distilled, but no int8 export: its export failed the int8 accuracy gate or did not run"}
 
 
@@ -103,15 +98,12 @@ def read_trim(export: dict) -> dict:
             "training_texts": trim.get("texts"), "dev_accuracy": export.get("dev_accuracy")}
 
 
-def read_trimmed(metrics: dict[str, dict]) -> dict:
-    int8 = models(metrics["eval"]).get("int8") or {}
-    return {**read_trim(metrics["export"]), "test_accuracy": {"int8": accuracy(int8.get("accuracy"))}}
-
-
-def read_teacher_onnx(metrics: dict[str, dict]) -> dict:
-    return {"speed": {name: speed_of(model) for name, model in models(metrics["eval"]).items()},
-            "size_mb": sizes(metrics["export"])}
-
-
-READERS = {"teacher": read_teacher, "student": read_student, "distilled": read_distilled, "trimmed": read_trimmed,
-           "teacher-onnx": read_teacher_onnx}
+READERS = {  # a system's ``reads`` -> its row from its metrics
+    "teacher": read_teacher,
+    "student": read_student,
+    "distilled": lambda metrics: {**read_student(metrics), **distilled(metrics["distill"])},  # shipped, and how
+    "trimmed": lambda metrics: {**read_trim(metrics["export"]), "test_accuracy": {
+        "int8": accuracy((models(metrics["eval"]).get("int8") or {}).get("accuracy"))}},
+    "teacher-onnx": lambda metrics: {"speed": {name: speed_of(m) for name, m in models(metrics["eval"]).items()},
+                                     "size_mb": sizes(metrics["export"])},
+}

@@ -12,7 +12,6 @@ from bench.common import data_path, recipe
 from bench.suite import Suite, paired, setup
 
 BATCH = 32
-PAIRS = [("meta->meta", "single->tinybert"), ("meta-teacher", "single-teacher"), ("meta->meta", "meta->tinybert")]
 
 
 def matched_epochs(epochs: int, rows: int, full_rows: int) -> int:
@@ -81,20 +80,18 @@ def table(suite: Suite, extra: tuple[str, ...], before: dict, previous: dict) ->
                 continue
             rows[label] = {"rows": correct}
             row[label] = round(100 * sum(correct) / len(correct), 2)
-            for part, value in (("minutes", minutes), ("train_rows", trained), ("epochs", epochs)):
-                if value is not None:  # (a kept run recorded before the figure was)
-                    if part == "train_rows" and not teacher:
-                        row.setdefault("student_train_rows", {})[label] = value
-                    elif part == "train_rows":
-                        row["train_rows"] = value
-                    else:
-                        row.setdefault(part, {})[label] = value
+            for part, value in (("minutes", minutes), ("train_rows" if teacher else "student_train_rows", trained),
+                                ("epochs", epochs)):
+                if value is not None and part == "train_rows":
+                    row[part] = value
+                elif value is not None:  # (a kept run recorded before the figure was)
+                    row.setdefault(part, {})[label] = value
         if rows:
             out["results"][key], out["correct"][key] = row, rows
     out["tests"] = {}
     for key, scored in out["correct"].items():
         pairs = {f"{x} vs {y}": paired({"1": {domain: scored[x]["rows"]}}, {"1": {domain: scored[y]["rows"]}}, [domain])
-                 for x, y in PAIRS if x in scored and y in scored}
+                 for x, y in suite.spec["tests"] if x in scored and y in scored}
         if pairs:
             out["tests"][key] = pairs
     return out

@@ -8,8 +8,10 @@ A suite file holds: ``what`` (one line), ``recipe``, ``runs`` (its folder under 
 ``folder``, ``reads``, or ``same_as`` another suite's system of that name), ``default`` (what `run` runs), the
 ``seeds`` / ``domains`` / ``held_out`` / ``fractions`` its runs range over, ``borrow`` (a finished folder of another
 suite's same system), ``tests`` (pairs A, B; ``test_models``, ``best_of``, ``best_against``), ``targets``, ``setup``
-and ``document`` (the results file's sections, "$name" filled), ``mpnet`` (the MPNet path: a suite inside), and
-``hooks``: "module:function" for what must be code (before, values, rows, sections, figures, table, run, commands).
+and ``document`` (the results file's sections, "$name" filled), ``mpnet`` (the MPNet path: a suite inside),
+``report`` (its section of docs/results.md, bench/report.py; ``report_files``: several results files), a timing
+suite's ``options``, ``quick`` and ``columns`` (bench/timing.py), and ``hooks``: "module:function" for what must be
+code (before, values, rows, sections, figures, table, run, commands).
 
 A system's ``folder`` and ``sets`` may hold placeholders: {seed}, {fraction}, {held}, {domain} and {other} (the
 domains but {held}) make one run per value of the suite's ``seeds``, ``fractions``, ``held_out`` and ``domains``;
@@ -38,7 +40,7 @@ RANGES = {"seed": "seeds", "fraction": "fractions", "held": "held_out", "domain"
 PLACEHOLDER = re.compile(r"\{(\w+)(?::([^}]*))?\}")
 SUITE_KEYS = {"what", "recipe", "runs", "results", "seeds", "fractions", "held_out", "domains", "systems", "default",
               "aliases", "borrow", "tests", "test_models", "best_of", "best_against", "targets", "setup", "paper",
-              "document", "mpnet", "hooks", "options"}
+              "document", "mpnet", "hooks", "options", "quick", "columns", "report", "report_files"}
 SYSTEM_KEYS = {"what", "sets", "steps", "start", "pin", "folder", "reads", "same_as"}
 HOOKS = {"before", "values", "rows", "sections", "figures", "table", "run", "commands"}
 
@@ -250,7 +252,8 @@ def load(name: str, home: Path | None = None) -> Suite:
     runs, results = (home / "runs", home / "results") if home else (RUNS, RESULTS)
     if not isinstance(spec, dict):
         raise SuiteError(f"{file}: the file: expected a mapping")
-    suite = _suite(name, file, spec, "", runs, results / _text(file, spec, "results", f"{name}.json"))
+    _checker(file, "")(isinstance(spec.get("results", ""), str), "results", "expected text")
+    suite = _suite(name, file, spec, "", runs, results / spec.get("results", f"{name}.json"))
     suite.home = home
     return suite
 
@@ -259,88 +262,69 @@ def names() -> list[str]:
     return sorted(path.stem for path in SUITES.glob("*.yaml"))
 
 
+def _checker(file: Path, where: str):
+    """need(ok, key, wrong): unless ``ok``, a SuiteError naming the file, the key (``where`` + key), what is wrong."""
+    def need(ok: object, key: str, wrong: str) -> None:
+        if not ok:
+            raise SuiteError(f"{file}: {where}{key}: {wrong}")
+    return need
+
+
 def _suite(name: str, file: Path, spec: object, where: str, runs: Path, out: Path) -> Suite:
     if not isinstance(spec, dict):
         raise SuiteError(f"{file}: {where.rstrip('.')}: expected a mapping")
-    unknown = sorted(set(spec) - SUITE_KEYS)
-    if unknown:
-        raise SuiteError(f"{file}: {where}{unknown[0]}: unknown key (the keys: {', '.join(sorted(SUITE_KEYS))})")
-    if not where and not isinstance(spec.get("what"), str):
-        raise SuiteError(f"{file}: what: missing: one line saying what the suite measures")
-    for key in spec.get("hooks") or {}:
-        if key not in HOOKS:
-            raise SuiteError(f"{file}: {where}hooks.{key}: unknown hook (the hooks: {', '.join(sorted(HOOKS))})")
-    path = spec.get("recipe")
-    if path is not None and not (ROOT / _text(file, spec, "recipe", "", where)).is_file():
-        raise SuiteError(f"{file}: {where}recipe: {path}: no such file")
-    values = {key: _list(file, spec, key, where) for key in ("seeds", "fractions", "held_out", "domains")}
-    suite = Suite(name, file, spec, ROOT / path if path else None, runs / _text(file, spec, "runs", name, where), out,
-                  {}, values)
-    systems = spec.get("systems") or {}
-    if not isinstance(systems, dict):
-        raise SuiteError(f"{file}: {where}systems: expected a mapping of system names")
-    for system, body in systems.items():
-        suite.systems[system] = _system(file, f"{where}systems.{system}", body, system)
-    if suite.systems and suite.recipe is None:
-        raise SuiteError(f"{file}: {where}recipe: missing: the recipe its systems override")
+    need, unknown = _checker(file, where), sorted(set(spec) - SUITE_KEYS)
+    need(not unknown, unknown[0] if unknown else "", f"unknown key (the keys: {', '.join(sorted(SUITE_KEYS))})")
+    need(where or isinstance(spec.get("what"), str), "what", "missing: one line saying what the suite measures")
+    unknown = [key for key in spec.get("hooks") or {} if key not in HOOKS]
+    need(not unknown, f"hooks.{unknown[0]}" if unknown else "", f"unknown hook (the hooks: {', '.join(sorted(HOOKS))})")
+    for key in ("recipe", "runs"):
+        need(isinstance(spec.get(key, ""), str), key, "expected text")
+    need((path := spec.get("recipe")) is None or (ROOT / path).is_file(), "recipe", f"{path}: no such file")
+    for key in ("seeds", "fractions", "held_out", "domains"):
+        need(isinstance(spec.get(key) or [], list), key, "expected a list")
+    need(isinstance(systems := spec.get("systems") or {}, dict), "systems", "expected a mapping of system names")
+    suite = Suite(name, file, spec, ROOT / path if path else None, runs / spec.get("runs", name), out,
+                  {s: _system(file, f"{where}systems.{s}", body, s) for s, body in systems.items()},
+                  {key: spec.get(key) or [] for key in ("seeds", "fractions", "held_out", "domains")})
+    need(not suite.systems or suite.recipe, "recipe", "missing: the recipe its systems override")
     for system, body in suite.systems.items():
-        if body.start is not None and body.start not in suite.systems:
-            raise SuiteError(f"{file}: {where}systems.{system}.start: {body.start} is not a system of the suite")
+        need(body.start in (None, *suite.systems), f"systems.{system}.start",
+             f"{body.start} is not a system of the suite")
     for key in ("default", "best_of"):
         wrong = [s for s in spec.get(key) or [] if s not in suite.systems and spec.get(key) != "students"]
-        if wrong:
-            raise SuiteError(f"{file}: {where}{key}: {wrong[0]} is not a system of the suite")
+        need(not wrong, key, f"{wrong[0] if wrong else ''} is not a system of the suite")
     for pair in spec.get("tests") or []:
-        if not (isinstance(pair, list) and len(pair) == 2 and set(pair) <= set(suite.systems)):
-            raise SuiteError(f"{file}: {where}tests: {pair}: expected [A, B], two systems of the suite")
+        need(isinstance(pair, list) and len(pair) == 2 and set(pair) <= set(suite.systems), "tests",
+             f"{pair}: expected [A, B], two systems of the suite")
     for number, row in enumerate(spec.get("targets") or []):
-        if not (isinstance(row, dict) and "target" in row and {"value", "test"} & set(row)
-                and {"at_least", "at_most"} & set(row)):
-            raise SuiteError(f"{file}: {where}targets[{number}]: expected target, value or test, at_least or at_most")
+        need(isinstance(row, dict) and "target" in row and {"value", "test"} & set(row) and {"at_least", "at_most"}
+             & set(row), f"targets[{number}]", "expected target, value or test, at_least or at_most")
     if "mpnet" in spec:
         suite.mpnet = _suite(name, file, spec["mpnet"], "mpnet.", runs, out)
     return suite
 
 
 def _system(file: Path, where: str, body: object, name: str) -> System:
-    if not isinstance(body, dict):
-        raise SuiteError(f"{file}: {where}: expected a mapping with what, sets, steps, start")
+    need = _checker(file, where)
+    need(isinstance(body, dict), "", "expected a mapping with what, sets, steps, start")
     if "same_as" in body:  # the same system as another suite declares it (the same folder, not a second fit)
         other = load(body["same_as"])
         found = other.systems.get(name) or (other.mpnet.systems.get(name) if other.mpnet else None)
-        if found is None:
-            raise SuiteError(f"{file}: {where}.same_as: {body['same_as']} has no system {name}")
+        need(found, ".same_as", f"{body['same_as']} has no system {name}")
         return found
     unknown = sorted(set(body) - SYSTEM_KEYS)
-    if unknown:
-        raise SuiteError(f"{file}: {where}.{unknown[0]}: unknown key (the keys: {', '.join(sorted(SYSTEM_KEYS))})")
-    if not isinstance(body.get("what"), str):
-        raise SuiteError(f"{file}: {where}.what: missing: one line saying what the system is")
+    need(not unknown, f".{unknown[0] if unknown else ''}", f"unknown key (the keys: {', '.join(sorted(SYSTEM_KEYS))})")
+    need(isinstance(body.get("what"), str), ".what", "missing: one line saying what the system is")
     sets = [item for part in body.get("sets") or [] for item in (part if isinstance(part, list) else [part])]
-    if not all(isinstance(item, str) and "=" in item and "." in item.split("=")[0] for item in sets):
-        raise SuiteError(f"{file}: {where}.sets: expected SECTION.KEY=VALUE items, as `metakd run --set` takes")
+    need(all(isinstance(item, str) and "=" in item and "." in item.split("=")[0] for item in sets), ".sets",
+         "expected SECTION.KEY=VALUE items, as `metakd run --set` takes")
     steps = body.get("steps") or []
-    if not steps or not set(steps) <= set(STEPS):
-        raise SuiteError(f"{file}: {where}.steps: expected some of {', '.join(STEPS)}")
-    if body.get("reads") is not None and body["reads"] not in READERS:
-        raise SuiteError(f"{file}: {where}.reads: {body['reads']}: not a reader (the readers: {', '.join(READERS)})")
-    pin = body.get("pin") or {}
-    return System(body["what"], tuple(sets), tuple(steps), body.get("start"), tuple(pin.items()), body.get("folder"),
-                  body.get("reads"))
-
-
-def _text(file: Path, spec: dict, key: str, default: str, where: str = "") -> str:
-    value = spec.get(key, default)
-    if not isinstance(value, str):
-        raise SuiteError(f"{file}: {where}{key}: expected text")
-    return value
-
-
-def _list(file: Path, spec: dict, key: str, where: str) -> list:
-    value = spec.get(key) or []
-    if not isinstance(value, list):
-        raise SuiteError(f"{file}: {where}{key}: expected a list")
-    return value
+    need(steps and set(steps) <= set(STEPS), ".steps", f"expected some of {', '.join(STEPS)}")
+    need(body.get("reads") in (None, *READERS), ".reads",
+         f"{body.get('reads')}: not a reader (the readers: {', '.join(READERS)})")
+    return System(body["what"], tuple(sets), tuple(steps), body.get("start"), tuple((body.get("pin") or {}).items()),
+                  body.get("folder"), body.get("reads"))
 
 
 # ---------------------------------------------------------------------- the table
@@ -367,23 +351,18 @@ def paired(a: dict[str, dict[str, list[int]]], b: dict[str, dict[str, list[int]]
     return compare(*flat, strata) if a and b else {}
 
 
-def paired_test(one: Scored, other: Scored, seed: int, first: str, second: str) -> dict:
-    """A vs B on the same test rows of one seed (``paired``); ``first`` names A and ``second`` B for the refusal
-    when the rows differ."""
-    if one.where != other.where:
-        raise SystemExit(f"{second}: its test rows are not those of {first}")
-    return paired({str(seed): one.correct}, {str(seed): other.correct}, list(one.correct))
-
-
 def paired_tests(scored: dict[str, Scored], pairs, previous: dict, seed: int, model: str = "int8") -> dict:
-    """"A vs B" (A minus B) for each pair whose ``model`` test rows (int8: "A vs B"; another model: "A vs B
-    (model)") are both in ``scored``; a test of the results file whose folders are gone is kept, marked."""
+    """"A vs B" (A minus B, ``paired`` on one seed) for each pair whose ``model`` test rows (int8: "A vs B"; another
+    model: "A vs B (model)") are both in ``scored`` and are the same rows; a test of the results file whose folders
+    are gone is kept, marked."""
     tests, suffix = {}, "" if model == "int8" else f" ({model})"
     for first, second in dict.fromkeys(map(tuple, pairs)):
         if first in scored and second in scored:
-            name = f"{first} vs {second}{suffix}"
-            tests[name] = {"name": name, **paired_test(scored[first], scored[second], seed, first, second),
-                           "model": model}
+            one, other, name = scored[first], scored[second], f"{first} vs {second}{suffix}"
+            if one.where != other.where:
+                raise SystemExit(f"{second}: its test rows are not those of {first}")
+            tests[name] = {"name": name, **paired({str(seed): one.correct}, {str(seed): other.correct},
+                                                  list(one.correct)), "model": model}
     for name, test in previous.items():
         if name in tests or not isinstance(test, dict) or test.get("model", "int8") != model:
             continue

@@ -1,10 +1,11 @@
-"""The timing suites' hooks (speed, int8_static, int8_variants): models of one run folder measured in ONE process,
-the thread count pinned (torch intra-op = ONNX Runtime intra-op = N, inter-op 1; recorded), on fixed-shape inputs
-from real texts (truncated or padded to exactly seq_len tokens): latency at batch 1 and throughput at batch 32,
-every model loaded at once and timed in interleaved rounds by `metakd eval`'s own timing (metakd_cli.core.timing:
-each round times every model in turn, so a slow spell of the machine lands on every model; each figure is a median
-over rounds, its fastest and slowest round beside it). Ratios matter, not absolute times. A suite's options are its
-file's ``options``, each settable as --name VALUE; --run-dir names the run folder, --out the results file."""
+"""The timing suites (speed, int8_static, int8_variants; each suite's ``hooks.run`` names its report function here):
+models of one run folder measured in ONE process, the thread count pinned (torch intra-op = ONNX Runtime intra-op =
+N, inter-op 1; recorded), on fixed-shape inputs from real texts (truncated or padded to exactly seq_len tokens):
+latency at batch 1 and throughput at batch 32, every model loaded at once and timed in interleaved rounds by `metakd
+eval`'s own timing (metakd_cli.core.timing: each round times every model in turn, so a slow spell of the machine
+lands on every model; each figure is a median over rounds, its fastest and slowest round beside it). Ratios matter,
+not absolute times. A suite file's ``options`` are each settable as --name VALUE (``quick``: the counts --quick
+sets); --run-dir names the run folder, --out the results file; ``columns`` are what is printed of each row."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ import argparse
 import itertools
 import json
 import shlex
+import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,9 +38,9 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def arguments(suite: Suite, argv: list[str], quick: dict | None = None) -> argparse.Namespace:
-    """--run-dir, --out and the suite's options; --quick (where the suite has it) sets ``quick``'s counts that
-    the command line does not give."""
+def main(suite: Suite, benchmark: Callable[[argparse.Namespace], dict], argv: list[str]) -> int:
+    """A timing suite's `run` (``argv``: "run" and its options): ``benchmark``'s report into --out, each row's
+    ``columns`` printed with the targets or the chosen default, or one line saying why it was skipped."""
     parser = argparse.ArgumentParser(prog=f"python -m bench run {suite.name}", description=suite.spec["what"])
     parser.add_argument("command", choices=["run"])
     parser.add_argument("--run-dir", type=Path, required=True, help="the run folder whose models are timed")
@@ -48,25 +51,29 @@ def arguments(suite: Suite, argv: list[str], quick: dict | None = None) -> argpa
             flag, type=type(default), default=default, help=f"[{default}]")
     args = parser.parse_args(argv)
     given = {arg.lstrip("-").split("=")[0].replace("-", "_") for arg in argv if arg.startswith("--")}
-    for name, value in (quick or {}).items() if getattr(args, "quick", False) else ():
+    for name, value in (suite.spec.get("quick") or {}).items() if getattr(args, "quick", False) else ():
         if name not in given:
             setattr(args, name, value)
     args.threads = args.threads or len(available_cpus())  # 0: every CPU this process may use
     args.command_line = shlex.join(["python", "-m", "bench", "run", suite.name, *argv[1:]])
-    return args
-
-
-def main(benchmark: Callable[[argparse.Namespace], dict], suite: Suite, argv: list[str], quick: dict | None = None,
-         shown: Callable[[dict], None] = lambda report: None) -> int:
-    """A timing suite's run: its report into --out and shown, or one line saying why it was skipped."""
-    args = arguments(suite, argv, quick)
     try:
         report = benchmark(args)
     except Skip as exc:
         print(f"skipped: {exc}")
         return 0
     atomic_write_json(args.out, report)
-    shown(report)
+    columns = suite.spec["columns"]
+    print(f"{'':28}" + "".join(f"{c[:16]:>18}" for c in columns))
+    for name, row in report["results"].items():
+        cells = [row.get(c) for c in columns] if "error" not in row else []
+        print(f"{name:28}" + ("".join(f"{v:18.2f}" if isinstance(v, (int, float)) else f"{v!s:>18}" for v in cells)
+                              or f"failed: {row['error'][:100]}"))
+    for target in report.get("targets") or []:
+        print(f"{'met    ' if target['met'] else 'NOT met'}  {target['target']}: {target['value']:.2f}")
+    if "chosen" in report:
+        print(f"chosen default: {report['chosen']} ({report['rule']})")
+    if report["setup"].get("timing", {}).get("unsteady"):
+        print(f"unsteady: {why_unsteady(report['setup']['timing']['why'])} (ratios hold better than times)")
     log(f"wrote {args.out}")
     return 0
 
@@ -169,6 +176,17 @@ def rounds_of(models: dict[str, FixedShape], rounds: int, warmup: int = 1, batch
     return figures, measured_steadiness({f"{name} at {what}": s for (name, what), s in seconds.items()})
 
 
+def onnx_rounds(paths: dict[str, Path], inputs: dict, args: argparse.Namespace) -> tuple[dict, dict, object]:
+    """Each ONNX file's forward by a pinned session, and ``rounds_of`` them all on ``inputs`` (--repeats batch-1
+    calls and --batches batches a round)."""
+    from metakd_cli.models.inference import onnx_forward
+
+    forwards = {name: onnx_forward(pinned_session(path, args.threads)) for name, path in paths.items()}
+    log(f"timing {len(paths)} variants in {args.rounds} interleaved rounds")
+    return forwards, *rounds_of({name: FixedShape(forward, inputs, args.repeats, args.batches)
+                                 for name, forward in forwards.items()}, args.rounds)
+
+
 # --------------------------------------------------------------------------- speed: a run's teacher and student
 
 
@@ -181,8 +199,6 @@ TARGETS = (  # (target, reference model, minimum ratio of the int8 student's thr
     ("int8 student >= 2.5x teacher ONNX fp32", "teacher-onnx-fp32", 2.5),
     ("int8 student >= 30x BERT-base PyTorch fp32", "bert-base-torch-fp32", 30.0),
 )
-QUICK = {"rounds": 2, "repeats": 3, "batches": 1, "reference_batches": 1, "warmup": 1, "ceiling_repeats": 3,
-         "predict_rows": 64}  # --quick: smoke runs, the numbers then mean little
 
 
 @dataclass
@@ -200,9 +216,9 @@ class Model:
 
 
 def find_models(run: RunDir, threads: int, teacher_onnx: str, scratch: Path, layers: int) -> tuple[list[Model], dict]:
-    """The six models, lazily loadable: the run's teacher (PyTorch; ONNX fp32, exported here unless given),
-    BERT-base (BertConfig() with random weights: the cost of the paper's teacher, timing only), and the run's
-    student (PyTorch, ONNX fp32, ONNX int8); ``Skip`` naming what the run folder lacks."""
+    """The six models of MODELS, lazily loadable: the run's teacher (PyTorch; ONNX fp32, exported here with optimum,
+    opset 18, unless given), BERT-base (BertConfig() with random weights: the cost of the paper's teacher, timing
+    only), and the run's student (PyTorch, ONNX fp32, ONNX int8); ``Skip`` naming what the run folder lacks."""
     from transformers import AutoConfig, BertConfig
 
     from metakd_cli.core.errors import UserError
@@ -217,8 +233,7 @@ def find_models(run: RunDir, threads: int, teacher_onnx: str, scratch: Path, lay
         raise Skip(f"{run.path}: cannot read the run folder ({exc})") from None
     hints = {"teacher": "metakd fit", "student": "metakd distill", "onnx": "metakd export --int8",
              "int8": "metakd export --int8"}
-    missing = [f"{name} (run `{hint}`)" for name, hint in hints.items() if name not in found]
-    if missing:
+    if missing := [f"{name} (run `{hint}`)" for name, hint in hints.items() if name not in found]:
         raise Skip(f"{run.path} lacks: {', '.join(missing)}")
     export_json = run.onnx / EXPORT_JSON
     exported = json.loads(export_json.read_text(encoding="utf-8")) if export_json.is_file() else {}
@@ -229,23 +244,10 @@ def find_models(run: RunDir, threads: int, teacher_onnx: str, scratch: Path, lay
     notes = {"teacher_dir": str(teacher_dir), "student_dir": str(student.path), "onnx_dir": str(run.onnx)}
     if teacher.per_domain:
         notes["teacher_note"] = f"single-mode teacher: timed {teacher_dir.name}'s model (all have one geometry)"
-    if not teacher_onnx:
-        teacher_path = export_teacher_onnx(teacher_dir, scratch / "teacher-onnx")
-        notes["teacher_onnx"] = "exported here with optimum main_export (opset 18) into a temporary folder"
-    elif not Path(teacher_onnx).is_file():
+    if teacher_onnx and not Path(teacher_onnx).is_file():
         raise Skip(f"--teacher-onnx {teacher_onnx}: no such file")
-    else:
-        teacher_path = Path(notes.setdefault("teacher_onnx", teacher_onnx))
-
-    def torch_model(folder: Path):
-        return lambda: torch_forward(load_classifier(str(folder)))
-
-    def onnx_model(path: Path):
-        return lambda: onnx_forward(pinned_session(path, threads))
-
-    def config_of(folder: Path):
-        return lambda: AutoConfig.from_pretrained(str(folder))
-
+    notes["teacher_onnx"] = teacher_onnx or "exported here with optimum main_export (opset 18) into a temporary folder"
+    teacher_path = Path(teacher_onnx) if teacher_onnx else export_teacher_onnx(teacher_dir, scratch / "teacher-onnx")
     bert = BertConfig(num_hidden_layers=layers)
     h, f = bert.hidden_size, bert.intermediate_size
     parameters = ((bert.vocab_size + bert.max_position_embeddings + bert.type_vocab_size) * h + 2 * h
@@ -259,21 +261,26 @@ def find_models(run: RunDir, threads: int, teacher_onnx: str, scratch: Path, lay
         return torch_forward(BertForSequenceClassification(bert))
     note = f"random weights, not saved: {parameters:,} parameters x 4 bytes" + (
         f"; {layers} layers instead of 12 (--reference-layers)" if layers != 12 else "")
-    teacher_config, student_config = config_of(teacher_dir), config_of(student.path)
-    return [
-        Model("teacher-torch-fp32", torch_model(teacher_dir), teacher_dir, teacher.max_length, teacher_config,
-              weights_size_mb(teacher_dir), "safetensors weights"),
-        Model("teacher-onnx-fp32", onnx_model(teacher_path), teacher_dir, teacher.max_length, teacher_config,
-              size_mb(*onnx_files(teacher_path)), "model.onnx (+ external data)"),
-        Model("bert-base-torch-fp32", reference, teacher_dir, bert.max_position_embeddings, lambda: bert,
-              parameters * 4 / 1e6, note, clip_ids_to=bert.vocab_size),
-        Model("student-torch-fp32", torch_model(student.path), student.path, student.max_length, student_config,
-              weights_size_mb(student.path), "safetensors weights"),
-        Model("student-onnx-fp32", onnx_model(found["onnx"].path), run.onnx, found["onnx"].max_length,
-              student_config, found["onnx"].size_mb, ONNX_FILE),
-        Model("student-onnx-int8", onnx_model(found["int8"].path), run.onnx, found["int8"].max_length,
-              student_config, found["int8"].size_mb, INT8_FILE),
-    ], notes
+
+    def torch_model(folder: Path):
+        return lambda: torch_forward(load_classifier(str(folder)))
+
+    def onnx_model(path: Path):
+        return lambda: onnx_forward(pinned_session(path, threads))
+    teacher_config, student_config = (partial(AutoConfig.from_pretrained, str(d)) for d in (teacher_dir, student.path))
+    onnx, int8 = found["onnx"], found["int8"]
+    return [Model("teacher-torch-fp32", torch_model(teacher_dir), teacher_dir, teacher.max_length, teacher_config,
+                  weights_size_mb(teacher_dir), "safetensors weights"),
+            Model("teacher-onnx-fp32", onnx_model(teacher_path), teacher_dir, teacher.max_length, teacher_config,
+                  size_mb(*onnx_files(teacher_path)), "model.onnx (+ external data)"),
+            Model("bert-base-torch-fp32", reference, teacher_dir, bert.max_position_embeddings, lambda: bert,
+                  parameters * 4 / 1e6, note, clip_ids_to=bert.vocab_size),
+            Model("student-torch-fp32", torch_model(student.path), student.path, student.max_length, student_config,
+                  weights_size_mb(student.path), "safetensors weights"),
+            Model("student-onnx-fp32", onnx_model(onnx.path), run.onnx, onnx.max_length, student_config, onnx.size_mb,
+                  ONNX_FILE),
+            Model("student-onnx-int8", onnx_model(int8.path), run.onnx, int8.max_length, student_config, int8.size_mb,
+                  INT8_FILE)], notes
 
 
 def export_teacher_onnx(teacher_dir: Path, out: Path) -> Path:
@@ -294,8 +301,8 @@ def export_teacher_onnx(teacher_dir: Path, out: Path) -> Path:
 
 
 def macs_per_example(config, seq_len: int) -> int:
-    """layers * (4*H*H*L + 2*H*F*L + 2*L*L*H) + H*H + H*C (MAC_FORMULA): embedding lookups, layer norms, softmax
-    and GELU are not multiply-accumulates of a matmul and are left out."""
+    """MAC_FORMULA: embedding lookups, layer norms, softmax and GELU are not multiply-accumulates of a matmul and
+    are left out."""
     h, f, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     per_layer = 4 * h * h * seq_len + 2 * h * f * seq_len + 2 * seq_len * seq_len * h
     return layers * per_layer + h * h + h * getattr(config, "num_labels", 2)
@@ -324,8 +331,7 @@ def predict_speed(forward, tokenizer_dir: Path, examples: list, dataset, max_len
         started = time.perf_counter()
         run(examples, bucketing)
         out[key] = len(examples) / (time.perf_counter() - started)
-    out["bucketing_speedup"] = out["bucketed_texts_per_s"] / out["padded_texts_per_s"]
-    return out
+    return {**out, "bucketing_speedup": out["bucketed_texts_per_s"] / out["padded_texts_per_s"]}
 
 
 def matmul_ceiling(m: int, k: int, n: int, target: str, threads: int, repeats: int, scratch: Path) -> dict:
@@ -343,19 +349,19 @@ def matmul_ceiling(m: int, k: int, n: int, target: str, threads: int, repeats: i
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = (rng.standard_normal((k, n), dtype=np.float32) / np.sqrt(k)).astype(np.float32)
 
-    def graph(op: str, a_type: int, b_array: np.ndarray, y_type: int):
+    def graph(op: str, a_type: int, b_array: np.ndarray, y_type: int, path: Path) -> Path:
         g = helper.make_graph([helper.make_node(op, ["A", "B"], ["Y"])], "matmul",
                               [helper.make_tensor_value_info("A", a_type, [m, k])],
                               [helper.make_tensor_value_info("Y", y_type, [m, n])], [numpy_helper.from_array(b_array, "B")])
-        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+        return path
 
-    fp32_path, int8_path, integer_path = (scratch / f"matmul-{s}.onnx" for s in ("fp32", "int8", "integer"))
-    onnx.save(graph("MatMul", TensorProto.FLOAT, b, TensorProto.FLOAT), str(fp32_path))
-    weight_type = WEIGHT_TYPES.get(target, "QInt8")
+    fp32_path = graph("MatMul", TensorProto.FLOAT, b, TensorProto.FLOAT, scratch / "matmul-fp32.onnx")
+    int8_path, weight_type = scratch / "matmul-int8.onnx", WEIGHT_TYPES.get(target, "QInt8")
     with quiet_tools():
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=getattr(QuantType, weight_type))
-    onnx.save(graph("MatMulInteger", TensorProto.UINT8, rng.integers(-128, 128, (k, n), dtype=np.int8),
-                    TensorProto.INT32), str(integer_path))
+    integer_path = graph("MatMulInteger", TensorProto.UINT8, rng.integers(-128, 128, (k, n), dtype=np.int8),
+                         TensorProto.INT32, scratch / "matmul-integer.onnx")
     out = {"shape": [m, k, n], "macs": m * k * n, "repeats": repeats, "target": target,
            "int8_method": f"onnxruntime.quantization.quantize_dynamic(weight_type={weight_type}), "
                           "activations quantised per call (DynamicQuantizeLinear)",
@@ -369,7 +375,7 @@ def matmul_ceiling(m: int, k: int, n: int, target: str, threads: int, repeats: i
 
 
 def speed_report(args: argparse.Namespace) -> dict:
-    """Every measurement of `speed`, in one process: the speed.json object."""
+    """Every measurement of `speed` (bench/suites/speed.yaml), in one process: the speed.json object."""
     from metakd_cli.core.cpu import cpu_info, int8_target, target_mismatch
     from metakd_cli.steps.evaluate import exported_target
     from metakd_cli.steps.export import _versions
@@ -378,10 +384,9 @@ def speed_report(args: argparse.Namespace) -> dict:
     if not run.manifest_path.is_file():
         raise Skip(f"{run.path}: no manifest.json (not a metakd run folder; run `metakd fit` first)")
     dataset = dataset_of(run)
-    examples = dataset.select("test")
-    if not examples:
+    if not (examples := dataset.select("test")):
         raise Skip(f"{run.path}: the test split is empty")
-    threads, cpu, batch = pin_threads(args.threads), cpu_info(), args.batch
+    threads, cpu, batch, key = pin_threads(args.threads), cpu_info(), args.batch, f"throughput_b{args.batch}"
     target = exported_target(run) or int8_target(cpu)[0]
     m, k, n = (int(x) for x in args.ceiling_shape.split(","))
     with tempfile.TemporaryDirectory(prefix="metakd-speed-") as scratch:
@@ -392,11 +397,11 @@ def speed_report(args: argparse.Namespace) -> dict:
             raise Skip(f"--seq-len {args.seq_len} exceeds the position embeddings of {', '.join(too_long)}")
         inputs, loaded = {}, {}  # the BERT-base reference, some 30x the student's cost: at most 10 batch-1 calls
         for model in models:
-            key, reference = (str(model.tokenizer_dir), model.clip_ids_to), model.name == "bert-base-torch-fp32"
-            if key not in inputs:
-                inputs[key] = fixed_inputs(model.tokenizer_dir, examples, batch, args.seq_len, model.clip_ids_to)
+            inputs_key, reference = (str(model.tokenizer_dir), model.clip_ids_to), model.name == "bert-base-torch-fp32"
+            if inputs_key not in inputs:
+                inputs[inputs_key] = fixed_inputs(model.tokenizer_dir, examples, batch, args.seq_len, model.clip_ids_to)
             log(f"loading {model.name}")
-            loaded[model.name] = FixedShape(model.load(), inputs[key],
+            loaded[model.name] = FixedShape(model.load(), inputs[inputs_key],
                                             per_round(min(args.repeats, 10) if reference else args.repeats, args.rounds),
                                             per_round(args.reference_batches if reference else args.batches, args.rounds))
         log(f"timing {', '.join(loaded)} in {args.rounds} interleaved rounds")
@@ -405,7 +410,7 @@ def speed_report(args: argparse.Namespace) -> dict:
         for model in models:
             macs = macs_per_example(model.config(), args.seq_len)
             results[model.name].update(size_mb=model.size_mb, size_note=model.size_note, macs_per_example=macs,
-                                       effective_gmacs_per_s=macs * results[model.name][f"throughput_b{batch}"] / 1e9)
+                                       effective_gmacs_per_s=macs * results[model.name][key] / 1e9)
             if model.name == "bert-base-torch-fp32":
                 results[model.name]["note"] = "BertForSequenceClassification(BertConfig()) with random weights: timing only"
             else:
@@ -419,17 +424,13 @@ def speed_report(args: argparse.Namespace) -> dict:
                    student_int8_share_of_int8_ceiling=int8["effective_gmacs_per_s"] / ceiling["int8_gmacs_per_s"],
                    student_fp32_onnx_share_of_fp32_ceiling=fp32["effective_gmacs_per_s"] / ceiling["fp32_gmacs_per_s"],
                    mac_formula=MAC_FORMULA)
-    first = next(iter(inputs.values()))["input_ids"]
-    mismatch = target_mismatch(exported_target(run), cpu)
-    key = f"throughput_b{batch}"
-    targets = [{"target": name, "value": int8[key] / results[ref][key], "threshold": low,
-                "met": int8[key] / results[ref][key] >= low} for name, ref, low in TARGETS]
-    share = int8["size_mb"] / fp32["size_mb"]
-    targets.append({"target": "int8 file <= 30% of the fp32 student's (model.onnx)", "value": share, "threshold": 0.30,
-                    "met": share <= 0.30})
-    share = ceiling["student_int8_share_of_int8_ceiling"]
-    targets.append({"target": "int8 student >= 50% of the int8 matmul ceiling (effective MAC/s)", "value": share,
-                    "threshold": 0.50, "met": share >= 0.50})
+    shares = [(name, int8[key] / results[reference][key], low, True) for name, reference, low in TARGETS] + [
+        ("int8 file <= 30% of the fp32 student's (model.onnx)", int8["size_mb"] / fp32["size_mb"], 0.30, False),
+        ("int8 student >= 50% of the int8 matmul ceiling (effective MAC/s)",
+         ceiling["student_int8_share_of_int8_ceiling"], 0.50, True)]
+    targets = [{"target": name, "value": share, "threshold": low, "met": share >= low if at_least else share <= low}
+               for name, share, low, at_least in shares]
+    first, mismatch = next(iter(inputs.values()))["input_ids"], target_mismatch(exported_target(run), cpu)
     setup = setup_of(run, threads, seq_len=args.seq_len, batch=batch, rounds=args.rounds, timing=asdict(steadiness),
                      repeats=args.repeats, batches=args.batches, reference_batches=args.reference_batches,
                      reference_layers=args.reference_layers, warmup=args.warmup, quick=args.quick, int8_format=target,
@@ -446,28 +447,6 @@ def speed_report(args: argparse.Namespace) -> dict:
     return {"setup": setup, "results": results, "ceiling": ceiling, "targets": targets}
 
 
-def show(columns: tuple[str, ...]) -> Callable[[dict], None]:
-    """A printer of a report: each result row's ``columns``, then its targets or its chosen default."""
-    def printed(report: dict) -> None:
-        print(f"{'':28}" + "".join(f"{c[:16]:>18}" for c in columns))
-        for name, row in report["results"].items():
-            cells = [row.get(c) for c in columns] if "error" not in row else []
-            print(f"{name:28}" + ("".join(f"{v:18.2f}" if isinstance(v, (int, float)) else f"{v!s:>18}" for v in cells)
-                                  or f"failed: {row['error'][:100]}"))
-        for target in report.get("targets") or []:
-            print(f"{'met    ' if target['met'] else 'NOT met'}  {target['target']}: {target['value']:.2f}")
-        if "chosen" in report:
-            print(f"chosen default: {report['chosen']} ({report['rule']})")
-        if report["setup"].get("timing", {}).get("unsteady"):
-            print(f"unsteady: {why_unsteady(report['setup']['timing']['why'])} (ratios hold better than times)")
-    return printed
-
-
-def speed(suite: Suite, argv: list[str]) -> int:
-    return main(speed_report, suite, argv, QUICK, show(("latency_b1_p50_ms", "throughput_b32", "effective_gmacs_per_s",
-                                                          "size_mb")))
-
-
 # --------------------------------------------------------------------------- int8_static, int8_variants
 
 
@@ -476,54 +455,43 @@ RULE = ("invariant (max |p diff| <= 1e-6, no label change) and within --max-drop
         "then best dev accuracy, then fastest at batch 32")
 
 
-def _fp32(run: RunDir) -> Path:
-    """The run's fp32 ONNX file; ``Skip`` without one."""
+def exported_onnx(args: argparse.Namespace, scratch: Path) -> tuple:
+    """What the int8 suites build from: the run, its fp32 ONNX file (``Skip`` without one), a folder holding a copy
+    of it and its config for metakd's int8 functions, the export's record (metakd_export.json), the threads
+    pinned, the run's data and its tokenizer."""
     from metakd_cli.models.inference import ONNX_FILE, onnx_model_path
+    from metakd_cli.models.loading import load_tokenizer
 
+    run = RunDir(args.run_dir)
     if not (fp32 := onnx_model_path(run.onnx, ONNX_FILE)).is_file():
         raise Skip(f"{run.onnx}/onnx/model.onnx not present; run `metakd --run-dir {run.path} export` first")
-    return fp32
-
-
-def _source(run: RunDir, scratch: Path) -> tuple[Path, Path]:
-    """(the run's fp32 ONNX file, a folder holding a copy of it and its config for metakd's int8 functions)."""
-    import shutil
-
-    fp32, source = _fp32(run), scratch / "source"
-    source.mkdir()
+    (source := scratch / "source").mkdir()
     shutil.copy(fp32, source / "model.onnx")
     shutil.copy(run.onnx / "config.json", source / "config.json")
-    return fp32, source
+    export = json.loads((run.onnx / "metakd_export.json").read_text())
+    return run, fp32, source, export, pin_threads(args.threads), dataset_of(run), load_tokenizer(str(run.onnx))
 
 
 def static_report(args: argparse.Namespace) -> dict:
-    """Static int8 against dynamic int8, built from the run's fp32 ONNX file with metakd's own functions: each
-    variant's dev accuracy and change against fp32 (the export gate: a drop of at most --max-drop), agreement, speed,
-    and batch invariance (every dev row alone vs in input-order batches of 32 padded to their longest row: the
-    largest |probability difference| and the labels that change). The default the numbers point to: among the
-    invariant static variants within the gate, the best dev accuracy, then the fastest. Test is not read."""
+    """Static int8 against dynamic int8 (bench/suites/int8_static.yaml), built from the run's fp32 ONNX file with
+    metakd's own functions: each variant's dev accuracy and change against fp32 (the export gate: a drop of at
+    most --max-drop), agreement, speed, and batch invariance (every dev row alone vs in input-order batches of 32
+    padded to their longest row). The default the numbers point to: RULE. Test is not read."""
     from metakd_cli.data.encode import encode
     from metakd_cli.data.metrics import per_domain_accuracy
-    from metakd_cli.models.inference import onnx_forward, onnx_logits, onnx_session
-    from metakd_cli.models.loading import load_tokenizer
+    from metakd_cli.models.inference import onnx_logits, onnx_session
     from metakd_cli.ship.int8 import Int8Attempt, batch_invariance, calibrate, calibration_feeds, calibration_sample
     from metakd_cli.ship.int8 import quantize_attempt
     from metakd_cli.steps.export import detect_target
 
-    run = RunDir(args.run_dir)
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
-        fp32, source = _source(run, scratch)
-        max_length = int(json.loads((run.onnx / "metakd_export.json").read_text())["max_length"])
-        target, reason = detect_target()
-        threads, dataset = pin_threads(args.threads), dataset_of(run)
-        tokenizer = load_tokenizer(str(run.onnx))
-        pad_id = tokenizer.pad_token_id or 0
+        run, fp32, source, export, threads, dataset, tokenizer = exported_onnx(args, scratch)
+        max_length, (target, reason), pad_id = int(export["max_length"]), detect_target(), tokenizer.pad_token_id or 0
         dev = encode(dataset.dev, dataset, tokenizer, max_length)
         train = encode(calibration_sample(dataset.train, args.calibration_rows), dataset, tokenizer, max_length)
         plain = Int8Attempt("plain", "defaults", per_channel=True)  # what metakd export tries first
-        paths, built = {"fp32": fp32}, {"fp32": {}}
-        started = time.perf_counter()
+        paths, built, started = {"fp32": fp32}, {"fp32": {}}, time.perf_counter()
         paths["dynamic"] = quantize_attempt(source, "model.onnx", target, plain, scratch / "dynamic")
         built["dynamic"] = {"quantize_seconds": time.perf_counter() - started}
         feeds = calibration_feeds(source / "model.onnx", train, pad_id)
@@ -561,11 +529,7 @@ def static_report(args: argparse.Namespace) -> dict:
                              "invariant": invariance["max_abs_prob_diff"] <= INVARIANT_AT
                              and invariance["label_flips"] == 0}
         seq_len = min(128, max_length)
-        inputs = fixed_inputs(run.onnx, dataset.dev, 32, seq_len)
-        log(f"timing {len(paths)} variants in {args.rounds} interleaved rounds")
-        timed, steadiness = rounds_of({name: FixedShape(onnx_forward(pinned_session(path, args.threads)), inputs,
-                                                        args.repeats, args.batches) for name, path in paths.items()},
-                                      args.rounds)
+        _, timed, steadiness = onnx_rounds(paths, fixed_inputs(run.onnx, dataset.dev, 32, seq_len), args)
     for name in paths:
         results[name].update(timed[name])
     results |= {name: info for name, info in built.items() if "error" in info}
@@ -579,15 +543,9 @@ def static_report(args: argparse.Namespace) -> dict:
     return {"setup": setup, "results": results, "chosen": chosen, "rule": RULE}
 
 
-def int8_static(suite: Suite, argv: list[str]) -> int:
-    return main(static_report, suite, argv, shown=show(("change_vs_fp32", "passes_gate", "throughput_b32", "invariant")))
-
-
 def variants_report(args: argparse.Namespace) -> dict:
-    """Ways of building the int8 student from the same fp32 ONNX file, each timed, sized and scored on the run's
-    test split with its agreement with fp32: onnxruntime's transformer fusions (Attention, SkipLayerNorm, BiasGelu;
-    with FastGelu; without EmbedLayerNormalization so that the embedding tables are int8 too), MatMuls alone, and
-    what `metakd export --int8` writes with --fuse and --per-channel (metakd's own functions)."""
+    """Ways of building the int8 student from the same fp32 ONNX file (bench/suites/int8_variants.yaml), each timed,
+    sized and scored on the run's test split with its agreement with fp32."""
     import onnx
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -596,65 +554,54 @@ def variants_report(args: argparse.Namespace) -> dict:
     from transformers import AutoConfig
 
     from metakd_cli.data.encode import encode
-    from metakd_cli.models.inference import INT8_FILE, batched_logits, onnx_forward, onnx_model_path
-    from metakd_cli.models.loading import load_tokenizer
+    from metakd_cli.models.inference import INT8_FILE, batched_logits, onnx_model_path
     from metakd_cli.ship.int8 import WEIGHT_TYPES, Int8Attempt, fused_graph, quantize_attempt
     from metakd_cli.ship.onnx_tools import quiet_tools
 
-    run = RunDir(args.run_dir)
-    _fp32(run)
-    export = json.loads((run.onnx / "metakd_export.json").read_text())
-    target, threads, dataset = export["target"], pin_threads(args.threads), dataset_of(run)
-    weight_type = getattr(QuantType, WEIGHT_TYPES[target])
-    tokenizer = load_tokenizer(str(run.onnx))
-    encoded = encode(dataset.test, dataset, tokenizer, export["max_length"])
-    labels, inputs = np.asarray(encoded.labels), fixed_inputs(run.onnx, dataset.test, 32, args.seq_len)
-    config = AutoConfig.from_pretrained(run.onnx)
-    with tempfile.TemporaryDirectory() as folder, quiet_tools():
+    with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
-        fp32, source = _source(run, scratch)
+        run, fp32, source, export, threads, dataset, tokenizer = exported_onnx(args, scratch)
+        target, config = export["target"], AutoConfig.from_pretrained(run.onnx)
+        weight_type = getattr(QuantType, WEIGHT_TYPES[target])
+        encoded = encode(dataset.test, dataset, tokenizer, export["max_length"])
+        labels, inputs = np.asarray(encoded.labels), fixed_inputs(run.onnx, dataset.test, 32, args.seq_len)
         paths = {"fp32": fp32, "int8-shipped": onnx_model_path(run.onnx, INT8_FILE),
                  "int8-matmul": scratch / "int8-matmul.onnx"}
-        quantize_dynamic(str(fp32), str(paths["int8-matmul"]), weight_type=weight_type, op_types_to_quantize=["MatMul"])
-        for name, approximate, embeddings in (("fused", False, True), ("fused-fastgelu", True, True),
-                                              ("fused-small", False, False)):
-            options = FusionOptions("bert")
-            options.enable_gelu_approximation = approximate
-            options.enable_embed_layer_norm = embeddings  # off: plain Gathers, whose tables can be int8
-            fused = scratch / f"fp32-{name}.onnx"
-            optimize_model(str(fp32), model_type="bert", num_heads=config.num_attention_heads,
-                           hidden_size=config.hidden_size, optimization_options=options, opt_level=0
-                           ).save_model_to_file(str(fused))
-            if name == "fused":
-                paths["fp32-fused"] = fused
-            paths[f"int8-{name}"] = scratch / f"int8-{name}.onnx"
-            quantize_dynamic(str(fused), str(paths[f"int8-{name}"]), weight_type=weight_type,
-                             op_types_to_quantize=["MatMul", "Attention"] + ([] if embeddings else ["Gather"]),
-                             extra_options={"DefaultTensorType": TensorProto.FLOAT})  # fused ops lack shape info
-        fused_dir, fused_file = fused_graph(source, lambda message: None)
-        paths["int8-export-fuse"] = quantize_attempt(fused_dir, fused_file, target, Int8Attempt("plain", "defaults"),
-                                                     scratch / "export-fuse")
-        paths["int8-per-channel"] = quantize_attempt(source, "model.onnx", target,
-                                                     Int8Attempt("plain", "defaults", per_channel=True),
-                                                     scratch / "per-channel")
-        forwards = {name: onnx_forward(pinned_session(path, args.threads)) for name, path in paths.items()}
-        log(f"timing {len(forwards)} variants in {args.rounds} interleaved rounds")
-        timed, steadiness = rounds_of({name: FixedShape(forward, inputs, args.repeats, args.batches)
-                                       for name, forward in forwards.items()}, args.rounds)
-        results, reference = {}, None
-        for name, path in paths.items():
-            predictions = batched_logits(encoded, tokenizer.pad_token_id or 0, 64, forwards[name]).argmax(-1)
-            reference = predictions if reference is None else reference
-            results[name] = {**timed[name], "size_mb": path.stat().st_size / 2**20,
-                             "test_accuracy": float((predictions == labels).mean() * 100),
-                             "agreement_with_fp32": float((predictions == reference).mean() * 100),
-                             "ops": sorted({n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node})}
+        with quiet_tools():
+            quantize_dynamic(str(fp32), str(paths["int8-matmul"]), weight_type=weight_type,
+                             op_types_to_quantize=["MatMul"])
+            for name, approximate, embeddings in (("fused", False, True), ("fused-fastgelu", True, True),
+                                                  ("fused-small", False, False)):
+                options = FusionOptions("bert")
+                options.enable_gelu_approximation = approximate
+                options.enable_embed_layer_norm = embeddings  # off: plain Gathers, whose tables can be int8
+                fused = scratch / f"fp32-{name}.onnx"
+                optimize_model(str(fp32), model_type="bert", num_heads=config.num_attention_heads,
+                               hidden_size=config.hidden_size, optimization_options=options, opt_level=0
+                               ).save_model_to_file(str(fused))
+                if name == "fused":
+                    paths["fp32-fused"] = fused
+                paths[f"int8-{name}"] = scratch / f"int8-{name}.onnx"
+                quantize_dynamic(str(fused), str(paths[f"int8-{name}"]), weight_type=weight_type,
+                                 op_types_to_quantize=["MatMul", "Attention"] + ([] if embeddings else ["Gather"]),
+                                 extra_options={"DefaultTensorType": TensorProto.FLOAT})  # fused ops lack shape info
+            fused_dir, fused_file = fused_graph(source, lambda message: None)
+            paths["int8-export-fuse"] = quantize_attempt(fused_dir, fused_file, target, Int8Attempt("plain", "defaults"),
+                                                         scratch / "export-fuse")
+            paths["int8-per-channel"] = quantize_attempt(source, "model.onnx", target,
+                                                         Int8Attempt("plain", "defaults", per_channel=True),
+                                                         scratch / "per-channel")
+            forwards, timed, steadiness = onnx_rounds(paths, inputs, args)
+            results, reference = {}, None
+            for name, path in paths.items():
+                predictions = batched_logits(encoded, tokenizer.pad_token_id or 0, 64, forwards[name]).argmax(-1)
+                reference = predictions if reference is None else reference
+                graph = onnx.load(str(path), load_external_data=False).graph
+                results[name] = {**timed[name], "size_mb": path.stat().st_size / 2**20,
+                                 "test_accuracy": float((predictions == labels).mean() * 100),
+                                 "agreement_with_fp32": float((predictions == reference).mean() * 100),
+                                 "ops": sorted({node.op_type for node in graph.node})}
     setup = setup_of(run, threads, seq_len=args.seq_len, batch=32, int8_format=target, weight_type=WEIGHT_TYPES[target],
                      test_rows=len(dataset.test), batches=args.batches, repeats=args.repeats, rounds=args.rounds,
                      timing=asdict(steadiness))
     return {"setup": setup, "results": results}
-
-
-def int8_variants(suite: Suite, argv: list[str]) -> int:
-    return main(variants_report, suite, argv, shown=show(("throughput_b32", "latency_b1_p50_ms", "size_mb",
-                                                          "test_accuracy", "agreement_with_fp32")))

@@ -86,9 +86,9 @@ def test_table_averages_seeds_and_pairs_rows(bench_dir):
     assert test["diff"] == pytest.approx(10.0) and test["rows"] == 20 and test["seeds"]["a"] == ["1", "42"]
     assert out["setup"]["teacher"]["test_accuracy"] == {"books": 100.0, "electronics": 100.0, "average": 100.0}
     assert SUITE.out.is_file()
-    from bench.report import _ablation
+    from bench.report import section
 
-    lines = _ablation(SUITE.out)
+    lines = section("ablation", SUITE.out)
     row = next(line for line in lines if line.startswith("| tinybert |"))
     assert row.startswith("| tinybert | 70.00 | 80.00 | 75.00 | 1, 42 | -10.00 (p")  # tinybert minus meta
     assert "| - | TinyBERT-KD" in row  # no student weights in these made-up folders
@@ -115,11 +115,11 @@ def test_teachers_against_the_meta_teacher(bench_dir):
     assert out["tests"]["meta vs mix"]["diff"] == pytest.approx(50.0)
     assert out["results"]["meta"]["dev_selection"] == {"42": FIRST_KEPT}
     assert out["results"]["mix"]["dev_selection"] == {}  # its fit.json records no epochs
-    from bench.report import _ablation
+    from bench.report import section
 
     setup = {"domains": SUITE.values["domains"], "teacher": {}}
     atomic_write_json(SUITE.out, {"setup": setup, "results": {}, "tests": {}, "teachers": out})
-    lines = _ablation(SUITE.out)
+    lines = section("ablation", SUITE.out)
     assert next(line for line in lines if line.startswith("| meta |")).endswith("| s42: 1 (89.50, 89.38) |")
     assert next(line for line in lines if line.startswith("| mix |")).endswith("| - |")
 
@@ -231,10 +231,10 @@ def test_rows_from_before_the_record_are_kept_and_marked(bench_dir):
     assert out["results"]["kd"]["average"] == 76.75 and "not recomputed" in out["results"]["kd"]["kept"]
     assert out["tests"]["meta vs kd"] == old_test
     assert "kept" in out["teachers"]["results"]["mix"]
-    from bench.report import _ablation
+    from bench.report import section
 
     assert any(line.startswith("| kd | 76.00 |") and line.endswith("(an earlier run's figures, kept) |")
-               for line in _ablation(SUITE.out))
+               for line in section("ablation", SUITE.out))
     student("kd", "books", 1, [1] * 10)  # once the system has runs of its own, the old row gives way
     student("kd", "electronics", 1, [1] * 10)
     out = table()
@@ -268,7 +268,7 @@ def test_stage1_terms_and_lambda_spread_are_read_and_kept(bench_dir):
     assert "lambda" not in out["results"]["tinybert"] and "stage1_terms" not in out["results"]["tinybert"]
     shutil.rmtree(bench_dir / "runs")
     assert table()["results"]["meta"] == meta  # kept in the record
-    from bench.report import _ablation
+    from bench.report import section
 
-    lines = _ablation(SUITE.out)
+    lines = section("ablation", SUITE.out)
     assert "| meta | 1 | 4 | 0.02 | 0.3 | 0.8 | 0.8 | 0.9 |" in lines

@@ -102,7 +102,7 @@ def test_a_peer_without_the_students_rows_is_refused():
 
 
 def test_the_report_shows_targets_systems_peers_and_tests(keep):
-    from bench.report import _keep
+    from bench.report import section
 
     write_student(keep, "kd-cut", dev=88.0, correct=[1] * 78 + [0] * 2)
     write_student(keep, "none", dev=86.0, correct=[1] * 60 + [0] * 20)
@@ -111,7 +111,7 @@ def test_the_report_shows_targets_systems_peers_and_tests(keep):
             "rows_per_s": 6298.4, "rows": {"where": WHERE, "domain": DOMAINS, "correct": [1] * 70 + [0] * 10}}
     atomic_write_json(keep.runs / "peers" / "tfidf-lr.json", peer)
     write(keep, table(keep))
-    text = "\n".join(lines := _keep(keep.out))
+    text = "\n".join(lines := section("keep", keep.out))
     assert "the best distilled student chosen on dev: kd-cut" in text
     assert next(line for line in lines if line.startswith("| kd-cut |")).split(" | ")[2] == "97.50"
     assert "| tfidf-lr | TF-IDF | - | 84.62 | 85.90 |" in text and "| 3.1 | 6298 |" in text

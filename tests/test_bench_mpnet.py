@@ -120,9 +120,9 @@ def test_nothing_finished_is_all_not_measured(bench):
     assert document["speed"] == "not measured"
     assert len(document["targets"]) == 6
     assert all(t["status"] == "not measured" and t["value"] is None for t in document["targets"])
-    from bench.report import _mpnet
+    from bench.report import section
 
-    assert not [line for line in _mpnet(out) if "(metakd)" in line or "Test accuracy" in line]
+    assert not [line for line in section("mpnet", out) if "(metakd)" in line or "Test accuracy" in line]
 
 
 def test_finished_folders_give_each_target_its_figure_and_status(bench):
@@ -170,9 +170,9 @@ def test_finished_folders_give_each_target_its_figure_and_status(bench):
     assert document["results"]["kd"]["test_accuracy"]["int8"]["average"] == 87.0  # a control: no target reads it
     assert document["results"]["meta-trim"]["vocab_after"] == 11000
     assert document["results"]["tinybert"] == "not measured" and document["results"]["teacher-mix"] == "not measured"
-    from bench.report import _mpnet
+    from bench.report import section
 
-    report = _mpnet(bench.out)
+    report = section("mpnet", bench.out)
     assert "| int8 student file <= 20 MB | 20 | 19.9 | pass |" in report
     # the accuracy table: measured systems only, each with the paper's row beneath
     shown = [line for line in report if "(metakd)" in line or "(the paper" in line]
@@ -263,9 +263,9 @@ def test_the_students_are_compared_on_the_same_test_rows(bench):
     test = tests["meta vs tinybert"]
     assert (test["diff"], test["rows"], test["model"]) == (10.0, 20, "int8")  # (80 + 60) / 2 - (60 + 60) / 2
     assert test["mcnemar_exact_per_seed"]["42"] == {"a_only": 2, "b_only": 0, "p_value": 0.5}
-    from bench.report import _mpnet
+    from bench.report import section
 
-    row = next(line for line in _mpnet(out) if line.startswith("| meta vs tinybert |"))
+    row = next(line for line in section("mpnet", out) if line.startswith("| meta vs tinybert |"))
     assert row.startswith("| meta vs tinybert | 20 | +10.00 | ") and row.endswith(" | 2 | 0 | p = 0.500 |")
 
     _student(bench, runs / "kd-lr", "kd-lr", teacher=90.0, int8=80.0, int8_mb=19.0, throughputs=(3.0, 90.0))
@@ -369,8 +369,8 @@ def test_figures_whose_folders_are_gone_are_kept_and_marked(bench):
     assert "folders are gone" in again["results"]["meta"]["kept"]
     assert again["fit_speed"] == document["fit_speed"]  # fit-speed's own figures: no run folder behind them
     assert _by_target(again)["int8"]["status"] == "pass"  # the targets still read the kept figures
-    from bench.report import _mpnet
+    from bench.report import section
 
-    assert any("1.3 rows/s" in line and "about 82.1 minutes" in line for line in _mpnet(out))
+    assert any("1.3 rows/s" in line and "about 82.1 minutes" in line for line in section("mpnet", out))
     other = table(bench, ("fit.epochs=1",))  # other settings: nothing of the old file counts
     assert other["results"]["meta"] == "not measured" and other["fit_speed"] == document["fit_speed"]

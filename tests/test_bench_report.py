@@ -156,13 +156,13 @@ def test_static_int8_table_gives_gate_invariance_and_speed(tmp_path, monkeypatch
                                       "batch_invariance": {"batch_size": 32, "max_abs_prob_diff": 0.0,
                                                            "label_flips": 0}}},
         "chosen": "dynamic", "rule": "the made-up rule"})
-    text = "\n".join(report._int8_static(tmp_path / "int8_static_speed.json", "a student"))
+    text = "\n".join(report.section("int8_static", tmp_path / "int8_static_speed.json", what="a student"))
     assert text.startswith("**Static or dynamic int8: a student** (avx2 format, 800 dev rows, 256 calibration texts, "
                            "6 interleaved rounds, 2026-12-02; batch invariance: each dev row alone against in batches "
                            "of 32; `python -m bench run int8_static`). Chosen: dynamic, by the rule: the made-up rule.")
     assert "| dynamic | 86.6 | +0.125 | yes | 98.0 | 0.14 | 14 | 19.9 | 200.0 | 6.0 |" in text
     assert "| static-qdq-percentile | 85.0 | -1.500 | no | 98.0 | 0 | 0 | 19.9 | 200.0 | 6.0 |" in text
-    assert report._int8_static(tmp_path / "missing.json", "a student") == []
+    assert report.section("int8_static", tmp_path / "missing.json", what="a student") == []
 
 
 def test_amazon_table_tests_and_held_out_section(tmp_path, monkeypatch):
@@ -207,10 +207,10 @@ def test_the_transfer_suite_has_its_section(tmp_path):
     from metakd_cli.core.run_dir import atomic_write_json
 
     atomic_write_json(tmp_path / "transfer.json", table(load("transfer", tmp_path)))  # no run folder: not measured
-    lines = report._transfer(tmp_path / "transfer.json")
+    lines = report.section("transfer", tmp_path / "transfer.json")
     assert lines[0].startswith("**A transfer set the teacher labels** (MiniLM-L6 default path; one seed; "
                                "`python -m bench run transfer`)")
     text = "\n".join(lines)
     assert "| at 20% labels, the transfer student above the 20%-labels student" in text and "not measured" in text
     assert "| s20-transfer | + the other 80% of the training texts" in text
-    assert report._transfer(tmp_path / "missing.json") == []
+    assert report.section("transfer", tmp_path / "missing.json") == []
