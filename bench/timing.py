@@ -378,7 +378,7 @@ def speed_report(args: argparse.Namespace) -> dict:
     """Every measurement of `speed` (bench/suites/speed.yaml), in one process: the speed.json object."""
     from metakd_cli.core.cpu import cpu_info, int8_target, target_mismatch
     from metakd_cli.steps.evaluate import exported_target
-    from metakd_cli.steps.export import _versions
+    from metakd_cli.ship.onnx_tools import tool_versions
 
     run = RunDir(args.run_dir)
     if not run.manifest_path.is_file():
@@ -442,7 +442,7 @@ def speed_report(args: argparse.Namespace) -> dict:
                      predict={"source": "test split", "rows": len(rows),
                               "pipeline": "metakd predict's: encode (tokenisation), batched_logits, softmax; bucketed "
                                           "= length-sorted dynamic padding, padded = input order, max_length"},
-                     mac_formula=MAC_FORMULA, versions={**_versions(), "python": sys.version.split()[0]}, **notes,
+                     mac_formula=MAC_FORMULA, versions={**tool_versions(), "python": sys.version.split()[0]}, **notes,
                      command=args.command_line, warnings=[mismatch] if mismatch else [])
     return {"setup": setup, "results": results, "ceiling": ceiling, "targets": targets}
 

@@ -1,4 +1,5 @@
-"""What every ONNX tool call in metakd runs under: the exporters' and converters' chatter silenced."""
+"""What every ONNX tool call in metakd runs under (the exporters' and converters' chatter silenced), and the
+versions of the tools an export records."""
 
 from __future__ import annotations
 
@@ -22,3 +23,13 @@ def quiet_tools():
             yield
     finally:
         converter_logger.disabled = disabled
+
+
+def tool_versions() -> dict[str, str]:
+    import onnxruntime
+    import optimum.version
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "optimum": optimum.version.__version__, "onnxruntime": onnxruntime.__version__}

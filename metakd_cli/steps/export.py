@@ -81,7 +81,7 @@ from metakd_cli.ship.int8 import (
     quantize_attempt,
 )
 from metakd_cli.ship.mobile import MIN_OPSET, ORT_MOBILE_MAX_OPSET, convert_to_ort, mobile_check
-from metakd_cli.ship.onnx_tools import quiet_tools
+from metakd_cli.ship.onnx_tools import quiet_tools, tool_versions
 from metakd_cli.ship.trim import TrimReport, check_trim_options, training_texts, trim_check, trim_vocabulary
 
 MODELS = ("student", "teacher")
@@ -420,16 +420,6 @@ def _onnx_parameters(path: Path) -> int:
     return int(sum(int(np.prod(t.dims)) for t in model.graph.initializer))
 
 
-def _versions() -> dict[str, str]:
-    import onnxruntime
-    import optimum.version
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "optimum": optimum.version.__version__, "onnxruntime": onnxruntime.__version__}
-
-
 def export(cfg: ExportConfig, run: RunDir, log: Callable[[str], None] = lambda _: None) -> ExportResult:
     """Export the run's student (or teacher) into onnx/, check it, and record the step.
 
@@ -490,7 +480,7 @@ def _export(cfg: ExportConfig, run: RunDir, log: Callable[[str], None]) -> Expor
                 domains=job.domains, labels=job.dataset.labels, max_length=job.max_length, cpu=cpu,
                 logits_check=checks.logits_check, trim=checks.trim, int8=checks.int8,
                 dev_accuracy=checks.dev_accuracy, mobile=checks.mobile, size_mb=checks.size_mb,
-                parameters=checks.parameters, onnx_initializers=checks.onnx_initializers, versions=_versions(),
+                parameters=checks.parameters, onnx_initializers=checks.onnx_initializers, versions=tool_versions(),
                 command=" ".join(sys.argv),
             )
             metrics = result.to_json()
