@@ -454,13 +454,15 @@ def test_trim_vocab_saves_a_smaller_student_that_loads_plainly(run):
 
 
 def test_a_trimmed_student_that_fails_export_s_check_is_said(run, monkeypatch):
+    from dataclasses import replace
+
     import metakd_cli.steps.distill as distill_module
 
     real = distill_module.trim_check
 
     def failing(*args, **kwargs):
-        metrics, untrimmed, _ = real(*args, **kwargs)
-        return {**metrics, "passed": False}, untrimmed, ["the trimmed model predicts differently on 1 of 2 dev rows"]
+        check, untrimmed, _ = real(*args, **kwargs)
+        return replace(check, passed=False), untrimmed, ["the trimmed model predicts differently on 1 of 2 dev rows"]
 
     monkeypatch.setattr(distill_module, "trim_check", failing)
     warned = []

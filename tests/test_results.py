@@ -162,7 +162,7 @@ def _distill_result(run_dir: Path, held_out: str | None = None):
 
 
 def test_distill_json_holds_its_optional_sections_only_when_they_exist(tmp_path):
-    from metakd_cli.steps.export import TrimCheck
+    from metakd_cli.ship.trim import TrimCheck
 
     record = _distill_result(tmp_path).to_json()
     assert "alignment" not in record and "trim" not in record and record["transfer"] is None

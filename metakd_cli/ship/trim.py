@@ -306,14 +306,46 @@ def training_texts(dataset, domains: list[str]) -> list[str]:
     return [t for ex in dataset.select("train", domains) for t in (ex.text, ex.text_pair) if t]
 
 
+@dataclass
+class TrimCheck:
+    """The trimmed vocabulary, and the trimmed model against the untrimmed one on dev: what ``trim_check`` finds
+    (export.json's ``trim``, less ``keep_top``; distill.json's ``trim``)."""
+
+    vocab_before: int
+    vocab_after: int
+    from_corpus: int
+    from_top: int
+    special: int
+    parameters_before: int
+    parameters_after: int
+    size_mb_before: float
+    size_mb_after: float
+    texts: int
+    unknown_rate: dict[str, dict[str, float]]  # % of [UNK] pieces on dev: domain -> "before" / "after" trimming
+    dev_accuracy: dict[str, dict[str, float]]  # "untrimmed" / "trimmed" -> domain (and average) -> %
+    covered_rows: int  # dev rows whose pieces were all kept
+    rows: int  # dev rows
+    covered_agreement: float | None  # % of the covered rows on which both models agree
+    passed: bool
+
+    @property
+    def unknown_rate_after(self) -> dict[str, float]:
+        """% of [UNK] pieces on dev per domain, trimmed."""
+        return {domain: rate["after"] for domain, rate in self.unknown_rate.items()}
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+
 def trim_check(
     report: TrimReport, original_dir: Path, dev_examples, dataset, trimmed_tokenizer, trimmed_dev: Encoded,
     trimmed_predictions: np.ndarray, max_length: int,
-) -> tuple[dict, dict[str, float], list[str]]:
+) -> tuple[TrimCheck, dict[str, float], list[str]]:
     """Untrimmed vs trimmed on dev: unknown-token rate per domain, accuracy, and agreement on covered rows.
 
     A covered row is one the trimmed tokenizer splits into exactly the original pieces; there the
-    two models must predict the same label. Returns (metrics, untrimmed accuracy, failures).
+    two models must predict the same label. Returns (the check, untrimmed accuracy, failures).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -340,7 +372,7 @@ def trim_check(
                                       set(trimmed_tokenizer.all_special_ids) - {trimmed_tokenizer.unk_token_id}),
             }
     untrimmed_accuracy = per_domain_accuracy(original_predictions, original_dev, dataset.domains)
-    metrics = {
+    check = TrimCheck(**{
         **{k: v for k, v in report.to_json().items() if k != "out_dir"},
         "unknown_rate": unknown,
         "dev_accuracy": {"untrimmed": untrimmed_accuracy,
@@ -349,9 +381,9 @@ def trim_check(
         "rows": len(trimmed_dev),
         "covered_agreement": float(same.mean() * 100.0) if covered else None,
         "passed": bool(same.all()),
-    }
+    })
     failures = []
     if not same.all():
         failures.append(f"the trimmed model predicts differently from the untrimmed one on {int((~same).sum())} of "
                         f"{len(covered)} dev rows whose pieces were all kept")
-    return metrics, untrimmed_accuracy, failures
+    return check, untrimmed_accuracy, failures

@@ -44,7 +44,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +91,7 @@ from metakd_cli.ship.model_card import write_model_cards
 from metakd_cli.training.row_weights import save_row_weights
 from metakd_cli.training.loop import PhaseSpec, PhaseSteps, SavedPass, clear_checkpoints, refuse_other_settings
 from metakd_cli.training.loop import by_dev, check_length, earlier_seconds, run_phase
-from metakd_cli.ship.trim import check_trim_options, training_texts, trim_check, trim_vocabulary
-from metakd_cli.steps.export import TrimCheck  # --trim-vocab's check: export's own
+from metakd_cli.ship.trim import TrimCheck, check_trim_options, training_texts, trim_check, trim_vocabulary
 
 STUDENT_JSON = "metakd_student.json"
 
@@ -456,7 +455,7 @@ class _Context:
     progress: object
     log: Callable[[str], None]
     warn: Callable[[str], None]
-    in_fraction: list[int] = field(default_factory=list)  # the training rows --train-fraction keeps (all domains)
+    in_fraction: list[int]  # the training rows --train-fraction keeps (all domains)
 
 
 @dataclass
@@ -1376,8 +1375,8 @@ def _save_trimmed(student, tokenizer, dataset: Dataset, cfg: DistillConfig, out:
         dev_examples = dataset.select("dev", domains)
         dev = encode(dev_examples, dataset, trimmed_tokenizer, max_length)
         predictions = torch_logits(load(str(out)), dev, trimmed_tokenizer.pad_token_id or 0).argmax(-1)
-        record, _, failures = trim_check(report, Path(full), dev_examples, dataset, trimmed_tokenizer, dev,
+        check, _, failures = trim_check(report, Path(full), dev_examples, dataset, trimmed_tokenizer, dev,
                                          predictions, max_length)
     for failure in failures:
         warn(f"--trim-vocab: {failure}")
-    return TrimCheck(**record)
+    return check

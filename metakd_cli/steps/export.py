@@ -82,7 +82,7 @@ from metakd_cli.ship.int8 import (
 )
 from metakd_cli.ship.mobile import MIN_OPSET, ORT_MOBILE_MAX_OPSET, convert_to_ort, mobile_check
 from metakd_cli.ship.onnx_tools import quiet_tools, tool_versions
-from metakd_cli.ship.trim import TrimReport, check_trim_options, training_texts, trim_check, trim_vocabulary
+from metakd_cli.ship.trim import TrimCheck, TrimReport, check_trim_options, training_texts, trim_check, trim_vocabulary
 
 MODELS = ("student", "teacher")
 TARGETS = ("auto", "avx2", "avx512_vnni", "arm64")
@@ -157,37 +157,6 @@ class Int8Check:
             "per_channel": self.per_channel, "attempt": self.attempt, "fused": self.fused, "remedy": self.remedy,
             "mode": self.mode, "calibration": self.calibration, "batch_invariance": self.batch_invariance,
         }
-
-
-@dataclass
-class TrimCheck:
-    """The trimmed vocabulary, and the trimmed model against the untrimmed one on dev: the record of
-    ``metakd_cli.ship.trim.trim_check``, typed (export.json's ``trim``, less ``keep_top``; distill.json's ``trim``)."""
-
-    vocab_before: int
-    vocab_after: int
-    from_corpus: int
-    from_top: int
-    special: int
-    parameters_before: int
-    parameters_after: int
-    size_mb_before: float
-    size_mb_after: float
-    texts: int
-    unknown_rate: dict[str, dict[str, float]]  # % of [UNK] pieces on dev: domain -> "before" / "after" trimming
-    dev_accuracy: dict[str, dict[str, float]]  # "untrimmed" / "trimmed" -> domain (and average) -> %
-    covered_rows: int  # dev rows whose pieces were all kept
-    rows: int  # dev rows
-    covered_agreement: float | None  # % of the covered rows on which both models agree
-    passed: bool
-
-    @property
-    def unknown_rate_after(self) -> dict[str, float]:
-        """% of [UNK] pieces on dev per domain, trimmed."""
-        return {domain: rate["after"] for domain, rate in self.unknown_rate.items()}
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -658,9 +627,8 @@ def _fp32_check(job: _ExportJob, tmp: Path, model_dir: Path, trimmed: bool) -> _
 
 def _trim_check(job: _ExportJob, report: TrimReport, fp32: _Fp32) -> tuple[TrimCheck, dict[str, float], list[str]]:
     """Trimmed vs untrimmed on dev, the untrimmed model's dev accuracy, the failures."""
-    record, untrimmed, failures = trim_check(report, job.source, job.dev_examples, job.dataset, fp32.tokenizer,
+    trim, untrimmed, failures = trim_check(report, job.source, job.dev_examples, job.dataset, fp32.tokenizer,
                                              fp32.dev, fp32.torch_dev, job.max_length)
-    trim = TrimCheck(**record)
     rates = ", ".join(f"{d} {after:.2f}%" for d, after in trim.unknown_rate_after.items())
     job.log(f"trimmed vs untrimmed: {trim.covered_agreement if trim.covered_rows else float('nan'):.1f}% "
             f"agreement on {trim.covered_rows} of {trim.rows} dev rows with every piece kept; "
