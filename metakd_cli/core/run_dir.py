@@ -173,6 +173,18 @@ def saved_or_old(final: Path, marker: str | None = None) -> Path | None:
     return None
 
 
+class StepRecord:
+    """A step's result (FitResult, DistillResult, ExportResult): ``to_json()`` is its metrics/<step>.json."""
+
+    def to_json(self) -> dict:
+        raise NotImplementedError
+
+    @property
+    def metrics(self) -> dict:
+        """metrics/<step>.json as a dict: ``to_json()``."""
+        return self.to_json()
+
+
 @dataclass
 class Manifest:
     """What the run folder holds; ``steps`` maps a step name to what it produced."""

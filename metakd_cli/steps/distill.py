@@ -86,7 +86,7 @@ from metakd_cli.models.students import layer_map
 from metakd_cli.data.alignment import CrossTokenizer, gather_hidden, gather_scores, teacher_inputs
 from metakd_cli.core import processes
 from metakd_cli.training.prototypes import compute_prototypes, pool, transferability
-from metakd_cli.core.run_dir import RunDir, atomic_dir, domain_paths, folder_name
+from metakd_cli.core.run_dir import RunDir, StepRecord, atomic_dir, domain_paths, folder_name
 from metakd_cli.ship.model_card import write_model_cards
 from metakd_cli.training.row_weights import save_row_weights
 from metakd_cli.training.loop import PhaseSpec, PhaseSteps, SavedPass, clear_checkpoints, refuse_other_settings
@@ -158,7 +158,7 @@ class PredictionStage:
 
 
 @dataclass
-class DistillResult:
+class DistillResult(StepRecord):
     """What `metakd distill` did. ``to_json()`` is metrics/distill.json: this class is the one place that says what
     the file holds."""
 
@@ -190,11 +190,6 @@ class DistillResult:
     @property
     def method(self) -> str:
         return self.config.method
-
-    @property
-    def metrics(self) -> dict:
-        """metrics/distill.json as a dict: ``to_json()``."""
-        return self.to_json()
 
     def to_json(self) -> dict:
         cfg = self.config

@@ -65,7 +65,7 @@ from metakd_cli.models.inference import (
     torch_logits,
     weights_size_mb,
 )
-from metakd_cli.core.run_dir import RunDir, atomic_dir, stale_artifacts
+from metakd_cli.core.run_dir import RunDir, StepRecord, atomic_dir, stale_artifacts
 from metakd_cli.ship.int8 import (
     FUSED_DIR,
     Calibration,
@@ -192,7 +192,7 @@ class MobileCheck:
 
 
 @dataclass
-class ExportResult:
+class ExportResult(StepRecord):
     """What `metakd export` did. ``to_json()`` is metrics/export.json (and the export's metakd_export.json): this
     class is the one place that says what the file holds."""
 
@@ -225,11 +225,6 @@ class ExportResult:
     @property
     def opset(self) -> int:
         return self.config.opset
-
-    @property
-    def metrics(self) -> dict:
-        """metrics/export.json as a dict: ``to_json()``."""
-        return self.to_json()
 
     def to_json(self) -> dict:
         int8, trim, mobile = self.int8, self.trim, self.mobile

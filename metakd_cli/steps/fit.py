@@ -60,7 +60,7 @@ from metakd_cli.models.loading import (
 )
 from metakd_cli.core import processes
 from metakd_cli.training.prototypes import compute_prototypes, encode_representations, pool, transferability
-from metakd_cli.core.run_dir import RunDir, atomic_dir, folder_name, folder_names
+from metakd_cli.core.run_dir import RunDir, StepRecord, atomic_dir, folder_name, folder_names
 from metakd_cli.training.loop import PhaseSpec, PhaseSteps, SavedPass, clear_checkpoints, refuse_other_settings
 from metakd_cli.training.loop import by_dev, check_length, earlier_seconds, run_phase
 
@@ -89,7 +89,7 @@ class TeacherResult:
 
 
 @dataclass
-class FitResult:
+class FitResult(StepRecord):
     """What `metakd fit` did. ``to_json()`` is metrics/fit.json: this class is the one place that says what the
     file holds."""
 
@@ -119,11 +119,6 @@ class FitResult:
     def mean_t(self) -> dict[str, float]:
         """The mean transferability t of each domain's training rows (meta only)."""
         return {d: stats["mean"] for d, stats in self.teachers[0].t_stats.items() if stats}
-
-    @property
-    def metrics(self) -> dict:
-        """metrics/fit.json as a dict: ``to_json()``."""
-        return self.to_json()
 
     def to_json(self) -> dict:
         cfg = self.config
