@@ -11,15 +11,11 @@ import json
 
 import numpy as np
 
-from bench.common import DOMAINS, PAPER, recipe, run_command, shown
+from bench.common import DOMAINS, PAPER, PAPER_HELD_OUT, recipe, run_command, shown
 from bench.suite import Suite, paired, setup
 from metakd_cli.core.run_dir import read_json_object
 
 TEACHER_FIT_KEYS = ("teacher", "teacher_mode", "domain_loss", "epochs", "lr", "max_length", "seed")
-PAPER_HELD_OUT = {  # MNLI, fiction held out, tested on fiction (DESIGN.md Reference figures)
-    "in-domain teacher": 82.2, "meta-teacher without H": 81.6, "in-domain teacher -> tinybert": 78.8,
-    "other domains' teachers -> tinybert": "74.1 to 77.1", "meta-teacher without H -> tinybert": 78.2,
-}
 
 
 class Table:
@@ -49,7 +45,7 @@ class Table:
 
     def _read(self, system: str, binding: dict) -> None:
         """One run's record, and the rows its model got right, when its folder is done with its settings."""
-        suite, label = self.suite, self.suite.label(system, binding)
+        suite, label = self.suite, self.suite.fill(system, binding)
         teacher, folder = suite.systems[system].start is None, suite.folder(system, binding)
         model = "teacher" if teacher else "int8" if "export" in suite.systems[system].steps else "student"
         metrics = suite.finished(system, binding, self.extra)

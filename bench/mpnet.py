@@ -9,29 +9,20 @@ from bench.common import data_path, metakd_run, recipe
 from bench.rows import models, of, rounded, sizes, read_trim
 from bench.suite import NOT_MEASURED, Suite, kept
 
-SPEED_SYSTEMS = ("teacher-meta", "meta", "meta-trim", "teacher-onnx")
-# the under-trained pipeline of `speed`: the recipe's models, lengths and export, little training. 80 test rows a
-# domain (320) cover eval's 8 timed batches of 32 and its 64 rows at batch 1; the dev rows are what the fit, export
-# and distill score (a few, since each costs a 110M forward); no accuracy check can stop it (max_drop)
-SPEED_SETS = ("data.dev_fraction=0.02", "data.test_fraction=0.04", "fit.epochs=1", "fit.train_fraction=0.01",
-              "distill.train_fraction=0.01", "distill.intermediate_epochs=1", "distill.epochs=1",
-              "export.max_drop=100")
-SPEED_LABEL = ("measured on an under-trained pipeline (python -m bench speed mpnet: 1% of the training rows, 1 fit epoch, "
-               "1 + 1 distill epochs): speed and size only, its models' accuracy is no result")
-
 
 def speed(suite: Suite, extra: tuple[str, ...] = ()) -> None:
-    """Build the under-trained systems under <runs>/speed (no eval), then run the two timed evals back to back
-    (again each time, so that the two are one sitting: build whenever, rerun on an idle machine for the figures)."""
-    under, sets = replace(suite, runs=suite.runs / "speed"), (*SPEED_SETS, *extra)
-    under.run(list(SPEED_SYSTEMS), sets, built=True)
+    """Build the under-trained systems (the suite file's ``speed``) under <runs>/speed (no eval), then run the two
+    timed evals back to back (again each time, so that the two are one sitting: build whenever, rerun on an idle
+    machine for the figures)."""
+    under, sets = replace(suite, runs=suite.runs / "speed"), (*suite.spec["speed"]["sets"], *extra)
+    under.run(suite.spec["speed"]["systems"], sets, built=True)
     for system in ("meta", "teacher-onnx"):
         metakd_run(under.folder(system), under.sets_of(system, {}, sets), "eval", suite.recipe)
 
 
 def read_speed(suite: Suite, extra: tuple[str, ...]) -> dict | None:
     """The speed and size figures of the under-trained pipeline, or None until both timed evals are done."""
-    under, sets = replace(suite, runs=suite.runs / "speed"), (*SPEED_SETS, *extra)
+    under, sets = replace(suite, runs=suite.runs / "speed"), (*suite.spec["speed"]["sets"], *extra)
     student, teacher = (under.finished(system, {}, sets) for system in ("meta", "teacher-onnx"))
     if student is None or teacher is None:
         return None
@@ -44,7 +35,7 @@ def read_speed(suite: Suite, extra: tuple[str, ...]) -> dict | None:
     }
     student_sizes, teacher_sizes = sizes(student["export"]), sizes(teacher["export"])
     return {
-        "measured_on": SPEED_LABEL,
+        "measured_on": suite.spec["speed"]["label"],
         "sets": list(sets),
         "batch_size": (student["eval"].get("config") or {}).get("batch_size"),
         "throughput_rows_per_s": {k: rounded(v, 1) for k, v in throughput.items()},  # at eval's batch size

@@ -34,8 +34,8 @@ README = ROOT / "README.md"
 RESULTS_DOC = ROOT / "docs" / "results.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 COLUMNS = [*DOMAINS, "average"]
-SECTIONS = ("teachers", "students", "amazon", "scarce", "speed", "amazon_cpu", "int8_variants", "ablation", "mpnet",
-            "keep", "transfer", "int8_static")
+SECTIONS = ("teachers", "students", "amazon", "scarce", "speed", "amazon_cpu", "ablation", "mpnet", "keep", "transfer",
+            "int8_static")
 PAPER_TABLE = [{"text": "**The paper (BERT-base teacher, TinyBERT-4 student; for comparison)**"},
                {"table": "results", "head": ["system", *COLUMNS], "cells": ["{name}", *COLUMNS]}]
 FIELD = re.compile(r"\{([^{}:|]*)(?::([^{}|]*))?(?:\|([^{}]*))?\}")
@@ -92,9 +92,14 @@ def fill(template: str, data: object) -> str:
     return FIELD.sub(one, template)
 
 
-def _row(name: str, values: list[object], extra: str = "") -> str:
+def _row(name: str, values: list[object]) -> str:
     cells = [f"{v:.1f}" if isinstance(v, (int, float)) else "-" if v is None else str(v) for v in values]
-    return f"| {name} | " + " | ".join(cells) + (f" | {extra} |" if extra else " |")
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def _table(head: list[str], rows: list[list]) -> list[str]:
+    """A markdown table: ``head``, then each row (its name, then its cells) as _row writes it."""
+    return ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head), *(_row(row[0], row[1:]) for row in rows)]
 
 
 def _cell(number: object, digits: int = 2, missing: str = "-") -> str:
@@ -118,10 +123,8 @@ def render(blocks: list[dict], data: dict) -> list[str]:
         if "text" in block:
             lines.append(fill(block["text"], data))
         elif "table" in block:
-            lines += ["| " + " | ".join(block["head"]) + " |", "|" + " --- |" * len(block["head"])]
-            for row in _rows(value(data, block["table"])):
-                cells = [fill(c, row) if "{" in c else value(row, c) for c in block["cells"]]
-                lines.append(_row(cells[0], cells[1:]))
+            lines += _table(block["head"], [[fill(c, row) if "{" in c else value(row, c) for c in block["cells"]]
+                                            for row in _rows(value(data, block["table"]))])
         else:
             lines += [fill(block["line"], row) for row in _rows(value(data, block["each"]))]
         lines.append("")
@@ -135,12 +138,10 @@ def _held_out(data: dict, block: dict) -> list[str]:
     """amazon's held-out tables: per domain H, each row's accuracy on H, its tests beneath."""
     lines = []
     for h, section in (data.get("held_out") or {}).items():
-        lines += [f"**Held out: {h}** (its teachers never saw it; students distilled and scored on {h}; mean over "
-                  "seeds). The paper's column is its MNLI experiment (fiction held out, scored on fiction).",
-                  "", f"| system | {h} | std | seeds | paper (MNLI fiction) |", "| --- | --- | --- | --- | --- |"]
-        for name, row in section["results"].items():  # "paper": the MNLI figure amazon.py put beside the row
-            lines.append(_row(name.replace("H", h), [row["accuracy"], "-" if row["std"] is None else row["std"],
-                                                     ", ".join(map(str, row["seeds"])), row.get("paper")]))
+        lines += [fill(block["caption"], {"h": h}), "", *_table(  # "paper": the MNLI figure amazon.py put beside
+            ["system", h, "std", "seeds", "paper (MNLI fiction)"],
+            [[name.replace("H", h), row["accuracy"], row["std"], ", ".join(map(str, row["seeds"])), row.get("paper")]
+             for name, row in section["results"].items()])]
         lines += [f"- {name.replace(f'held-out/{h}/', '')}: {test['diff']:+.2f} points, {_p(test['p_value'])}"
                   for name, test in section.get("tests", {}).items()] + [""]
     return lines
@@ -150,15 +151,14 @@ def _scarce(data: dict, block: dict) -> list[str]:
     """scarce's table: a row per fraction (smallest first), the systems measured, then the tests at each."""
     setup, rows, distill = data["setup"], data["results"], data["setup"].get("distill", {})
     columns = [c for c in block["columns"] if any(c in row for row in rows.values())]
+    table = [[fraction, str(row.get("train_rows", "-")), *[row.get(c, "-") for c in columns]]
+             for fraction, row in sorted(rows.items(), key=lambda kv: float(kv[0]))]
     lines = [f"**Data-scarce: {setup['domain']}** (share of its training rows; the meta-teacher keeps every row of the "
              f"other domains; accuracy on {setup['domain']}'s test rows, one seed; "
              + (f"students {distill['intermediate_epochs']} + {distill['epochs']} epochs at F = 1" if distill else "")
              + (f"; epochs: {setup['epochs']}" if setup.get("epochs") else "")
              + (f"; {setup['dev']}" if setup.get("dev") else "") + "); `python -m bench run scarce`.", "",
-             "| fraction | train rows | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 2)]
-    for fraction, row in sorted(rows.items(), key=lambda kv: float(kv[0])):
-        lines.append(_row(fraction, [str(row.get("train_rows", "-")), *[row.get(c, "-") for c in columns]]))
-    lines.append("")
+             *_table(["fraction", "train rows", *columns], table), ""]
     for fraction, tests in sorted(data.get("tests", {}).items(), key=lambda kv: float(kv[0])):
         lines.append(f"- F = {fraction}: " + "; ".join(
             f"{name} {t['diff']:+.1f} points (95% CI {t['ci95'][0]:+.1f} to {t['ci95'][1]:+.1f}, "
@@ -176,37 +176,35 @@ def _ablation(data: dict, block: dict) -> list[str]:
     """ablation's tables but the int8 one: the students (the suite's domains), inside stage 1, the teachers."""
     domains = [*data["setup"]["domains"], "average"]
     teacher = data["setup"]["teacher"].get("test_accuracy") or {}
-    lines = [fill(block["caption"], {"teacher": ", ".join(f"{d} {teacher[d]:.1f}" for d in domains if d in teacher)}),
-             "", "| system | " + " | ".join(domains) + " | seeds | vs meta | mean abs weight diff vs meta | what |",
-             "|" + " --- |" * (len(domains) + 5)]
+    students = []
     for name, row in data["results"].items():
         test = next((t for key, t in data["tests"].items() if key.endswith(f" vs {name}")), None)
         distance = row.get("weight_distance_to_meta")
-        lines.append(_row(name, [f"{row[d]:.2f}" if isinstance(row.get(d), (int, float)) else None for d in domains],
-                          f"{', '.join(map(str, row['seeds']))} | {_versus(test)} | "
-                          f"{'-' if distance is None else f'{distance:.2g}'} | {row['what']}"
-                          + (" (an earlier run's figures, kept)" if row.get("kept") else "")))
-    lines.append("")
-    measured = {name: row for name, row in data["results"].items() if row.get("stage1_terms") or row.get("lambda")}
+        students.append([name, *(f"{row[d]:.2f}" if isinstance(row.get(d), (int, float)) else None for d in domains),
+                         ", ".join(map(str, row["seeds"])), _versus(test),
+                         "-" if distance is None else f"{distance:.2g}",
+                         row["what"] + (" (an earlier run's figures, kept)" if row.get("kept") else "")])
+    head = ["system", *domains, "seeds", "vs meta", "mean abs weight diff vs meta", "what"]
+    lines = [fill(block["caption"], {"teacher": ", ".join(f"{d} {teacher[d]:.1f}" for d in domains if d in teacher)}),
+             "", *_table(head, students), ""]
+    terms = [f"stage1_terms.{k}" for k in ("hidden", "attention", "domain")] + [
+        f"lambda.{k}" for k in ("min", "median", "max", "share_within_10pct_of_max")]
+    measured = [[name, *("-" if value(row, t) is None else f"{value(row, t):.3g}" for t in terms)]
+                for name, row in data["results"].items() if row.get("stage1_terms") or row.get("lambda")]
     if measured:
-        lines += [block["stage1"], "", "| system | hidden | attention | domain | lambda min | lambda median "
-                  "| lambda max | rows with lambda within 10% of the max |", "|" + " --- |" * 8]
-        for name, row in measured.items():
-            cells = [value(row, f"stage1_terms.{k}") for k in ("hidden", "attention", "domain")] + [
-                value(row, f"lambda.{k}") for k in ("min", "median", "max", "share_within_10pct_of_max")]
-            lines.append(_row(name, ["-" if v is None else f"{v:.3g}" for v in cells]))
-        lines.append("")
+        head = ["system", "hidden", "attention", "domain", "lambda min", "lambda median", "lambda max",
+                "rows with lambda within 10% of the max"]
+        lines += [block["stage1"], "", *_table(head, measured), ""]
     teachers = (data.get("teachers") or {}).get("results") or {}
     if teachers:
-        cols = [c for c in COLUMNS if c in next(iter(teachers.values()))]
-        lines += [block["teachers"], "", "| teacher | " + " | ".join(cols) + " | seeds | vs meta | epoch kept (dev "
-                  "after each epoch) |", "|" + " --- |" * (len(cols) + 4)]
+        cols, rows = [c for c in COLUMNS if c in next(iter(teachers.values()))], []
         for name, row in teachers.items():
             chosen = "; ".join(f"s{seed}: {c.get('epoch')} ({', '.join(_cell(v) for v in c['dev'])})"
                                for seed, c in (row.get("dev_selection") or {}).items()) or "-"
-            lines.append(_row(name, [row.get(c) for c in cols], f"{', '.join(map(str, row['seeds']))} | "
-                              f"{_versus(data['teachers']['tests'].get(f'meta vs {name}'))} | {chosen}"))
-        lines.append("")
+            rows.append([name, *(row.get(c) for c in cols), ", ".join(map(str, row["seeds"])),
+                         _versus(data["teachers"]["tests"].get(f"meta vs {name}")), chosen])
+        lines += [block["teachers"], "", *_table(["teacher", *cols, "seeds", "vs meta",
+                                                  "epoch kept (dev after each epoch)"], rows), ""]
     return lines
 
 
@@ -224,19 +222,14 @@ def _mpnet_accuracy(data: dict, block: dict) -> list[str]:
         if system in paper:
             rows.append((shown["label"], f"{shown['paper']} (the paper: {paper[system]['row']})",
                          paper[system]["test_accuracy"]))
-    if not rows:
-        return []
-    lines = [block["caption"], "", f"| system | model | {' | '.join(COLUMNS)} |",
-             "| --- | --- |" + " --- |" * len(COLUMNS)]
-    for label, what, values in rows:
-        cells = ["-" if values.get(c) is None else f"{values[c]:.2f}" for c in COLUMNS]
-        lines.append(f"| {label} | {what} | {' | '.join(cells)} |")
-    return lines + [""]
+    cells = [[label, what, *("-" if values.get(c) is None else f"{values[c]:.2f}" for c in COLUMNS)]
+             for label, what, values in rows]
+    return [block["caption"], "", *_table(["system", "model", *COLUMNS], cells), ""] if rows else []
 
 
 def _systems(data: dict, block: dict) -> list[str]:
     """A suite's systems (bench.suite): what each is, its int8 and fp32 test, dev, stage 2's length, size, rows/s."""
-    lines = ["| system | what | int8 test (avg) | fp32 test | dev | stage 2 | size (MB) | rows/s |", "|" + " --- |" * 8]
+    lines = _table(["system", "what", "int8 test (avg)", "fp32 test", "dev", "stage 2", "size (MB)", "rows/s"], [])
     systems = data["setup"]["systems"]
     for name, row in data["results"].items():
         what = (systems.get(name) or {}).get("what") or (row.get("what") if isinstance(row, dict) else "") or ""
@@ -256,11 +249,8 @@ def _systems(data: dict, block: dict) -> list[str]:
             size, speed = row.get("size_mb"), row.get("rows_per_s")
         dev = row.get("dev_accuracy")
         dev = dev.get("average") if isinstance(dev, dict) else dev
-        cells = [_cell(int8), _cell(fp32), _cell(dev), length, _cell(size, 1), _cell(speed, 0)]
-        lines.append(f"| {name} | {what} | {' | '.join(cells)} |")
-    return lines + ["", "rows/s: each system's own eval (int8 at batch 32; a peer's own predict), taken at different "
-                    "times on a shared 2-core machine: a size-and-order-of-magnitude figure, not a speed comparison "
-                    "(`python -m bench run speed` times models side by side).", ""]
+        lines.append(_row(name, [what, _cell(int8), _cell(fp32), _cell(dev), length, _cell(size, 1), _cell(speed, 0)]))
+    return lines + [""]
 
 
 HOOKS = {"held_out": _held_out, "scarce": _scarce, "ablation": _ablation, "mpnet_accuracy": _mpnet_accuracy,

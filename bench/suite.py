@@ -10,8 +10,8 @@ A suite file holds: ``what`` (one line), ``recipe``, ``runs`` (its folder under 
 suite's same system), ``tests`` (pairs A, B; ``test_models``, ``best_of``, ``best_against``), ``targets``, ``setup``
 and ``document`` (the results file's sections, "$name" filled), ``mpnet`` (the MPNet path: a suite inside),
 ``report`` (its section of docs/results.md, bench/report.py; ``report_files``: several results files), a timing
-suite's ``options``, ``quick`` and ``columns`` (bench/timing.py), and ``hooks``: "module:function" for what must be
-code (before, values, rows, sections, figures, table, run, commands).
+suite's ``options``, ``quick`` and ``columns`` (bench/timing.py), mpnet's ``speed`` (bench/mpnet.py), and ``hooks``:
+"module:function" for what must be code (before, values, rows, sections, figures, table, run, commands).
 
 A system's ``folder`` and ``sets`` may hold placeholders: {seed}, {fraction}, {held}, {domain} and {other} (the
 domains but {held}) make one run per value of the suite's ``seeds``, ``fractions``, ``held_out`` and ``domains``;
@@ -40,7 +40,7 @@ RANGES = {"seed": "seeds", "fraction": "fractions", "held": "held_out", "domain"
 PLACEHOLDER = re.compile(r"\{(\w+)(?::([^}]*))?\}")
 SUITE_KEYS = {"what", "recipe", "runs", "results", "seeds", "fractions", "held_out", "domains", "systems", "default",
               "aliases", "borrow", "tests", "test_models", "best_of", "best_against", "targets", "setup", "paper",
-              "document", "mpnet", "hooks", "options", "quick", "columns", "report", "report_files"}
+              "document", "mpnet", "hooks", "options", "quick", "columns", "report", "report_files", "speed"}
 SYSTEM_KEYS = {"what", "sets", "steps", "start", "pin", "folder", "reads", "same_as"}
 HOOKS = {"before", "values", "rows", "sections", "figures", "table", "run", "commands"}
 
@@ -123,10 +123,6 @@ class Suite:
                 raise SuiteError(f"{self.file}: {text}: no value for {{{match[1]}}}")
             return format(values[match[1]], match[2] or "")
         return PLACEHOLDER.sub(one, text)
-
-    def label(self, system: str, binding: dict) -> str:
-        """The system's name with its placeholders filled (amazon's held-out/books/... rows)."""
-        return self.fill(system, binding)
 
     def folder(self, system: str, binding: dict | None = None) -> Path:
         path = self.fill(self.systems[system].folder or system, binding or {})
@@ -482,7 +478,7 @@ def row(suite: Suite, system: str, reader, before: dict, extra: tuple[str, ...] 
     """A system's row: read from its finished folder, else the results file's row (its folder gone), kept, marked,
     else ``missing``."""
     metrics = suite.finished(system, binding, extra)
-    return reader(metrics) if metrics else kept(before.get(suite.label(system, binding or {}))) or missing
+    return reader(metrics) if metrics else kept(before.get(suite.fill(system, binding or {}))) or missing
 
 
 def declared(suite: Suite, steps: bool = False) -> dict[str, dict]:

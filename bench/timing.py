@@ -1,11 +1,11 @@
-"""The timing suites (speed, int8_static, int8_variants; each suite's ``hooks.run`` names its report function here):
-models of one run folder measured in ONE process, the thread count pinned (torch intra-op = ONNX Runtime intra-op =
-N, inter-op 1; recorded), on fixed-shape inputs from real texts (truncated or padded to exactly seq_len tokens):
-latency at batch 1 and throughput at batch 32, every model loaded at once and timed in interleaved rounds by `metakd
-eval`'s own timing (metakd_cli.core.timing: each round times every model in turn, so a slow spell of the machine
-lands on every model; each figure is a median over rounds, its fastest and slowest round beside it). Ratios matter,
-not absolute times. A suite file's ``options`` are each settable as --name VALUE (``quick``: the counts --quick
-sets); --run-dir names the run folder, --out the results file; ``columns`` are what is printed of each row."""
+"""The timing suites (speed, int8_static; each suite's ``hooks.run`` names its report function here): models of one
+run folder measured in ONE process, the thread count pinned (torch intra-op = ONNX Runtime intra-op = N, inter-op 1;
+recorded), on fixed-shape inputs from real texts (truncated or padded to exactly seq_len tokens): latency at batch 1
+and throughput at batch 32, every model loaded at once and timed in interleaved rounds by `metakd eval`'s own timing
+(metakd_cli.core.timing: each round times every model in turn, so a slow spell of the machine lands on every model;
+each figure is a median over rounds, its fastest and slowest round beside it). Ratios matter, not absolute times. A
+suite file's ``options`` are each settable as --name VALUE (``quick``: the counts --quick sets); --run-dir names the
+run folder, --out the results file; ``columns`` are what is printed of each row."""
 
 from __future__ import annotations
 
@@ -174,17 +174,6 @@ def rounds_of(models: dict[str, FixedShape], rounds: int, warmup: int = 1, batch
             "timed_calls": {"batch_1": model.repeats * len(single), f"batch_{batch}": model.batches * len(full)},
             "rounds": {"latency_b1_p50_ms": latency, f"throughput_b{batch}": rate, f"latency_b{batch}_p50_ms": batch_ms}}
     return figures, measured_steadiness({f"{name} at {what}": s for (name, what), s in seconds.items()})
-
-
-def onnx_rounds(paths: dict[str, Path], inputs: dict, args: argparse.Namespace) -> tuple[dict, dict, object]:
-    """Each ONNX file's forward by a pinned session, and ``rounds_of`` them all on ``inputs`` (--repeats batch-1
-    calls and --batches batches a round)."""
-    from metakd_cli.models.inference import onnx_forward
-
-    forwards = {name: onnx_forward(pinned_session(path, args.threads)) for name, path in paths.items()}
-    log(f"timing {len(paths)} variants in {args.rounds} interleaved rounds")
-    return forwards, *rounds_of({name: FixedShape(forward, inputs, args.repeats, args.batches)
-                                 for name, forward in forwards.items()}, args.rounds)
 
 
 # --------------------------------------------------------------------------- speed: a run's teacher and student
@@ -447,29 +436,12 @@ def speed_report(args: argparse.Namespace) -> dict:
     return {"setup": setup, "results": results, "ceiling": ceiling, "targets": targets}
 
 
-# --------------------------------------------------------------------------- int8_static, int8_variants
+# --------------------------------------------------------------------------- int8_static
 
 
 INVARIANT_AT = 1e-6
 RULE = ("invariant (max |p diff| <= 1e-6, no label change) and within --max-drop of fp32 on dev; "
         "then best dev accuracy, then fastest at batch 32")
-
-
-def exported_onnx(args: argparse.Namespace, scratch: Path) -> tuple:
-    """What the int8 suites build from: the run, its fp32 ONNX file (``Skip`` without one), a folder holding a copy
-    of it and its config for metakd's int8 functions, the export's record (metakd_export.json), the threads
-    pinned, the run's data and its tokenizer."""
-    from metakd_cli.models.inference import ONNX_FILE, onnx_model_path
-    from metakd_cli.models.loading import load_tokenizer
-
-    run = RunDir(args.run_dir)
-    if not (fp32 := onnx_model_path(run.onnx, ONNX_FILE)).is_file():
-        raise Skip(f"{run.onnx}/onnx/model.onnx not present; run `metakd --run-dir {run.path} export` first")
-    (source := scratch / "source").mkdir()
-    shutil.copy(fp32, source / "model.onnx")
-    shutil.copy(run.onnx / "config.json", source / "config.json")
-    export = json.loads((run.onnx / "metakd_export.json").read_text())
-    return run, fp32, source, export, pin_threads(args.threads), dataset_of(run), load_tokenizer(str(run.onnx))
 
 
 def static_report(args: argparse.Namespace) -> dict:
@@ -479,14 +451,22 @@ def static_report(args: argparse.Namespace) -> dict:
     padded to their longest row). The default the numbers point to: RULE. Test is not read."""
     from metakd_cli.data.encode import encode
     from metakd_cli.data.metrics import per_domain_accuracy
-    from metakd_cli.models.inference import onnx_logits, onnx_session
+    from metakd_cli.models.inference import ONNX_FILE, onnx_forward, onnx_logits, onnx_model_path, onnx_session
+    from metakd_cli.models.loading import load_tokenizer
     from metakd_cli.ship.int8 import Int8Attempt, batch_invariance, calibrate, calibration_feeds, calibration_sample
     from metakd_cli.ship.int8 import quantize_attempt
     from metakd_cli.steps.export import detect_target
 
+    run = RunDir(args.run_dir)
+    if not (fp32 := onnx_model_path(run.onnx, ONNX_FILE)).is_file():
+        raise Skip(f"{run.onnx}/onnx/model.onnx not present; run `metakd --run-dir {run.path} export` first")
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
-        run, fp32, source, export, threads, dataset, tokenizer = exported_onnx(args, scratch)
+        (source := scratch / "source").mkdir()  # the fp32 file and its config, for metakd's int8 functions
+        shutil.copy(fp32, source / "model.onnx")
+        shutil.copy(run.onnx / "config.json", source / "config.json")
+        export = json.loads((run.onnx / "metakd_export.json").read_text())
+        threads, dataset, tokenizer = pin_threads(args.threads), dataset_of(run), load_tokenizer(str(run.onnx))
         max_length, (target, reason), pad_id = int(export["max_length"]), detect_target(), tokenizer.pad_token_id or 0
         dev = encode(dataset.dev, dataset, tokenizer, max_length)
         train = encode(calibration_sample(dataset.train, args.calibration_rows), dataset, tokenizer, max_length)
@@ -529,7 +509,11 @@ def static_report(args: argparse.Namespace) -> dict:
                              "invariant": invariance["max_abs_prob_diff"] <= INVARIANT_AT
                              and invariance["label_flips"] == 0}
         seq_len = min(128, max_length)
-        _, timed, steadiness = onnx_rounds(paths, fixed_inputs(run.onnx, dataset.dev, 32, seq_len), args)
+        inputs = fixed_inputs(run.onnx, dataset.dev, 32, seq_len)
+        log(f"timing {len(paths)} variants in {args.rounds} interleaved rounds")
+        timed, steadiness = rounds_of({name: FixedShape(onnx_forward(pinned_session(path, args.threads)), inputs,
+                                                        args.repeats, args.batches) for name, path in paths.items()},
+                                      args.rounds)
     for name in paths:
         results[name].update(timed[name])
     results |= {name: info for name, info in built.items() if "error" in info}
@@ -541,67 +525,3 @@ def static_report(args: argparse.Namespace) -> dict:
                      max_drop=args.max_drop, invariant_at=INVARIANT_AT, seq_len_timed=seq_len, rounds=args.rounds,
                      timing=asdict(steadiness), batches=args.batches, repeats=args.repeats, command=args.command_line)
     return {"setup": setup, "results": results, "chosen": chosen, "rule": RULE}
-
-
-def variants_report(args: argparse.Namespace) -> dict:
-    """Ways of building the int8 student from the same fp32 ONNX file (bench/suites/int8_variants.yaml), each timed,
-    sized and scored on the run's test split with its agreement with fp32."""
-    import onnx
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
-    from transformers import AutoConfig
-
-    from metakd_cli.data.encode import encode
-    from metakd_cli.models.inference import INT8_FILE, batched_logits, onnx_model_path
-    from metakd_cli.ship.int8 import WEIGHT_TYPES, Int8Attempt, fused_graph, quantize_attempt
-    from metakd_cli.ship.onnx_tools import quiet_tools
-
-    with tempfile.TemporaryDirectory() as folder:
-        scratch = Path(folder)
-        run, fp32, source, export, threads, dataset, tokenizer = exported_onnx(args, scratch)
-        target, config = export["target"], AutoConfig.from_pretrained(run.onnx)
-        weight_type = getattr(QuantType, WEIGHT_TYPES[target])
-        encoded = encode(dataset.test, dataset, tokenizer, export["max_length"])
-        labels, inputs = np.asarray(encoded.labels), fixed_inputs(run.onnx, dataset.test, 32, args.seq_len)
-        paths = {"fp32": fp32, "int8-shipped": onnx_model_path(run.onnx, INT8_FILE),
-                 "int8-matmul": scratch / "int8-matmul.onnx"}
-        with quiet_tools():
-            quantize_dynamic(str(fp32), str(paths["int8-matmul"]), weight_type=weight_type,
-                             op_types_to_quantize=["MatMul"])
-            for name, approximate, embeddings in (("fused", False, True), ("fused-fastgelu", True, True),
-                                                  ("fused-small", False, False)):
-                options = FusionOptions("bert")
-                options.enable_gelu_approximation = approximate
-                options.enable_embed_layer_norm = embeddings  # off: plain Gathers, whose tables can be int8
-                fused = scratch / f"fp32-{name}.onnx"
-                optimize_model(str(fp32), model_type="bert", num_heads=config.num_attention_heads,
-                               hidden_size=config.hidden_size, optimization_options=options, opt_level=0
-                               ).save_model_to_file(str(fused))
-                if name == "fused":
-                    paths["fp32-fused"] = fused
-                paths[f"int8-{name}"] = scratch / f"int8-{name}.onnx"
-                quantize_dynamic(str(fused), str(paths[f"int8-{name}"]), weight_type=weight_type,
-                                 op_types_to_quantize=["MatMul", "Attention"] + ([] if embeddings else ["Gather"]),
-                                 extra_options={"DefaultTensorType": TensorProto.FLOAT})  # fused ops lack shape info
-            fused_dir, fused_file = fused_graph(source, lambda message: None)
-            paths["int8-export-fuse"] = quantize_attempt(fused_dir, fused_file, target, Int8Attempt("plain", "defaults"),
-                                                         scratch / "export-fuse")
-            paths["int8-per-channel"] = quantize_attempt(source, "model.onnx", target,
-                                                         Int8Attempt("plain", "defaults", per_channel=True),
-                                                         scratch / "per-channel")
-            forwards, timed, steadiness = onnx_rounds(paths, inputs, args)
-            results, reference = {}, None
-            for name, path in paths.items():
-                predictions = batched_logits(encoded, tokenizer.pad_token_id or 0, 64, forwards[name]).argmax(-1)
-                reference = predictions if reference is None else reference
-                graph = onnx.load(str(path), load_external_data=False).graph
-                results[name] = {**timed[name], "size_mb": path.stat().st_size / 2**20,
-                                 "test_accuracy": float((predictions == labels).mean() * 100),
-                                 "agreement_with_fp32": float((predictions == reference).mean() * 100),
-                                 "ops": sorted({node.op_type for node in graph.node})}
-    setup = setup_of(run, threads, seq_len=args.seq_len, batch=32, int8_format=target, weight_type=WEIGHT_TYPES[target],
-                     test_rows=len(dataset.test), batches=args.batches, repeats=args.repeats, rounds=args.rounds,
-                     timing=asdict(steadiness))
-    return {"setup": setup, "results": results}

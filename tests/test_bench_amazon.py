@@ -35,7 +35,7 @@ def _run(accuracy: dict) -> dict:
 
 def test_each_system_is_the_recipe_plus_overrides(suite):
     at = {"held": "books", "other": "dvd", "seed": 2}
-    assert suite.label(HELD, at) == "held-out/books/dvd-teacher->tinybert"
+    assert suite.fill(HELD, at) == "held-out/books/dvd-teacher->tinybert"
     assert suite.folder(HELD, at) == suite.runs / "amazon" / "held-out-books-dvd-teacher-to-tinybert" / "books-s2"
     config = recipe(suite.sets_of(HELD, at, ("fit.epochs=1",)), suite.recipe)
     assert (config.fit.teacher_mode, config.fit.epochs) == ("single", 1)  # the teacher's, then the driver's --set

@@ -22,6 +22,8 @@ from metakd_cli.models.packaged import MINILM4, MPNET
 from metakd_cli.steps import distill, evaluate, export, fit, pipeline
 
 LATER = "9999-01-01T00:00:00+00:00"  # an eval written after any step finished
+SPEED = load("mpnet").spec["speed"]  # the under-trained pipeline of `python -m bench speed mpnet`
+SPEED_SETS, SPEED_SYSTEMS = tuple(SPEED["sets"]), SPEED["systems"]
 
 
 @pytest.fixture
@@ -51,13 +53,13 @@ def test_the_recipe_loads_and_passes_runs_checks_offline(monkeypatch):
 def test_every_system_and_the_speed_settings_are_valid_overrides(bench, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for name in bench.systems:
-        for extra in ((), hooks.SPEED_SETS):
+        for extra in ((), SPEED_SETS):
             recipe = load_recipe(bench.recipe)
             apply_overrides(recipe, "fit", {}, tuple(bench.sets_of(name, {}, extra)))
             _check(recipe)
     for name, system in bench.systems.items():  # a system changes only the steps it runs, never those it copies
         assert all(item.split(".")[0] in system.steps for item in system.sets), name
-    assert set(hooks.SPEED_SYSTEMS) <= set(bench.spec["default"])
+    assert set(SPEED_SYSTEMS) <= set(bench.spec["default"])
 
 
 # --------------------------------------------------------------------------- fake run folders
@@ -138,14 +140,14 @@ def test_finished_folders_give_each_target_its_figure_and_status(bench):
         "eval": {"models": [_model("int8", 88.9, 60.0, 9.4)]}})
     speed = runs / "speed"  # the under-trained pipeline, with the speed settings; meta-trim built, not evaluated
     _student(bench, speed / "meta", "meta", teacher=50.0, int8=50.0, int8_mb=19.9, throughputs=(4.0, 120.0),
-             extra=hooks.SPEED_SETS)
+             extra=SPEED_SETS)
     write_steps(bench, speed / "meta-trim", "meta-trim",
-                {"fit": {}, "distill": {}, "export": {"size_mb": {"model_quantized.onnx": 9.9}}}, hooks.SPEED_SETS)
+                {"fit": {}, "distill": {}, "export": {"size_mb": {"model_quantized.onnx": 9.9}}}, SPEED_SETS)
     write_steps(bench, speed / "teacher-onnx", "teacher-onnx", {
         "fit": {},
         "export": {"size_mb": {"pytorch": 438.0, "model.onnx": 438.1}},
         "eval": {"models": [_model("teacher", 50.0, 4.2, 438.0), _model("onnx", 50.0, 10.0, 438.1)]}},
-        hooks.SPEED_SETS)
+        SPEED_SETS)
 
     document = table(bench)
     write(bench, document)
@@ -165,7 +167,7 @@ def test_finished_folders_give_each_target_its_figure_and_status(bench):
     assert figures["int8_speedup"] == {"vs_teacher_pytorch": 30.0, "vs_teacher_onnx_fp32": 12.0}
     assert figures["teacher_pytorch_in_second_eval"] == 4.2
     assert figures["size_mb"]["int8_student_trimmed"] == 9.9 and figures["size_mb"]["teacher_onnx_fp32"] == 438.1
-    assert figures["batch_size"] == recipe(bench.sets_of("meta", {}, hooks.SPEED_SETS), bench.recipe).eval.batch_size
+    assert figures["batch_size"] == recipe(bench.sets_of("meta", {}, SPEED_SETS), bench.recipe).eval.batch_size
     assert document["results"]["meta"]["test_accuracy"]["int8"]["average"] == 89.0
     assert document["results"]["kd"]["test_accuracy"]["int8"]["average"] == 87.0  # a control: no target reads it
     assert document["results"]["meta-trim"]["vocab_after"] == 11000
@@ -222,14 +224,14 @@ def test_a_folder_not_finished_or_with_other_settings_is_not_read(bench, tmp_pat
     assert bench.finished("tinybert", run_dir=other) is None  # distilled by Meta-KD: not the tinybert system
     full = _student(bench, runs / "speed" / "meta", "meta", teacher=90.0, int8=89.5, int8_mb=19.0,
                     throughputs=(3.0, 90.0))
-    assert bench.finished("meta", {}, hooks.SPEED_SETS, run_dir=full) is None  # a full run's settings, not speed's
+    assert bench.finished("meta", {}, SPEED_SETS, run_dir=full) is None  # a full run's settings, not speed's
     assert hooks.read_speed(bench, ()) is None
 
     student = _student(bench, tmp_path / "student", "meta", teacher=90.0, int8=89.5, int8_mb=19.0,
-                       throughputs=(3.0, 90.0), extra=hooks.SPEED_SETS)
-    assert bench.finished("meta", {}, hooks.SPEED_SETS, run_dir=student)["eval"]["models"][3]["name"] == "int8"
+                       throughputs=(3.0, 90.0), extra=SPEED_SETS)
+    assert bench.finished("meta", {}, SPEED_SETS, run_dir=student)["eval"]["models"][3]["name"] == "int8"
     # the same student under another fit.epochs: its folder's teacher (copied) is not this run's teacher
-    assert bench.finished("meta", {}, (*hooks.SPEED_SETS, "fit.epochs=2"), run_dir=student) is None
+    assert bench.finished("meta", {}, (*SPEED_SETS, "fit.epochs=2"), run_dir=student) is None
 
 
 def test_a_setting_added_later_reads_as_its_default(bench, tmp_path):
@@ -342,12 +344,12 @@ def test_speed_builds_without_eval_then_times_the_two_evals_back_to_back(bench, 
     runs = [call[1:3] for call in calls if call[0] == "run"]
     assert runs == [("teacher-meta", "fit"), ("meta", "fit,distill,export"), ("meta-trim", "fit,distill,export"),
                     ("teacher-onnx", "fit,export"), ("meta", "eval"), ("teacher-onnx", "eval")]
-    assert all(call[3][-len(hooks.SPEED_SETS) - 1:] == (*hooks.SPEED_SETS, "fit.max_length=16")
+    assert all(call[3][-len(SPEED_SETS) - 1:] == (*SPEED_SETS, "fit.max_length=16")
                for call in calls if call[0] == "run")
 
     calls.clear()  # built: a second `speed` only times again
-    sets = (*hooks.SPEED_SETS, "fit.max_length=16")
-    for system in hooks.SPEED_SYSTEMS:
+    sets = (*SPEED_SETS, "fit.max_length=16")
+    for system in SPEED_SYSTEMS:
         write_steps(bench, bench.runs / "speed" / system, system,
                     {step: {} for step in bench.chain(system, built=True).split(",")}, sets)
     hooks.speed(bench, ("fit.max_length=16",))

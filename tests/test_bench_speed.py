@@ -1,4 +1,4 @@
-"""The timing suites (bench/suites/speed.yaml, int8_static.yaml, int8_variants.yaml; bench/timing.py) on the tiny
+"""The timing suites (bench/suites/speed.yaml, int8_static.yaml; bench/timing.py) on the tiny
 exported run: every model or variant is built, timed and scored, and a run folder without what a suite needs is
 skipped with one line (the speeds of tiny models mean nothing and are not checked)."""
 
@@ -57,8 +57,7 @@ def test_speed_quick_run_writes_every_model(exported_run: Path, tmp_path: Path, 
 
 
 def test_each_timing_suite_skips_a_run_without_its_export(tiny_run: Path, tmp_path: Path, capsys):  # noqa: F811
-    for suite, hint in (("speed", "metakd export --int8"), ("int8_static", "export` first"),
-                        ("int8_variants", "export` first")):
+    for suite, hint in (("speed", "metakd export --int8"), ("int8_static", "export` first")):
         out = tmp_path / f"{suite}.json"
         assert main(["run", suite, "--run-dir", str(tiny_run), *(QUICK if suite == "speed" else []),
                      "--out", str(out)]) == 0
@@ -82,21 +81,3 @@ def test_int8_static_builds_every_variant_and_names_a_batch_invariant_default(ex
             assert row["invariant"] and row["calibration_rows"] == 32, name
     assert results["dynamic"]["batch_invariance"]["max_abs_prob_diff"] > 1e-6 and not results["dynamic"]["invariant"]
     assert report["chosen"].startswith("static-") and "chosen default" in capsys.readouterr().out
-
-
-def test_int8_variants_are_built_timed_and_scored(exported_run: Path, tmp_path: Path, capsys):  # noqa: F811
-    out = tmp_path / "variants.json"
-    assert main(["run", "int8_variants", "--run-dir", str(exported_run), "--threads", "1", "--rounds", "2",
-                 "--batches", "1", "--repeats", "2", "--seq-len", "16", "--out", str(out)]) == 0
-    results = json.loads(out.read_text())["results"]
-    assert list(results) == ["fp32", "int8-shipped", "int8-matmul", "fp32-fused", "int8-fused", "int8-fused-fastgelu",
-                             "int8-fused-small", "int8-export-fuse", "int8-per-channel"]
-    assert results["fp32"]["agreement_with_fp32"] == 100.0
-    for name, row in results.items():
-        assert row["throughput_b32"] > 0 and row["size_mb"] > 0, name
-        assert len(row["rounds"]["latency_b1_p50_ms"]) == 2, name
-        assert row["throughput_b32_spread"][0] <= row["throughput_b32"] <= row["throughput_b32_spread"][1], name
-        assert 0 <= row["test_accuracy"] <= 100 and 0 <= row["agreement_with_fp32"] <= 100, name
-    assert "MatMulInteger" in results["int8-matmul"]["ops"] or "DynamicQuantizeMatMul" in results["int8-matmul"]["ops"]
-    assert "Attention" in results["fp32-fused"]["ops"]  # the fusion happened on the tiny BERT too
-    assert "int8-fused" in capsys.readouterr().out

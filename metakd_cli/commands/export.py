@@ -31,8 +31,8 @@ import click
                    "remedies [1.0].")
 @click.option("--fuse", is_flag=True, default=None,
               help="Quantize a graph with fused attention, layer norm and GELU (ONNX Runtime contrib ops); "
-                   "dynamic int8 only (implies --int8-mode dynamic); measure it on your CPU with "
-                   "bench/int8_variants.py.")
+                   "dynamic int8 only (implies --int8-mode dynamic); measure it on your CPU: `metakd eval` times "
+                   "the export with and without it.")
 @click.option("--trim-vocab", is_flag=True, default=None,
               help="Keep only the word pieces the training corpus uses (model and tokenizer together).")
 @click.option("--keep-top", type=int, default=None, metavar="N",
