@@ -228,9 +228,12 @@ def _mpnet_accuracy(data: dict, block: dict) -> list[str]:
 
 
 def _systems(data: dict, block: dict) -> list[str]:
-    """A suite's systems (bench.suite): what each is, its int8 and fp32 test, dev, stage 2's length, size, rows/s."""
+    """A suite's systems (bench.suite): what each is, its int8 and fp32 test, dev, stage 2's length, size, rows/s;
+    ``block["at"]``: those of a suite inside (the MPNet path), nothing when it is not in the results file."""
+    if "at" in block and not isinstance(data := value(data, block["at"]), dict):
+        return []
     lines = _table(["system", "what", "int8 test (avg)", "fp32 test", "dev", "stage 2", "size (MB)", "rows/s"], [])
-    systems = data["setup"]["systems"]
+    systems = data["systems"] if "at" in block else data["setup"]["systems"]
     for name, row in data["results"].items():
         what = (systems.get(name) or {}).get("what") or (row.get("what") if isinstance(row, dict) else "") or ""
         if not isinstance(row, dict):

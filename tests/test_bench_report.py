@@ -211,3 +211,14 @@ def test_the_transfer_suite_has_its_section(tmp_path):
     assert "| at 20% labels, the transfer student above the 20%-labels student" in text and "not measured" in text
     assert "| s20-transfer | + the other 80% of the training texts" in text
     assert report.section("transfer", tmp_path / "missing.json") == []
+
+
+def test_a_suite_inside_gets_its_systems_and_tests_or_nothing_when_absent():
+    row = {"test_accuracy": {"student": {"average": 86.25}, "int8": {"average": 85.375}}, "dev_accuracy": 89.375,
+           "stage_2": {"epochs": 4, "best_step": 520, "stopped_early": True}}
+    data = {"setup": {"systems": {}}, "results": {},
+            "mpnet": {"systems": {"keep-meta": {"what": "Meta-KD"}}, "results": {"keep-meta": row, "keep-x": "gone"}}}
+    lines = report._systems(data, {"hook": "systems", "at": "mpnet"})
+    assert "| keep-meta | Meta-KD | 85.38 | 86.25 | 89.38 | 4 epochs, kept step 520, stopped | - | - |" in lines
+    assert "| keep-x |  | gone | | | | | |" in lines
+    assert report._systems({"setup": {"systems": {}}, "results": {}}, {"hook": "systems", "at": "mpnet"}) == []
