@@ -148,6 +148,9 @@ def test_student_layers_picks_the_cut_and_stage_1_maps_each_layer_to_its_source(
     result = distill(small(student_layers=[2, 4, 5, 6]), run, log=_quiet, warn=_quiet)
     assert "layers [2, 4, 5, 6]" in result.student and seen["mapping"] == [0, 2, 4, 5, 6]
     assert json.loads((run.student / "metakd_student.json").read_text())["student"] == result.student
+    assert json.loads((run.student / "metakd_student.json").read_text())["student_layers"] == [2, 4, 5, 6]
+    assert result.metrics["student_layers"] == [2, 4, 5, 6]
+    assert run.load().steps["distill"]["student_layers"] == [2, 4, 5, 6]  # the manifest records the cut
 
 
 @pytest.mark.parametrize("layers, message", [([3, 2], "increasing"), ([0, 1], "increasing"), ([1, 1], "each once")])
@@ -167,6 +170,10 @@ def test_stage_2_length_is_chosen_on_dev_and_recorded(run):
     stage = result.metrics["stages"]["prediction"]
     curve = stage["dev_curve"]
     assert curve and all(p["step"] > 0 for p in curve)
+    from metakd_cli.models.students import default_cut
+
+    teacher_layers = json.loads((run.teacher / "config.json").read_text())["num_hidden_layers"]
+    assert run.load().steps["distill"]["student_layers"] == default_cut(4, teacher_layers)  # the default cut, recorded
     best = max(p["dev_score"] for p in curve)
     assert stage["best_step"] == next(p["step"] for p in curve if p["dev_score"] == best)
     scorings_after_best = len([p for p in curve if p["step"] > stage["best_step"]])

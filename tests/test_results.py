@@ -146,7 +146,8 @@ def _distill_result(run_dir: Path, held_out: str | None = None):
     from metakd_cli.steps.distill import DistillResult, PredictionStage
 
     return DistillResult(
-        run_dir=run_dir, config=DistillConfig(method="mtn"), student="tiny (test)", teacher_mode="single",
+        run_dir=run_dir, config=DistillConfig(method="mtn"), student="tiny (test)", student_layers=[1, 3, 5, 6],
+        teacher_mode="single",
         teachers=["books", "kitchen"], held_out=held_out, train_rows={"books": 8, "kitchen": 8},
         dev_accuracy={"books": 81.0, "kitchen": 82.0, "average": 81.5},
         test_accuracy={"books": 71.0, "kitchen": 72.0, "average": 71.5},

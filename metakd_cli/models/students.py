@@ -104,8 +104,9 @@ def build_student(cfg: DistillConfig, teacher, teacher_tokenizer, labels: list[s
                + (f" (tiny with a {teacher.config.num_hidden_layers} x {teacher.config.hidden_size} teacher, bigger "
                   "than MiniLM-L6)" if cfg.student == "tiny" else ""))
         if student_tokenizer.get_vocab() == teacher_tokenizer.get_vocab():
-            return BuiltStudent(student, how)
-        return BuiltStudent(student, how, (student_tokenizer, token_map(student_tokenizer, teacher_tokenizer, MINILM)))
+            return BuiltStudent(student, how, kept_layers=kept)
+        return BuiltStudent(student, how, (student_tokenizer, token_map(student_tokenizer, teacher_tokenizer, MINILM)),
+                            kept_layers=kept)
     if cfg.student == "tiny":
         if cfg.method == "none":  # no teacher: cut from the untouched pretrained encoder, with a new head
             base = resolve_model(base_model or teacher.name_or_path)
@@ -120,7 +121,7 @@ def build_student(cfg: DistillConfig, teacher, teacher_tokenizer, labels: list[s
         if len(kept) == teacher.config.num_hidden_layers:
             warn(f"tiny: the teacher has only {len(kept)} layers, so the student keeps all of them and is no "
                  "smaller than its teacher; use a deeper teacher, or --student tinybert4 for a smaller one")
-        return BuiltStudent(student, how, teacher_layers=from_teacher)
+        return BuiltStudent(student, how, teacher_layers=from_teacher, kept_layers=kept)
     if cfg.student == "tinybert4":
         if cfg.student_init is None:
             raise UserError(
@@ -160,12 +161,14 @@ def build_student(cfg: DistillConfig, teacher, teacher_tokenizer, labels: list[s
 @dataclass
 class BuiltStudent:
     """What build_student made: the model, how (one line), its own tokenizer and token map when they differ from
-    the teacher's, and, for a cut of this teacher, the teacher layers it kept (stage 1 maps each to its source)."""
+    the teacher's, for a cut of this teacher, the teacher layers it kept (stage 1 maps each to its source), and for
+    any cut the layers it kept of the model it was cut from (1-based; the manifest records them)."""
 
     model: nn.Module
     how: str
     own_tokens: "tuple[object, TokenMap] | None" = None
     teacher_layers: list[int] | None = None
+    kept_layers: list[int] | None = None
 
 
 def minilm4_or_cut(cfg: DistillConfig, teacher, teacher_tokenizer, warn) -> str:

@@ -165,6 +165,7 @@ class DistillResult(StepRecord):
     run_dir: Path
     config: DistillConfig
     student: str  # how the student was made
+    student_layers: list[int] | None  # a cut: the layers it kept of the model it was cut from (1-based)
     teacher_mode: str
     teachers: list[str] | None  # mtn: the domains of the teachers learnt from; else None
     held_out: str | None  # the domain the teacher never saw
@@ -197,6 +198,7 @@ class DistillResult(StepRecord):
             "step": "distill",
             "method": cfg.method,
             "student": self.student,
+            "student_layers": self.student_layers,
             "domain": cfg.domain,
             "teacher_mode": self.teacher_mode,
             "teachers": self.teachers,
@@ -514,6 +516,7 @@ class _StudentSide:
     mapping: list[int]  # student layer -> teacher layer
     attention_weight: float = 1.0  # stage 1's attention-score term: distill.attention_weight, else attention_weight_for
     head_from_teacher: bool = False  # the classifier was cut from the teacher: dev accuracy means something at once
+    kept_layers: list[int] | None = None  # a cut: the layers it kept of the model it was cut from (1-based)
 
 
 def _distill(cfg: DistillConfig, run: RunDir, resume: bool, progress, log, warn) -> DistillResult:
@@ -955,7 +958,8 @@ def _build_student_side(ctx: _Context, side: _TeacherSide, rows: _TrainingRows) 
     if projection is not None:
         parts["projection"] = projection
     return _StudentSide(student, how, tokenizer, train, dev, test, pad_id, cross, parts, projection, mapping,
-                        attention_weight, head_from_teacher=built.teacher_layers is not None)
+                        attention_weight, head_from_teacher=built.teacher_layers is not None,
+                        kept_layers=built.kept_layers)
 
 
 RELATIVE_POSITION_TYPES = ("mpnet", "deberta", "deberta-v2", "t5")  # attention scores carry a learnt position bias
@@ -1292,6 +1296,7 @@ def _result(ctx: _Context, teacher: _TeacherSide, student: _StudentSide, cache: 
         run_dir=ctx.run.path,
         config=cfg,
         student=student.how,
+        student_layers=student.kept_layers,
         teacher_mode=info.mode,
         teachers=[teacher.domain_of[folder] for folder in teacher.teacher_dirs] if cfg.method == "mtn" else None,
         held_out=info.held_out,
@@ -1334,13 +1339,15 @@ def _save(ctx: _Context, teacher: _TeacherSide, student: _StudentSide, rows: _Tr
             student.student.save_pretrained(tmp, safe_serialization=True)
             student.tokenizer.save_pretrained(tmp)
         (tmp / STUDENT_JSON).write_text(json.dumps(
-            {"method": cfg.method, "student": student.how, "domain": cfg.domain, "labels": dataset.labels,
+            {"method": cfg.method, "student": student.how, "student_layers": student.kept_layers,
+             "domain": cfg.domain, "labels": dataset.labels,
              "domains": dataset.domains, "max_length": max_length, "teacher_mode": info.mode}, indent=2) + "\n")
     run.write_metrics("distill", result.to_json())
     # each row's t and lambda, for `metakd report`; before the manifest records the step, so a kill in between
     # never pairs the new manifest with the previous distillation's rows
     save_row_weights(run, rows.keep, rows.t, lam, cfg.method)
-    run.record_step("distill", {"config": asdict(cfg), "student": str(run.student), "held_out": info.held_out,
+    run.record_step("distill", {"config": asdict(cfg), "student": str(run.student),
+                                "student_layers": student.kept_layers, "held_out": info.held_out,
                                 "train_fraction": cfg.train_fraction, "train_rows": result.train_rows,
                                 "fit_id": fit_id})
     write_model_cards(run, ctx.log)  # student/README.md from the metrics so far
