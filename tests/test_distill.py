@@ -186,7 +186,8 @@ def test_stage_2_length_is_chosen_on_dev_and_recorded(run):
     assert len(exact.metrics["stages"]["prediction"]["history"]) == 1
 
 
-def test_the_no_teacher_baseline_learns_gold_labels_from_the_pretrained_cut(run, six_layer_model, monkeypatch):
+def test_the_no_teacher_baseline_learns_gold_labels_from_the_pretrained_cut(run, six_layer_model, monkeypatch,
+                                                                            capsys):
     import torch
     from transformers import AutoModel
 
@@ -210,6 +211,14 @@ def test_the_no_teacher_baseline_learns_gold_labels_from_the_pretrained_cut(run,
     result = distill(small(method="none"), run, log=_quiet, warn=_quiet)
     assert seen["targets"] is None  # the gold term alone
     assert "intermediate" not in result.metrics["stages"] and result.method == "none"
+    from metakd_cli.commands.eval import render
+    from metakd_cli.core.config import EvalConfig
+    from metakd_cli.steps.evaluate import evaluate_run
+
+    scored = evaluate_run(EvalConfig(models=["student"], latency_rows=2, throughput_batches=1, rounds=2), run)
+    assert scored.student_method == "none"  # eval says the student it scores learnt without a teacher
+    render(scored, "run")
+    assert "no-teacher baseline" in " ".join(capsys.readouterr().out.split())
 
 
 def _teacher_and_tokenizer(run):

@@ -78,9 +78,11 @@ def render(result, title: str) -> None:
     timing = result.timing
     rounds = (f"; speed: medians of {timing.rounds} interleaved rounds"
               + (", UNSTEADY (why: the log above, or --json's timing)" if timing.unsteady else "")) if timing else ""
+    baseline = ("; student, onnx and int8: the no-teacher baseline (distill --method none: gold labels alone)"
+                if result.student_method == "none" else "")
     console.print_table(
         f"{title} — {result.split} split, {result.rows:,} rows; torch threads {threads['torch']}, "
-        f"onnxruntime threads {threads['onnxruntime']}{batching}{rounds}",
+        f"onnxruntime threads {threads['onnxruntime']}{batching}{rounds}{baseline}",
         ["", *[r.name for r in reports]],
         rows,
     )

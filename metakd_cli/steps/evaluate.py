@@ -97,6 +97,7 @@ class EvalResult:
     bucketing: bool = True  # length-sorted, dynamically padded batches (else input order, padded to max_length)
     held_out: str | None = None  # the domain the teacher never saw (fit --hold-out)
     timing: Steadiness | None = None  # the timing rounds: how many, the load average, and why unsteady (if so)
+    student_method: str | None = None  # how the run's student was distilled ("none": no teacher, gold labels alone)
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -491,7 +492,9 @@ def _eval_result(cfg: EvalConfig, run, rows: _Rows, names: list[str], reports: l
             warnings.append(mismatch)
     return EvalResult(split=cfg.split, domains=rows.domains, rows=len(rows.examples), threads=threads,
                       models=reports, metrics_path=run.metrics / "eval.json", cpu=cpu.to_json(), warnings=warnings,
-                      bucketing=cfg.bucketing, held_out=run.load().steps["fit"].get("held_out"), timing=timing)
+                      bucketing=cfg.bucketing, held_out=run.load().steps["fit"].get("held_out"), timing=timing,
+                      student_method=read_json_object(run.student / "metakd_student.json").get("method")
+                      if any(name != "teacher" for name in names) else None)
 
 
 def _write_records(cfg: EvalConfig, run, result: EvalResult, rows: _Rows, predicted: dict[str, list],
