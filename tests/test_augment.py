@@ -4,6 +4,7 @@ distillation that labels them with the teacher once, learns them without a gold 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -109,10 +110,14 @@ def test_a_distillation_learns_the_derived_rows_from_the_teacher_once(run, monke
     assert sum(float(b.sum()) for b in labelled_batches) == train_rows  # the gold term on labelled rows only
     kept = list(run.checkpoints.glob("transfer-teacher-*"))
     assert len(kept) == 1  # kept after the distillation, for the next one
+    recipes = [json.loads(line) for line in (kept[0] / "rows.jsonl").read_text().splitlines()]  # each row's recipe
+    assert [r["row"] for r in recipes] == list(range(2 * train_rows))
+    assert {r["kind"]: 0 for r in recipes}.keys() == transfer["by_kind"].keys()
+    assert all(r["where"] and 0 <= r["source"] for r in recipes)
     again = distill_module.distill(_small(method="tinybert", intermediate_epochs=1), run, log=lines.append,
                                    warn=lambda _: None)
     assert again.metrics["transfer"]["reused"]  # the same teacher, rows, K and seed: labelled once
-    assert any("the teacher's labels of the" in line for line in lines)
+    assert any(line.startswith(f"the teacher's labels of {2 * train_rows:,} derived rows from") for line in lines)
     other_k = distill_module.distill(_small(augment=1), run, log=lambda _: None, warn=lambda _: None)
     assert not other_k.metrics["transfer"]["reused"] and other_k.metrics["transfer"]["augment_rows"] == train_rows
 

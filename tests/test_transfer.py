@@ -97,6 +97,12 @@ def test_a_distillation_learns_the_users_texts_from_the_teacher(run, tmp_path, m
     assert any(line.startswith("--transfer: 10 texts kept; left out: 1 the same text") for line in lines)
     card = (run.student / "README.md").read_text()
     assert "10 unlabelled texts (`--transfer`)" in card
+    assert not transfer["reused"]
+    again = distill_module.distill(DistillConfig(method="kd", epochs=1, batch_size=8, lr=1e-3, seed=6, augment=1,
+                                                 transfer=[str(path)]), run, log=lines.append, warn=lambda _: None)
+    # another seed, derived rows beside: the user's texts are not labelled again, the new derived rows are
+    assert any(line.startswith("the teacher's labels of 10 of your texts from") for line in lines)
+    assert not again.metrics["transfer"]["reused"] and len(again.metrics["transfer"]["logits"]) == 2
 
 
 def test_the_command_takes_repeated_transfer_paths(run, tmp_path):

@@ -652,8 +652,8 @@ class _TransferSet:
     targets: torch.Tensor  # [M, C] at the temperature
     kinds: list[str]  # each row's: an augment kind, or "transfer" for the user's texts
     domains: list[str]
-    saved: Path
-    reused: bool
+    saved: list[Path]  # where the logits are kept: the derived rows', then the user's texts'
+    reused: bool  # every part's logits came from an earlier pass
     seconds: float
     read: dict | None = None  # --transfer: what was read and what was left out (metakd_cli.data.transfer.TransferRead)
     labelled_with: dict | None = None  # torch or onnx, rows/s, the ONNX check; None: the labels were reused
@@ -671,18 +671,19 @@ class _TransferSet:
                 "by_domain_kind": {d: dict(Counter(k for k, dd in zip(self.kinds, self.domains) if dd == d))
                                    for d in dict.fromkeys(self.domains)},
                 "transfer": self.read, "labelled_by": "teacher (soft labels; no gold term)",
-                "logits": str(self.saved), "reused": self.reused, "teacher_seconds": self.seconds,
+                "logits": [str(folder) for folder in self.saved], "reused": self.reused,
+                "teacher_seconds": self.seconds,
                 "labelled_with": self.labelled_with}
 
 
 def _transfer_set(ctx: _Context, side: _TeacherSide, student: _StudentSide, rows: _TrainingRows,
                   read=None) -> _TransferSet:
-    """--augment K: K derived rows per training row (metakd_cli.data.augment), labelled by the teacher once. The logits
-    are kept in checkpoints/transfer-teacher-<hash> (not cleared when the distillation ends) with what they were
-    made from (teacher, rows, K, seed, length), so --resume and later distillations from the same teacher reuse
-    them."""
-    import hashlib
-
+    """--augment K: K derived rows per training row (metakd_cli.data.augment), and --transfer's texts, labelled by
+    the teacher once: each part's logits are kept in checkpoints/transfer-teacher-<hash> (not cleared when the
+    distillation ends) under what they were made from (the teacher, and the rows as the teacher reads them: its
+    tokens and their domains), so --resume and later distillations from the same teacher reuse them, whatever their
+    seed, K or --train-fraction (the user's texts apart from the derived rows). The derived rows' folder also holds
+    each row's recipe (rows.jsonl: its training row, kind and place)."""
     from metakd_cli.data.augment import derive, render_mask
 
     cfg, dataset = ctx.cfg, ctx.dataset
@@ -694,23 +695,30 @@ def _transfer_set(ctx: _Context, side: _TeacherSide, student: _StudentSide, rows
     kinds = [d.kind for d in derived] + ["transfer"] * len(user_rows)
     teacher_rows = encode([render_mask(ex, side.tokenizer.mask_token or "[MASK]") for ex in examples], dataset,
                           side.tokenizer, side.max_length)
-    made_of = {"teacher fit": ctx.run.step_id("fit"), "teacher weights": _weights_stamp([side.teacher_dir]),
-               "augment": cfg.augment, "seed": cfg.seed, "max_length": side.max_length, "rows": rows.keep,
-               "transfer": hashlib.sha256(json.dumps([[e.text, e.text_pair, e.domain] for e in user_rows])
-                                          .encode()).hexdigest()}
-    signature = json.dumps([made_of, dataset.fingerprint()], sort_keys=True)
-    key = hashlib.sha256(signature.encode()).hexdigest()[:12]
-    saved = SavedPass(ctx.run.checkpoints / f"{TRANSFER_CHECKPOINT}-{key}", "logits.safetensors", signature,
-                      ("teacher and rows", "data fingerprint"), len(examples))
-    found, logits = saved.load({"logits": (len(examples), len(dataset.labels))})
-    reused, labelled_with = isinstance(logits, dict), None
-    if reused:
-        ctx.log(f"the teacher's labels of the {len(examples):,} derived rows from {found}")
-        logits = logits["logits"]
-    else:
-        logits, labelled_with = _label_rows(ctx, side, teacher_rows)
-        if processes.is_main():
-            saved.save({"logits": logits})
+    recipes = "".join(json.dumps({"row": i, "source": rows.keep[d.source], "kind": d.kind, "where": d.example.where})
+                      + "\n" for i, d in enumerate(derived))
+    parts = [(range(0, len(derived)), {"rows.jsonl": recipes}),
+             (range(len(derived), len(examples)), {})]
+    logits, saved, labelled_with, missing = {}, [], None, []
+    for at, (indices, extra) in enumerate(parts):
+        if not indices:
+            continue
+        part = _labels_pass(ctx, side, teacher_rows.subset(indices))
+        found, got = part.load({"logits": (len(indices), len(dataset.labels))})
+        saved.append(part.folder)
+        if isinstance(got, dict):
+            ctx.log(f"the teacher's labels of {len(indices):,} {('derived rows', 'of your texts')[at]} from {found}")
+            logits[at] = got["logits"]
+        else:
+            missing.append((at, indices, part, extra))
+    if missing:  # one labelling pass (one ONNX export) over every part not labelled before
+        fresh, labelled_with = _label_rows(ctx, side, teacher_rows.subset([i for _, idx, _, _ in missing for i in idx]))
+        offset = 0
+        for at, indices, part, extra in missing:
+            logits[at], offset = fresh[offset:offset + len(indices)], offset + len(indices)
+            if processes.is_main():
+                part.save({"logits": logits[at]}, extra)
+    logits = torch.cat([logits[at] for at in sorted(logits)])
     student_rows = teacher_rows
     if student.cross is not None:  # the student reads its own tokens (stage 2 needs no alignment)
         student_rows = encode([render_mask(ex, student.tokenizer.mask_token or "[MASK]") for ex in examples], dataset,
@@ -718,9 +726,25 @@ def _transfer_set(ctx: _Context, side: _TeacherSide, student: _StudentSide, rows
     ctx.log(f"transfer set: {len(derived):,} derived rows ({cfg.augment} per training row) and {len(user_rows):,} of "
             "your texts, labelled by the teacher")
     return _TransferSet(student_rows, soft_targets(logits, cfg.temperature), kinds, [ex.domain for ex in examples],
-                        saved.folder, reused, time.perf_counter() - started, read.summary() if read else None,
+                        saved, not missing, time.perf_counter() - started, read.summary() if read else None,
                         labelled_with, teacher_rows, [d.source for d in derived] + [None] * len(user_rows),
                         torch.softmax(logits.float(), -1))
+
+
+def _labels_pass(ctx: _Context, side: _TeacherSide, encoded: Encoded) -> SavedPass:
+    """Where the teacher's logits on ``encoded`` are kept: named by a hash of the teacher (its fit and weight files)
+    and of the rows as it reads them (tokens, token types, domains: a teacher with a head per domain reads the
+    domain); nothing else changes them."""
+    import hashlib
+
+    teacher = {"teacher fit": ctx.run.step_id("fit"), "teacher weights": _weights_stamp([side.teacher_dir]),
+               "max_length": side.max_length}
+    tokens = hashlib.sha256(json.dumps([encoded.input_ids, encoded.token_type_ids, encoded.domains])
+                            .encode()).hexdigest()
+    signature = json.dumps([teacher, tokens], sort_keys=True)
+    key = hashlib.sha256(signature.encode()).hexdigest()[:12]
+    return SavedPass(ctx.run.checkpoints / f"{TRANSFER_CHECKPOINT}-{key}", "logits.safetensors", signature,
+                     ("teacher", "rows"), len(encoded))
 
 
 @dataclass

@@ -625,12 +625,14 @@ class SavedPass:
     names: tuple[str, ...]
     rows: int
 
-    def save(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Write the folder whole or not at all (atomic_dir)."""
+    def save(self, tensors: dict[str, torch.Tensor], extra: dict[str, str] | None = None) -> None:
+        """Write the folder whole or not at all (atomic_dir); ``extra``: more text files beside (name -> text)."""
         from safetensors.torch import save_file
 
         with atomic_dir(self.folder) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / self.file))
+            for name, text in (extra or {}).items():
+                (tmp / name).write_text(text, encoding="utf-8")
             (tmp / _PASS_RECORD).write_text(json.dumps({"signature": self.signature, "rows": self.rows}),
                                             encoding="utf-8")
 
