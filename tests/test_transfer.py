@@ -66,6 +66,17 @@ def test_an_unknown_domain_is_one_line_naming_it(tmp_path):
         read_transfer([str(tmp_path / "missing")], DOMAINS, SEEN)
 
 
+def test_a_second_text_must_match_the_runs_rows(tmp_path):
+    single = _jsonl(tmp_path / "s.jsonl", [{"text": "x", "domain": "books"},
+                                           {"text": "y", "text_pair": "z", "domain": "books"}])
+    with pytest.raises(UserError, match=r"s.jsonl:2: a second text \('text_pair'\), but the run's rows are single"):
+        read_transfer([str(single)], DOMAINS, SEEN, pairs=False)
+    with pytest.raises(UserError, match=r"s.jsonl:1: no second text \('text_pair'\): the run's rows are text pairs"):
+        read_transfer([str(single)], DOMAINS, SEEN, pairs=True)
+    both = _jsonl(tmp_path / "p.jsonl", [{"text": "y", "text_pair": "z", "domain": "books"}])
+    assert [(r.text, r.text_pair) for r in read_transfer([str(both)], DOMAINS, SEEN, pairs=True).rows] == [("y", "z")]
+
+
 @pytest.fixture
 def run(fitted_toy_run):
     return fitted_toy_run

@@ -28,7 +28,7 @@ def data(path: str, transfer: tuple[str, ...], as_json: bool, **kwargs) -> None:
         from metakd_cli.data.transfer import read_transfer, seen_texts
 
         read = read_transfer(transfer, dataset.domains, seen_texts(dataset), None, config.text_column,
-                             config.text_pair_column, config.domain_column)
+                             config.text_pair_column, config.domain_column, pairs=dataset.has_pairs)
         summary["transfer"] = read.summary()
     if len(dataset.labels) == 1:
         console.warn(f"every row has the same label ('{dataset.labels[0]}'): a classifier has nothing to tell apart "

@@ -44,10 +44,12 @@ def seen_texts(dataset, train_rows: Sequence[int] | None = None) -> dict[str, se
 
 def read_transfer(paths: Sequence[str], domains: Sequence[str], seen: dict[str, set[str]], only: str | None = None,
                   text_column: str = "text", pair_column: str = "text_pair",
-                  domain_column: str = "domain") -> TransferRead:
+                  domain_column: str = "domain", pairs: bool | None = None) -> TransferRead:
     """The transfer rows of ``paths``; ``domains``: the run's (a held-out domain is one of them); ``seen``: the
     texts of the run's splits ({"train", "dev", "test"}: set of texts), which a transfer row may not repeat;
-    ``only``: distilling one domain (--domain), the other domains' rows are counted and left out."""
+    ``only``: distilling one domain (--domain), the other domains' rows are counted and left out; ``pairs``:
+    whether the run's rows are text pairs (a row must then have its second text, and may not otherwise: the
+    teacher would read what it never trained on), None: not checked."""
     read = TransferRead([], [str(p) for p in paths])
     unique: set[tuple[str, str | None]] = set()
     for path in map(Path, paths):
@@ -57,6 +59,10 @@ def read_transfer(paths: Sequence[str], domains: Sequence[str], seen: dict[str, 
             if row.domain not in domains:
                 raise UserError(f"{row.where}: domain '{row.domain}' is not one of the run's "
                                 f"({', '.join(domains)}); give it its domain's name, or leave it out")
+            if pairs is not None and (row.text_pair is not None) != pairs:
+                raise UserError(f"{row.where}: " + (
+                    f"no second text ('{pair_column}'): the run's rows are text pairs, so each needs both" if pairs
+                    else f"a second text ('{pair_column}'), but the run's rows are single texts; leave it out"))
             key = (row.text, row.text_pair)
             if only is not None and row.domain != only:
                 read.left_out["another domain than --domain"] += 1

@@ -804,7 +804,7 @@ def _read_transfer(ctx: _Context):
     seen = seen_texts(dataset, ctx.in_fraction)
     read = read_transfer(ctx.cfg.transfer, dataset.domains, seen, ctx.cfg.domain,
                          data.get("text_column", "text"), data.get("text_pair_column", "text_pair"),
-                         data.get("domain_column", "domain"))
+                         data.get("domain_column", "domain"), pairs=dataset.has_pairs)
     left = "; ".join(f"{n:,} {why}" for why, n in read.left_out.items())
     ctx.log(f"--transfer: {len(read.rows):,} texts kept" + (f"; left out: {left}" if left else ""))
     if not read.rows:
