@@ -705,7 +705,10 @@ def test_stage_2_starts_from_stage_1_when_it_does_no_harm(run, monkeypatch):
     assert not all(torch.equal(starts[0][key], value) for key, value in initial.items())  # stage 1 moved it
 
 
-def test_a_student_with_a_new_head_starts_stage_2_from_stage_1_unchecked(run, monkeypatch):
+@pytest.mark.parametrize("probed, starts_from", [([80.0, 60.0], "the initial student"), ([60.0, 60.0], "stage 1")])
+def test_a_student_with_a_new_head_is_scored_by_a_head_warmed_up_on_its_body(run, monkeypatch, probed, starts_from):
+    import torch
+
     import metakd_cli.steps.distill as distill_module
 
     real = distill_module.build_student
@@ -716,9 +719,35 @@ def test_a_student_with_a_new_head_starts_stage_2_from_stage_1_unchecked(run, mo
         return built
 
     monkeypatch.setattr(distill_module, "build_student", new_head)
+    real_probe, heads, scores = distill_module._probe_dev, [], iter(probed)
+
+    def probe(ctx, steps):
+        classifier = steps.side.student.classifier
+        before = classifier.weight.detach().clone()
+        real_probe(ctx, steps)  # the real warm-up runs, and must leave the student's own head as it was
+        heads.append((before, classifier.weight.detach().clone()))
+        return next(scores)
+
+    monkeypatch.setattr(distill_module, "_probe_dev", probe)
+    initial = {}
+    real_stage = distill_module._run_intermediate
+
+    def stage_1(ctx, spec, steps):
+        initial.update({k: v.detach().clone() for k, v in steps.side.student.state_dict().items()})
+        return real_stage(ctx, spec, steps)
+
+    monkeypatch.setattr(distill_module, "_run_intermediate", stage_1)
+    starts = []
+    real_warm = distill_module._warm_head
+    monkeypatch.setattr(distill_module, "_warm_head", lambda ctx, steps: starts.append(
+        {k: v.detach().clone() for k, v in steps.side.student.state_dict().items()}) or real_warm(ctx, steps))
     result = distill(small(), run, log=_quiet, warn=_quiet)
     check = result.metrics["stages"]["intermediate"]["start_check"]
-    assert not check["checked"] and check["stage_2_starts_from"] == "stage 1"
+    assert check["checked"] and check["stage_2_starts_from"] == starts_from
+    assert (check["initial_dev"], check["after_stage_1_dev"]) == tuple(probed)
+    assert len(heads) == 2 and all(torch.equal(a, b) for a, b in heads)  # each probe put the head back
+    back_to_start = all(torch.equal(starts[0][key], value) for key, value in initial.items())
+    assert back_to_start == (starts_from == "the initial student")
 
 
 def test_the_attention_term_is_left_out_across_position_encoding_types():

@@ -1235,8 +1235,10 @@ def _pairs_mse(pairs: list, projection: nn.Module) -> float:
 
 def _run_intermediate_checked(ctx: _Context, spec: PhaseSpec, steps: _LossSteps) -> IntermediateStage:
     """Stage 1, then stage 2's start: the better on dev of stage 1's result and the student as it began (stage 1
-    must do no harm). Only a student whose classifier came with it from the teacher (a `tiny` cut) can be scored
-    before stage 2 trains a head; another starts stage 2 from stage 1's result, unchecked, as the record says."""
+    must do no harm). A student whose classifier came with it from the teacher (a `tiny` cut) is scored by its dev
+    accuracy; one with a new head (minilm4, a hub model) by the dev accuracy of a head warmed up on its frozen body
+    (_probe_dev), its own head left as it was; one whose head is not BERT-style starts stage 2 from stage 1's
+    result, unchecked, as the record says."""
     student = steps.side.student
     warmup = None
     if steps.side.projection is not None:
@@ -1246,23 +1248,52 @@ def _run_intermediate_checked(ctx: _Context, spec: PhaseSpec, steps: _LossSteps)
         else:
             ctx.log(f"stage 1's projection fitted by least squares on {warmup['rows']} training rows: hidden-state "
                     f"MSE {warmup['mse_before']:.4f} -> {warmup['mse_after']:.4f}")
-    if not steps.side.head_from_teacher:
-        return replace(_run_intermediate(ctx, spec, steps), projection_warmup=warmup, start_check={
-            "checked": False, "why": "the student's head is new: dev accuracy before stage 2 says nothing",
-            "stage_2_starts_from": "stage 1"})
+    own_head = steps.side.head_from_teacher
     student.eval()
     initial_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
-    initial_dev = steps.dev_accuracy()
+    initial_dev = steps.dev_accuracy() if own_head else _probe_dev(ctx, steps)
+    if initial_dev is None:
+        return replace(_run_intermediate(ctx, spec, steps), projection_warmup=warmup, start_check={
+            "checked": False, "why": "the student's head is new and not a BERT-style pooler and classifier",
+            "stage_2_starts_from": "stage 1"})
     stage = _run_intermediate(ctx, spec, steps)
     curve = stage.dev_curve or []  # stage 1 was scored on dev: its kept state's score
-    after_dev = max(point["dev_score"] for point in curve) if curve else steps.dev_accuracy()
+    student.eval()
+    after_dev = (max(point["dev_score"] for point in curve) if curve else steps.dev_accuracy()) if own_head \
+        else _probe_dev(ctx, steps)
     start = "stage 1" if after_dev >= initial_dev else "the initial student"
     if after_dev < initial_dev:
         student.load_state_dict(initial_state)
         ctx.log(f"stage 1 lowered dev accuracy ({initial_dev:.2f} -> {after_dev:.2f}): stage 2 starts from the "
                 "student as it began")
     return replace(stage, projection_warmup=warmup, start_check={
-        "checked": True, "initial_dev": initial_dev, "after_stage_1_dev": after_dev, "stage_2_starts_from": start})
+        "checked": True, "initial_dev": initial_dev, "after_stage_1_dev": after_dev, "stage_2_starts_from": start,
+        **({} if own_head else {"scored_by": "a head warmed up on the frozen body (the labelled training rows)"})})
+
+
+def _probe_dev(ctx: _Context, steps: _LossSteps) -> float | None:
+    """The dev accuracy a head trained on the student's frozen body reaches (metakd_cli.training.head_warmup on the
+    [CLS] states of the labelled training rows, stage 2's loss): how a body under a new head is scored before
+    stage 2; the student's own head is put back afterwards. None when the head is not a BERT-style pooler and
+    classifier."""
+    from metakd_cli.training.head_warmup import HEAD_WARMUP_EPOCHS, cls_states, head_parts, warm_head
+
+    cfg, side = ctx.cfg, steps.side
+    if (parts := head_parts(side.student)) is None:
+        return None
+    head = nn.ModuleList(parts)
+    kept = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    labels = torch.tensor(side.train.labels)
+
+    def loss_of(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return prediction_loss(logits, steps.targets[index].to(logits.device), labels[index].to(logits.device),
+                               cfg.temperature, cfg.gold_weight, torch.ones(len(index), device=logits.device))
+
+    record = warm_head(side.student, cls_states(side.student, side.train, side.pad_id), loss_of,
+                       cls_states(side.student, side.dev, side.pad_id), torch.tensor(side.dev.labels),
+                       cfg.head_warmup or HEAD_WARMUP_EPOCHS, cfg.seed)
+    head.load_state_dict(kept)
+    return record["dev_after"]
 
 
 def _warm_head(ctx: _Context, steps: _LossSteps) -> dict | None:
