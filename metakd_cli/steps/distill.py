@@ -1283,17 +1283,24 @@ def _probe_dev(ctx: _Context, steps: _LossSteps) -> float | None:
         return None
     head = nn.ModuleList(parts)
     kept = {k: v.detach().clone() for k, v in head.state_dict().items()}
-    labels = torch.tensor(side.train.labels)
-
-    def loss_of(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        return prediction_loss(logits, steps.targets[index].to(logits.device), labels[index].to(logits.device),
-                               cfg.temperature, cfg.gold_weight, torch.ones(len(index), device=logits.device))
-
-    record = warm_head(side.student, cls_states(side.student, side.train, side.pad_id), loss_of,
+    # the training rows come first among stage 2's rows: their indices are the same in both
+    record = warm_head(side.student, cls_states(side.student, side.train, side.pad_id), _stage2_loss(ctx, steps),
                        cls_states(side.student, side.dev, side.pad_id), torch.tensor(side.dev.labels),
                        cfg.head_warmup or HEAD_WARMUP_EPOCHS, cfg.seed)
     head.load_state_dict(kept)
     return record["dev_after"]
+
+
+def _stage2_loss(ctx: _Context, steps: _LossSteps) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Stage 2's per-row loss as a head warm-up takes it: (logits, indices into stage 2's rows) -> loss per row,
+    soft labels (none for --method none), and the gold term on the labelled rows."""
+    cfg, labels = ctx.cfg, torch.tensor(steps.prediction_encoded.labels)
+
+    def loss_of(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        targets = None if cfg.method == "none" else steps.prediction_targets[index].to(logits.device)
+        return prediction_loss(logits, targets, labels[index].to(logits.device), cfg.temperature, cfg.gold_weight,
+                               steps.labelled(index).to(logits.device))
+    return loss_of
 
 
 def _warm_head(ctx: _Context, steps: _LossSteps) -> dict | None:
@@ -1308,17 +1315,9 @@ def _warm_head(ctx: _Context, steps: _LossSteps) -> dict | None:
     if head_parts(side.student) is None:
         ctx.log("head warm-up left out: the student's head is not a BERT-style pooler and classifier")
         return {"skipped": "not a BERT-style pooler and classifier"}
-    rows = steps.prediction_encoded
-    labels = torch.tensor(rows.labels)
-
-    def loss_of(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        targets = None if cfg.method == "none" else steps.prediction_targets[index].to(logits.device)
-        return prediction_loss(logits, targets, labels[index].to(logits.device), cfg.temperature, cfg.gold_weight,
-                               steps.labelled(index).to(logits.device))
-
-    record = warm_head(side.student, cls_states(side.student, rows, side.pad_id), loss_of,
-                       cls_states(side.student, side.dev, side.pad_id), torch.tensor(side.dev.labels), epochs,
-                       cfg.seed)
+    record = warm_head(side.student, cls_states(side.student, steps.prediction_encoded, side.pad_id),
+                       _stage2_loss(ctx, steps), cls_states(side.student, side.dev, side.pad_id),
+                       torch.tensor(side.dev.labels), epochs, cfg.seed)
     ctx.log(f"head warm-up on the frozen body ({record['rows']:,} rows, {epochs} epochs at {record['lr']:g}): dev "
             f"{record['dev_before']:.2f} -> {record['dev_after']:.2f} (epoch {record['best_epoch']} kept)")
     return record
