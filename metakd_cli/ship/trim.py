@@ -337,7 +337,6 @@ class TrimCheck:
         return asdict(self)
 
 
-
 def trim_check(
     report: TrimReport, original_dir: Path, dev_examples, dataset, trimmed_tokenizer, trimmed_dev: Encoded,
     trimmed_predictions: np.ndarray, max_length: int,

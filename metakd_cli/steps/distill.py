@@ -1432,7 +1432,7 @@ def _save_trimmed(student, tokenizer, dataset: Dataset, cfg: DistillConfig, out:
         dev = encode(dev_examples, dataset, trimmed_tokenizer, max_length)
         predictions = torch_logits(load(str(out)), dev, trimmed_tokenizer.pad_token_id or 0).argmax(-1)
         check, _, failures = trim_check(report, Path(full), dev_examples, dataset, trimmed_tokenizer, dev,
-                                         predictions, max_length)
+                                        predictions, max_length)
     for failure in failures:
         warn(f"--trim-vocab: {failure}")
     return check

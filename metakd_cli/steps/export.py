@@ -623,7 +623,7 @@ def _fp32_check(job: _ExportJob, tmp: Path, model_dir: Path, trimmed: bool) -> _
 def _trim_check(job: _ExportJob, report: TrimReport, fp32: _Fp32) -> tuple[TrimCheck, dict[str, float], list[str]]:
     """Trimmed vs untrimmed on dev, the untrimmed model's dev accuracy, the failures."""
     trim, untrimmed, failures = trim_check(report, job.source, job.dev_examples, job.dataset, fp32.tokenizer,
-                                             fp32.dev, fp32.torch_dev, job.max_length)
+                                           fp32.dev, fp32.torch_dev, job.max_length)
     rates = ", ".join(f"{d} {after:.2f}%" for d, after in trim.unknown_rate_after.items())
     job.log(f"trimmed vs untrimmed: {trim.covered_agreement if trim.covered_rows else float('nan'):.1f}% "
             f"agreement on {trim.covered_rows} of {trim.rows} dev rows with every piece kept; "
